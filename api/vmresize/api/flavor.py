@@ -1,0 +1,52 @@
+"""``Flavor``: a cluster-wide size of VM, like a Nova flavor."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from vmresize.api.meta import Model, PrinterColumn, Resource, Resources, age_column
+
+
+class FlavorSpec(Model):
+    """What a VM of this flavor gets."""
+
+    vcpus: int = Field(ge=1, le=1024)
+    """Virtual CPUs."""
+    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024, alias="memoryMiB")
+    """Memory in MiB."""
+    disk_gib: int = Field(ge=1, le=65536, alias="diskGiB")
+    """Root disk in GiB. A resize never shrinks it."""
+    ephemeral_gib: int = Field(default=0, ge=0, le=65536, alias="ephemeralGiB")
+    """Extra ephemeral disk in GiB, counted against host disk capacity."""
+    extra_specs: dict[str, str] = Field(default_factory=dict)
+    """Free-form key/value hints, as Nova's extra specs (for example ``hw:cpu_policy``)."""
+
+    def resources(self) -> Resources:
+        """What one VM of this flavor claims on its host."""
+        return Resources(
+            vcpus=self.vcpus,
+            memory_mib=self.memory_mib,
+            disk_gib=self.disk_gib + self.ephemeral_gib,
+        )
+
+
+class Flavor(Resource):
+    """A named VM size. Admins create flavors; users pick them for instances and resizes."""
+
+    kind_name: ClassVar[str] = "Flavor"
+    plural: ClassVar[str] = "flavors"
+    scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
+    short_names: ClassVar[list[str]] = ["flv"]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="VCPUs", type="integer", json_path=".spec.vcpus"),
+        PrinterColumn(name="Memory-MiB", type="integer", json_path=".spec.memoryMiB"),
+        PrinterColumn(name="Disk-GiB", type="integer", json_path=".spec.diskGiB"),
+        PrinterColumn(name="Ephemeral-GiB", type="integer", json_path=".spec.ephemeralGiB",
+                      priority=1),
+        age_column(),
+    ]
+
+    spec: FlavorSpec
+    """The size."""

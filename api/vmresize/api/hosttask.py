@@ -1,0 +1,190 @@
+"""``HostTask``: one step for one host's agent — a durable RPC with its own status.
+
+The operator creates a HostTask in its own namespace for every step that touches a
+hypervisor; the agent of ``spec.host`` carries it out and reports in ``status``. Tasks are
+named deterministically from the resize and the step, so that a restarted operator finds
+the task it had already created instead of making a second one. Every action is
+idempotent on the agent: running it again after a crash resumes or confirms it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from vmresize.api.meta import Model, PrinterColumn, Resource, age_column
+
+
+class TaskAction(StrEnum):
+    SPAWN = "Spawn"
+    """Create the instance's disk and domain and start it."""
+    ADOPT = "Adopt"
+    """Take over an existing domain: report its disk, size and power state."""
+    PREPARE = "Prepare"
+    """Destination: check space, make the instance directory, expect an incoming disk."""
+    MIGRATE_DISK = "MigrateDisk"
+    """Source: power off (graceful, then forced), send the disk, report its checksum."""
+    FINISH = "Finish"
+    """Destination: verify the checksum, grow the disk, define and start with the new flavor."""
+    CONFIRM = "Confirm"
+    """Source: delete the old domain and disk."""
+    CLEANUP_DEST = "CleanupDest"
+    """Destination: delete the new copy (revert or rollback)."""
+    RESTORE_SOURCE = "RestoreSource"
+    """Source: start the old domain with its old flavor (revert or rollback)."""
+    DESTROY = "Destroy"
+    """Delete the instance's domain and disk."""
+
+
+class TaskPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class TaskFlavor(Model):
+    """The size a step should give the domain."""
+
+    vcpus: int = Field(ge=1)
+    """Virtual CPUs."""
+    memory_mib: int = Field(ge=16, alias="memoryMiB")
+    """Memory in MiB."""
+    disk_gib: int = Field(ge=1, alias="diskGiB")
+    """Root disk in GiB."""
+
+
+class PeerHost(Model):
+    """The other end of a disk transfer, as published in its Host status."""
+
+    name: str
+    """Host name."""
+    address: str
+    """Migration endpoint address."""
+    port: int = Field(ge=1, le=65535)
+    """Migration endpoint port."""
+    host_key: str
+    """The peer's SSH host public key, pinned for this transfer."""
+
+
+class HostTaskSpec(Model):
+    """What the agent of ``host`` must do. Written once by the operator."""
+
+    host: str = Field(min_length=1)
+    """The host whose agent carries this out. Other agents refuse it."""
+    action: TaskAction
+    """The step."""
+    owner: str = Field(min_length=1)
+    """``<namespace>/<name>`` of the VMResize or Instance this step belongs to."""
+    owner_uid: str = ""
+    """UID of that object, so a recreated namesake never inherits the task."""
+    instance: str = Field(min_length=1)
+    """``<namespace>/<name>`` of the Instance."""
+    domain_name: str | None = None
+    """libvirt domain name this step acts on."""
+    disk_path: str | None = None
+    """Disk this step acts on, relative to the host's storage root."""
+    flavor: TaskFlavor | None = None
+    """Size for Spawn, Finish and RestoreSource."""
+    base_image: str | None = None
+    """Spawn: base image file name under the host's images directory."""
+    seed_pattern: str | None = None
+    """Spawn: text written at the start of a blank disk."""
+    peer: PeerHost | None = None
+    """MigrateDisk: the destination to send to."""
+    peer_disk_path: str | None = None
+    """MigrateDisk: where the disk goes on the destination, relative to its storage root."""
+    expected_checksum: str | None = None
+    """Finish: the sha256 the received disk must have before it is grown."""
+    expected_bytes: int | None = None
+    """Prepare: apparent size of the disk that will arrive, for the space check."""
+    transfer_id: str | None = None
+    """Prepare/MigrateDisk: the id under which the destination accepts the incoming disk."""
+    power_off_timeout_seconds: int = Field(default=30, ge=0, le=3600)
+    """MigrateDisk: how long to wait for a graceful shutdown before forcing it."""
+
+
+class TaskProgress(Model):
+    """Disk copy progress, reported at a bounded rate."""
+
+    bytes_done: int = 0
+    """Bytes sent."""
+    bytes_total: int = 0
+    """Bytes to send."""
+    rate_bytes_per_second: int = 0
+    """Recent rate."""
+
+
+class TaskResult(Model):
+    """What a finished step reports back."""
+
+    checksum: str | None = None
+    """sha256 of the disk (MigrateDisk, Finish)."""
+    size_bytes: int | None = None
+    """Apparent size of the disk."""
+    downtime_seconds: float | None = None
+    """MigrateDisk: how long the VM has been off when the step ended."""
+    disk_path: str | None = None
+    """Spawn/Adopt: the disk, relative to the storage root."""
+    domain_name: str | None = None
+    """Spawn/Adopt: the libvirt domain name."""
+    vcpus: int | None = None
+    """Spawn/Adopt/Finish: vCPUs the domain has."""
+    memory_mib: int | None = Field(default=None, alias="memoryMiB")
+    """Spawn/Adopt/Finish: memory the domain has, MiB."""
+    disk_gib: int | None = Field(default=None, alias="diskGiB")
+    """Spawn/Adopt/Finish: virtual size of the disk, GiB."""
+    power_state: str | None = None
+    """Power state after the step."""
+
+
+class HostTaskStatus(Model):
+    """What the agent reports."""
+
+    phase: TaskPhase = TaskPhase.PENDING
+    """Where the step is."""
+    attempt: int = 0
+    """How many times the agent has started it (a restart resumes)."""
+    message: str = ""
+    """What happened, for people; on failure, why."""
+    retryable: bool = True
+    """On failure: whether running the step again could succeed."""
+    progress: TaskProgress = Field(default_factory=TaskProgress)
+    """Disk copy progress."""
+    result: TaskResult = Field(default_factory=TaskResult)
+    """Outputs of a finished step."""
+    started_at: datetime | None = None
+    """When the agent started the latest attempt."""
+    finished_at: datetime | None = None
+    """When it succeeded or failed."""
+
+
+class HostTask(Resource):
+    """One step for one host's agent."""
+
+    kind_name: ClassVar[str] = "HostTask"
+    plural: ClassVar[str] = "hosttasks"
+    scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
+    short_names: ClassVar[list[str]] = ["htask"]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Host", type="string", json_path=".spec.host"),
+        PrinterColumn(name="Action", type="string", json_path=".spec.action"),
+        PrinterColumn(name="Owner", type="string", json_path=".spec.owner"),
+        PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+        PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt"),
+        PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        age_column(),
+    ]
+    spec_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": "self == oldSelf", "message": "a HostTask's spec is immutable"},
+    ]
+
+    spec: HostTaskSpec
+    """The step."""
+    status: HostTaskStatus | None = None
+    """How it went."""
+
+

@@ -1,0 +1,126 @@
+"""``Instance``: one VM, in a user's namespace.
+
+The user owns ``spec``; the operator owns ``status``. ``status.activeResize`` is the lock
+that allows one resize at a time; it is taken and released with resourceVersion-guarded
+writes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from vmresize.api.meta import (
+    DNS_LABEL,
+    NAME_IS_LABEL,
+    Condition,
+    Model,
+    PrinterColumn,
+    Resource,
+    age_column,
+)
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class InstancePhase(StrEnum):
+    PENDING = "Pending"
+    BUILDING = "Building"
+    ACTIVE = "Active"
+    RESIZING = "Resizing"
+    ERROR = "Error"
+    DELETING = "Deleting"
+
+
+class PowerState(StrEnum):
+    RUNNING = "Running"
+    SHUTOFF = "Shutoff"
+    UNKNOWN = "Unknown"
+
+
+class ImageSource(Model):
+    """Where a new instance's root disk comes from."""
+
+    base_image: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")
+    """File name of a base image in the host's ``images/`` directory; none means a blank disk."""
+    seed_pattern: str | None = Field(default=None, max_length=64)
+    """Write this text at the start of a blank disk, so a copy can be recognised (demos)."""
+
+
+class AdoptSource(Model):
+    """An existing libvirt domain to take over instead of creating one."""
+
+    domain_name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")
+    """The domain's libvirt name on ``spec.host``. Its disk must lie under the storage root."""
+
+
+class InstanceSpec(Model):
+    """What the user wants."""
+
+    flavor: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Name of the Flavor the VM is created with. A VMResize changes the running flavor."""
+    host: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Host to create (or adopt) the VM on; the scheduler picks one when empty."""
+    image: ImageSource = Field(default_factory=ImageSource)
+    """Root disk source for a new VM."""
+    adopt: AdoptSource | None = None
+    """Adopt an existing domain on ``host`` instead of creating one."""
+
+
+class InstanceStatus(Model):
+    """Where and how the VM runs now."""
+
+    phase: InstancePhase = InstancePhase.PENDING
+    """Lifecycle phase."""
+    host: str | None = None
+    """Host the VM lives on."""
+    flavor: str | None = None
+    """The flavor the VM runs with now (differs from spec.flavor after a resize)."""
+    vcpus: int | None = None
+    """Virtual CPUs the VM runs with."""
+    memory_mib: int | None = Field(default=None, alias="memoryMiB")
+    """Memory the VM runs with, MiB."""
+    disk_gib: int | None = Field(default=None, alias="diskGiB")
+    """Root disk size, GiB."""
+    domain_name: str | None = None
+    """libvirt domain name on ``host``."""
+    disk_path: str | None = None
+    """Root disk, relative to the host's storage root."""
+    power_state: PowerState = PowerState.UNKNOWN
+    """Last known power state."""
+    active_resize: str | None = None
+    """Name of the VMResize that holds this instance; the one-resize-at-a-time lock."""
+    message: str = ""
+    """Last notable event, for people."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """``Ready``."""
+
+
+class Instance(Resource):
+    """A VM managed by vmresize."""
+
+    kind_name: ClassVar[str] = "Instance"
+    plural: ClassVar[str] = "instances"
+    scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
+    short_names: ClassVar[list[str]] = ["inst", "vmi"]
+    root_validations: ClassVar[list[dict[str, str]]] = [NAME_IS_LABEL]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+        PrinterColumn(name="Host", type="string", json_path=".status.host"),
+        PrinterColumn(name="Flavor", type="string", json_path=".status.flavor"),
+        PrinterColumn(name="Power", type="string", json_path=".status.powerState"),
+        PrinterColumn(name="Resize", type="string", json_path=".status.activeResize"),
+        PrinterColumn(name="Domain", type="string", json_path=".status.domainName", priority=1),
+        age_column(),
+    ]
+
+    spec: InstanceSpec
+    """Desired state."""
+    status: InstanceStatus | None = None
+    """Observed state."""
+
+
+__all__ = ["DNS_LABEL", "AdoptSource", "ImageSource", "Instance", "InstancePhase",
+           "InstanceSpec", "InstanceStatus", "PowerState"]

@@ -1,0 +1,43 @@
+"""Names and labels that the operator and the agents must agree on.
+
+Task names are deterministic, so a restarted operator finds the task it already made.
+Disk paths are relative to a host's storage root and built only from DNS-1123 labels and
+UIDs, so no user string can escape the root; the agent still checks every path.
+"""
+
+from __future__ import annotations
+
+from vmresize.api.hosttask import TaskAction
+
+HOST_LABEL = "vmresize.io/host"
+"""On a HostTask: the host whose agent must carry it out."""
+OWNER_UID_LABEL = "vmresize.io/owner-uid"
+"""On a HostTask: UID of the VMResize or Instance it belongs to."""
+ACTION_LABEL = "vmresize.io/action"
+"""On a HostTask: its action, for ``kubectl get hosttasks -l``."""
+DEFAULT_NAMESPACE = "vmresize-system"
+"""Where the operator keeps HostTasks and the migration key Secret."""
+MIGRATION_PORT = 2222
+"""Default port of the agents' migration SSH service."""
+DISK_FILE = "disk.qcow2"
+
+
+def short_uid(uid: str) -> str:
+    """First 8 hex digits of a UID: unique enough within one instance's history."""
+    return uid.replace("-", "")[:8]
+
+
+def task_name(owner_uid: str, action: TaskAction, attempt: int = 0) -> str:
+    """``<uid8>-<action>-<attempt>``: one name per step and attempt of one owner."""
+    return f"{short_uid(owner_uid)}-{action.value.lower()}-{attempt}"
+
+
+def domain_name(namespace: str, instance: str, suffix: str = "") -> str:
+    """libvirt domain name of an instance copy: ``<namespace>.<instance>[.<suffix>]``."""
+    base = f"{namespace}.{instance}"
+    return f"{base}.{suffix}" if suffix else base
+
+
+def disk_path(namespace: str, instance: str, placement_uid: str) -> str:
+    """Disk of one copy of an instance, relative to the storage root."""
+    return f"instances/{namespace}/{instance}/{short_uid(placement_uid)}/{DISK_FILE}"

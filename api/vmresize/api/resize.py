@@ -1,0 +1,191 @@
+"""``VMResize``: one resize or cold migration of one instance, and the whole story of it.
+
+The user owns ``spec`` (target flavor; confirm or revert); the operator owns ``status``.
+CEL rules let the API server itself refuse what it can judge alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from vmresize.api.instance import DNS_SUBDOMAIN
+from vmresize.api.meta import (
+    DNS_LABEL,
+    Condition,
+    Model,
+    PrinterColumn,
+    Resource,
+    age_column,
+)
+
+
+class ResizePhase(StrEnum):
+    PENDING = "Pending"
+    SCHEDULING = "Scheduling"
+    PREPARING = "Preparing"
+    MIGRATING = "Migrating"
+    FINISHING = "Finishing"
+    VERIFY_RESIZE = "VerifyResize"
+    CONFIRMING = "Confirming"
+    CONFIRMED = "Confirmed"
+    REVERTING = "Reverting"
+    REVERTED = "Reverted"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ROLLBACK_FAILED = "RollbackFailed"
+    FAILED = "Failed"
+
+
+#: Phases a resize never leaves.
+TERMINAL_PHASES = frozenset({
+    ResizePhase.CONFIRMED, ResizePhase.REVERTED, ResizePhase.ROLLED_BACK,
+    ResizePhase.ROLLBACK_FAILED, ResizePhase.FAILED,
+})
+
+
+def _immutable(field: str) -> dict[str, str]:
+    """CEL: an optional field keeps the value (or absence) it was created with."""
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) && "
+        f"(!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"{field} is immutable",
+    }
+
+
+class VMResizeSpec(Model):
+    """What the user asks for."""
+
+    instance_name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    """Name of the Instance, in the same namespace, to resize or migrate. Immutable."""
+    flavor: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Target Flavor. Empty means a cold migration with the current flavor. Immutable."""
+    target_host: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN
+    )
+    """Force this destination host (an admin's act, as in Nova). Immutable."""
+    confirm: bool = False
+    """Set true in VerifyResize to keep the new copy and delete the old. One-way."""
+    revert: bool = False
+    """Set true in VerifyResize to go back to the old host and flavor. One-way."""
+    auto_confirm_seconds: int | None = Field(default=None, ge=0, le=30 * 24 * 3600)
+    """Confirm automatically this long after VerifyResize; 0 never. Empty: cluster default."""
+
+
+class Progress(Model):
+    """How far the disk copy has come."""
+
+    bytes_done: int = Field(default=0, ge=0)
+    """Bytes of disk data sent so far."""
+    bytes_total: int = Field(default=0, ge=0)
+    """Bytes of disk data to send (allocated data only, holes excluded)."""
+    rate_bytes_per_second: int = Field(default=0, ge=0)
+    """Recent transfer rate."""
+    percent: int = Field(default=0, ge=0, le=100)
+    """bytesDone / bytesTotal, rounded down."""
+    display: str = ""
+    """Human summary shown by kubectl, for example ``42% 310MiB/s``."""
+
+
+class Candidate(Model):
+    """One host the scheduler found suitable, with its weight."""
+
+    host: str
+    """Host name."""
+    weight: float
+    """Normalised weight; higher is better."""
+
+
+class VMResizeStatus(Model):
+    """The whole story of the resize."""
+
+    phase: ResizePhase = ResizePhase.PENDING
+    """Lifecycle phase."""
+    reason: str = ""
+    """One CamelCase word for machines, for example ``NoValidHost``."""
+    message: str = ""
+    """What happened last, for people."""
+    source_host: str | None = None
+    """Host the instance was on when the resize began."""
+    dest_host: str | None = None
+    """Host chosen by the scheduler (or forced)."""
+    old_flavor: str | None = None
+    """Flavor before the resize."""
+    new_flavor: str | None = None
+    """Flavor after the resize (the old one for a cold migration)."""
+    progress: Progress = Field(default_factory=Progress)
+    """Disk copy progress."""
+    phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
+    """When each phase was entered."""
+    downtime_seconds: float | None = None
+    """How long the VM was powered off for the move."""
+    candidates: list[Candidate] = Field(default_factory=list)
+    """Hosts that passed every filter, best first."""
+    alternates: list[str] = Field(default_factory=list)
+    """Hosts still to try if preparing the destination fails."""
+    attempts: int = 0
+    """Destinations tried so far (at most the operator's maxAttempts)."""
+    filter_counts: dict[str, int] = Field(default_factory=dict)
+    """Hosts removed by each scheduler filter, for NoValidHost."""
+    current_task: str | None = None
+    """Name of the HostTask the resize waits on."""
+    dest_domain_name: str | None = None
+    """libvirt domain name of the new copy."""
+    dest_disk_path: str | None = None
+    """Disk of the new copy, relative to the destination's storage root."""
+    source_checksum: str | None = None
+    """sha256 of the powered-off source disk."""
+    verify_deadline: datetime | None = None
+    """When auto-confirm fires, if enabled."""
+    rollback_from: str | None = None
+    """The phase that failed and caused the rollback."""
+    observed_generation: int | None = None
+    """The ``metadata.generation`` last acted on."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``."""
+
+
+class VMResize(Resource):
+    """A resize (new flavor) or cold migration (no flavor) of one Instance."""
+
+    kind_name: ClassVar[str] = "VMResize"
+    plural: ClassVar[str] = "vmresizes"
+    scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
+    short_names: ClassVar[list[str]] = ["vmr", "resize"]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+        PrinterColumn(name="Instance", type="string", json_path=".spec.instanceName"),
+        PrinterColumn(name="From", type="string", json_path=".status.sourceHost"),
+        PrinterColumn(name="To", type="string", json_path=".status.destHost"),
+        PrinterColumn(name="Flavor", type="string", json_path=".status.newFlavor"),
+        PrinterColumn(name="Progress", type="string", json_path=".status.progress.display"),
+        PrinterColumn(name="Downtime", type="number", json_path=".status.downtimeSeconds",
+                      priority=1),
+        PrinterColumn(name="Reason", type="string", json_path=".status.reason", priority=1),
+        PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        age_column(),
+    ]
+    spec_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": "!(self.confirm && self.revert)",
+         "message": "confirm and revert are mutually exclusive"},
+        {"rule": "!oldSelf.confirm || self.confirm",
+         "message": "confirm cannot be set back to false"},
+        {"rule": "!oldSelf.revert || self.revert",
+         "message": "revert cannot be set back to false"},
+        {"rule": "self.instanceName == oldSelf.instanceName",
+         "message": "instanceName is immutable"},
+        _immutable("flavor"),
+        _immutable("targetHost"),
+    ]
+
+    spec: VMResizeSpec
+    """What to do."""
+    status: VMResizeStatus | None = None
+    """What has happened."""
+
+
+__all__ = ["TERMINAL_PHASES", "Candidate", "Progress", "ResizePhase", "VMResize",
+           "VMResizeSpec", "VMResizeStatus"]
