@@ -8,7 +8,7 @@ from vmresize.api.flavor import Flavor, FlavorSpec
 from vmresize.api.host import Allocation, Host, HostSpec, HostStatus
 from vmresize.api.hosttask import HostTask, HostTaskSpec, HostTaskStatus, TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstanceSpec, InstanceStatus
-from vmresize.api.meta import GROUP, VERSION, API_VERSION, Condition, Resources
+from vmresize.api.meta import API_VERSION, GROUP, VERSION, Condition, Resources
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
 
 __all__ = [

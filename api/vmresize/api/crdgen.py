@@ -84,7 +84,7 @@ def model_schema(model: type[Any], validations: list[dict[str, str]]) -> dict[st
 def crd(kind: type[Resource]) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     fields = kind.model_fields
-    spec_model = fields["spec"].annotation
+    spec_model: Any = fields["spec"].annotation
     status_field = fields.get("status")
     properties: dict[str, Any] = {
         "apiVersion": {"type": "string"},
@@ -93,7 +93,8 @@ def crd(kind: type[Resource]) -> dict[str, Any]:
         "spec": model_schema(spec_model, kind.spec_validations),
     }
     if status_field is not None:
-        status_model = next(a for a in status_field.annotation.__args__ if a is not type(None))
+        annotation: Any = status_field.annotation
+        status_model = next(a for a in annotation.__args__ if a is not type(None))
         properties["status"] = model_schema(status_model, [])
     openapi: dict[str, Any] = {
         "type": "object",

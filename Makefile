@@ -1,0 +1,54 @@
+# vmresize: the two commands are `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv control-plane lint test test-unit test-integration test-e2e demo crds clean
+
+all: test
+
+deps: venv control-plane
+
+# System packages (libvirt, QEMU, qemu-utils, ...) and the venv; re-run when pyproject changes.
+$(STAMP): pyproject.toml hack/install-deps.sh
+	bash hack/install-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[agent,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# kube-apiserver, kube-controller-manager, etcd and helm, built once into ~/.cache/vmresize.
+control-plane:
+	bash hack/build-control-plane.sh
+
+crds: venv
+	$(PY) -m vmresize.api.crdgen
+
+lint: venv
+	$(PY) -m vmresize.api.crdgen --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	PYTHONPATH=api:operator:agent $(VENV)/bin/lint-imports
+
+test-unit: venv
+	bash hack/pytest.sh tests/unit
+
+test-integration: deps
+	bash hack/pytest.sh tests/integration
+
+test-e2e: deps
+	bash hack/pytest.sh tests/e2e
+
+# Lint and type checks first, then all three tiers in one pytest session (one control plane).
+test: deps lint
+	bash hack/pytest.sh tests
+
+demo: deps
+	bash hack/demo.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
