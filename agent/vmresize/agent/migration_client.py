@@ -1,0 +1,275 @@
+"""The sending side of a disk migration: push a (sparse) disk to a peer's migration server.
+
+Public API::
+
+    SendResult(checksum: str, size_bytes: int, bytes_sent: int, legs: tuple[int, ...])
+    ProgressFn = Callable[[int, int, float], None]     # (bytes_done, bytes_total, rate B/s)
+    await send_disk(*, src: Path, address: str, port: int, host_key: str,
+                    client_key: asyncssh.SSHKey | Path, transfer_id: str,
+                    progress: ProgressFn | None = None,
+                    reconnect_attempts: int = 5) -> SendResult
+
+``host_key`` is the receiver's OpenSSH public key line (``Host.status.hostKey``); it is
+the only key trusted for this connection (a known_hosts built from it, never
+``known_hosts=None``). Only data extents travel (``SEEK_DATA``/``SEEK_HOLE``; all-zero
+chunks are skipped too). ``bytes_total`` is the number of data bytes of the source,
+``bytes_done`` counts what the receiver holds (including what it had before a resume);
+progress is reported at most ``PROGRESS_HZ`` times a second plus once at the end.
+
+After a dropped connection the sender reconnects (``reconnect_attempts`` times, backoff
+0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
+receiver's sha256 of the file it wrote must equal the source's, or the send fails
+(:class:`ChecksumMismatch` is retried once from scratch by the receiver's reset).
+Errors are :mod:`vmresize.agent.transfer_errors` types; ``retryable`` tells the caller
+whether a later attempt of the step can help. ``legs`` lists the bytes sent per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from vmresize.agent.migration_server import (
+    CHANNEL_MAX_PKTSIZE,
+    CHANNEL_WINDOW,
+    DATA,
+    DONE,
+    ENCRYPTION_ALGS,
+    ERROR,
+    HEADER,
+    HELLO,
+    MAX_CONTROL,
+    PROTOCOL_VERSION,
+    RESULT,
+    STATE,
+    SUBSYSTEM,
+)
+from vmresize.agent.sparse import READ_CHUNK, Extent, iter_extents, sha256_file, split_extents
+from vmresize.agent.sshkeys import parse_public_key
+from vmresize.agent.transfer_errors import (
+    ChecksumMismatch,
+    ConnectionLost,
+    TransferError,
+    TransferRefused,
+    translate,
+)
+
+__all__ = ["ProgressFn", "SendResult", "send_disk"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, float], None]
+PROGRESS_HZ = 2.0
+SSH_USER = "vmresize"
+CONNECT_TIMEOUT = 30.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
+_ZEROS = bytes(READ_CHUNK)
+
+
+def _is_zero(data: bytes) -> bool:
+    """All-zero check at memcmp speed (comparing bytes objects, not memoryviews)."""
+    return data == (_ZEROS if len(data) == READ_CHUNK else bytes(len(data)))
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of a verified send."""
+
+    checksum: str                 # sha256 hex, equal on both sides
+    size_bytes: int               # apparent size of the disk
+    bytes_sent: int               # data bytes put on the wire, all legs together
+    legs: tuple[int, ...] = ()    # data bytes sent per connection
+
+
+class _Progress:
+    """Rate-limited progress reporting."""
+
+    def __init__(self, fn: ProgressFn | None, total: int) -> None:
+        self._fn, self.total = fn, total
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self._t0 = self._last = self._clock()
+        self._base = 0
+        self.done = 0
+
+    def start_leg(self, already: int) -> None:
+        self.done = self._base = already
+        self._t0 = self._clock()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = self._clock()
+        if self._fn is not None and now - self._last >= 1.0 / PROGRESS_HZ:
+            self._last = now
+            self._report(now)
+
+    def _report(self, now: float) -> None:
+        assert self._fn is not None
+        rate = (self.done - self._base) / max(now - self._t0, 1e-6)
+        self._fn(min(self.done, self.total), self.total, rate)
+
+    def finish(self) -> None:
+        if self._fn is not None:
+            self._report(self._clock())
+
+
+def _subtract(extents: list[Extent], have: list[list[int]]) -> Iterator[Extent]:
+    """Parts of ``extents`` not covered by the sorted, merged ranges ``have``."""
+    i = 0
+    for ext in extents:
+        pos, end = ext.offset, ext.offset + ext.length
+        while i < len(have) and have[i][1] <= pos:
+            i += 1
+        j = i
+        while pos < end:
+            if j >= len(have) or have[j][0] >= end:
+                yield Extent(pos, end - pos)
+                break
+            s, e = have[j]
+            if s > pos:
+                yield Extent(pos, s - pos)
+            pos = max(pos, e)
+            j += 1
+
+
+def _covered(extents: list[Extent], have: list[list[int]]) -> int:
+    total = sum(e.length for e in extents)
+    return total - sum(e.length for e in _subtract(extents, have))
+
+
+def _known_hosts(address: str, port: int, host_key: str) -> asyncssh.SSHKnownHosts:
+    key = parse_public_key(host_key)  # raises HostKeyError on garbage
+    pattern = address if port == 22 else f"[{address}]:{port}"
+    line = pattern + " " + key.export_public_key("openssh").decode("ascii").strip()
+    return asyncssh.import_known_hosts(line + "\n")
+
+
+class _Leg:
+    """One connection: handshake, data, verification."""
+
+    def __init__(self, reader: asyncssh.SSHReader[bytes],
+                 writer: asyncssh.SSHWriter[bytes]) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def recv(self) -> tuple[int, dict[str, Any]]:
+        kind, _, length = HEADER.unpack(await self.reader.readexactly(HEADER.size))
+        if length > MAX_CONTROL:
+            raise TransferError(f"oversized control frame from receiver ({length} bytes)")
+        doc = json.loads(await self.reader.readexactly(length)) if length else {}
+        if kind == ERROR:
+            code, msg = doc.get("code"), doc.get("message", "")
+            if code == "checksum-mismatch":
+                raise ChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
+            if code == "busy":
+                raise ConnectionLost(f"receiver busy: {msg}")
+            raise TransferRefused(f"receiver refused ({code}): {msg}")
+        return kind, doc
+
+    def send(self, kind: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.writer.write(HEADER.pack(kind, 0, len(body)) + body)
+
+
+async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
+                    extents: list[Extent], transfer_id: str, source_sha: asyncio.Future[str],
+                    progress: _Progress, sent: list[int]) -> str:
+    writer, reader, _ = await conn.open_session(
+        subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
+        max_pktsize=CHANNEL_MAX_PKTSIZE)
+    leg = _Leg(reader, writer)
+    leg.send(HELLO, {"version": PROTOCOL_VERSION, "transfer_id": transfer_id, "size": size})
+    kind, state = await leg.recv()
+    if kind != STATE:
+        raise TransferError(f"unexpected frame {kind} instead of STATE")
+    have = [[int(s), int(e)] for s, e in state.get("have", [])]
+    if state.get("complete"):
+        checksum = await source_sha
+        if state.get("sha256") != checksum:
+            raise ChecksumMismatch(f"receiver holds a completed copy with sha256 "
+                                   f"{state.get('sha256')}, source is {checksum}")
+        return checksum
+    progress.start_leg(_covered(extents, have))
+    loop = asyncio.get_running_loop()
+    for piece in split_extents(_subtract(extents, have), READ_CHUNK):
+        data = await loop.run_in_executor(None, os.pread, fd, piece.length, piece.offset)
+        if len(data) != piece.length:
+            raise TransferError(f"source shrank while reading at {piece.offset}")
+        if not _is_zero(data):  # an all-zero chunk stays a hole at the receiver
+            writer.write(HEADER.pack(DATA, piece.offset, piece.length))
+            writer.write(data)
+            sent[-1] += piece.length
+            await writer.drain()
+        progress.add(piece.length)
+    checksum = await source_sha
+    leg.send(DONE, {"sha256": checksum})
+    kind, result = await leg.recv()
+    if kind != RESULT or result.get("sha256") != checksum:
+        raise ChecksumMismatch(f"receiver reported {result.get('sha256')}, source {checksum}")
+    writer.close()
+    return checksum
+
+
+async def send_disk(*, src: Path, address: str, port: int, host_key: str,
+                    client_key: asyncssh.SSHKey | Path, transfer_id: str,
+                    progress: ProgressFn | None = None,
+                    reconnect_attempts: int = 5) -> SendResult:
+    """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``."""
+    known_hosts = _known_hosts(address, port, host_key)
+    key = asyncssh.read_private_key(client_key) if isinstance(client_key, Path) else client_key
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    source_sha: asyncio.Future[str] | None = None
+    try:
+        size = os.fstat(fd).st_size
+        extents = list(iter_extents(fd, size))
+        source_sha = asyncio.ensure_future(asyncio.to_thread(sha256_file, src))
+        prog = _Progress(progress, sum(e.length for e in extents))
+        sent: list[int] = []
+        mismatches = 0
+        attempt = 0
+        while True:
+            sent.append(0)
+            try:
+                async with asyncssh.connect(
+                        address, port, known_hosts=known_hosts, client_keys=[key],
+                        username=SSH_USER, config=[], agent_path=None, password=None,
+                        kbdint_auth=False, gss_host=None, preferred_auth="publickey",
+                        encryption_algs=list(ENCRYPTION_ALGS), compression_algs=["none"],
+                        connect_timeout=CONNECT_TIMEOUT, keepalive_interval=15,
+                        keepalive_count_max=4) as conn:
+                    checksum = await _send_leg(conn, fd=fd, size=size, extents=extents,
+                                               transfer_id=transfer_id, source_sha=source_sha,
+                                               progress=prog, sent=sent)
+                prog.finish()
+                return SendResult(checksum, size, sum(sent), tuple(sent))
+            except (asyncssh.Error, OSError, EOFError, asyncio.IncompleteReadError,
+                    TimeoutError, TransferError) as e:
+                err = translate(e, context=f"send {transfer_id} to {address}:{port}")
+                if isinstance(err, ChecksumMismatch):
+                    mismatches += 1
+                    if mismatches > 1:
+                        _raise(err, e)
+                elif not err.retryable or attempt >= reconnect_attempts:
+                    _raise(err, e)
+                attempt += 1
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1))
+                log.warning("%s; retry %d/%d in %.1fs", err, attempt, reconnect_attempts,
+                            delay)
+                await asyncio.sleep(delay)
+    finally:
+        os.close(fd)
+        if source_sha is not None and not source_sha.done():
+            source_sha.cancel()
+
+
+def _raise(err: TransferError, cause: BaseException) -> None:
+    if err is cause:
+        raise err
+    raise err from cause
