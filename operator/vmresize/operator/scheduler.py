@@ -1,0 +1,161 @@
+"""The scheduler: Nova-style filters, then weighers, over plain data.
+
+Pure and fast: no Kubernetes, no pydantic in the hot loop. :func:`candidate_from_host`
+(in :mod:`vmresize.operator.views`) turns a Host into a :class:`HostState`; this module
+decides. Free resources follow Placement: ``(total - reserved) * ratio - allocated``.
+
+Filters, in order (each removes hosts and is counted for ``NoValidHost``):
+``ForcedHost``, ``Enabled``, ``Heartbeat`` (agent ready and heard from recently),
+``SameHost`` (the source is excluded unless same-host resize is allowed; a cold migration
+always excludes it), ``HostSelector`` (aggregate-style labels from the flavor's extra specs
+``aggregate_instance_extra_specs:<label>=<value>``), ``VCPU``, ``RAM``, ``Disk``.
+
+Weighers: free RAM (multiplier 1.0 by default), free vCPU, free disk; each normalised to
+0..1 over the candidates (as Nova does) and multiplied. A negative multiplier packs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+FILTERS = ("ForcedHost", "Enabled", "Heartbeat", "SameHost", "HostSelector",
+           "VCPU", "RAM", "Disk")
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """One host as the scheduler sees it. Sizes: vCPUs, MiB, GiB."""
+
+    name: str
+    enabled: bool = True
+    ready: bool = True
+    heartbeat: datetime | None = None
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+    cpu_ratio: float = 4.0
+    ram_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    reserved_vcpus: int = 0
+    reserved_memory_mib: int = 512
+    reserved_disk_gib: int = 0
+    used_vcpus: int = 0
+    used_memory_mib: int = 0
+    used_disk_gib: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def free(self) -> tuple[float, float, float]:
+        """Free vCPU, RAM MiB, disk GiB after ratios, reserved and allocations."""
+        return (
+            (self.vcpus - self.reserved_vcpus) * self.cpu_ratio - self.used_vcpus,
+            (self.memory_mib - self.reserved_memory_mib) * self.ram_ratio - self.used_memory_mib,
+            (self.disk_gib - self.reserved_disk_gib) * self.disk_ratio - self.used_disk_gib,
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to place. ``source_host`` is where the instance runs now (None for a new one)."""
+
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    now: datetime
+    source_host: str | None = None
+    allow_same_host: bool = False
+    forced_host: str | None = None
+    selector: Mapping[str, str] = field(default_factory=dict)
+    exclude: frozenset[str] = frozenset()
+    heartbeat_stale_seconds: float = 60.0
+    max_alternates: int = 2
+
+
+@dataclass(frozen=True)
+class Weights:
+    ram: float = 1.0
+    cpu: float = 0.0
+    disk: float = 0.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    host: str
+    alternates: tuple[str, ...]
+    weighed: tuple[tuple[str, float], ...]   # best first, at most 1 + max_alternates + 2
+
+
+@dataclass(frozen=True)
+class NoValidHost:
+    counts: Mapping[str, int]   # hosts removed per filter, in FILTERS order
+    total: int
+
+
+def fits(h: HostState, vcpus: int, memory_mib: int, disk_gib: int) -> str | None:
+    """The first resource filter ``h`` fails for this size, or None if it fits."""
+    fc, fr, fd = h.free()
+    if vcpus > fc:
+        return "VCPU"
+    if memory_mib > fr:
+        return "RAM"
+    if disk_gib > fd:
+        return "Disk"
+    return None
+
+
+def _rejected_by(h: HostState, r: Request) -> str | None:
+    if r.forced_host is not None and h.name != r.forced_host:
+        return "ForcedHost"
+    if not h.enabled:
+        return "Enabled"
+    if (not h.ready or h.heartbeat is None
+            or (r.now - h.heartbeat).total_seconds() > r.heartbeat_stale_seconds):
+        return "Heartbeat"
+    if h.name in r.exclude or (h.name == r.source_host and not r.allow_same_host):
+        return "SameHost"
+    for k, v in r.selector.items():
+        if h.labels.get(k) != v:
+            return "HostSelector"
+    return fits(h, r.vcpus, r.memory_mib, r.disk_gib)
+
+
+def _normalise(values: Sequence[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return [0.0] * len(values)
+    span = hi - lo
+    return [(v - lo) / span for v in values]
+
+
+def select(hosts: Sequence[HostState], req: Request, weights: Weights) -> Selection | NoValidHost:
+    """Filter, weigh, and return the best host with its alternates, or NoValidHost."""
+    counts = dict.fromkeys(FILTERS, 0)
+    passed: list[HostState] = []
+    for h in hosts:
+        why = _rejected_by(h, req)
+        if why is None:
+            passed.append(h)
+        else:
+            counts[why] += 1
+    if not passed:
+        return NoValidHost(counts=counts, total=len(hosts))
+    free = [h.free() for h in passed]
+    total = [0.0] * len(passed)
+    for idx, mult in ((1, weights.ram), (0, weights.cpu), (2, weights.disk)):
+        if mult:
+            for i, n in enumerate(_normalise([f[idx] for f in free])):
+                total[i] += mult * n
+    # Best weight first; the name breaks ties so that the result is deterministic.
+    order = sorted(range(len(passed)), key=lambda i: (-total[i], passed[i].name))
+    keep = order[: 1 + req.max_alternates + 2]
+    weighed = tuple((passed[i].name, round(total[i], 4)) for i in keep)
+    best = passed[order[0]].name
+    alternates = tuple(passed[i].name for i in order[1: 1 + req.max_alternates])
+    return Selection(host=best, alternates=alternates, weighed=weighed)
+
+
+def selector_from_extra_specs(extra_specs: Mapping[str, str]) -> dict[str, str]:
+    """Nova's AggregateInstanceExtraSpecsFilter keys, matched here against Host labels."""
+    prefix = "aggregate_instance_extra_specs:"
+    return {k[len(prefix):]: v for k, v in extra_specs.items() if k.startswith(prefix)}
