@@ -1,0 +1,131 @@
+"""Fixtures for the disk-transfer tests: real asyncssh server/client on 127.0.0.1.
+
+All fixtures are prefixed ``xfer_`` so they never clash with the libvirt helper's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+import pytest_asyncio
+
+from vmresize.agent.migration_server import MigrationServer, start_migration_server
+from vmresize.agent.sshkeys import generate_key, load_or_create_host_key, public_openssh
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class XferKeys:
+    """Host key of the receiver, the authorized migration key and an unknown key."""
+
+    host: asyncssh.SSHKey
+    client: asyncssh.SSHKey
+    stranger: asyncssh.SSHKey
+
+    @property
+    def host_pub(self) -> str:
+        return public_openssh(self.host)
+
+
+@pytest.fixture
+def xfer_keys(tmp_path: Path) -> XferKeys:
+    return XferKeys(load_or_create_host_key(tmp_path / "state"), generate_key(),
+                    generate_key())
+
+
+@pytest.fixture
+def xfer_root(tmp_path: Path) -> Path:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+async def xfer_start(root: Path, keys: XferKeys) -> MigrationServer:
+    return await start_migration_server(root=root, host_key=keys.host,
+                                        authorized_keys=[public_openssh(keys.client)],
+                                        host="127.0.0.1")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def xfer_server(xfer_root: Path, xfer_keys: XferKeys) -> AsyncIterator[MigrationServer]:
+    server = await xfer_start(xfer_root, xfer_keys)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def xfer_make_file(path: Path, size: int, data: dict[int, int]) -> Path:
+    """A sparse file of ``size`` with random data of ``data[offset]`` bytes at each offset."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        for off, n in data.items():
+            os.pwrite(fd, os.urandom(n), off)
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.fixture
+def xfer_file(tmp_path: Path) -> Callable[[str, int, dict[int, int]], Path]:
+    def make(name: str, size: int, data: dict[int, int]) -> Path:
+        return xfer_make_file(tmp_path / name, size, data)
+    return make
+
+
+class XferCutProxy:
+    """A TCP relay on 127.0.0.1 that cuts connection *i* after ``cuts[i]`` upstream bytes.
+
+    Connections beyond ``len(cuts)`` (or with ``None``) pass through untouched. The cut is a
+    real network failure for both asyncssh ends (transports aborted), not a mock.
+    """
+
+    def __init__(self, upstream_port: int, cuts: list[int | None]) -> None:
+        self.upstream_port = upstream_port
+        self.cuts = list(cuts)
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        index = self.connections
+        self.connections += 1
+        cut = self.cuts[index] if index < len(self.cuts) else None
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        def abort() -> None:
+            cw.transport.abort()
+            uw.transport.abort()
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, limit: int | None) -> None:
+            moved = 0
+            try:
+                while data := await r.read(256 * 1024):
+                    if limit is not None and moved + len(data) >= limit:
+                        abort()
+                        return
+                    moved += len(data)
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            abort()
+
+        await asyncio.gather(pump(cr, uw, cut), pump(ur, cw, None))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
