@@ -1,0 +1,376 @@
+"""The Helm chart at deploy/helm/vmresize, checked with the real helm binary.
+
+Rendering (lint, template, the values schema, the CRD copies) needs no cluster. Installing
+uses the real local kube-apiserver: the shared session one, where the CRDs were already
+applied from crds/ (so the chart installs with crds.enabled=false), and a private one for
+the chart's own CRDs, their keep policy and kopf peering.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from localcluster import LocalCluster, ensure_binaries
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "vmresize"
+TEMPLATES = CHART / "templates"
+#: Every helm call is bounded; an install that does not wait for pods takes ~1 s.
+HELM_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(ensure_binaries() / "helm", tmp_path_factory.mktemp("helm-home"))
+
+
+class Helm:
+    """The real helm binary with its config, cache and data kept in a temporary home."""
+
+    def __init__(self, binary: Path, home: Path) -> None:
+        self.binary = binary
+        self.env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"),
+                    "HELM_CACHE_HOME": str(home / "cache"), "HELM_DATA_HOME": str(home / "data")}
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.binary), *args], capture_output=True, text=True,
+                              env=self.env, timeout=HELM_TIMEOUT)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def template(self, *args: str, release: str = "vmresize",
+                 namespace: str = "vmresize-system") -> list[dict[str, Any]]:
+        out = self.run("template", release, str(CHART), "-n", namespace, *args).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+
+def kubectl(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """kubectl against ``config``, bounded; raises with its stderr when ``check``."""
+    proc = subprocess.run(["kubectl", f"--kubeconfig={config}", *args], capture_output=True,
+                          text=True, timeout=HELM_TIMEOUT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def sources(rendered_text: str) -> set[str]:
+    return set(re.findall(r"^# Source: vmresize/(\S+)$", rendered_text, re.MULTILINE))
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
+    return hits[0]
+
+
+# --- rendering, no cluster ---------------------------------------------------------------
+
+
+def test_lint_strict_passes(helm: Helm) -> None:
+    proc = helm.run("lint", "--strict", str(CHART))
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+    assert "[ERROR]" not in proc.stdout
+    assert "[WARNING]" not in proc.stdout
+
+
+def test_every_template_renders(helm: Helm) -> None:
+    """Defaults render every template but the peering one, which replicaCount=2 adds."""
+    defaults = helm.run("template", "vmresize", str(CHART), "-n", "vmresize-system").stdout
+    ha = helm.run("template", "vmresize", str(CHART), "-n", "vmresize-system",
+                  "--set", "operator.replicaCount=2").stdout
+    files = {str(p.relative_to(CHART)) for p in TEMPLATES.rglob("*.yaml")}
+    assert files - sources(defaults) == {"templates/operator-peering.yaml"}
+    assert files <= sources(ha)
+
+
+def test_defaults_render_the_documented_objects(helm: Helm) -> None:
+    docs = helm.template()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 5
+    for d in docs:
+        if d["metadata"].get("namespace") is not None:
+            assert d["metadata"]["namespace"] == "vmresize-system"
+        assert len(d["metadata"]["name"]) <= 63
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "vmresize"
+    assert {find(docs, "ServiceAccount", n)["metadata"]["name"]
+            for n in ("vmresize-operator", "vmresize-agent")} == {"vmresize-operator",
+                                                                  "vmresize-agent"}
+    for crd in (d for d in docs if d["kind"] == "CustomResourceDefinition"):
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_operator_deployment(helm: Helm) -> None:
+    dep = find(helm.template(), "Deployment", "vmresize-operator")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["vmresize-operator"]
+    assert c["args"] == ["--all-namespaces", "--standalone",
+                         "--liveness=http://0.0.0.0:8080/healthz"]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VMRESIZE_NAMESPACE"] == "vmresize-system"
+    assert env["VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST"] == "false"
+    assert env["VMRESIZE_AUTO_CONFIRM_SECONDS"] == "0"
+    assert env["VMRESIZE_MAX_ATTEMPTS"] == "3"
+    assert env["VMRESIZE_HEARTBEAT_STALE_SECONDS"] == "60"
+    assert env["VMRESIZE_RAM_WEIGHT_MULTIPLIER"] == "1"
+    assert env["VMRESIZE_CPU_WEIGHT_MULTIPLIER"] == "0"
+    assert env["VMRESIZE_DISK_WEIGHT_MULTIPLIER"] == "0"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["serviceAccountName"] == "vmresize-operator"
+
+
+def test_operator_settings_and_ha_peering(helm: Helm) -> None:
+    docs = helm.template("--set", "operator.replicaCount=3",
+                         "--set", "operator.settings.allowResizeToSameHost=true",
+                         "--set-json", "operator.settings.weighers.ramWeightMultiplier=-1.5")
+    c = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--peering=vmresize-operator" in c["args"]
+    assert "--standalone" not in c["args"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST"] == "true"
+    assert env["VMRESIZE_RAM_WEIGHT_MULTIPLIER"] == "-1.5"
+    find(docs, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
+    peering = find(docs, "ClusterKopfPeering", "vmresize-operator")
+    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
+    rules = find(docs, "ClusterRole", "vmresize-operator")["rules"]
+    assert any("clusterkopfpeerings" in r["resources"] for r in rules)
+
+
+def test_agent_daemonset(helm: Helm) -> None:
+    ds = find(helm.template(), "DaemonSet", "vmresize-agent")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["vmresize-agent"]
+    assert c["args"] == [
+        "--host-name=$(NODE_NAME)", "--libvirt-uri=qemu:///system",
+        "--storage-root=/var/lib/vmresize", "--state-dir=/var/lib/vmresize-agent",
+        "--migration-address=$(POD_IP)", "--migration-port=2222",
+        "--migration-key-file=/etc/vmresize/migration/id_ed25519",
+        "--namespace=vmresize-system",
+    ]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert pod["hostNetwork"] is True
+    assert pod["nodeSelector"] == {"vmresize.io/hypervisor": "true"}
+    assert c["ports"] == [{"name": "migration", "containerPort": 2222, "hostPort": 2222,
+                           "protocol": "TCP"}]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["libvirt-run"] == volumes["libvirt-run"]["hostPath"]["path"] == \
+        "/var/run/libvirt"
+    assert mounts["storage"] == volumes["storage"]["hostPath"]["path"] == "/var/lib/vmresize"
+    assert volumes["migration-key"]["secret"]["secretName"] == "vmresize-migration-key"
+    assert pod["serviceAccountName"] == "vmresize-agent"
+
+
+def test_names_follow_the_release_and_stay_within_63_characters(helm: Helm) -> None:
+    docs = helm.template(release="prod")
+    sas = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert sas == {"prod-vmresize-operator", "prod-vmresize-agent"}
+    long = "r" * 53
+    for d in helm.template(release=long):
+        assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
+        assert not d["metadata"]["name"].endswith("-")
+
+
+def test_crds_disabled_renders_no_crd(helm: Helm) -> None:
+    docs = helm.template("--set", "crds.enabled=false", "--set", "operator.replicaCount=2")
+    assert [d for d in docs if d["kind"] == "CustomResourceDefinition"] == []
+    assert find(docs, "Deployment")
+
+
+def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
+    docs = helm.template("--set", "crds.keep=false")
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 5
+    assert all("annotations" not in c["metadata"] for c in crds)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("operator.replicaCount=two", "operator.replicaCount: Invalid type. Expected: integer"),
+    ("agent.migration.port=70000", "agent.migration.port: Must be less than or equal to 65535"),
+    ("migrationKey.algorithm=dsa", "migrationKey.algorithm must be one of the following"),
+    ("operator.settings.maxAttempts=0", "operator.settings.maxAttempts: Must be greater"),
+    ("operator.bogus=1", "Additional property bogus is not allowed"),
+    ("admission.validationActions[0]=Block", "must be one of the following: \"Deny\""),
+    ("agent.storageRoot=relative/path", "agent.storageRoot: Does not match pattern"),
+    ("operator.image.pullPolicy=Sometimes", "operator.image.pullPolicy must be one of"),
+    ("crds.enabled=maybe", "crds.enabled: Invalid type. Expected: boolean"),
+])
+def test_schema_rejects_bad_values(helm: Helm, setting: str, message: str) -> None:
+    proc = helm.run("template", "x", str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_schema_needs_an_existing_secret_when_not_creating_the_key(helm: Helm) -> None:
+    proc = helm.run("template", "x", str(CHART), "--set", "migrationKey.create=false",
+                    check=False)
+    assert proc.returncode != 0
+    assert "migrationKey" in proc.stderr
+    docs = helm.template("--set", "migrationKey.create=false",
+                         "--set", "migrationKey.existingSecret=my-key")
+    assert [d for d in docs if d["kind"] == "Secret"] == []
+    role = find(docs, "Role", "vmresize-agent")
+    assert {"resources": ["secrets"], "resourceNames": ["my-key"], "verbs": ["get"],
+            "apiGroups": [""]} in role["rules"]
+
+
+def _value_paths(values: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(values, dict):
+        for key, value in values.items():
+            yield f"{prefix}{key}"
+            yield from _value_paths(value, f"{prefix}{key}.")
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, sub in schema.get("properties", {}).items():
+        yield f"{prefix}{key}"
+        yield from _schema_paths(sub, f"{prefix}{key}.")
+
+
+def _free_form(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Paths of objects the schema passes through (resources, securityContext, labels...)."""
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" not in sub:
+            yield f"{prefix}{key}"
+        yield from _free_form(sub, f"{prefix}{key}.")
+
+
+def test_values_and_schema_describe_the_same_keys() -> None:
+    """Every key of values.yaml is in the schema (or inside a pass-through Kubernetes
+    object), and the schema describes no key that values.yaml lacks."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    in_schema = set(_schema_paths(schema))
+    in_values = set(_value_paths(yaml.safe_load((CHART / "values.yaml").read_text())))
+    free = tuple(f"{p}." for p in _free_form(schema))
+    assert in_schema - in_values == set()
+    assert {p for p in in_values - in_schema if not p.startswith(free)} == set()
+
+
+def test_every_values_key_has_a_comment() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    documented = set(_schema_paths(schema))
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for n, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [m.group(2)])
+        stack.append((indent, m.group(2)))
+        if path in documented and not lines[n - 1].lstrip().startswith("#"):
+            missing.append(path)
+    assert missing == []
+
+
+@pytest.mark.parametrize("crd_file", sorted(p.name for p in (REPO / "crds").glob("*.yaml")))
+def test_chart_crds_match_generated_crds(helm: Helm, crd_file: str) -> None:
+    (rendered,) = helm.template("--show-only", f"templates/crds/{crd_file}")
+    generated = yaml.safe_load((REPO / "crds" / crd_file).read_text())
+    assert rendered["spec"] == generated["spec"]
+    assert rendered["metadata"]["name"] == generated["metadata"]["name"]
+
+
+# --- installing into a real API server ---------------------------------------------------
+
+
+def _release_name() -> str:
+    return f"r{uuid.uuid4().hex[:8]}"
+
+
+def _secret_key(config: Path, ns: str, name: str) -> str:
+    out = kubectl(config, "get", "secret", name, "-n", ns, "-o",
+                  "jsonpath={.data.id_ed25519}").stdout
+    return base64.b64decode(out).decode()
+
+
+def test_install_upgrade_uninstall_on_the_session_cluster(helm: Helm, kubeconfig: Path) -> None:
+    """The session's CRDs come from crds/, so the chart installs with crds.enabled=false."""
+    asyncssh = pytest.importorskip("asyncssh")
+    release, ns = _release_name(), f"vmresize-{uuid.uuid4().hex[:8]}"
+    base = [f"--kubeconfig={kubeconfig}", "-n", ns, "--set", "crds.enabled=false",
+            "--timeout", "60s"]
+    try:
+        helm.run("install", release, str(CHART), "--create-namespace", *base)
+        status = json.loads(helm.run("status", release, "-o", "json", *base[:3]).stdout)
+        assert status["info"]["status"] == "deployed"
+        names = kubectl(kubeconfig, "get", "deploy,ds,sa,secret,svc,role,rolebinding", "-n",
+                        ns, "-o", "name").stdout.split()
+        prefix = f"{release}-vmresize"
+        for expected in (f"deployment.apps/{prefix}-operator", f"daemonset.apps/{prefix}-agent",
+                         f"serviceaccount/{prefix}-operator", f"serviceaccount/{prefix}-agent",
+                         f"secret/{prefix}-migration-key", f"service/{prefix}-operator-metrics"):
+            assert expected in names
+        key = _secret_key(kubeconfig, ns, f"{prefix}-migration-key")
+        imported = asyncssh.import_private_key(key)
+        assert imported.get_algorithm() == "ssh-ed25519"
+
+        helm.run("upgrade", release, str(CHART), *base,
+                 "--set", "operator.settings.maxAttempts=5")
+        assert _secret_key(kubeconfig, ns, f"{prefix}-migration-key") == key
+        env = kubectl(kubeconfig, "get", "deploy", f"{prefix}-operator", "-n", ns, "-o",
+                      "jsonpath={.spec.template.spec.containers[0].env}").stdout
+        assert {"name": "VMRESIZE_MAX_ATTEMPTS", "value": "5"} in json.loads(env)
+    finally:
+        helm.run("uninstall", release, *base[:3], "--wait", "--timeout", "60s", check=False)
+        kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false", check=False)
+    left = kubectl(kubeconfig, "get", "clusterroles,validatingadmissionpolicies", "-o",
+                   "name").stdout
+    assert release not in left
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[Path]:
+    """A control plane of its own, for the chart's own CRDs (the session's are kubectl's)."""
+    cluster = LocalCluster(tmp_path / "cluster").start()
+    try:
+        yield cluster.kubeconfig
+    finally:
+        cluster.stop()
+
+
+def test_install_with_crds_keep_and_peering(helm: Helm, private_cluster: Path) -> None:
+    config = private_cluster
+    base = [f"--kubeconfig={config}", "-n", "vmresize-system", "--timeout", "60s"]
+    helm.run("install", "vmresize", str(CHART), "--create-namespace", *base)
+    crds = [p.name.removesuffix(".yaml") for p in (REPO / "crds").glob("*.yaml")]
+    kubectl(config, "wait", "--for=condition=Established", "--timeout=60s",
+            *[f"crd/{c}" for c in crds])
+    # HA: kopf's peering CRD comes with the upgrade, the peering object with its hook.
+    helm.run("upgrade", "vmresize", str(CHART), *base, "--set", "operator.replicaCount=2")
+    peering = json.loads(kubectl(config, "get", "clusterkopfpeering", "vmresize-operator",
+                                 "-o", "json").stdout)
+    assert peering["kind"] == "ClusterKopfPeering"
+    args = kubectl(config, "get", "deploy", "vmresize-operator", "-n", "vmresize-system", "-o",
+                   "jsonpath={.spec.template.spec.containers[0].args}").stdout
+    assert "--peering=vmresize-operator" in json.loads(args)
+    helm.run("uninstall", "vmresize", *base[:3], "--wait", "--timeout", "60s")
+    # crds.keep: the CRDs (and so every user object) outlive the release.
+    left = kubectl(config, "get", "crd", "-o", "name").stdout.split()
+    for c in crds:
+        assert f"customresourcedefinition.apiextensions.k8s.io/{c}" in left
+    assert kubectl(config, "get", "deploy", "-n", "vmresize-system", "-o",
+                   "name").stdout.strip() == ""
