@@ -113,7 +113,9 @@ class CommitClaims:
 class UpdateInstance:
     """Set the Instance's status, if this resize holds its lock."""
 
-    placement: Literal["source", "dest"]
+    placement: Literal["source", "dest", "keep"]
+    """source/dest: the Instance now lives there; keep: leave host, domain and disk as they
+    are (in VerifyResize the source copy is still the one to come back to)."""
     phase: InstancePhase
     power: PowerState
     unlock: bool
@@ -167,9 +169,11 @@ def _progress(o: Observation) -> dict[str, Any]:
 
 
 def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
-    """Start a rollback: delete the dest copy, then start the source again."""
+    """Start a rollback: delete the dest copy (if there is a dest), then start the source."""
     frm = updates.pop("rollback_from", None) or s.phase.value
-    return Step(P.ROLLING_BACK, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),),
+    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host
+             else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
+    return Step(P.ROLLING_BACK, (first,),
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
                 updates={"rollback_from": frm, **updates})
 
@@ -268,8 +272,9 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
     deadline = (now + timedelta(seconds=s.confirm_window_seconds)
                 if s.confirm_window_seconds > 0 else None)
     tail = f"; auto-confirm at {deadline.isoformat()}" if deadline else ""
-    return Step(P.VERIFY_RESIZE, (UpdateInstance("dest", InstancePhase.RESIZING,
-                                                 PowerState.RUNNING, unlock=False),),
+    return Step(P.VERIFY_RESIZE, (UpdateInstance(
+        "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
+        message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
                 reason="VerifyResize",
                 message=f"Running on {s.dest_host}; confirm or revert{tail}",
                 updates={"verify_deadline": deadline})

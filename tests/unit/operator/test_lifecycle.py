@@ -102,7 +102,7 @@ def test_happy_path_resize_then_confirm() -> None:
     assert out.updates["verify_deadline"] is None
     (upd,) = out.actions
     assert isinstance(upd, UpdateInstance)
-    assert upd.placement == "dest"
+    assert upd.placement == "keep"
     assert not upd.unlock
     out = step(state(P.VERIFY_RESIZE), obs(Kind.CONFIRM), NOW)
     assert out.phase is P.CONFIRMING
@@ -177,8 +177,9 @@ def test_no_valid_host_first_try_fails_and_unlocks() -> None:
 
 
 def test_no_alternate_fits_on_retry_rolls_back() -> None:
-    out = step(state(P.SCHEDULING, attempts=2), obs(Kind.NO_VALID_HOST), NOW)
+    out = step(state(P.SCHEDULING, attempts=2, dest_host=None), obs(Kind.NO_VALID_HOST), NOW)
     assert out.phase is P.ROLLING_BACK
+    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
 
 
 @pytest.mark.parametrize("phase", [P.MIGRATING, P.FINISHING])

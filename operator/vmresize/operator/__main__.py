@@ -1,0 +1,41 @@
+"""``vmresize-operator`` / ``python -m vmresize.operator``: run kopf in-process.
+
+Uses the same handler registry as ``kopf run -m vmresize.operator``.
+
+    python -m vmresize.operator [--standalone] [--namespace NS | --all-namespaces] [-v]
+
+``--namespace NS`` keeps HostTasks in NS and watches only NS (as the tests do);
+otherwise HostTasks go to ``VMRESIZE_NAMESPACE`` and every namespace is watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+
+import vmresize.operator  # noqa: F401 - registers the handlers
+from vmresize.operator.startup import PEERING
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vmresize-operator", description=__doc__.split("\n")[0])
+    p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
+    p.add_argument("--namespace", help="HostTask namespace, and the only one watched")
+    p.add_argument("--peering", default=PEERING, help="kopf peering name")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.namespace:
+        os.environ["VMRESIZE_NAMESPACE"] = args.namespace
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=args.verbose)
+    kopf.run(standalone=args.standalone, peering_name=args.peering,
+             namespaces=[args.namespace] if args.namespace else (),
+             clusterwide=not args.namespace)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Conditions (pure): what ``kubectl wait --for=condition=...`` sees for each phase.
+
+VMResize: ``Ready`` (finished: Confirmed, Reverted or RolledBack), ``VerifyResize`` (waiting
+for the user), ``Failed`` (Failed or RollbackFailed), ``RolledBack``. Instance: ``Ready``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from vmresize.api.instance import InstancePhase
+from vmresize.api.meta import Condition, set_condition
+from vmresize.api.resize import ResizePhase
+
+P = ResizePhase
+_READY = {P.CONFIRMED, P.REVERTED, P.ROLLED_BACK}
+_FAILED = {P.FAILED, P.ROLLBACK_FAILED}
+
+
+def _c(kind: str, on: bool, reason: str, message: str, generation: int | None) -> Condition:
+    return Condition(type=kind, status="True" if on else "False", reason=reason or "None",
+                     message=message, observed_generation=generation)
+
+
+def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str,
+                      message: str, now: datetime, generation: int | None) -> list[Condition]:
+    out = existing
+    for kind, on in (("Ready", phase in _READY), ("VerifyResize", phase is P.VERIFY_RESIZE),
+                     ("Failed", phase in _FAILED), ("RolledBack", phase is P.ROLLED_BACK)):
+        out = set_condition(out, _c(kind, on, reason or phase.value, message if on else "",
+                                    generation), now)
+    return out
+
+
+def instance_conditions(existing: list[Condition], phase: InstancePhase, message: str,
+                        now: datetime) -> list[Condition]:
+    on = phase is InstancePhase.ACTIVE
+    return set_condition(existing, _c("Ready", on, phase.value, message, None), now)

@@ -1,0 +1,87 @@
+"""The loop behind each per-object kopf daemon, and the wake-ups that speed it up.
+
+Why a daemon per active VMResize/Instance (rather than only watch handlers): a resize is
+a long conversation with agents and with time (auto-confirm). The daemon runs the
+engine's step until nothing changes, then sleeps until woken (a HostTask of this owner
+changed, or the user set confirm/revert) or until ``poll_seconds`` pass, which also
+covers any missed event. kopf starts the daemon again for every live object after a
+restart, and with peering only the active operator runs daemons. All state is in the API,
+so the daemon keeps nothing that a kill -9 could lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from vmresize.operator.engine import Outcome
+
+log = logging.getLogger(__name__)
+Reconcile = Callable[[datetime], Outcome]
+
+
+class Wakeups:
+    """In-memory events keyed by owner UID; losing them only costs a poll interval."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def event(self, uid: str) -> asyncio.Event:
+        return self._events.setdefault(uid, asyncio.Event())
+
+    def wake(self, uid: str) -> None:
+        ev = self._events.get(uid)
+        if ev is not None:
+            ev.set()
+
+    def forget(self, uid: str) -> None:
+        self._events.pop(uid, None)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def post(body: Any, events: list[tuple[str, str, str]]) -> None:
+    for kind, reason, message in events:
+        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+
+async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
+              stopped: Any, poll_seconds: float) -> None:
+    """Step until done (or stopped), sleeping between steps until woken or polled."""
+    wake = wakeups.event(uid)
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                out = await asyncio.to_thread(reconcile, now())
+            except kopf.TemporaryError as e:
+                log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
+                await _sleep(wake, stopped, e.delay or 1.0)
+                continue
+            except kopf.PermanentError as e:
+                log.error("%s: %s", uid, e)
+                await _sleep(wake, stopped, poll_seconds * 4)
+                continue
+            post(body, out.events)
+            if out.done:
+                return
+            if not out.changed:
+                await _sleep(wake, stopped, poll_seconds)
+    finally:
+        wakeups.forget(uid)
+
+
+async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,35 @@
+"""kopf handlers for Instance: a daemon places and builds it; deletion destroys it."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+import kopf
+
+from vmresize.api.instance import InstancePhase
+from vmresize.api.meta import GROUP, VERSION
+from vmresize.operator import driver, instances
+
+_BUILDING = {InstancePhase.PENDING.value, InstancePhase.BUILDING.value}
+
+
+def _unbuilt(status: Any, **_: Any) -> bool:
+    return (status or {}).get("phase", InstancePhase.PENDING.value) in _BUILDING
+
+
+@kopf.daemon(GROUP, VERSION, "instances", id="build", when=_unbuilt, cancellation_timeout=10)
+async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: Any,
+                memo: Any, **_: Any) -> None:
+    step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
+    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds)
+
+
+@kopf.on.delete(GROUP, VERSION, "instances", id="destroy")
+async def delete(body: Any, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    out = await asyncio.to_thread(instances.reconcile, memo.storage, memo.settings,
+                                  namespace or "", name, driver.now(), True)
+    driver.post(body, out.events)
+    if not out.done:
+        raise kopf.TemporaryError("waiting for Destroy", delay=1)

@@ -1,0 +1,41 @@
+"""Operator start-up: kopf identity and settings, shared clients, the metrics server.
+
+The operator's kopf identity is its own (the agent has another): finalizer
+``operator.vmresize.io/finalizer``, progress and diff-base annotations under
+``operator.vmresize.io``, peering ``vmresize-operator`` (ignored with ``--standalone``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from vmresize.operator import metrics
+from vmresize.operator.driver import Wakeups
+from vmresize.operator.settings import Settings
+from vmresize.operator.storage import Storage
+
+PREFIX = "operator.vmresize.io"
+FINALIZER = f"{PREFIX}/finalizer"
+PEERING = "vmresize-operator"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.peering.name = PEERING
+    settings.peering.mandatory = False   # without the peering CRD: run alone, say so
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 32
+    settings.watching.server_timeout = 120
+    conf = Settings.from_env()
+    memo.settings = conf
+    memo.storage = Storage()
+    memo.wakeups = Wakeups()
+    metrics.serve(conf.metrics_port, os.environ.get("VMRESIZE_METRICS_ADDRESS", "0.0.0.0"))  # noqa: S104 - a pod's metrics port

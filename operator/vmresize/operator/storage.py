@@ -1,0 +1,125 @@
+"""The storage layer: the only module that talks to the Kubernetes API.
+
+It reads and writes the vmresize custom resources as pydantic models, guards every status
+write with the resourceVersion it read (optimistic concurrency), and converts client
+exceptions into :mod:`vmresize.operator.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from vmresize.api.flavor import Flavor
+from vmresize.api.host import Host
+from vmresize.api.hosttask import HostTask
+from vmresize.api.instance import Instance
+from vmresize.api.meta import GROUP, VERSION, Resource
+from vmresize.api.resize import VMResize
+from vmresize.operator.errors import AlreadyExistsError, ApiRejected, ApiUnavailable, Conflict
+
+R = TypeVar("R", bound=Resource)
+T = TypeVar("T")
+
+#: Seconds for one API call; the API server is local or in-cluster.
+REQUEST_TIMEOUT = 30
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ApiException as e:
+        if e.status == 409:
+            if "AlreadyExists" in str(e.body or ""):
+                raise AlreadyExistsError(what) from e
+            raise Conflict(f"{what}: conflict") from e
+        if e.status in (429, 500, 502, 503, 504) or e.status is None:
+            raise ApiUnavailable(f"{what}: HTTP {e.status}") from e
+        raise ApiRejected(f"{what}: HTTP {e.status}: {e.reason}") from e
+    except (HTTPError, OSError) as e:
+        raise ApiUnavailable(f"{what}: {e}") from e
+
+
+class Storage:
+    """Typed access to Flavors, Hosts, Instances, VMResizes and HostTasks."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        if api is None:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config()  # type: ignore[no-untyped-call]
+            conf = client.Configuration.get_default_copy()
+            conf.connection_pool_maxsize = 64
+            api = client.ApiClient(conf)
+        self._co = client.CustomObjectsApi(api)
+
+    # -- reads
+
+    def _get(self, model: type[R], name: str, namespace: str | None = None) -> R | None:
+        what = f"get {model.plural}/{name}"
+
+        def get() -> Any:
+            try:
+                if namespace is None:
+                    return self._co.get_cluster_custom_object(
+                        GROUP, VERSION, model.plural, name, _request_timeout=REQUEST_TIMEOUT)
+                return self._co.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, model.plural, name,
+                    _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+
+        body = _call(what, get)
+        return None if body is None else model.from_body(body)
+
+    def flavor(self, name: str) -> Flavor | None:
+        return self._get(Flavor, name)
+
+    def host(self, name: str) -> Host | None:
+        return self._get(Host, name)
+
+    def instance(self, namespace: str, name: str) -> Instance | None:
+        return self._get(Instance, name, namespace)
+
+    def resize(self, namespace: str, name: str) -> VMResize | None:
+        return self._get(VMResize, name, namespace)
+
+    def task(self, namespace: str, name: str) -> HostTask | None:
+        return self._get(HostTask, name, namespace)
+
+    def hosts(self) -> list[Host]:
+        body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
+            GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT)))
+        return [Host.from_body(item) for item in body.get("items", [])]
+
+    # -- writes
+
+    def replace_status(self, obj: R) -> R:
+        """Write ``obj.status`` guarded by ``obj``'s resourceVersion; Conflict if it moved."""
+        body: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+        what = f"replace {obj.plural}/{obj.name} status"
+        if obj.scope == "Cluster":
+            out = _call(what, lambda: self._co.replace_cluster_custom_object_status(
+                GROUP, VERSION, obj.plural, obj.name, body, _request_timeout=REQUEST_TIMEOUT))
+        else:
+            out = _call(what, lambda: self._co.replace_namespaced_custom_object_status(
+                GROUP, VERSION, obj.namespace, obj.plural, obj.name, body,
+                _request_timeout=REQUEST_TIMEOUT))
+        return type(obj).from_body(out)
+
+    def create_task(self, task: HostTask) -> None:
+        """Create a HostTask; one that exists already (same deterministic name) is fine."""
+        body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["kind"] = HostTask.kind_name
+        with contextlib.suppress(AlreadyExistsError):
+            _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
+                GROUP, VERSION, task.namespace, HostTask.plural, body,
+                _request_timeout=REQUEST_TIMEOUT))

@@ -1,0 +1,110 @@
+"""Building HostTasks (pure): which host, domain, disk and size each step acts on.
+
+Names are deterministic (:func:`vmresize.api.naming.task_name`), so a restarted operator
+re-creating a task finds the one it already made. Labels let agents select their own host's
+tasks and let the operator map a task event back to its owner.
+"""
+
+from __future__ import annotations
+
+from vmresize.api import naming
+from vmresize.api.flavor import FlavorSpec
+from vmresize.api.host import Host
+from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
+from vmresize.api.instance import Instance
+from vmresize.api.resize import VMResize
+from vmresize.operator.errors import NotReady
+
+A = TaskAction
+GIB = 1024**3
+
+
+def parse_task_name(name: str | None) -> tuple[TaskAction | None, int]:
+    """``<uid8>-<action>-<attempt>`` back to (action, attempt)."""
+    if not name:
+        return None, 0
+    parts = name.split("-")
+    by_lower = {a.value.lower(): a for a in TaskAction}
+    try:
+        return by_lower.get(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return None, 0
+
+
+def task_flavor(f: FlavorSpec) -> TaskFlavor:
+    return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib)
+
+
+def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -> HostTask:
+    name = naming.task_name(owner_uid, spec.action, attempt)
+    return HostTask(kind=HostTask.kind_name, metadata={
+        "name": name, "namespace": namespace,
+        "labels": {naming.HOST_LABEL: spec.host, naming.OWNER_UID_LABEL: owner_uid,
+                   naming.ACTION_LABEL: spec.action.value},
+    }, spec=spec)
+
+
+def peer(h: Host) -> PeerHost:
+    st = h.status
+    if st is None or st.migration_endpoint is None or not st.host_key:
+        raise NotReady(f"host {h.name} publishes no migration endpoint or host key yet")
+    return PeerHost(name=h.name, address=st.migration_endpoint.address,
+                    port=st.migration_endpoint.port, host_key=st.host_key)
+
+
+def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
+                resize: VMResize, inst: Instance, new: FlavorSpec, old: TaskFlavor | None,
+                dest: Host | None) -> HostTask:
+    """The HostTask for one step of ``resize``."""
+    st = resize.status
+    ist = inst.status
+    assert st is not None
+    assert ist is not None
+    src_dom, src_disk = ist.domain_name, ist.disk_path
+    spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
+                        owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
+    transfer = naming.short_uid(resize.uid)
+    if action is A.PREPARE:
+        spec = spec.model_copy(update={
+            "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,
+            "flavor": task_flavor(new), "transfer_id": transfer,
+            "expected_bytes": (ist.disk_gib or new.disk_gib) * GIB})
+    elif action is A.MIGRATE_DISK:
+        if dest is None:
+            raise NotReady(f"destination host {st.dest_host} is gone")
+        spec = spec.model_copy(update={
+            "domain_name": src_dom, "disk_path": src_disk, "peer": peer(dest),
+            "peer_disk_path": st.dest_disk_path, "transfer_id": transfer})
+    elif action is A.FINISH:
+        spec = spec.model_copy(update={
+            "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,
+            "flavor": task_flavor(new), "expected_checksum": st.source_checksum})
+    elif action is A.CLEANUP_DEST:
+        spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
+                                       "disk_path": st.dest_disk_path})
+    elif action in (A.CONFIRM, A.RESTORE_SOURCE):
+        spec = spec.model_copy(update={"domain_name": src_dom, "disk_path": src_disk,
+                                       "flavor": old if action is A.RESTORE_SOURCE else None})
+    return envelope(namespace, resize.uid, spec, attempt)
+
+
+def instance_task(action: TaskAction, host: str, *, namespace: str, inst: Instance,
+                  flavor: FlavorSpec | None) -> HostTask:
+    """Spawn, Adopt or Destroy for an Instance."""
+    ist = inst.status
+    spec = HostTaskSpec(host=host, action=action, owner=f"{inst.namespace}/{inst.name}",
+                        owner_uid=inst.uid, instance=f"{inst.namespace}/{inst.name}")
+    if action is A.SPAWN:
+        assert flavor is not None
+        spec = spec.model_copy(update={
+            "domain_name": naming.domain_name(inst.namespace, inst.name),
+            "disk_path": naming.disk_path(inst.namespace, inst.name, inst.uid),
+            "flavor": task_flavor(flavor), "base_image": inst.spec.image.base_image,
+            "seed_pattern": inst.spec.image.seed_pattern})
+    elif action is A.ADOPT:
+        assert inst.spec.adopt is not None
+        spec = spec.model_copy(update={"domain_name": inst.spec.adopt.domain_name})
+    elif action is A.DESTROY:
+        spec = spec.model_copy(update={"domain_name": ist.domain_name if ist else None,
+                                       "disk_path": ist.disk_path if ist else None})
+    return envelope(namespace, inst.uid, spec, 0)
