@@ -17,7 +17,13 @@ from vmresize.api.instance import Instance, InstancePhase, InstanceStatus, Power
 from vmresize.operator import claims, conditions
 from vmresize.operator.engine import Outcome
 from vmresize.operator.errors import NotReady
-from vmresize.operator.scheduler import NoValidHost, Request, Weights, select
+from vmresize.operator.scheduler import (
+    NoValidHost,
+    Request,
+    Weights,
+    select,
+    selector_from_extra_specs,
+)
 from vmresize.operator.settings import Settings
 from vmresize.operator.storage import Storage
 from vmresize.operator.tasks import instance_task
@@ -52,6 +58,7 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
     elif host is None:
         req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
                       now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
+                      selector=selector_from_extra_specs(flavor.spec.extra_specs),
                       max_alternates=settings.max_attempts - 1)
         out = select([host_state(h) for h in hosts], req,
                      Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
