@@ -115,8 +115,7 @@ def test_operator_deployment(helm: Helm) -> None:
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["vmresize-operator"]
-    assert c["args"] == ["--all-namespaces", "--standalone",
-                         "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["args"] == ["--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -377,3 +376,62 @@ def test_install_with_crds_keep_and_peering(helm: Helm, private_cluster: Path) -
         assert f"customresourcedefinition.apiextensions.k8s.io/{c}" in left
     assert kubectl(config, "get", "deploy", "-n", "vmresize-system", "-o",
                    "name").stdout.strip() == ""
+
+
+# --- the chart and the code agree ----------------------------------------------------------
+
+
+def test_operator_settings_read_the_chart_env(helm: Helm) -> None:
+    """The env the chart renders is what the operator's Settings.from_env understands."""
+    from vmresize.operator.settings import Settings
+
+    docs = helm.template("--set", "operator.settings.allowResizeToSameHost=true",
+                         "--set", "operator.settings.autoConfirmSeconds=600",
+                         "--set", "operator.settings.maxAttempts=4",
+                         "--set", "operator.settings.heartbeatStaleSeconds=30",
+                         "--set", "operator.settings.taskRetries=7",
+                         "--set-json", "operator.settings.pollSeconds=2.5",
+                         "--set-json", "operator.settings.weighers.ramWeightMultiplier=2.0",
+                         "--set-json", "operator.settings.weighers.cpuWeightMultiplier=-1.0",
+                         "--set-json", "operator.settings.weighers.diskWeightMultiplier=0.5",
+                         "--set", "operator.metrics.port=9000")
+    c = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    assert Settings.from_env(env) == Settings(
+        namespace="vmresize-system", allow_resize_to_same_host=True, auto_confirm_seconds=600,
+        max_attempts=4, task_retries=7, heartbeat_stale_seconds=30.0,
+        ram_weight_multiplier=2.0, cpu_weight_multiplier=-1.0, disk_weight_multiplier=0.5,
+        poll_seconds=2.5, metrics_port=9000)
+    docs = helm.template("--set", "operator.metrics.enabled=false")
+    c = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    assert Settings.from_env(env).metrics_port == 0
+
+
+# The chart passes kopf's --liveness (the Deployment's livenessProbe needs it); the
+# operator's argparse in operator/vmresize/operator/__main__.py does not take it yet.
+# Strict: once it does, this XPASSes and fails, so drop the marker then.
+@pytest.mark.xfail(strict=True, raises=SystemExit,
+                   reason="vmresize-operator has no --liveness option yet")
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_operator_entry_point_accepts_the_chart_args(
+        helm: Helm, replicas: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Deployment's command line, given to the real console-script ``main``, reaches
+    kopf.run as a cluster-wide operator with the chart's peering and liveness endpoint."""
+    import kopf
+
+    from vmresize.operator import __main__ as entry
+
+    c = find(helm.template("--set", f"operator.replicaCount={replicas}"),
+             "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["vmresize-operator"]
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(kopf, "run", lambda **kw: runs.append(kw))
+    monkeypatch.setattr(kopf, "configure", lambda **_: None)
+    entry.main(c["args"])
+    (run,) = runs
+    assert run["clusterwide"] is True
+    assert run["standalone"] is (replicas == 1)
+    if replicas > 1:
+        assert run["peering_name"] == "vmresize-operator"
+    assert run["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"

@@ -177,6 +177,8 @@ def test_operator_drives_resizes_and_owns_hosttasks(release: Release) -> None:
     for verb in ("create", "delete", "patch", "watch"):
         assert release.can(release.operator, verb, "hosttasks.vmresize.io", *ns)
     assert not release.can(release.operator, "create", "hosttasks.vmresize.io", "-n", "default")
+    assert not release.can(release.operator, "patch", "hosttasks.vmresize.io", "-A")
+    assert release.can(release.operator, "watch", "hosttasks.vmresize.io", "-A")  # kopf -A
     assert release.can(release.operator, "create", "events", "-n", "default")
 
 
