@@ -11,7 +11,6 @@ otherwise HostTasks go to ``VMRESIZE_NAMESPACE`` and every namespace is watched.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 import kopf
@@ -29,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.namespace:
         os.environ["VMRESIZE_NAMESPACE"] = args.namespace
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose)   # kopf's own log format and levels
     kopf.run(standalone=args.standalone, peering_name=args.peering,
              namespaces=[args.namespace] if args.namespace else (),
              clusterwide=not args.namespace)

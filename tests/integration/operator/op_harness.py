@@ -94,6 +94,8 @@ class Script:
     fail: dict[tuple[str, str | None], str] = field(default_factory=dict)
     hold: set[tuple[str, str | None]] = field(default_factory=set)
     non_retryable: bool = False
+    delay: float = 0.0
+    """Seconds each task stays Running before it ends (a slow agent)."""
 
     def match(self, table: Any, action: str, host: str) -> Any:
         for k in ((action, host), (action, None)):
@@ -110,6 +112,7 @@ class Fulfiller:
         self.ns, self.hosts = namespace, hosts
         self.script = Script()
         self.seen: dict[str, dict[str, Any]] = {}
+        self.running_since: dict[str, float] = {}
         self.done: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -169,6 +172,9 @@ class Fulfiller:
                                "progress": progress})
             return
         if held is not None:
+            return
+        since = self.running_since.setdefault(name, time.monotonic())
+        if time.monotonic() - since < self.script.delay:
             return
         if failing is not None:
             self._patch(name, {"phase": "Failed", "message": self.script.fail[failing],
