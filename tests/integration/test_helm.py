@@ -215,6 +215,7 @@ def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
     ("agent.storageRoot=relative/path", "agent.storageRoot: Does not match pattern"),
     ("operator.image.pullPolicy=Sometimes", "operator.image.pullPolicy must be one of"),
     ("crds.enabled=maybe", "crds.enabled: Invalid type. Expected: boolean"),
+    ("admission.validationActions={Deny,Warn}", "admission.validationActions: Must not"),
 ])
 def test_schema_rejects_bad_values(helm: Helm, setting: str, message: str) -> None:
     proc = helm.run("template", "x", str(CHART), "--set", setting, check=False)
