@@ -436,3 +436,21 @@ def test_operator_entry_point_accepts_the_chart_args(
     if replicas > 1:
         assert run["peering_name"] == "vmresize-operator"
     assert run["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+
+
+def test_agent_entry_point_knows_every_flag_the_chart_passes(helm: Helm) -> None:
+    """``vmresize-agent --help`` lists each option the DaemonSet passes."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("vmresize.agent.__main__") is None:
+        pytest.skip("vmresize.agent.__main__ (the vmresize-agent console script) is not there yet")
+    c = find(helm.template(), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["vmresize-agent"]
+    proc = subprocess.run([sys.executable, "-m", "vmresize.agent", "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": "api:operator:agent"})
+    assert proc.returncode == 0, proc.stderr
+    for arg in c["args"]:
+        flag = arg.split("=", 1)[0]
+        assert flag in proc.stdout, f"vmresize-agent does not take {flag}"
