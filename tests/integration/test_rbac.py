@@ -15,11 +15,13 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -327,3 +329,41 @@ def test_forced_host_is_an_admins_act(release: Release, tenant: str) -> None:
                   "jsonpath={.spec.targetHost}").stdout
     assert got == "hv-2"
     kubectl(admin, "delete", "vmresize", "forced", "plain", "-n", tenant, "--wait=false")
+
+
+# --- the real operator, with nothing but the chart's operator ServiceAccount -------------------
+
+
+def test_real_operator_runs_a_resize_with_the_chart_rbac(release: Release, api_client: Any,
+                                                         tmp_path: Path) -> None:
+    """The operator process, cluster-wide as the Deployment runs it, authenticated only by
+    a token of the chart's operator ServiceAccount, takes a resize to Confirmed. The
+    operator tests' harness plays the agents (as admin) and makes the Flavors and Hosts."""
+    sys.path.insert(0, str(REPO / "tests" / "integration" / "operator"))
+    from op_harness import Fulfiller, Operator, World
+
+    token = kubectl(release.config, "create", "token", release.operator, "-n",
+                    release.namespace, "--duration=30m").stdout.strip()
+    config = token_kubeconfig(release.config, token, tmp_path / "operator.kubeconfig")
+    world = World(api_client, release.namespace)
+    op = Operator(config, release.namespace, tmp_path / "operator.log",
+                  [sys.executable, "-m", "vmresize.operator", "--standalone"],
+                  VMRESIZE_NAMESPACE=release.namespace)
+    try:
+        world.make_flavors()
+        with Fulfiller(api_client, world.ns, world.hosts) as agents:
+            op.start()
+            world.make_host("a")
+            world.make_host("b")
+            world.instance("vm1", "small", host="a")
+            world.resize("r1", "vm1", "medium")
+            world.wait_phase("r1", "VerifyResize")
+            world.patch_resize("r1", {"confirm": True})
+            world.wait_phase("r1", "Confirmed")
+            assert "MigrateDisk@" + world.host("a") in agents.actions()
+    finally:
+        op.stop()
+        world.cleanup()
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    assert "Forbidden" not in log, op.tail()
+    assert " 403" not in log, op.tail()
