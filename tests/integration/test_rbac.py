@@ -300,7 +300,7 @@ spec:
 def tenant(release: Release, namespace: str) -> str:
     """``namespace``, where the user "alice" may create VMResizes (RBAC is not what denies)."""
     kubectl(release.config, "create", "role", "resizer", "-n", namespace,
-            "--verb=create,get,list,delete", "--resource=vmresizes.vmresize.io")
+            "--verb=create,get,list,patch,delete", "--resource=vmresizes.vmresize.io")
     kubectl(release.config, "create", "rolebinding", "alice-resizer", "-n", namespace,
             "--role=resizer", "--user=alice")
     return namespace
@@ -328,6 +328,14 @@ def test_forced_host_is_an_admins_act(release: Release, tenant: str) -> None:
     got = kubectl(admin, "get", "vmresize", "forced", "-n", tenant, "-o",
                   "jsonpath={.spec.targetHost}").stdout
     assert got == "hv-2"
+    # The policy guards CREATE only; the tenant still drives an admin-forced resize...
+    kubectl(admin, "patch", "vmresize", "forced", "-n", tenant, *as_alice, "--type=merge",
+            "-p", '{"spec":{"confirm":true}}')
+    # ...and cannot force a host later: spec.targetHost is immutable, absence included.
+    late = kubectl(admin, "patch", "vmresize", "plain", "-n", tenant, *as_alice,
+                   "--type=merge", "-p", '{"spec":{"targetHost":"hv-2"}}', check=False)
+    assert late.returncode != 0
+    assert "targetHost is immutable" in late.stderr
     kubectl(admin, "delete", "vmresize", "forced", "plain", "-n", tenant, "--wait=false")
 
 
