@@ -192,6 +192,13 @@ def test_names_follow_the_release_and_stay_within_63_characters(helm: Helm) -> N
         assert not d["metadata"]["name"].endswith("-")
 
 
+def test_chart_needs_kubernetes_1_30_for_validating_admission_policy_v1(helm: Helm) -> None:
+    proc = helm.run("template", "x", str(CHART), "--kube-version", "1.29.0", check=False)
+    assert proc.returncode != 0
+    assert "chart requires kubeVersion: >=1.30.0-0" in proc.stderr
+    assert helm.template("--kube-version", "1.30.0")
+
+
 def test_crds_disabled_renders_no_crd(helm: Helm) -> None:
     docs = helm.template("--set", "crds.enabled=false", "--set", "operator.replicaCount=2")
     assert [d for d in docs if d["kind"] == "CustomResourceDefinition"] == []
