@@ -199,6 +199,27 @@ def test_chart_needs_kubernetes_1_30_for_validating_admission_policy_v1(helm: He
     assert helm.template("--kube-version", "1.30.0")
 
 
+def test_overrides_reach_every_object(helm: Helm) -> None:
+    docs = helm.template("--set", "global.commonLabels.team=infra",
+                         "--set-json", 'global.imagePullSecrets=["regcred"]',
+                         "--set-json", 'agent.tolerations=[{"key":"hv","operator":"Exists"}]',
+                         "--set-json", 'operator.extraArgs=["--verbose"]',
+                         "--set-json", 'agent.extraEnv=[{"name":"A","value":"b"}]',
+                         "--set", "agent.migration.port=2022",
+                         "--set", "agent.libvirtURI=qemu+ssh://root@127.0.0.1/system")
+    assert all(d["metadata"]["labels"]["team"] == "infra" for d in docs)
+    pod = find(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "hv", "operator": "Exists"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    (c,) = pod["containers"]
+    assert {"name": "A", "value": "b"} in c["env"]
+    assert "--migration-port=2022" in c["args"]
+    assert "--libvirt-uri=qemu+ssh://root@127.0.0.1/system" in c["args"]
+    assert c["ports"][0]["containerPort"] == c["ports"][0]["hostPort"] == 2022
+    op = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert op["args"][-1] == "--verbose"
+
+
 def test_crds_disabled_renders_no_crd(helm: Helm) -> None:
     docs = helm.template("--set", "crds.enabled=false", "--set", "operator.replicaCount=2")
     assert [d for d in docs if d["kind"] == "CustomResourceDefinition"] == []
