@@ -1,0 +1,134 @@
+"""Process plumbing the embedded QEMU driver (``qemu:///embed?root=…``) needs.
+
+Measured on Debian 12 / libvirt 9.0 (see the agent's report in git history):
+
+* the embedded driver only works with an event loop implementation registered *before* the
+  connection is opened, and a thread running it (:func:`start_event_loop`);
+* it reads ``<root>/etc/qemu.conf`` (not ``<root>/etc/qemu/qemu.conf``); without
+  ``stdio_handler = "file"`` starting a domain fails trying to reach the system virtlogd;
+  ``user``/``group`` = root avoids the DAC driver chowning disks to ``libvirt-qemu``
+  (the user must still exist: ``hack/install-deps.sh`` creates it);
+* QEMU daemonizes, so its processes are re-parented to the nearest subreaper. Unless this
+  process is one (``prctl(PR_SET_CHILD_SUBREAPER)``) and reaps them, they stay zombies:
+  libvirt then believes they are alive — opening the connection loops forever probing
+  capabilities, and destroy waits for a process that never goes away.
+
+The reaper must not steal libvirt's *own* children (it ``waitpid``s the QEMU parent that
+daemonizes, and fails with ECHILD if we got there first). It therefore only reaps a child
+that has been a zombie for two consecutive scans: libvirt waits for its direct children at
+once, so a zombie that lingers is an orphan nobody else will collect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+
+import libvirt
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+REAP_INTERVAL_SECONDS = 0.1  # orphans wait at most two scans; libvirt polls every 0.2 s
+QEMU_CONF = """\
+# Written by vmresize-agent for the embedded QEMU driver.
+user = "root"
+group = "root"
+stdio_handler = "file"
+remember_owner = 0
+"""
+
+_loop_lock = threading.Lock()
+_loop_started = False
+_reaper_started = False
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread (once)."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def become_subreaper() -> None:
+    """Make this process adopt its orphaned descendants (QEMU after it daemonizes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def _zombie_children(me: int) -> set[int]:
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == me:
+            found.add(int(entry))
+    return found
+
+
+def start_reaper() -> None:
+    """Reap orphaned zombie children in a daemon thread (once); see the module docstring."""
+    global _reaper_started
+    with _loop_lock:
+        if _reaper_started:
+            return
+        _reaper_started = True
+    stop = threading.Event()
+
+    def run() -> None:
+        me = os.getpid()
+        previous: set[int] = set()
+        while not stop.wait(REAP_INTERVAL_SECONDS):
+            current = _zombie_children(me)
+            for pid in current & previous:
+                with contextlib.suppress(ChildProcessError):  # libvirt got it after all
+                    os.waitpid(pid, os.WNOHANG)
+            previous = current
+
+    threading.Thread(target=run, name="qemu-reaper", daemon=True).start()
+
+
+def prepare_root(root: Path) -> Path:
+    """Create an embedded driver root with the ``qemu.conf`` it needs; return it resolved."""
+    root = root.resolve()
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    conf = root / "etc" / "qemu.conf"
+    if not conf.exists() or conf.read_text() != QEMU_CONF:
+        conf.write_text(QEMU_CONF)
+    return root
+
+
+def embed_uri(root: Path) -> str:
+    """``qemu:///embed?root=<root>``."""
+    return f"qemu:///embed?root={root.resolve()}"
+
+
+def setup_for_uri(uri: str) -> None:
+    """Do what ``uri`` needs before it is opened: event loop always; for embed, reaping too."""
+    start_event_loop()
+    if uri.startswith("qemu:///embed"):
+        root = uri.split("root=", 1)[1].split("&", 1)[0]
+        prepare_root(Path(root))
+        become_subreaper()
+        start_reaper()

@@ -1,0 +1,149 @@
+"""The agent's seam over a hypervisor: a narrow ``Hypervisor`` protocol and its error tree.
+
+The executor only ever talks to this protocol. ``libvirt_hypervisor`` is the one real
+adapter (libvirt ``test:///default`` in fast tests, ``qemu:///embed`` with real QEMU in e2e
+tests and the demo). Errors of the underlying library never cross this seam: adapters
+translate them into :class:`HypervisorError` subclasses, whose ``retryable`` says whether
+running the step again can help (KubeVirt's libvirt wrapper makes the same call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class PowerState(StrEnum):
+    """Coarse power state of a domain, as reported in task results."""
+
+    RUNNING = "Running"
+    SHUTOFF = "Shutoff"
+    PAUSED = "Paused"
+    SHUTTING_DOWN = "ShuttingDown"
+    CRASHED = "Crashed"
+    OTHER = "Other"
+
+
+class HypervisorError(Exception):
+    """Base of all hypervisor errors; ``retryable`` says whether a retry can help."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class DomainNotFound(HypervisorError):  # noqa: N818 - reads as the condition it names
+    """No domain of that name is defined."""
+
+
+class DomainExists(HypervisorError):  # noqa: N818
+    """A different domain already holds that name or UUID."""
+
+
+class InvalidDomainConfig(HypervisorError):  # noqa: N818
+    """The hypervisor refused the domain definition or a size change."""
+
+
+class OperationInvalid(HypervisorError):  # noqa: N818
+    """The operation is not valid in the domain's current state (e.g. start while running)."""
+
+    retryable = True
+
+
+class ConnectionFailed(HypervisorError):  # noqa: N818
+    """The connection to the hypervisor is broken or could not be opened."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class DomainSize:
+    """vCPUs and memory of a domain's persistent definition."""
+
+    vcpus: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything needed to define a VM: name, size and its one disk (absolute path)."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk: Path
+    serial_log: Path | None = None
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """Physical compute of the host as the hypervisor sees it."""
+
+    vcpus: int
+    memory_mib: int
+
+
+class Hypervisor(Protocol):
+    """What the executor needs from a hypervisor. Every method may raise HypervisorError."""
+
+    @property
+    def uri(self) -> str:
+        """The connection URI, published in Host status."""
+        ...
+
+    def define(self, spec: DomainSpec) -> None:
+        """Define (or redefine) a persistent domain; it stays shut off."""
+        ...
+
+    def undefine(self, name: str) -> None:
+        """Remove the persistent definition (the disk is not touched). DomainNotFound if absent."""
+        ...
+
+    def start(self, name: str) -> None:
+        """Start a defined domain; a running domain is left alone."""
+        ...
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI). Returns at once; poll :meth:`state`."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Pull the plug; a shut-off domain is left alone."""
+        ...
+
+    def state(self, name: str) -> PowerState:
+        """Current power state."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether a domain of that name is defined."""
+        ...
+
+    def get_size(self, name: str) -> DomainSize:
+        """vCPUs and memory of the persistent definition."""
+        ...
+
+    def set_size(self, name: str, size: DomainSize) -> None:
+        """Change the persistent vCPUs and memory, maximums and current (raising maximums first)."""
+        ...
+
+    def list_domains(self) -> list[str]:
+        """Names of all defined domains."""
+        ...
+
+    def disk_path(self, name: str) -> Path | None:
+        """Absolute path of the domain's first file-backed disk, if any."""
+        ...
+
+    def capacity(self) -> HostCapacity:
+        """Host CPUs and memory."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...

@@ -1,0 +1,247 @@
+"""The one real :class:`~vmresize.agent.hypervisor.Hypervisor`: libvirt-python.
+
+libvirt errors are translated here and nowhere else (``raise … from e``); whether a retry
+can help is decided from the libvirt error code, as KubeVirt's wrapper does: a dead
+connection or an operation refused in the current state is retryable, a bad definition
+or a missing domain is not. Domain XML is built here from a :class:`DomainSpec`: TCG
+(``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, one
+qcow2 disk, no network, no graphics (the embedded driver refuses ``<graphics type='none'>``),
+and the serial console to a log file.
+"""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from vmresize.agent import embedded
+from vmresize.agent.hypervisor import (
+    ConnectionFailed,
+    DomainExists,
+    DomainNotFound,
+    DomainSize,
+    DomainSpec,
+    HostCapacity,
+    HypervisorError,
+    InvalidDomainConfig,
+    OperationInvalid,
+    PowerState,
+)
+
+T = TypeVar("T")
+_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+_RETRYABLE_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+}
+_CONNECTION_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+}
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PAUSED,
+}
+
+
+def translate(e: libvirt.libvirtError, context: str) -> HypervisorError:
+    """Map a libvirt error to our tree by its error code."""
+    code = e.get_error_code()
+    msg = f"{context}: {e.get_error_message() or e}"
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(msg)
+    if code in (libvirt.VIR_ERR_DOM_EXIST,):
+        return DomainExists(msg)
+    if code in (libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
+                libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_INVALID_ARG,
+                libvirt.VIR_ERR_NO_SUPPORT):
+        return InvalidDomainConfig(msg)
+    if code in _CONNECTION_CODES:
+        return ConnectionFailed(msg)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return OperationInvalid(msg)
+    return HypervisorError(msg, retryable=code in _RETRYABLE_CODES)
+
+
+_silenced = False
+
+
+def _silence_default_handler() -> None:
+    """libvirt prints every error to stderr unless a handler is registered; we raise instead."""
+    global _silenced
+    if not _silenced:
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        _silenced = True
+
+
+def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
+    """Domain XML for ``spec`` (values escaped; names are DNS labels upstream anyway)."""
+    serial = ""
+    if spec.serial_log is not None:
+        serial = (f"<serial type='file'><source path={quoteattr(str(spec.serial_log))}/>"
+                  "<target port='0'/></serial>")
+    machine = " machine='q35'" if domain_type == "qemu" else ""
+    kib = spec.memory_mib * 1024
+    return (
+        f"<domain type={quoteattr(domain_type)}>"
+        f"<name>{_esc(spec.name)}</name>"
+        f"<memory unit='KiB'>{kib}</memory><currentMemory unit='KiB'>{kib}</currentMemory>"
+        f"<vcpu placement='static'>{spec.vcpus}</vcpu>"
+        f"<os><type arch='x86_64'{machine}>hvm</type><boot dev='hd'/></os>"
+        "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
+        "<devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file={quoteattr(str(spec.disk))}/><target dev='vda' bus='virtio'/></disk>"
+        f"{serial}</devices></domain>"
+    )
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class LibvirtHypervisor:
+    """A libvirt connection behind the Hypervisor protocol. Thread-safe (libvirt is)."""
+
+    def __init__(self, uri: str) -> None:
+        _silence_default_handler()
+        embedded.setup_for_uri(uri)
+        self._uri = uri
+        self._domain_type = "test" if uri.startswith("test:") else "qemu"
+        self._lock = threading.Lock()
+        try:
+            self._conn: libvirt.virConnect = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise ConnectionFailed(f"cannot open {uri}: {e}") from e
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def _call(self, context: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except libvirt.libvirtError as e:
+            raise translate(e, context) from e
+
+    def _dom(self, name: str) -> libvirt.virDomain:
+        return self._call(f"lookup {name}", lambda: self._conn.lookupByName(name))
+
+    def define(self, spec: DomainSpec) -> None:
+        xml = domain_xml(spec, domain_type=self._domain_type)
+        with self._lock:
+            self._call(f"define {spec.name}", lambda: self._conn.defineXML(xml))
+
+    def undefine(self, name: str) -> None:
+        dom = self._dom(name)
+        self._call(f"undefine {name}", dom.undefine)
+
+    def start(self, name: str) -> None:
+        dom = self._dom(name)
+        if self._call(f"state {name}", dom.isActive):
+            return
+        self._call(f"start {name}", dom.create)
+
+    def shutdown(self, name: str) -> None:
+        dom = self._dom(name)
+        if not self._call(f"state {name}", dom.isActive):
+            return
+        self._call(f"shutdown {name}", dom.shutdown)
+
+    def destroy(self, name: str) -> None:
+        dom = self._dom(name)
+        if not self._call(f"state {name}", dom.isActive):
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as e:
+            # It may have stopped between the check and the call.
+            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+                return
+            raise translate(e, f"destroy {name}") from e
+
+    def state(self, name: str) -> PowerState:
+        dom = self._dom(name)
+        code = self._call(f"state {name}", dom.state)[0]
+        return _STATES.get(code, PowerState.OTHER)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise translate(e, f"lookup {name}") from e
+        return True
+
+    def get_size(self, name: str) -> DomainSize:
+        dom = self._dom(name)
+        xml = self._call(f"xml {name}", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML
+        vcpus = int(root.findtext("vcpu") or "0")
+        cur = root.find("vcpu")
+        if cur is not None and cur.get("current"):
+            vcpus = int(cur.get("current") or vcpus)
+        kib = int(root.findtext("currentMemory") or root.findtext("memory") or "0")
+        return DomainSize(vcpus=vcpus, memory_mib=kib // 1024)
+
+    def set_size(self, name: str, size: DomainSize) -> None:
+        dom = self._dom(name)
+        kib = size.memory_mib * 1024
+        ctx = f"resize {name}"
+        old = self.get_size(name)
+        with self._lock:
+            if size.vcpus >= old.vcpus:  # raise the maximum first, then the current value
+                self._call(ctx, lambda: dom.setVcpusFlags(
+                    size.vcpus, _CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM))
+                self._call(ctx, lambda: dom.setVcpusFlags(size.vcpus, _CONFIG))
+            else:  # lowering: the current value first, then the maximum
+                self._call(ctx, lambda: dom.setVcpusFlags(size.vcpus, _CONFIG))
+                self._call(ctx, lambda: dom.setVcpusFlags(
+                    size.vcpus, _CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM))
+            if size.memory_mib >= old.memory_mib:
+                self._call(ctx, lambda: dom.setMemoryFlags(
+                    kib, _CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM))
+                self._call(ctx, lambda: dom.setMemoryFlags(kib, _CONFIG))
+            else:
+                self._call(ctx, lambda: dom.setMemoryFlags(kib, _CONFIG))
+                self._call(ctx, lambda: dom.setMemoryFlags(
+                    kib, _CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM))
+
+    def list_domains(self) -> list[str]:
+        doms = self._call("list domains", self._conn.listAllDomains)
+        return sorted(d.name() for d in doms)
+
+    def disk_path(self, name: str) -> Path | None:
+        dom = self._dom(name)
+        xml = self._call(f"xml {name}", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        for disk in ET.fromstring(xml).iterfind(  # noqa: S314 - libvirt's own XML
+                "devices/disk"):
+            src = disk.find("source")
+            if disk.get("device", "disk") == "disk" and src is not None and src.get("file"):
+                return Path(src.get("file") or "")
+        return None
+
+    def capacity(self) -> HostCapacity:
+        info = self._call("host info", self._conn.getInfo)
+        return HostCapacity(vcpus=int(info[2]), memory_mib=int(info[1]))
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError as e:
+            raise translate(e, "close") from e
