@@ -213,9 +213,9 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     updates = {**extra, **step.updates}
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
         return Outcome(phase=st.phase, done=terminal)
-    st_for_actions = st.model_copy(update=extra)
+    st_for_actions = VMResizeStatus.model_validate({**dict(st), **extra})
     created = _act(storage, settings, r, st_for_actions, step.actions, now)
-    new = st.model_copy(update=updates)
+    new = VMResizeStatus.model_validate({**dict(st), **updates})   # validated, unlike copy
     new.phase = step.phase
     if step.reason is not None:
         new.reason = step.reason
@@ -232,8 +232,6 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
                        new.message))
         metrics.transition(st.phase, step.phase, st.phase_timestamps.get(st.phase.value), now,
                            new.downtime_seconds)
-    if step.phase is P.VERIFY_RESIZE and new.progress.bytes_total:
-        new.progress.display = f"done {new.progress.display.split(' ', 1)[-1]}"
     new.conditions = conditions.resize_conditions(st.conditions, new.phase, new.reason,
                                                   new.message, now, new.observed_generation)
     r.status = new

@@ -48,8 +48,11 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0,
 class Operator:
     """``python -m vmresize.operator --standalone --namespace NS`` with its log in a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, **env: str) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path,
+                 argv: list[str] | None = None, **env: str) -> None:
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.argv = argv or [sys.executable, "-m", "vmresize.operator", "--standalone",
+                             "--namespace", namespace]
         self.env = {"VMRESIZE_POLL_SECONDS": "1", "VMRESIZE_METRICS_PORT": "0",
                     "VMRESIZE_METRICS_ADDRESS": "127.0.0.1", **env}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,9 +64,8 @@ class Operator:
         env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("api", "operator", "agent"))
         with self.log.open("ab") as out:
             out.write(f"\n==== start {self.starts} ====\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vmresize.operator", "--standalone",
-                 "--namespace", self.namespace], stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=env)
         return self
 
     def kill9(self) -> None:

@@ -70,6 +70,8 @@ class HostWatch:
                 self._w = watch.Watch()
 
     def _check(self, h: dict[str, Any]) -> None:
+        if not (h.get("status") or {}).get("capacity"):
+            return   # just created; the agent has not reported capacity yet
         self.versions += 1
         used, lim = _used(h), _limit(h)
         name = h["metadata"]["name"]
