@@ -2,10 +2,13 @@
 
 Uses the same handler registry as ``kopf run -m vmresize.operator``.
 
-    python -m vmresize.operator [--standalone] [--namespace NS | --all-namespaces] [-v]
+    python -m vmresize.operator [--standalone | --peering NAME] [--namespace NS]
+                                [--liveness URL] [-v]
 
 ``--namespace NS`` keeps HostTasks in NS and watches only NS (as the tests do);
 otherwise HostTasks go to ``VMRESIZE_NAMESPACE`` and every namespace is watched.
+Without ``--peering`` the peering name is ``vmresize-operator`` and peering is used only
+if kopf's peering CRD exists; with it, peering is mandatory (HA replicas).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vmresize-operator", description=__doc__.split("\n")[0])
     p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
     p.add_argument("--namespace", help="HostTask namespace, and the only one watched")
-    p.add_argument("--peering", default=PEERING, help="kopf peering name")
+    p.add_argument("--peering", default=None, help=f"kopf peering name (default {PEERING})")
+    p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. "
+                   "http://0.0.0.0:8080/healthz")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.namespace:
         os.environ["VMRESIZE_NAMESPACE"] = args.namespace
     kopf.configure(verbose=args.verbose)   # kopf's own log format and levels
     kopf.run(standalone=args.standalone, peering_name=args.peering,
+             liveness_endpoint=args.liveness,
              namespaces=[args.namespace] if args.namespace else (),
              clusterwide=not args.namespace)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.hosttask import TaskAction, TaskFlavor, TaskPhase
-from vmresize.api.instance import Instance, InstanceStatus
+from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator import claims, conditions, lifecycle, metrics, scheduling
 from vmresize.operator.errors import NotReady
@@ -65,6 +65,8 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
     if ist.active_resize and ist.active_resize != r.name:
         return Observation(Kind.BUSY, "InstanceBusy", f"Instance {inst.name} is already being "
                            f"resized by VMResize {ist.active_resize}; nothing was changed"), {}
+    if ist.phase in (InstancePhase.PENDING, InstancePhase.BUILDING):
+        return Observation(Kind.TICK), {}   # applied together with its instance: wait
     flavor_name = r.spec.flavor or ist.flavor or inst.spec.flavor
     flavor = storage.flavor(flavor_name)
     if flavor is None:

@@ -29,8 +29,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
-    settings.peering.name = PEERING
-    settings.peering.mandatory = False   # without the peering CRD: run alone, say so
+    if settings.peering.name == "default":
+        # Not named on the command line: use ours, and if kopf's peering CRD is absent run
+        # alone (a named --peering stays mandatory, so HA never silently degrades).
+        settings.peering.name = PEERING
+        settings.peering.mandatory = False
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 120

@@ -321,3 +321,16 @@ def _exists(world: World, name: str, plural: str = "vmresizes") -> bool:
             return False
         raise
     return True
+
+
+def test_resize_applied_with_its_instance_waits_for_it(world: World, agents: Fulfiller,
+                                                       operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    agents.script.hold.add(("Spawn", None))
+    world.instance("vm1", "small", host="a", wait=False)
+    world.resize("r1", "vm1", "medium")
+    wait_for("spawn started", lambda: any(a.startswith("Spawn") for a in agents.actions()))
+    assert world.status("vmresizes", "r1").get("phase", "Pending") == "Pending"
+    agents.release("Spawn")
+    world.wait_phase("r1", "VerifyResize")
