@@ -1,0 +1,118 @@
+"""kopf wiring of the agent: which HostTasks it handles, and running one attempt of one.
+
+The agent has its own kopf identity (finalizer ``agent.vmresize.io/finalizer``, progress
+annotations under ``agent.vmresize.io``, no peering), so it never fights the operator over
+annotations. It handles only HostTasks labelled ``vmresize.io/host=<this host>`` in the
+task namespace. A step runs when its phase is Pending, or Running from an attempt that is
+dead — which after an agent restart is every Running task of this host, since only this
+agent runs them: the restarted agent resumes it with ``attempt + 1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from vmresize.agent.executor import Executor, StepError
+from vmresize.agent.kube import AgentKube, KubeError, NotFound, TaskStatusWriter
+from vmresize.api import naming
+from vmresize.api.hosttask import HostTask, TaskPhase
+from vmresize.api.meta import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "agent.vmresize.io/finalizer"
+ANNOTATION_PREFIX = "agent.vmresize.io"
+KUBE_RETRY_SECONDS = 2.0
+
+
+class TaskRunner:
+    """Runs the steps of this host's HostTasks, one attempt at a time per task."""
+
+    def __init__(self, *, host: str, executor: Executor, kube: AgentKube) -> None:
+        self.host, self.executor, self.kube = host, executor, kube
+        self._running: set[tuple[str, str]] = set()
+
+    async def handle(self, namespace: str, name: str) -> None:
+        """Run the task if it is due (see the module docstring); a no-op otherwise."""
+        key = (namespace, name)
+        if key in self._running:
+            return
+        self._running.add(key)
+        try:
+            await self._handle(namespace, name)
+        finally:
+            self._running.discard(key)
+
+    async def _handle(self, namespace: str, name: str) -> None:
+        try:
+            task = await asyncio.to_thread(self.kube.get_task, namespace, name)
+        except NotFound:
+            return
+        status = task.status
+        if status is not None and status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+            return
+        writer = TaskStatusWriter(self.kube, namespace, name)
+        if task.spec.host != self.host:
+            await writer.failed(f"refused: task is for host {task.spec.host!r}, this agent "
+                                f"is {self.host!r}", retryable=False)
+            return
+        attempt = (status.attempt if status is not None else 0) + 1
+        resumed = status is not None and status.phase == TaskPhase.RUNNING
+        await writer.running(attempt, "resuming after an agent restart" if resumed else "")
+        log.info("%s/%s: %s attempt %d", namespace, name, task.spec.action.value, attempt)
+        try:
+            outcome = await self.executor.run(task.spec, progress=writer.progress)
+        except StepError as e:
+            log.warning("%s/%s failed (retryable=%s): %s", namespace, name, e.retryable, e)
+            await writer.failed(str(e), retryable=e.retryable)
+            return
+        except Exception as e:  # a bug must still end the task, not leave it Running
+            log.exception("%s/%s crashed", namespace, name)
+            await writer.failed(f"agent error: {e!r}", retryable=True)
+            return
+        await writer.succeeded(outcome.result, outcome.message)
+        log.info("%s/%s succeeded: %s", namespace, name, outcome.message)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """The agent's kopf identity."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+
+
+def build_registry(runner: TaskRunner) -> kopf.OperatorRegistry:
+    """A registry with this host's HostTask handlers (the label filter needs the host name,
+    known only at runtime, hence no module-level decorators)."""
+    registry = kopf.OperatorRegistry()
+    labels = {naming.HOST_LABEL: runner.host}
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount; elsewhere: $KUBECONFIG, read at call time (the
+        # kubernetes client's own loader fixes its default path at import time).
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    async def run(namespace: str | None, name: str | None, **_: Any) -> None:
+        assert namespace is not None
+        assert name is not None
+        try:
+            await runner.handle(namespace, name)
+        except KubeError as e:
+            if e.retryable:
+                raise kopf.TemporaryError(str(e), delay=KUBE_RETRY_SECONDS) from e
+            raise kopf.PermanentError(str(e)) from e
+
+    resource = (GROUP, VERSION, HostTask.plural)
+    kopf.on.create(*resource, labels=labels, registry=registry, id="run")(run)
+    kopf.on.resume(*resource, labels=labels, registry=registry, id="resume")(run)
+    return registry

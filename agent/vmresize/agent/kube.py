@@ -1,0 +1,198 @@
+"""The agent's only use of the Kubernetes API client: its Host and its HostTasks' status.
+
+Writes are status-only merge patches, so they never touch what others own: the admin's
+``Host.spec`` (created once with defaults, never overwritten, so ``enabled: false``
+survives agent restarts), the operator's ``Host.status.allocations`` and the immutable
+``HostTask.spec``. API errors are translated here into :class:`KubeError` subclasses
+whose ``retryable`` tells the caller whether trying again can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3.exceptions
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from vmresize.api.host import Host, HostSpec
+from vmresize.api.hosttask import HostTask, TaskPhase, TaskProgress, TaskResult
+from vmresize.api.meta import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MERGE_PATCH = "application/merge-patch+json"
+PROGRESS_MIN_INTERVAL = 1.0
+"""At most one progress patch a second per task (the brief's bound on API write load)."""
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; ``retryable`` says whether a retry can help."""
+
+    def __init__(self, message: str, *, retryable: bool = False,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class NotFound(KubeError):  # noqa: N818 - reads as the condition
+    """The object does not exist."""
+
+
+class Conflict(KubeError):  # noqa: N818
+    """It already exists, or it changed under us."""
+
+
+def _translate(e: Exception, context: str) -> KubeError:
+    if isinstance(e, ApiException):
+        status = int(e.status or 0)
+        msg = f"{context}: HTTP {status} {e.reason}"
+        if status == 404:
+            return NotFound(msg, status=status)
+        if status == 409:
+            return Conflict(msg, retryable=True, status=status)
+        return KubeError(msg, retryable=status == 429 or status >= 500, status=status)
+    return KubeError(f"{context}: {e}", retryable=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentKube:
+    """Synchronous, typed access to exactly the objects the agent writes."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path | None) -> AgentKube:
+        """In-cluster credentials, else ``path``, else the default kubeconfig."""
+        try:
+            if path is not None:
+                return cls(config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=str(path)))
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config()  # type: ignore[no-untyped-call]
+            return cls(client.ApiClient())
+        except (config.ConfigException, OSError) as e:
+            raise KubeError(f"cannot load Kubernetes credentials: {e}") from e
+
+    def _call(self, context: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise _translate(e, context) from e
+
+    # --- Host ---------------------------------------------------------------------------
+
+    def get_host(self, name: str) -> Host:
+        body = self._call(f"get Host {name}", lambda: self._api.get_cluster_custom_object(
+            GROUP, VERSION, Host.plural, name))
+        return Host.from_body(body)
+
+    def ensure_host(self, name: str) -> Host:
+        """Get the Host, creating it with default spec if it does not exist (spec untouched
+        otherwise)."""
+        try:
+            return self.get_host(name)
+        except NotFound:
+            pass
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": Host.kind_name,
+                "metadata": {"name": name}, "spec": HostSpec().wire()}
+        try:
+            created = self._call(f"create Host {name}",
+                                 lambda: self._api.create_cluster_custom_object(
+                                     GROUP, VERSION, Host.plural, body))
+            log.info("registered new Host %s", name)
+            return Host.from_body(created)
+        except Conflict:  # created meanwhile by someone else: theirs wins
+            return self.get_host(name)
+
+    def patch_host_status(self, name: str, status: dict[str, Any]) -> None:
+        self._call(f"patch Host {name} status",
+                   lambda: self._api.patch_cluster_custom_object_status(
+                       GROUP, VERSION, Host.plural, name, {"status": status},
+                       _content_type=MERGE_PATCH))
+
+    # --- HostTask -----------------------------------------------------------------------
+
+    def get_task(self, namespace: str, name: str) -> HostTask:
+        body = self._call(f"get HostTask {namespace}/{name}",
+                          lambda: self._api.get_namespaced_custom_object(
+                              GROUP, VERSION, namespace, HostTask.plural, name))
+        return HostTask.from_body(body)
+
+    def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._call(f"patch HostTask {namespace}/{name} status",
+                   lambda: self._api.patch_namespaced_custom_object_status(
+                       GROUP, VERSION, namespace, HostTask.plural, name, {"status": status},
+                       _content_type=MERGE_PATCH))
+
+
+class TaskStatusWriter:
+    """Reports one attempt of one HostTask: Running, progress (≤ 1/s), then the outcome."""
+
+    def __init__(self, kube: AgentKube, namespace: str, name: str, *,
+                 min_interval: float = PROGRESS_MIN_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube, self.namespace, self.name = kube, namespace, name
+        self._min_interval, self._clock = min_interval, clock
+        self._last = float("-inf")
+        self._pending: TaskProgress | None = None
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def _patch(self, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.kube.patch_task_status, self.namespace, self.name, status)
+
+    async def running(self, attempt: int, message: str = "") -> None:
+        await self._patch({"phase": TaskPhase.RUNNING.value, "attempt": attempt,
+                           "startedAt": utcnow().isoformat(), "finishedAt": None,
+                           "message": message, "progress": TaskProgress().wire()})
+
+    def progress(self, done: int, total: int, rate: float) -> None:
+        """Progress callback (called on the event loop); patches at a bounded rate."""
+        self._pending = TaskProgress(bytes_done=done, bytes_total=total,
+                                     rate_bytes_per_second=int(rate))
+        now = self._clock()
+        if now - self._last < self._min_interval or (
+                self._inflight is not None and not self._inflight.done()):
+            return
+        self._last = now
+        self._inflight = asyncio.get_running_loop().create_task(self._flush_progress())
+
+    async def _flush_progress(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            await self._patch({"progress": pending.wire()})
+        except KubeError as e:  # progress is best effort; the outcome is not
+            log.warning("progress update of %s/%s failed: %s", self.namespace, self.name, e)
+
+    async def _settle(self) -> None:
+        if self._inflight is not None:
+            await asyncio.gather(self._inflight, return_exceptions=True)
+
+    async def succeeded(self, result: TaskResult, message: str) -> None:
+        await self._settle()
+        status: dict[str, Any] = {"phase": TaskPhase.SUCCEEDED.value, "message": message,
+                                  "retryable": True, "result": result.wire(),
+                                  "finishedAt": utcnow().isoformat()}
+        if self._pending is not None:
+            status["progress"] = self._pending.wire()
+        await self._patch(status)
+
+    async def failed(self, message: str, *, retryable: bool) -> None:
+        await self._settle()
+        await self._patch({"phase": TaskPhase.FAILED.value, "message": message,
+                           "retryable": retryable, "finishedAt": utcnow().isoformat()})

@@ -1,0 +1,138 @@
+"""The agent process: flags, wiring and lifetime.
+
+Order of start: become the child subreaper and open libvirt (``LibvirtHypervisor`` does both
+for ``qemu:///embed``), load the keys, start the migration SSH service, register the Host,
+then run kopf in-process with the agent's identity until SIGTERM/SIGINT; on a clean stop
+the Host is marked not ready and everything started here is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import kopf
+
+from vmresize.agent import handlers, sshkeys
+from vmresize.agent.executor import Executor
+from vmresize.agent.kube import AgentKube
+from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor
+from vmresize.agent.migration_server import start_migration_server
+from vmresize.agent.registration import Registrar, Registration
+from vmresize.agent.transport import SshTransfer
+from vmresize.api import naming
+
+log = logging.getLogger("vmresize.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent is told at start."""
+
+    host_name: str
+    libvirt_uri: str
+    storage_root: Path
+    state_dir: Path
+    migration_address: str
+    migration_port: int
+    migration_key_file: Path
+    namespace: str
+    kubeconfig: Path | None
+    heartbeat_seconds: float
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    p = argparse.ArgumentParser(prog="vmresize-agent", description=__doc__)
+    p.add_argument("--host-name", default=_env("NODE_NAME"),
+                   help="this host's name (default: $NODE_NAME)")
+    p.add_argument("--libvirt-uri", default=_env("VMRESIZE_LIBVIRT_URI", "qemu:///system"))
+    p.add_argument("--storage-root", type=Path,
+                   default=Path(_env("VMRESIZE_STORAGE_ROOT", "/var/lib/vmresize") or ""))
+    p.add_argument("--state-dir", type=Path,
+                   default=Path(_env("VMRESIZE_STATE_DIR", "/var/lib/vmresize-agent") or ""))
+    p.add_argument("--migration-address", default=_env("VMRESIZE_MIGRATION_ADDRESS"),
+                   help="address the migration SSH service binds and publishes")
+    p.add_argument("--migration-port", type=int,
+                   default=int(_env("VMRESIZE_MIGRATION_PORT", str(naming.MIGRATION_PORT))
+                               or naming.MIGRATION_PORT))
+    p.add_argument("--migration-key-file", type=Path,
+                   default=_env("VMRESIZE_MIGRATION_KEY_FILE"),
+                   help="private key shared by all agents (mounted from a Secret)")
+    p.add_argument("--namespace", default=_env("VMRESIZE_NAMESPACE", naming.DEFAULT_NAMESPACE),
+                   help="namespace of the HostTasks")
+    p.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"))
+    p.add_argument("--heartbeat-seconds", type=float,
+                   default=float(_env("VMRESIZE_HEARTBEAT_SECONDS", "10") or 10))
+    a = p.parse_args(argv)
+    for flag, value in (("--host-name", a.host_name), ("--migration-address",
+                        a.migration_address), ("--migration-key-file", a.migration_key_file)):
+        if not value:
+            p.error(f"{flag} is required")
+    return AgentConfig(host_name=a.host_name, libvirt_uri=a.libvirt_uri,
+                       storage_root=a.storage_root, state_dir=a.state_dir,
+                       migration_address=a.migration_address, migration_port=a.migration_port,
+                       migration_key_file=a.migration_key_file, namespace=a.namespace,
+                       kubeconfig=a.kubeconfig, heartbeat_seconds=a.heartbeat_seconds)
+
+
+async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
+                    ready_flag: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop_flag`` is set or a termination signal arrives."""
+    cfg.storage_root.mkdir(parents=True, exist_ok=True)
+    root = cfg.storage_root.resolve()
+    hv = await asyncio.to_thread(LibvirtHypervisor, cfg.libvirt_uri)
+    try:
+        host_key = sshkeys.load_or_create_host_key(cfg.state_dir)
+        client_key = sshkeys.load_client_key(cfg.migration_key_file)
+        server = await start_migration_server(
+            root=root, host_key=host_key, authorized_keys=[sshkeys.public_openssh(client_key)],
+            host=cfg.migration_address, port=cfg.migration_port)
+        try:
+            if cfg.kubeconfig is not None:  # kopf's login reads the same file
+                os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
+            kube = AgentKube.from_kubeconfig(cfg.kubeconfig)
+            executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
+                                transfer=SshTransfer(server, client_key))
+            registrar = Registrar(kube, hv, Registration(
+                host=cfg.host_name, storage_root=root, address=cfg.migration_address,
+                port=server.port, host_key=sshkeys.public_openssh(host_key)))
+            await registrar.register()
+            log.info("host %s registered; migration service on %s:%d", cfg.host_name,
+                     cfg.migration_address, server.port)
+            heartbeat = asyncio.create_task(registrar.heartbeat_forever(cfg.heartbeat_seconds))
+            runner = handlers.TaskRunner(host=cfg.host_name, executor=executor, kube=kube)
+            settings = kopf.OperatorSettings()
+            handlers.configure(settings)
+            try:
+                await kopf.operator(registry=handlers.build_registry(runner),
+                                    settings=settings, standalone=True,
+                                    namespaces=[cfg.namespace], stop_flag=stop_flag,
+                                    ready_flag=ready_flag)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await registrar.mark_stopped()
+        finally:
+            await server.close()
+    finally:
+        hv.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the agent must run in the main thread (signal handling)")
+    asyncio.run(run_agent(cfg))

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Run real ``python -m vmresize.agent`` processes for tests and the demo, and stop them.
+
+Each agent gets its own directory (storage root, state dir, embedded QEMU root, log) and
+its own 127.0.0.x migration address. Processes are stopped by PID, never by name. For
+``qemu:///embed`` the caller should itself be a child subreaper
+(``vmresize.agent.embedded.become_subreaper`` + ``start_reaper``): QEMU outlives a stopped
+agent (VMs survive agent restarts by design) and is re-parented to it; ``kill_vms`` then
+ends those QEMUs by the PIDs the driver recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def write_migration_key(path: Path) -> Path:
+    """A fresh shared migration client key (OpenSSH private key file, 0600)."""
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="vmresize-migration")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.export_private_key("openssh"))
+    path.chmod(0o600)
+    return path
+
+
+def wait_for(fn: Callable[[], T | None], *, timeout: float, what: str,
+             interval: float = 0.2) -> T:
+    """Poll ``fn`` until it returns something truthy; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def kubectl_json(kubeconfig: Path, *args: str) -> dict[str, Any] | None:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args, "-o", "json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        return None
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+@dataclass
+class AgentProcess:
+    """One agent process (see the module docstring)."""
+
+    name: str
+    workdir: Path
+    address: str
+    kubeconfig: Path
+    namespace: str
+    key_file: Path
+    embedded: bool = False
+    heartbeat_seconds: float = 1.0
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def storage_root(self) -> Path:
+        return self.workdir / "storage"
+
+    @property
+    def libvirt_root(self) -> Path:
+        return self.workdir / "libvirt"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "agent.log"
+
+    @property
+    def uri(self) -> str:
+        return (f"qemu:///embed?root={self.libvirt_root}" if self.embedded
+                else "test:///default")
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "vmresize.agent", "--host-name", self.name,
+                "--libvirt-uri", self.uri, "--storage-root", str(self.storage_root),
+                "--state-dir", str(self.workdir / "state"),
+                "--migration-address", self.address, "--migration-port", str(self.port),
+                "--migration-key-file", str(self.key_file), "--namespace", self.namespace,
+                "--kubeconfig", str(self.kubeconfig),
+                "--heartbeat-seconds", str(self.heartbeat_seconds)]
+
+    def start(self) -> AgentProcess:
+        if not self.port:
+            self.port = free_port(self.address)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage_root.mkdir(exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=REPO)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (a clean stop), then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill_vms(self) -> list[int]:
+        """SIGKILL the QEMU processes the embedded driver recorded (after the agent stopped)."""
+        killed = []
+        for pidfile in (self.libvirt_root / "run" / "qemu").glob("*.pid"):
+            if pidfile.name == "driver.pid":
+                continue
+            try:
+                pid = int(pidfile.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if b"qemu-system" in cmdline and str(self.libvirt_root).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return killed
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

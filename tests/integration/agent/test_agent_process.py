@@ -1,0 +1,197 @@
+"""The agent process against a real kube-apiserver, with libvirt test:///default.
+
+Covers registration and heartbeat (including that an admin's ``spec.enabled: false``
+survives agent restarts), a clean stop marking the Host not ready, HostTasks run by the
+agent (Spawn, refusal of another host's task), and a full resize between two agent
+processes over the real asyncssh migration service on 127.0.0.2 and 127.0.0.3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
+from tests.conftest import kubectl
+
+from vmresize.api import naming
+from vmresize.api.hosttask import TaskAction
+
+WAIT = 90.0  # generous bound on a loaded 2-core machine; not a performance assertion
+
+
+def host_doc(kubeconfig: Path, name: str) -> dict[str, Any] | None:
+    return kubectl_json(kubeconfig, "get", "hosts.vmresize.io", name)
+
+
+def delete_host(kubeconfig: Path, name: str) -> None:
+    kubectl(kubeconfig, "delete", "hosts.vmresize.io", name, "--ignore-not-found",
+            "--wait=false", check=False)
+
+
+@pytest.fixture
+def agent_factory(kubeconfig: Path, namespace: str,
+                  tmp_path: Path) -> Iterator[Any]:
+    """Make agent processes (test:///default); stops them and deletes their Hosts."""
+    key = write_migration_key(tmp_path / "migration_key")
+    made: list[AgentProcess] = []
+
+    def make(address: str, *, embedded: bool = False) -> AgentProcess:
+        name = f"h-{uuid.uuid4().hex[:8]}"
+        agent = AgentProcess(name=name, workdir=tmp_path / name, address=address,
+                             kubeconfig=kubeconfig, namespace=namespace, key_file=key,
+                             embedded=embedded)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.stop()
+        delete_host(kubeconfig, agent.name)
+
+
+def wait_ready(agent: AgentProcess, kubeconfig: Path, *, ready: bool = True) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        if ready and not agent.alive():
+            raise AssertionError(f"agent exited:\n{agent.log_tail()}")
+        doc = host_doc(kubeconfig, agent.name)
+        if doc and doc.get("status", {}).get("ready") is ready:
+            return doc
+        return None
+    return wait_for(check, timeout=WAIT, what=f"Host {agent.name} ready={ready}")
+
+
+def create_task(kubeconfig: Path, namespace: str, host_label: str, spec: dict[str, Any]
+                ) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {naming.HOST_LABEL: host_label}},
+            "spec": {"owner": f"{namespace}/r", "instance": f"{namespace}/vm", **spec}}
+    import json
+    kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
+    return name
+
+
+def wait_task(kubeconfig: Path, namespace: str, name: str, agent: AgentProcess
+              ) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        doc = kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io", name)
+        phase = (doc or {}).get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return doc
+        return None
+    try:
+        return wait_for(done, timeout=WAIT, what=f"HostTask {name} to finish")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nagent log:\n{agent.log_tail()}") from None
+
+
+def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
+             ) -> dict[str, Any]:
+    name = create_task(kubeconfig, namespace, agent.name, {"host": agent.name, **spec})
+    doc = wait_task(kubeconfig, namespace, name, agent)
+    status: dict[str, Any] = doc["status"]
+    assert status["phase"] == "Succeeded", f"{status}\n{agent.log_tail()}"
+    assert status["attempt"] >= 1
+    return status
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_registration_heartbeat_and_admin_disable_survive_restarts(
+        agent_factory: Any, kubeconfig: Path) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    doc = wait_ready(agent, kubeconfig)
+    st = doc["status"]
+    assert doc["spec"]["enabled"] is True
+    assert st["migrationEndpoint"] == {"address": "127.0.0.2", "port": agent.port}
+    host_pub = (agent.workdir / "state" / "ssh_host_ed25519_key.pub").read_text().strip()
+    assert st["hostKey"] == host_pub
+    assert st["capacity"]["vcpus"] > 0
+    assert st["capacity"]["memoryMiB"] > 0
+    assert st["capacity"]["diskGiB"] > 0
+    assert st["hypervisor"] == "test:///default"
+    assert st["storageRoot"] == str(agent.storage_root.resolve())
+    assert [c["status"] for c in st["conditions"] if c["type"] == "Ready"] == ["True"]
+    first = st["heartbeat"]
+    wait_for(lambda: (host_doc(kubeconfig, agent.name) or {}).get("status", {})
+             .get("heartbeat") != first, timeout=WAIT, what="a newer heartbeat")
+
+    kubectl(kubeconfig, "patch", "hosts.vmresize.io", agent.name, "--type=merge", "-p",
+            '{"spec":{"enabled":false,"disabledReason":"maintenance"}}')
+    assert agent.stop() == 0
+    stopped = wait_ready(agent, kubeconfig, ready=False)
+    assert [c["reason"] for c in stopped["status"]["conditions"]] == ["AgentStopped"]
+
+    agent.start()
+    again = wait_ready(agent, kubeconfig)
+    assert again["spec"]["enabled"] is False
+    assert again["spec"]["disabledReason"] == "maintenance"
+    assert again["status"]["hostKey"] == host_pub  # the host key is kept across restarts
+
+
+def test_agent_runs_spawn_and_refuses_other_hosts_tasks(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    wait_ready(agent, kubeconfig)
+    rel = naming.disk_path(namespace, "vm", "1234abcd")
+    status = run_task(kubeconfig, namespace, agent, action=TaskAction.SPAWN.value,
+                      domainName=naming.domain_name(namespace, "vm"), diskPath=rel,
+                      flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1},
+                      seedPattern="hello")
+    assert status["result"]["powerState"] == "Running"
+    assert status["result"]["diskGiB"] == 1
+    assert (agent.storage_root / rel).is_file()
+
+    # Labelled for this agent, but the spec names another host: refused, not retryable.
+    name = create_task(kubeconfig, namespace, agent.name,
+                       {"host": "someone-else", "action": TaskAction.DESTROY.value,
+                        "diskPath": rel})
+    refused = wait_task(kubeconfig, namespace, name, agent)["status"]
+    assert refused["phase"] == "Failed"
+    assert refused["retryable"] is False
+    assert (agent.storage_root / rel).is_file()
+
+
+def test_two_agents_resize_over_ssh_then_confirm(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    src: AgentProcess = agent_factory("127.0.0.2").start()
+    dst: AgentProcess = agent_factory("127.0.0.3").start()
+    wait_ready(src, kubeconfig)
+    dst_host = wait_ready(dst, kubeconfig)["status"]
+    dom, new_dom = (naming.domain_name(namespace, "vm"),
+                    naming.domain_name(namespace, "vm", "r1"))
+    rel = naming.disk_path(namespace, "vm", "aaaa1111")
+    new_rel = naming.disk_path(namespace, "vm", "bbbb2222")
+    spawned = run_task(kubeconfig, namespace, src, action="Spawn", domainName=dom,
+                       diskPath=rel, seedPattern="resize me",
+                       flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    tid = f"xfer-{uuid.uuid4().hex[:8]}"
+    run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
+             expectedBytes=spawned["result"]["sizeBytes"])
+    sent = run_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom,
+                    diskPath=rel, transferId=tid, powerOffTimeoutSeconds=2,
+                    peer={"name": dst.name, "address": "127.0.0.3",
+                          "port": dst_host["migrationEndpoint"]["port"],
+                          "hostKey": dst_host["hostKey"]})
+    checksum = sent["result"]["checksum"]
+    assert sent["result"]["powerState"] == "Shutoff"
+    assert sent["progress"]["bytesDone"] == sent["progress"]["bytesTotal"]
+    assert sha256(src.storage_root / rel) == checksum
+    assert sha256(dst.storage_root / new_rel) == checksum  # before Finish grows it
+    done = run_task(kubeconfig, namespace, dst, action="Finish", domainName=new_dom,
+                    diskPath=new_rel, expectedChecksum=checksum, transferId=tid,
+                    flavor={"vcpus": 2, "memoryMiB": 128, "diskGiB": 2})
+    assert (done["result"]["vcpus"], done["result"]["memoryMiB"],
+            done["result"]["diskGiB"]) == (2, 128, 2)
+    assert done["result"]["powerState"] == "Running"
+    run_task(kubeconfig, namespace, src, action="Confirm", domainName=dom, diskPath=rel)
+    assert not (src.storage_root / rel).exists()
+    assert (dst.storage_root / new_rel).is_file()
