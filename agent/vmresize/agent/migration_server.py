@@ -56,7 +56,7 @@ from typing import Any
 import asyncssh
 
 from vmresize.agent.paths import confine, open_nofollow
-from vmresize.agent.sparse import sha256_fd
+from vmresize.agent.sparse import SparseSink, sha256_fd
 from vmresize.agent.transfer_errors import PathEscape, TransferRefused
 
 __all__ = [
@@ -75,6 +75,9 @@ MAX_CONTROL = 1 << 20  # a JSON control frame is tiny; cap what we buffer for on
 CHANNEL_WINDOW = 16 * 1024 * 1024
 CHANNEL_MAX_PKTSIZE = 256 * 1024
 CHECKPOINT_SECONDS = 1.0
+# Bytes queued for the writer thread before we stop reading the channel (SSH flow control
+# then holds the sender); reading resumes below the low mark.
+PENDING_HIGH, PENDING_LOW = 64 * 1024 * 1024, 16 * 1024 * 1024
 # Preferred ciphers: AES-GCM runs on AES-NI through `cryptography`.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                    "chacha20-poly1305@openssh.com")
@@ -167,10 +170,14 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         self._data_off = 0               # next file offset of the DATA payload
         self._data_left = 0
         self._xfer: _Transfer | None = None
-        self._fd = -1
+        self._sink: SparseSink | None = None
+        self._pending = 0                # bytes queued to the sink, not yet written
+        self._paused = False
         self._last_save = 0.0
         self._closed = False
         self.finishing = False
+        self._loop = asyncio.get_running_loop()
+        self.released: asyncio.Future[None] = self._loop.create_future()
 
     # -- SSH policy: only our subsystem --------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -250,33 +257,61 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         if xfer.complete:
             self._send(STATE, {"complete": True, "sha256": xfer.sha256, "have": xfer.ranges})
             return
-        self._fd = open_nofollow(xfer.partial, os.O_RDWR | os.O_CREAT)
-        if not xfer.ranges:
-            os.ftruncate(self._fd, 0)  # start clean: no stale bytes where holes belong
-        os.ftruncate(self._fd, xfer.size)
-        self._last_save = asyncio.get_running_loop().time()
+        fd = open_nofollow(xfer.partial, os.O_RDWR | os.O_CREAT)
+        try:
+            fresh = not xfer.ranges
+            if fresh:
+                os.ftruncate(fd, 0)  # start clean: no stale bytes where holes belong
+            os.ftruncate(fd, xfer.size)
+        except OSError:
+            os.close(fd)
+            raise
+        loop = self._loop
+
+        def written(offset: int, length: int) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                loop.call_soon_threadsafe(self._written, xfer, offset, length)
+
+        # A fresh transfer arrives in order, so the sha256 can be streamed as it is
+        # written; after a resume the receiver re-reads the file instead.
+        self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written)
+        self._last_save = loop.time()
         self._send(STATE, {"complete": False, "have": xfer.ranges})
 
     def _start_data(self, offset: int, length: int) -> None:
         xfer = self._xfer
-        if xfer is None or xfer.complete or self._fd < 0 or self.finishing:
+        if xfer is None or xfer.complete or self._sink is None or self.finishing:
             raise ValueError("DATA before HELLO or after completion")
         if offset + length > xfer.size:
             raise ValueError(f"DATA [{offset}, +{length}) beyond size {xfer.size}")
         self._data_off, self._data_left = offset, length
 
     def _write(self, chunk: memoryview) -> None:
-        assert self._xfer is not None
-        n = os.pwrite(self._fd, chunk, self._data_off)
-        while n < len(chunk):  # short writes are legal; finish them
-            n += os.pwrite(self._fd, chunk[n:], self._data_off + n)
-        self._xfer.add_range(self._data_off, self._data_off + n)
+        assert self._sink is not None
+        assert self._chan is not None
+        n = len(chunk)
+        self._sink.write(self._data_off, chunk)  # a view of an immutable packet: no copy
         self._data_off += n
         self._data_left -= n
-        now = asyncio.get_running_loop().time()
+        self._pending += n
+        if self._pending > PENDING_HIGH and not self._paused:
+            self._paused = True
+            self._chan.pause_reading()
+
+    def _written(self, xfer: _Transfer, offset: int, length: int) -> None:
+        """On the loop: ``[offset, +length)`` is in the partial file."""
+        xfer.add_range(offset, offset + length)
+        self._pending -= length
+        if self._paused and self._pending < PENDING_LOW and not self._closed \
+                and not self.finishing:
+            self._paused = False
+            assert self._chan is not None
+            self._chan.resume_reading()
+        now = self._loop.time()
         if now - self._last_save >= CHECKPOINT_SECONDS:
-            self._xfer.save()
             self._last_save = now
+            with contextlib.suppress(OSError):
+                xfer.save()
 
     def _done(self, doc: dict[str, Any]) -> None:
         if self._xfer is None or self.finishing:
@@ -295,10 +330,14 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
             if xfer.complete:
                 ok, actual = xfer.sha256 == declared, xfer.sha256
             else:
-                actual = await asyncio.to_thread(sha256_fd, self._fd)
+                sink = self._sink
+                assert sink is not None
+                streamed = await asyncio.wrap_future(sink.digest())
+                actual = streamed or await asyncio.wrap_future(sink.call(sha256_fd))
                 ok = actual == declared
                 if ok:  # commit even if the sender vanished: it will see STATE complete
-                    await asyncio.to_thread(_commit, self._fd, xfer.partial, xfer.final)
+                    partial, final = xfer.partial, xfer.final
+                    await asyncio.wrap_future(sink.call(lambda fd: _commit(fd, partial, final)))
                     xfer.complete, xfer.sha256 = True, actual
                 else:  # start over on the next attempt
                     xfer.ranges = []
@@ -333,15 +372,28 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
 
     def _release(self) -> None:
         xfer, self._xfer = self._xfer, None
-        if xfer is not None:
-            if not xfer.complete:
+        sink, self._sink = self._sink, None
+        if xfer is not None and xfer.session is self:
+            xfer.session = None
+
+        def drained() -> None:  # on the loop, once the sink wrote its queue and closed
+            if xfer is not None and not xfer.complete:
                 with contextlib.suppress(OSError):
                     xfer.save()
-            if xfer.session is self:
-                xfer.session = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            if not self.released.done():
+                self.released.set_result(None)
+
+        if sink is None:
+            if xfer is not None or not self.released.done():
+                drained()
+            return
+        loop = self._loop
+
+        def then() -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(drained)
+
+        sink.close(then)
 
     def supersede(self) -> None:
         """Another session claimed our transfer: stop writing and drop the channel."""
@@ -404,7 +456,10 @@ class _SSHPolicy(asyncssh.SSHServer):
         assert self._conn is not None
         chan = self._conn.create_server_channel(encoding=None, window=CHANNEL_WINDOW,
                                                 max_pktsize=CHANNEL_MAX_PKTSIZE)
-        return chan, _DiskSession(self._server)
+        session = _DiskSession(self._server)
+        self._server._sessions.add(session)
+        session.released.add_done_callback(lambda _: self._server._sessions.discard(session))
+        return chan, session
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> bool:
@@ -428,6 +483,7 @@ class MigrationServer:
         self._transfers: dict[str, _Transfer] = {}
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions: set[_DiskSession] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
     @property
@@ -525,6 +581,12 @@ class MigrationServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in list(self._sessions):
+            session.supersede()
+        # Wait until every writer thread has flushed and the sidecars are saved.
+        await asyncio.wait_for(
+            asyncio.gather(*(s.released for s in self._sessions), return_exceptions=True),
+            timeout=60)
 
 
 async def start_migration_server(*, root: Path, host_key: asyncssh.SSHKey,
