@@ -23,341 +23,48 @@ RollingBack    CleanupDest (dest), then RestoreSource (src)  RollbackFailed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any, Literal
+from datetime import datetime
 
-from vmresize.api.hosttask import TaskAction
-from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
+from vmresize.operator.lifecycle_types import (
+    Action,
+    CommitClaims,
+    CreateTask,
+    Kind,
+    Observation,
+    ReleaseDestClaim,
+    Rule,
+    State,
+    Step,
+    UpdateInstance,
+)
+from vmresize.operator.transitions import (
+    back_step_done,
+    confirm,
+    confirmed,
+    finished,
+    migrated,
+    no_valid_host,
+    pending_refused,
+    pending_tick,
+    pending_valid,
+    prepare_failed,
+    prepared,
+    progress_display,
+    recreate,
+    retry_or_wait,
+    revert,
+    rollback_failed,
+    rollback_failed_deleted,
+    scheduled,
+    scheduling_tick,
+    stay,
+    step_failed,
+    verify_tick,
+    waiting,
+)
 
 P = ResizePhase
-A = TaskAction
-
-
-class Kind(StrEnum):
-    """What the engine saw."""
-
-    VALID = "Valid"                  # Pending: request is sound and the instance lock is ours
-    INVALID = "Invalid"              # Pending: bad request (reason/message say why)
-    BUSY = "Busy"                    # Pending: another resize holds the instance
-    SCHEDULED = "Scheduled"          # Scheduling: a claim is held on ``host``
-    NO_VALID_HOST = "NoValidHost"    # Scheduling: nothing fits (``counts`` per filter)
-    TASK_WAITING = "TaskWaiting"     # current HostTask pending or running (``progress``)
-    TASK_SUCCEEDED = "TaskSucceeded"
-    TASK_FAILED = "TaskFailed"
-    TASK_MISSING = "TaskMissing"     # current HostTask does not exist (deleted by an admin)
-    CONFIRM = "Confirm"              # spec.confirm is set
-    REVERT = "Revert"                # spec.revert is set
-    TICK = "Tick"                    # nothing new; time passed
-
-
-@dataclass(frozen=True)
-class Observation:
-    kind: Kind
-    reason: str = ""
-    message: str = ""
-    host: str | None = None
-    alternates: tuple[str, ...] = ()
-    counts: Mapping[str, int] = field(default_factory=dict)
-    progress: tuple[int, int, int] | None = None   # bytes done, total, rate
-    checksum: str | None = None
-    downtime_seconds: float | None = None
-    retryable: bool = True
-
-
-@dataclass(frozen=True)
-class State:
-    """The parts of a VMResize (and the cluster settings) that the lifecycle decides on."""
-
-    phase: ResizePhase
-    source_host: str | None = None
-    dest_host: str | None = None
-    attempts: int = 0
-    alternates: tuple[str, ...] = ()
-    current_action: TaskAction | None = None
-    current_attempt: int = 0
-    verify_deadline: datetime | None = None
-    confirm_window_seconds: int = 0       # resolved: spec override, else cluster default
-    max_attempts: int = 3
-    task_retries: int = 5
-    deleting: bool = False
-    rollback_from: str | None = None
-
-
-# ---------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class CreateTask:
-    """Create (idempotently) the HostTask ``action`` for ``host``, try number ``attempt``."""
-
-    action: TaskAction
-    host: str
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class ReleaseDestClaim:
-    """Drop this resize's claim on the destination host."""
-
-
-@dataclass(frozen=True)
-class CommitClaims:
-    """Confirmed: drop the instance's source claim; the dest claim becomes the instance's."""
-
-
-@dataclass(frozen=True)
-class UpdateInstance:
-    """Set the Instance's status, if this resize holds its lock."""
-
-    placement: Literal["source", "dest", "keep"]
-    """source/dest: the Instance now lives there; keep: leave host, domain and disk as they
-    are (in VerifyResize the source copy is still the one to come back to)."""
-    phase: InstancePhase
-    power: PowerState
-    unlock: bool
-    message: str = ""
-
-
-Action = CreateTask | ReleaseDestClaim | CommitClaims | UpdateInstance
-
-
-@dataclass(frozen=True)
-class Step:
-    phase: ResizePhase
-    actions: tuple[Action, ...] = ()
-    reason: str | None = None            # None keeps the current one
-    message: str | None = None
-    updates: Mapping[str, Any] = field(default_factory=dict)   # other status fields
-
-
-Rule = Callable[[State, Observation, datetime], Step]
-
-# ---------------------------------------------------------------- helpers
-
-
-def _stay(s: State, o: Observation, now: datetime) -> Step:
-    return Step(s.phase)
-
-
-def _recreate(s: State, o: Observation, now: datetime) -> Step:
-    assert s.current_action is not None
-    host = s.source_host if s.current_action in _SOURCE_ACTIONS else s.dest_host
-    return Step(s.phase, (CreateTask(s.current_action, host or "", s.current_attempt),),
-                message=f"HostTask {s.current_action} was missing; created it again")
-
-
-_SOURCE_ACTIONS = frozenset({A.MIGRATE_DISK, A.CONFIRM, A.RESTORE_SOURCE})
-
-
-def progress_display(done: int, total: int, rate: int) -> tuple[int, str]:
-    """Percent and the kubectl column text, e.g. ``(42, "42% 310MiB/s")``."""
-    pct = min(100, done * 100 // total) if total else 0
-    return pct, f"{pct}% {rate // (1024 * 1024)}MiB/s"
-
-
-def _progress(o: Observation) -> dict[str, Any]:
-    if o.progress is None:
-        return {}
-    done, total, rate = o.progress
-    pct, text = progress_display(done, total, rate)
-    return {"progress": {"bytes_done": done, "bytes_total": total,
-                         "rate_bytes_per_second": rate, "percent": pct, "display": text}}
-
-
-def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
-    """Start a rollback: delete the dest copy (if there is a dest), then start the source."""
-    frm = updates.pop("rollback_from", None) or s.phase.value
-    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host
-             else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
-    return Step(P.ROLLING_BACK, (first,),
-                reason=why, message=f"{message}; rolling back to {s.source_host}",
-                updates={"rollback_from": frm, **updates})
-
-
-def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
-    return Step(P.FAILED, (*extra, UpdateInstance("source", InstancePhase.ACTIVE,
-                                                  PowerState.RUNNING, unlock=True)),
-                reason=reason, message=message)
-
-
-# ---------------------------------------------------------------- rules
-
-
-def pending_valid(s: State, o: Observation, now: datetime) -> Step:
-    return Step(P.SCHEDULING, reason="Scheduling", message="Instance locked; scheduling")
-
-
-def pending_refused(s: State, o: Observation, now: datetime) -> Step:
-    reason = o.reason or ("InstanceBusy" if o.kind is Kind.BUSY else "Invalid")
-    return Step(P.FAILED, reason=reason, message=o.message or reason)
-
-
-def pending_tick(s: State, o: Observation, now: datetime) -> Step:
-    if s.deleting:
-        return _unlock_failed("Deleted", "Deleted before it was scheduled")
-    return Step(s.phase)
-
-
-def scheduled(s: State, o: Observation, now: datetime) -> Step:
-    assert o.host is not None
-    return Step(P.PREPARING, (CreateTask(A.PREPARE, o.host, s.attempts),),
-                reason="Preparing", message=f"Claimed resources on {o.host}; preparing it",
-                updates={"dest_host": o.host, "alternates": list(o.alternates),
-                         "attempts": s.attempts + 1})
-
-
-def no_valid_host(s: State, o: Observation, now: datetime) -> Step:
-    counts = ", ".join(f"{k}: {v}" for k, v in o.counts.items() if v) or "no hosts"
-    msg = f"No valid host was found ({counts} removed)"
-    if s.attempts == 0:
-        return Step(P.FAILED, (UpdateInstance("source", InstancePhase.ACTIVE,
-                                              PowerState.RUNNING, unlock=True),),
-                    reason="NoValidHost", message=msg, updates={"filter_counts": dict(o.counts)})
-    return _rollback(s, "MaxAttemptsExceeded", f"No alternate host left: {msg}",
-                     filter_counts=dict(o.counts), rollback_from=P.PREPARING.value)
-
-
-def scheduling_tick(s: State, o: Observation, now: datetime) -> Step:
-    if s.deleting:
-        return _unlock_failed("Deleted", "Deleted while scheduling", ReleaseDestClaim())
-    return Step(s.phase)
-
-
-def waiting(s: State, o: Observation, now: datetime) -> Step:
-    return Step(s.phase, updates=_progress(o))
-
-
-def prepared(s: State, o: Observation, now: datetime) -> Step:
-    if s.deleting:
-        return _rollback(s, "Deleted", "Deleted while preparing")
-    return Step(P.MIGRATING, (CreateTask(A.MIGRATE_DISK, s.source_host or "", 0),),
-                reason="Migrating", message=f"Copying the disk {s.source_host} -> {s.dest_host}")
-
-
-def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
-    msg = f"Preparing {s.dest_host} failed: {o.message}"
-    if not s.deleting and s.alternates and s.attempts < s.max_attempts:
-        return Step(P.SCHEDULING, (ReleaseDestClaim(),), reason="Rescheduling",
-                    message=f"{msg}; trying the next alternate",
-                    updates={"dest_host": None})
-    why = "Deleted" if s.deleting else "MaxAttemptsExceeded"
-    return Step(P.ROLLING_BACK, (ReleaseDestClaim(), CreateTask(A.CLEANUP_DEST,
-                                                                 s.dest_host or "", 0)),
-                reason=why, message=f"{msg}; rolling back ({s.attempts} of at most "
-                f"{s.max_attempts} destinations tried)",
-                updates={"rollback_from": P.PREPARING.value})
-
-
-def migrated(s: State, o: Observation, now: datetime) -> Step:
-    up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds}
-    up.update(_progress(o))
-    if s.deleting:
-        return _rollback(s, "Deleted", "Deleted while migrating", **up)
-    return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0),), reason="Finishing",
-                message=f"Disk copied (checksum {(o.checksum or '')[:12]}); starting on "
-                f"{s.dest_host}", updates=up)
-
-
-def step_failed(s: State, o: Observation, now: datetime) -> Step:
-    return _rollback(s, f"{s.phase.value}Failed", f"{s.phase.value} failed: {o.message}")
-
-
-def finished(s: State, o: Observation, now: datetime) -> Step:
-    if s.deleting:
-        return _rollback(s, "Deleted", "Deleted while finishing")
-    deadline = (now + timedelta(seconds=s.confirm_window_seconds)
-                if s.confirm_window_seconds > 0 else None)
-    tail = f"; auto-confirm at {deadline.isoformat()}" if deadline else ""
-    return Step(P.VERIFY_RESIZE, (UpdateInstance(
-        "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
-        message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
-                reason="VerifyResize",
-                message=f"Running on {s.dest_host}; confirm or revert{tail}",
-                updates={"verify_deadline": deadline})
-
-
-def confirm(s: State, o: Observation, now: datetime) -> Step:
-    return Step(P.CONFIRMING, (CreateTask(A.CONFIRM, s.source_host or "", 0),),
-                reason="Confirming", message=f"Deleting the old copy on {s.source_host}")
-
-
-def revert(s: State, o: Observation, now: datetime) -> Step:
-    return Step(P.REVERTING, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),),
-                reason="Reverting", message=f"Deleting the new copy on {s.dest_host}")
-
-
-def verify_tick(s: State, o: Observation, now: datetime) -> Step:
-    if s.deleting:
-        step = revert(s, o, now)
-        return Step(step.phase, step.actions, reason="Deleted",
-                    message=f"Deleted before confirm: reverting. {step.message}")
-    if s.verify_deadline is not None and now >= s.verify_deadline:
-        step = confirm(s, o, now)
-        return Step(step.phase, step.actions, reason="AutoConfirmed",
-                    message=f"Confirm window passed. {step.message}")
-    return Step(s.phase)
-
-
-def confirmed(s: State, o: Observation, now: datetime) -> Step:
-    return Step(P.CONFIRMED, (CommitClaims(), UpdateInstance(
-        "dest", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
-        reason="Confirmed", message=f"Confirmed: the instance lives on {s.dest_host}")
-
-
-def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
-    """Confirm/revert steps are retried; then the resize waits for an admin (never gives up
-    the copy it must keep)."""
-    nxt = s.current_attempt + 1
-    if o.retryable and nxt < s.task_retries:
-        host = s.source_host if s.current_action in _SOURCE_ACTIONS else s.dest_host
-        assert s.current_action is not None
-        return Step(s.phase, (CreateTask(s.current_action, host or "", nxt),),
-                    message=f"{s.current_action} failed ({o.message}); retry {nxt}")
-    return Step(s.phase, reason=f"{s.current_action}Stuck",
-                message=f"{s.current_action} failed {nxt} times ({o.message}). An admin must "
-                "fix the host, then delete the failed HostTask; the operator recreates it.")
-
-
-def back_step_done(s: State, o: Observation, now: datetime) -> Step:
-    """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end."""
-    if s.current_action is A.CLEANUP_DEST:
-        return Step(s.phase, (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),),
-                    message=f"New copy deleted; starting the instance on {s.source_host}")
-    end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
-    why = (f"Rolled back after {s.rollback_from} failed" if end is P.ROLLED_BACK
-           else "Reverted")
-    return Step(end, (ReleaseDestClaim(), UpdateInstance(
-        "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
-        reason=end.value, message=f"{why}: the instance runs on {s.source_host} again, unchanged")
-
-
-def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
-    if o.retryable and s.current_attempt + 1 < s.task_retries:
-        return retry_or_wait(s, o, now)
-    msg = (f"Rollback failed at {s.current_action} ({o.message}). Both copies are kept and "
-           f"both claims held: source on {s.source_host}, new copy on {s.dest_host}. An admin "
-           f"must start the instance on {s.source_host} by hand (or delete the failed HostTask "
-           "to retry), then delete this VMResize to release it.")
-    return Step(P.ROLLBACK_FAILED, (UpdateInstance("source", InstancePhase.ERROR,
-                                                   PowerState.UNKNOWN, unlock=False,
-                                                   message=msg),),
-                reason="RollbackFailed", message=msg)
-
-
-def rollback_failed_deleted(s: State, o: Observation, now: datetime) -> Step:
-    """Deleting a RollbackFailed resize is the admin saying "I have cleaned up"."""
-    if not s.deleting:
-        return Step(s.phase)
-    return Step(s.phase, (ReleaseDestClaim(), UpdateInstance(
-        "source", InstancePhase.ERROR, PowerState.UNKNOWN, unlock=True,
-        message="Released by deleting the failed VMResize; check the instance")))
-
-
-# ---------------------------------------------------------------- the table
 
 K = Kind
 TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
@@ -369,30 +76,30 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.SCHEDULING, K.NO_VALID_HOST): no_valid_host,
     (P.SCHEDULING, K.TICK): scheduling_tick,
     (P.PREPARING, K.TASK_WAITING): waiting,
-    (P.PREPARING, K.TASK_MISSING): _recreate,
+    (P.PREPARING, K.TASK_MISSING): recreate,
     (P.PREPARING, K.TASK_SUCCEEDED): prepared,
     (P.PREPARING, K.TASK_FAILED): prepare_failed,
     (P.MIGRATING, K.TASK_WAITING): waiting,
-    (P.MIGRATING, K.TASK_MISSING): _recreate,
+    (P.MIGRATING, K.TASK_MISSING): recreate,
     (P.MIGRATING, K.TASK_SUCCEEDED): migrated,
     (P.MIGRATING, K.TASK_FAILED): step_failed,
     (P.FINISHING, K.TASK_WAITING): waiting,
-    (P.FINISHING, K.TASK_MISSING): _recreate,
+    (P.FINISHING, K.TASK_MISSING): recreate,
     (P.FINISHING, K.TASK_SUCCEEDED): finished,
     (P.FINISHING, K.TASK_FAILED): step_failed,
     (P.VERIFY_RESIZE, K.CONFIRM): confirm,
     (P.VERIFY_RESIZE, K.REVERT): revert,
     (P.VERIFY_RESIZE, K.TICK): verify_tick,
     (P.CONFIRMING, K.TASK_WAITING): waiting,
-    (P.CONFIRMING, K.TASK_MISSING): _recreate,
+    (P.CONFIRMING, K.TASK_MISSING): recreate,
     (P.CONFIRMING, K.TASK_SUCCEEDED): confirmed,
     (P.CONFIRMING, K.TASK_FAILED): retry_or_wait,
     (P.REVERTING, K.TASK_WAITING): waiting,
-    (P.REVERTING, K.TASK_MISSING): _recreate,
+    (P.REVERTING, K.TASK_MISSING): recreate,
     (P.REVERTING, K.TASK_SUCCEEDED): back_step_done,
     (P.REVERTING, K.TASK_FAILED): retry_or_wait,
     (P.ROLLING_BACK, K.TASK_WAITING): waiting,
-    (P.ROLLING_BACK, K.TASK_MISSING): _recreate,
+    (P.ROLLING_BACK, K.TASK_MISSING): recreate,
     (P.ROLLING_BACK, K.TASK_SUCCEEDED): back_step_done,
     (P.ROLLING_BACK, K.TASK_FAILED): rollback_failed,
     (P.ROLLBACK_FAILED, K.TICK): rollback_failed_deleted,
@@ -406,9 +113,14 @@ TASK_PHASES = frozenset({P.PREPARING, P.MIGRATING, P.FINISHING, P.CONFIRMING, P.
 
 def step(state: State, obs: Observation, now: datetime) -> Step:
     """The next phase and the actions to get there."""
-    rule = TABLE.get((state.phase, obs.kind), _stay)
+    rule = TABLE.get((state.phase, obs.kind), stay)
     return rule(state, obs, now)
 
 
 def is_terminal(phase: ResizePhase) -> bool:
     return phase in TERMINAL_PHASES
+
+
+__all__ = ["TABLE", "TASK_PHASES", "Action", "CommitClaims", "CreateTask", "Kind",
+           "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
+           "is_terminal", "progress_display", "step"]

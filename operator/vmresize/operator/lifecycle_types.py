@@ -1,0 +1,117 @@
+"""The vocabulary of the VMResize lifecycle (pure): observations, state, actions, steps.
+
+:mod:`vmresize.operator.lifecycle` holds the transition table over these types and
+:mod:`vmresize.operator.transitions` the small rule functions it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from vmresize.api.hosttask import TaskAction
+from vmresize.api.instance import InstancePhase, PowerState
+from vmresize.api.resize import ResizePhase
+
+
+class Kind(StrEnum):
+    """What the engine saw."""
+
+    VALID = "Valid"                  # Pending: request is sound and the instance lock is ours
+    INVALID = "Invalid"              # Pending: bad request (reason/message say why)
+    BUSY = "Busy"                    # Pending: another resize holds the instance
+    SCHEDULED = "Scheduled"          # Scheduling: a claim is held on ``host``
+    NO_VALID_HOST = "NoValidHost"    # Scheduling: nothing fits (``counts`` per filter)
+    TASK_WAITING = "TaskWaiting"     # current HostTask pending or running (``progress``)
+    TASK_SUCCEEDED = "TaskSucceeded"
+    TASK_FAILED = "TaskFailed"
+    TASK_MISSING = "TaskMissing"     # current HostTask does not exist (deleted by an admin)
+    CONFIRM = "Confirm"              # spec.confirm is set
+    REVERT = "Revert"                # spec.revert is set
+    TICK = "Tick"                    # nothing new; time passed
+
+
+@dataclass(frozen=True)
+class Observation:
+    kind: Kind
+    reason: str = ""
+    message: str = ""
+    host: str | None = None
+    alternates: tuple[str, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+    progress: tuple[int, int, int] | None = None   # bytes done, total, rate
+    checksum: str | None = None
+    downtime_seconds: float | None = None
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class State:
+    """The parts of a VMResize (and the cluster settings) that the lifecycle decides on."""
+
+    phase: ResizePhase
+    source_host: str | None = None
+    dest_host: str | None = None
+    attempts: int = 0
+    alternates: tuple[str, ...] = ()
+    current_action: TaskAction | None = None
+    current_attempt: int = 0
+    verify_deadline: datetime | None = None
+    confirm_window_seconds: int = 0       # resolved: spec override, else cluster default
+    max_attempts: int = 3
+    task_retries: int = 5
+    deleting: bool = False
+    rollback_from: str | None = None
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class CreateTask:
+    """Create (idempotently) the HostTask ``action`` for ``host``, try number ``attempt``."""
+
+    action: TaskAction
+    host: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseDestClaim:
+    """Drop this resize's claim on the destination host."""
+
+
+@dataclass(frozen=True)
+class CommitClaims:
+    """Confirmed: drop the instance's source claim; the dest claim becomes the instance's."""
+
+
+@dataclass(frozen=True)
+class UpdateInstance:
+    """Set the Instance's status, if this resize holds its lock."""
+
+    placement: Literal["source", "dest", "keep"]
+    """source/dest: the Instance now lives there; keep: leave host, domain and disk as they
+    are (in VerifyResize the source copy is still the one to come back to)."""
+    phase: InstancePhase
+    power: PowerState
+    unlock: bool
+    message: str = ""
+
+
+Action = CreateTask | ReleaseDestClaim | CommitClaims | UpdateInstance
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: ResizePhase
+    actions: tuple[Action, ...] = ()
+    reason: str | None = None            # None keeps the current one
+    message: str | None = None
+    updates: Mapping[str, Any] = field(default_factory=dict)   # other status fields
+
+
+Rule = Callable[[State, Observation, datetime], Step]

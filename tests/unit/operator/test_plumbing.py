@@ -1,0 +1,168 @@
+"""The small pure helpers around the lifecycle, and the storage layer's error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import kopf
+import pytest
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
+
+from vmresize.api import naming
+from vmresize.api.flavor import FlavorSpec
+from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
+from vmresize.api.hosttask import HostTask, TaskAction, TaskFlavor
+from vmresize.api.instance import Instance, InstanceSpec, InstanceStatus
+from vmresize.api.meta import Resources
+from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
+from vmresize.operator import conditions
+from vmresize.operator.errors import (
+    AlreadyExistsError,
+    ApiRejected,
+    ApiUnavailable,
+    Conflict,
+    NotReady,
+)
+from vmresize.operator.settings import Settings
+from vmresize.operator.storage import _call
+from vmresize.operator.tasks import parse_task_name, resize_task
+from vmresize.operator.views import host_state
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _raises(status: int, body: str = "") -> Callable[[], object]:
+    def fn() -> object:
+        e = ApiException(status=status, reason="x")
+        e.body = body
+        raise e
+    return fn
+
+
+@pytest.mark.parametrize(("status", "body", "error", "kopf_kind"), [
+    (409, '{"reason":"Conflict"}', Conflict, kopf.TemporaryError),
+    (409, '{"reason":"AlreadyExists"}', AlreadyExistsError, None),
+    (503, "", ApiUnavailable, kopf.TemporaryError),
+    (429, "", ApiUnavailable, kopf.TemporaryError),
+    (422, "", ApiRejected, kopf.PermanentError),
+    (403, "", ApiRejected, kopf.PermanentError),
+])
+def test_api_errors_are_typed(status: int, body: str, error: type[Exception],
+                              kopf_kind: type[Exception] | None) -> None:
+    with pytest.raises(error) as info:
+        _call("op", _raises(status, body))
+    assert isinstance(info.value.__cause__, ApiException)
+    if kopf_kind is not None:
+        assert isinstance(info.value, kopf_kind)
+
+
+def test_transport_errors_are_temporary() -> None:
+    def fn() -> None:
+        raise ProtocolError("reset")
+    with pytest.raises(ApiUnavailable):
+        _call("op", fn)
+
+
+@pytest.mark.parametrize("action", list(TaskAction))
+def test_task_names_round_trip(action: TaskAction) -> None:
+    uid = "8b164d6e-5e42-4730-be9a-95e30f3a2239"
+    assert parse_task_name(naming.task_name(uid, action, 3)) == (action, 3)
+    assert parse_task_name(None) == (None, 0)
+
+
+def _world() -> tuple[VMResize, Instance, Host]:
+    r = VMResize(metadata={"name": "r1", "namespace": "ns", "uid": "aaaaaaaa-1111"},
+                 spec=VMResizeSpec(instance_name="vm"),
+                 status=VMResizeStatus(phase=ResizePhase.PREPARING, source_host="a",
+                                       dest_host="b", dest_domain_name="ns.vm",
+                                       dest_disk_path="instances/ns/vm/aaaaaaaa/disk.qcow2",
+                                       source_checksum="ab" * 32))
+    inst = Instance(metadata={"name": "vm", "namespace": "ns", "uid": "bbbbbbbb-2222"},
+                    spec=InstanceSpec(flavor="small"),
+                    status=InstanceStatus(host="a", domain_name="ns.vm", disk_gib=10,
+                                          disk_path="instances/ns/vm/bbbbbbbb/disk.qcow2"))
+    dest = Host(metadata={"name": "b"}, status=HostStatus(
+        migration_endpoint=MigrationEndpoint(address="127.0.0.2", port=2222),
+        host_key="ssh-ed25519 AAAA"))
+    return r, inst, dest
+
+
+def test_resize_tasks_act_on_the_right_copy() -> None:
+    r, inst, dest = _world()
+    assert r.status is not None
+    assert inst.status is not None
+    new = FlavorSpec(vcpus=2, memory_mib=2048, disk_gib=20)
+    old = TaskFlavor(vcpus=1, memory_mib=1024, disk_gib=10)
+
+    def build(action: TaskAction, host: str) -> HostTask:
+        return resize_task(action, host, 0, namespace="sys", resize=r, inst=inst, new=new,
+                           old=old, dest=dest)
+
+    prep = build(TaskAction.PREPARE, "b")
+    assert prep.spec.disk_path == r.status.dest_disk_path
+    assert prep.metadata["labels"][naming.HOST_LABEL] == "b"
+    assert prep.metadata["namespace"] == "sys"
+    mig = build(TaskAction.MIGRATE_DISK, "a")
+    assert mig.spec.disk_path == inst.status.disk_path
+    assert mig.spec.peer is not None
+    assert mig.spec.peer.address == "127.0.0.2"
+    assert mig.spec.peer_disk_path == r.status.dest_disk_path
+    fin = build(TaskAction.FINISH, "b")
+    assert fin.spec.expected_checksum == "ab" * 32
+    assert fin.spec.flavor is not None
+    assert fin.spec.flavor.vcpus == 2
+    conf = build(TaskAction.CONFIRM, "a")
+    assert conf.spec.disk_path == inst.status.disk_path
+    restore = build(TaskAction.RESTORE_SOURCE, "a")
+    assert restore.spec.flavor == old
+    clean = build(TaskAction.CLEANUP_DEST, "b")
+    assert clean.spec.disk_path == r.status.dest_disk_path
+
+
+def test_migrate_needs_the_dest_endpoint() -> None:
+    r, inst, _ = _world()
+    with pytest.raises(NotReady):
+        resize_task(TaskAction.MIGRATE_DISK, "a", 0, namespace="sys", resize=r, inst=inst,
+                    new=FlavorSpec(vcpus=1, memory_mib=64, disk_gib=1), old=None,
+                    dest=Host(metadata={"name": "b"}))
+
+
+def test_settings_defaults_and_env() -> None:
+    assert Settings.from_env({}) == Settings()
+    s = Settings.from_env({"VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST": "True",
+                           "VMRESIZE_MAX_ATTEMPTS": "0", "VMRESIZE_NAMESPACE": "ops",
+                           "VMRESIZE_RAM_WEIGHT_MULTIPLIER": "-1"})
+    assert s.allow_resize_to_same_host
+    assert s.max_attempts == 1
+    assert s.namespace == "ops"
+    assert s.ram_weight_multiplier == -1.0
+    assert Settings().namespace == naming.DEFAULT_NAMESPACE
+
+
+def test_conditions_follow_the_phase() -> None:
+    conds = conditions.resize_conditions([], ResizePhase.VERIFY_RESIZE, "VerifyResize", "m",
+                                         NOW, 1)
+    by = {c.type: c.status for c in conds}
+    assert by == {"Ready": "False", "VerifyResize": "True", "Failed": "False",
+                  "RolledBack": "False"}
+    conds = conditions.resize_conditions(conds, ResizePhase.ROLLED_BACK, "RolledBack", "m",
+                                         NOW, 1)
+    by = {c.type: c.status for c in conds}
+    assert by["Ready"] == "True"
+    assert by["RolledBack"] == "True"
+
+
+def test_host_state_counts_allocations_and_labels() -> None:
+    h = Host(metadata={"name": "h", "labels": {"ssd": "true"}},
+             spec=HostSpec(reserved=Resources(memory_mib=512)),
+             status=HostStatus(capacity=Resources(vcpus=4, memory_mib=4608, disk_gib=100),
+                               ready=True, heartbeat=NOW, allocations={
+                                   "Instance/ns/a": Allocation(
+                                       consumer="ns/a", kind="Instance",
+                                       resources=Resources(vcpus=1, memory_mib=1024,
+                                                           disk_gib=10))}))
+    hs = host_state(h)
+    assert hs.free() == (15.0, 3072.0, 90.0)
+    assert hs.labels == {"ssd": "true"}
