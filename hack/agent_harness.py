@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ class AgentProcess:
     embedded: bool = False
     heartbeat_seconds: float = 1.0
     port: int = 0
+    libvirt_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -87,7 +90,10 @@ class AgentProcess:
 
     @property
     def libvirt_root(self) -> Path:
-        return self.workdir / "libvirt"
+        """A short path of its own: QEMU's socket paths under it must fit 108 bytes."""
+        if self.libvirt_dir is None:
+            self.libvirt_dir = Path(tempfile.mkdtemp(prefix="vr-", dir="/tmp"))
+        return self.libvirt_dir
 
     @property
     def log_file(self) -> Path:
@@ -157,6 +163,12 @@ class AgentProcess:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         return killed
+
+    def remove_libvirt_root(self) -> None:
+        """Delete the embedded root (after :meth:`stop` and :meth:`kill_vms`)."""
+        if self.libvirt_dir is not None:
+            shutil.rmtree(self.libvirt_dir, ignore_errors=True)
+            self.libvirt_dir = None
 
     def log_tail(self, lines: int = 40) -> str:
         try:

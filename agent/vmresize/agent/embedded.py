@@ -13,6 +13,10 @@ Measured on Debian 12 / libvirt 9.0 (see the agent's report in git history):
   libvirt then believes they are alive — opening the connection loops forever probing
   capabilities, and destroy waits for a process that never goes away.
 
+* QEMU's monitor sockets live under the root (``<root>/lib/qemu/domain-<id>-<name20>/
+  monitor.sock``) and a UNIX socket path must be < 108 bytes, so the root path may be at
+  most :data:`MAX_ROOT_LEN` bytes long (pytest's ``tmp_path`` is already too long).
+
 The reaper must not steal libvirt's *own* children (it ``waitpid``s the QEMU parent that
 daemonizes, and fails with ECHILD if we got there first). It therefore only reaps a child
 that has been a zombie for two consecutive scans: libvirt waits for its direct children at
@@ -41,6 +45,9 @@ group = "root"
 stdio_handler = "file"
 remember_owner = 0
 """
+
+MAX_ROOT_LEN = 53
+"""107 bytes minus ``/lib/qemu/domain-NNN-`` (21), a name cut to 20 and ``/monitor.sock``."""
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -112,6 +119,9 @@ def start_reaper() -> None:
 def prepare_root(root: Path) -> Path:
     """Create an embedded driver root with the ``qemu.conf`` it needs; return it resolved."""
     root = root.resolve()
+    if len(os.fsencode(root)) > MAX_ROOT_LEN:
+        raise ValueError(f"embedded QEMU root {root} is longer than {MAX_ROOT_LEN} bytes: "
+                         "QEMU's monitor socket paths would not fit in a UNIX address")
     (root / "etc").mkdir(parents=True, exist_ok=True)
     conf = root / "etc" / "qemu.conf"
     if not conf.exists() or conf.read_text() != QEMU_CONF:

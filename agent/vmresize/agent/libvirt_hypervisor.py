@@ -119,7 +119,10 @@ class LibvirtHypervisor:
 
     def __init__(self, uri: str) -> None:
         _silence_default_handler()
-        embedded.setup_for_uri(uri)
+        try:
+            embedded.setup_for_uri(uri)
+        except (ValueError, OSError) as e:
+            raise HypervisorError(f"cannot prepare {uri}: {e}") from e
         self._uri = uri
         self._domain_type = "test" if uri.startswith("test:") else "qemu"
         self._lock = threading.Lock()

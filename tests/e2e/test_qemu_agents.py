@@ -1,0 +1,175 @@
+"""Two real agents, each with its own embedded QEMU root, resize a real QEMU VM.
+
+Each agent process is one simulated host: its storage root, its ``qemu:///embed`` root
+and its migration address (127.0.0.2 and 127.0.0.3). The test plays the operator: it
+creates the HostTasks on a real kube-apiserver and checks what the agents did, on disk
+and in the QEMU processes they run. Confirm and revert both run end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
+from tests.conftest import kubectl
+
+from vmresize.agent import disks, embedded
+from vmresize.api import naming
+
+WAIT = 180.0  # TCG on 2 shared cores; a bound, not a performance assertion
+SEED = "vmresize e2e: the source disk"
+SMALL = {"vcpus": 1, "memoryMiB": 64, "diskGiB": 1}
+BIG = {"vcpus": 2, "memoryMiB": 128, "diskGiB": 2}
+
+
+@pytest.fixture
+def agent_hosts(kubeconfig: Path, namespace: str,
+                tmp_path: Path) -> Iterator[tuple[AgentProcess, AgentProcess]]:
+    """Two embedded-QEMU agents on 127.0.0.2 and 127.0.0.3; stopped, VMs killed, after."""
+    embedded.become_subreaper()  # QEMU outlives a stopped agent and comes to us
+    embedded.start_reaper()
+    key = write_migration_key(tmp_path / "migration_key")
+    agents = []
+    for address in ("127.0.0.2", "127.0.0.3"):
+        name = f"q-{uuid.uuid4().hex[:8]}"
+        agents.append(AgentProcess(name=name, workdir=tmp_path / name, address=address,
+                                   kubeconfig=kubeconfig, namespace=namespace,
+                                   key_file=key, embedded=True).start())
+    try:
+        yield agents[0], agents[1]
+    finally:
+        for agent in agents:
+            agent.stop()
+            agent.kill_vms()
+            agent.remove_libvirt_root()
+            kubectl(kubeconfig, "delete", "hosts.vmresize.io", agent.name,
+                    "--ignore-not-found", "--wait=false", check=False)
+
+
+def ready_status(agent: AgentProcess, kubeconfig: Path) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        if not agent.alive():
+            raise AssertionError(f"agent {agent.name} exited:\n{agent.log_tail()}")
+        st = (kubectl_json(kubeconfig, "get", "hosts.vmresize.io", agent.name) or {}).get(
+            "status", {})
+        return st if st.get("ready") else None
+    return wait_for(check, timeout=WAIT, what=f"Host {agent.name} ready")
+
+
+def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
+             ) -> dict[str, Any]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {naming.HOST_LABEL: agent.name}},
+            "spec": {"host": agent.name, "owner": f"{namespace}/r",
+                     "instance": f"{namespace}/vm", **spec}}
+    kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
+
+    def finished() -> dict[str, Any] | None:
+        doc = kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io", name)
+        st = (doc or {}).get("status", {})
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+    try:
+        status = wait_for(finished, timeout=WAIT, what=f"{spec['action']} on {agent.name}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{agent.log_tail()}") from None
+    assert status["phase"] == "Succeeded", f"{status}\n{agent.log_tail()}"
+    return status
+
+
+def qemu_args(agent: AgentProcess, domain: str) -> list[str] | None:
+    """The argv of the QEMU process running ``domain`` on ``agent``, if one runs."""
+    pidfile = agent.libvirt_root / "run" / "qemu" / f"{domain}.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return raw.decode(errors="replace").split("\0")
+
+
+def arg_after(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess
+         ) -> tuple[str, str, str, str, str]:
+    """Spawn on src, Prepare on dst, MigrateDisk src→dst, Finish on dst with BIG."""
+    wait_ready = ready_status(src, kubeconfig)
+    assert wait_ready["hypervisor"].startswith("qemu:///embed")
+    dst_st = ready_status(dst, kubeconfig)
+    dom, new_dom = naming.domain_name(namespace, "vm"), naming.domain_name(namespace, "vm", "r")
+    rel = naming.disk_path(namespace, "vm", uuid.uuid4().hex)
+    new_rel = naming.disk_path(namespace, "vm", uuid.uuid4().hex)
+    spawned = run_task(kubeconfig, namespace, src, action="Spawn", domainName=dom,
+                       diskPath=rel, flavor=SMALL, seedPattern=SEED)
+    assert spawned["result"]["powerState"] == "Running"
+    argv = qemu_args(src, dom)
+    assert argv is not None, "no QEMU process for the spawned domain"
+    assert arg_after(argv, "-accel").startswith("tcg") or "tcg" in " ".join(argv)
+    tid = f"x-{uuid.uuid4().hex[:8]}"
+    run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
+             expectedBytes=spawned["result"]["sizeBytes"])
+    sent = run_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom,
+                    diskPath=rel, transferId=tid, powerOffTimeoutSeconds=2,
+                    peer={"name": dst.name, "address": dst.address,
+                          "port": dst_st["migrationEndpoint"]["port"],
+                          "hostKey": dst_st["hostKey"]})
+    checksum: str = sent["result"]["checksum"]
+    assert sent["result"]["powerState"] == "Shutoff"
+    assert sent["result"]["downtimeSeconds"] >= 0
+    assert qemu_args(src, dom) is None  # powered off: no QEMU left for it
+    # Invariant 2: the destination's copy equals the powered-off source before growing.
+    source_sha = sha256(src.storage_root / rel)
+    assert checksum == source_sha
+    assert sha256(dst.storage_root / new_rel) == source_sha
+    done = run_task(kubeconfig, namespace, dst, action="Finish", domainName=new_dom,
+                    diskPath=new_rel, expectedChecksum=checksum, transferId=tid, flavor=BIG)
+    assert (done["result"]["vcpus"], done["result"]["memoryMiB"],
+            done["result"]["diskGiB"]) == (2, 128, 2)
+    argv = qemu_args(dst, new_dom)
+    assert argv is not None, "no QEMU process for the resized domain"
+    assert arg_after(argv, "-smp").split(",")[0] == "2"
+    return dom, rel, new_dom, new_rel, source_sha
+
+
+def test_resize_real_vm_between_two_agents_then_confirm(
+        agent_hosts: tuple[AgentProcess, AgentProcess], kubeconfig: Path,
+        namespace: str) -> None:
+    src, dst = agent_hosts
+    dom, rel, new_dom, _, _ = move(kubeconfig, namespace, src, dst)
+    assert qemu_args(dst, new_dom) is not None
+    run_task(kubeconfig, namespace, src, action="Confirm", domainName=dom, diskPath=rel)
+    assert not (src.storage_root / rel).exists()
+    assert qemu_args(dst, new_dom) is not None  # Confirm never touches the destination
+
+
+def test_resize_real_vm_then_revert_restores_the_untouched_source(
+        agent_hosts: tuple[AgentProcess, AgentProcess], kubeconfig: Path,
+        namespace: str) -> None:
+    src, dst = agent_hosts
+    dom, rel, new_dom, new_rel, source_sha = move(kubeconfig, namespace, src, dst)
+    run_task(kubeconfig, namespace, dst, action="CleanupDest", domainName=new_dom,
+             diskPath=new_rel)
+    assert qemu_args(dst, new_dom) is None
+    assert not (dst.storage_root / new_rel).exists()
+    assert sha256(src.storage_root / rel) == source_sha  # invariant 1: untouched
+    restored = run_task(kubeconfig, namespace, src, action="RestoreSource", domainName=dom,
+                        diskPath=rel, flavor=SMALL)
+    assert restored["result"]["powerState"] == "Running"
+    assert (restored["result"]["vcpus"], restored["result"]["memoryMiB"]) == (1, 64)
+    argv = qemu_args(src, dom)
+    assert argv is not None
+    assert arg_after(argv, "-smp").split(",")[0] == "1"
+    assert disks.read_head(src.storage_root, rel, len(SEED)) == SEED.encode()
