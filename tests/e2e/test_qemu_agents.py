@@ -120,7 +120,7 @@ def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess
     assert arg_after(argv, "-accel").startswith("tcg") or "tcg" in " ".join(argv)
     tid = f"x-{uuid.uuid4().hex[:8]}"
     run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
-             expectedBytes=spawned["result"]["sizeBytes"])
+             expectedBytes=spawned["result"]["diskGiB"] * 1024**3)  # the operator's bound
     sent = run_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom,
                     diskPath=rel, transferId=tid, powerOffTimeoutSeconds=2,
                     peer={"name": dst.name, "address": dst.address,

@@ -175,7 +175,7 @@ def test_two_agents_resize_over_ssh_then_confirm(
                        flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
     tid = f"xfer-{uuid.uuid4().hex[:8]}"
     run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
-             expectedBytes=spawned["result"]["sizeBytes"])
+             expectedBytes=spawned["result"]["diskGiB"] * 1024**3)  # the operator's bound
     sent = run_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom,
                     diskPath=rel, transferId=tid, powerOffTimeoutSeconds=2,
                     peer={"name": dst.name, "address": "127.0.0.3",
@@ -195,3 +195,24 @@ def test_two_agents_resize_over_ssh_then_confirm(
     run_task(kubeconfig, namespace, src, action="Confirm", domainName=dom, diskPath=rel)
     assert not (src.storage_root / rel).exists()
     assert (dst.storage_root / new_rel).is_file()
+
+
+def test_restarted_agent_resumes_a_task_left_running(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    wait_ready(agent, kubeconfig)
+    agent.kill()  # kill -9: the Host stays ready=true, nothing is cleaned up
+    rel = naming.disk_path(namespace, "vm", "5678cdef")
+    name = create_task(kubeconfig, namespace, agent.name,
+                       {"host": agent.name, "action": "Spawn", "diskPath": rel,
+                        "domainName": naming.domain_name(namespace, "vm"),
+                        "flavor": {"vcpus": 1, "memoryMiB": 64, "diskGiB": 1}})
+    # What the killed agent would have left: attempt 1 Running, nobody working on it.
+    kubectl(kubeconfig, "-n", namespace, "patch", "hosttasks.vmresize.io", name,
+            "--subresource=status", "--type=merge", "-p",
+            '{"status":{"phase":"Running","attempt":1,"message":"copying"}}')
+    agent.start()
+    status = wait_task(kubeconfig, namespace, name, agent)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["attempt"] == 2
+    assert (agent.storage_root / rel).is_file()
