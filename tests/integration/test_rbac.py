@@ -375,3 +375,88 @@ def test_real_operator_runs_a_resize_with_the_chart_rbac(release: Release, api_c
     log = (tmp_path / "operator.log").read_text(errors="replace")
     assert "Forbidden" not in log, op.tail()
     assert " 403" not in log, op.tail()
+
+
+# --- the real agent, with nothing but the chart's agent ServiceAccount -------------------------
+
+
+def _wait(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll ``probe`` until truthy; a generous bound on a loaded machine, not a timing test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := probe():
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _get(config: Path, *args: str) -> dict[str, Any] | None:
+    proc = kubectl(config, "get", *args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def test_real_agent_registers_and_runs_a_task_with_the_chart_rbac(
+        release: Release, nodes: tuple[str, str], tmp_path: Path) -> None:
+    """The agent process, with a node-bound token of the chart's agent ServiceAccount and
+    the migration key it read from the chart's Secret, registers its Host (through the
+    agent-host-scope policy) and runs a Spawn HostTask (libvirt test:///default)."""
+    import socket
+
+    from vmresize.api import naming
+
+    own, _ = nodes
+    admin, ns = release.config, release.namespace
+    token = kubectl(admin, "create", "token", release.agent, "-n", ns, "--duration=30m",
+                    "--bound-object-kind=Node", f"--bound-object-name={own}").stdout.strip()
+    config = token_kubeconfig(admin, token, tmp_path / "agent.kubeconfig")
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(base64.b64decode(kubectl(
+        config, "get", "secret", release.key_secret, "-n", ns, "-o",
+        "jsonpath={.data.id_ed25519}").stdout))
+    key.chmod(0o600)
+    address = "127.0.0.4"
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "agent.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        str(REPO / p) for p in ("api", "operator", "agent"))}
+    argv = [sys.executable, "-m", "vmresize.agent", f"--host-name={own}",
+            "--libvirt-uri=test:///default", f"--storage-root={tmp_path / 'storage'}",
+            f"--state-dir={tmp_path / 'state'}", f"--migration-address={address}",
+            f"--migration-port={port}", f"--migration-key-file={key}", f"--namespace={ns}",
+            f"--kubeconfig={config}", "--heartbeat-seconds=2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            host = _get(admin, "hosts.vmresize.io", own) or {}
+            return bool(host.get("status", {}).get("ready"))
+        _wait(f"Host {own} ready", ready)
+
+        task = f"spawn-{uuid.uuid4().hex[:8]}"
+        kubectl(admin, "create", "-f", "-", stdin=json.dumps({
+            "apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+            "metadata": {"name": task, "namespace": ns, "labels": {naming.HOST_LABEL: own}},
+            "spec": {"host": own, "action": "Spawn", "owner": f"{ns}/r", "instance": f"{ns}/vm",
+                     "domainName": naming.domain_name(ns, "vm"),
+                     "diskPath": naming.disk_path(ns, "vm", "1234abcd"),
+                     "flavor": {"vcpus": 1, "memoryMiB": 64, "diskGiB": 1}}}))
+
+        def finished() -> dict[str, Any] | None:
+            doc = _get(admin, "hosttasks.vmresize.io", task, "-n", ns) or {}
+            status: dict[str, Any] = doc.get("status") or {}
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+        status = _wait(f"HostTask {task} to finish", finished)
+        assert status["phase"] == "Succeeded", log.read_text(errors="replace")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log.read_text(errors="replace")
+    assert "Forbidden" not in text, text[-4000:]
+    assert " 403" not in text, text[-4000:]
