@@ -179,12 +179,13 @@ class TaskStatusWriter:
         except KubeError as e:  # progress is best effort; the outcome is not
             log.warning("progress update of %s/%s failed: %s", self.namespace, self.name, e)
 
-    async def _settle(self) -> None:
+    async def settle(self) -> None:
+        """Wait for an in-flight progress patch."""
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
 
     async def succeeded(self, result: TaskResult, message: str) -> None:
-        await self._settle()
+        await self.settle()
         status: dict[str, Any] = {"phase": TaskPhase.SUCCEEDED.value, "message": message,
                                   "retryable": True, "result": result.wire(),
                                   "finishedAt": utcnow().isoformat()}
@@ -193,6 +194,6 @@ class TaskStatusWriter:
         await self._patch(status)
 
     async def failed(self, message: str, *, retryable: bool) -> None:
-        await self._settle()
+        await self.settle()
         await self._patch({"phase": TaskPhase.FAILED.value, "message": message,
                            "retryable": retryable, "finishedAt": utcnow().isoformat()})

@@ -1,0 +1,146 @@
+"""Agent plumbing without a cluster: libvirt error translation at the adapter boundary,
+domain XML, Host status from capacity, the rate-limited task status writer, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmresize.agent import embedded
+from vmresize.agent.hypervisor import (
+    DomainNotFound,
+    DomainSize,
+    DomainSpec,
+    InvalidDomainConfig,
+    PowerState,
+)
+from vmresize.agent.kube import TaskStatusWriter
+from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor, domain_xml
+from vmresize.agent.main import parse_args
+from vmresize.agent.registration import Registration, host_status
+from vmresize.api import naming
+from vmresize.api.host import HostStatus
+from vmresize.api.hosttask import TaskResult
+
+
+@pytest.fixture(scope="module")
+def agent_test_hv() -> LibvirtHypervisor:
+    return LibvirtHypervisor("test:///default")
+
+
+def test_missing_domain_is_translated_not_leaked(agent_test_hv: LibvirtHypervisor) -> None:
+    with pytest.raises(DomainNotFound) as err:
+        agent_test_hv.state(f"nope-{uuid.uuid4().hex}")
+    assert not err.value.retryable
+    assert err.value.__cause__ is not None  # the libvirt error is chained, not exposed
+    assert agent_test_hv.exists("nope") is False
+
+
+def test_bad_definition_is_invalid_config(agent_test_hv: LibvirtHypervisor,
+                                          tmp_path: Path) -> None:
+    spec = DomainSpec(name="bad/name", vcpus=1, memory_mib=64, disk=tmp_path / "d.qcow2")
+    with pytest.raises(InvalidDomainConfig) as err:
+        agent_test_hv.define(spec)
+    assert not err.value.retryable
+
+
+def test_set_size_raises_maximums_then_lowers_again(agent_test_hv: LibvirtHypervisor,
+                                                    tmp_path: Path) -> None:
+    name = f"size-{uuid.uuid4().hex[:6]}"
+    agent_test_hv.define(DomainSpec(name=name, vcpus=1, memory_mib=64,
+                                    disk=tmp_path / "d.qcow2"))
+    try:
+        agent_test_hv.set_size(name, DomainSize(vcpus=4, memory_mib=256))
+        assert agent_test_hv.get_size(name) == DomainSize(vcpus=4, memory_mib=256)
+        agent_test_hv.set_size(name, DomainSize(vcpus=2, memory_mib=128))
+        assert agent_test_hv.get_size(name) == DomainSize(vcpus=2, memory_mib=128)
+        assert agent_test_hv.disk_path(name) == tmp_path / "d.qcow2"
+        assert agent_test_hv.state(name) == PowerState.SHUTOFF
+        assert name in agent_test_hv.list_domains()
+    finally:
+        agent_test_hv.undefine(name)
+
+
+def test_domain_xml_is_tcg_q35_without_graphics_and_escapes_paths() -> None:
+    xml = domain_xml(DomainSpec(name="ns.vm", vcpus=2, memory_mib=128,
+                                disk=Path("/r/a'b&c.qcow2"), serial_log=Path("/r/s.log")),
+                     domain_type="qemu")
+    assert "<domain type=\"qemu\">" in xml
+    assert "machine='q35'" in xml
+    assert "graphics" not in xml
+    assert "a'b&amp;c.qcow2" in xml
+    assert "<vcpu placement='static'>2</vcpu>" in xml
+
+
+def test_embedded_root_must_be_short_enough(tmp_path: Path) -> None:
+    long_root = tmp_path / ("x" * embedded.MAX_ROOT_LEN)
+    with pytest.raises(ValueError, match="UNIX"):
+        embedded.prepare_root(long_root)
+
+
+def test_host_status_carries_capacity_endpoint_and_key_but_no_allocations(
+        agent_test_hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    reg = Registration(host="h1", storage_root=tmp_path, address="127.0.0.2", port=2222,
+                       host_key="ssh-ed25519 AAAA test")
+    doc = host_status(reg, agent_test_hv, ready=True, conditions=[])
+    assert "allocations" not in doc
+    st = HostStatus.model_validate(doc)
+    assert st.capacity is not None
+    assert st.capacity.vcpus == agent_test_hv.capacity().vcpus
+    assert st.capacity.disk_gib >= 0
+    assert st.migration_endpoint is not None
+    assert (st.migration_endpoint.address, st.migration_endpoint.port) == ("127.0.0.2", 2222)
+    assert st.host_key == "ssh-ed25519 AAAA test"
+    assert st.ready is True
+    assert [(c.type, c.status) for c in st.conditions] == [("Ready", "True")]
+    stopped = host_status(reg, agent_test_hv, ready=False, conditions=st.conditions)
+    assert [c["status"] for c in stopped["conditions"]] == ["False"]
+
+
+class RecordingKube:
+    """Records status patches (a stand-in for the API client; plumbing only)."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+
+
+async def test_progress_is_rate_limited_and_the_outcome_always_written() -> None:
+    kube = RecordingKube()
+    now = [0.0]
+    writer = TaskStatusWriter(kube, "ns", "t", min_interval=1.0,  # type: ignore[arg-type]
+                              clock=lambda: now[0])
+    await writer.running(1)
+    for i in range(100):  # 100 callbacks within the same virtual second
+        writer.progress(i, 100, 10.0)
+        await asyncio.sleep(0)
+    await writer.settle()
+    now[0] = 5.0
+    writer.progress(100, 100, 10.0)
+    await writer.settle()
+    await writer.succeeded(TaskResult(checksum="abc"), "done")
+    progress = [p["progress"] for p in kube.patches[1:-1]]
+    assert len(progress) == 2  # the first in the window, then one after it
+    assert progress[-1]["bytesDone"] == 100
+    assert kube.patches[0]["phase"] == "Running"
+    assert kube.patches[-1]["phase"] == "Succeeded"
+    assert kube.patches[-1]["result"] == {"checksum": "abc"}
+
+
+def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    cfg = parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k",
+                      "--libvirt-uri", "test:///default"])
+    assert cfg.host_name == "node-7"
+    assert cfg.migration_port == naming.MIGRATION_PORT
+    assert cfg.namespace == naming.DEFAULT_NAMESPACE
+    assert cfg.migration_key_file == Path("/k")
+    monkeypatch.delenv("NODE_NAME")
+    with pytest.raises(SystemExit):
+        parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k"])
