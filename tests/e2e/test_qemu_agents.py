@@ -103,9 +103,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess
-         ) -> tuple[str, str, str, str, str]:
-    """Spawn on src, Prepare on dst, MigrateDisk src→dst, Finish on dst with BIG."""
+def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess, *,
+         restart_source: bool = False) -> tuple[str, str, str, str, str]:
+    """Spawn on src, Prepare on dst, MigrateDisk src→dst, Finish on dst with BIG.
+
+    With ``restart_source`` the source agent is restarted while its VM runs: the VM keeps
+    running (same QEMU process) and the new agent drives it.
+    """
     wait_ready = ready_status(src, kubeconfig)
     assert wait_ready["hypervisor"].startswith("qemu:///embed")
     dst_st = ready_status(dst, kubeconfig)
@@ -117,7 +121,14 @@ def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess
     assert spawned["result"]["powerState"] == "Running"
     argv = qemu_args(src, dom)
     assert argv is not None, "no QEMU process for the spawned domain"
-    assert arg_after(argv, "-accel").startswith("tcg") or "tcg" in " ".join(argv)
+    assert "tcg" in " ".join(argv)
+    if restart_source:
+        pid = (src.libvirt_root / "run" / "qemu" / f"{dom}.pid").read_text()
+        assert src.stop() == 0
+        src.start()
+        ready_status(src, kubeconfig)
+        assert (src.libvirt_root / "run" / "qemu" / f"{dom}.pid").read_text() == pid
+        assert qemu_args(src, dom) is not None
     tid = f"x-{uuid.uuid4().hex[:8]}"
     run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
              expectedBytes=spawned["result"]["diskGiB"] * 1024**3)  # the operator's bound
@@ -148,7 +159,7 @@ def test_resize_real_vm_between_two_agents_then_confirm(
         agent_hosts: tuple[AgentProcess, AgentProcess], kubeconfig: Path,
         namespace: str) -> None:
     src, dst = agent_hosts
-    dom, rel, new_dom, _, _ = move(kubeconfig, namespace, src, dst)
+    dom, rel, new_dom, _, _ = move(kubeconfig, namespace, src, dst, restart_source=True)
     assert qemu_args(dst, new_dom) is not None
     run_task(kubeconfig, namespace, src, action="Confirm", domainName=dom, diskPath=rel)
     assert not (src.storage_root / rel).exists()
