@@ -57,7 +57,7 @@ import asyncssh
 
 from vmresize.agent.paths import confine, open_nofollow
 from vmresize.agent.sparse import SparseSink, sha256_fd
-from vmresize.agent.transfer_errors import PathEscape, TransferRefused
+from vmresize.agent.transfer_errors import PathEscape, TransferError, TransferRefused
 
 __all__ = [
     "SUBSYSTEM", "MigrationServer", "TransferStatus", "start_migration_server",
@@ -175,6 +175,7 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         self._paused = False
         self._last_save = 0.0
         self._closed = False
+        self._releasing = False
         self.finishing = False
         self._loop = asyncio.get_running_loop()
         self.released: asyncio.Future[None] = self._loop.create_future()
@@ -257,6 +258,8 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         if xfer.complete:
             self._send(STATE, {"complete": True, "sha256": xfer.sha256, "have": xfer.ranges})
             return
+        if xfer.ranges and not xfer.partial.exists():
+            xfer.ranges = []  # the partial file is gone: what the sidecar says is stale
         fd = open_nofollow(xfer.partial, os.O_RDWR | os.O_CREAT)
         try:
             fresh = not xfer.ranges
@@ -342,7 +345,10 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
                 else:  # start over on the next attempt
                     xfer.ranges = []
                 xfer.save()
-        except OSError as e:
+        except asyncio.CancelledError:  # server shutting down: release, keep the ranges
+            self._close()
+            raise
+        except (OSError, TransferError) as e:
             self._fail("error", f"finishing: {e}")
             return
         if self._closed:
@@ -371,6 +377,10 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         self._release()
 
     def _release(self) -> None:
+        """Idempotent: flush the sink, save the ranges, then resolve ``released``."""
+        if self._releasing:
+            return
+        self._releasing = True
         xfer, self._xfer = self._xfer, None
         sink, self._sink = self._sink, None
         if xfer is not None and xfer.session is self:
@@ -384,8 +394,7 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
                 self.released.set_result(None)
 
         if sink is None:
-            if xfer is not None or not self.released.done():
-                drained()
+            drained()
             return
         loop = self._loop
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +88,16 @@ class XferCutProxy:
     real network failure for both asyncssh ends (transports aborted), not a mock.
     """
 
-    def __init__(self, upstream_port: int, cuts: list[int | None]) -> None:
+    def __init__(self, upstream_port: int, cuts: list[int | None],
+                 on_cut: Callable[[], Awaitable[None]] | None = None) -> None:
         self.upstream_port = upstream_port
         self.cuts = list(cuts)
         self.connections = 0
+        self.on_cut = on_cut  # e.g. restart the receiver; new connections wait for it
+        self._ready = asyncio.Event()
+        self._ready.set()
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -103,18 +108,26 @@ class XferCutProxy:
         index = self.connections
         self.connections += 1
         cut = self.cuts[index] if index < len(self.cuts) else None
+        await self._ready.wait()
         ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
         def abort() -> None:
             cw.transport.abort()
             uw.transport.abort()
 
+        def cut_now() -> None:
+            abort()
+            if self.on_cut is not None:
+                self._ready.clear()
+                task = asyncio.get_running_loop().create_task(self._run_on_cut())
+                self._tasks.add(task)
+
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, limit: int | None) -> None:
             moved = 0
             try:
                 while data := await r.read(256 * 1024):
                     if limit is not None and moved + len(data) >= limit:
-                        abort()
+                        cut_now()
                         return
                     moved += len(data)
                     w.write(data)
@@ -125,7 +138,15 @@ class XferCutProxy:
 
         await asyncio.gather(pump(cr, uw, cut), pump(ur, cw, None))
 
+    async def _run_on_cut(self) -> None:
+        assert self.on_cut is not None
+        try:
+            await self.on_cut()
+        finally:
+            self._ready.set()
+
     async def close(self) -> None:
+        await asyncio.gather(*self._tasks)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -222,6 +222,36 @@ async def test_resume_after_receiver_restart(xfer_root: Path, xfer_keys: XferKey
         await second.close()
 
 
+async def test_receiver_restarted_mid_send_resumes(xfer_root: Path, xfer_keys: XferKeys,
+                                                    xfer_file: MakeFile) -> None:
+    """One send_disk call survives the receiver being stopped and started again."""
+    size = 24 * MiB
+    src = xfer_file("dense.img", size, {0: size})
+    servers = [await xfer_start(xfer_root, xfer_keys)]
+    servers[0].expect("t-1", DISK, size)
+
+    async def restart() -> None:  # like a kill of the agent, its Pod coming back
+        await servers[-1].close()
+        servers.append(await xfer_start(xfer_root, xfer_keys))  # recovers the sidecar
+        proxy.upstream_port = servers[-1].port
+
+    proxy = XferCutProxy(servers[0].port, cuts=[12 * MiB], on_cut=restart)
+    port = await proxy.start()
+    try:
+        result = await send(servers[0], xfer_keys, src, port=port, reconnect_attempts=3)
+        assert len(servers) == 2
+        assert len(result.legs) == 2
+        assert 0 < result.legs[1] < size
+        assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+        status = servers[1].status("t-1")
+        assert status is not None
+        assert status.complete
+    finally:
+        await proxy.close()
+        for server in servers:
+            await server.close()
+
+
 async def test_corrupted_partial_is_caught_and_resent(xfer_server: MigrationServer,
                                                       xfer_keys: XferKeys, xfer_root: Path,
                                                       xfer_file: MakeFile) -> None:
