@@ -53,7 +53,7 @@ from vmresize.agent.migration_server import (
     SUBSYSTEM,
 )
 from vmresize.agent.sparse import READ_CHUNK, Extent, iter_extents, sha256_file, split_extents
-from vmresize.agent.sshkeys import parse_public_key
+from vmresize.agent.sshkeys import load_client_key, parse_public_key
 from vmresize.agent.transfer_errors import (
     ChecksumMismatch,
     ConnectionLost,
@@ -223,7 +223,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                     reconnect_attempts: int = 5) -> SendResult:
     """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``."""
     known_hosts = _known_hosts(address, port, host_key)
-    key = asyncssh.read_private_key(client_key) if isinstance(client_key, Path) else client_key
+    key = load_client_key(client_key) if isinstance(client_key, Path) else client_key
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     source_sha: asyncio.Future[str] | None = None
     try:

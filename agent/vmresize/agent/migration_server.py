@@ -77,7 +77,7 @@ CHANNEL_MAX_PKTSIZE = 256 * 1024
 CHECKPOINT_SECONDS = 1.0
 # Bytes queued for the writer thread before we stop reading the channel (SSH flow control
 # then holds the sender); reading resumes below the low mark.
-PENDING_HIGH, PENDING_LOW = 64 * 1024 * 1024, 16 * 1024 * 1024
+PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
 # Preferred ciphers: AES-GCM runs on AES-NI through `cryptography`.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                    "chacha20-poly1305@openssh.com")

@@ -44,7 +44,7 @@ T = TypeVar("T")
 # small enough to keep memory flat.
 READ_CHUNK = 4 * 1024 * 1024
 _ZEROS = bytes(READ_CHUNK)
-HASH_BACKLOG = 256  # writes (SSH packets of <= 256 KiB) waiting for the hasher: <= 64 MiB
+HASH_BACKLOG = 32  # writes (SSH packets of <= 256 KiB) waiting for the hasher: <= 8 MiB
 
 
 class Extent(NamedTuple):
