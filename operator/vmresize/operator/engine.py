@@ -132,7 +132,9 @@ def _act(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
         if isinstance(a, CreateTask):
             created = _create_task(storage, settings, r, st, a)
         elif isinstance(a, ReleaseDestClaim):
-            claims.release(storage, st.dest_host, resize_key)
+            # No dest in status yet: a claim taken just before a crash may still be there.
+            holder = st.dest_host or claims.find_claim(storage.hosts(), resize_key)
+            claims.release(storage, holder, resize_key)
         elif isinstance(a, CommitClaims):
             assert st.dest_host is not None
             same = st.dest_host == st.source_host
@@ -215,7 +217,10 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     updates = {**extra, **step.updates}
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
         return Outcome(phase=st.phase, done=terminal)
-    st_for_actions = VMResizeStatus.model_validate({**dict(st), **extra})
+    # Actions see the status as the step leaves it (a Finish task needs the checksum that
+    # the MigrateDisk result just brought); a released claim is found by its key if the
+    # step clears dest_host.
+    st_for_actions = VMResizeStatus.model_validate({**dict(st), **updates})
     created = _act(storage, settings, r, st_for_actions, step.actions, now)
     new = VMResizeStatus.model_validate({**dict(st), **updates})   # validated, unlike copy
     new.phase = step.phase
@@ -227,17 +232,23 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
         new.current_task = created
     new.observed_generation = r.metadata.get("generation")
     events: list[tuple[str, str, str]] = []
+    bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
+        step.reason or "").endswith("Stuck")
     if step.phase is not st.phase:
         new.phase_timestamps = {**st.phase_timestamps, step.phase.value: now}
-        bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK)
-        events.append(("Warning" if bad else "Normal", new.reason or step.phase.value,
+    if step.phase is not st.phase or (step.actions and new.message != st.message):
+        reason = new.reason if step.phase is not st.phase else step.reason or step.phase.value
+        events.append(("Warning" if bad else "Normal", reason or step.phase.value,
                        new.message))
-        metrics.transition(st.phase, step.phase, st.phase_timestamps.get(st.phase.value), now,
-                           new.downtime_seconds)
     new.conditions = conditions.resize_conditions(st.conditions, new.phase, new.reason,
                                                   new.message, now, new.observed_generation)
+    if not created and new.model_dump() == st.model_dump():
+        return Outcome(phase=st.phase, done=terminal)   # e.g. the same progress again
     r.status = new
     storage.replace_status(r)
+    if step.phase is not st.phase:
+        metrics.transition(st.phase, step.phase, st.phase_timestamps.get(st.phase.value), now,
+                           new.downtime_seconds)
     return Outcome(phase=new.phase, done=lifecycle.is_terminal(new.phase), changed=True,
                    events=events)
 

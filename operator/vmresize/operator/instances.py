@@ -64,7 +64,13 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
                      Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
                              settings.disk_weight_multiplier))
         if isinstance(out, NoValidHost):
-            counts = ", ".join(f"{k}: {v}" for k, v in out.counts.items() if v)
+            counts = ", ".join(f"{k}: {v}" for k, v in out.counts.items() if v) or "no hosts"
+            msg = f"No valid host was found ({counts} removed); retrying"
+            if st.message != msg:   # say so once, then keep trying quietly
+                st.message = msg
+                out_ = _write(storage, inst, st, now, [("Warning", "NoValidHost", msg)])
+                out_.changed = False
+                return out_
             raise NotReady(f"no valid host for {inst.name} ({counts})", delay=10)
         for h in (out.host, *out.alternates):
             if claims.claim(storage, h, key, "Instance", res):

@@ -99,8 +99,9 @@ class Script:
     delay: float = 0.0
     """Seconds each task stays Running before it ends (a slow agent)."""
 
-    def match(self, table: Any, action: str, host: str) -> Any:
-        for k in ((action, host), (action, None)):
+    def match(self, table: Any, action: str, host: str, instance: str = "") -> Any:
+        """Keys: (action, host), (action, "inst:<name>") or (action, None) for any."""
+        for k in ((action, host), (action, f"inst:{instance.split('/')[-1]}"), (action, None)):
             if k in table:
                 return k
         return None
@@ -163,8 +164,8 @@ class Fulfiller:
             return
         action, host = spec["action"], spec["host"]
         with self.lock:
-            held = self.script.match(self.script.hold, action, host)
-            failing = self.script.match(self.script.fail, action, host)
+            held = self.script.match(self.script.hold, action, host, spec["instance"])
+            failing = self.script.match(self.script.fail, action, host, spec["instance"])
         if phase == "Pending":
             progress = {"bytesDone": 0, "bytesTotal": 0, "rateBytesPerSecond": 0}
             if action == "MigrateDisk":

@@ -64,3 +64,47 @@ def test_metrics_and_kubectl_columns(world: World, agents: Fulfiller, operator_f
     assert 'vmresize_resizes_finished_total{outcome="Confirmed"} 1.0' in text
     assert "vmresize_resize_downtime_seconds_count 1.0" in text
     assert 'vmresize_resize_phase_duration_seconds_count{phase="Migrating"} 1.0' in text
+
+
+def test_kubectl_tells_the_story(world: World, agents: Fulfiller, operator_factory: Any,
+                                 kubeconfig: Path) -> None:
+    """Several resizes in different states, as `kubectl get`/`describe` show them."""
+    operator_factory()
+    world.make_host("a")
+    world.make_host("b")
+    for i in range(1, 6):
+        world.instance(f"vm{i}", "small", host="a")
+    agents.script.fail[("Finish", "inst:vm4")] = "qemu: could not open disk image"
+    agents.script.hold.add(("MigrateDisk", "inst:vm5"))
+    world.resize("grow-confirmed", "vm1", "medium")
+    world.resize("grow-reverted", "vm2", "medium")
+    world.resize("shrink-refused", "vm3", "tiny-disk")
+    world.resize("rolled-back", "vm4", "large")
+    world.resize("copying", "vm5", "medium")
+    world.wait_phase("grow-confirmed", "VerifyResize")
+    world.patch_resize("grow-confirmed", {"confirm": True})
+    world.wait_phase("grow-reverted", "VerifyResize")
+    world.patch_resize("grow-reverted", {"revert": True})
+    for name, phase in (("grow-confirmed", "Confirmed"), ("grow-reverted", "Reverted"),
+                        ("shrink-refused", "Failed"), ("rolled-back", "RolledBack")):
+        world.wait_phase(name, phase)
+    wait_for("progress", lambda: world.status("vmresizes", "copying").get(
+        "progress", {}).get("percent") == 42)
+    ns = ["-n", world.ns]
+    wide = kubectl(kubeconfig, "get", "vmresize", *ns, "-o", "wide").stdout
+    insts = kubectl(kubeconfig, "get", "instances", *ns, "-o", "wide").stdout
+    tasks = kubectl(kubeconfig, "get", "hosttasks", *ns).stdout
+    described = kubectl(kubeconfig, "describe", "vmresize", *ns, "rolled-back").stdout
+    print(f"\n$ kubectl get vmresize -o wide\n{wide}\n$ kubectl get instances -o wide\n{insts}"
+          f"\n$ kubectl get hosttasks\n{tasks}\n$ kubectl describe vmresize rolled-back\n"
+          f"{described}")
+    rows = {line.split()[0]: line for line in wide.splitlines()[1:]}
+    assert "Confirmed" in rows["grow-confirmed"]
+    assert "Reverted" in rows["grow-reverted"]
+    assert "DiskShrink" in rows["shrink-refused"]
+    assert "RolledBack" in rows["rolled-back"]
+    assert "42% 310MiB/s" in rows["copying"]
+    assert "Migrating" in rows["copying"]
+    assert "FinishingFailed" in described
+    assert "qemu: could not open disk image" in described
+    agents.release("MigrateDisk", "inst:vm5")
