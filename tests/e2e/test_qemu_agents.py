@@ -62,8 +62,7 @@ def ready_status(agent: AgentProcess, kubeconfig: Path) -> dict[str, Any]:
     return wait_for(check, timeout=WAIT, what=f"Host {agent.name} ready")
 
 
-def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
-             ) -> dict[str, Any]:
+def create_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
             "metadata": {"name": name, "namespace": namespace,
@@ -71,17 +70,32 @@ def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
             "spec": {"host": agent.name, "owner": f"{namespace}/r",
                      "instance": f"{namespace}/vm", **spec}}
     kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
+    return name
 
+
+def task_status(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
+    doc = kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io", name)
+    status: dict[str, Any] = (doc or {}).get("status", {})
+    return status
+
+
+def wait_succeeded(kubeconfig: Path, namespace: str, agent: AgentProcess, name: str
+                   ) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
-        doc = kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io", name)
-        st = (doc or {}).get("status", {})
+        st = task_status(kubeconfig, namespace, name)
         return st if st.get("phase") in ("Succeeded", "Failed") else None
     try:
-        status = wait_for(finished, timeout=WAIT, what=f"{spec['action']} on {agent.name}")
+        status = wait_for(finished, timeout=WAIT, what=f"task {name} on {agent.name}")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{agent.log_tail()}") from None
     assert status["phase"] == "Succeeded", f"{status}\n{agent.log_tail()}"
     return status
+
+
+def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
+             ) -> dict[str, Any]:
+    name = create_task(kubeconfig, namespace, agent, **spec)
+    return wait_succeeded(kubeconfig, namespace, agent, name)
 
 
 def qemu_args(agent: AgentProcess, domain: str) -> list[str] | None:
@@ -184,3 +198,38 @@ def test_resize_real_vm_then_revert_restores_the_untouched_source(
     assert argv is not None
     assert arg_after(argv, "-smp").split(",")[0] == "1"
     assert disks.read_head(src.storage_root, rel, len(SEED)) == SEED.encode()
+
+
+def test_source_agent_killed_during_power_off_resumes_the_migration(
+        agent_hosts: tuple[AgentProcess, AgentProcess], kubeconfig: Path,
+        namespace: str) -> None:
+    src, dst = agent_hosts
+    ready_status(src, kubeconfig)
+    dst_st = ready_status(dst, kubeconfig)
+    dom = naming.domain_name(namespace, "vm")
+    rel = naming.disk_path(namespace, "vm", uuid.uuid4().hex)
+    new_rel = naming.disk_path(namespace, "vm", uuid.uuid4().hex)
+    run_task(kubeconfig, namespace, src, action="Spawn", domainName=dom, diskPath=rel,
+             flavor=SMALL, seedPattern=SEED)
+    tid = f"x-{uuid.uuid4().hex[:8]}"
+    run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
+             expectedBytes=SMALL["diskGiB"] * 1024**3)
+    grace = 15  # the guest (firmware only) ignores ACPI: the agent must force it off
+    name = create_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom,
+                       diskPath=rel, transferId=tid, powerOffTimeoutSeconds=grace,
+                       peer={"name": dst.name, "address": dst.address,
+                             "port": dst_st["migrationEndpoint"]["port"],
+                             "hostKey": dst_st["hostKey"]})
+    marker = src.storage_root / (rel + ".poweroff")
+    wait_for(lambda: marker.exists() and task_status(kubeconfig, namespace, name)
+             .get("phase") == "Running", timeout=WAIT, what="MigrateDisk waiting for power-off")
+    src.kill()  # kill -9 in the middle of the graceful power-off
+    assert qemu_args(src, dom) is not None  # the VM outlives its agent
+    src.start()
+    status = wait_succeeded(kubeconfig, namespace, src, name)
+    assert status["attempt"] == 2
+    # Forced off `grace` seconds after the *first* attempt's request: downtime counts from it.
+    assert status["result"]["downtimeSeconds"] >= grace
+    assert qemu_args(src, dom) is None
+    assert sha256(dst.storage_root / new_rel) == status["result"]["checksum"]
+    assert sha256(src.storage_root / rel) == status["result"]["checksum"]

@@ -196,13 +196,15 @@ class Executor:
                           disk=self._abs(rel), serial_log=self._serial_log(rel))
         await self._hv(self.hv.define, spec)
 
-    async def _power_off(self, name: str, grace: float) -> None:
-        """Graceful shutdown, then destroy after ``grace`` seconds."""
+    async def _power_off(self, name: str, grace: float, requested_at: float) -> None:
+        """Graceful shutdown, then destroy once ``grace`` seconds have passed since the
+        first request (``requested_at``, wall clock, kept across agent restarts)."""
         if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
             return
         await self._hv(self.hv.shutdown, name)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        remaining = max(0.0, grace - max(0.0, self._now() - requested_at))
+        deadline = loop.time() + remaining
         while loop.time() < deadline:
             if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
                 return
@@ -275,8 +277,8 @@ class Executor:
         marker = self._sidecar(rel, POWEROFF_SUFFIX)
         if not marker.exists():
             marker.write_text(f"{self._now():.6f}\n")
-        await self._power_off(name, float(spec.power_off_timeout_seconds))
         off_since = float(marker.read_text().strip())
+        await self._power_off(name, float(spec.power_off_timeout_seconds), off_since)
         sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
                                         progress=progress)
         downtime = max(0.0, self._now() - off_since)
