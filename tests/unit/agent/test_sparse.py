@@ -6,15 +6,18 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from vmresize.agent.sparse import (
     Extent,
+    SparseSink,
     allocated_bytes,
     apparent_size,
     iter_extents,
+    sha256_fd,
     sha256_file,
     split_extents,
 )
@@ -90,3 +93,42 @@ def test_sizes(tmp_path: Path) -> None:
     make_sparse(p, 100 * MiB, {0: b"y" * MiB})
     assert apparent_size(p) == 100 * MiB
     assert MiB <= allocated_bytes(p) < 4 * MiB
+
+
+def _sink_write(path: Path, size: int, writes: list[tuple[int, bytes]],
+                stream_hash: bool = True) -> tuple[str | None, list[tuple[int, int]]]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.ftruncate(fd, size)
+    seen: list[tuple[int, int]] = []
+    sink = SparseSink(fd, size, stream_hash=stream_hash,
+                      on_written=lambda off, n: seen.append((off, n)))
+    for off, data in writes:
+        sink.write(off, data)
+    digest = sink.digest().result(timeout=30)
+    readback = sink.call(sha256_fd).result(timeout=30)
+    closed: list[bool] = []
+    sink.close(lambda: closed.append(True))
+    for _ in range(3000):
+        if closed:
+            break
+        time.sleep(0.01)
+    assert closed == [True]
+    assert readback == hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest, seen
+
+
+def test_sink_streams_the_sha256_of_the_whole_sparse_image(tmp_path: Path) -> None:
+    p = tmp_path / "d"
+    size = 12 * MiB + 5
+    writes = [(MiB, os.urandom(300_000)), (4 * MiB, os.urandom(MiB)), (size - 5, b"tail!")]
+    digest, seen = _sink_write(p, size, writes)
+    assert digest == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert seen == [(off, len(data)) for off, data in writes]
+    assert allocated_bytes(p) < 4 * MiB  # holes stayed holes
+
+
+def test_sink_out_of_order_writes_give_no_streamed_digest(tmp_path: Path) -> None:
+    digest, _ = _sink_write(tmp_path / "d", 4 * MiB, [(MiB, b"b" * 10), (0, b"a" * 10)])
+    assert digest is None
+    digest, _ = _sink_write(tmp_path / "e", MiB, [(0, b"a")], stream_hash=False)
+    assert digest is None
