@@ -96,6 +96,8 @@ class Script:
     fail: dict[tuple[str, str | None], str] = field(default_factory=dict)
     hold: set[tuple[str, str | None]] = field(default_factory=set)
     non_retryable: bool = False
+    once: set[tuple[str, str | None]] = field(default_factory=set)
+    """Keys of ``fail`` that fail only once, then succeed (a transient fault)."""
     delay: float = 0.0
     """Seconds each task stays Running before it ends (a slow agent)."""
 
@@ -180,7 +182,11 @@ class Fulfiller:
         if time.monotonic() - since < self.script.delay:
             return
         if failing is not None:
-            self._patch(name, {"phase": "Failed", "message": self.script.fail[failing],
+            message = self.script.fail[failing]
+            with self.lock:
+                if failing in self.script.once:
+                    del self.script.fail[failing]
+            self._patch(name, {"phase": "Failed", "message": message,
                                "retryable": not self.script.non_retryable,
                                "finishedAt": now_iso()})
             self.done.append(name)

@@ -334,3 +334,53 @@ def test_resize_applied_with_its_instance_waits_for_it(world: World, agents: Ful
     assert world.status("vmresizes", "r1").get("phase", "Pending") == "Pending"
     agents.release("Spawn")
     world.wait_phase("r1", "VerifyResize")
+
+
+def test_confirm_failure_is_retried(world: World, agents: Fulfiller,
+                                    operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    world.instance("vm1", "small", host="a")
+    agents.script.fail[("Confirm", None)] = "device busy"
+    agents.script.once.add(("Confirm", None))
+    world.resize("r1", "vm1", "medium", confirm=True)   # confirm early: applied in VerifyResize
+    st = world.wait_phase("r1", "Confirmed")
+    assert st["currentTask"].endswith("-confirm-1")
+    assert any("device busy" in e for e in world.events("r1"))
+    assert world.allocations("a") == {}
+
+
+def test_deleting_in_verify_resize_reverts(world: World, agents: Fulfiller,
+                                           operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    before = world.instance("vm1", "small", host="a")
+    world.resize("r1", "vm1", "medium")
+    world.wait_phase("r1", "VerifyResize")
+    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
+                                             "r1")
+    wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
+    inst = world.status("instances", "vm1")
+    assert inst["host"] == before["host"]
+    assert "activeResize" not in inst
+    assert world.allocations("b") == {}
+    assert not any(a.startswith("Confirm@") for a in agents.actions())
+
+
+def test_deleting_a_failed_rollback_releases_it(world: World, agents: Fulfiller,
+                                                operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    world.instance("vm1", "small", host="a")
+    agents.script.fail[("MigrateDisk", None)] = "sender died"
+    agents.script.fail[("CleanupDest", None)] = "dest unreachable"
+    agents.script.non_retryable = True
+    world.resize("r1", "vm1", "medium")
+    world.wait_phase("r1", "RollbackFailed")
+    assert world.status("instances", "vm1")["activeResize"] == "r1"
+    # The admin has cleaned up by hand; deleting the resize releases lock and dest claim.
+    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
+                                             "r1")
+    wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
+    assert "activeResize" not in world.status("instances", "vm1")
+    assert world.allocations("b") == {}
