@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vmresize.agent.hypervisor import Hypervisor, HypervisorError
-from vmresize.agent.kube import AgentKube, KubeError, utcnow
+from vmresize.agent.kube import AgentKube, KubeError, NotFound, utcnow
 from vmresize.api.host import HostStatus, MigrationEndpoint
 from vmresize.api.meta import Condition, Resources, set_condition
 
@@ -95,6 +95,12 @@ class Registrar:
             await asyncio.sleep(interval)
             try:
                 await self._report(ready=True)
+            except NotFound:  # an admin deleted the Host: register it again
+                log.warning("Host %s is gone; registering it again", self.reg.host)
+                try:
+                    await self.register()
+                except (KubeError, HypervisorError, OSError) as e:
+                    log.warning("re-registration of %s failed: %s", self.reg.host, e)
             except (KubeError, HypervisorError, OSError) as e:
                 log.warning("heartbeat of %s failed: %s", self.reg.host, e)
 

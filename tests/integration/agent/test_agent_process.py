@@ -216,3 +216,13 @@ def test_restarted_agent_resumes_a_task_left_running(
     assert status["phase"] == "Succeeded"
     assert status["attempt"] == 2
     assert (agent.storage_root / rel).is_file()
+
+
+def test_a_deleted_host_is_registered_again_by_the_heartbeat(
+        agent_factory: Any, kubeconfig: Path) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    first = wait_ready(agent, kubeconfig)
+    kubectl(kubeconfig, "delete", "hosts.vmresize.io", agent.name)
+    again = wait_ready(agent, kubeconfig)
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert again["spec"]["enabled"] is True

@@ -23,7 +23,7 @@ from vmresize.agent.executor import (
     StepError,
     TaskRefused,
 )
-from vmresize.agent.hypervisor import DomainSize, PowerState
+from vmresize.agent.hypervisor import DomainSize, DomainSpec, PowerState
 from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.sparse import sha256_file
@@ -280,3 +280,28 @@ async def test_missing_fields_are_refused(agent_pair: tuple[Executor, Executor])
     with pytest.raises(TaskRefused, match="expectedChecksum"):
         await a.run(spec("a", TaskAction.FINISH, domain_name="x", disk_path="d/disk.qcow2",
                          flavor=BIG))
+
+
+async def test_spawn_from_a_base_image_copies_and_grows_it(
+        agent_pair: tuple[Executor, Executor], agent_uid: str) -> None:
+    a, _ = agent_pair
+    dom, rel, _, _ = names(agent_uid)
+    disks.create_blank(a.root, "images/base.qcow2", 1, seed="base image")
+    out = await a.run(spec("a", TaskAction.SPAWN, domain_name=dom, disk_path=rel, flavor=BIG,
+                           base_image="base.qcow2"))
+    assert out.result.disk_gib == 2
+    assert disks.read_head(a.root, rel, 10) == b"base image"
+    assert disks.info(a.root, "images/base.qcow2").virtual_size == disks.GIB  # untouched
+    await a.run(spec("a", TaskAction.DESTROY, domain_name=dom, disk_path=rel))
+
+
+async def test_adopt_refuses_a_disk_outside_the_storage_root(
+        agent_pair: tuple[Executor, Executor], agent_uid: str, tmp_path: Path) -> None:
+    a, _ = agent_pair
+    dom = f"adopt-{agent_uid[:8]}"
+    a.hv.define(DomainSpec(name=dom, vcpus=1, memory_mib=64, disk=tmp_path / "elsewhere.qcow2"))
+    try:
+        with pytest.raises(TaskRefused, match="outside the storage root"):
+            await a.run(spec("a", TaskAction.ADOPT, domain_name=dom))
+    finally:
+        a.hv.undefine(dom)
