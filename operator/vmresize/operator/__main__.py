@@ -2,8 +2,8 @@
 
 Uses the same handler registry as ``kopf run -m vmresize.operator``.
 
-    python -m vmresize.operator [--standalone | --peering NAME] [--namespace NS]
-                                [--liveness URL] [-v]
+    python -m vmresize.operator [--standalone | --peering NAME [--priority N]]
+                                [--namespace NS] [--liveness URL] [-v]
 
 ``--namespace NS`` keeps HostTasks in NS and watches only NS (as the tests do);
 otherwise HostTasks go to ``VMRESIZE_NAMESPACE`` and every namespace is watched.
@@ -29,13 +29,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peering", default=None, help=f"kopf peering name (default {PEERING})")
     p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. "
                    "http://0.0.0.0:8080/healthz")
+    p.add_argument("--priority", type=int, default=None,
+                   help="kopf peering priority: the highest live one acts, the rest wait")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.namespace:
         os.environ["VMRESIZE_NAMESPACE"] = args.namespace
     kopf.configure(verbose=args.verbose)   # kopf's own log format and levels
     kopf.run(standalone=args.standalone, peering_name=args.peering,
-             liveness_endpoint=args.liveness,
+             liveness_endpoint=args.liveness, priority=args.priority,
              namespaces=[args.namespace] if args.namespace else (),
              clusterwide=not args.namespace)
 

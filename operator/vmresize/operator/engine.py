@@ -158,7 +158,9 @@ def _create_task(storage: Storage, settings: Settings, r: VMResize, st: VMResize
     old = _old_flavor(storage, st, inst)
     dest = storage.host(st.dest_host) if a.action is TaskAction.MIGRATE_DISK and st.dest_host \
         else None
-    task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace, resize=r,
+    # resize_task reads the status from the resize: give it the one this step leaves.
+    task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace,
+                       resize=r.model_copy(update={"status": st}),
                        inst=inst, new=new, old=old, dest=dest)
     storage.create_task(task)
     return task.name

@@ -17,6 +17,7 @@ variable                                        meaning                    defau
 ``VMRESIZE_DISK_WEIGHT_MULTIPLIER``             free disk weigher          ``0.0``
 ``VMRESIZE_POLL_SECONDS``                       re-check without events    ``5``
 ``VMRESIZE_METRICS_PORT``                       Prometheus port; 0 off     ``8090``
+``VMRESIZE_PEERING_LIFETIME_SECONDS``           HA: a silent peer is dead  ``60``
 ==============================================  =========================  =========
 
 Nova's defaults: ``allow_resize_to_same_host=False``, ``resize_confirm_window=0``,
@@ -50,6 +51,7 @@ class Settings:
     disk_weight_multiplier: float = 0.0
     poll_seconds: float = 5.0
     metrics_port: int = 8090
+    peering_lifetime_seconds: int = 60   # kopf's default peering lifetime
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,4 +77,6 @@ class Settings:
                 get("DISK_WEIGHT_MULTIPLIER", str(d.disk_weight_multiplier))),
             poll_seconds=max(0.1, float(get("POLL_SECONDS", str(d.poll_seconds)))),
             metrics_port=int(get("METRICS_PORT", str(d.metrics_port))),
+            peering_lifetime_seconds=max(
+                2, int(get("PEERING_LIFETIME_SECONDS", str(d.peering_lifetime_seconds)))),
         )

@@ -38,6 +38,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 120
     conf = Settings.from_env()
+    settings.peering.lifetime = conf.peering_lifetime_seconds
     memo.settings = conf
     memo.storage = Storage()
     memo.wakeups = Wakeups()

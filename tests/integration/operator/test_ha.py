@@ -1,0 +1,74 @@
+"""HA with kopf peering: two operators, only the higher priority acts; when it is killed
+the other takes over and finishes the resize."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from op_harness import Fulfiller, World
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from conftest import kubectl
+
+#: kopf's namespaced peering CRD, as in kopf's docs (peering.yaml). The chart ships the
+#: cluster-scoped one; the tests use the namespaced one so that they touch no chart CRD.
+PEERING_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: kopfpeerings.kopf.dev}
+spec:
+  scope: Namespaced
+  group: kopf.dev
+  names: {kind: KopfPeering, plural: kopfpeerings, singular: kopfpeering}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            status: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+
+
+def test_peering_failover(world: World, agents: Fulfiller, operator_factory: Any,
+                          kubeconfig: Path, api_client: client.ApiClient,
+                          tmp_path: Path) -> None:
+    crd = tmp_path / "peering.yaml"
+    crd.write_text(PEERING_CRD)
+    kubectl(kubeconfig, "apply", "-f", str(crd))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/kopfpeerings.kopf.dev")
+    co = client.CustomObjectsApi(api_client)
+    try:
+        co.create_namespaced_custom_object("kopf.dev", "v1", world.ns, "kopfpeerings", {
+            "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+            "metadata": {"name": "vmresize-operator"}})
+    except ApiException as e:
+        if e.status != 409:   # left over from an earlier run is fine
+            raise
+    base = [sys.executable, "-m", "vmresize.operator", "--namespace", world.ns,
+            "--peering", "vmresize-operator"]
+    env = {"VMRESIZE_PEERING_LIFETIME_SECONDS": "4"}
+    high = operator_factory([*base, "--priority", "100"], **env)
+    low = operator_factory([*base, "--priority", "10"], **env)
+    world.make_host("a")
+    world.make_host("b")
+    world.instance("vm1", "small", host="a")
+    world.resize("r1", "vm1", "medium")
+    world.wait_phase("r1", "VerifyResize")
+    high.kill9()
+    world.patch_resize("r1", {"confirm": True})
+    st = world.wait_phase("r1", "Confirmed", timeout=90)
+    assert st["destHost"] == world.host("b")
+    log = high.log.read_text(errors="replace")   # both operators append to this file
+    assert "Pausing operations in favour of" in log, "the low-priority peer waited"
+    assert "Resuming operations after the pause" in log, "and took over"
+    assert low.proc is not None
+    assert low.proc.poll() is None
