@@ -84,6 +84,20 @@ async def test_dense_unaligned_file_round_trips(xfer_server: MigrationServer,
     assert again.bytes_sent == 0
 
 
+async def test_allocated_zeros_are_not_sent(xfer_server: MigrationServer, xfer_keys: XferKeys,
+                                            xfer_root: Path, tmp_path: Path) -> None:
+    # Allocated zeros (e.g. a preallocated image) travel as holes, like real holes.
+    src = tmp_path / "prealloc.img"
+    payload = os.urandom(MiB)
+    src.write_bytes(bytes(8 * MiB) + payload)
+    xfer_server.expect("t-1", DISK, 9 * MiB)
+    result = await send(xfer_server, xfer_keys, src)
+    assert result.bytes_sent == MiB
+    dest = xfer_root / DISK
+    assert result.checksum == sha256_file(src) == sha256_file(dest)
+    assert dest.stat().st_blocks * 512 < 4 * MiB
+
+
 async def test_unknown_client_key_is_refused(xfer_server: MigrationServer, xfer_keys: XferKeys,
                                              xfer_root: Path, xfer_file: MakeFile) -> None:
     src = xfer_file("a.img", MiB, {0: MiB})
