@@ -15,8 +15,8 @@ deps: venv control-plane
 $(STAMP): pyproject.toml hack/install-deps.sh
 	bash hack/install-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[agent,dev]'
+	$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	$(PY) -m pip install -q -e '.[agent,dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	touch $(STAMP)
 
 venv: $(STAMP)

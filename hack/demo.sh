@@ -1,25 +1,159 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane, the CRDs and the examples, shown with plain kubectl.
-# Everything it starts is stopped on exit or Ctrl-C.
+# `make demo`: the whole vmresize story on one machine, with plain kubectl.
+#
+# A local control plane (etcd + kube-apiserver + kube-controller-manager), the operator,
+# and three agents that each play one hypervisor host: their own embedded QEMU root
+# (qemu:///embed), storage root and migration address (127.0.0.2-4). An instance with a
+# real qcow2 disk is resized and confirmed, then resized again and reverted.
+# With KUBECONFIG set to a reachable cluster, the local control plane is skipped.
+# Everything started here is stopped, by PID, on exit or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d -t vmresize-demo.XXXXXX)
-cleanup() { python3 hack/localcluster.py down --dir "$work" || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
+REPO=$PWD
+PY=$REPO/.venv/bin/python
+NS=vmresize-system
+TIMEOUT=${DEMO_TIMEOUT:-600}
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say "starting a local control plane (etcd + kube-apiserver + kube-controller-manager)"
-export KUBECONFIG
-KUBECONFIG=$(python3 hack/localcluster.py up --dir "$work")
-kubectl version
-say "installing the CRDs"
-kubectl apply -f crds/
-kubectl wait --for=condition=Established -f crds/ --timeout=60s
-say "flavors, hosts and an instance"
-kubectl apply -f examples/flavors.yaml -f examples/hosts.yaml -f examples/instance.yaml
-kubectl get flavors
-kubectl get hosts
-kubectl get instances
-say "a resize"
-kubectl apply -f examples/resize.yaml
-kubectl get vmresize -o wide
+work=$(mktemp -d -t vmresize-demo.XXXXXX)
+pids=()
+own_cluster=0
+cleanup() {
+  local rc=$?
+  set +e
+  if ((rc != 0)); then
+    kubectl get hosttasks -A -o yaml >"$work/hosttasks.dump.log" 2>&1
+    kubectl get vmresize -A -o yaml >"$work/vmresize.dump.log" 2>&1
+    [[ -n ${DEMO_DUMP:-} ]] && cp "$work"/*.log "$DEMO_DUMP"/
+    for log in "$work"/*.log; do
+      [[ -f $log ]] && { echo "--- last lines of $(basename "$log")"; tail -n 25 "$log"; }
+    done
+  fi
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  ((own_cluster)) && python3 hack/localcluster.py down --dir "$work"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '\033[36m$ %s\033[0m\n' "$*"; "$@"; }
+started=$SECONDS
+elapsed() { echo "$((SECONDS - started))s"; }
+
+if [[ -n ${KUBECONFIG:-} ]] && kubectl version --request-timeout=5s >/dev/null 2>&1; then
+  bold "using the cluster in KUBECONFIG=$KUBECONFIG"
+else
+  bold "starting a local control plane (etcd + kube-apiserver + kube-controller-manager)"
+  own_cluster=1
+  export KUBECONFIG
+  KUBECONFIG=$(python3 hack/localcluster.py up --dir "$work/cluster")
+  kubectl version
+fi
+
+bold "installing the CRDs and the operator namespace"
+run kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+run kubectl wait --for=condition=Established -f crds/ --timeout=60s
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
+# The migration key is one keypair that every agent shares (in a cluster, a Secret).
+ssh-keygen -q -t ed25519 -N '' -C vmresize-migration -f "$work/migration_key"
+
+bold "starting the operator"
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port \
+  "$PY" -m vmresize.operator --standalone >"$work/operator.log" 2>&1 &
+pids+=($!)
+
+bold "starting three agents, each one hypervisor with its own embedded QEMU"
+for i in 1 2 3; do
+  host=hv-$i
+  mkdir -p "$work/$host"
+  "$PY" -m vmresize.agent --host-name "$host" \
+    --libvirt-uri "qemu:///embed?root=$work/$host/libvirt" \
+    --storage-root "$work/$host/storage" --state-dir "$work/$host/state" \
+    --migration-address "127.0.0.$((i + 1))" --migration-port 2222 \
+    --migration-key-file "$work/migration_key" --namespace "$NS" \
+    >"$work/agent-$host.log" 2>&1 &
+  pids+=($!)
+done
+exists() {  # kubectl wait fails at once on an object that does not exist yet
+  local deadline=$((SECONDS + 120))
+  until kubectl get "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { echo "timed out waiting for $*" >&2; return 1; }
+    sleep 0.5
+  done
+}
+for i in 1 2 3; do
+  exists host/hv-$i
+  run kubectl wait host/hv-$i --for=jsonpath='{.status.ready}'=true --timeout=120s
+done
+run kubectl get hosts -o wide
+
+bold "flavors and an instance with a real qcow2 disk"
+run kubectl apply -f examples/flavors.yaml
+run kubectl apply -f examples/instance.yaml
+run kubectl wait instance/web-1 --for=jsonpath='{.status.phase}'=Active --timeout=${TIMEOUT}s
+run kubectl get flavors
+run kubectl get instance web-1 -o wide
+
+watch_resize() {
+  local name=$1 until=$2 last="" line
+  local deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    line=$(kubectl get vmresize "$name" --no-headers \
+      -o custom-columns=PHASE:.status.phase,FROM:.status.sourceHost,TO:.status.destHost,PROGRESS:.status.progress.display,MESSAGE:.status.message)
+    [[ $line != "$last" && $line != "<none>"* ]] && printf '  [%s] %s\n' "$(elapsed)" "$line" && last=$line
+    case $line in
+      "$until"*|Failed*|RolledBack*|RollbackFailed*) break ;;
+    esac
+    sleep 0.5
+  done
+  [[ $line == "$until"* ]] || { echo "resize $name ended in: $line" >&2; return 1; }
+}
+
+bold "resize web-1 to m1.small"
+run cat examples/resize.yaml
+run kubectl apply -f examples/resize.yaml
+watch_resize web-1-resize VerifyResize
+run kubectl get vmresize web-1-resize -o wide
+bold "the VM runs on the new host; the old copy is kept until you confirm"
+run kubectl patch vmresize web-1-resize --type merge -p '{"spec":{"confirm":true}}'
+watch_resize web-1-resize Confirmed
+run kubectl get instance web-1 -o wide
+src=$(kubectl get vmresize web-1-resize -o jsonpath='{.status.sourceHost}')
+echo "old copy on $src: $(find "$work/$src/storage/instances" -name disk.qcow2 2>/dev/null | wc -l) disk(s) left"
+
+bold "a second resize, to m1.medium, that is reverted"
+cat >"$work/resize2.yaml" <<EOF
+apiVersion: vmresize.io/v1alpha1
+kind: VMResize
+metadata:
+  name: web-1-grow
+spec:
+  instanceName: web-1
+  flavor: m1.medium
+EOF
+run kubectl apply -f "$work/resize2.yaml"
+watch_resize web-1-grow VerifyResize
+run kubectl patch vmresize web-1-grow --type merge -p '{"spec":{"revert":true}}'
+watch_resize web-1-grow Reverted
+run kubectl get instance web-1 -o wide
+run kubectl get vmresize -o wide
+run kubectl get hosttasks -n "$NS"
+
+bold "done in $(elapsed)"
+cat <<EOF
+Explore further (while this demo runs, in another shell):
+  export KUBECONFIG=$KUBECONFIG
+  kubectl describe vmresize web-1-resize
+  kubectl get hosts -o yaml          # capacity, heartbeat, host keys, allocations
+  kubectl get events --sort-by=.lastTimestamp
+  logs: $work/*.log
+EOF
+if [[ -t 0 && ${DEMO_KEEP:-1} != 0 ]]; then
+  read -r -p "Press Enter to stop everything and clean up. " _ || true
+fi
