@@ -205,6 +205,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
         raise TransferError(f"unexpected frame {kind} instead of STATE")
     have = [[int(s), int(e)] for s, e in state.get("have", [])]
     if state.get("complete"):
+        progress.start_leg(progress.total)
         checksum = await source_sha
         if state.get("sha256") != checksum:
             raise ChecksumMismatch(f"receiver holds a completed copy with sha256 "
@@ -254,11 +255,17 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
     """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``."""
     known_hosts = _known_hosts(address, port, host_key)
     key = load_client_key(client_key) if isinstance(client_key, Path) else client_key
-    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise TransferError(f"cannot open source disk {src}: {e}") from e
     source_sha: asyncio.Future[str] | None = None
     try:
         size = os.fstat(fd).st_size
-        extents = list(iter_extents(fd, size))
+        try:
+            extents = list(iter_extents(fd, size))
+        except OSError as e:
+            raise TransferError(f"cannot map extents of {src}: {e}") from e
         source_sha = asyncio.ensure_future(asyncio.to_thread(sha256_file, src))
         prog = _Progress(progress, sum(e.length for e in extents))
         sent: list[int] = []
@@ -279,8 +286,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                                                progress=prog, sent=sent)
                 prog.finish()
                 return SendResult(checksum, size, sum(sent), tuple(sent))
-            except (asyncssh.Error, OSError, EOFError, asyncio.IncompleteReadError,
-                    TimeoutError, TransferError) as e:
+            except (asyncssh.Error, OSError, EOFError, TimeoutError, ValueError,
+                    TransferError) as e:
                 err = translate(e, context=f"send {transfer_id} to {address}:{port}")
                 if isinstance(err, ChecksumMismatch):
                     mismatches += 1

@@ -15,6 +15,7 @@ Public API::
     MigrationServer.status(transfer_id) -> TransferStatus | None           # Finish step
     MigrationServer.forget(transfer_id) -> None          # drop bookkeeping after Finish
     MigrationServer.drop_connections() -> None           # abort live sessions (they resume)
+    MigrationServer.recover() -> int      # re-register from sidecars (done at start)
     await MigrationServer.close() -> None
 
 SSH policy: public-key authentication only, against ``authorized_keys`` (OpenSSH lines of
@@ -25,9 +26,12 @@ transfer registered beforehand with :meth:`MigrationServer.expect`.
 Receiving: ``<final>.partial`` is created with ``O_NOFOLLOW`` under the root (every path
 through :func:`vmresize.agent.paths.confine`), ``ftruncate``-d to the apparent size, and only
 data is ``pwrite``-n, so holes stay holes. Received ranges are kept in ``<final>.xfer``
-(JSON, written atomically by rename) at most every second, on disconnect and on
-completion; a reconnecting sender reads them in ``STATE`` and sends the rest. On ``DONE``
-the receiver hashes the partial file and renames it into place only if its sha256 equals
+(JSON, written atomically by rename) about once a second, on disconnect and on
+completion; a reconnecting sender reads them in ``STATE`` and sends the rest. Writes go
+through a :class:`~vmresize.agent.sparse.SparseSink` (writer thread; reading the channel
+pauses when 8 MiB are queued). On ``DONE`` the receiver takes the sha256 of what it wrote
+(streamed while writing when the transfer ran in order from scratch, else a read-back of
+the partial file), and after ``fsync`` renames the partial into place only if it equals
 the sender's; otherwise the ranges are reset so a retry re-sends everything. Sidecars are
 found again on restart, so a kill -9 of the agent loses at most a second of progress.
 The ranges are not fsynced (page cache survives a process crash; after a power loss the
