@@ -14,7 +14,11 @@ Builds a 1 GiB dense file and a 1 GiB file holding 64 MiB of data, then times, i
 Everything listens on 127.0.0.1 only, keys are generated for the run, every process this
 script starts is stopped by its PID, and the workdir is removed at the end. Source files are
 read from the page cache for every tool alike. Ratios are printed as ours/other *throughput*
-(> 1 means ours is faster), from the best of ``--repeat`` runs of each tool.
+(> 1 means ours is faster), from the best of ``--repeat`` runs of each tool, with the load
+average before and after (the numbers mean little on a busy machine).
+
+Diagnostic: ``BENCH_NO_FSYNC=1`` makes our receiver skip the fsync before the rename (scp
+and rsync do not fsync either); the default measures the durable path.
 """
 
 from __future__ import annotations
@@ -225,8 +229,13 @@ def workdir(arg: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def run(args: argparse.Namespace) -> None:
     size = args.size_mib * MiB
+    load0 = loadavg()
     with workdir(args.workdir) as work:
         client_key = work / "client_key"
         client_pub = keygen(client_key)
@@ -273,7 +282,9 @@ def run(args: argparse.Namespace) -> None:
                 if sshd is not None:
                     sshd.stop()
         print(f"file size {size // MiB} MiB; best of {args.repeat}; "
-              f"throughput = apparent size / wall time")
+              f"throughput = apparent size / wall time; "
+              f"fsync={'off' if os.environ.get('BENCH_NO_FSYNC') == '1' else 'on'}; "
+              f"loadavg before {load0} after {loadavg()}; cpus {os.cpu_count()}")
         for name in ("dense", "sparse"):
             print(f"{name}: ours sent {sent[name] / MiB:.1f} MiB")
             for tool in ("ours", "scp", "rsync"):
