@@ -93,12 +93,31 @@ for i in 1 2 3; do
 done
 run kubectl get hosts -o wide
 
-bold "flavors and an instance with a real qcow2 disk"
-run kubectl apply -f examples/flavors.yaml
-run kubectl apply -f examples/instance.yaml
-run kubectl wait instance/web-1 --for=jsonpath='{.status.phase}'=Active --timeout=${TIMEOUT}s
-run kubectl get flavors
-run kubectl get instance web-1 -o wide
+# What the guest disk holds: the first sector of the instance's qcow2 on its current host,
+# read with force-share while QEMU has it open.
+show_disk() {
+  local host disk
+  host=$(kubectl get instance web-1 -o jsonpath='{.status.host}')
+  disk=$work/$host/storage/$(kubectl get instance web-1 -o jsonpath='{.status.diskPath}')
+  qemu-img dd -U -f qcow2 -O raw bs=512 count=1 if="$disk" of="$work/sector.raw"
+  printf '  disk on %s: %s, virtual size %s, first sector says: "%s"\n' "$host" \
+    "${disk#"$work"/}" "$(qemu-img info -U --output=json "$disk" | python3 -c \
+      'import json,sys; print(json.load(sys.stdin)["virtual-size"] // 2**30, "GiB")')" \
+    "$(tr -d '\0' <"$work/sector.raw")"
+  kubectl get instance web-1 --no-headers -o \
+    custom-columns=VCPUS:.status.vcpus,MEMORY:.status.memoryMiB,DISK:.status.diskGiB |
+    awk '{printf "  instance runs with %s vCPU, %s MiB RAM, %s GiB disk\n", $1, $2, $3}'
+}
+
+# Every copy of an instance disk on the three hosts, as the agents left them.
+copies() {
+  local h d
+  for h in hv-1 hv-2 hv-3; do
+    while IFS= read -r d; do
+      [[ -n $d ]] && printf '  %s holds %s\n' "$h" "${d#"$work/$h/storage/"}"
+    done < <(find "$work/$h/storage/instances" -name disk.qcow2 2>/dev/null)
+  done
+}
 
 watch_resize() {
   local name=$1 until=$2 last="" line
@@ -115,17 +134,27 @@ watch_resize() {
   [[ $line == "$until"* ]] || { echo "resize $name ended in: $line" >&2; return 1; }
 }
 
+bold "flavors and an instance with a real qcow2 disk"
+run kubectl apply -f examples/flavors.yaml
+run kubectl apply -f examples/instance.yaml
+run kubectl wait instance/web-1 --for=jsonpath='{.status.phase}'=Active --timeout=${TIMEOUT}s
+run kubectl get flavors
+run kubectl get instance web-1 -o wide
+show_disk
+
 bold "resize web-1 to m1.small"
 run cat examples/resize.yaml
 run kubectl apply -f examples/resize.yaml
 watch_resize web-1-resize VerifyResize
 run kubectl get vmresize web-1-resize -o wide
 bold "the VM runs on the new host; the old copy is kept until you confirm"
+copies
 run kubectl patch vmresize web-1-resize --type merge -p '{"spec":{"confirm":true}}'
 watch_resize web-1-resize Confirmed
 run kubectl get instance web-1 -o wide
-src=$(kubectl get vmresize web-1-resize -o jsonpath='{.status.sourceHost}')
-echo "old copy on $src: $(find "$work/$src/storage/instances" -name disk.qcow2 2>/dev/null | wc -l) disk(s) left"
+show_disk
+echo "  after confirm, only the new copy is left:"
+copies
 
 bold "a second resize, to m1.medium, that is reverted"
 cat >"$work/resize2.yaml" <<EOF
@@ -139,9 +168,12 @@ spec:
 EOF
 run kubectl apply -f "$work/resize2.yaml"
 watch_resize web-1-grow VerifyResize
+copies
 run kubectl patch vmresize web-1-grow --type merge -p '{"spec":{"revert":true}}'
 watch_resize web-1-grow Reverted
 run kubectl get instance web-1 -o wide
+show_disk
+copies
 run kubectl get vmresize -o wide
 run kubectl get hosttasks -n "$NS"
 
