@@ -33,7 +33,7 @@ def agent_hosts(kubeconfig: Path, namespace: str,
                 tmp_path: Path) -> Iterator[tuple[AgentProcess, AgentProcess]]:
     """Two embedded-QEMU agents on 127.0.0.2 and 127.0.0.3; stopped, VMs killed, after."""
     embedded.become_subreaper()  # QEMU outlives a stopped agent and comes to us
-    embedded.start_reaper()
+    embedded.start_reaper(only="qemu-system")  # never our own Popen children
     key = write_migration_key(tmp_path / "migration_key")
     agents = []
     for address in ("127.0.0.2", "127.0.0.3"):

@@ -78,7 +78,7 @@ def become_subreaper() -> None:
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
-def _zombie_children(me: int) -> set[int]:
+def _zombie_children(me: int, only: str | None) -> set[int]:
     found: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -88,14 +88,21 @@ def _zombie_children(me: int) -> set[int]:
                 stat = f.read()
         except OSError:
             continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
         fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == me:
+        if (len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == me
+                and (only is None or comm.startswith(only))):
             found.add(int(entry))
     return found
 
 
-def start_reaper() -> None:
-    """Reap orphaned zombie children in a daemon thread (once); see the module docstring."""
+def start_reaper(*, only: str | None = None) -> None:
+    """Reap orphaned zombie children in a daemon thread (once); see the module docstring.
+
+    ``only`` restricts it to processes whose name starts with it (``"qemu-system"``): a
+    test process that adopts QEMU must not collect the exit status of its own Popen
+    children, which would then report 0.
+    """
     global _reaper_started
     with _loop_lock:
         if _reaper_started:
@@ -107,7 +114,7 @@ def start_reaper() -> None:
         me = os.getpid()
         previous: set[int] = set()
         while not stop.wait(REAP_INTERVAL_SECONDS):
-            current = _zombie_children(me)
+            current = _zombie_children(me, only)
             for pid in current & previous:
                 with contextlib.suppress(ChildProcessError):  # libvirt got it after all
                     os.waitpid(pid, os.WNOHANG)
