@@ -112,7 +112,13 @@ def build_registry(runner: TaskRunner) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(str(e), delay=KUBE_RETRY_SECONDS) from e
             raise kopf.PermanentError(str(e)) from e
 
+    def unfinished(status: Any, **_: Any) -> bool:
+        """Skip finished tasks without an API call (the runner re-reads the rest)."""
+        return (status or {}).get("phase") not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED)
+
     resource = (GROUP, VERSION, HostTask.plural)
-    kopf.on.create(*resource, labels=labels, registry=registry, id="run")(run)
-    kopf.on.resume(*resource, labels=labels, registry=registry, id="resume")(run)
+    kopf.on.create(*resource, labels=labels, when=unfinished, registry=registry,
+                   id="run")(run)
+    kopf.on.resume(*resource, labels=labels, when=unfinished, registry=registry,
+                   id="resume")(run)
     return registry
