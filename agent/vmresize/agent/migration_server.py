@@ -11,7 +11,9 @@ Public API::
                                  authorized_keys: Sequence[str], host: str, port: int = 0)
         -> MigrationServer
     MigrationServer.port -> int                                 # bound port (port=0 picks one)
-    MigrationServer.expect(transfer_id, rel_path, apparent_size) -> None   # Prepare step
+    MigrationServer.expect(transfer_id, rel_path, apparent_size, *, at_most=False) -> None
+        # Prepare step; at_most=True: apparent_size is an upper bound and the sender's
+        # first HELLO fixes the exact size (persisted), e.g. a qcow2 that may still grow
     MigrationServer.status(transfer_id) -> TransferStatus | None           # Finish step
     MigrationServer.forget(transfer_id) -> None          # drop bookkeeping after Finish
     MigrationServer.drop_connections() -> None           # abort live sessions (they resume)
@@ -112,6 +114,9 @@ class _Transfer:
     ranges: list[list[int]] = field(default_factory=list)  # sorted, merged [start, end)
     complete: bool = False
     sha256: str | None = None
+    bound: int = -1          # the size given to expect() (an upper bound if at_most)
+    at_most: bool = False
+    fixed: bool = True       # False until the first HELLO fixes ``size`` (at_most only)
     session: _DiskSession | None = None
 
     @property
@@ -144,7 +149,8 @@ class _Transfer:
         """Write the sidecar atomically (tmp + rename in the same directory)."""
         doc = {"version": PROTOCOL_VERSION, "transfer_id": self.transfer_id,
                "rel_path": self.rel_path, "size": self.size, "ranges": self.ranges,
-               "complete": self.complete, "sha256": self.sha256}
+               "complete": self.complete, "sha256": self.sha256, "bound": self.bound,
+               "at_most": self.at_most, "fixed": self.fixed}
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
@@ -504,8 +510,13 @@ class MigrationServer:
         assert self._acceptor is not None
         return self._acceptor.get_port()
 
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
-        """Register a transfer (idempotent for identical arguments; progress is kept)."""
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
+               at_most: bool = False) -> None:
+        """Register a transfer (idempotent for identical arguments; progress is kept).
+
+        With ``at_most`` the sender may declare any size up to ``apparent_size``; its first
+        HELLO fixes the size for the rest of the transfer (resumes must match it).
+        """
         if not transfer_id or len(transfer_id) > 253:
             raise TransferRefused(f"bad transfer id {transfer_id!r}")
         if apparent_size < 0:
@@ -515,7 +526,8 @@ class MigrationServer:
         confine(self.root, rel_path + SIDECAR_SUFFIX)
         known = self._transfers.get(transfer_id)
         if known is not None:
-            if (known.rel_path, known.size) != (rel_path, apparent_size):
+            if (known.rel_path, known.bound, known.at_most) != (rel_path, apparent_size,
+                                                                 at_most):
                 raise TransferRefused(f"transfer {transfer_id} already registered differently")
             return
         for other in self._transfers.values():
@@ -524,7 +536,8 @@ class MigrationServer:
         if final.exists() or final.is_symlink():
             raise TransferRefused(f"destination already exists: {rel_path}")
         final.parent.mkdir(parents=True, exist_ok=True)
-        xfer = _Transfer(transfer_id, rel_path, apparent_size, final)
+        xfer = _Transfer(transfer_id, rel_path, apparent_size, final, bound=apparent_size,
+                         at_most=at_most, fixed=not at_most)
         xfer.save()
         self._transfers[transfer_id] = xfer
 
@@ -554,9 +567,13 @@ class MigrationServer:
                 final = confine(self.root, rel)
                 if final.with_name(final.name + SIDECAR_SUFFIX) != sidecar.resolve():
                     continue
-                xfer = _Transfer(str(doc["transfer_id"]), rel, int(doc["size"]), final,
+                size = int(doc["size"])
+                xfer = _Transfer(str(doc["transfer_id"]), rel, size, final,
                                  [[int(s), int(e)] for s, e in doc["ranges"]],
-                                 bool(doc["complete"]), doc.get("sha256"))
+                                 bool(doc["complete"]), doc.get("sha256"),
+                                 bound=int(doc.get("bound", size)),
+                                 at_most=bool(doc.get("at_most", False)),
+                                 fixed=bool(doc.get("fixed", True)))
             except (OSError, ValueError, KeyError, TypeError, PathEscape) as e:
                 log.warning("ignoring unreadable transfer state %s: %s", sidecar, e)
                 continue
@@ -573,6 +590,11 @@ class MigrationServer:
         xfer = self._transfers.get(transfer_id)
         if xfer is None:
             raise TransferRefused(f"unknown transfer id {transfer_id!r}")
+        if not xfer.fixed:
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= xfer.bound:
+                raise TransferRefused(f"size {size!r} exceeds the {xfer.bound} bytes expected")
+            xfer.size, xfer.fixed = size, True
+            xfer.save()
         if size != xfer.size:
             raise TransferRefused(f"size {size!r} != expected {xfer.size}")
         if xfer.session is not None and xfer.session.finishing:

@@ -139,6 +139,23 @@ async def test_unregistered_transfer_is_refused(xfer_server: MigrationServer,
     assert not partial_files(xfer_root)
 
 
+async def test_size_bound_is_fixed_by_the_first_hello(xfer_server: MigrationServer,
+                                                       xfer_keys: XferKeys, xfer_root: Path,
+                                                       xfer_file: MakeFile) -> None:
+    # Prepare knows only an upper bound (the qcow2 may still grow before power-off).
+    xfer_server.expect("t-1", DISK, 8 * MiB, at_most=True)
+    xfer_server.expect("t-1", DISK, 8 * MiB, at_most=True)  # idempotent
+    with pytest.raises(TransferRefused, match="exceeds"):
+        await send(xfer_server, xfer_keys, xfer_file("big.img", 9 * MiB, {0: MiB}))
+    src = xfer_file("ok.img", 3 * MiB + 1, {0: MiB})
+    result = await send(xfer_server, xfer_keys, src)
+    assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+    status = xfer_server.status("t-1")
+    assert status is not None
+    assert status.size == 3 * MiB + 1
+    assert status.complete
+
+
 async def test_path_escapes_are_refused(xfer_server: MigrationServer, xfer_root: Path,
                                         tmp_path: Path) -> None:
     outside = tmp_path / "outside"
