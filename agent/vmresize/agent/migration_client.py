@@ -37,7 +37,16 @@ from typing import Any
 
 import asyncssh
 
-from vmresize.agent.migration_server import (
+from vmresize.agent.sparse import READ_CHUNK, Extent, iter_extents, sha256_file, split_extents
+from vmresize.agent.sshkeys import load_client_key, parse_public_key
+from vmresize.agent.transfer_errors import (
+    ChecksumMismatch,
+    ConnectionLost,
+    TransferError,
+    TransferRefused,
+    translate,
+)
+from vmresize.agent.transfer_protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
     DATA,
@@ -51,15 +60,6 @@ from vmresize.agent.migration_server import (
     RESULT,
     STATE,
     SUBSYSTEM,
-)
-from vmresize.agent.sparse import READ_CHUNK, Extent, iter_extents, sha256_file, split_extents
-from vmresize.agent.sshkeys import load_client_key, parse_public_key
-from vmresize.agent.transfer_errors import (
-    ChecksumMismatch,
-    ConnectionLost,
-    TransferError,
-    TransferRefused,
-    translate,
 )
 
 __all__ = ["ProgressFn", "SendResult", "send_disk"]

@@ -1,7 +1,7 @@
 """The receiving side of a disk migration: an asyncssh server that is not a shell.
 
-It owns the wire protocol (shared with ``migration_client``), the per-transfer receive
-state (sidecar file next to the partial disk) and the SSH policy of the migration port.
+It owns the SSH policy of the migration port, the channel handler that writes incoming
+data, and the registry of expected transfers (with their sidecar state).
 
 Public API::
 
@@ -37,25 +37,18 @@ the partial file), and after ``fsync`` renames the partial into place only if it
 the sender's; otherwise the ranges are reset so a retry re-sends everything. Sidecars are
 found again on restart, so a kill -9 of the agent loses at most a second of progress.
 The ranges are not fsynced (page cache survives a process crash; after a power loss the
-final checksum catches the damage and triggers the reset).
-
-Wire protocol over the subsystem (all integers big-endian): every frame starts with
-``HEADER = struct(">BQI")`` = (kind, offset, length) followed by ``length`` bytes.
-``HELLO``/``DONE`` (client) and ``STATE``/``RESULT``/``ERROR`` (server) carry JSON;
-``DATA`` carries raw bytes for ``[offset, offset+length)``.
+final checksum catches the damage and triggers the reset). The wire protocol and the
+sidecar format live in :mod:`vmresize.agent.transfer_protocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import os
-import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +57,25 @@ import asyncssh
 from vmresize.agent.paths import confine, open_nofollow
 from vmresize.agent.sparse import SparseSink, sha256_fd
 from vmresize.agent.transfer_errors import PathEscape, TransferError, TransferRefused
+from vmresize.agent.transfer_protocol import (
+    CHANNEL_MAX_PKTSIZE,
+    CHANNEL_WINDOW,
+    DATA,
+    DONE,
+    ENCRYPTION_ALGS,
+    ERROR,
+    HEADER,
+    HELLO,
+    MAX_CONTROL,
+    PARTIAL_SUFFIX,
+    PROTOCOL_VERSION,
+    RESULT,
+    SIDECAR_SUFFIX,
+    STATE,
+    SUBSYSTEM,
+    ReceiveState,
+    TransferStatus,
+)
 
 __all__ = [
     "SUBSYSTEM", "MigrationServer", "TransferStatus", "start_migration_server",
@@ -71,97 +83,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SUBSYSTEM = "vmresize-disk@vmresize.io"
-PROTOCOL_VERSION = 1
-HEADER = struct.Struct(">BQI")
-HELLO, STATE, DATA, DONE, RESULT, ERROR = 1, 2, 3, 4, 5, 6
-MAX_CONTROL = 1 << 20  # a JSON control frame is tiny; cap what we buffer for one
-# Channel tuning: 256 KiB packets and a 16 MiB window cut per-packet Python overhead
-# (asyncssh defaults are 32 KiB / 2 MiB, sized for interactive use).
-CHANNEL_WINDOW = 16 * 1024 * 1024
-CHANNEL_MAX_PKTSIZE = 256 * 1024
 CHECKPOINT_SECONDS = 1.0
 # Bytes queued for the writer thread before we stop reading the channel (SSH flow control
 # then holds the sender); reading resumes below the low mark.
 PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
-# Preferred ciphers: AES-GCM runs on AES-NI through `cryptography`.
-ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
-                   "chacha20-poly1305@openssh.com")
-PARTIAL_SUFFIX = ".partial"
-SIDECAR_SUFFIX = ".xfer"
-
-
-@dataclass(frozen=True)
-class TransferStatus:
-    """What the receiver knows about one transfer."""
-
-    transfer_id: str
-    rel_path: str
-    size: int
-    received: int          # data bytes held (sum of received ranges)
-    complete: bool         # final file in place and verified
-    sha256: str | None     # verified sha256 of the final file when complete
-
-
-@dataclass
-class _Transfer:
-    """Mutable receive state of one registered transfer (shared by its sessions)."""
-
-    transfer_id: str
-    rel_path: str
-    size: int
-    final: Path
-    ranges: list[list[int]] = field(default_factory=list)  # sorted, merged [start, end)
-    complete: bool = False
-    sha256: str | None = None
-    bound: int = -1          # the size given to expect() (an upper bound if at_most)
-    at_most: bool = False
-    fixed: bool = True       # False until the first HELLO fixes ``size`` (at_most only)
-    session: _DiskSession | None = None
-
-    @property
-    def partial(self) -> Path:
-        return self.final.with_name(self.final.name + PARTIAL_SUFFIX)
-
-    @property
-    def sidecar(self) -> Path:
-        return self.final.with_name(self.final.name + SIDECAR_SUFFIX)
-
-    def received(self) -> int:
-        return sum(end - start for start, end in self.ranges)
-
-    def add_range(self, start: int, end: int) -> None:
-        r = self.ranges
-        if r and r[-1][0] <= start <= r[-1][1]:  # the common case: in-order append
-            r[-1][1] = max(r[-1][1], end)
-            return
-        i = bisect.bisect_left(r, [start, end])
-        r.insert(i, [start, end])
-        merged: list[list[int]] = []
-        for s, e in r:
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        self.ranges = merged
-
-    def save(self) -> None:
-        """Write the sidecar atomically (tmp + rename in the same directory)."""
-        doc = {"version": PROTOCOL_VERSION, "transfer_id": self.transfer_id,
-               "rel_path": self.rel_path, "size": self.size, "ranges": self.ranges,
-               "complete": self.complete, "sha256": self.sha256, "bound": self.bound,
-               "at_most": self.at_most, "fixed": self.fixed}
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            os.write(fd, json.dumps(doc).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.sidecar)
-
-    def status(self) -> TransferStatus:
-        return TransferStatus(self.transfer_id, self.rel_path, self.size, self.received(),
-                              self.complete, self.sha256)
 
 
 class _Busy(TransferRefused):
@@ -179,7 +104,7 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
         self._kind = 0
         self._data_off = 0               # next file offset of the DATA payload
         self._data_left = 0
-        self._xfer: _Transfer | None = None
+        self._xfer: ReceiveState | None = None
         self._sink: SparseSink | None = None
         self._pending = 0                # bytes queued to the sink, not yet written
         self._paused = False
@@ -311,7 +236,7 @@ class _DiskSession(asyncssh.SSHServerSession[bytes]):
             self._paused = True
             self._chan.pause_reading()
 
-    def _written(self, xfer: _Transfer, offset: int, length: int) -> None:
+    def _written(self, xfer: ReceiveState, offset: int, length: int) -> None:
         """On the loop: ``[offset, +length)`` is in the partial file."""
         xfer.add_range(offset, offset + length)
         self._pending -= length
@@ -499,7 +424,7 @@ class MigrationServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve(strict=True)
-        self._transfers: dict[str, _Transfer] = {}
+        self._transfers: dict[str, ReceiveState] = {}
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sessions: set[_DiskSession] = set()
@@ -536,7 +461,7 @@ class MigrationServer:
         if final.exists() or final.is_symlink():
             raise TransferRefused(f"destination already exists: {rel_path}")
         final.parent.mkdir(parents=True, exist_ok=True)
-        xfer = _Transfer(transfer_id, rel_path, apparent_size, final, bound=apparent_size,
+        xfer = ReceiveState(transfer_id, rel_path, apparent_size, final, bound=apparent_size,
                          at_most=at_most, fixed=not at_most)
         xfer.save()
         self._transfers[transfer_id] = xfer
@@ -562,18 +487,9 @@ class MigrationServer:
         found = 0
         for sidecar in self.root.rglob("*" + SIDECAR_SUFFIX):
             try:
-                doc = json.loads(sidecar.read_text())
-                rel = str(doc["rel_path"])
-                final = confine(self.root, rel)
-                if final.with_name(final.name + SIDECAR_SUFFIX) != sidecar.resolve():
+                xfer = ReceiveState.load(self.root, sidecar)
+                if xfer is None:
                     continue
-                size = int(doc["size"])
-                xfer = _Transfer(str(doc["transfer_id"]), rel, size, final,
-                                 [[int(s), int(e)] for s, e in doc["ranges"]],
-                                 bool(doc["complete"]), doc.get("sha256"),
-                                 bound=int(doc.get("bound", size)),
-                                 at_most=bool(doc.get("at_most", False)),
-                                 fixed=bool(doc.get("fixed", True)))
             except (OSError, ValueError, KeyError, TypeError, PathEscape) as e:
                 log.warning("ignoring unreadable transfer state %s: %s", sidecar, e)
                 continue
@@ -586,7 +502,7 @@ class MigrationServer:
         for conn in list(self._conns):
             conn.abort()
 
-    def _claim(self, transfer_id: str, size: object, session: _DiskSession) -> _Transfer:
+    def _claim(self, transfer_id: str, size: object, session: _DiskSession) -> ReceiveState:
         xfer = self._transfers.get(transfer_id)
         if xfer is None:
             raise TransferRefused(f"unknown transfer id {transfer_id!r}")
