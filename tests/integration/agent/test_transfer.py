@@ -84,6 +84,19 @@ async def test_dense_unaligned_file_round_trips(xfer_server: MigrationServer,
     assert again.bytes_sent == 0
 
 
+@pytest.mark.parametrize("size", [0, 5 * MiB])  # empty, and all holes
+async def test_empty_and_all_hole_disks(xfer_server: MigrationServer, xfer_keys: XferKeys,
+                                        xfer_root: Path, xfer_file: MakeFile,
+                                        size: int) -> None:
+    src = xfer_file("empty.img", size, {})
+    xfer_server.expect("t-1", DISK, size)
+    result = await send(xfer_server, xfer_keys, src)
+    dest = xfer_root / DISK
+    assert result.bytes_sent == 0
+    assert dest.stat().st_size == size
+    assert result.checksum == hashlib.sha256(bytes(size)).hexdigest() == sha256_file(dest)
+
+
 async def test_allocated_zeros_are_not_sent(xfer_server: MigrationServer, xfer_keys: XferKeys,
                                             xfer_root: Path, tmp_path: Path) -> None:
     # Allocated zeros (e.g. a preallocated image) travel as holes, like real holes.
