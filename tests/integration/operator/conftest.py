@@ -41,8 +41,8 @@ def operator_factory(kubeconfig: Path, namespace: str,
                      tmp_path: Path) -> Iterator[Any]:
     started: list[Operator] = []
 
-    def make(argv: list[str] | None = None, **env: str) -> Operator:
-        op = Operator(kubeconfig, namespace, tmp_path / "operator.log", argv, **env).start()
+    def make(argv: list[str] | None = None, log: str = "operator.log", **env: str) -> Operator:
+        op = Operator(kubeconfig, namespace, tmp_path / log, argv, **env).start()
         started.append(op)
         return op
 

@@ -4,12 +4,13 @@ the other takes over and finishes the resize."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from op_harness import Fulfiller, World
+from op_harness import Fulfiller, World, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -55,20 +56,27 @@ def test_peering_failover(world: World, agents: Fulfiller, operator_factory: Any
             raise
     base = [sys.executable, "-m", "vmresize.operator", "--namespace", world.ns,
             "--peering", "vmresize-operator"]
-    env = {"VMRESIZE_PEERING_LIFETIME_SECONDS": "4"}
-    high = operator_factory([*base, "--priority", "100"], **env)
-    low = operator_factory([*base, "--priority", "10"], **env)
+    env = {"VMRESIZE_PEERING_LIFETIME_SECONDS": "10"}
+    high = operator_factory([*base, "--priority", "100"], log="high.log", **env)
+    # Start the second one once the first is in the peering object, as in a rollout.
+    wait_for("the first operator to be active", lambda: "Resuming operations" in
+             high.log.read_text(errors="replace"), timeout=60)
+    low = operator_factory([*base, "--priority", "10"], log="low.log", **env)
+    wait_for("the second operator to start", lambda: "Initial authentication has finished"
+             in low.log.read_text(errors="replace"), timeout=60)
+    time.sleep(1)   # it reads the peering object and stays paused (there is no log line)
     world.make_host("a")
     world.make_host("b")
     world.instance("vm1", "small", host="a")
     world.resize("r1", "vm1", "medium")
     world.wait_phase("r1", "VerifyResize")
+    before = low.log.read_text(errors="replace")
+    assert "Handler '" not in before, "the low-priority peer waited while the high one lived"
+    assert "Daemon '" not in before
     high.kill9()
     world.patch_resize("r1", {"confirm": True})
     st = world.wait_phase("r1", "Confirmed", timeout=90)
     assert st["destHost"] == world.host("b")
-    log = high.log.read_text(errors="replace")   # both operators append to this file
-    assert "Pausing operations in favour of" in log, "the low-priority peer waited"
-    assert "Resuming operations after the pause" in log, "and took over"
-    assert low.proc is not None
-    assert low.proc.poll() is None
+    after = low.log.read_text(errors="replace")[len(before):]
+    assert "Resuming operations" in after, "and took over when the high one died"
+    assert "Daemon 'drive'" in after
