@@ -384,3 +384,28 @@ def test_deleting_a_failed_rollback_releases_it(world: World, agents: Fulfiller,
     wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
     assert "activeResize" not in world.status("instances", "vm1")
     assert world.allocations("b") == {}
+
+
+def test_adopt_an_existing_domain(world: World, agents: Fulfiller, operator: Operator) -> None:
+    world.make_host("a")
+    world.co.create_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "instances", {
+        "apiVersion": "vmresize.io/v1alpha1", "kind": "Instance", "metadata": {"name": "old"},
+        "spec": {"flavor": world.flavor("small"), "host": world.host("a"),
+                 "adopt": {"domainName": "legacy-web"}}})
+    st = wait_for("adopted", lambda: (s := world.status("instances", "old")).get(
+        "phase") == "Active" and s)
+    assert st["domainName"] == "legacy-web"
+    assert st["diskPath"] == "instances/adopted/legacy-web/disk.qcow2"
+    assert f"Adopt@{world.host('a')}" in agents.actions()
+    assert f"Instance/{world.ns}/old" in world.allocations("a")
+
+
+def test_spawn_failure_is_an_error_and_releases_the_claim(
+        world: World, agents: Fulfiller, operator: Operator) -> None:
+    world.make_host("a")
+    agents.script.fail[("Spawn", None)] = "base image not found"
+    world.instance("vm1", "small", wait=False)
+    st = wait_for("error", lambda: (s := world.status("instances", "vm1")).get(
+        "phase") == "Error" and s)
+    assert "base image not found" in st["message"]
+    assert world.allocations("a") == {}
