@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from vmresize.api.host import Allocation, Host, HostStatus
-from vmresize.api.instance import Instance, InstanceStatus
+from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.meta import Resources
 from vmresize.operator.errors import Conflict
 from vmresize.operator.scheduler import fits
@@ -130,7 +130,9 @@ def lock_instance(storage: Storage, namespace: str, name: str,
             return "busy"
         if st.phase.value != "Active" or not st.host:
             return "notready"
-        inst.status = st.model_copy(update={"active_resize": resize})
+        inst.status = st.model_copy(update={"active_resize": resize,
+                                            "phase": InstancePhase.RESIZING,
+                                            "message": f"Being resized by {resize}"})
         try:
             return storage.replace_status(inst)
         except Conflict:

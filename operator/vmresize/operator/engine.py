@@ -186,7 +186,8 @@ def _old_flavor(storage: Storage, st: VMResizeStatus, inst: Instance) -> TaskFla
 def _instance_change(a: UpdateInstance, st: VMResizeStatus, f: FlavorSpec | None,
                      now: datetime) -> Callable[[InstanceStatus], InstanceStatus]:
     def change(s: InstanceStatus) -> InstanceStatus:
-        upd: dict[str, Any] = {"phase": a.phase, "power_state": a.power, "message": a.message}
+        upd: dict[str, Any] = {"phase": a.phase, "message": a.message,
+                               "power_state": a.power or s.power_state}
         if a.unlock:
             upd["active_resize"] = None
         if a.placement == "dest":

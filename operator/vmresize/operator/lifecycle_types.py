@@ -97,7 +97,7 @@ class UpdateInstance:
     """source/dest: the Instance now lives there; keep: leave host, domain and disk as they
     are (in VerifyResize the source copy is still the one to come back to)."""
     phase: InstancePhase
-    power: PowerState
+    power: PowerState | None   # None keeps the current power state
     unlock: bool
     message: str = ""
 

@@ -68,8 +68,9 @@ def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
 
 
 def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
+    """Failed before anything moved: the instance is as it was (power state included)."""
     return Step(P.FAILED, (*extra, UpdateInstance("source", InstancePhase.ACTIVE,
-                                                  PowerState.RUNNING, unlock=True)),
+                                                  None, unlock=True)),
                 reason=reason, message=message)
 
 
@@ -101,7 +102,7 @@ def no_valid_host(s: State, o: Observation, now: datetime) -> Step:
     msg = f"No valid host was found ({counts} removed)"
     if s.attempts == 0:
         return Step(P.FAILED, (UpdateInstance("source", InstancePhase.ACTIVE,
-                                              PowerState.RUNNING, unlock=True),),
+                                              None, unlock=True),),
                     reason="NoValidHost", message=msg, updates={"filter_counts": dict(o.counts)})
     return _rollback(s, "MaxAttemptsExceeded", f"No alternate host left: {msg}",
                      filter_counts=dict(o.counts), rollback_from=P.PREPARING.value)
@@ -143,7 +144,10 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
-    return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0),), reason="Finishing",
+    off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF, unlock=False,
+                         message=f"Powered off on {s.source_host}; disk copied to {s.dest_host}")
+    return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0), off),
+                reason="Finishing",
                 message=f"Disk copied (checksum {(o.checksum or '')[:12]}); starting on "
                 f"{s.dest_host}", updates=up)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vmresize.api.hosttask import TaskAction as A
-from vmresize.api.instance import InstancePhase
+from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import TERMINAL_PHASES
 from vmresize.api.resize import ResizePhase as P
 from vmresize.operator.lifecycle import (
@@ -94,7 +94,10 @@ def test_happy_path_resize_then_confirm() -> None:
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
                                        downtime_seconds=0.8, progress=(10, 10, 0)), NOW)
     assert out.phase is P.FINISHING
-    assert out.actions == (CreateTask(A.FINISH, "dst"),)
+    assert out.actions[0] == CreateTask(A.FINISH, "dst")
+    off = out.actions[1]
+    assert isinstance(off, UpdateInstance)
+    assert off.power is PowerState.SHUTOFF
     assert out.updates["source_checksum"] == "ab" * 32
     assert out.updates["downtime_seconds"] == 0.8
     out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)
