@@ -4,7 +4,8 @@
 
 Module map (pure decisions at the top, plumbing below):
 
-- :mod:`lifecycle`  the VMResize transition table (pure)
+- :mod:`lifecycle`  the VMResize transition table (pure); its vocabulary in
+  :mod:`lifecycle_types`, its rules in :mod:`transitions`
 - :mod:`scheduler`  filters and weighers over plain data (pure)
 - :mod:`conditions`, :mod:`tasks`, :mod:`views`, :mod:`settings`  small pure helpers
 - :mod:`engine`, :mod:`instances`, :mod:`scheduling`  one step of a resize / an instance

@@ -69,6 +69,12 @@ async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
                 log.error("%s: %s", uid, e)
                 await _sleep(wake, stopped, poll_seconds * 4)
                 continue
+            except Exception:
+                # A bug or a surprise from the API: log it, keep the daemon, try again later
+                # (every step is idempotent, so trying again is always safe).
+                log.exception("%s: unexpected error; retrying", uid)
+                await _sleep(wake, stopped, poll_seconds * 4)
+                continue
             post(body, out.events)
             if out.done:
                 return
