@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ import kopf
 
 from vmresize.agent import handlers, sshkeys
 from vmresize.agent.executor import Executor
-from vmresize.agent.kube import AgentKube
+from vmresize.agent.hypervisor import HypervisorError
+from vmresize.agent.kube import AgentKube, KubeError
 from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor
 from vmresize.agent.migration_server import start_migration_server
 from vmresize.agent.registration import Registrar, Registration
+from vmresize.agent.transfer_errors import TransferError
 from vmresize.agent.transport import SshTransfer
 from vmresize.api import naming
 
@@ -106,7 +109,7 @@ async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=cfg.migration_address,
                 port=server.port, host_key=sshkeys.public_openssh(host_key)))
-            await registrar.register()
+            await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)
             heartbeat = asyncio.create_task(registrar.heartbeat_forever(cfg.heartbeat_seconds))
@@ -129,10 +132,32 @@ async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
         hv.close()
 
 
+REGISTER_BACKOFF_MAX = 30.0
+
+
+async def _register(registrar: Registrar) -> None:
+    """Register, retrying while the API server is unreachable or overloaded."""
+    delay = 1.0
+    while True:
+        try:
+            await registrar.register()
+            return
+        except KubeError as e:
+            if not e.retryable:
+                raise
+            log.warning("registration failed (%s); retrying in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(REGISTER_BACKOFF_MAX, delay * 2)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the agent must run in the main thread (signal handling)")
-    asyncio.run(run_agent(cfg))
+    try:
+        asyncio.run(run_agent(cfg))
+    except (HypervisorError, KubeError, TransferError) as e:
+        log.error("agent stopped: %s", e)
+        sys.exit(1)

@@ -144,3 +144,15 @@ def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NODE_NAME")
     with pytest.raises(SystemExit):
         parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k"])
+
+
+def test_agent_exits_with_a_clear_error_when_the_migration_key_is_missing(
+        tmp_path: Path) -> None:
+    from vmresize.agent.main import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--host-name", "h", "--migration-address", "127.0.0.2",
+              "--migration-key-file", str(tmp_path / "missing"),
+              "--libvirt-uri", "test:///default", "--storage-root", str(tmp_path / "root"),
+              "--state-dir", str(tmp_path / "state")])
+    assert err.value.code == 1
