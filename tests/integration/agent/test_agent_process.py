@@ -18,6 +18,7 @@ import pytest
 from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
 from tests.conftest import kubectl
 
+from vmresize.agent.sshkeys import generate_key, public_openssh
 from vmresize.api import naming
 from vmresize.api.hosttask import TaskAction
 
@@ -226,3 +227,35 @@ def test_a_deleted_host_is_registered_again_by_the_heartbeat(
     again = wait_ready(agent, kubeconfig)
     assert again["metadata"]["uid"] != first["metadata"]["uid"]
     assert again["spec"]["enabled"] is True
+
+
+def test_clean_stop_mid_step_leaves_it_running_for_the_next_attempt(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    wait_ready(agent, kubeconfig)
+    dom, rel = naming.domain_name(namespace, "vm"), naming.disk_path(namespace, "vm", "9a9a9a9a")
+    run_task(kubeconfig, namespace, agent, action="Spawn", domainName=dom, diskPath=rel,
+             flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    # Nobody listens at the peer: the sender keeps reconnecting (a long step).
+    name = create_task(kubeconfig, namespace, agent.name, {
+        "host": agent.name, "action": "MigrateDisk", "domainName": dom, "diskPath": rel,
+        "transferId": "x1", "peer": {"name": "gone", "address": "127.0.0.9", "port": 9,
+                                     "hostKey": public_openssh(generate_key())}})
+    wait_for(lambda: (kubectl_json(kubeconfig, "-n", namespace, "get",
+                                   "hosttasks.vmresize.io", name) or {})
+             .get("status", {}).get("phase") == "Running", timeout=WAIT,
+             what="MigrateDisk running")
+    assert agent.stop() == 0
+    wait_ready(agent, kubeconfig, ready=False)
+    doc = kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io", name)
+    assert doc is not None
+    assert doc["status"]["phase"] == "Running"  # left for the next agent to resume
+    assert doc["status"]["attempt"] == 1
+    agent.start()  # the next agent picks it up as attempt 2
+    resumed = wait_task(kubeconfig, namespace, name, agent)["status"]
+    assert resumed["attempt"] == 2
+    # test:///default keeps domains in memory only, so the new process has lost the VM:
+    # attempt 2 fails, and says so without calling it retryable.
+    assert resumed["phase"] == "Failed"
+    assert "not found" in resumed["message"]
+    assert resumed["retryable"] is False
