@@ -339,7 +339,7 @@ class Executor:
             self.transfer.forget(spec.transfer_id)
         if spec.disk_path:
             rel = spec.disk_path
-            for extra in (POWEROFF_SUFFIX, VERIFIED_SUFFIX, ".partial", ".xfer", ".expect"):
+            for extra in (POWEROFF_SUFFIX, VERIFIED_SUFFIX, ".partial", ".xfer"):
                 with contextlib.suppress(FileNotFoundError):
                     self._sidecar(rel, extra).unlink()
             with contextlib.suppress(FileNotFoundError):
