@@ -78,10 +78,12 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     elif action is A.FINISH:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,
-            "flavor": task_flavor(new), "expected_checksum": st.source_checksum})
+            "flavor": task_flavor(new), "expected_checksum": st.source_checksum,
+            "transfer_id": transfer})   # lets the agent check the receipt is complete
     elif action is A.CLEANUP_DEST:
         spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
-                                       "disk_path": st.dest_disk_path})
+                                       "disk_path": st.dest_disk_path,
+                                       "transfer_id": transfer})   # and forget it
     elif action in (A.CONFIRM, A.RESTORE_SOURCE):
         spec = spec.model_copy(update={"domain_name": src_dom, "disk_path": src_disk,
                                        "flavor": old if action is A.RESTORE_SOURCE else None})

@@ -111,6 +111,7 @@ def test_resize_tasks_act_on_the_right_copy() -> None:
     assert mig.spec.peer_disk_path == r.status.dest_disk_path
     fin = build(TaskAction.FINISH, "b")
     assert fin.spec.expected_checksum == "ab" * 32
+    assert fin.spec.transfer_id == prep.spec.transfer_id == mig.spec.transfer_id
     assert fin.spec.flavor is not None
     assert fin.spec.flavor.vcpus == 2
     conf = build(TaskAction.CONFIRM, "a")
@@ -119,6 +120,7 @@ def test_resize_tasks_act_on_the_right_copy() -> None:
     assert restore.spec.flavor == old
     clean = build(TaskAction.CLEANUP_DEST, "b")
     assert clean.spec.disk_path == r.status.dest_disk_path
+    assert clean.spec.transfer_id == prep.spec.transfer_id
 
 
 def test_migrate_needs_the_dest_endpoint() -> None:
