@@ -82,6 +82,7 @@ class AgentProcess:
     heartbeat_seconds: float = 1.0
     port: int = 0
     libvirt_dir: Path | None = None
+    stop_vms_on_exit: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -111,7 +112,8 @@ class AgentProcess:
                 "--migration-address", self.address, "--migration-port", str(self.port),
                 "--migration-key-file", str(self.key_file), "--namespace", self.namespace,
                 "--kubeconfig", str(self.kubeconfig),
-                "--heartbeat-seconds", str(self.heartbeat_seconds)]
+                "--heartbeat-seconds", str(self.heartbeat_seconds),
+                *(["--stop-vms-on-exit"] if self.stop_vms_on_exit else [])]
 
     def start(self) -> AgentProcess:
         if not self.port:

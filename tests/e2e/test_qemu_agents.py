@@ -233,3 +233,19 @@ def test_source_agent_killed_during_power_off_resumes_the_migration(
     assert qemu_args(src, dom) is None
     assert sha256(dst.storage_root / new_rel) == status["result"]["checksum"]
     assert sha256(src.storage_root / rel) == status["result"]["checksum"]
+
+
+def test_stop_vms_on_exit_leaves_no_qemu_behind(
+        agent_hosts: tuple[AgentProcess, AgentProcess], kubeconfig: Path,
+        namespace: str) -> None:
+    agent, _ = agent_hosts
+    agent.stop()
+    agent.stop_vms_on_exit = True
+    agent.start()
+    ready_status(agent, kubeconfig)
+    dom = naming.domain_name(namespace, "vm")
+    run_task(kubeconfig, namespace, agent, action="Spawn", domainName=dom, flavor=SMALL,
+             diskPath=naming.disk_path(namespace, "vm", uuid.uuid4().hex))
+    assert qemu_args(agent, dom) is not None
+    assert agent.stop() == 0
+    assert qemu_args(agent, dom) is None

@@ -48,6 +48,7 @@ class AgentConfig:
     namespace: str
     kubeconfig: Path | None
     heartbeat_seconds: float
+    stop_vms_on_exit: bool = False
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -76,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"))
     p.add_argument("--heartbeat-seconds", type=float,
                    default=float(_env("VMRESIZE_HEARTBEAT_SECONDS", "10") or 10))
+    p.add_argument("--stop-vms-on-exit", action="store_true",
+                   default=_env("VMRESIZE_STOP_VMS_ON_EXIT", "") in ("1", "true"),
+                   help="on a clean stop, power off every domain (demos and tests only: "
+                        "by default VMs outlive the agent and a restarted agent adopts them)")
     a = p.parse_args(argv)
     for flag, value in (("--host-name", a.host_name), ("--migration-address",
                         a.migration_address), ("--migration-key-file", a.migration_key_file)):
@@ -85,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
                        storage_root=a.storage_root, state_dir=a.state_dir,
                        migration_address=a.migration_address, migration_port=a.migration_port,
                        migration_key_file=a.migration_key_file, namespace=a.namespace,
-                       kubeconfig=a.kubeconfig, heartbeat_seconds=a.heartbeat_seconds)
+                       kubeconfig=a.kubeconfig, heartbeat_seconds=a.heartbeat_seconds,
+                       stop_vms_on_exit=a.stop_vms_on_exit)
 
 
 async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
@@ -128,8 +134,19 @@ async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
                 await registrar.mark_stopped()
         finally:
             await server.close()
+            if cfg.stop_vms_on_exit:
+                await asyncio.to_thread(_stop_vms, hv)
     finally:
         hv.close()
+
+
+def _stop_vms(hv: LibvirtHypervisor) -> None:
+    for name in hv.list_domains():
+        try:
+            hv.destroy(name)
+            log.info("stopped %s (--stop-vms-on-exit)", name)
+        except HypervisorError as e:
+            log.warning("could not stop %s: %s", name, e)
 
 
 REGISTER_BACKOFF_MAX = 30.0
