@@ -17,6 +17,14 @@ TIMEOUT=${DEMO_TIMEOUT:-600}
 work=$(mktemp -d -t vmresize-demo.XXXXXX)
 pids=()
 own_cluster=0
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "$@"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+}
 cleanup() {
   local rc=$?
   set +e
@@ -28,12 +36,15 @@ cleanup() {
       [[ -f $log ]] && { echo "--- last lines of $(basename "$log")"; tail -n 25 "$log"; }
     done
   fi
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null
+  stop_pids "${pids[@]}"
+  # An agent leaves its VMs running when it stops (a DaemonSet restart must not kill
+  # guests), so the VMs the demo's agents started are stopped here, by their pid files.
+  local vms=() f
+  for f in "$work"/hv-*/libvirt/run/qemu/*.pid; do
+    [[ -f $f ]] && vms+=("$(cat "$f")")
   done
-  ((own_cluster)) && python3 hack/localcluster.py down --dir "$work"
+  stop_pids "${vms[@]}"
+  ((own_cluster)) && python3 hack/localcluster.py down --dir "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT
