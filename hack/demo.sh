@@ -75,7 +75,8 @@ ssh-keygen -q -t ed25519 -N '' -C vmresize-migration -f "$work/migration_key"
 
 bold "starting the operator"
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port \
+# The demo's guests have no OS to answer an ACPI shutdown: force power-off after 1 s.
+VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port VMRESIZE_POWER_OFF_TIMEOUT_SECONDS=1 \
   "$PY" -m vmresize.operator --standalone >"$work/operator.log" 2>&1 &
 pids+=($!)
 

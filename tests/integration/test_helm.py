@@ -126,6 +126,7 @@ def test_operator_deployment(helm: Helm) -> None:
     assert env["VMRESIZE_HEARTBEAT_STALE_SECONDS"] == "60"
     assert env["VMRESIZE_TASK_RETRIES"] == "5"
     assert env["VMRESIZE_POLL_SECONDS"] == "5"
+    assert env["VMRESIZE_POWER_OFF_TIMEOUT_SECONDS"] == "60"
     assert env["VMRESIZE_METRICS_PORT"] == "8090"
     assert env["VMRESIZE_RAM_WEIGHT_MULTIPLIER"] == "1"
     assert env["VMRESIZE_CPU_WEIGHT_MULTIPLIER"] == "0"

@@ -161,7 +161,8 @@ def _create_task(storage: Storage, settings: Settings, r: VMResize, st: VMResize
     # resize_task reads the status from the resize: give it the one this step leaves.
     task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace,
                        resize=r.model_copy(update={"status": st}),
-                       inst=inst, new=new, old=old, dest=dest)
+                       inst=inst, new=new, old=old, dest=dest,
+                       power_off_timeout_seconds=settings.power_off_timeout_seconds)
     storage.create_task(task)
     return task.name
 

@@ -16,6 +16,9 @@ variable                                        meaning                    defau
 ``VMRESIZE_CPU_WEIGHT_MULTIPLIER``              free vCPU weigher          ``0.0``
 ``VMRESIZE_DISK_WEIGHT_MULTIPLIER``             free disk weigher          ``0.0``
 ``VMRESIZE_POLL_SECONDS``                       re-check without events    ``5``
+``VMRESIZE_POWER_OFF_TIMEOUT_SECONDS``          graceful power-off, then   ``60``
+                                                forced (Nova's
+                                                shutdown_timeout)
 ``VMRESIZE_METRICS_PORT``                       Prometheus port; 0 off     ``8090``
 ``VMRESIZE_PEERING_LIFETIME_SECONDS``           HA: a silent peer is dead  ``60``
 ==============================================  =========================  =========
@@ -50,6 +53,7 @@ class Settings:
     cpu_weight_multiplier: float = 0.0
     disk_weight_multiplier: float = 0.0
     poll_seconds: float = 5.0
+    power_off_timeout_seconds: int = 60
     metrics_port: int = 8090
     peering_lifetime_seconds: int = 60   # kopf's default peering lifetime
 
@@ -76,6 +80,8 @@ class Settings:
             disk_weight_multiplier=float(
                 get("DISK_WEIGHT_MULTIPLIER", str(d.disk_weight_multiplier))),
             poll_seconds=max(0.1, float(get("POLL_SECONDS", str(d.poll_seconds)))),
+            power_off_timeout_seconds=min(3600, max(0, int(get(
+                "POWER_OFF_TIMEOUT_SECONDS", str(d.power_off_timeout_seconds))))),
             metrics_port=int(get("METRICS_PORT", str(d.metrics_port))),
             peering_lifetime_seconds=max(
                 2, int(get("PEERING_LIFETIME_SECONDS", str(d.peering_lifetime_seconds)))),

@@ -54,7 +54,7 @@ def peer(h: Host) -> PeerHost:
 
 def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
                 resize: VMResize, inst: Instance, new: FlavorSpec, old: TaskFlavor | None,
-                dest: Host | None) -> HostTask:
+                dest: Host | None, power_off_timeout_seconds: int = 60) -> HostTask:
     """The HostTask for one step of ``resize``."""
     st = resize.status
     ist = inst.status
@@ -74,7 +74,8 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
             raise NotReady(f"destination host {st.dest_host} is gone")
         spec = spec.model_copy(update={
             "domain_name": src_dom, "disk_path": src_disk, "peer": peer(dest),
-            "peer_disk_path": st.dest_disk_path, "transfer_id": transfer})
+            "peer_disk_path": st.dest_disk_path, "transfer_id": transfer,
+            "power_off_timeout_seconds": power_off_timeout_seconds})
     elif action is A.FINISH:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,

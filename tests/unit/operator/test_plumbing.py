@@ -109,6 +109,10 @@ def test_resize_tasks_act_on_the_right_copy() -> None:
     assert mig.spec.peer is not None
     assert mig.spec.peer.address == "127.0.0.2"
     assert mig.spec.peer_disk_path == r.status.dest_disk_path
+    assert mig.spec.power_off_timeout_seconds == 60
+    quick = resize_task(TaskAction.MIGRATE_DISK, "a", 0, namespace="sys", resize=r, inst=inst,
+                        new=new, old=old, dest=dest, power_off_timeout_seconds=1)
+    assert quick.spec.power_off_timeout_seconds == 1
     fin = build(TaskAction.FINISH, "b")
     assert fin.spec.expected_checksum == "ab" * 32
     assert fin.spec.transfer_id == prep.spec.transfer_id == mig.spec.transfer_id
@@ -135,7 +139,10 @@ def test_settings_defaults_and_env() -> None:
     assert Settings.from_env({}) == Settings()
     s = Settings.from_env({"VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST": "True",
                            "VMRESIZE_MAX_ATTEMPTS": "0", "VMRESIZE_NAMESPACE": "ops",
-                           "VMRESIZE_RAM_WEIGHT_MULTIPLIER": "-1"})
+                           "VMRESIZE_RAM_WEIGHT_MULTIPLIER": "-1",
+                           "VMRESIZE_POWER_OFF_TIMEOUT_SECONDS": "99999"})
+    assert Settings().power_off_timeout_seconds == 60   # Nova's shutdown_timeout
+    assert s.power_off_timeout_seconds == 3600          # the HostTask field's maximum
     assert s.allow_resize_to_same_host
     assert s.max_attempts == 1
     assert s.namespace == "ops"
