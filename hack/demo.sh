@@ -188,6 +188,8 @@ show_disk
 copies
 run kubectl get vmresize -o wide
 run kubectl get hosttasks -n "$NS"
+bold "the whole story of the first resize, as kubectl describe tells it"
+run kubectl describe vmresize web-1-resize
 
 bold "done in $(elapsed)"
 cat <<EOF
