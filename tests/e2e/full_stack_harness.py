@@ -217,6 +217,17 @@ class Stack:
                 raise
             raise AssertionError(f"{e}\n{self.diagnostics()}") from None
 
+    def claims(self) -> dict[str, dict[str, tuple[int, int, int]]]:
+        """Every host's allocations of this namespace: host -> key -> (vCPUs, MiB, GiB)."""
+        out: dict[str, dict[str, tuple[int, int, int]]] = {}
+        for name in self.agents:
+            st = (kubectl_json(self.kubeconfig, "get", "hosts.vmresize.io", name) or {}).get(
+                "status", {})
+            out[name] = {k: (r.get("vcpus", 0), r.get("memoryMiB", 0), r.get("diskGiB", 0))
+                         for k, a in (st.get("allocations") or {}).items()
+                         if f"/{self.ns}/" in k for r in [a["resources"]]}
+        return out
+
     def create_instance(self, name: str, flavor: str, seed: str) -> dict[str, Any]:
         self.apply({"apiVersion": "vmresize.io/v1alpha1", "kind": "Instance",
                     "metadata": {"name": name, "namespace": self.ns},

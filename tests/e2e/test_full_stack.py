@@ -52,6 +52,12 @@ def running_flavor(s: Stack, host: str, domain: str) -> tuple[int, int]:
     return qemu_vcpus_mib(argv)
 
 
+def held(s: Stack, kind: str, name: str) -> dict[str, tuple[int, int, int]]:
+    """Where the claim of ``kind/ns/name`` is held (host -> vCPUs, MiB, GiB)."""
+    key = f"{kind}/{s.ns}/{name}"
+    return {host: c[key] for host, c in s.claims().items() if key in c}
+
+
 def boot(s: Stack, name: str, seed: str) -> dict[str, Any]:
     """An Active instance of the small flavor, checked against its QEMU process and disk."""
     inst = s.create_instance(name, "small", seed)
@@ -61,6 +67,7 @@ def boot(s: Stack, name: str, seed: str) -> dict[str, Any]:
     root = s.agents[inst["host"]].storage_root
     assert disks.read_head(root, inst["diskPath"], len(seed)) == seed.encode()
     assert virtual_size(root / inst["diskPath"]) == SMALL[2] * GIB
+    assert held(s, "Instance", name) == {inst["host"]: SMALL}
     return inst
 
 
@@ -100,6 +107,9 @@ def test_resize_then_confirm(stack: Stack) -> None:
     assert running_flavor(s, dst, dst_dom) == BIG[:2]
     dst_pid = qemu_pid(s.agents[dst], dst_dom)
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
+    # As in Nova, both copies are claimed until the user decides.
+    assert held(s, "Instance", "vm-confirm") == {st["sourceHost"]: SMALL}
+    assert held(s, "VMResize", "grow") == {dst: BIG}
 
     s.decide("grow", "confirm")
     src = s.agents[st["sourceHost"]]
@@ -114,6 +124,8 @@ def test_resize_then_confirm(stack: Stack) -> None:
     assert (now["phase"], now["host"], now["flavor"]) == ("Active", dst, s.flavor("big"))
     assert (now["vcpus"], now["memoryMiB"], now["diskGiB"]) == BIG
     assert (now["domainName"], now["diskPath"]) == (dst_dom, st["destDiskPath"])
+    assert held(s, "Instance", "vm-confirm") == {dst: BIG}
+    assert held(s, "VMResize", "grow") == {}
 
 
 def test_resize_then_revert(stack: Stack) -> None:
@@ -144,6 +156,8 @@ def test_resize_then_revert(stack: Stack) -> None:
                                                           s.flavor("small"))
     assert (now["vcpus"], now["memoryMiB"], now["diskGiB"]) == SMALL
     assert (now["domainName"], now["diskPath"]) == (inst["domainName"], inst["diskPath"])
+    assert held(s, "Instance", "vm-revert") == {inst["host"]: SMALL}
+    assert held(s, "VMResize", "grow-back") == {}
 
 
 def test_cold_migration_then_confirm(stack: Stack) -> None:
@@ -159,6 +173,7 @@ def test_cold_migration_then_confirm(stack: Stack) -> None:
     assert running_flavor(s, dst, dst_dom) == SMALL[:2]
     assert virtual_size(dst_disk) == SMALL[2] * GIB
     assert content_sha256(dst_disk, size) == before
+    assert held(s, "VMResize", "move") == {dst: SMALL}
 
     s.decide("move", "confirm")
     assert not src_disk.exists()
@@ -168,3 +183,5 @@ def test_cold_migration_then_confirm(stack: Stack) -> None:
     now = s.status("instances", "vm-migrate")
     assert (now["phase"], now["host"], now["flavor"]) == ("Active", dst, s.flavor("small"))
     assert (now["domainName"], now["diskPath"]) == (dst_dom, st["destDiskPath"])
+    assert held(s, "Instance", "vm-migrate") == {dst: SMALL}
+    assert held(s, "VMResize", "move") == {}
