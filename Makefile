@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv control-plane lint test test-unit test-integration test-e2e demo crds clean
+.PHONY: all deps venv control-plane lint test test-unit test-integration test-e2e demo bench crds clean
 
 all: test
 
@@ -49,6 +49,13 @@ test: deps lint
 
 demo: deps
 	bash hack/demo.sh
+
+# Benchmarks, on demand (never part of `make test`). The transfer benchmark needs OpenSSH's
+# sshd binary for its scp/rsync baselines; it starts its own on 127.0.0.1.
+bench: venv
+	bash hack/install-sshd.sh
+	$(PY) bench/scheduler.py
+	$(PY) bench/transfer.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
