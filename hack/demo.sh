@@ -27,6 +27,7 @@ stop_pids() {
 }
 cleanup() {
   local rc=$?
+  trap '' INT TERM PIPE  # neither a second Ctrl-C nor a closed pipe may cut it short
   set +e
   if ((rc != 0)); then
     kubectl get hosttasks -A -o yaml >"$work/hosttasks.dump.log" 2>&1
