@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The control plane's version and cache (hack/build-control-plane.sh, hack/localcluster.py).
+export K8S_VERSION ?= v1.33.13
+export VMRESIZE_CACHE ?= $(HOME)/.cache/vmresize
+# A system kubectl comes first; the one built with the control plane is the fallback.
+export PATH := $(PATH):$(VMRESIZE_CACHE)/k8s-$(K8S_VERSION)/bin
 
 .PHONY: all deps venv control-plane lint test test-unit test-integration test-e2e demo bench crds clean
 

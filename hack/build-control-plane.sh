@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, etcd and helm from Go modules, once.
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd and helm from Go modules, once.
 #
 # The binaries are cached outside the repository, keyed by version, under
 # ${VMRESIZE_CACHE:-~/.cache/vmresize}/k8s-<version>/bin. A second run finds them and exits.
@@ -14,7 +14,7 @@ CACHE=${VMRESIZE_CACHE:-$HOME/.cache/vmresize}
 OUT=$CACHE/k8s-$K8S_VERSION
 BIN=$OUT/bin
 
-want=(kube-apiserver kube-controller-manager etcd helm)
+want=(kube-apiserver kube-controller-manager kubectl etcd helm)
 missing=()
 for b in "${want[@]}"; do [[ -x $BIN/$b ]] || missing+=("$b"); done
 if ((${#missing[@]} == 0)); then
@@ -67,7 +67,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-for cmd in kube-apiserver kube-controller-manager; do
+# kubectl too: the machines ship one, but a fresh one without it still gets a matching client.
+for cmd in kube-apiserver kube-controller-manager kubectl; do
   if [[ ! -x $BIN/$cmd ]]; then
     echo "building $cmd"
     go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
