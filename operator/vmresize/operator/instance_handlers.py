@@ -27,9 +27,11 @@ async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: 
 
 
 @kopf.on.delete(GROUP, VERSION, "instances", id="destroy")
-async def delete(body: Any, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
+                 **_: Any) -> None:
     out = await asyncio.to_thread(instances.reconcile, memo.storage, memo.settings,
                                   namespace or "", name, driver.now(), True)
     driver.post(body, out.events)
     if not out.done:
         raise kopf.TemporaryError("waiting for Destroy", delay=1)
+    await asyncio.to_thread(memo.storage.delete_tasks, memo.settings.namespace, uid)

@@ -38,9 +38,11 @@ def user_acted(spec: Any, uid: str, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, "vmresizes", id="rollback-before-delete")
-async def delete(body: Any, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
+                 **_: Any) -> None:
     out = await asyncio.to_thread(engine.reconcile, memo.storage, memo.settings, namespace or "",
                                   name, driver.now(), True)
     driver.post(body, out.events)
     if not out.done:
         raise kopf.TemporaryError(f"rolling back before deletion ({out.phase})", delay=1)
+    await asyncio.to_thread(memo.storage.delete_tasks, memo.settings.namespace, uid)

@@ -20,6 +20,7 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
+from vmresize.api.naming import OWNER_UID_LABEL
 from vmresize.api.resize import VMResize
 from vmresize.operator.errors import AlreadyExistsError, ApiRejected, ApiUnavailable, Conflict
 
@@ -123,3 +124,14 @@ class Storage:
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,
                 _request_timeout=REQUEST_TIMEOUT))
+
+    def delete_tasks(self, namespace: str, owner_uid: str) -> None:
+        """Delete every HostTask of one owner, once the owner itself is going away.
+
+        Tasks live in the operator's namespace, so no ownerReference can collect them.
+        """
+        _call(f"delete hosttasks of {owner_uid}",
+              lambda: self._co.delete_collection_namespaced_custom_object(
+                  GROUP, VERSION, namespace, HostTask.plural,
+                  label_selector=f"{OWNER_UID_LABEL}={owner_uid}",
+                  _request_timeout=REQUEST_TIMEOUT))

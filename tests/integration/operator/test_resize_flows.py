@@ -287,10 +287,13 @@ def test_deleting_a_resize_mid_flight_rolls_it_back_first(
     agents.script.hold.add(("MigrateDisk", None))
     world.resize("r1", "vm1", "medium")
     world.wait_phase("r1", "Migrating")
+    uid = world.get("vmresizes", "r1")["metadata"]["uid"]
+    assert _tasks_of(world, uid)
     world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
                                              "r1")
     agents.release("MigrateDisk")
     wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
+    assert _tasks_of(world, uid) == []   # its steps go with it
     inst = world.status("instances", "vm1")
     assert inst["host"] == before["host"]
     assert inst["phase"] == "Active"
@@ -306,11 +309,21 @@ def test_deleting_an_instance_destroys_it(world: World, agents: Fulfiller,
     world.make_host("a")
     world.instance("vm1", "small")
     assert list(world.allocations("a")) == [f"Instance/{world.ns}/vm1"]
+    uid = world.get("instances", "vm1")["metadata"]["uid"]
     world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "instances",
                                              "vm1")
     wait_for("the instance to be gone", lambda: not _exists(world, "vm1", "instances"))
+    assert _tasks_of(world, uid) == []
     assert f"Destroy@{world.host('a')}" in agents.actions()
     assert world.allocations("a") == {}
+
+
+def _tasks_of(world: World, owner_uid: str) -> list[str]:
+    """Names of the HostTasks (in the operator's namespace) that belong to one owner."""
+    body = world.co.list_namespaced_custom_object(
+        "vmresize.io", "v1alpha1", world.ns, "hosttasks",
+        label_selector=f"vmresize.io/owner-uid={owner_uid}")
+    return [t["metadata"]["name"] for t in body["items"]]
 
 
 def _exists(world: World, name: str, plural: str = "vmresizes") -> bool:
