@@ -10,8 +10,8 @@ Public API::
                     reconnect_attempts: int = 5) -> SendResult
 
 ``host_key`` is the receiver's OpenSSH public key line (``Host.status.hostKey``); it is
-the only key trusted for this connection (a known_hosts built from it, never
-``known_hosts=None``). Only data extents travel (``SEEK_DATA``/``SEEK_HOLE``; all-zero
+the only key trusted for this connection (a known_hosts built from it; host key checking
+is never switched off). Only data extents travel (``SEEK_DATA``/``SEEK_HOLE``; all-zero
 chunks are skipped too). ``bytes_total`` is the number of data bytes of the source,
 ``bytes_done`` counts what the receiver holds (including what it had before a resume);
 progress is reported at most ``PROGRESS_HZ`` times a second plus once at the end.
