@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent_harness import wait_for as _poll
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -34,15 +35,11 @@ def now_iso() -> str:
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0,
              interval: float = 0.2) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout.
+
+    The operator tests' argument order over the one polling loop in ``hack/agent_harness``.
+    """
+    return _poll(probe, timeout=timeout, what=what, interval=interval)
 
 
 class Operator:
