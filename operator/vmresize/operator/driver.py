@@ -52,6 +52,12 @@ def post(body: Any, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
+async def _step_and_post(body: Any, reconcile: Reconcile) -> Outcome:
+    out = await asyncio.to_thread(reconcile, now())
+    post(body, out.events)
+    return out
+
+
 async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
               stopped: Any, poll_seconds: float) -> None:
     """Step until done (or stopped), sleeping between steps until woken or polled."""
@@ -60,7 +66,9 @@ async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
         while not stopped:
             wake.clear()
             try:
-                out = await asyncio.to_thread(reconcile, now())
+                # kopf cancels the daemon once the step it runs writes a final phase; the
+                # shield lets that step's events still be posted (they were lost before).
+                out = await asyncio.shield(_step_and_post(body, reconcile))
             except kopf.TemporaryError as e:
                 log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
                 await _sleep(wake, stopped, e.delay or 1.0)
@@ -75,7 +83,6 @@ async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
                 log.exception("%s: unexpected error; retrying", uid)
                 await _sleep(wake, stopped, poll_seconds * 4)
                 continue
-            post(body, out.events)
             if out.done:
                 return
             if not out.changed:

@@ -1,0 +1,63 @@
+"""The per-object daemon loop: the events of a step survive kopf cancelling the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from vmresize.operator import driver
+from vmresize.operator.engine import Outcome
+
+
+class _Stopped:
+    """The shape of kopf's daemon stop flag that the loop uses."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+async def test_cancelled_daemon_still_posts_the_final_steps_events(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(driver, "post", lambda body, events: posted.extend(events))
+    entered, release = threading.Event(), threading.Event()
+
+    def reconcile(now: datetime) -> Outcome:
+        entered.set()
+        release.wait(timeout=10)
+        return Outcome(done=True, changed=True, events=[("Normal", "Confirmed", "done")])
+
+    body: dict[str, Any] = {}
+    daemon = asyncio.ensure_future(driver.run(body, "uid-1", reconcile, driver.Wakeups(),
+                                              _Stopped(), poll_seconds=5))
+    await asyncio.to_thread(entered.wait, 10)
+    daemon.cancel()          # what kopf does once the step has written a final phase
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await daemon
+    for _ in range(100):     # the shielded step finishes on its own
+        if posted:
+            break
+        await asyncio.sleep(0.02)
+    assert posted == [("Normal", "Confirmed", "done")]
+
+
+async def test_a_finished_step_stops_the_loop_after_posting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(driver, "post", lambda body, events: posted.extend(events))
+    steps = iter([Outcome(changed=True, events=[("Normal", "Migrating", "a")]),
+                  Outcome(done=True, changed=True, events=[("Normal", "Confirmed", "b")])])
+    await asyncio.wait_for(driver.run({}, "uid-2", lambda now: next(steps), driver.Wakeups(),
+                                      _Stopped(), poll_seconds=5), timeout=10)
+    assert [reason for _, reason, _ in posted] == ["Migrating", "Confirmed"]
