@@ -308,6 +308,18 @@ class World:
                                               field_selector=f"involvedObject.name={name}")
         return [f"{e.type} {e.reason}: {e.message}" for e in evs.items]
 
+    def events_once(self, name: str, text: str, timeout: float = 30.0) -> list[str]:
+        """The events of ``name`` as soon as one mentions ``text``.
+
+        kopf posts an event after the status write it belongs to, so a test that has just
+        seen the phase may not see its event yet.
+        """
+        def probe() -> list[str] | None:
+            evs = self.events(name)
+            return evs if any(text in e for e in evs) else None
+
+        return list(wait_for(f"an event of {name} mentioning {text!r}", probe, timeout))
+
     def cleanup(self) -> None:
         for plural in ("vmresizes", "instances"):
             try:

@@ -49,7 +49,7 @@ def test_instance_spawn_then_resize_and_confirm(world: World, agents: Fulfiller,
     assert inst["phase"] == "Active"
     assert "activeResize" not in inst
     assert agents.actions().count(f"Confirm@{world.host('a')}") == 1
-    reasons = " ".join(world.events("r1"))
+    reasons = " ".join(world.events_once("r1", "Confirmed"))
     for phase in ("Scheduling", "Preparing", "Migrating", "Finishing", "VerifyResize",
                   "Confirmed"):
         assert phase in reasons, reasons
@@ -141,7 +141,7 @@ def test_auto_confirm_per_resize(world: World, agents: Fulfiller, operator: Oper
     st = world.wait_phase("r1", "VerifyResize", "Confirming", "Confirmed")
     st = world.wait_phase("r1", "Confirmed", timeout=30)
     assert st["reason"] == "Confirmed"
-    assert "AutoConfirmed" in " ".join(world.events("r1"))
+    assert "AutoConfirmed" in " ".join(world.events_once("r1", "AutoConfirmed"))
     st2 = world.wait_phase("r2", "VerifyResize")
     assert "verifyDeadline" not in st2
     assert world.status("vmresizes", "r2")["phase"] == "VerifyResize", "0 means never"
@@ -173,7 +173,7 @@ def test_no_valid_host_reports_per_filter_counts(world: World, agents: Fulfiller
     assert counts["Enabled"] == 1
     assert counts["Heartbeat"] == 1
     assert "RAM: 1" in st["message"]
-    assert any("NoValidHost" in e for e in world.events("r1"))
+    assert any("NoValidHost" in e for e in world.events_once("r1", "NoValidHost"))
     assert "activeResize" not in world.status("instances", "vm1")
 
 
@@ -190,7 +190,7 @@ def test_prepare_failure_moves_to_an_alternate(world: World, agents: Fulfiller,
     assert st["attempts"] == 2
     assert world.allocations("b") == {}, "the failed destination's claim is released"
     assert f"VMResize/{world.ns}/r1" in world.allocations("c")
-    assert any("no space left" in e for e in world.events("r1"))
+    assert any("no space left" in e for e in world.events_once("r1", "no space left"))
 
 
 def test_prepare_failing_everywhere_rolls_back_after_max_attempts(
@@ -359,7 +359,7 @@ def test_confirm_failure_is_retried(world: World, agents: Fulfiller,
     world.resize("r1", "vm1", "medium", confirm=True)   # confirm early: applied in VerifyResize
     st = world.wait_phase("r1", "Confirmed")
     assert st["currentTask"].endswith("-confirm-1")
-    assert any("device busy" in e for e in world.events("r1"))
+    assert any("device busy" in e for e in world.events_once("r1", "device busy"))
     assert world.allocations("a") == {}
 
 
