@@ -180,14 +180,14 @@ class OurServer:
 
 def serve(root: str, client_pub: str) -> None:
     """Child process: run a MigrationServer; register transfers read from stdin."""
-    from vmresize.agent import migration_server
-    from vmresize.agent.migration_server import start_migration_server
-    from vmresize.agent.sshkeys import generate_key, public_openssh
+    from vmresize.agent.transfer import session
+    from vmresize.agent.transfer.keys import generate_key, public_openssh
+    from vmresize.agent.transfer.server import start_migration_server
 
     if os.environ.get("BENCH_NO_FSYNC") == "1":  # diagnostic only: do what scp does
         def commit(fd: int, partial: Path, final: Path) -> None:
             os.rename(partial, final)
-        migration_server._commit = commit
+        session.commit = commit  # type: ignore[assignment]
 
     async def main() -> None:
         key = generate_key()
@@ -205,7 +205,7 @@ def serve(root: str, client_pub: str) -> None:
 
 
 def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[float, int]:
-    from vmresize.agent.migration_client import send_disk
+    from vmresize.agent.transfer.client import send_disk
 
     rel = f"bench/{tid}/disk.img"
     server.expect(tid, rel, src.stat().st_size)

@@ -4,9 +4,9 @@
 Each agent gets its own directory (storage root, state dir, embedded QEMU root, log) and
 its own 127.0.0.x migration address. Processes are stopped by PID, never by name. For
 ``qemu:///embed`` the caller should itself be a child subreaper
-(``vmresize.agent.embedded.become_subreaper`` + ``start_reaper``): QEMU outlives a stopped
-agent (VMs survive agent restarts by design) and is re-parented to it; ``kill_vms`` then
-ends those QEMUs by the PIDs the driver recorded.
+(``vmresize.agent.hypervisor.embedded.become_subreaper`` + ``start_reaper``): QEMU
+outlives a stopped agent (VMs survive agent restarts by design) and is re-parented to
+it; ``kill_vms`` then ends those QEMUs by the PIDs the driver recorded.
 """
 
 from __future__ import annotations

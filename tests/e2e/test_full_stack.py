@@ -29,7 +29,8 @@ from tests.e2e.full_stack_harness import (
     virtual_size,
 )
 
-from vmresize.agent import disks, embedded
+from vmresize.agent import disks
+from vmresize.agent.hypervisor import embedded
 
 SMALL, BIG = FLAVORS["small"], FLAVORS["big"]
 

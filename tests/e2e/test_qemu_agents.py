@@ -19,7 +19,8 @@ import pytest
 from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
 from tests.conftest import kubectl
 
-from vmresize.agent import disks, embedded
+from vmresize.agent import disks
+from vmresize.agent.hypervisor import embedded
 from vmresize.api import naming
 
 WAIT = 180.0  # TCG on 2 shared cores; a bound, not a performance assertion

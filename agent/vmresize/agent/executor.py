@@ -27,10 +27,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from vmresize.agent import disks
-from vmresize.agent.hypervisor import (
+from vmresize.agent.errors import TransferError, TransferRefused
+from vmresize.agent.hypervisor.protocol import (
     DomainNotFound,
     DomainSize,
     DomainSpec,
@@ -39,16 +40,13 @@ from vmresize.agent.hypervisor import (
     PowerState,
 )
 from vmresize.agent.paths import confine
-from vmresize.agent.sparse import sha256_file
-from vmresize.agent.transfer_errors import TransferError, TransferRefused
-from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction, TaskFlavor, TaskResult
+from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ProgressFn = Callable[[int, int, float], None]
-"""(bytes_done, bytes_total, rate in bytes/s)."""
-
 IMAGES_DIR = "images"
 """Base images live in ``<storage root>/images/``."""
 POWEROFF_SUFFIX = ".poweroff"
@@ -78,43 +76,6 @@ class InsufficientSpace(StepError):  # noqa: N818
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=True)
-
-
-@dataclass(frozen=True)
-class Received:
-    """What the receiving side knows about an incoming disk."""
-
-    complete: bool
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A verified send."""
-
-    checksum: str
-    size_bytes: int
-
-
-class Transfer(Protocol):
-    """The disk copy seam (real adapter: ``agent.transport`` over asyncssh)."""
-
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
-        """Destination: accept an incoming disk at ``rel_path`` (idempotent)."""
-        ...
-
-    def received(self, transfer_id: str) -> Received | None:
-        """Destination: state of an incoming disk (None if unknown)."""
-        ...
-
-    def forget(self, transfer_id: str) -> None:
-        """Destination: drop the bookkeeping of a transfer."""
-        ...
-
-    async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
-                   progress: ProgressFn | None) -> Sent:
-        """Source: send ``src`` to ``peer``; returns the verified checksum."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import kopf
 
-from vmresize.agent import handlers, sshkeys
+from vmresize.agent.errors import TransferError
 from vmresize.agent.executor import Executor
-from vmresize.agent.hypervisor import HypervisorError
-from vmresize.agent.kube import AgentKube, KubeError
-from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor
-from vmresize.agent.migration_server import start_migration_server
-from vmresize.agent.registration import Registrar, Registration
-from vmresize.agent.transfer_errors import TransferError
-from vmresize.agent.transport import SshTransfer
+from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.hypervisor.protocol import HypervisorError
+from vmresize.agent.kube import handlers
+from vmresize.agent.kube.client import AgentKube, KubeError
+from vmresize.agent.kube.registration import Registrar, Registration
+from vmresize.agent.transfer import keys
+from vmresize.agent.transfer.server import start_migration_server
+from vmresize.agent.transfer.service import SshTransfer
 from vmresize.api import naming
 
 log = logging.getLogger("vmresize.agent")
@@ -101,10 +102,10 @@ async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
     root = cfg.storage_root.resolve()
     hv = await asyncio.to_thread(LibvirtHypervisor, cfg.libvirt_uri)
     try:
-        host_key = sshkeys.load_or_create_host_key(cfg.state_dir)
-        client_key = sshkeys.load_client_key(cfg.migration_key_file)
+        host_key = keys.load_or_create_host_key(cfg.state_dir)
+        client_key = keys.load_client_key(cfg.migration_key_file)
         server = await start_migration_server(
-            root=root, host_key=host_key, authorized_keys=[sshkeys.public_openssh(client_key)],
+            root=root, host_key=host_key, authorized_keys=[keys.public_openssh(client_key)],
             host=cfg.migration_address, port=cfg.migration_port)
         try:
             if cfg.kubeconfig is not None:  # kopf's login reads the same file
@@ -114,7 +115,7 @@ async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
                                 transfer=SshTransfer(server, client_key))
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=cfg.migration_address,
-                port=server.port, host_key=sshkeys.public_openssh(host_key)))
+                port=server.port, host_key=keys.public_openssh(host_key)))
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)

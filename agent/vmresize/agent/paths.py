@@ -20,7 +20,7 @@ import errno
 import os
 from pathlib import Path, PurePosixPath
 
-from vmresize.agent.transfer_errors import PathEscape
+from vmresize.agent.errors import PathEscape
 
 __all__ = ["PathEscape", "confine", "open_nofollow"]
 

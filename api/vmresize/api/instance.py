@@ -104,7 +104,7 @@ class Instance(Resource):
     kind_name: ClassVar[str] = "Instance"
     plural: ClassVar[str] = "instances"
     scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
-    short_names: ClassVar[list[str]] = ["inst", "vmi"]
+    short_names: ClassVar[list[str]] = ["inst"]  # not "vmi": KubeVirt's VirtualMachineInstance has it
     root_validations: ClassVar[list[dict[str, str]]] = [NAME_IS_LABEL]
     printer_columns: ClassVar[list[PrinterColumn]] = [
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),

@@ -16,9 +16,9 @@ Module map (pure decisions at the top, plumbing below):
 - :mod:`metrics`    Prometheus
 """
 
-from vmresize.operator import (  # noqa: F401 - importing registers the handlers
-    hosttask_handlers,
-    instance_handlers,
-    resize_handlers,
+from vmresize.operator.handlers import (  # noqa: F401 - importing registers the handlers
+    hosttask,
+    instance,
+    resize,
     startup,
 )

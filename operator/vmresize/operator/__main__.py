@@ -19,7 +19,7 @@ import os
 import kopf
 
 import vmresize.operator  # noqa: F401 - registers the handlers
-from vmresize.operator.startup import PEERING
+from vmresize.operator.handlers.startup import PEERING
 
 
 def main(argv: list[str] | None = None) -> None:

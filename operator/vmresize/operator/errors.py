@@ -1,6 +1,6 @@
 """The operator's errors. Retryability is in the type: kopf retries TemporaryErrors later
 and gives up on PermanentErrors. Kubernetes client exceptions are translated in
-:mod:`vmresize.operator.storage` (``raise ... from e``) and never leak past it."""
+:mod:`vmresize.operator.persistence.storage` (``raise ... from e``) and never leak past it."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest
 from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
 from tests.conftest import kubectl
 
-from vmresize.agent.sshkeys import generate_key, public_openssh
+from vmresize.agent.transfer.keys import generate_key, public_openssh
 from vmresize.api import naming
 from vmresize.api.hosttask import TaskAction
 

@@ -16,10 +16,10 @@ import asyncssh
 import pytest
 import pytest_asyncio
 
-from vmresize.agent.migration_server import MigrationServer, start_migration_server
-from vmresize.agent.sshkeys import generate_key, load_or_create_host_key, public_openssh
-from vmresize.agent.transfer_errors import TransferError
-from vmresize.agent.transport import SshTransfer
+from vmresize.agent.errors import TransferError
+from vmresize.agent.transfer.keys import generate_key, load_or_create_host_key, public_openssh
+from vmresize.agent.transfer.server import MigrationServer, start_migration_server
+from vmresize.agent.transfer.service import SshTransfer
 from vmresize.api.hosttask import PeerHost
 
 MiB = 1024 * 1024

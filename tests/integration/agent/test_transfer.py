@@ -11,16 +11,16 @@ from typing import Any
 import asyncssh
 import pytest
 
-from vmresize.agent.migration_client import SendResult, send_disk
-from vmresize.agent.migration_server import SUBSYSTEM, MigrationServer
-from vmresize.agent.paths import PathEscape
-from vmresize.agent.sparse import sha256_file
-from vmresize.agent.transfer_errors import (
+from vmresize.agent.errors import (
     AuthRejected,
     ConnectionLost,
     HostKeyError,
     TransferRefused,
 )
+from vmresize.agent.paths import PathEscape
+from vmresize.agent.transfer.client import SendResult, send_disk
+from vmresize.agent.transfer.server import SUBSYSTEM, MigrationServer
+from vmresize.agent.transfer.sparse import sha256_file
 
 from .conftest import MiB, XferCutProxy, XferKeys, xfer_start
 

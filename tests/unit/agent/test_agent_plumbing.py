@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from vmresize.agent import embedded
-from vmresize.agent.hypervisor import (
+from vmresize.agent.hypervisor import embedded
+from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor, domain_xml
+from vmresize.agent.hypervisor.protocol import (
     DomainNotFound,
     DomainSize,
     DomainSpec,
     InvalidDomainConfig,
     PowerState,
 )
-from vmresize.agent.kube import TaskStatusWriter
-from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor, domain_xml
+from vmresize.agent.kube.client import TaskStatusWriter
+from vmresize.agent.kube.registration import Registration, host_status
 from vmresize.agent.main import parse_args
-from vmresize.agent.registration import Registration, host_status
 from vmresize.api import naming
 from vmresize.api.host import HostStatus
 from vmresize.api.hosttask import TaskResult

@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 
 from vmresize.agent import disks
-from vmresize.agent.executor import (
-    ChecksumMismatch,
-    Executor,
-    ProgressFn,
-    Received,
-    Sent,
-    StepError,
-    TaskRefused,
-)
-from vmresize.agent.hypervisor import DomainSize, DomainSpec, PowerState
-from vmresize.agent.libvirt_hypervisor import LibvirtHypervisor
+from vmresize.agent.executor import ChecksumMismatch, Executor, StepError, TaskRefused
+from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.paths import confine
-from vmresize.agent.sparse import sha256_file
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.sparse import sha256_file
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction, TaskFlavor
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent.sparse import (
+from vmresize.agent.transfer.sparse import (
     Extent,
     SparseSink,
     allocated_bytes,

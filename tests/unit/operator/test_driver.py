@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vmresize.operator import driver
-from vmresize.operator.engine import Outcome
+from vmresize.operator.reconcile import driver
+from vmresize.operator.reconcile.engine import Outcome
 
 
 class _Stopped:

@@ -11,7 +11,7 @@ from vmresize.api.hosttask import TaskAction as A
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import TERMINAL_PHASES
 from vmresize.api.resize import ResizePhase as P
-from vmresize.operator.lifecycle import (
+from vmresize.operator.decisions.lifecycle import (
     TABLE,
     TASK_PHASES,
     CommitClaims,

@@ -17,7 +17,9 @@ from vmresize.api.hosttask import HostTask, TaskAction, TaskFlavor
 from vmresize.api.instance import Instance, InstanceSpec, InstanceStatus
 from vmresize.api.meta import Resources
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
-from vmresize.operator import conditions
+from vmresize.operator.decisions import conditions
+from vmresize.operator.decisions.tasks import parse_task_name, resize_task
+from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import (
     AlreadyExistsError,
     ApiRejected,
@@ -25,10 +27,8 @@ from vmresize.operator.errors import (
     Conflict,
     NotReady,
 )
+from vmresize.operator.persistence.storage import _call
 from vmresize.operator.settings import Settings
-from vmresize.operator.storage import _call
-from vmresize.operator.tasks import parse_task_name, resize_task
-from vmresize.operator.views import host_state
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

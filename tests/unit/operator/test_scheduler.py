@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from vmresize.operator.scheduler import (
+from vmresize.operator.decisions.scheduler import (
     HostState,
     NoValidHost,
     Request,

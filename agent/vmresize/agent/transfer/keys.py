@@ -22,7 +22,7 @@ from pathlib import Path
 
 import asyncssh
 
-from vmresize.agent.transfer_errors import HostKeyError, TransferError
+from vmresize.agent.errors import HostKeyError, TransferError
 
 __all__ = [
     "HOST_KEY_FILE", "generate_key", "load_client_key", "load_or_create_host_key",

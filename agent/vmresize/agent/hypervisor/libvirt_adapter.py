@@ -1,4 +1,4 @@
-"""The one real :class:`~vmresize.agent.hypervisor.Hypervisor`: libvirt-python.
+"""The one real :class:`~vmresize.agent.hypervisor.protocol.Hypervisor`: libvirt-python.
 
 libvirt errors are translated here and nowhere else (``raise … from e``); whether a retry
 can help is decided from the libvirt error code, as KubeVirt's wrapper does: a dead
@@ -20,8 +20,8 @@ from xml.sax.saxutils import quoteattr
 
 import libvirt
 
-from vmresize.agent import embedded
-from vmresize.agent.hypervisor import (
+from vmresize.agent.hypervisor import embedded
+from vmresize.agent.hypervisor.protocol import (
     ConnectionFailed,
     DomainExists,
     DomainNotFound,

@@ -1,6 +1,6 @@
 """Driving one VMResize one step: observe, decide (:mod:`lifecycle`), act, persist.
 
-Synchronous plumbing over :class:`~vmresize.operator.storage.Storage`; the kopf handlers
+Synchronous plumbing over :class:`~vmresize.operator.persistence.storage.Storage`; the kopf handlers
 run it in a thread. Every action is idempotent and the status is written last, guarded by
 the resourceVersion read at the start, so a crash (or a second operator) at any point just
 makes the next call redo the same step.
@@ -17,9 +17,9 @@ from vmresize.api.flavor import FlavorSpec
 from vmresize.api.hosttask import TaskAction, TaskFlavor, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeStatus
-from vmresize.operator import claims, conditions, lifecycle, metrics, scheduling
-from vmresize.operator.errors import NotReady
-from vmresize.operator.lifecycle import (
+from vmresize.operator import metrics
+from vmresize.operator.decisions import conditions, lifecycle
+from vmresize.operator.decisions.lifecycle import (
     CommitClaims,
     CreateTask,
     Kind,
@@ -28,9 +28,12 @@ from vmresize.operator.lifecycle import (
     State,
     UpdateInstance,
 )
+from vmresize.operator.decisions.tasks import parse_task_name, resize_task, task_flavor
+from vmresize.operator.errors import NotReady
+from vmresize.operator.persistence import claims
+from vmresize.operator.persistence.storage import Storage
+from vmresize.operator.reconcile import scheduling
 from vmresize.operator.settings import Settings
-from vmresize.operator.storage import Storage
-from vmresize.operator.tasks import parse_task_name, resize_task, task_flavor
 
 P = ResizePhase
 

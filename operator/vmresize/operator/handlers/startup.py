@@ -14,9 +14,9 @@ from typing import Any
 import kopf
 
 from vmresize.operator import metrics
-from vmresize.operator.driver import Wakeups
+from vmresize.operator.persistence.storage import Storage
+from vmresize.operator.reconcile.driver import Wakeups
 from vmresize.operator.settings import Settings
-from vmresize.operator.storage import Storage
 
 PREFIX = "operator.vmresize.io"
 FINALIZER = f"{PREFIX}/finalizer"

@@ -16,10 +16,10 @@ from typing import Literal
 from vmresize.api.host import Allocation, Host, HostStatus
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.meta import Resources
+from vmresize.operator.decisions.scheduler import fits
+from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import Conflict
-from vmresize.operator.scheduler import fits
-from vmresize.operator.storage import Storage
-from vmresize.operator.views import host_state
+from vmresize.operator.persistence.storage import Storage
 
 #: Re-reads after a 409 before giving up for now (kopf retries later). Under the test's
 #: 50-resizes-on-10-hosts storm a handful of retries is typical.

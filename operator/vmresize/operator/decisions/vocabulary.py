@@ -1,7 +1,7 @@
 """The vocabulary of the VMResize lifecycle (pure): observations, state, actions, steps.
 
-:mod:`vmresize.operator.lifecycle` holds the transition table over these types and
-:mod:`vmresize.operator.transitions` the small rule functions it names.
+:mod:`vmresize.operator.decisions.lifecycle` holds the transition table over these types and
+:mod:`vmresize.operator.decisions.transitions` the small rule functions it names.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Driving one Instance one step: place it, claim, Spawn/Adopt, then Destroy on delete.
 
-Same shape as :mod:`vmresize.operator.engine`: idempotent actions, status written last
+Same shape as :mod:`vmresize.operator.reconcile.engine`: idempotent actions, status written last
 with the resourceVersion read at the start. The phases are few enough to read inline:
 Pending -> (claim, Spawn|Adopt task) Building -> Active, or Error; deletion -> Destroy task
 -> release the claim.
@@ -14,20 +14,21 @@ from typing import Any
 from vmresize.api import naming
 from vmresize.api.hosttask import TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus, PowerState
-from vmresize.operator import claims, conditions
-from vmresize.operator.engine import Outcome
-from vmresize.operator.errors import NotReady
-from vmresize.operator.scheduler import (
+from vmresize.operator.decisions import conditions
+from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
     Weights,
     select,
     selector_from_extra_specs,
 )
+from vmresize.operator.decisions.tasks import instance_task
+from vmresize.operator.decisions.views import host_state
+from vmresize.operator.errors import NotReady
+from vmresize.operator.persistence import claims
+from vmresize.operator.persistence.storage import Storage
+from vmresize.operator.reconcile.engine import Outcome
 from vmresize.operator.settings import Settings
-from vmresize.operator.storage import Storage
-from vmresize.operator.tasks import instance_task
-from vmresize.operator.views import host_state
 
 IP = InstancePhase
 

@@ -1,7 +1,7 @@
 """The rules of the VMResize lifecycle (pure): one small function per table entry.
 
 Each takes ``(state, observation, now)`` and returns the :class:`Step` to take; the table
-in :mod:`vmresize.operator.lifecycle` says which rule answers which (phase, observation).
+in :mod:`vmresize.operator.decisions.lifecycle` says which rule answers which (phase, observation).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
-from vmresize.operator.lifecycle_types import (
+from vmresize.operator.decisions.vocabulary import (
     Action,
     CommitClaims,
     CreateTask,

@@ -20,7 +20,7 @@ After a dropped connection the sender reconnects (``reconnect_attempts`` times, 
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
 receiver's sha256 of the file it wrote must equal the source's, or the send fails
 (:class:`ChecksumMismatch` is retried once from scratch by the receiver's reset).
-Errors are :mod:`vmresize.agent.transfer_errors` types; ``retryable`` tells the caller
+Errors are :mod:`vmresize.agent.errors` types; ``retryable`` tells the caller
 whether a later attempt of the step can help. ``legs`` lists the bytes sent per connection.
 """
 
@@ -37,16 +37,15 @@ from typing import Any
 
 import asyncssh
 
-from vmresize.agent.sparse import READ_CHUNK, Extent, iter_extents, sha256_file, split_extents
-from vmresize.agent.sshkeys import load_client_key, parse_public_key
-from vmresize.agent.transfer_errors import (
+from vmresize.agent.errors import (
     ChecksumMismatch,
     ConnectionLost,
     TransferError,
     TransferRefused,
     translate,
 )
-from vmresize.agent.transfer_protocol import (
+from vmresize.agent.transfer.keys import load_client_key, parse_public_key
+from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
     DATA,
@@ -60,6 +59,13 @@ from vmresize.agent.transfer_protocol import (
     RESULT,
     STATE,
     SUBSYSTEM,
+)
+from vmresize.agent.transfer.sparse import (
+    READ_CHUNK,
+    Extent,
+    iter_extents,
+    sha256_file,
+    split_extents,
 )
 
 __all__ = ["ProgressFn", "SendResult", "send_disk"]

@@ -1,7 +1,7 @@
 """The scheduler: Nova-style filters, then weighers, over plain data.
 
 Pure and fast: no Kubernetes, no pydantic in the hot loop. :func:`candidate_from_host`
-(in :mod:`vmresize.operator.views`) turns a Host into a :class:`HostState`; this module
+(in :mod:`vmresize.operator.decisions.views`) turns a Host into a :class:`HostState`; this module
 decides. Free resources follow Placement: ``(total - reserved) * ratio - allocated``.
 
 Filters, in order (each removes hosts and is counted for ``NoValidHost``):

@@ -16,8 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from vmresize.agent.hypervisor import Hypervisor, HypervisorError
-from vmresize.agent.kube import AgentKube, KubeError, NotFound, utcnow
+from vmresize.agent.hypervisor.protocol import Hypervisor, HypervisorError
+from vmresize.agent.kube.client import AgentKube, KubeError, NotFound, utcnow
 from vmresize.api.host import HostStatus, MigrationEndpoint
 from vmresize.api.meta import Condition, Resources, set_condition
 

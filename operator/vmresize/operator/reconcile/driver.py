@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from vmresize.operator.engine import Outcome
+from vmresize.operator.reconcile.engine import Outcome
 
 log = logging.getLogger(__name__)
 Reconcile = Callable[[datetime], Outcome]

@@ -14,7 +14,7 @@ import kopf
 
 from vmresize.api.meta import GROUP, VERSION
 from vmresize.api.resize import TERMINAL_PHASES
-from vmresize.operator import driver, engine
+from vmresize.operator.reconcile import driver, engine
 
 _DONE = {p.value for p in TERMINAL_PHASES}
 

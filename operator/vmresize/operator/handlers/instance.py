@@ -10,7 +10,7 @@ import kopf
 
 from vmresize.api.instance import InstancePhase
 from vmresize.api.meta import GROUP, VERSION
-from vmresize.operator import driver, instances
+from vmresize.operator.reconcile import driver, instances
 
 _BUILDING = {InstancePhase.PENDING.value, InstancePhase.BUILDING.value}
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import asyncssh
 
-from vmresize.agent.executor import ProgressFn, Received, Sent
-from vmresize.agent.migration_client import send_disk
-from vmresize.agent.migration_server import MigrationServer
+from vmresize.agent.transfer.client import send_disk
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.server import MigrationServer
 from vmresize.api.hosttask import PeerHost
 
 QCOW2_SLACK_BYTES = 64 * 1024 * 1024

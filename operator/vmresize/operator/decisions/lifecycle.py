@@ -1,6 +1,6 @@
 """The VMResize lifecycle as a transition table: ``(state, observation, now) -> step``.
 
-Pure: no Kubernetes, no clock. The engine (:mod:`vmresize.operator.engine`) observes the
+Pure: no Kubernetes, no clock. The engine (:mod:`vmresize.operator.reconcile.engine`) observes the
 world for the current phase (validate and lock in Pending, schedule and claim in
 Scheduling, the current HostTask in the task phases, the user's confirm/revert in
 VerifyResize, a plain ``TICK`` otherwise), calls :func:`step`, carries out the actions and
@@ -26,19 +26,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
-from vmresize.operator.lifecycle_types import (
-    Action,
-    CommitClaims,
-    CreateTask,
-    Kind,
-    Observation,
-    ReleaseDestClaim,
-    Rule,
-    State,
-    Step,
-    UpdateInstance,
-)
-from vmresize.operator.transitions import (
+from vmresize.operator.decisions.transitions import (
     back_step_done,
     confirm,
     confirmed,
@@ -62,6 +50,18 @@ from vmresize.operator.transitions import (
     step_failed,
     verify_tick,
     waiting,
+)
+from vmresize.operator.decisions.vocabulary import (
+    Action,
+    CommitClaims,
+    CreateTask,
+    Kind,
+    Observation,
+    ReleaseDestClaim,
+    Rule,
+    State,
+    Step,
+    UpdateInstance,
 )
 
 P = ResizePhase

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from vmresize.agent.executor import Executor, StepError
-from vmresize.agent.kube import AgentKube, KubeError, NotFound, TaskStatusWriter
+from vmresize.agent.kube.client import AgentKube, KubeError, NotFound, TaskStatusWriter
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.meta import GROUP, VERSION

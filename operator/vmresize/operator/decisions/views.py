@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vmresize.api.host import Host
-from vmresize.operator.scheduler import HostState
+from vmresize.operator.decisions.scheduler import HostState
 
 
 def host_state(h: Host) -> HostState:

@@ -14,18 +14,18 @@ from typing import Any
 from vmresize.api import naming
 from vmresize.api.instance import InstanceStatus
 from vmresize.api.resize import Candidate, VMResize, VMResizeStatus
-from vmresize.operator import claims
-from vmresize.operator.lifecycle import Kind, Observation
-from vmresize.operator.scheduler import (
+from vmresize.operator.decisions.lifecycle import Kind, Observation
+from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
     Weights,
     select,
     selector_from_extra_specs,
 )
+from vmresize.operator.decisions.views import host_state
+from vmresize.operator.persistence import claims
+from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.settings import Settings
-from vmresize.operator.storage import Storage
-from vmresize.operator.views import host_state
 
 #: Fresh decisions taken when every chosen host was taken by a concurrent claim.
 ROUNDS = 5

@@ -1,0 +1,54 @@
+"""The disk-copy seam between the executor and the transfer service.
+
+The executor depends only on :class:`Transfer`; :mod:`vmresize.agent.transfer.service` is the
+one real adapter (asyncssh), and tests may pass their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vmresize.api.hosttask import PeerHost
+
+ProgressFn = Callable[[int, int, float], None]
+"""(bytes_done, bytes_total, rate in bytes/s)."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the receiving side knows about an incoming disk."""
+
+    complete: bool
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A verified send."""
+
+    checksum: str
+    size_bytes: int
+
+
+class Transfer(Protocol):
+    """The disk copy seam (real adapter: :mod:`vmresize.agent.transfer.service`)."""
+
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
+        """Destination: accept an incoming disk at ``rel_path`` (idempotent)."""
+        ...
+
+    def received(self, transfer_id: str) -> Received | None:
+        """Destination: state of an incoming disk (None if unknown)."""
+        ...
+
+    def forget(self, transfer_id: str) -> None:
+        """Destination: drop the bookkeeping of a transfer."""
+        ...
+
+    async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
+                   progress: ProgressFn | None) -> Sent:
+        """Source: send ``src`` to ``peer``; returns the verified checksum."""
+        ...

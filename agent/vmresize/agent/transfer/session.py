@@ -1,0 +1,331 @@
+"""One incoming disk stream: the SSH subsystem channel that writes a transfer's data.
+
+A :class:`DiskSession` parses the frames of :mod:`vmresize.agent.transfer.protocol`, writes
+DATA straight into ``<final>.partial`` through a
+:class:`~vmresize.agent.transfer.sparse.SparseSink`,
+checkpoints received ranges into the sidecar, and on DONE verifies the sha256 and commits the
+file. Which transfers exist, and which session owns one, is the
+:class:`~vmresize.agent.transfer.server.MigrationServer`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from vmresize.agent.errors import PathEscape, TransferError, TransferRefused
+from vmresize.agent.paths import open_nofollow
+from vmresize.agent.transfer.sparse import SparseSink, sha256_fd
+
+if TYPE_CHECKING:
+    from vmresize.agent.transfer.server import MigrationServer
+from vmresize.agent.transfer.protocol import (
+    DATA,
+    DONE,
+    ERROR,
+    HEADER,
+    HELLO,
+    MAX_CONTROL,
+    PROTOCOL_VERSION,
+    RESULT,
+    STATE,
+    SUBSYSTEM,
+    ReceiveState,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 1.0
+# Bytes queued for the writer thread before we stop reading the channel (SSH flow control
+# then holds the sender); reading resumes below the low mark.
+PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
+
+
+class Busy(TransferRefused):
+    """The transfer is being verified by an earlier session; the sender should retry."""
+
+
+class DiskSession(asyncssh.SSHServerSession[bytes]):
+    """One subsystem channel: parses frames and writes DATA straight into the partial."""
+
+    def __init__(self, server: MigrationServer) -> None:
+        self._server = server
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._buf = bytearray()          # header / control payload being assembled
+        self._need = HEADER.size
+        self._kind = 0
+        self._data_off = 0               # next file offset of the DATA payload
+        self._data_left = 0
+        self._xfer: ReceiveState | None = None
+        self._sink: SparseSink | None = None
+        self._pending = 0                # bytes queued to the sink, not yet written
+        self._paused = False
+        self._last_save = 0.0
+        self._closed = False
+        self._releasing = False
+        self.finishing = False
+        self._loop = asyncio.get_running_loop()
+        self.released: asyncio.Future[None] = self._loop.create_future()
+
+    # -- SSH policy: only our subsystem --------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: Mapping[int, int]) -> bool:
+        return False
+
+    def shell_requested(self) -> bool:
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == SUBSYSTEM
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    # -- frames --------------------------------------------------------------------------
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        view = memoryview(data)
+        try:
+            while view and not self._closed:
+                if self._data_left:
+                    n = min(self._data_left, len(view))
+                    self._write(view[:n])
+                    view = view[n:]
+                    continue
+                take = min(self._need - len(self._buf), len(view))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) == self._need:
+                    self._frame_ready()
+        except Busy as e:
+            self._fail("busy", str(e))
+        except (TransferRefused, PathEscape) as e:
+            self._fail("refused", str(e))
+        except (ValueError, OSError) as e:
+            self._fail("error", str(e))
+
+    def _frame_ready(self) -> None:
+        if self._need == HEADER.size and not self._kind:
+            kind, offset, length = HEADER.unpack(self._buf)
+            self._buf.clear()
+            if kind == DATA:
+                self._start_data(offset, length)
+                return
+            if kind not in (HELLO, DONE) or length > MAX_CONTROL:
+                raise ValueError(f"unexpected frame kind {kind} / length {length}")
+            self._kind, self._need = kind, length
+            if length:
+                return
+        payload = json.loads(bytes(self._buf) or b"{}")
+        kind = self._kind
+        self._buf.clear()
+        self._kind, self._need = 0, HEADER.size
+        if kind == HELLO:
+            self._hello(payload)
+        else:
+            self._done(payload)
+
+    def _send(self, kind: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        assert self._chan is not None
+        self._chan.write(HEADER.pack(kind, 0, len(body)) + body)
+
+    def _hello(self, doc: dict[str, Any]) -> None:
+        if self._xfer is not None:
+            raise ValueError("HELLO sent twice")
+        if doc.get("version") != PROTOCOL_VERSION:
+            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}")
+        xfer = self._server._claim(str(doc.get("transfer_id")), doc.get("size"), self)
+        self._xfer = xfer
+        if xfer.complete:
+            self._send(STATE, {"complete": True, "sha256": xfer.sha256, "have": xfer.ranges})
+            return
+        if xfer.ranges and not xfer.partial.exists():
+            xfer.ranges = []  # the partial file is gone: what the sidecar says is stale
+        fd = open_nofollow(xfer.partial, os.O_RDWR | os.O_CREAT)
+        try:
+            fresh = not xfer.ranges
+            if fresh:
+                os.ftruncate(fd, 0)  # start clean: no stale bytes where holes belong
+            os.ftruncate(fd, xfer.size)
+        except OSError:
+            os.close(fd)
+            raise
+        loop = self._loop
+
+        def written(offset: int, length: int) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                loop.call_soon_threadsafe(self._written, xfer, offset, length)
+
+        # A fresh transfer arrives in order, so the sha256 can be streamed as it is
+        # written; after a resume the receiver re-reads the file instead.
+        self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written)
+        self._last_save = loop.time()
+        self._send(STATE, {"complete": False, "have": xfer.ranges})
+
+    def _start_data(self, offset: int, length: int) -> None:
+        xfer = self._xfer
+        if xfer is None or xfer.complete or self._sink is None or self.finishing:
+            raise ValueError("DATA before HELLO or after completion")
+        if offset + length > xfer.size:
+            raise ValueError(f"DATA [{offset}, +{length}) beyond size {xfer.size}")
+        self._data_off, self._data_left = offset, length
+
+    def _write(self, chunk: memoryview) -> None:
+        assert self._sink is not None
+        assert self._chan is not None
+        n = len(chunk)
+        self._sink.write(self._data_off, chunk)  # a view of an immutable packet: no copy
+        self._data_off += n
+        self._data_left -= n
+        self._pending += n
+        if self._pending > PENDING_HIGH and not self._paused:
+            self._paused = True
+            self._chan.pause_reading()
+
+    def _written(self, xfer: ReceiveState, offset: int, length: int) -> None:
+        """On the loop: ``[offset, +length)`` is in the partial file."""
+        xfer.add_range(offset, offset + length)
+        self._pending -= length
+        if self._paused and self._pending < PENDING_LOW and not self._closed \
+                and not self.finishing:
+            self._paused = False
+            assert self._chan is not None
+            self._chan.resume_reading()
+        now = self._loop.time()
+        if now - self._last_save >= CHECKPOINT_SECONDS:
+            self._last_save = now
+            with contextlib.suppress(OSError):
+                xfer.save()
+
+    def _done(self, doc: dict[str, Any]) -> None:
+        if self._xfer is None or self.finishing:
+            raise ValueError("DONE before HELLO")
+        self.finishing = True
+        assert self._chan is not None
+        self._chan.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._finish(str(doc.get("sha256"))))
+        self._server._tasks.add(task)
+        task.add_done_callback(self._server._tasks.discard)
+
+    async def _finish(self, declared: str) -> None:
+        xfer = self._xfer
+        assert xfer is not None
+        try:
+            if xfer.complete:
+                ok, actual = xfer.sha256 == declared, xfer.sha256
+            else:
+                sink = self._sink
+                assert sink is not None
+                streamed = await asyncio.wrap_future(sink.digest())
+                actual = streamed or await asyncio.wrap_future(sink.call(sha256_fd))
+                ok = actual == declared
+                if ok:  # commit even if the sender vanished: it will see STATE complete
+                    partial, final = xfer.partial, xfer.final
+                    await asyncio.wrap_future(sink.call(lambda fd: commit(fd, partial, final)))
+                    xfer.complete, xfer.sha256 = True, actual
+                else:  # start over on the next attempt
+                    xfer.ranges = []
+                xfer.save()
+        except asyncio.CancelledError:  # server shutting down: release, keep the ranges
+            self._close()
+            raise
+        except (OSError, TransferError) as e:
+            self._fail("error", f"finishing: {e}")
+            return
+        if self._closed:
+            self._release()
+            return
+        if ok:
+            self._send(RESULT, {"ok": True, "sha256": actual})
+        else:
+            self._send(ERROR, {"code": "checksum-mismatch", "sha256": actual,
+                               "message": "receiver sha256 differs from the sender's"})
+        self._close()
+
+    def _fail(self, code: str, message: str) -> None:
+        log.warning("migration session refused: %s: %s", code, message)
+        self.finishing = False
+        if self._chan is not None and not self._closed:
+            self._send(ERROR, {"code": code, "message": message})
+            self._chan.exit(1)
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._chan is not None:
+                self._chan.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Idempotent: flush the sink, save the ranges, then resolve ``released``."""
+        if self._releasing:
+            return
+        self._releasing = True
+        xfer, self._xfer = self._xfer, None
+        sink, self._sink = self._sink, None
+        if xfer is not None and xfer.session is self:
+            xfer.session = None
+
+        def drained() -> None:  # on the loop, once the sink wrote its queue and closed
+            if xfer is not None and not xfer.complete:
+                with contextlib.suppress(OSError):
+                    xfer.save()
+            if not self.released.done():
+                self.released.set_result(None)
+
+        if sink is None:
+            drained()
+            return
+        loop = self._loop
+
+        def then() -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(drained)
+
+        sink.close(then)
+
+    def supersede(self) -> None:
+        """Another session claimed our transfer: stop writing and drop the channel."""
+        self._closed = True
+        if not self.finishing:
+            self._release()
+        if self._chan is not None:
+            self._chan.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if not self.finishing:
+            self._release()
+
+
+def commit(fd: int, partial: Path, final: Path) -> None:
+    """Make the verified partial durable and move it into place."""
+    os.fsync(fd)
+    if final.is_symlink():
+        raise PathEscape(f"refusing to replace a symlink: {final}")
+    os.rename(partial, final)
+    dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
