@@ -104,7 +104,8 @@ class Instance(Resource):
     kind_name: ClassVar[str] = "Instance"
     plural: ClassVar[str] = "instances"
     scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
-    short_names: ClassVar[list[str]] = ["inst"]  # not "vmi": KubeVirt's VirtualMachineInstance has it
+    # Not "vmi": KubeVirt's VirtualMachineInstance has it, and kubectl would be ambiguous.
+    short_names: ClassVar[list[str]] = ["inst"]
     root_validations: ClassVar[list[dict[str, str]]] = [NAME_IS_LABEL]
     printer_columns: ClassVar[list[PrinterColumn]] = [
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
