@@ -104,3 +104,16 @@ def test_only_the_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMRESIZE_MAX_ATTEMPTS", "4")
     assert Settings().max_attempts == Settings.from_env().max_attempts == 4
     assert Settings.from_env({"max_attempts": "9"}).max_attempts == 3
+
+
+@pytest.mark.timeout(30)  # were the check missing, kopf would start and wait for a cluster
+def test_operator_refuses_a_bad_setting_before_kopf_starts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmresize.operator import __main__ as entry
+
+    monkeypatch.setenv("VMRESIZE_MAX_ATTEMPTS", "0")
+    with pytest.raises(SystemExit) as err:
+        entry.main(["--standalone"])
+    assert err.value.code == 2
+    assert "VMRESIZE_MAX_ATTEMPTS: Input should be greater than or equal to 1" in \
+        capsys.readouterr().err
