@@ -30,11 +30,15 @@ venv: $(STAMP)
 control-plane:
 	bash hack/build-control-plane.sh
 
+# CRDs from the API models; the chart's settings schema, values comments and docs/settings.md
+# from the settings models.
 crds: venv
 	$(PY) -m vmresize.api.crdgen
+	$(PY) hack/settingsgen.py
 
 lint: venv
 	$(PY) -m vmresize.api.crdgen --check
+	$(PY) hack/settingsgen.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	PYTHONPATH=api:operator:agent $(VENV)/bin/lint-imports

@@ -160,16 +160,12 @@ def test_agent_daemonset(helm: Helm) -> None:
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["vmresize-agent"]
-    assert c["args"] == [
-        "--host-name=$(NODE_NAME)", "--libvirt-uri=qemu:///system",
-        "--storage-root=/var/lib/vmresize", "--state-dir=/var/lib/vmresize-agent",
-        "--migration-address=$(POD_IP)", "--migration-port=2222",
-        "--migration-key-file=/etc/vmresize/migration/id_ed25519",
-        "--namespace=vmresize-system",
-    ]
+    assert "args" not in c  # settings come as variables (test_chart_env_is_the_settings_models)
     env = {e["name"]: e for e in c["env"]}
-    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["VMRESIZE_HOST_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["VMRESIZE_MIGRATION_ADDRESS"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "status.podIP"
+    assert env["VMRESIZE_MIGRATION_KEY_FILE"]["value"] == "/etc/vmresize/migration/id_ed25519"
     assert pod["hostNetwork"] is True
     assert pod["nodeSelector"] == {"vmresize.io/hypervisor": "true"}
     assert c["ports"] == [{"name": "migration", "containerPort": 2222, "hostPort": 2222,
@@ -214,8 +210,9 @@ def test_overrides_reach_every_object(helm: Helm) -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     (c,) = pod["containers"]
     assert {"name": "A", "value": "b"} in c["env"]
-    assert "--migration-port=2022" in c["args"]
-    assert "--libvirt-uri=qemu+ssh://root@127.0.0.1/system" in c["args"]
+    assert {"name": "VMRESIZE_MIGRATION_PORT", "value": "2022"} in c["env"]
+    assert {"name": "VMRESIZE_LIBVIRT_URI", "value": "qemu+ssh://root@127.0.0.1/system"} in \
+        c["env"]
     assert c["ports"][0]["containerPort"] == c["ports"][0]["hostPort"] == 2022
     op = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert op["args"][-1] == "--verbose"
@@ -239,6 +236,7 @@ def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
     ("agent.migration.port=70000", "agent.migration.port: Must be less than or equal to 65535"),
     ("migrationKey.algorithm=dsa", "migrationKey.algorithm must be one of the following"),
     ("operator.settings.maxAttempts=0", "operator.settings.maxAttempts: Must be greater"),
+    ("agent.settings.heartbeatSeconds=0", "agent.settings.heartbeatSeconds: Must be greater"),
     ("operator.bogus=1", "Additional property bogus is not allowed"),
     ("admission.validationActions[0]=Block", "must be one of the following: \"Deny\""),
     ("agent.storageRoot=relative/path", "agent.storageRoot: Does not match pattern"),
@@ -411,6 +409,28 @@ def test_install_with_crds_keep_and_peering(helm: Helm, private_cluster: Path) -
 # --- the chart and the code agree ----------------------------------------------------------
 
 
+def _container_env(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    c = find(docs, kind)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in c["env"]}
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_chart_env_is_the_settings_models(helm: Helm, kind: str) -> None:
+    """Every VMRESIZE_* variable the chart sets is a field of the process's model, and every
+    field is set unless hack/settingsgen.py's wiring says the chart leaves it unset."""
+    from hack.settingsgen import WIRING
+
+    from vmresize.agent.settings import AgentSettings
+    from vmresize.operator.settings import Settings
+
+    model = Settings if kind == "Deployment" else AgentSettings
+    env = _container_env(helm.template(), kind)
+    chart = {n for n in env if n.startswith("VMRESIZE_")}
+    unset = {model.env_name(w.field) for w in WIRING[model] if w.note.startswith("not set")}
+    assert chart == {model.env_name(f) for f in model.model_fields} - unset
+    assert {n for n in env if not n.startswith("VMRESIZE_")} == {"POD_NAME"}
+
+
 def test_operator_settings_read_the_chart_env(helm: Helm) -> None:
     """The env the chart renders is what the operator's Settings.from_env understands."""
     from vmresize.operator.settings import Settings
@@ -418,24 +438,26 @@ def test_operator_settings_read_the_chart_env(helm: Helm) -> None:
     docs = helm.template("--set", "operator.settings.allowResizeToSameHost=true",
                          "--set", "operator.settings.autoConfirmSeconds=600",
                          "--set", "operator.settings.maxAttempts=4",
-                         "--set", "operator.settings.heartbeatStaleSeconds=30",
+                         "--set-json", "operator.settings.heartbeatStaleSeconds=30.5",
                          "--set", "operator.settings.taskRetries=7",
                          "--set-json", "operator.settings.pollSeconds=2.5",
+                         "--set", "operator.settings.peeringLifetimeSeconds=20",
                          "--set-json", "operator.settings.weighers.ramWeightMultiplier=2.0",
                          "--set-json", "operator.settings.weighers.cpuWeightMultiplier=-1.0",
                          "--set-json", "operator.settings.weighers.diskWeightMultiplier=0.5",
                          "--set", "operator.metrics.port=9000")
-    c = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-    assert Settings.from_env(env) == Settings(
-        namespace="vmresize-system", allow_resize_to_same_host=True, auto_confirm_seconds=600,
-        max_attempts=4, task_retries=7, heartbeat_stale_seconds=30.0,
-        ram_weight_multiplier=2.0, cpu_weight_multiplier=-1.0, disk_weight_multiplier=0.5,
-        poll_seconds=2.5, metrics_port=9000)
+    env = {n: e["value"] for n, e in _container_env(docs, "Deployment").items() if "value" in e}
+    assert Settings.from_env(env) == Settings.from_env({
+        "VMRESIZE_NAMESPACE": "vmresize-system", "VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST": "1",
+        "VMRESIZE_AUTO_CONFIRM_SECONDS": "600", "VMRESIZE_MAX_ATTEMPTS": "4",
+        "VMRESIZE_TASK_RETRIES": "7", "VMRESIZE_HEARTBEAT_STALE_SECONDS": "30.5",
+        "VMRESIZE_RAM_WEIGHT_MULTIPLIER": "2", "VMRESIZE_CPU_WEIGHT_MULTIPLIER": "-1",
+        "VMRESIZE_DISK_WEIGHT_MULTIPLIER": "0.5", "VMRESIZE_POLL_SECONDS": "2.5",
+        "VMRESIZE_PEERING_LIFETIME_SECONDS": "20", "VMRESIZE_METRICS_PORT": "9000"})
     docs = helm.template("--set", "operator.metrics.enabled=false")
-    c = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env = {n: e["value"] for n, e in _container_env(docs, "Deployment").items() if "value" in e}
     assert Settings.from_env(env).metrics_port == 0
+    assert Settings.from_env(env).heartbeat_stale_seconds == 60.0
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -462,16 +484,23 @@ def test_operator_entry_point_accepts_the_chart_args(
     assert run["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
 
 
-def test_agent_entry_point_parses_the_chart_args(helm: Helm) -> None:
-    """The DaemonSet's command line, with the downward-API variables expanded as the
-    kubelet does, parses into the agent configuration the chart means."""
+def test_agent_entry_point_reads_the_chart_env(helm: Helm) -> None:
+    """The DaemonSet's variables, with the downward-API ones filled in as the kubelet does,
+    parse into the agent settings the chart means."""
     from vmresize.agent.main import parse_args
 
-    c = find(helm.template(), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    docs = helm.template("--set-json", "agent.settings.heartbeatSeconds=2.5")
+    c = find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["vmresize-agent"]
-    args = [a.replace("$(NODE_NAME)", "hv-1").replace("$(POD_IP)", "10.0.0.7")
-            for a in c["args"]]
-    cfg = parse_args(args)
+    downward = {"spec.nodeName": "hv-1", "status.podIP": "10.0.0.7", "metadata.name": "p"}
+    env = {e["name"]: e["value"] if "value" in e else
+           downward[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c["env"]}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("VMRESIZE_")]:
+            mp.delenv(name)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        cfg = parse_args(c.get("args", []))
     assert cfg.host_name == "hv-1"
     assert cfg.libvirt_uri == "qemu:///system"
     assert cfg.storage_root == Path("/var/lib/vmresize")
@@ -480,3 +509,6 @@ def test_agent_entry_point_parses_the_chart_args(helm: Helm) -> None:
     assert cfg.migration_port == 2222
     assert cfg.migration_key_file == Path("/etc/vmresize/migration/id_ed25519")
     assert cfg.namespace == "vmresize-system"
+    assert cfg.heartbeat_seconds == 2.5
+    assert cfg.kubeconfig is None
+    assert cfg.stop_vms_on_exit is False

@@ -1,4 +1,4 @@
-"""The agent process: flags, wiring and lifetime.
+"""The agent process: settings and flags, wiring and lifetime.
 
 Order of start: become the child subreaper and open libvirt (``LibvirtHypervisor`` does both
 for ``qemu:///embed``), load the keys, start the migration SSH service, register the Host,
@@ -15,8 +15,6 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import kopf
 
@@ -27,75 +25,32 @@ from vmresize.agent.hypervisor.protocol import HypervisorError
 from vmresize.agent.kube import handlers
 from vmresize.agent.kube.client import AgentKube, KubeError
 from vmresize.agent.kube.registration import Registrar, Registration
+from vmresize.agent.settings import AgentSettings
 from vmresize.agent.transfer import keys
 from vmresize.agent.transfer.server import start_migration_server
 from vmresize.agent.transfer.service import SshTransfer
-from vmresize.api import naming
+from vmresize.api.envsettings import SettingsError
 
 log = logging.getLogger("vmresize.agent")
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    """Everything the agent is told at start."""
-
-    host_name: str
-    libvirt_uri: str
-    storage_root: Path
-    state_dir: Path
-    migration_address: str
-    migration_port: int
-    migration_key_file: Path
-    namespace: str
-    kubeconfig: Path | None
-    heartbeat_seconds: float
-    stop_vms_on_exit: bool = False
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
-
-
-def parse_args(argv: list[str] | None = None) -> AgentConfig:
+def parse_args(argv: list[str] | None = None) -> AgentSettings:
+    """The settings: ``VMRESIZE_*`` variables, overridden by the flag of the same field."""
     p = argparse.ArgumentParser(prog="vmresize-agent", description=__doc__)
-    p.add_argument("--host-name", default=_env("NODE_NAME"),
-                   help="this host's name (default: $NODE_NAME)")
-    p.add_argument("--libvirt-uri", default=_env("VMRESIZE_LIBVIRT_URI", "qemu:///system"))
-    p.add_argument("--storage-root", type=Path,
-                   default=Path(_env("VMRESIZE_STORAGE_ROOT", "/var/lib/vmresize") or ""))
-    p.add_argument("--state-dir", type=Path,
-                   default=Path(_env("VMRESIZE_STATE_DIR", "/var/lib/vmresize-agent") or ""))
-    p.add_argument("--migration-address", default=_env("VMRESIZE_MIGRATION_ADDRESS"),
-                   help="address the migration SSH service binds and publishes")
-    p.add_argument("--migration-port", type=int,
-                   default=int(_env("VMRESIZE_MIGRATION_PORT", str(naming.MIGRATION_PORT))
-                               or naming.MIGRATION_PORT))
-    p.add_argument("--migration-key-file", type=Path,
-                   default=_env("VMRESIZE_MIGRATION_KEY_FILE"),
-                   help="private key shared by all agents (mounted from a Secret)")
-    p.add_argument("--namespace", default=_env("VMRESIZE_NAMESPACE", naming.DEFAULT_NAMESPACE),
-                   help="namespace of the HostTasks")
-    p.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"))
-    p.add_argument("--heartbeat-seconds", type=float,
-                   default=float(_env("VMRESIZE_HEARTBEAT_SECONDS", "10") or 10))
-    p.add_argument("--stop-vms-on-exit", action="store_true",
-                   default=_env("VMRESIZE_STOP_VMS_ON_EXIT", "") in ("1", "true"),
-                   help="on a clean stop, power off every domain (demos and tests only: "
-                        "by default VMs outlive the agent and a restarted agent adopts them)")
-    a = p.parse_args(argv)
-    for flag, value in (("--host-name", a.host_name), ("--migration-address",
-                        a.migration_address), ("--migration-key-file", a.migration_key_file)):
-        if not value:
-            p.error(f"{flag} is required")
-    return AgentConfig(host_name=a.host_name, libvirt_uri=a.libvirt_uri,
-                       storage_root=a.storage_root, state_dir=a.state_dir,
-                       migration_address=a.migration_address, migration_port=a.migration_port,
-                       migration_key_file=a.migration_key_file, namespace=a.namespace,
-                       kubeconfig=a.kubeconfig, heartbeat_seconds=a.heartbeat_seconds,
-                       stop_vms_on_exit=a.stop_vms_on_exit)
+    for name, info in AgentSettings.model_fields.items():
+        help_text = f"{info.description} (${AgentSettings.env_name(name)})"
+        if info.annotation is bool:
+            p.add_argument(AgentSettings.flag(name), dest=name, action="store_const",
+                           const=True, default=None, help=help_text)
+        else:  # the string as typed: the model parses and validates it
+            p.add_argument(AgentSettings.flag(name), dest=name, default=None, help=help_text)
+    try:
+        return AgentSettings.from_env(overrides=vars(p.parse_args(argv)))
+    except SettingsError as e:
+        p.error(str(e))
 
 
-async def run_agent(cfg: AgentConfig, *, stop_flag: asyncio.Event | None = None,
+async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = None,
                     ready_flag: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop_flag`` is set or a termination signal arrives."""
     cfg.storage_root.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ Uses the same handler registry as ``kopf run -m vmresize.operator``.
 
 ``--namespace NS`` keeps HostTasks in NS and watches only NS (as the tests do);
 otherwise HostTasks go to ``VMRESIZE_NAMESPACE`` and every namespace is watched.
+Settings are ``VMRESIZE_*`` variables (docs/settings.md); an invalid one stops the process
+before kopf starts, with exit status 2 and a message naming the variable.
 Without ``--peering`` the peering name is ``vmresize-operator`` and peering is used only
 if kopf's peering CRD exists; with it, peering is mandatory (HA replicas).
 """
@@ -19,7 +21,9 @@ import os
 import kopf
 
 import vmresize.operator  # noqa: F401 - registers the handlers
+from vmresize.api.envsettings import SettingsError
 from vmresize.operator.handlers.startup import PEERING
+from vmresize.operator.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.namespace:
         os.environ["VMRESIZE_NAMESPACE"] = args.namespace
+    try:  # fail before kopf starts; the start-up handler reads the same settings again
+        Settings.from_env()
+    except SettingsError as e:
+        p.exit(2, f"vmresize-operator: {e}\n")
     kopf.configure(verbose=args.verbose)   # kopf's own log format and levels
     kopf.run(standalone=args.standalone, peering_name=args.peering,
              liveness_endpoint=args.liveness, priority=args.priority,

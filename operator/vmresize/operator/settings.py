@@ -1,88 +1,83 @@
-"""Operator settings: every knob, its environment variable and its documented default.
+"""Operator settings: every knob, its environment variable, its bounds and its default.
 
-Read once at start-up (:func:`Settings.from_env`) and passed down; nothing else in the
-operator reads the environment.
-
-==============================================  =========================  =========
-variable                                        meaning                    default
-==============================================  =========================  =========
-``VMRESIZE_NAMESPACE``                          where HostTasks live       ``vmresize-system``
-``VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST``          Nova's option of that name ``false``
-``VMRESIZE_AUTO_CONFIRM_SECONDS``               cluster auto-confirm; 0 off ``0``
-``VMRESIZE_MAX_ATTEMPTS``                       destinations tried (Nova)  ``3``
-``VMRESIZE_TASK_RETRIES``                       tries of confirm/revert    ``5``
-``VMRESIZE_HEARTBEAT_STALE_SECONDS``            agent considered down      ``60``
-``VMRESIZE_RAM_WEIGHT_MULTIPLIER``              free RAM weigher           ``1.0``
-``VMRESIZE_CPU_WEIGHT_MULTIPLIER``              free vCPU weigher          ``0.0``
-``VMRESIZE_DISK_WEIGHT_MULTIPLIER``             free disk weigher          ``0.0``
-``VMRESIZE_POLL_SECONDS``                       re-check without events    ``5``
-``VMRESIZE_POWER_OFF_TIMEOUT_SECONDS``          graceful power-off, then   ``60``
-                                                forced (Nova's
-                                                shutdown_timeout)
-``VMRESIZE_METRICS_PORT``                       Prometheus port; 0 off     ``8090``
-``VMRESIZE_PEERING_LIFETIME_SECONDS``           HA: a silent peer is dead  ``60``
-==============================================  =========================  =========
+Read once at start-up (:meth:`Settings.from_env`) and passed down; nothing else in the
+operator reads the environment. The reference (docs/settings.md) and the chart's schema for
+these keys are generated from this model (``hack/settingsgen.py``); parsing rules are those
+of :mod:`vmresize.api.envsettings`.
 
 Nova's defaults: ``allow_resize_to_same_host=False``, ``resize_confirm_window=0``,
 ``scheduler.max_attempts=3``, ``ram_weight_multiplier=1.0`` (the others 0 here so that
-free RAM decides, as in Nova's default weigher set), ``service_down_time=60``.
+free RAM decides, as in Nova's default weigher set), ``service_down_time=60``,
+``shutdown_timeout=60``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from pydantic import Field
 
+from vmresize.api.envsettings import EnvSettings
 from vmresize.api.naming import DEFAULT_NAMESPACE
 
-_TRUE = {"1", "true", "yes", "on"}
+#: A Kubernetes namespace name (DNS-1123 label).
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(EnvSettings):
     """Everything configurable about the operator."""
 
-    namespace: str = DEFAULT_NAMESPACE
-    allow_resize_to_same_host: bool = False
-    auto_confirm_seconds: int = 0
-    max_attempts: int = 3
-    task_retries: int = 5
-    heartbeat_stale_seconds: float = 60.0
-    ram_weight_multiplier: float = 1.0
-    cpu_weight_multiplier: float = 0.0
-    disk_weight_multiplier: float = 0.0
-    poll_seconds: float = 5.0
-    power_off_timeout_seconds: int = 60
-    metrics_port: int = 8090
-    peering_lifetime_seconds: int = 60   # kopf's default peering lifetime
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``env`` (default ``os.environ``); unset variables keep defaults."""
-        e = os.environ if env is None else env
-        d = cls()
-
-        def get(name: str, default: str) -> str:
-            return e.get(f"VMRESIZE_{name}", default).strip()
-
-        return cls(
-            namespace=get("NAMESPACE", d.namespace) or d.namespace,
-            allow_resize_to_same_host=get(
-                "ALLOW_RESIZE_TO_SAME_HOST", str(d.allow_resize_to_same_host)).lower() in _TRUE,
-            auto_confirm_seconds=int(get("AUTO_CONFIRM_SECONDS", str(d.auto_confirm_seconds))),
-            max_attempts=max(1, int(get("MAX_ATTEMPTS", str(d.max_attempts)))),
-            task_retries=max(1, int(get("TASK_RETRIES", str(d.task_retries)))),
-            heartbeat_stale_seconds=float(
-                get("HEARTBEAT_STALE_SECONDS", str(d.heartbeat_stale_seconds))),
-            ram_weight_multiplier=float(get("RAM_WEIGHT_MULTIPLIER", str(d.ram_weight_multiplier))),
-            cpu_weight_multiplier=float(get("CPU_WEIGHT_MULTIPLIER", str(d.cpu_weight_multiplier))),
-            disk_weight_multiplier=float(
-                get("DISK_WEIGHT_MULTIPLIER", str(d.disk_weight_multiplier))),
-            poll_seconds=max(0.1, float(get("POLL_SECONDS", str(d.poll_seconds)))),
-            power_off_timeout_seconds=min(3600, max(0, int(get(
-                "POWER_OFF_TIMEOUT_SECONDS", str(d.power_off_timeout_seconds))))),
-            metrics_port=int(get("METRICS_PORT", str(d.metrics_port))),
-            peering_lifetime_seconds=max(
-                2, int(get("PEERING_LIFETIME_SECONDS", str(d.peering_lifetime_seconds)))),
-        )
+    namespace: str = Field(
+        DEFAULT_NAMESPACE, max_length=63, pattern=NAMESPACE_PATTERN,
+        validation_alias="VMRESIZE_NAMESPACE",
+        description="Namespace where the operator keeps HostTasks.")
+    allow_resize_to_same_host: bool = Field(
+        False, validation_alias="VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST",
+        description="Let the scheduler pick the instance's current host, like Nova's "
+                    "allow_resize_to_same_host.")
+    auto_confirm_seconds: int = Field(
+        0, ge=0, le=30 * 24 * 3600,  # the bound of VMResize spec.autoConfirmSeconds
+        validation_alias="VMRESIZE_AUTO_CONFIRM_SECONDS",
+        description="Confirm a resize automatically this many seconds after it reaches "
+                    "VerifyResize; 0 never (Nova's resize_confirm_window). A VMResize's "
+                    "spec.autoConfirmSeconds wins.")
+    max_attempts: int = Field(
+        3, ge=1, validation_alias="VMRESIZE_MAX_ATTEMPTS",
+        description="How many hosts (the chosen one and its alternates) a resize tries "
+                    "before it fails, like Nova's scheduler max_attempts.")
+    task_retries: int = Field(
+        5, ge=1, validation_alias="VMRESIZE_TASK_RETRIES",
+        description="How often a failed confirm/revert step is tried before the resize "
+                    "stops with both copies kept.")
+    heartbeat_stale_seconds: float = Field(
+        60.0, ge=1, validation_alias="VMRESIZE_HEARTBEAT_STALE_SECONDS",
+        description="A host whose agent heartbeat is older than this many seconds is "
+                    "filtered out by the scheduler (Nova's service_down_time).")
+    ram_weight_multiplier: float = Field(
+        1.0, allow_inf_nan=False, validation_alias="VMRESIZE_RAM_WEIGHT_MULTIPLIER",
+        description="Free-RAM weigher multiplier, like Nova's ram_weight_multiplier: "
+                    "positive spreads instances over hosts, negative stacks them.")
+    cpu_weight_multiplier: float = Field(
+        0.0, allow_inf_nan=False, validation_alias="VMRESIZE_CPU_WEIGHT_MULTIPLIER",
+        description="Free-vCPU weigher multiplier, like Nova's cpu_weight_multiplier.")
+    disk_weight_multiplier: float = Field(
+        0.0, allow_inf_nan=False, validation_alias="VMRESIZE_DISK_WEIGHT_MULTIPLIER",
+        description="Free-disk weigher multiplier, like Nova's disk_weight_multiplier.")
+    poll_seconds: float = Field(
+        5.0, ge=0.1,  # below this the re-check loop only burns CPU and API requests
+        validation_alias="VMRESIZE_POLL_SECONDS",
+        description="Seconds between re-checks of in-flight resizes when no event arrives.")
+    power_off_timeout_seconds: int = Field(
+        60, ge=0, le=3600,  # the bound of HostTask spec.powerOffTimeoutSeconds
+        validation_alias="VMRESIZE_POWER_OFF_TIMEOUT_SECONDS",
+        description="Seconds a guest gets to shut down on ACPI power-off before it is "
+                    "forced off (Nova's shutdown_timeout); 0 forces at once.")
+    metrics_port: int = Field(
+        8090, ge=0, le=65535, validation_alias="VMRESIZE_METRICS_PORT",
+        description="Port of the Prometheus /metrics endpoint; 0 serves none.")
+    metrics_address: str = Field(
+        "0.0.0.0", min_length=1, validation_alias="VMRESIZE_METRICS_ADDRESS",  # noqa: S104
+        description="Address the metrics endpoint binds (all addresses: a pod's port).")
+    peering_lifetime_seconds: int = Field(
+        60, ge=2,  # kopf touches its peering object at most every lifetime-1 s, at least 1 s
+        validation_alias="VMRESIZE_PEERING_LIFETIME_SECONDS",
+        description="With several replicas (kopf peering): seconds after which a silent "
+                    "peer counts as gone and another replica takes over.")

@@ -133,17 +133,46 @@ async def test_progress_is_rate_limited_and_the_outcome_always_written() -> None
     assert kube.patches[-1]["result"] == {"checksum": "abc"}
 
 
-def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NODE_NAME", "node-7")
+def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VMRESIZE_HOST_NAME", "node-7")
+    monkeypatch.setenv("VMRESIZE_MIGRATION_PORT", "2022")
     cfg = parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k",
                       "--libvirt-uri", "test:///default"])
     assert cfg.host_name == "node-7"
-    assert cfg.migration_port == naming.MIGRATION_PORT
+    assert cfg.migration_port == 2022
     assert cfg.namespace == naming.DEFAULT_NAMESPACE
     assert cfg.migration_key_file == Path("/k")
-    monkeypatch.delenv("NODE_NAME")
+    assert cfg.stop_vms_on_exit is False
+    # A flag wins over its variable.
+    assert parse_args(["--migration-address", "a", "--migration-key-file", "/k",
+                       "--migration-port", "2023"]).migration_port == 2023
+    monkeypatch.delenv("VMRESIZE_HOST_NAME")
     with pytest.raises(SystemExit):
         parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k"])
+    assert "VMRESIZE_HOST_NAME (--host-name) is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--migration-port", "70000"], "VMRESIZE_MIGRATION_PORT (--migration-port): Input should "
+                                    "be less than or equal to 65535 (got --migration-port="),
+    (["--heartbeat-seconds", "0.5"], "greater than or equal to 1"),
+    (["--libvirt-uri", "system"], "VMRESIZE_LIBVIRT_URI (--libvirt-uri): String should match"),
+])
+def test_flags_are_validated_by_the_model(args: list[str], says: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        parse_args(["--host-name", "h", "--migration-address", "a",
+                    "--migration-key-file", "/k", *args])
+    assert err.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_stop_vms_on_exit_from_flag_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--host-name", "h", "--migration-address", "a", "--migration-key-file", "/k"]
+    assert parse_args([*base, "--stop-vms-on-exit"]).stop_vms_on_exit is True
+    monkeypatch.setenv("VMRESIZE_STOP_VMS_ON_EXIT", "yes")
+    assert parse_args(base).stop_vms_on_exit is True
 
 
 def test_agent_exits_with_a_clear_error_when_the_migration_key_is_missing(

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from vmresize.api import naming
+from vmresize.api.envsettings import SettingsError
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
 from vmresize.api.hosttask import HostTask, TaskAction, TaskFlavor
@@ -136,18 +137,37 @@ def test_migrate_needs_the_dest_endpoint() -> None:
 
 
 def test_settings_defaults_and_env() -> None:
-    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({}) == Settings.from_env({"VMRESIZE_MAX_ATTEMPTS": "3"})
     s = Settings.from_env({"VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST": "True",
-                           "VMRESIZE_MAX_ATTEMPTS": "0", "VMRESIZE_NAMESPACE": "ops",
+                           "VMRESIZE_MAX_ATTEMPTS": " 4 ", "VMRESIZE_NAMESPACE": "ops",
                            "VMRESIZE_RAM_WEIGHT_MULTIPLIER": "-1",
-                           "VMRESIZE_POWER_OFF_TIMEOUT_SECONDS": "99999"})
-    assert Settings().power_off_timeout_seconds == 60   # Nova's shutdown_timeout
-    assert s.power_off_timeout_seconds == 3600          # the HostTask field's maximum
+                           "VMRESIZE_POLL_SECONDS": ""})   # empty: the default
+    assert Settings.from_env({}).power_off_timeout_seconds == 60   # Nova's shutdown_timeout
     assert s.allow_resize_to_same_host
-    assert s.max_attempts == 1
+    assert s.max_attempts == 4
     assert s.namespace == "ops"
     assert s.ram_weight_multiplier == -1.0
-    assert Settings().namespace == naming.DEFAULT_NAMESPACE
+    assert s.poll_seconds == 5.0
+    assert Settings.from_env({}).namespace == naming.DEFAULT_NAMESPACE
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("VMRESIZE_MAX_ATTEMPTS", "0", "greater than or equal to 1"),
+    ("VMRESIZE_POWER_OFF_TIMEOUT_SECONDS", "99999", "less than or equal to 3600"),
+    ("VMRESIZE_POLL_SECONDS", "0", "greater than or equal to 0.1"),
+    ("VMRESIZE_ALLOW_RESIZE_TO_SAME_HOST", "maybe", "valid boolean"),
+    ("VMRESIZE_RAM_WEIGHT_MULTIPLIER", "nan", "finite number"),
+    ("VMRESIZE_NAMESPACE", "Not_A_Namespace", "match pattern"),
+    ("VMRESIZE_PEERING_LIFETIME_SECONDS", "1", "greater than or equal to 2"),
+])
+def test_settings_out_of_range_is_an_error_naming_the_variable(
+        name: str, value: str, says: str) -> None:
+    """No clamping: the value is refused, and the message says which variable and why."""
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    assert f"{name}: " in str(err.value)
+    assert says in str(err.value)
+    assert repr(value) in str(err.value)
 
 
 def test_conditions_follow_the_phase() -> None:

@@ -8,11 +8,11 @@ The operator's kopf identity is its own (the agent has another): finalizer
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
+from vmresize.api.envsettings import SettingsError
 from vmresize.operator import metrics
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile.driver import Wakeups
@@ -37,9 +37,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 120
-    conf = Settings.from_env()
+    try:
+        conf = Settings.from_env()
+    except SettingsError as e:  # permanent: kopf stops instead of retrying the start-up
+        raise kopf.PermanentError(str(e)) from None
     settings.peering.lifetime = conf.peering_lifetime_seconds
     memo.settings = conf
     memo.storage = Storage()
     memo.wakeups = Wakeups()
-    metrics.serve(conf.metrics_port, os.environ.get("VMRESIZE_METRICS_ADDRESS", "0.0.0.0"))  # noqa: S104 - a pod's metrics port
+    metrics.serve(conf.metrics_port, conf.metrics_address)

@@ -1,0 +1,69 @@
+"""Agent settings: every knob, its environment variable, its command-line flag, its bounds.
+
+Each field is read from its ``VMRESIZE_*`` variable; the flag named after the field
+(``host_name`` -> ``--host-name``) overrides it. Defaults and validation are the model's
+alone: flags are handed over as the strings typed. Parsing rules are those of
+:mod:`vmresize.api.envsettings`; the reference (docs/settings.md) and the chart's schema
+for these keys are generated from this model (``hack/settingsgen.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from vmresize.api import naming
+from vmresize.api.envsettings import EnvSettings
+
+
+class AgentSettings(EnvSettings):
+    """Everything the agent is told at start."""
+
+    flag_names: ClassVar[bool] = True
+
+    host_name: str = Field(
+        min_length=1, validation_alias="VMRESIZE_HOST_NAME",
+        description="This hypervisor's name: its Host object and the HostTasks it runs "
+                    "(the chart sets the node name).")
+    libvirt_uri: str = Field(
+        "qemu:///system", pattern=r"^[a-z0-9+]+://", validation_alias="VMRESIZE_LIBVIRT_URI",
+        description="libvirt connection URI (qemu:///embed?root=DIR for an embedded QEMU, "
+                    "test:///default in tests).")
+    storage_root: Path = Field(
+        Path("/var/lib/vmresize"), validation_alias="VMRESIZE_STORAGE_ROOT",
+        description="Directory holding instance disks and images; every disk path is "
+                    "confined below it.")
+    state_dir: Path = Field(
+        Path("/var/lib/vmresize-agent"), validation_alias="VMRESIZE_STATE_DIR",
+        description="Directory of the agent's own state (its SSH host key, generated on "
+                    "first start); it must survive restarts.")
+    migration_address: str = Field(
+        min_length=1, validation_alias="VMRESIZE_MIGRATION_ADDRESS",
+        description="Address the migration SSH service binds and publishes in the Host's "
+                    "status (the chart sets the pod IP, the node's with hostNetwork).")
+    migration_port: int = Field(
+        naming.MIGRATION_PORT, ge=1, le=65535, validation_alias="VMRESIZE_MIGRATION_PORT",
+        description="TCP port of the migration SSH service.")
+    migration_key_file: Path = Field(
+        validation_alias="VMRESIZE_MIGRATION_KEY_FILE",
+        description="Private key shared by all agents to authenticate to each other's "
+                    "migration service (mounted from a Secret).")
+    namespace: str = Field(
+        naming.DEFAULT_NAMESPACE, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        validation_alias="VMRESIZE_NAMESPACE",
+        description="Namespace of the HostTasks (the operator's VMRESIZE_NAMESPACE).")
+    kubeconfig: Path | None = Field(
+        None, validation_alias="VMRESIZE_KUBECONFIG",
+        description="kubeconfig file; unset, the in-cluster ServiceAccount is used, else "
+                    "$KUBECONFIG or ~/.kube/config.")
+    heartbeat_seconds: float = Field(
+        10.0, ge=1,  # each beat is a status write: sub-second beats only load the API server
+        validation_alias="VMRESIZE_HEARTBEAT_SECONDS",
+        description="Seconds between heartbeats in the Host's status; keep it well below "
+                    "the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS.")
+    stop_vms_on_exit: bool = Field(
+        False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
+        description="On a clean stop, power off every domain (demos and tests only: by "
+                    "default VMs outlive the agent and a restarted agent adopts them).")
