@@ -4,7 +4,8 @@ Every path is relative to the storage root and goes through
 :func:`vmresize.agent.paths.confine`; every tool runs as an argv list (no shell). New
 files are built under a temporary name next to the target and renamed into place, so a
 crash never leaves a half-made disk under the final name (what makes Spawn idempotent).
-Failures become :class:`DiskError` (``retryable`` only for what a retry can fix).
+Failures become :class:`~vmresize.agent.errors.DiskError` (``retryable`` only for what a
+retry can fix).
 """
 
 from __future__ import annotations
@@ -16,19 +17,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmresize.agent.errors import DiskError
 from vmresize.agent.paths import confine
 
 GIB = 1024 ** 3
 SEED_BLOCK = 512  # the seed text fills (at most) the first sector
 QEMU_IMG_TIMEOUT = 600.0  # a qcow2 convert of a large base image on slow storage
-
-
-class DiskError(Exception):
-    """A disk operation failed; ``retryable`` says whether a retry can help."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,52 @@
-"""Typed errors of the disk-transfer boundary (SSH server, client, paths, keys).
+"""The agent's one error tree: every error the agent raises is an :class:`AgentError`.
 
-asyncssh and OS errors are translated here, at the adapter boundary, into this small tree
-and chained with ``raise ... from e`` so nothing above the transfer modules ever sees an
-``asyncssh.Error``. Every error says whether retrying the same step can help
-(``retryable``), in the spirit of kopf's ``TemporaryError``/``PermanentError``.
+Like asyncssh's ``misc.py``, the whole tree lives in this module, the agent's bottom layer,
+so every other module can raise and catch any of it without importing upward. It imports
+no third-party library: errors of asyncssh, libvirt and the Kubernetes client are
+translated in their adapters (``transfer.translate``, ``hypervisor.libvirt_adapter``,
+``kube.client``) and chained with ``raise ... from e``, so nothing above an adapter ever
+sees a foreign exception. Every error says whether retrying the same step can help
+(``retryable``: a class default, overridable per instance), in the spirit of kopf's
+``TemporaryError``/``PermanentError``.
 
-Tree::
+Tree (``retryable`` default in brackets)::
 
-    TransferError                       retryable per instance (default False)
-    ├── PathEscape                      a path would leave the storage root      (permanent)
-    ├── HostKeyError                    pinned host key mismatch / bad key text  (permanent)
-    ├── AuthRejected                    our client key was refused               (permanent)
-    ├── TransferRefused                 receiver refused the transfer            (permanent)
-    ├── ChecksumMismatch                end-to-end sha256 differs                (retryable)
-    └── ConnectionLost                  network/SSH failure mid-transfer         (retryable)
+    AgentError                          base; retryable per instance            [no]
+    ├── TransferError                   moving a disk over SSH (transfer/)      [no]
+    │   ├── PathEscape                  a path would leave the storage root     [no]
+    │   ├── HostKeyError                pinned host key mismatch / bad key      [no]
+    │   ├── AuthRejected                our client key was refused              [no]
+    │   ├── TransferRefused             receiver refused the transfer           [no]
+    │   │   └── TransferBusy            receiver is verifying it; ask later     [no]
+    │   ├── TransferChecksumMismatch    receiver's sha256 differs from ours     [yes]
+    │   └── ConnectionLost              network/SSH failure mid-transfer        [yes]
+    ├── HypervisorError                 a libvirt call failed (hypervisor/)     [no]
+    │   ├── DomainNotFound              no domain of that name                  [no]
+    │   ├── DomainExists                another domain holds the name/UUID      [no]
+    │   ├── InvalidDomainConfig         definition or size change refused       [no]
+    │   ├── OperationInvalid            not valid in the current state          [yes]
+    │   └── HypervisorUnreachable       connection broken or not opened         [yes]
+    ├── DiskError                       qemu-img or a disk file failed (disks)   [no]
+    ├── KubeError                       a Kubernetes API call failed (kube/)    [no]
+    │   ├── KubeNotFound                404                                     [no]
+    │   ├── KubeConflict                409, the object changed under us        [yes]
+    │   ├── KubeAlreadyExists           409 AlreadyExists on create             [no]
+    │   ├── KubeUnavailable             no answer, 408, 429, 5xx                [yes]
+    │   └── KubeRejected                any other 4xx                           [no]
+    └── StepError                       a HostTask step failed (executor.py)    [no]
+        ├── TaskRefused                 not for this host / missing fields      [no]
+        ├── CopyChecksumMismatch        received disk is not the source disk    [no]
+        └── InsufficientSpace           storage root cannot hold the disk       [yes]
+
+The ``Kube*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`, the one
+classification of Kubernetes API errors the operator shares.
 """
 
 from __future__ import annotations
 
-import errno
 
-import asyncssh
-
-
-class TransferError(Exception):
-    """Base of all disk-transfer errors; ``retryable`` says whether a retry can help."""
+class AgentError(Exception):
+    """Base of every agent error; ``retryable`` says whether a retry of the step can help."""
 
     retryable: bool = False
 
@@ -32,6 +54,13 @@ class TransferError(Exception):
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+
+
+# --- transfer: moving a disk between hosts over SSH -------------------------------------
+
+
+class TransferError(AgentError):
+    """A disk transfer (or the path, key and session handling around it) failed."""
 
 
 class PathEscape(TransferError):  # noqa: N818 - the name is the public contract
@@ -50,8 +79,12 @@ class TransferRefused(TransferError):  # noqa: N818
     """The receiver refused the transfer (unknown id, size mismatch, bad request)."""
 
 
-class ChecksumMismatch(TransferError):  # noqa: N818
-    """The receiver's sha256 of what it wrote differs from the source's."""
+class TransferBusy(TransferRefused):
+    """The transfer is being verified right now; the sender should come back later."""
+
+
+class TransferChecksumMismatch(TransferError):  # noqa: N818
+    """The receiver's sha256 of what it wrote differs from the source's (resent once)."""
 
     retryable = True
 
@@ -62,35 +95,96 @@ class ConnectionLost(TransferError):  # noqa: N818
     retryable = True
 
 
-# OS errors that describe a transient condition of the network or the peer.
-_TRANSIENT_ERRNOS = frozenset({
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
-    errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN,
-})
+# --- hypervisor: libvirt -----------------------------------------------------------------
 
 
-def translate(exc: BaseException, *, context: str) -> TransferError:
-    """Map an asyncssh/OS error to a :class:`TransferError` (caller does ``raise ... from``)."""
-    if isinstance(exc, TransferError):
-        return exc
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return HostKeyError(f"{context}: receiver host key does not match the pinned key")
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return AuthRejected(f"{context}: client key rejected by receiver")
-    if isinstance(exc, asyncssh.ChannelOpenError):
-        return TransferRefused(f"{context}: channel refused: {exc.reason}")
-    if isinstance(exc, asyncssh.KeyImportError):
-        return HostKeyError(f"{context}: cannot parse key: {exc}")
-    if isinstance(exc, asyncssh.DisconnectError | asyncssh.ConnectionLost | EOFError
-                  | asyncssh.BreakReceived | asyncssh.SignalReceived | TimeoutError):
-        return ConnectionLost(f"{context}: connection lost: {exc}")
-    if isinstance(exc, asyncssh.ChannelListenError | asyncssh.ProcessError):
-        return TransferError(f"{context}: {exc}")
-    if isinstance(exc, ConnectionError):
-        return ConnectionLost(f"{context}: {exc}")
-    if isinstance(exc, OSError):
-        transient = exc.errno in _TRANSIENT_ERRNOS
-        if transient:
-            return ConnectionLost(f"{context}: {exc}")
-        return TransferError(f"{context}: {exc}", retryable=False)
-    return TransferError(f"{context}: {exc!r}")
+class HypervisorError(AgentError):
+    """A hypervisor call failed; adapters decide ``retryable`` from the library's code."""
+
+
+class DomainNotFound(HypervisorError):  # noqa: N818 - reads as the condition it names
+    """No domain of that name is defined."""
+
+
+class DomainExists(HypervisorError):  # noqa: N818
+    """A different domain already holds that name or UUID."""
+
+
+class InvalidDomainConfig(HypervisorError):  # noqa: N818
+    """The hypervisor refused the domain definition or a size change."""
+
+
+class OperationInvalid(HypervisorError):  # noqa: N818
+    """The operation is not valid in the domain's current state (e.g. start while running)."""
+
+    retryable = True
+
+
+class HypervisorUnreachable(HypervisorError):  # noqa: N818
+    """The connection to the hypervisor is broken or could not be opened."""
+
+    retryable = True
+
+
+# --- disk: qcow2 files under the storage root --------------------------------------------
+
+
+class DiskError(AgentError):
+    """A disk operation failed (a tool timing out or not starting is retryable)."""
+
+
+# --- kube: the Kubernetes API ------------------------------------------------------------
+
+
+class KubeError(AgentError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, retryable: bool | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class KubeNotFound(KubeError):  # noqa: N818 - reads as the condition
+    """The object does not exist (404)."""
+
+
+class KubeConflict(KubeError):  # noqa: N818
+    """The object changed under us (409); re-read and try again."""
+
+    retryable = True
+
+
+class KubeAlreadyExists(KubeError):  # noqa: N818
+    """A create found the object there already (409 ``AlreadyExists``)."""
+
+
+class KubeUnavailable(KubeError):  # noqa: N818
+    """The API server did not answer, or answered 408, 429 or 5xx; try again later."""
+
+    retryable = True
+
+
+class KubeRejected(KubeError):  # noqa: N818
+    """The API server refused the request as invalid or forbidden; retrying will not help."""
+
+
+# --- step: one HostTask step (executor) --------------------------------------------------
+
+
+class StepError(AgentError):
+    """A step failed; ``retryable`` says whether running it again can succeed."""
+
+
+class TaskRefused(StepError):  # noqa: N818 - the name says what happened
+    """The task is not for this host, or is missing what its action needs."""
+
+
+class CopyChecksumMismatch(StepError):  # noqa: N818
+    """The received disk is not the source disk (Finish refuses to start it)."""
+
+
+class InsufficientSpace(StepError):  # noqa: N818
+    """The storage root cannot hold the incoming disk."""
+
+    retryable = True

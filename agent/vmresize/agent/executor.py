@@ -30,15 +30,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from vmresize.agent import disks
-from vmresize.agent.errors import TransferError, TransferRefused
-from vmresize.agent.hypervisor.protocol import (
+from vmresize.agent.errors import (
+    AgentError,
+    CopyChecksumMismatch,
     DomainNotFound,
-    DomainSize,
-    DomainSpec,
-    Hypervisor,
-    HypervisorError,
-    PowerState,
+    InsufficientSpace,
+    StepError,
+    TaskRefused,
+    TransferRefused,
 )
+from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
 from vmresize.agent.transfer.sparse import sha256_file
@@ -53,29 +54,6 @@ POWEROFF_SUFFIX = ".poweroff"
 VERIFIED_SUFFIX = ".verified"
 SERIAL_LOG = "serial.log"
 POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
-
-
-class StepError(Exception):
-    """A step failed; ``retryable`` says whether running it again can succeed."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class TaskRefused(StepError):  # noqa: N818 - the name says what happened
-    """The task is not for this host, or is missing what its action needs."""
-
-
-class ChecksumMismatch(StepError):  # noqa: N818
-    """The received disk is not the source disk."""
-
-
-class InsufficientSpace(StepError):  # noqa: N818
-    """The storage root cannot hold the incoming disk."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=True)
 
 
 @dataclass(frozen=True)
@@ -105,8 +83,8 @@ class Executor:
 
     async def run(self, spec: HostTaskSpec, *, progress: ProgressFn | None = None
                   ) -> StepOutcome:
-        """Carry out ``spec``; raises :class:`StepError` (hypervisor/disk/transfer errors
-        are converted, keeping their retryability)."""
+        """Carry out ``spec``; raises :class:`StepError` (every other :class:`AgentError`
+        is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
         steps: dict[TaskAction, Callable[[HostTaskSpec], Awaitable[StepOutcome]]] = {
@@ -125,7 +103,7 @@ class Executor:
             return await steps[spec.action](spec)
         except StepError:
             raise
-        except (HypervisorError, disks.DiskError, TransferError) as e:
+        except AgentError as e:
             raise StepError(f"{spec.action.value}: {e}", retryable=e.retryable) from e
         except OSError as e:
             raise StepError(f"{spec.action.value}: {e}", retryable=True) from e
@@ -285,7 +263,7 @@ class Executor:
             raise StepError(f"no disk at {rel}", retryable=True)
         actual = await asyncio.to_thread(sha256_file, path)
         if actual != expected:
-            raise ChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
+            raise CopyChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
                                    "refusing to start it")
 
     async def _delete_copy(self, spec: HostTaskSpec) -> StepOutcome:

@@ -18,12 +18,11 @@ import threading
 
 import kopf
 
-from vmresize.agent.errors import TransferError
+from vmresize.agent.errors import AgentError, HypervisorError, KubeError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
-from vmresize.agent.hypervisor.protocol import HypervisorError
 from vmresize.agent.kube import handlers
-from vmresize.agent.kube.client import AgentKube, KubeError
+from vmresize.agent.kube.client import AgentKube
 from vmresize.agent.kube.registration import Registrar, Registration
 from vmresize.agent.settings import AgentSettings
 from vmresize.agent.transfer import keys
@@ -131,6 +130,6 @@ def main(argv: list[str] | None = None) -> None:
         raise RuntimeError("the agent must run in the main thread (signal handling)")
     try:
         asyncio.run(run_agent(cfg))
-    except (HypervisorError, KubeError, TransferError) as e:
+    except AgentError as e:
         log.error("agent stopped: %s", e)
         sys.exit(1)

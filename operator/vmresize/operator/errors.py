@@ -1,35 +1,65 @@
-"""The operator's errors. Retryability is in the type: kopf retries TemporaryErrors later
-and gives up on PermanentErrors. Kubernetes client exceptions are translated in
-:mod:`vmresize.operator.persistence.storage` (``raise ... from e``) and never leak past it."""
+"""The operator's one error tree: every error the operator raises is an :class:`OperatorError`.
+
+Retryability is in the type: kopf retries ``TemporaryError`` later and gives up on
+``PermanentError``, so each leaf also derives from one of them (``retryable`` reads it
+back, named as in the agent's tree). Kubernetes client exceptions are classified by
+:func:`vmresize.api.apierrors.classify` (the same call the agent makes) and translated in
+:mod:`vmresize.operator.persistence.storage` (``raise ... from e``); they never leak past it.
+
+Tree::
+
+    OperatorError                 base
+    ├── ApiNotFound               404                           kopf.PermanentError
+    ├── ApiConflict               409: a guarded write lost     kopf.TemporaryError (0.2 s)
+    ├── ApiAlreadyExists          409 AlreadyExists on create   neither: callers decide
+    ├── ApiUnavailable            no answer, 408, 429, 5xx      kopf.TemporaryError (2 s)
+    ├── ApiRejected               any other 4xx                 kopf.PermanentError
+    └── NotReady                  a prerequisite is missing     kopf.TemporaryError (5 s)
+
+The ``Api*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`.
+"""
 
 from __future__ import annotations
 
 import kopf
 
 
-class Conflict(kopf.TemporaryError):
+class OperatorError(Exception):
+    """Base of every operator error."""
+
+    @property
+    def retryable(self) -> bool:
+        """Whether kopf will try again (the error is a ``kopf.TemporaryError``)."""
+        return isinstance(self, kopf.TemporaryError)
+
+
+class ApiNotFound(OperatorError, kopf.PermanentError):  # noqa: N818 - reads as the condition
+    """The object is not there (HTTP 404); reads turn this into ``None``."""
+
+
+class ApiConflict(OperatorError, kopf.TemporaryError):  # noqa: N818
     """A resourceVersion-guarded write lost a race (HTTP 409); re-read and decide again."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, delay=0.2)
 
 
-class AlreadyExistsError(Exception):
+class ApiAlreadyExists(OperatorError):  # noqa: N818
     """A create found the object there already (deterministic names make this benign)."""
 
 
-class ApiUnavailable(kopf.TemporaryError):
-    """The API server did not answer or answered 5xx/429; try again soon."""
+class ApiUnavailable(OperatorError, kopf.TemporaryError):  # noqa: N818
+    """The API server did not answer or answered 408/429/5xx; try again soon."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, delay=2.0)
 
 
-class ApiRejected(kopf.PermanentError):
+class ApiRejected(OperatorError, kopf.PermanentError):  # noqa: N818
     """The API server refused the request as invalid or forbidden; retrying will not help."""
 
 
-class NotReady(kopf.TemporaryError):
+class NotReady(OperatorError, kopf.TemporaryError):  # noqa: N818
     """Something this step needs is not there yet (for example a Host's migration endpoint)."""
 
     def __init__(self, message: str, delay: float = 5.0) -> None:

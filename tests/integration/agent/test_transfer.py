@@ -15,9 +15,9 @@ from vmresize.agent.errors import (
     AuthRejected,
     ConnectionLost,
     HostKeyError,
+    PathEscape,
     TransferRefused,
 )
-from vmresize.agent.paths import PathEscape
 from vmresize.agent.transfer.client import SendResult, send_disk
 from vmresize.agent.transfer.server import SUBSYSTEM, MigrationServer
 from vmresize.agent.transfer.sparse import sha256_file

@@ -10,15 +10,10 @@ from typing import Any
 
 import pytest
 
+from vmresize.agent.errors import DomainNotFound, InvalidDomainConfig
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor, domain_xml
-from vmresize.agent.hypervisor.protocol import (
-    DomainNotFound,
-    DomainSize,
-    DomainSpec,
-    InvalidDomainConfig,
-    PowerState,
-)
+from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.kube.client import TaskStatusWriter
 from vmresize.agent.kube.registration import Registration, host_status
 from vmresize.agent.main import parse_args

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from vmresize.agent import disks
-from vmresize.agent.executor import ChecksumMismatch, Executor, StepError, TaskRefused
+from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused
+from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.paths import confine
@@ -196,7 +197,7 @@ async def test_finish_refuses_a_disk_with_the_wrong_checksum(
     a, b = agent_pair
     dom, rel, new_dom, new_rel = names(agent_uid)
     await move(a, b, agent_uid, [])
-    with pytest.raises(ChecksumMismatch) as err:
+    with pytest.raises(CopyChecksumMismatch) as err:
         await b.run(spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel,
                          flavor=BIG, expected_checksum="0" * 64, transfer_id=agent_uid))
     assert not err.value.retryable

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from vmresize.api import naming
+from vmresize.api.apierrors import classify, status_reason
 from vmresize.api.envsettings import SettingsError
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
@@ -22,11 +23,13 @@ from vmresize.operator.decisions import conditions
 from vmresize.operator.decisions.tasks import parse_task_name, resize_task
 from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import (
-    AlreadyExistsError,
+    ApiAlreadyExists,
+    ApiConflict,
+    ApiNotFound,
     ApiRejected,
     ApiUnavailable,
-    Conflict,
     NotReady,
+    OperatorError,
 )
 from vmresize.operator.persistence.storage import _call
 from vmresize.operator.settings import Settings
@@ -34,7 +37,7 @@ from vmresize.operator.settings import Settings
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _raises(status: int, body: str = "") -> Callable[[], object]:
+def _raises(status: int | None, body: str = "") -> Callable[[], object]:
     def fn() -> object:
         e = ApiException(status=status, reason="x")
         e.body = body
@@ -42,21 +45,30 @@ def _raises(status: int, body: str = "") -> Callable[[], object]:
     return fn
 
 
+# The same statuses as the agent's adapter test (tests/unit/agent/test_kube_errors.py).
 @pytest.mark.parametrize(("status", "body", "error", "kopf_kind"), [
-    (409, '{"reason":"Conflict"}', Conflict, kopf.TemporaryError),
-    (409, '{"reason":"AlreadyExists"}', AlreadyExistsError, None),
-    (503, "", ApiUnavailable, kopf.TemporaryError),
+    (None, "", ApiUnavailable, kopf.TemporaryError),  # no HTTP answer: connection-level
+    (0, "", ApiUnavailable, kopf.TemporaryError),
+    (404, '{"reason":"NotFound"}', ApiNotFound, kopf.PermanentError),
+    (409, '{"reason":"Conflict"}', ApiConflict, kopf.TemporaryError),
+    (409, '{"reason":"AlreadyExists"}', ApiAlreadyExists, None),
+    (408, "", ApiUnavailable, kopf.TemporaryError),
     (429, "", ApiUnavailable, kopf.TemporaryError),
-    (422, "", ApiRejected, kopf.PermanentError),
+    (503, "", ApiUnavailable, kopf.TemporaryError),
+    (422, '{"reason":"Invalid"}', ApiRejected, kopf.PermanentError),
     (403, "", ApiRejected, kopf.PermanentError),
 ])
-def test_api_errors_are_typed(status: int, body: str, error: type[Exception],
+def test_api_errors_are_typed(status: int | None, body: str, error: type[OperatorError],
                               kopf_kind: type[Exception] | None) -> None:
     with pytest.raises(error) as info:
         _call("op", _raises(status, body))
+    assert type(info.value) is error
     assert isinstance(info.value.__cause__, ApiException)
+    assert info.value.retryable is classify(status, status_reason(body)).retryable
     if kopf_kind is not None:
         assert isinstance(info.value, kopf_kind)
+    else:  # the caller decides (create_task treats it as done)
+        assert not isinstance(info.value, kopf.TemporaryError | kopf.PermanentError)
 
 
 def test_transport_errors_are_temporary() -> None:

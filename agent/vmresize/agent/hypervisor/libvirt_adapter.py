@@ -20,19 +20,16 @@ from xml.sax.saxutils import quoteattr
 
 import libvirt
 
-from vmresize.agent.hypervisor import embedded
-from vmresize.agent.hypervisor.protocol import (
-    ConnectionFailed,
+from vmresize.agent.errors import (
     DomainExists,
     DomainNotFound,
-    DomainSize,
-    DomainSpec,
-    HostCapacity,
     HypervisorError,
+    HypervisorUnreachable,
     InvalidDomainConfig,
     OperationInvalid,
-    PowerState,
 )
+from vmresize.agent.hypervisor import embedded
+from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, HostCapacity, PowerState
 
 T = TypeVar("T")
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -71,7 +68,7 @@ def translate(e: libvirt.libvirtError, context: str) -> HypervisorError:
                 libvirt.VIR_ERR_NO_SUPPORT):
         return InvalidDomainConfig(msg)
     if code in _CONNECTION_CODES:
-        return ConnectionFailed(msg)
+        return HypervisorUnreachable(msg)
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
         return OperationInvalid(msg)
     return HypervisorError(msg, retryable=code in _RETRYABLE_CODES)
@@ -129,7 +126,7 @@ class LibvirtHypervisor:
         try:
             self._conn: libvirt.virConnect = libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise ConnectionFailed(f"cannot open {uri}: {e}") from e
+            raise HypervisorUnreachable(f"cannot open {uri}: {e}") from e
 
     @property
     def uri(self) -> str:

@@ -1,10 +1,11 @@
-"""The agent's seam over a hypervisor: a narrow ``Hypervisor`` protocol and its error tree.
+"""The agent's seam over a hypervisor: a narrow ``Hypervisor`` protocol and its data types.
 
 The executor only ever talks to this protocol. ``libvirt_hypervisor`` is the one real
 adapter (libvirt ``test:///default`` in fast tests, ``qemu:///embed`` with real QEMU in e2e
 tests and the demo). Errors of the underlying library never cross this seam: adapters
-translate them into :class:`HypervisorError` subclasses, whose ``retryable`` says whether
-running the step again can help (KubeVirt's libvirt wrapper makes the same call).
+translate them into :class:`~vmresize.agent.errors.HypervisorError` subclasses (defined with
+the rest of the agent's tree in :mod:`vmresize.agent.errors`), whose ``retryable`` says
+whether running the step again can help (KubeVirt's libvirt wrapper makes the same call).
 """
 
 from __future__ import annotations
@@ -24,41 +25,6 @@ class PowerState(StrEnum):
     SHUTTING_DOWN = "ShuttingDown"
     CRASHED = "Crashed"
     OTHER = "Other"
-
-
-class HypervisorError(Exception):
-    """Base of all hypervisor errors; ``retryable`` says whether a retry can help."""
-
-    retryable: bool = False
-
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
-        super().__init__(message)
-        if retryable is not None:
-            self.retryable = retryable
-
-
-class DomainNotFound(HypervisorError):  # noqa: N818 - reads as the condition it names
-    """No domain of that name is defined."""
-
-
-class DomainExists(HypervisorError):  # noqa: N818
-    """A different domain already holds that name or UUID."""
-
-
-class InvalidDomainConfig(HypervisorError):  # noqa: N818
-    """The hypervisor refused the domain definition or a size change."""
-
-
-class OperationInvalid(HypervisorError):  # noqa: N818
-    """The operation is not valid in the domain's current state (e.g. start while running)."""
-
-    retryable = True
-
-
-class ConnectionFailed(HypervisorError):  # noqa: N818
-    """The connection to the hypervisor is broken or could not be opened."""
-
-    retryable = True
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Writes are status-only merge patches, so they never touch what others own: the admin's
 ``Host.spec`` (created once with defaults, never overwritten, so ``enabled: false``
 survives agent restarts), the operator's ``Host.status.allocations`` and the immutable
-``HostTask.spec``. API errors are translated here into :class:`KubeError` subclasses
-whose ``retryable`` tells the caller whether trying again can help.
+``HostTask.spec``. API errors are classified by :func:`vmresize.api.apierrors.classify`
+(the same call the operator makes) and translated here into
+:class:`~vmresize.agent.errors.KubeError` subclasses whose ``retryable`` tells the caller
+whether trying again can help.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from vmresize.agent.errors import (
+    KubeAlreadyExists,
+    KubeConflict,
+    KubeError,
+    KubeNotFound,
+    KubeRejected,
+    KubeUnavailable,
+)
+from vmresize.api.apierrors import ApiErrorKind, classify, status_reason
 from vmresize.api.host import Host, HostSpec
 from vmresize.api.hosttask import HostTask, TaskPhase, TaskProgress, TaskResult
 from vmresize.api.meta import GROUP, VERSION
@@ -32,34 +43,26 @@ PROGRESS_MIN_INTERVAL = 1.0
 """At most one progress patch a second per task (the brief's bound on API write load)."""
 
 
-class KubeError(Exception):
-    """A Kubernetes API call failed; ``retryable`` says whether a retry can help."""
-
-    def __init__(self, message: str, *, retryable: bool = False,
-                 status: int | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-
-
-class NotFound(KubeError):  # noqa: N818 - reads as the condition
-    """The object does not exist."""
+_KINDS: dict[ApiErrorKind, type[KubeError]] = {
+    ApiErrorKind.NOT_FOUND: KubeNotFound,
+    ApiErrorKind.CONFLICT: KubeConflict,
+    ApiErrorKind.ALREADY_EXISTS: KubeAlreadyExists,
+    ApiErrorKind.UNAVAILABLE: KubeUnavailable,
+    ApiErrorKind.REJECTED: KubeRejected,
+}
 
 
-class Conflict(KubeError):  # noqa: N818
-    """It already exists, or it changed under us."""
+def translate(e: Exception, context: str) -> KubeError:
+    """Map a Kubernetes client or transport error to our tree (caller does ``raise ... from``).
 
-
-def _translate(e: Exception, context: str) -> KubeError:
+    An error below HTTP (urllib3, a socket) never got an answer: ``KubeUnavailable``.
+    """
     if isinstance(e, ApiException):
-        status = int(e.status or 0)
+        status = e.status or None
         msg = f"{context}: HTTP {status} {e.reason}"
-        if status == 404:
-            return NotFound(msg, status=status)
-        if status == 409:
-            return Conflict(msg, retryable=True, status=status)
-        return KubeError(msg, retryable=status == 429 or status >= 500, status=status)
-    return KubeError(f"{context}: {e}", retryable=True)
+        kind = classify(status, status_reason(e.body))
+        return _KINDS[kind](msg, status=status)
+    return KubeUnavailable(f"{context}: {e}")
 
 
 def utcnow() -> datetime:
@@ -91,7 +94,7 @@ class AgentKube:
         try:
             return fn()
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise _translate(e, context) from e
+            raise translate(e, context) from e
 
     # --- Host ---------------------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class AgentKube:
         otherwise)."""
         try:
             return self.get_host(name)
-        except NotFound:
+        except KubeNotFound:
             pass
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": Host.kind_name,
                 "metadata": {"name": name}, "spec": HostSpec().wire()}
@@ -115,7 +118,7 @@ class AgentKube:
                                      GROUP, VERSION, Host.plural, body))
             log.info("registered new Host %s", name)
             return Host.from_body(created)
-        except Conflict:  # created meanwhile by someone else: theirs wins
+        except KubeAlreadyExists:  # created meanwhile by someone else: theirs wins
             return self.get_host(name)
 
     def patch_host_status(self, name: str, status: dict[str, Any]) -> None:

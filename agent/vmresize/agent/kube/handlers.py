@@ -16,8 +16,9 @@ from typing import Any
 
 import kopf
 
-from vmresize.agent.executor import Executor, StepError
-from vmresize.agent.kube.client import AgentKube, KubeError, NotFound, TaskStatusWriter
+from vmresize.agent.errors import KubeError, KubeNotFound, StepError
+from vmresize.agent.executor import Executor
+from vmresize.agent.kube.client import AgentKube, TaskStatusWriter
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.meta import GROUP, VERSION
@@ -50,7 +51,7 @@ class TaskRunner:
     async def _handle(self, namespace: str, name: str) -> None:
         try:
             task = await asyncio.to_thread(self.kube.get_task, namespace, name)
-        except NotFound:
+        except KubeNotFound:
             return
         status = task.status
         if status is not None and status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):

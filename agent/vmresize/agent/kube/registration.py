@@ -16,8 +16,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from vmresize.agent.hypervisor.protocol import Hypervisor, HypervisorError
-from vmresize.agent.kube.client import AgentKube, KubeError, NotFound, utcnow
+from vmresize.agent.errors import AgentError, KubeNotFound
+from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.kube.client import AgentKube, utcnow
 from vmresize.api.host import HostStatus, MigrationEndpoint
 from vmresize.api.meta import Condition, Resources, set_condition
 
@@ -95,17 +96,17 @@ class Registrar:
             await asyncio.sleep(interval)
             try:
                 await self._report(ready=True)
-            except NotFound:  # an admin deleted the Host: register it again
+            except KubeNotFound:  # an admin deleted the Host: register it again
                 log.warning("Host %s is gone; registering it again", self.reg.host)
                 try:
                     await self.register()
-                except (KubeError, HypervisorError, OSError) as e:
+                except (AgentError, OSError) as e:
                     log.warning("re-registration of %s failed: %s", self.reg.host, e)
-            except (KubeError, HypervisorError, OSError) as e:
+            except (AgentError, OSError) as e:
                 log.warning("heartbeat of %s failed: %s", self.reg.host, e)
 
     async def mark_stopped(self) -> None:
         try:
             await self._report(ready=False)
-        except (KubeError, HypervisorError, OSError) as e:
+        except (AgentError, OSError) as e:
             log.warning("could not mark %s not ready: %s", self.reg.host, e)

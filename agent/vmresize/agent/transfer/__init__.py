@@ -3,6 +3,7 @@
 ``server`` (the SSH policy and the registry of expected transfers) and ``session`` (one
 incoming stream) receive; ``client`` sends; ``protocol`` is the wire format and the
 receiver's sidecar state; ``sparse`` reads and writes sparse files; ``keys`` holds the SSH
-keys; ``seam`` is the interface the executor sees and ``service`` its one real adapter.
+keys; ``translate`` maps asyncssh errors onto :mod:`vmresize.agent.errors`; ``seam`` is
+the interface the executor sees and ``service`` its one real adapter.
 Independent of :mod:`vmresize.agent.hypervisor`.
 """

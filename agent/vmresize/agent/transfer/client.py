@@ -19,7 +19,7 @@ progress is reported at most ``PROGRESS_HZ`` times a second plus once at the end
 After a dropped connection the sender reconnects (``reconnect_attempts`` times, backoff
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
 receiver's sha256 of the file it wrote must equal the source's, or the send fails
-(:class:`ChecksumMismatch` is retried once from scratch by the receiver's reset).
+(:class:`TransferChecksumMismatch` is retried once from scratch by the receiver's reset).
 Errors are :mod:`vmresize.agent.errors` types; ``retryable`` tells the caller
 whether a later attempt of the step can help. ``legs`` lists the bytes sent per connection.
 """
@@ -38,11 +38,10 @@ from typing import Any
 import asyncssh
 
 from vmresize.agent.errors import (
-    ChecksumMismatch,
     ConnectionLost,
+    TransferChecksumMismatch,
     TransferError,
     TransferRefused,
-    translate,
 )
 from vmresize.agent.transfer.keys import load_client_key, parse_public_key
 from vmresize.agent.transfer.protocol import (
@@ -67,6 +66,7 @@ from vmresize.agent.transfer.sparse import (
     sha256_file,
     split_extents,
 )
+from vmresize.agent.transfer.translate import translate
 
 __all__ = ["ProgressFn", "SendResult", "send_disk"]
 
@@ -187,7 +187,7 @@ class _Leg:
         if kind == ERROR:
             code, msg = doc.get("code"), doc.get("message", "")
             if code == "checksum-mismatch":
-                raise ChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
+                raise TransferChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
             if code == "busy":
                 raise ConnectionLost(f"receiver busy: {msg}")
             raise TransferRefused(f"receiver refused ({code}): {msg}")
@@ -214,7 +214,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
         progress.start_leg(progress.total)
         checksum = await source_sha
         if state.get("sha256") != checksum:
-            raise ChecksumMismatch(f"receiver holds a completed copy with sha256 "
+            raise TransferChecksumMismatch(f"receiver holds a completed copy with sha256 "
                                    f"{state.get('sha256')}, source is {checksum}")
         return checksum
     progress.start_leg(_covered(extents, have))
@@ -249,7 +249,8 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     leg.send(DONE, {"sha256": checksum})
     kind, result = await leg.recv()
     if kind != RESULT or result.get("sha256") != checksum:
-        raise ChecksumMismatch(f"receiver reported {result.get('sha256')}, source {checksum}")
+        raise TransferChecksumMismatch(f"receiver reported {result.get('sha256')}, "
+                                       f"source {checksum}")
     writer.close()
     return checksum
 
@@ -295,7 +296,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
             except (asyncssh.Error, OSError, EOFError, TimeoutError, ValueError,
                     TransferError) as e:
                 err = translate(e, context=f"send {transfer_id} to {address}:{port}")
-                if isinstance(err, ChecksumMismatch):
+                if isinstance(err, TransferChecksumMismatch):
                     mismatches += 1
                     if mismatches > 1:
                         _raise(err, e)

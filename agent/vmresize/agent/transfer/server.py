@@ -52,7 +52,7 @@ from typing import Any
 
 import asyncssh
 
-from vmresize.agent.errors import PathEscape, TransferRefused
+from vmresize.agent.errors import PathEscape, TransferBusy, TransferRefused
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
@@ -64,7 +64,7 @@ from vmresize.agent.transfer.protocol import (
     ReceiveState,
     TransferStatus,
 )
-from vmresize.agent.transfer.session import Busy, DiskSession
+from vmresize.agent.transfer.session import DiskSession
 
 __all__ = [
     "SUBSYSTEM", "MigrationServer", "TransferStatus", "start_migration_server",
@@ -219,7 +219,7 @@ class MigrationServer:
         if size != xfer.size:
             raise TransferRefused(f"size {size!r} != expected {xfer.size}")
         if xfer.session is not None and xfer.session.finishing:
-            raise Busy(f"transfer {transfer_id} is being verified; retry")
+            raise TransferBusy(f"transfer {transfer_id} is being verified; retry")
         if xfer.session is not None and xfer.session is not session:
             xfer.session.supersede()  # a reconnecting sender replaces a half-dead session
         xfer.session = session

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from vmresize.agent.errors import PathEscape, TransferError, TransferRefused
+from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
 from vmresize.agent.paths import open_nofollow
 from vmresize.agent.transfer.sparse import SparseSink, sha256_fd
 
@@ -47,10 +47,6 @@ CHECKPOINT_SECONDS = 1.0
 # Bytes queued for the writer thread before we stop reading the channel (SSH flow control
 # then holds the sender); reading resumes below the low mark.
 PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
-
-
-class Busy(TransferRefused):
-    """The transfer is being verified by an earlier session; the sender should retry."""
 
 
 class DiskSession(asyncssh.SSHServerSession[bytes]):
@@ -110,7 +106,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                 view = view[take:]
                 if len(self._buf) == self._need:
                     self._frame_ready()
-        except Busy as e:
+        except TransferBusy as e:
             self._fail("busy", str(e))
         except (TransferRefused, PathEscape) as e:
             self._fail("refused", str(e))

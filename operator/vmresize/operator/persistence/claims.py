@@ -18,7 +18,7 @@ from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.meta import Resources
 from vmresize.operator.decisions.scheduler import fits
 from vmresize.operator.decisions.views import host_state
-from vmresize.operator.errors import Conflict
+from vmresize.operator.errors import ApiConflict
 from vmresize.operator.persistence.storage import Storage
 
 #: Re-reads after a 409 before giving up for now (kopf retries later). Under the test's
@@ -50,9 +50,9 @@ def _update_host(storage: Storage, host_name: str,
         try:
             storage.replace_status(host)
             return True
-        except Conflict:
+        except ApiConflict:
             continue
-    raise Conflict(f"host {host_name}: too many concurrent writers")
+    raise ApiConflict(f"host {host_name}: too many concurrent writers")
 
 
 def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
@@ -135,9 +135,9 @@ def lock_instance(storage: Storage, namespace: str, name: str,
                                             "message": f"Being resized by {resize}"})
         try:
             return storage.replace_status(inst)
-        except Conflict:
+        except ApiConflict:
             continue
-    raise Conflict(f"instance {namespace}/{name}: too many concurrent writers")
+    raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")
 
 
 def update_instance(storage: Storage, namespace: str, name: str, resize: str,
@@ -151,6 +151,6 @@ def update_instance(storage: Storage, namespace: str, name: str, resize: str,
         try:
             storage.replace_status(inst)
             return
-        except Conflict:
+        except ApiConflict:
             continue
-    raise Conflict(f"instance {namespace}/{name}: too many concurrent writers")
+    raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")

@@ -2,7 +2,8 @@
 
 It reads and writes the vmresize custom resources as pydantic models, guards every status
 write with the resourceVersion it read (optimistic concurrency), and converts client
-exceptions into :mod:`vmresize.operator.errors`.
+exceptions into :mod:`vmresize.operator.errors` by the classification it shares with the
+agent (:func:`vmresize.api.apierrors.classify`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from vmresize.api.apierrors import ApiErrorKind, classify, status_reason
 from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
@@ -22,7 +24,14 @@ from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
 from vmresize.api.naming import OWNER_UID_LABEL
 from vmresize.api.resize import VMResize
-from vmresize.operator.errors import AlreadyExistsError, ApiRejected, ApiUnavailable, Conflict
+from vmresize.operator.errors import (
+    ApiAlreadyExists,
+    ApiConflict,
+    ApiNotFound,
+    ApiRejected,
+    ApiUnavailable,
+    OperatorError,
+)
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
@@ -31,18 +40,22 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = 30
 
 
+_KINDS: dict[ApiErrorKind, Callable[[str], OperatorError]] = {
+    ApiErrorKind.NOT_FOUND: ApiNotFound,
+    ApiErrorKind.CONFLICT: ApiConflict,
+    ApiErrorKind.ALREADY_EXISTS: ApiAlreadyExists,
+    ApiErrorKind.UNAVAILABLE: ApiUnavailable,
+    ApiErrorKind.REJECTED: ApiRejected,
+}
+
+
 def _call(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ApiException as e:
-        if e.status == 409:
-            if "AlreadyExists" in str(e.body or ""):
-                raise AlreadyExistsError(what) from e
-            raise Conflict(f"{what}: conflict") from e
-        if e.status in (429, 500, 502, 503, 504) or e.status is None:
-            raise ApiUnavailable(f"{what}: HTTP {e.status}") from e
-        raise ApiRejected(f"{what}: HTTP {e.status}: {e.reason}") from e
-    except (HTTPError, OSError) as e:
+        kind = classify(e.status, status_reason(e.body))
+        raise _KINDS[kind](f"{what}: HTTP {e.status or 'no status'}: {e.reason}") from e
+    except (HTTPError, OSError) as e:  # below HTTP: no answer at all
         raise ApiUnavailable(f"{what}: {e}") from e
 
 
@@ -66,20 +79,18 @@ class Storage:
         what = f"get {model.plural}/{name}"
 
         def get() -> Any:
-            try:
-                if namespace is None:
-                    return self._co.get_cluster_custom_object(
-                        GROUP, VERSION, model.plural, name, _request_timeout=REQUEST_TIMEOUT)
-                return self._co.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, model.plural, name,
-                    _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as e:
-                if e.status == 404:
-                    return None
-                raise
+            if namespace is None:
+                return self._co.get_cluster_custom_object(
+                    GROUP, VERSION, model.plural, name, _request_timeout=REQUEST_TIMEOUT)
+            return self._co.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, model.plural, name,
+                _request_timeout=REQUEST_TIMEOUT)
 
-        body = _call(what, get)
-        return None if body is None else model.from_body(body)
+        try:
+            body = _call(what, get)
+        except ApiNotFound:
+            return None
+        return model.from_body(body)
 
     def flavor(self, name: str) -> Flavor | None:
         return self._get(Flavor, name)
@@ -104,7 +115,7 @@ class Storage:
     # -- writes
 
     def replace_status(self, obj: R) -> R:
-        """Write ``obj.status`` guarded by ``obj``'s resourceVersion; Conflict if it moved."""
+        """Write ``obj.status`` guarded by ``obj``'s resourceVersion; ApiConflict if it moved."""
         body: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
         what = f"replace {obj.plural}/{obj.name} status"
         if obj.scope == "Cluster":
@@ -120,7 +131,7 @@ class Storage:
         """Create a HostTask; one that exists already (same deterministic name) is fine."""
         body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = HostTask.kind_name
-        with contextlib.suppress(AlreadyExistsError):
+        with contextlib.suppress(ApiAlreadyExists):
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,
                 _request_timeout=REQUEST_TIMEOUT))
