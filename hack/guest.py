@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A guest that really boots, for tests and the demo: Debian's cloud kernel + busybox.
 
 Builds, from Debian packages only, a kernel and an initramfs for a direct kernel boot
@@ -14,7 +13,7 @@ Idempotent: a build is cached under ``$VMRESIZE_CACHE/guest`` (default
 ``~/.cache/vmresize/guest``), keyed by the kernel release and a hash of the recipe, and
 reused without touching apt; a file lock keeps two sessions from building at once.
 
-    python3 hack/guest.py build      # prints the kernel and initramfs paths
+    python3 -m hack.guest build      # (from the repo root) prints the kernel and initrd
 
 Tests use :func:`ensure_guest`; ``hack/guest_domain.py`` writes domain XML for it.
 """
@@ -38,10 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: hack/ is sys.path[0]
-    import guest_init
-else:
-    from hack import guest_init
+from hack import guest_init
 
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
@@ -306,7 +302,7 @@ def main() -> int:
     args = parser.parse_args()
     guest = ensure_guest(force=args.force) if args.command == "build" else cached_guest()
     if guest is None:
-        print("no cached guest; run: python3 hack/guest.py build", file=sys.stderr)
+        print("no cached guest; run: python3 -m hack.guest build", file=sys.stderr)
         return 1
     print(f"kernel={guest.kernel}\ninitrd={guest.initrd}\nrelease={guest.release}\n"
           f"modules={','.join(guest.modules)}")
