@@ -14,7 +14,8 @@ hash it: a change to any script gives a new cache entry. What the guest does:
 * with ``vmresize.writer=vdb`` on the kernel command line, keeps writing numbered records
   (``VMRESIZE-WRITER seq=N``) into a ring at :data:`WRITER_OFFSET` of that disk, each one
   ``fsync``'d, until shutdown; it prints ``writer stopped seq=N`` (the last record written);
-* answers an ACPI power button press (``virsh shutdown``): busybox ``acpid`` runs
+* answers an ACPI power button press (``virsh shutdown``) from the moment it printed
+  ``ready``: busybox ``acpid`` runs
   ``poweroff``, busybox init runs the shutdown script (stops the writer, syncs) and powers
   the machine off. ``vmresize.marker=off`` skips the marker writes.
 """
@@ -33,7 +34,6 @@ PREFIX = "vmresize-guest:"
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
 ::once:/etc/init.d/writer
-::respawn:/bin/acpid -d -c /etc/acpi
 ::shutdown:/etc/init.d/rcK
 """
 
@@ -107,7 +107,15 @@ for sys in /sys/class/net/eth*; do
   say "nic $n mac=$(cat "$sys/address") driver=${{drv:--}} ip=${{addr:-none}}"
 done
 
+# acpid runs before "ready" is printed and has opened every input device: a power button
+# pressed right after "ready" must not be lost (nothing would answer it).
 inputs=$(ls /dev/input/event* 2>/dev/null | wc -l)
+acpid -d -c /etc/acpi &
+i=0
+while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/event)" -lt "$inputs" ] &&
+    [ $i -lt 100 ]; do
+  usleep 50000; i=$((i + 1))
+done
 say "ready disks=$ndisks nics=$nnics boot=$boot inputs=$inputs \\
 uptime=$(cut -d' ' -f1 /proc/uptime)"
 """

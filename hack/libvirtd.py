@@ -108,8 +108,11 @@ class PrivateLibvirtd:
 
     @property
     def uri(self) -> str:
+        """``qemu+unix://``: plain ``qemu:///system`` would go to an embedded QEMU driver
+        instead, in a process that has opened ``qemu:///embed`` ("Missing URI parameter
+        'root'"); the explicit transport always picks the remote driver."""
         assert self.sockdir is not None, "not started"
-        return f"qemu:///system?socket={self.sockdir / 'libvirt-sock'}"
+        return f"qemu+unix:///system?socket={self.sockdir / 'libvirt-sock'}"
 
     @property
     def log(self) -> Path:

@@ -1,7 +1,7 @@
 """A real libvirtd (``hack/libvirtd.py``) runs the booting guest, and stays fast.
 
 The daemon is reached the way an agent on a real host would reach it
-(``qemu:///system?socket=…``): define, start, see the guest boot with its disk, shut it
+(``qemu+unix:///system?socket=…``): define, start, see the guest boot with its disk, shut it
 down with an ACPI request (no destroy), undefine. A second daemon started afterwards must
 find the QEMU capabilities in its cache: without ``user = "root"`` every capability lookup
 re-probed QEMU (a defineXML took ~48 s here, see the harness's docstring).
