@@ -10,11 +10,11 @@ export VMRESIZE_CACHE ?= $(HOME)/.cache/vmresize
 # A system kubectl comes first; the one built with the control plane is the fallback.
 export PATH := $(PATH):$(VMRESIZE_CACHE)/k8s-$(K8S_VERSION)/bin
 
-.PHONY: all deps venv control-plane lint test test-unit test-integration test-e2e demo bench crds clean
+.PHONY: all deps venv control-plane guest lint test test-unit test-integration test-e2e demo bench crds clean
 
 all: test
 
-deps: venv control-plane
+deps: venv control-plane guest
 
 # System packages (libvirt, QEMU, qemu-utils, ...) and the venv; re-run when pyproject changes.
 $(STAMP): pyproject.toml hack/install-deps.sh
@@ -29,6 +29,11 @@ venv: $(STAMP)
 # kube-apiserver, kube-controller-manager, etcd and helm, built once into ~/.cache/vmresize.
 control-plane:
 	bash hack/build-control-plane.sh
+
+# The booting test guest (Debian cloud kernel + busybox initramfs), built once into
+# $(VMRESIZE_CACHE)/guest from `apt-get download`ed packages; nothing is installed.
+guest:
+	$(PYTHON) -m hack.guest build
 
 # CRDs from the API models; the chart's settings schema, values comments and docs/settings.md
 # from the settings models.

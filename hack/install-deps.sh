@@ -3,7 +3,10 @@
 #
 # libvirt-dev + pkg-config build libvirt-python; the QEMU driver, qemu-system-x86 and
 # qemu-utils run real VMs through the embedded driver (qemu:///embed); openssh-client and
-# rsync are the baselines the transfer benchmarks compare against.
+# rsync are the baselines the transfer benchmarks compare against. The booting test guest
+# (`make guest`, hack/guest.py) is not installed: its kernel and busybox-static are fetched
+# with `apt-get download` and unpacked into the cache. hack/libvirtd.py runs libvirtd (from
+# libvirt-daemon) in a private mount namespace with util-linux's unshare.
 set -euo pipefail
 
 pkgs=(libvirt-dev pkg-config gcc python3-dev libvirt-daemon libvirt-daemon-driver-qemu
