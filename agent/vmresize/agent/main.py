@@ -123,6 +123,8 @@ async def _register(registrar: Registrar) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``vmresize-agent``: parse the settings and run the agent in the main thread
+    (signals need it); exit 1 on a hypervisor, Kubernetes or transfer error."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)

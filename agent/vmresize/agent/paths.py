@@ -3,10 +3,6 @@
 Every agent module that touches files turns a relative path (which may come from a
 HostTask, i.e. from a user-controlled object) into a real path with :func:`confine`.
 
-Public API::
-
-    confine(root: Path, rel: str) -> Path     # raises PathEscape
-
 ``confine`` refuses an empty path, an absolute path, NUL bytes, ``..`` components and any
 symlink (in any component, including the last, dangling or not) that resolves outside the
 root. The returned path is fully resolved and lies strictly inside ``root.resolve()``.

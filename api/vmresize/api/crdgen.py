@@ -74,6 +74,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_schema(model: type[Any], validations: list[dict[str, str]]) -> dict[str, Any]:
+    """The structural schema of a spec or status model, with its CEL ``validations`` attached."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     node = structural(raw, raw.get("$defs", {}))
     if validations:
@@ -184,6 +185,8 @@ def drift(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the CRDs into ``crds/`` and the chart, or with ``--check`` list the drifted files and
+    return 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
     parser.add_argument("--check", action="store_true", help="fail if the files drifted")

@@ -80,6 +80,8 @@ class EnvSettings(BaseSettings):
             env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only init arguments and the ``VMRESIZE_*`` variables of the mapping given to
+        :meth:`from_env` (else ``os.environ``): no dotenv or secret files."""
         env = _ENV.get()
         return init_settings, _MappingEnvSource(settings_cls, os.environ if env is None else env)
 

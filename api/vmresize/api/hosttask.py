@@ -19,6 +19,8 @@ from vmresize.api.meta import Model, PrinterColumn, Resource, age_column
 
 
 class TaskAction(StrEnum):
+    """The step a HostTask asks its agent to carry out; every action is idempotent."""
+
     SPAWN = "Spawn"
     """Create the instance's disk and domain and start it."""
     ADOPT = "Adopt"
@@ -40,10 +42,16 @@ class TaskAction(StrEnum):
 
 
 class TaskPhase(StrEnum):
+    """Where a HostTask is; the agent of ``spec.host`` moves it."""
+
     PENDING = "Pending"
+    """Created; the agent has not started it."""
     RUNNING = "Running"
+    """The agent is carrying it out (a restarted agent resumes it)."""
     SUCCEEDED = "Succeeded"
+    """Done; ``status.result`` holds the outputs."""
     FAILED = "Failed"
+    """Gave up; ``status.message`` says why and ``status.retryable`` whether to try again."""
 
 
 class TaskFlavor(Model):

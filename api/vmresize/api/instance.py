@@ -26,18 +26,31 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 
 class InstancePhase(StrEnum):
+    """Where an instance is in its life; the operator sets it."""
+
     PENDING = "Pending"
+    """New: not placed yet."""
     BUILDING = "Building"
+    """Placed; its Spawn or Adopt task runs on the host."""
     ACTIVE = "Active"
+    """Built (or adopted) and not being resized."""
     RESIZING = "Resizing"
+    """A VMResize holds it and is moving or resizing it."""
     ERROR = "Error"
+    """Building failed (or its flavor is missing), or a rollback failed and an admin must look."""
     DELETING = "Deleting"
+    """Reserved: nothing sets it yet (a deleted Instance keeps its phase while Destroy runs)."""
 
 
 class PowerState(StrEnum):
+    """The instance's power state as the operator last learnt it from a HostTask."""
+
     RUNNING = "Running"
+    """The domain runs."""
     SHUTOFF = "Shutoff"
+    """The domain is defined but off."""
     UNKNOWN = "Unknown"
+    """Not reported yet, or lost track of (after a failed rollback)."""
 
 
 class ImageSource(Model):

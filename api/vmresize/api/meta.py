@@ -141,20 +141,25 @@ class Resource(Model):
 
     @property
     def name(self) -> str:
+        """``metadata.name``, or an empty string."""
         return str(self.metadata.get("name", ""))
 
     @property
     def namespace(self) -> str:
+        """``metadata.namespace``; empty for cluster-scoped kinds."""
         return str(self.metadata.get("namespace", ""))
 
     @property
     def uid(self) -> str:
+        """``metadata.uid``, or an empty string before the API server assigned one."""
         return str(self.metadata.get("uid", ""))
 
     @property
     def resource_version(self) -> str:
+        """``metadata.resourceVersion``, which guards a status write against a concurrent one."""
         return str(self.metadata.get("resourceVersion", ""))
 
 
 def age_column() -> PrinterColumn:
+    """The usual ``AGE`` printer column, from the creation timestamp."""
     return PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp")

@@ -24,20 +24,36 @@ from vmresize.api.meta import (
 
 
 class ResizePhase(StrEnum):
+    """Where a resize is; the operator's lifecycle table moves it. ``TERMINAL_PHASES`` end it."""
+
     PENDING = "Pending"
+    """New: the request is checked and the instance locked."""
     SCHEDULING = "Scheduling"
+    """Choosing a destination and claiming its resources."""
     PREPARING = "Preparing"
+    """Prepare runs on the destination."""
     MIGRATING = "Migrating"
+    """MigrateDisk runs on the source: power off, copy the disk."""
     FINISHING = "Finishing"
+    """Finish runs on the destination: check, grow, define and start with the new flavor."""
     VERIFY_RESIZE = "VerifyResize"
+    """Running on the destination; waiting for confirm, revert or auto-confirm."""
     CONFIRMING = "Confirming"
+    """Confirm runs on the source: the old copy is deleted."""
     CONFIRMED = "Confirmed"
+    """Done: the instance lives on the destination with the new flavor."""
     REVERTING = "Reverting"
+    """The user reverted: the new copy is deleted and the source started again."""
     REVERTED = "Reverted"
+    """Done: the instance runs on the source again, unchanged."""
     ROLLING_BACK = "RollingBack"
+    """A step failed (or the resize was deleted): back to the source."""
     ROLLED_BACK = "RolledBack"
+    """Done: the rollback finished; the instance runs on the source, unchanged."""
     ROLLBACK_FAILED = "RollbackFailed"
+    """The rollback failed: both copies are kept for an admin."""
     FAILED = "Failed"
+    """Refused, not schedulable, or deleted before scheduling; nothing was moved."""
 
 
 #: Phases a resize never leaves.

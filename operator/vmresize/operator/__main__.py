@@ -27,6 +27,8 @@ from vmresize.operator.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, check the settings (exit 2 naming a bad variable) and run kopf in
+    this process until it stops."""
     p = argparse.ArgumentParser(prog="vmresize-operator", description=__doc__.split("\n")[0])
     p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
     p.add_argument("--namespace", help="HostTask namespace, and the only one watched")

@@ -41,5 +41,7 @@ def transition(old: ResizePhase, new: ResizePhase, entered_old: datetime | None,
 
 
 def serve(port: int, address: str) -> None:
+    """Start the Prometheus HTTP server on ``address``:``port`` in a background thread; port 0 turns
+    it off."""
     if port > 0:
         start_http_server(port, addr=address)

@@ -130,6 +130,7 @@ class LibvirtHypervisor:
 
     @property
     def uri(self) -> str:
+        """The URI this connection was opened with."""
         return self._uri
 
     def _call(self, context: str, fn: Callable[[], T]) -> T:
@@ -142,27 +143,33 @@ class LibvirtHypervisor:
         return self._call(f"lookup {name}", lambda: self._conn.lookupByName(name))
 
     def define(self, spec: DomainSpec) -> None:
+        """Define the domain from :func:`domain_xml` (``defineXML`` replaces an existing definition
+        of that name)."""
         xml = domain_xml(spec, domain_type=self._domain_type)
         with self._lock:
             self._call(f"define {spec.name}", lambda: self._conn.defineXML(xml))
 
     def undefine(self, name: str) -> None:
+        """Undefine the persistent domain; its disk stays. DomainNotFound if there is none."""
         dom = self._dom(name)
         self._call(f"undefine {name}", dom.undefine)
 
     def start(self, name: str) -> None:
+        """Start the domain unless it is running already."""
         dom = self._dom(name)
         if self._call(f"state {name}", dom.isActive):
             return
         self._call(f"start {name}", dom.create)
 
     def shutdown(self, name: str) -> None:
+        """Ask a running guest to power off and return at once; a shut-off domain is left alone."""
         dom = self._dom(name)
         if not self._call(f"state {name}", dom.isActive):
             return
         self._call(f"shutdown {name}", dom.shutdown)
 
     def destroy(self, name: str) -> None:
+        """Force a running domain off; one that is off (or stops meanwhile) is left alone."""
         dom = self._dom(name)
         if not self._call(f"state {name}", dom.isActive):
             return
@@ -175,11 +182,14 @@ class LibvirtHypervisor:
             raise translate(e, f"destroy {name}") from e
 
     def state(self, name: str) -> PowerState:
+        """The domain's power state; libvirt states the table does not name are OTHER."""
         dom = self._dom(name)
         code = self._call(f"state {name}", dom.state)[0]
         return _STATES.get(code, PowerState.OTHER)
 
     def exists(self, name: str) -> bool:
+        """Whether the domain is defined; only libvirt's 'no domain' means False, other errors
+        raise."""
         try:
             self._conn.lookupByName(name)
         except libvirt.libvirtError as e:
@@ -189,6 +199,8 @@ class LibvirtHypervisor:
         return True
 
     def get_size(self, name: str) -> DomainSize:
+        """vCPUs (the current count if one is set) and memory (``currentMemory``) of the inactive
+        XML."""
         dom = self._dom(name)
         xml = self._call(f"xml {name}", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML
@@ -200,6 +212,8 @@ class LibvirtHypervisor:
         return DomainSize(vcpus=vcpus, memory_mib=kib // 1024)
 
     def set_size(self, name: str, size: DomainSize) -> None:
+        """Set the persistent vCPUs and memory, current and maximum, growing the maximum first and
+        shrinking it last so libvirt accepts each call; applies at the next start."""
         dom = self._dom(name)
         kib = size.memory_mib * 1024
         ctx = f"resize {name}"
@@ -223,10 +237,13 @@ class LibvirtHypervisor:
                     kib, _CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM))
 
     def list_domains(self) -> list[str]:
+        """Names of all defined domains, running or not, sorted."""
         doms = self._call("list domains", self._conn.listAllDomains)
         return sorted(d.name() for d in doms)
 
     def disk_path(self, name: str) -> Path | None:
+        """The source file of the first file-backed ``device='disk'`` in the inactive XML, or
+        None."""
         dom = self._dom(name)
         xml = self._call(f"xml {name}", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         for disk in ET.fromstring(xml).iterfind(  # noqa: S314 - libvirt's own XML
@@ -237,10 +254,12 @@ class LibvirtHypervisor:
         return None
 
     def capacity(self) -> HostCapacity:
+        """Host CPUs and memory from libvirt's node info."""
         info = self._call("host info", self._conn.getInfo)
         return HostCapacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     def close(self) -> None:
+        """Close the libvirt connection."""
         try:
             self._conn.close()
         except libvirt.libvirtError as e:

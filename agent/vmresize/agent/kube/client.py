@@ -66,6 +66,7 @@ def translate(e: Exception, context: str) -> KubeError:
 
 
 def utcnow() -> datetime:
+    """The current time in UTC, for the timestamps the agent writes."""
     return datetime.now(UTC)
 
 
@@ -99,6 +100,7 @@ class AgentKube:
     # --- Host ---------------------------------------------------------------------------
 
     def get_host(self, name: str) -> Host:
+        """The Host ``name``; NotFound if it does not exist."""
         body = self._call(f"get Host {name}", lambda: self._api.get_cluster_custom_object(
             GROUP, VERSION, Host.plural, name))
         return Host.from_body(body)
@@ -122,6 +124,7 @@ class AgentKube:
             return self.get_host(name)
 
     def patch_host_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` into the Host's status subresource."""
         self._call(f"patch Host {name} status",
                    lambda: self._api.patch_cluster_custom_object_status(
                        GROUP, VERSION, Host.plural, name, {"status": status},
@@ -130,12 +133,14 @@ class AgentKube:
     # --- HostTask -----------------------------------------------------------------------
 
     def get_task(self, namespace: str, name: str) -> HostTask:
+        """The HostTask ``namespace/name``; NotFound if it does not exist."""
         body = self._call(f"get HostTask {namespace}/{name}",
                           lambda: self._api.get_namespaced_custom_object(
                               GROUP, VERSION, namespace, HostTask.plural, name))
         return HostTask.from_body(body)
 
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` into the HostTask's status subresource."""
         self._call(f"patch HostTask {namespace}/{name} status",
                    lambda: self._api.patch_namespaced_custom_object_status(
                        GROUP, VERSION, namespace, HostTask.plural, name, {"status": status},
@@ -158,6 +163,8 @@ class TaskStatusWriter:
         await asyncio.to_thread(self.kube.patch_task_status, self.namespace, self.name, status)
 
     async def running(self, attempt: int, message: str = "") -> None:
+        """Mark the task Running for ``attempt``: start time set, finish time, message and progress
+        reset."""
         await self._patch({"phase": TaskPhase.RUNNING.value, "attempt": attempt,
                            "startedAt": utcnow().isoformat(), "finishedAt": None,
                            "message": message, "progress": TaskProgress().wire()})
@@ -188,6 +195,8 @@ class TaskStatusWriter:
             await asyncio.gather(self._inflight, return_exceptions=True)
 
     async def succeeded(self, result: TaskResult, message: str) -> None:
+        """After any in-flight progress patch, mark the task Succeeded with ``result`` and the last
+        progress."""
         await self.settle()
         status: dict[str, Any] = {"phase": TaskPhase.SUCCEEDED.value, "message": message,
                                   "retryable": True, "result": result.wire(),
@@ -197,6 +206,8 @@ class TaskStatusWriter:
         await self._patch(status)
 
     async def failed(self, message: str, *, retryable: bool) -> None:
+        """After any in-flight progress patch, mark the task Failed with ``message`` and whether a
+        retry can help."""
         await self.settle()
         await self._patch({"phase": TaskPhase.FAILED.value, "message": message,
                            "retryable": retryable, "finishedAt": utcnow().isoformat()})

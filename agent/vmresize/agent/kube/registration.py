@@ -29,6 +29,8 @@ MIN_HEARTBEAT_SECONDS = 1.0
 
 
 def agent_version() -> str:
+    """The installed vmresize package version, or ``0.0.0+unknown`` when running from an uninstalled
+    tree."""
     try:
         return version("vmresize")
     except PackageNotFoundError:
@@ -47,6 +49,8 @@ class Registration:
 
 
 def capacity(hv: Hypervisor, storage_root: Path) -> Resources:
+    """Host vCPUs and memory from the hypervisor, and the size of the filesystem holding the storage
+    root (GiB)."""
     cap = hv.capacity()
     st = os.statvfs(storage_root)
     return Resources(vcpus=cap.vcpus, memory_mib=cap.memory_mib,
@@ -91,6 +95,8 @@ class Registrar:
         await self._report(ready=True)
 
     async def heartbeat_forever(self, interval: float) -> None:
+        """Publish the status every ``interval`` seconds (at least 1 s) until cancelled; a deleted
+        Host is registered again, and failures are logged, never raised."""
         interval = max(MIN_HEARTBEAT_SECONDS, interval)
         while True:
             await asyncio.sleep(interval)
@@ -106,6 +112,7 @@ class Registrar:
                 log.warning("heartbeat of %s failed: %s", self.reg.host, e)
 
     async def mark_stopped(self) -> None:
+        """Publish ``ready: false`` on a clean stop; a failure is only logged."""
         try:
             await self._report(ready=False)
         except (AgentError, OSError) as e:

@@ -1,14 +1,5 @@
 """The sending side of a disk migration: push a (sparse) disk to a peer's migration server.
 
-Public API::
-
-    SendResult(checksum: str, size_bytes: int, bytes_sent: int, legs: tuple[int, ...])
-    ProgressFn = Callable[[int, int, float], None]     # (bytes_done, bytes_total, rate B/s)
-    await send_disk(*, src: Path, address: str, port: int, host_key: str,
-                    client_key: asyncssh.SSHKey | Path, transfer_id: str,
-                    progress: ProgressFn | None = None,
-                    reconnect_attempts: int = 5) -> SendResult
-
 ``host_key`` is the receiver's OpenSSH public key line (``Host.status.hostKey``); it is
 the only key trusted for this connection (a known_hosts built from it; host key checking
 is never switched off). Only data extents travel (``SEEK_DATA``/``SEEK_HOLE``; all-zero
@@ -73,6 +64,7 @@ __all__ = ["ProgressFn", "SendResult", "send_disk"]
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float], None]
+"""(bytes_done, bytes_total, rate in bytes/s)."""
 PROGRESS_HZ = 2.0
 SSH_USER = "vmresize"
 CONNECT_TIMEOUT = 30.0
@@ -259,7 +251,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                     client_key: asyncssh.SSHKey | Path, transfer_id: str,
                     progress: ProgressFn | None = None,
                     reconnect_attempts: int = 5) -> SendResult:
-    """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``."""
+    """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``, resuming
+    after dropped connections; the verified result, or a :mod:`vmresize.agent.errors` type."""
     known_hosts = _known_hosts(address, port, host_key)
     key = load_client_key(client_key) if isinstance(client_key, Path) else client_key
     try:

@@ -1,14 +1,5 @@
 """SSH keys of the migration service: the per-host host key and the shared client key.
 
-Public API::
-
-    HOST_KEY_FILE = "ssh_host_ed25519_key"
-    load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey
-    load_client_key(path: Path) -> asyncssh.SSHKey
-    generate_key() -> asyncssh.SSHKey                    # ed25519, in memory
-    public_openssh(key: asyncssh.SSHKey) -> str          # "ssh-ed25519 AAAA... comment"
-    parse_public_key(text: str) -> asyncssh.SSHKey       # raises HostKeyError
-
 The host key is generated on the host on first start (ed25519), written atomically with mode
 0600, and published (``public_openssh``) in ``Host.status.hostKey``; senders pin it. The
 migration client key is one keypair shared by all agents, mounted from a Secret; this module
@@ -56,7 +47,8 @@ def _write_private_atomic(path: Path, key: asyncssh.SSHKey) -> None:
 
 
 def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
-    """Load ``state_dir/ssh_host_ed25519_key``, generating it (ed25519, 0600) if missing."""
+    """Load ``state_dir/ssh_host_ed25519_key``, generating it (ed25519, 0600) if missing;
+    TransferError if it cannot be read."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / HOST_KEY_FILE
     if not path.exists():
@@ -68,7 +60,8 @@ def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
 
 
 def load_client_key(path: Path) -> asyncssh.SSHKey:
-    """Load the shared migration client private key (OpenSSH or PKCS#8 format)."""
+    """Load the shared migration client private key (OpenSSH or PKCS#8 format); TransferError
+    if it cannot be read."""
     try:
         return asyncssh.read_private_key(path)
     except (asyncssh.KeyImportError, OSError) as e:

@@ -1,6 +1,7 @@
 """The disk-transfer wire protocol and the receiver's persistent state of one transfer.
 
-Shared by ``migration_server`` (receiving) and ``migration_client`` (sending).
+Shared by :mod:`~vmresize.agent.transfer.server` (receiving) and
+:mod:`~vmresize.agent.transfer.client` (sending).
 
 Wire protocol, spoken inside the SSH subsystem ``SUBSYSTEM`` (all integers big-endian):
 every frame starts with ``HEADER = struct(">BQI")`` = (kind, offset, length) followed by
@@ -12,13 +13,6 @@ receiver does not ``have``, then DONE, and reads RESULT or ERROR.
 
 Receiver state: :class:`ReceiveState` is persisted as JSON in ``<final>.xfer`` next to
 ``<final>.partial``, written atomically (tmp file + rename, never following symlinks).
-
-Public API::
-
-    SUBSYSTEM, PROTOCOL_VERSION, HEADER, HELLO, STATE, DATA, DONE, RESULT, ERROR
-    CHANNEL_WINDOW, CHANNEL_MAX_PKTSIZE, ENCRYPTION_ALGS, PARTIAL_SUFFIX, SIDECAR_SUFFIX
-    TransferStatus(transfer_id, rel_path, size, received, complete, sha256)   # frozen
-    ReceiveState(...).save() / .status() / .add_range(start, end) / .load(root, sidecar)
 """
 
 from __future__ import annotations
@@ -61,7 +55,9 @@ class ReceiverSession(Protocol):
 
     finishing: bool
 
-    def supersede(self) -> None: ...
+    def supersede(self) -> None:
+        """Another session (or ``forget``/``close``) takes the transfer over: stop writing."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -94,16 +90,20 @@ class ReceiveState:
 
     @property
     def partial(self) -> Path:
+        """``<final>.partial``: the file being written until the checksum matches."""
         return self.final.with_name(self.final.name + PARTIAL_SUFFIX)
 
     @property
     def sidecar(self) -> Path:
+        """``<final>.xfer``: where this state is saved as JSON."""
         return self.final.with_name(self.final.name + SIDECAR_SUFFIX)
 
     def received(self) -> int:
+        """Data bytes held: the total length of the received ranges."""
         return sum(end - start for start, end in self.ranges)
 
     def add_range(self, start: int, end: int) -> None:
+        """Record ``[start, end)`` as received, merging it with overlapping or adjacent ranges."""
         r = self.ranges
         if r and r[-1][0] <= start <= r[-1][1]:  # the common case: in-order append
             r[-1][1] = max(r[-1][1], end)
@@ -133,6 +133,7 @@ class ReceiveState:
         os.replace(tmp, self.sidecar)
 
     def status(self) -> TransferStatus:
+        """A frozen snapshot for callers outside the server."""
         return TransferStatus(self.transfer_id, self.rel_path, self.size, self.received(),
                               self.complete, self.sha256)
 

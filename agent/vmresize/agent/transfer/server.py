@@ -3,23 +3,6 @@
 It owns the SSH policy of the migration port, the channel handler that writes incoming
 data, and the registry of expected transfers (with their sidecar state).
 
-Public API::
-
-    SUBSYSTEM = "vmresize-disk@vmresize.io"
-    TransferStatus(transfer_id, rel_path, size, received, complete, sha256)   # frozen
-    await start_migration_server(*, root: Path, host_key: asyncssh.SSHKey,
-                                 authorized_keys: Sequence[str], host: str, port: int = 0)
-        -> MigrationServer
-    MigrationServer.port -> int                                 # bound port (port=0 picks one)
-    MigrationServer.expect(transfer_id, rel_path, apparent_size, *, at_most=False) -> None
-        # Prepare step; at_most=True: apparent_size is an upper bound and the sender's
-        # first HELLO fixes the exact size (persisted), e.g. a qcow2 that may still grow
-    MigrationServer.status(transfer_id) -> TransferStatus | None           # Finish step
-    MigrationServer.forget(transfer_id) -> None          # drop bookkeeping after Finish
-    MigrationServer.drop_connections() -> None           # abort live sessions (they resume)
-    MigrationServer.recover() -> int      # re-register from sidecars (done at start)
-    await MigrationServer.close() -> None
-
 SSH policy: public-key authentication only, against ``authorized_keys`` (OpenSSH lines of
 the shared migration key); no pty, shell, exec, sftp/scp, other subsystems, port/agent/X11
 forwarding. The only thing a client can do is open the ``SUBSYSTEM`` and push the data of a
@@ -137,6 +120,7 @@ class MigrationServer:
 
     @property
     def port(self) -> int:
+        """The bound TCP port (the OS chose it if the server was started with port 0)."""
         assert self._acceptor is not None
         return self._acceptor.get_port()
 
@@ -172,7 +156,7 @@ class MigrationServer:
         self._transfers[transfer_id] = xfer
 
     def status(self, transfer_id: str) -> TransferStatus | None:
-        """Receive state of ``transfer_id`` (``None`` if unknown)."""
+        """Receive state of ``transfer_id`` (``None`` if unknown); Finish checks it."""
         xfer = self._transfers.get(transfer_id)
         return xfer.status() if xfer is not None else None
 

@@ -1,7 +1,8 @@
 """The real :class:`~vmresize.agent.executor.Transfer`: the asyncssh migration service.
 
-A thin adapter that binds the executor's disk-copy seam to ``migration_server`` (receiving,
-on the destination) and ``migration_client`` (sending, on the source). The sender pins the
+A thin adapter that binds the executor's disk-copy seam to :mod:`~vmresize.agent.transfer.server`
+(receiving, on the destination) and :mod:`~vmresize.agent.transfer.client` (sending, on the
+source). The sender pins the
 peer's host key from the task (taken from the peer's ``Host.status.hostKey``).
 
 Prepare runs before the source is powered off, so the destination cannot know the exact
@@ -40,16 +41,21 @@ class SshTransfer:
                            at_most=True)
 
     def received(self, transfer_id: str) -> Received | None:
+        """Whether the disk of ``transfer_id`` arrived complete, and its sha256; None if the server
+        does not know the transfer."""
         status = self.server.status(transfer_id)
         if status is None:
             return None
         return Received(complete=status.complete, sha256=status.sha256)
 
     def forget(self, transfer_id: str) -> None:
+        """Drop the server's bookkeeping of ``transfer_id`` (and an incomplete partial file)."""
         self.server.forget(transfer_id)
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:
+        """Send ``src`` to ``peer``'s migration server, trusting only its published host key;
+        returns the checksum both sides agreed on."""
         result = await send_disk(src=src, address=peer.address, port=peer.port,
                                  host_key=peer.host_key, client_key=self._client_key,
                                  transfer_id=transfer_id, progress=progress)

@@ -1,15 +1,5 @@
 """Sparse-file primitives: data extents, whole-file sha256, sizes.
 
-Public API::
-
-    Extent(offset: int, length: int)                    # a NamedTuple
-    iter_extents(fd: int, size: int) -> Iterator[Extent] # data extents, in order
-    split_extents(extents, chunk: int) -> Iterator[Extent]
-    sha256_file(path: Path) -> str                      # == `sha256sum`, holes hashed as zeros
-    apparent_size(path: Path) -> int                    # st_size
-    allocated_bytes(path: Path) -> int                  # st_blocks * 512
-    SparseSink(fd, size, *, stream_hash, on_written)    # threaded in-order pwrite + sha256
-
 ``SparseSink`` owns ``fd`` from then on: a writer thread ``pwrite``-s queued data in order
 (holes are simply never written) and, when ``stream_hash`` is set, hands what it wrote to a
 hasher thread that feeds zeros for the gaps, so the sha256 of the whole image is ready right
@@ -152,7 +142,8 @@ _STOP = object()
 
 
 class SparseSink:
-    """Background in-order writer of one sparse image (see the module docstring)."""
+    """Background in-order writer of one sparse image; it owns ``fd`` from now on and calls
+    ``on_written(offset, length)`` on its writer thread (see the module docstring)."""
 
     def __init__(self, fd: int, size: int, *, stream_hash: bool,
                  on_written: Callable[[int, int], None]) -> None:

@@ -24,6 +24,8 @@ def _c(kind: str, on: bool, reason: str, message: str, generation: int | None) -
 
 def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str,
                       message: str, now: datetime, generation: int | None) -> list[Condition]:
+    """``existing`` with Ready, VerifyResize, Failed and RolledBack set for ``phase``; the message
+    goes only on the conditions that are True."""
     out = existing
     for kind, on in (("Ready", phase in _READY), ("VerifyResize", phase is P.VERIFY_RESIZE),
                      ("Failed", phase in _FAILED), ("RolledBack", phase is P.ROLLED_BACK)):
@@ -34,5 +36,6 @@ def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str
 
 def instance_conditions(existing: list[Condition], phase: InstancePhase, message: str,
                         now: datetime) -> list[Condition]:
+    """``existing`` with Ready set: True only while the instance is Active."""
     on = phase is InstancePhase.ACTIVE
     return set_condition(existing, _c("Ready", on, phase.value, message, None), now)

@@ -118,6 +118,7 @@ def step(state: State, obs: Observation, now: datetime) -> Step:
 
 
 def is_terminal(phase: ResizePhase) -> bool:
+    """Whether a resize in ``phase`` is finished: no rule moves it on and its daemon stops."""
     return phase in TERMINAL_PHASES
 
 

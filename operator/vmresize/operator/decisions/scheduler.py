@@ -74,6 +74,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Weights:
+    """Weigher multipliers for free RAM, vCPU and disk; a negative one packs instead of spreads."""
+
     ram: float = 1.0
     cpu: float = 0.0
     disk: float = 0.0
@@ -81,6 +83,9 @@ class Weights:
 
 @dataclass(frozen=True)
 class Selection:
+    """The chosen host, the alternates to try if preparing it fails, and the best weighed hosts with
+    their weights (for the status)."""
+
     host: str
     alternates: tuple[str, ...]
     weighed: tuple[tuple[str, float], ...]   # best first, at most 1 + max_alternates + 2
@@ -88,6 +93,8 @@ class Selection:
 
 @dataclass(frozen=True)
 class NoValidHost:
+    """Every host was filtered out: how many hosts each filter removed, of ``total``."""
+
     counts: Mapping[str, int]   # hosts removed per filter, in FILTERS order
     total: int
 

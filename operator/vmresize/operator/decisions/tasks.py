@@ -32,10 +32,13 @@ def parse_task_name(name: str | None) -> tuple[TaskAction | None, int]:
 
 
 def task_flavor(f: FlavorSpec) -> TaskFlavor:
+    """The size fields of a Flavor, as a HostTask carries them."""
     return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib)
 
 
 def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -> HostTask:
+    """Wrap ``spec`` into a HostTask with its deterministic name and the host, owner and action
+    labels."""
     name = naming.task_name(owner_uid, spec.action, attempt)
     return HostTask(kind=HostTask.kind_name, metadata={
         "name": name, "namespace": namespace,
@@ -45,6 +48,8 @@ def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -
 
 
 def peer(h: Host) -> PeerHost:
+    """The migration endpoint and host key of ``h`` for a MigrateDisk task; NotReady until its agent
+    publishes them."""
     st = h.status
     if st is None or st.migration_endpoint is None or not st.host_key:
         raise NotReady(f"host {h.name} publishes no migration endpoint or host key yet")

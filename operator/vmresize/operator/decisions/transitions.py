@@ -29,10 +29,13 @@ A = TaskAction
 
 
 def stay(s: State, o: Observation, now: datetime) -> Step:
+    """No change: the default for any (phase, observation) the table does not name."""
     return Step(s.phase)
 
 
 def recreate(s: State, o: Observation, now: datetime) -> Step:
+    """The current HostTask is gone (deleted by an admin): create it again, same action and
+    attempt."""
     assert s.current_action is not None
     host = s.source_host if s.current_action in _SOURCE_ACTIONS else s.dest_host
     return Step(s.phase, (CreateTask(s.current_action, host or "", s.current_attempt),),
@@ -75,21 +78,26 @@ def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
 
 
 def pending_valid(s: State, o: Observation, now: datetime) -> Step:
+    """The request is sound and the instance is locked: go on to Scheduling."""
     return Step(P.SCHEDULING, reason="Scheduling", message="Instance locked; scheduling")
 
 
 def pending_refused(s: State, o: Observation, now: datetime) -> Step:
+    """Invalid request, or another resize holds the instance: Failed, with nothing changed."""
     reason = o.reason or ("InstanceBusy" if o.kind is Kind.BUSY else "Invalid")
     return Step(P.FAILED, reason=reason, message=o.message or reason)
 
 
 def pending_tick(s: State, o: Observation, now: datetime) -> Step:
+    """Deleted while Pending: Failed and the instance unlocked; otherwise wait."""
     if s.deleting:
         return _unlock_failed("Deleted", "Deleted before it was scheduled")
     return Step(s.phase)
 
 
 def scheduled(s: State, o: Observation, now: datetime) -> Step:
+    """A claim is held on ``o.host``: remember it and its alternates and create the Prepare task
+    there."""
     assert o.host is not None
     return Step(P.PREPARING, (CreateTask(A.PREPARE, o.host, s.attempts),),
                 reason="Preparing", message=f"Claimed resources on {o.host}; preparing it",
@@ -98,6 +106,7 @@ def scheduled(s: State, o: Observation, now: datetime) -> Step:
 
 
 def no_valid_host(s: State, o: Observation, now: datetime) -> Step:
+    """Nothing fits: Failed on the first attempt; after a failed destination, roll back."""
     counts = ", ".join(f"{k}: {v}" for k, v in o.counts.items() if v) or "no hosts"
     msg = f"No valid host was found ({counts} removed)"
     if s.attempts == 0:
@@ -109,16 +118,20 @@ def no_valid_host(s: State, o: Observation, now: datetime) -> Step:
 
 
 def scheduling_tick(s: State, o: Observation, now: datetime) -> Step:
+    """Deleted while Scheduling: release any destination claim, unlock, Failed; otherwise wait."""
     if s.deleting:
         return _unlock_failed("Deleted", "Deleted while scheduling", ReleaseDestClaim())
     return Step(s.phase)
 
 
 def waiting(s: State, o: Observation, now: datetime) -> Step:
+    """The HostTask is still running: copy its progress into the status."""
     return Step(s.phase, updates=_progress(o))
 
 
 def prepared(s: State, o: Observation, now: datetime) -> Step:
+    """The destination is ready: create MigrateDisk on the source (or roll back if deleted
+    meanwhile)."""
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while preparing")
     return Step(P.MIGRATING, (CreateTask(A.MIGRATE_DISK, s.source_host or "", 0),),
@@ -126,6 +139,8 @@ def prepared(s: State, o: Observation, now: datetime) -> Step:
 
 
 def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
+    """Prepare failed: release the claim and try the next alternate, or roll back when none is left
+    (or the resize is being deleted)."""
     msg = f"Preparing {s.dest_host} failed: {o.message}"
     if not s.deleting and s.alternates and s.attempts < s.max_attempts:
         return Step(P.SCHEDULING, (ReleaseDestClaim(),), reason="Rescheduling",
@@ -140,6 +155,8 @@ def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
 
 
 def migrated(s: State, o: Observation, now: datetime) -> Step:
+    """The disk is copied and the source is off: record checksum and downtime and create Finish on
+    the destination."""
     up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds}
     up.update(_progress(o))
     if s.deleting:
@@ -153,10 +170,13 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
 
 
 def step_failed(s: State, o: Observation, now: datetime) -> Step:
+    """MigrateDisk or Finish failed: roll back to the source."""
     return _rollback(s, f"{s.phase.value}Failed", f"{s.phase.value} failed: {o.message}")
 
 
 def finished(s: State, o: Observation, now: datetime) -> Step:
+    """Running on the destination: wait in VerifyResize for the user, with the auto-confirm deadline
+    if a window is set."""
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while finishing")
     deadline = (now + timedelta(seconds=s.confirm_window_seconds)
@@ -171,16 +191,19 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
 
 
 def confirm(s: State, o: Observation, now: datetime) -> Step:
+    """The user confirmed: create Confirm to delete the old copy on the source."""
     return Step(P.CONFIRMING, (CreateTask(A.CONFIRM, s.source_host or "", 0),),
                 reason="Confirming", message=f"Deleting the old copy on {s.source_host}")
 
 
 def revert(s: State, o: Observation, now: datetime) -> Step:
+    """The user reverted: delete the new copy on the destination, then restart the source."""
     return Step(P.REVERTING, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),),
                 reason="Reverting", message=f"Deleting the new copy on {s.dest_host}")
 
 
 def verify_tick(s: State, o: Observation, now: datetime) -> Step:
+    """In VerifyResize: revert if deleted, confirm once the deadline has passed, otherwise wait."""
     if s.deleting:
         step = revert(s, o, now)
         return Step(step.phase, step.actions, reason="Deleted",
@@ -193,6 +216,8 @@ def verify_tick(s: State, o: Observation, now: datetime) -> Step:
 
 
 def confirmed(s: State, o: Observation, now: datetime) -> Step:
+    """The old copy is gone: the destination claim becomes the instance's and the instance is Active
+    there, unlocked."""
     return Step(P.CONFIRMED, (CommitClaims(), UpdateInstance(
         "dest", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
         reason="Confirmed", message=f"Confirmed: the instance lives on {s.dest_host}")
@@ -226,6 +251,8 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
 
 
 def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
+    """A rollback step failed: retry it while retries are left, then RollbackFailed with both copies
+    and claims kept for an admin."""
     if o.retryable and s.current_attempt + 1 < s.task_retries:
         return retry_or_wait(s, o, now)
     msg = (f"Rollback failed at {s.current_action} ({o.message}). Both copies are kept and "

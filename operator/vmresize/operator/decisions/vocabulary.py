@@ -36,6 +36,9 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class Observation:
+    """What the engine saw for the current phase: its kind and what goes with it (chosen host,
+    filter counts, task progress, checksum, downtime, whether a failure may be retried)."""
+
     kind: Kind
     reason: str = ""
     message: str = ""
@@ -107,6 +110,9 @@ Action = CreateTask | ReleaseDestClaim | CommitClaims | UpdateInstance
 
 @dataclass(frozen=True)
 class Step:
+    """What a rule decided: the next phase, the actions to carry out, and the reason, message and
+    other status fields to write."""
+
     phase: ResizePhase
     actions: tuple[Action, ...] = ()
     reason: str | None = None            # None keeps the current one

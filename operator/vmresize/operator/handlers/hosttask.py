@@ -16,6 +16,7 @@ from vmresize.api.naming import OWNER_UID_LABEL
 
 @kopf.on.event(GROUP, VERSION, "hosttasks")
 def task_changed(labels: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the daemon of the task's owner (by its UID label) so it reads the task now."""
     owner = labels.get(OWNER_UID_LABEL)
     if owner and hasattr(memo, "wakeups"):
         memo.wakeups.wake(owner)

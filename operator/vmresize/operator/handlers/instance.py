@@ -22,6 +22,7 @@ def _unbuilt(status: Any, **_: Any) -> bool:
 @kopf.daemon(GROUP, VERSION, "instances", id="build", when=_unbuilt, cancellation_timeout=10)
 async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: Any,
                 memo: Any, **_: Any) -> None:
+    """Daemon for an unbuilt Instance: runs the Instance reconcile until it is Active or Error."""
     step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
     await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds)
 
@@ -29,6 +30,8 @@ async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: 
 @kopf.on.delete(GROUP, VERSION, "instances", id="destroy")
 async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
                  **_: Any) -> None:
+    """Before the finalizer goes: destroy the domain and disk and release the claim (kopf retries
+    until that is done), then delete the Instance's HostTasks."""
     out = await asyncio.to_thread(instances.reconcile, memo.storage, memo.settings,
                                   namespace or "", name, driver.now(), True)
     driver.post(body, out.events)

@@ -26,6 +26,8 @@ def _active(status: Any, **_: Any) -> bool:
 @kopf.daemon(GROUP, VERSION, "vmresizes", id="drive", when=_active, cancellation_timeout=10)
 async def drive(body: Any, uid: str, name: str, namespace: str | None, stopped: Any,
                 memo: Any, **_: Any) -> None:
+    """Daemon for an unfinished VMResize: runs the engine until the resize reaches a terminal
+    phase."""
     step = partial(engine.reconcile, memo.storage, memo.settings, namespace or "", name)
     await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds)
 
@@ -40,6 +42,8 @@ def user_acted(spec: Any, uid: str, memo: Any, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "vmresizes", id="rollback-before-delete")
 async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
                  **_: Any) -> None:
+    """Before the finalizer goes: an unfinished resize is reverted or rolled back to its source
+    (kopf retries until it is finished), then its HostTasks are deleted."""
     out = await asyncio.to_thread(engine.reconcile, memo.storage, memo.settings, namespace or "",
                                   name, driver.now(), True)
     driver.post(body, out.events)

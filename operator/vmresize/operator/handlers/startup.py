@@ -25,6 +25,9 @@ PEERING = "vmresize-operator"
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Set kopf's identity (finalizer, annotations, peering) and tuning, read the settings
+    (PermanentError if invalid) and put Storage, Wakeups and settings into the memo; start the
+    metrics server."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

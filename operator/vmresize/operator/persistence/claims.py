@@ -29,6 +29,7 @@ Kind = Literal["Instance", "VMResize"]
 
 
 def key(kind: Kind, namespace: str, name: str) -> str:
+    """The allocation key of a consumer on a Host: ``<Kind>/<namespace>/<name>``."""
     return f"{kind}/{namespace}/{name}"
 
 
@@ -74,6 +75,7 @@ def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
 
 
 def release(storage: Storage, host_name: str | None, claim_key: str) -> None:
+    """Drop ``claim_key`` from the host's allocations; a missing host name or claim is a no-op."""
     if not host_name:
         return
 

@@ -93,21 +93,27 @@ class Storage:
         return model.from_body(body)
 
     def flavor(self, name: str) -> Flavor | None:
+        """The Flavor ``name``, or None if it does not exist."""
         return self._get(Flavor, name)
 
     def host(self, name: str) -> Host | None:
+        """The Host ``name``, or None if it does not exist."""
         return self._get(Host, name)
 
     def instance(self, namespace: str, name: str) -> Instance | None:
+        """The Instance ``namespace/name``, or None if it does not exist."""
         return self._get(Instance, name, namespace)
 
     def resize(self, namespace: str, name: str) -> VMResize | None:
+        """The VMResize ``namespace/name``, or None if it does not exist."""
         return self._get(VMResize, name, namespace)
 
     def task(self, namespace: str, name: str) -> HostTask | None:
+        """The HostTask ``namespace/name``, or None if it does not exist."""
         return self._get(HostTask, name, namespace)
 
     def hosts(self) -> list[Host]:
+        """Every Host in the cluster."""
         body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
             GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT)))
         return [Host.from_body(item) for item in body.get("items", [])]

@@ -32,22 +32,27 @@ class Wakeups:
         self._events: dict[str, asyncio.Event] = {}
 
     def event(self, uid: str) -> asyncio.Event:
+        """The event for ``uid``, created on first use; the daemon waits on it."""
         return self._events.setdefault(uid, asyncio.Event())
 
     def wake(self, uid: str) -> None:
+        """Set the event of ``uid`` if its daemon is running; otherwise nothing."""
         ev = self._events.get(uid)
         if ev is not None:
             ev.set()
 
     def forget(self, uid: str) -> None:
+        """Drop the event of ``uid`` when its daemon ends."""
         self._events.pop(uid, None)
 
 
 def now() -> datetime:
+    """The current time in UTC; the pure decisions take it as an argument."""
     return datetime.now(UTC)
 
 
 def post(body: Any, events: list[tuple[str, str, str]]) -> None:
+    """Post ``(type, reason, message)`` events on the object, messages cut to 1000 characters."""
     for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 

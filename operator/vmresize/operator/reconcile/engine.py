@@ -40,6 +40,9 @@ P = ResizePhase
 
 @dataclass
 class Outcome:
+    """The result of one reconcile step: the phase reached, whether the object is finished, whether
+    anything was written (else the daemon sleeps), and the events to post."""
+
     phase: ResizePhase | None = None
     done: bool = False
     changed: bool = False
