@@ -100,7 +100,7 @@ class AgentKube:
     # --- Host ---------------------------------------------------------------------------
 
     def get_host(self, name: str) -> Host:
-        """The Host ``name``; NotFound if it does not exist."""
+        """The Host ``name``; KubeNotFound if it does not exist."""
         body = self._call(f"get Host {name}", lambda: self._api.get_cluster_custom_object(
             GROUP, VERSION, Host.plural, name))
         return Host.from_body(body)
@@ -133,7 +133,7 @@ class AgentKube:
     # --- HostTask -----------------------------------------------------------------------
 
     def get_task(self, namespace: str, name: str) -> HostTask:
-        """The HostTask ``namespace/name``; NotFound if it does not exist."""
+        """The HostTask ``namespace/name``; KubeNotFound if it does not exist."""
         body = self._call(f"get HostTask {namespace}/{name}",
                           lambda: self._api.get_namespaced_custom_object(
                               GROUP, VERSION, namespace, HostTask.plural, name))
