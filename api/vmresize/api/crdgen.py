@@ -73,7 +73,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_schema(model: type[Any], validations: list[dict[str, str]]) -> dict[str, Any]:
+def model_schema(model: type[Any], validations: list[dict[str, Any]]) -> dict[str, Any]:
     """The structural schema of a spec or status model, with its CEL ``validations`` attached."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     node = structural(raw, raw.get("$defs", {}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -10,7 +10,7 @@ from vmresize.api.meta import Model, PrinterColumn, Resource, Resources, age_col
 
 
 class FlavorSpec(Model):
-    """What a VM of this flavor gets."""
+    """What a VM of this flavor gets. The sizes are immutable."""
 
     vcpus: int = Field(ge=1, le=1024)
     """Virtual CPUs."""
@@ -46,6 +46,15 @@ class Flavor(Resource):
         PrinterColumn(name="Ephemeral-GiB", type="integer", json_path=".spec.ephemeralGiB",
                       priority=1),
         age_column(),
+    ]
+    #: Sizes are immutable, as Nova's flavors are: instances and resizes refer to a flavor
+    #: by name, so editing its sizes would change what they mean under them. Extra specs
+    #: stay editable (Nova lets admins set them on an existing flavor too).
+    spec_validations: ClassVar[list[dict[str, Any]]] = [
+        {"rule": f"self.{f} == oldSelf.{f}",
+         "message": f"{f} is immutable: a Flavor's sizes never change (as in Nova); "
+                    "create a new Flavor instead"}
+        for f in ("vcpus", "memoryMiB", "diskGiB", "ephemeralGiB")
     ]
 
     spec: FlavorSpec

@@ -8,7 +8,7 @@ writes.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ from vmresize.api.meta import (
     PrinterColumn,
     Resource,
     age_column,
+    immutable,
 )
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -75,11 +76,13 @@ class InstanceSpec(Model):
     flavor: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Name of the Flavor the VM is created with. A VMResize changes the running flavor."""
     host: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    """Host to create (or adopt) the VM on; the scheduler picks one when empty."""
+    """Host to create (or adopt) the VM on; the scheduler picks one when empty. Naming one
+    is an admin's act (the chart's admission policy). Immutable."""
     image: ImageSource = Field(default_factory=ImageSource)
     """Root disk source for a new VM."""
     adopt: AdoptSource | None = None
-    """Adopt an existing domain on ``host`` instead of creating one."""
+    """Adopt an existing domain on ``host`` instead of creating one: an admin's act (the
+    chart's admission policy); a domain another Instance owns is refused. Immutable."""
 
 
 class InstanceStatus(Model):
@@ -119,7 +122,15 @@ class Instance(Resource):
     scope: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
     # Not "vmi": KubeVirt's VirtualMachineInstance has it, and kubectl would be ambiguous.
     short_names: ClassVar[list[str]] = ["inst"]
-    root_validations: ClassVar[list[dict[str, str]]] = [NAME_IS_LABEL]
+    root_validations: ClassVar[list[dict[str, Any]]] = [NAME_IS_LABEL]
+    #: Placement is decided once: a later spec.host or spec.adopt would slip past the
+    #: admission policy, which checks them on create.
+    spec_validations: ClassVar[list[dict[str, Any]]] = [
+        immutable("host"),
+        immutable("adopt"),
+        {"rule": "!has(self.adopt) || has(self.host)",
+         "message": "spec.adopt needs spec.host: the host whose domain is adopted"},
+    ]
     printer_columns: ClassVar[list[PrinterColumn]] = [
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
         PrinterColumn(name="Host", type="string", json_path=".status.host"),

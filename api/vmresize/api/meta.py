@@ -29,6 +29,15 @@ NAME_IS_LABEL = {
 }
 
 
+def immutable(field: str) -> dict[str, str]:
+    """CEL: an optional field keeps the value (or absence) it was created with."""
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) && "
+        f"(!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"{field} is immutable",
+    }
+
+
 class Model(BaseModel):
     """Base of every API model: camelCase aliases, documented fields, unknown keys refused."""
 
@@ -122,8 +131,9 @@ class Resource(Model):
     scope: ClassVar[Literal["Namespaced", "Cluster"]]
     short_names: ClassVar[list[str]] = []
     printer_columns: ClassVar[list[PrinterColumn]] = []
-    root_validations: ClassVar[list[dict[str, str]]] = []
-    spec_validations: ClassVar[list[dict[str, str]]] = []
+    #: CEL rules (``x-kubernetes-validations`` entries) at the root and on ``spec``.
+    root_validations: ClassVar[list[dict[str, Any]]] = []
+    spec_validations: ClassVar[list[dict[str, Any]]] = []
     #: Spec and status are loaded leniently from the API: it may add fields we do not know.
     model_config = ConfigDict(extra="ignore")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ from vmresize.api.meta import (
     PrinterColumn,
     Resource,
     age_column,
+    immutable,
 )
 
 
@@ -63,12 +64,23 @@ TERMINAL_PHASES = frozenset({
 })
 
 
-def _immutable(field: str) -> dict[str, str]:
-    """CEL: an optional field keeps the value (or absence) it was created with."""
+def _decided_only_in_verify_resize(flag: str) -> dict[str, Any]:
+    """CEL at the root (it must see ``status``): ``spec.<flag>`` may turn true only while
+    the resize waits in VerifyResize. A transition rule with an optional ``oldSelf``, so it
+    also refuses a resize created with the flag set (there is no status on create), and
+    never bites a status write: those cannot change the spec, so the flag keeps its old
+    value and the rule holds."""
+    phase = "(has(self.status) && has(self.status.phase) ? self.status.phase : 'Pending')"
     return {
-        "rule": f"has(self.{field}) == has(oldSelf.{field}) && "
-        f"(!has(self.{field}) || self.{field} == oldSelf.{field})",
-        "message": f"{field} is immutable",
+        "rule": f"!self.spec.{flag} || (oldSelf.hasValue() && oldSelf.value().spec.{flag}) "
+        f"|| {phase} == 'VerifyResize'",
+        "messageExpression": f"'spec.{flag} is accepted only while the resize is in "
+        f"VerifyResize; it is ' + (oldSelf.hasValue() ? {phase} : 'being created')"
+        + (" + ' (to confirm on its own, set spec.autoConfirmSeconds)'"
+           if flag == "confirm" else ""),
+        "optionalOldSelf": True,
+        "reason": "FieldValueForbidden",
+        "fieldPath": f".spec.{flag}",
     }
 
 
@@ -84,9 +96,11 @@ class VMResizeSpec(Model):
     )
     """Force this destination host (an admin's act, as in Nova). Immutable."""
     confirm: bool = False
-    """Set true in VerifyResize to keep the new copy and delete the old. One-way."""
+    """Set true in VerifyResize to keep the new copy and delete the old. One-way; refused
+    in any other phase (and on create)."""
     revert: bool = False
-    """Set true in VerifyResize to go back to the old host and flavor. One-way."""
+    """Set true in VerifyResize to go back to the old host and flavor. One-way; refused in
+    any other phase (and on create)."""
     auto_confirm_seconds: int | None = Field(default=None, ge=0, le=30 * 24 * 3600)
     """Confirm automatically this long after VerifyResize; 0 never. Empty: cluster default."""
 
@@ -193,8 +207,12 @@ class VMResize(Resource):
          "message": "revert cannot be set back to false"},
         {"rule": "self.instanceName == oldSelf.instanceName",
          "message": "instanceName is immutable"},
-        _immutable("flavor"),
-        _immutable("targetHost"),
+        immutable("flavor"),
+        immutable("targetHost"),
+    ]
+    root_validations: ClassVar[list[dict[str, Any]]] = [
+        _decided_only_in_verify_resize("confirm"),
+        _decided_only_in_verify_resize("revert"),
     ]
 
     spec: VMResizeSpec
