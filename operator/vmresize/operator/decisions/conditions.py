@@ -35,7 +35,8 @@ def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str
 
 
 def instance_conditions(existing: list[Condition], phase: InstancePhase, message: str,
-                        now: datetime) -> list[Condition]:
-    """``existing`` with Ready set: True only while the instance is Active."""
+                        now: datetime, reason: str = "") -> list[Condition]:
+    """``existing`` with Ready set: True only while the instance is Active; its reason is
+    ``reason`` when given (e.g. why an instance is in Error), else the phase."""
     on = phase is InstancePhase.ACTIVE
-    return set_condition(existing, _c("Ready", on, phase.value, message, None), now)
+    return set_condition(existing, _c("Ready", on, reason or phase.value, message, None), now)

@@ -57,14 +57,17 @@ def _update_host(storage: Storage, host_name: str,
 
 
 def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
-          resources: Resources, *, check_fit: bool = True) -> bool:
-    """Claim ``resources`` on the host; False if they do not fit (after a fresh read)."""
+          resources: Resources) -> bool:
+    """Claim ``resources`` on the host; False if they do not fit (after a fresh read).
+
+    Every claim is fit-checked, adoptions and forced hosts included: a claim that skipped
+    it would over-commit the host behind the scheduler's back (invariant 4)."""
 
     def change(host: Host) -> bool | None:
         assert host.status is not None
         if claim_key in host.status.allocations:
             return None
-        if check_fit and fits(host_state(host), resources.vcpus, resources.memory_mib,
+        if fits(host_state(host), resources.vcpus, resources.memory_mib,
                               resources.disk_gib) is not None:
             return False
         host.status.allocations[claim_key] = Allocation(

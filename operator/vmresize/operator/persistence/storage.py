@@ -118,6 +118,14 @@ class Storage:
             GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT)))
         return [Host.from_body(item) for item in body.get("items", [])]
 
+    def instances(self) -> list[Instance]:
+        """Every Instance in every namespace (the adopt check needs them all)."""
+        body = cast(dict[str, Any], _call("list instances",
+                                          lambda: self._co.list_cluster_custom_object(
+                                              GROUP, VERSION, Instance.plural,
+                                              _request_timeout=REQUEST_TIMEOUT)))
+        return [Instance.from_body(item) for item in body.get("items", [])]
+
     # -- writes
 
     def replace_status(self, obj: R) -> R:

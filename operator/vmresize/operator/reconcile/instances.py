@@ -31,11 +31,14 @@ from vmresize.operator.reconcile.engine import Outcome
 from vmresize.operator.settings import Settings
 
 IP = InstancePhase
+ADOPT_REFUSED = "DomainAlreadyOwned"
+"""Reason (Ready condition and Event) of an Adopt refused because another Instance owns it."""
 
 
 def _write(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
-           events: list[tuple[str, str, str]]) -> Outcome:
-    st.conditions = conditions.instance_conditions(st.conditions, st.phase, st.message, now)
+           events: list[tuple[str, str, str]], reason: str = "") -> Outcome:
+    st.conditions = conditions.instance_conditions(st.conditions, st.phase, st.message, now,
+                                                   reason)
     inst.status = st
     storage.replace_status(inst)
     return Outcome(done=st.phase in (IP.ACTIVE, IP.ERROR), changed=True, events=events)
@@ -52,10 +55,20 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
     hosts = storage.hosts()
     host = claims.find_claim(hosts, key)
     adopt = inst.spec.adopt is not None
+    if adopt and host is None:
+        owner = _adopt_owner(storage, inst)
+        if owner is not None:
+            return _refuse_adopt(storage, inst, st, now, owner)
     if host is None and inst.spec.host is not None:
-        # A named host is an admin's act; an adopted VM already uses its resources.
-        if claims.claim(storage, inst.spec.host, key, "Instance", res, check_fit=not adopt):
+        # A named host is an admin's act (the chart's admission policy). An adopted VM is
+        # claimed like any other: its resources are not in any allocation yet, so it must
+        # fit, or the host would be over-committed behind the scheduler's back.
+        if claims.claim(storage, inst.spec.host, key, "Instance", res):
             host = inst.spec.host
+        else:
+            return _retry(storage, inst, st, now, "DoesNotFit",
+                          f"Flavor {inst.spec.flavor} does not fit on host {inst.spec.host} "
+                          "(or the host does not exist); retrying")
     elif host is None:
         req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
                       now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
@@ -66,13 +79,8 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
                              settings.disk_weight_multiplier))
         if isinstance(out, NoValidHost):
             counts = ", ".join(f"{k}: {v}" for k, v in out.counts.items() if v) or "no hosts"
-            msg = f"No valid host was found ({counts} removed); retrying"
-            if st.message != msg:   # say so once, then keep trying quietly
-                st.message = msg
-                out_ = _write(storage, inst, st, now, [("Warning", "NoValidHost", msg)])
-                out_.changed = False
-                return out_
-            raise NotReady(f"no valid host for {inst.name} ({counts})", delay=10)
+            return _retry(storage, inst, st, now, "NoValidHost",
+                          f"No valid host was found ({counts} removed); retrying")
         for h in (out.host, *out.alternates):
             if claims.claim(storage, h, key, "Instance", res):
                 host = h
@@ -84,6 +92,55 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
                                       flavor=flavor.spec))
     st.phase, st.host, st.message = IP.BUILDING, host, f"{action} on {host}"
     return _write(storage, inst, st, now, [("Normal", "Building", st.message)])
+
+
+def _retry(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
+           reason: str, msg: str) -> Outcome:
+    """Placement cannot happen yet: say so once (status and Event), then retry quietly."""
+    if st.message != msg:
+        st.message = msg
+        out = _write(storage, inst, st, now, [("Warning", reason, msg)], reason=reason)
+        out.changed = False
+        return out
+    raise NotReady(f"{inst.namespace}/{inst.name}: {msg}", delay=10)
+
+
+def _owns(other: Instance, host: str, domain: str) -> bool:
+    """Whether ``other`` holds the domain ``domain`` on ``host``: its status names it, or it
+    is being built with that very domain (Adopt or Spawn under way)."""
+    st = other.status
+    if st is None or st.host != host:
+        return False
+    if st.domain_name == domain:
+        return True
+    if st.phase is not IP.BUILDING:
+        return False
+    building = (other.spec.adopt.domain_name if other.spec.adopt
+                else naming.domain_name(other.namespace, other.name))
+    return building == domain
+
+
+def _adopt_owner(storage: Storage, inst: Instance) -> Instance | None:
+    """Another Instance that already owns the domain ``inst`` asks to adopt, if any."""
+    assert inst.spec.adopt is not None
+    host, domain = inst.spec.host or "", inst.spec.adopt.domain_name
+    for other in storage.instances():
+        if other.uid != inst.uid and _owns(other, host, domain):
+            return other
+    return None
+
+
+def _refuse_adopt(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
+                  owner: Instance) -> Outcome:
+    """Error, with nothing claimed and no host recorded: deleting this Instance then destroys
+    nothing (its Destroy step needs a host and a domain in its status)."""
+    assert inst.spec.adopt is not None
+    st.phase = IP.ERROR
+    st.message = (f"domain {inst.spec.adopt.domain_name} on host {inst.spec.host} is owned by "
+                  f"Instance {owner.namespace}/{owner.name}; a domain that an Instance owns "
+                  "is never adopted again")
+    return _write(storage, inst, st, now, [("Warning", ADOPT_REFUSED, st.message)],
+                  reason=ADOPT_REFUSED)
 
 
 def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
