@@ -180,6 +180,15 @@ class Executor:
             raise TaskRefused(f"disk of {name} is outside the storage root: {disk}")
         rel = str(resolved.relative_to(self.root))
         self._abs(rel)  # the same confinement every other step applies
+        # The domain remembers who adopted it: a second Instance (another tenant's, or one
+        # racing the first past the operator's check) is refused. Re-running our own Adopt
+        # after a crash finds our UID and goes on.
+        owner = await self._hv(self.hv.owner, name)
+        if owner and owner != spec.owner_uid:
+            raise TaskRefused(f"domain {name} is owned by the Instance with UID {owner}; "
+                              "a domain that an Instance owns is never adopted again")
+        if spec.owner_uid and owner != spec.owner_uid:
+            await self._hv(self.hv.set_owner, name, spec.owner_uid)
         return StepOutcome(await self._describe(name, rel), f"adopted {name}")
 
     async def _prepare(self, spec: HostTaskSpec) -> StepOutcome:

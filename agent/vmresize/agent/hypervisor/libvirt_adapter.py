@@ -33,6 +33,8 @@ from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, HostCapac
 
 T = TypeVar("T")
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+OWNER_XMLNS = "https://vmresize.io/xmlns/owner/1"
+"""Namespace of the ``<metadata>`` element naming the Instance that owns a domain."""
 
 _RETRYABLE_CODES = {
     libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
@@ -252,6 +254,25 @@ class LibvirtHypervisor:
             if disk.get("device", "disk") == "disk" and src is not None and src.get("file"):
                 return Path(src.get("file") or "")
         return None
+
+    def owner(self, name: str) -> str | None:
+        dom = self._dom(name)
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_XMLNS, _CONFIG)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise translate(e, f"metadata {name}") from e
+        return ET.fromstring(xml).get("uid") or None  # noqa: S314 - libvirt's own XML
+
+    def set_owner(self, name: str, owner_uid: str) -> None:
+        dom = self._dom(name)
+        flags = _CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE
+                           if self._call(f"state {name}", dom.isActive) else 0)
+        xml = f"<owner uid={quoteattr(owner_uid)}/>"
+        with self._lock:
+            self._call(f"set owner of {name}", lambda: dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "vmresize", OWNER_XMLNS, flags))
 
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory from libvirt's node info."""

@@ -106,6 +106,14 @@ class Hypervisor(Protocol):
         """Absolute path of the domain's first file-backed disk, if any."""
         ...
 
+    def owner(self, name: str) -> str | None:
+        """UID of the Instance that owns the domain, as recorded by :meth:`set_owner`."""
+        ...
+
+    def set_owner(self, name: str, owner_uid: str) -> None:
+        """Record in the domain's persistent definition that ``owner_uid`` owns it."""
+        ...
+
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory."""
         ...
