@@ -68,6 +68,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         self._closed = False
         self._releasing = False
         self.finishing = False
+        self._declared: str | None = None  # DONE's sha256, until the finish starts
         self._loop = asyncio.get_running_loop()
         self.released: asyncio.Future[None] = self._loop.create_future()
 
@@ -96,6 +97,8 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         view = memoryview(data)
         try:
             while view and not self._closed:
+                if self.finishing:  # DONE is the last frame; more is a broken sender
+                    raise ValueError(f"{len(view)} bytes after DONE")
                 if self._data_left:
                     n = min(self._data_left, len(view))
                     self._write(view[:n])
@@ -106,6 +109,8 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                 view = view[take:]
                 if len(self._buf) == self._need:
                     self._frame_ready()
+            if self._declared is not None and not self._closed:
+                self._start_finish()
         except TransferBusy as e:
             self._fail("busy", str(e))
         except (TransferRefused, PathEscape) as e:
@@ -126,6 +131,8 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             if length:
                 return
         payload = json.loads(bytes(self._buf) or b"{}")
+        if not isinstance(payload, dict):
+            raise ValueError(f"control frame {self._kind} must be a JSON object")
         kind = self._kind
         self._buf.clear()
         self._kind, self._need = 0, HEADER.size
@@ -144,7 +151,13 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             raise ValueError("HELLO sent twice")
         if doc.get("version") != PROTOCOL_VERSION:
             raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}")
-        xfer = self._server._claim(str(doc.get("transfer_id")), doc.get("size"), self)
+        tid, size = doc.get("transfer_id"), doc.get("size")
+        if not isinstance(tid, str):
+            raise TransferRefused(f"transfer_id must be a string, not {tid!r}")
+        # JSON has one number type: 4096.0 == 4096 in Python, but no file has a float size.
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TransferRefused(f"size must be a non-negative integer, not {size!r}")
+        xfer = self._server._claim(tid, size, self)
         self._xfer = xfer
         if xfer.complete:
             self._send(STATE, {"complete": True, "sha256": xfer.sha256, "have": xfer.ranges})
@@ -213,7 +226,15 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         self.finishing = True
         assert self._chan is not None
         self._chan.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._finish(str(doc.get("sha256"))))
+        # Verified only once the rest of this packet is known to be empty (data_received):
+        # bytes after DONE refuse the transfer before anything is committed.
+        self._declared = str(doc.get("sha256"))
+
+    def _start_finish(self) -> None:
+        """Verify and commit in a task, now that DONE was the last thing received."""
+        declared, self._declared = self._declared, None
+        assert declared is not None
+        task = asyncio.get_running_loop().create_task(self._finish(declared))
         self._server._tasks.add(task)
         task.add_done_callback(self._server._tasks.discard)
 
