@@ -74,10 +74,10 @@ def _decided_only_in_verify_resize(flag: str) -> dict[str, Any]:
     return {
         "rule": f"!self.spec.{flag} || (oldSelf.hasValue() && oldSelf.value().spec.{flag}) "
         f"|| {phase} == 'VerifyResize'",
+        # oldSelf is not bound in a message expression, so a new resize reads as Pending.
         "messageExpression": f"'spec.{flag} is accepted only while the resize is in "
-        f"VerifyResize; it is ' + (oldSelf.hasValue() ? {phase} : 'being created')"
-        + (" + ' (to confirm on its own, set spec.autoConfirmSeconds)'"
-           if flag == "confirm" else ""),
+        f"VerifyResize; it is ' + {phase}",
+        "message": f"spec.{flag} is accepted only while the resize is in VerifyResize",
         "optionalOldSelf": True,
         "reason": "FieldValueForbidden",
         "fieldPath": f".spec.{flag}",

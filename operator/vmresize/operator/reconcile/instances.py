@@ -49,7 +49,8 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
     flavor = storage.flavor(inst.spec.flavor)
     if flavor is None:
         st.phase, st.message = IP.ERROR, f"Flavor {inst.spec.flavor} does not exist"
-        return _write(storage, inst, st, now, [("Warning", "FlavorNotFound", st.message)])
+        return _write(storage, inst, st, now, [("Warning", "FlavorNotFound", st.message)],
+                      reason="FlavorNotFound")
     key = claims.key("Instance", inst.namespace, inst.name)
     res = flavor.spec.resources()
     hosts = storage.hosts()
