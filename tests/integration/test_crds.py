@@ -114,17 +114,27 @@ INVALID_UPDATES: list[tuple[str, dict[str, Any], str]] = [
 def test_invalid_update_is_refused(kubeconfig: Path, namespace: str, case: str,
                                    patch: dict[str, Any], expected: str) -> None:
     flag = "revert" if case != "confirm-flipped-back" else "confirm"
-    code, err = _apply(kubeconfig, namespace, resize(flavor="m1.small", **{flag: True}))
+    code, err = _apply(kubeconfig, namespace, resize(flavor="m1.small"))
     assert code == 0, err
+    _verify_resize(kubeconfig, namespace)  # confirm/revert are accepted only there
+    kubectl(kubeconfig, "patch", "vmresize", "r1", "-n", namespace, "--type", "merge",
+            "-p", json.dumps({"spec": {flag: True}}))
     proc = kubectl(kubeconfig, "patch", "vmresize", "r1", "-n", namespace, "--type", "merge",
                    "-p", json.dumps(patch), check=False)
     assert proc.returncode != 0, f"{case} was accepted"
     assert expected in proc.stderr, proc.stderr
 
 
+def _verify_resize(kubeconfig: Path, namespace: str) -> None:
+    """Put r1 in VerifyResize, as the operator would (status subresource)."""
+    kubectl(kubeconfig, "patch", "vmresize", "r1", "-n", namespace, "--subresource=status",
+            "--type", "merge", "-p", '{"status":{"phase":"VerifyResize"}}')
+
+
 def test_confirm_can_be_set_once(kubeconfig: Path, namespace: str) -> None:
     code, err = _apply(kubeconfig, namespace, resize(flavor="m1.small"))
     assert code == 0, err
+    _verify_resize(kubeconfig, namespace)
     kubectl(kubeconfig, "patch", "vmresize", "r1", "-n", namespace, "--type", "merge",
             "-p", '{"spec":{"confirm":true}}')
     proc = kubectl(kubeconfig, "patch", "vmresize", "r1", "-n", namespace, "--type", "merge",

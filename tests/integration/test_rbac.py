@@ -328,7 +328,10 @@ def test_forced_host_is_an_admins_act(release: Release, tenant: str) -> None:
     got = kubectl(admin, "get", "vmresize", "forced", "-n", tenant, "-o",
                   "jsonpath={.spec.targetHost}").stdout
     assert got == "hv-2"
-    # The policy guards CREATE only; the tenant still drives an admin-forced resize...
+    # The policy guards CREATE only; the tenant still drives an admin-forced resize (once
+    # it waits in VerifyResize, where confirm is accepted)...
+    kubectl(admin, "patch", "vmresize", "forced", "-n", tenant, "--subresource=status",
+            "--type=merge", "-p", '{"status":{"phase":"VerifyResize"}}')
     kubectl(admin, "patch", "vmresize", "forced", "-n", tenant, *as_alice, "--type=merge",
             "-p", '{"spec":{"confirm":true}}')
     # ...and cannot force a host later: spec.targetHost is immutable, absence included.

@@ -356,7 +356,9 @@ def test_confirm_failure_is_retried(world: World, agents: Fulfiller,
     world.instance("vm1", "small", host="a")
     agents.script.fail[("Confirm", None)] = "device busy"
     agents.script.once.add(("Confirm", None))
-    world.resize("r1", "vm1", "medium", confirm=True)   # confirm early: applied in VerifyResize
+    world.resize("r1", "vm1", "medium")   # confirm is accepted only in VerifyResize
+    world.wait_phase("r1", "VerifyResize")
+    world.patch_resize("r1", {"confirm": True})
     st = world.wait_phase("r1", "Confirmed")
     assert st["currentTask"].endswith("-confirm-1")
     assert any("device busy" in e for e in world.events_once("r1", "device busy"))
