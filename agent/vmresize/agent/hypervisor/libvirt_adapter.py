@@ -256,6 +256,7 @@ class LibvirtHypervisor:
         return None
 
     def owner(self, name: str) -> str | None:
+        """The ``uid`` of our ``<metadata>`` element in the persistent definition, if any."""
         dom = self._dom(name)
         try:
             xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_XMLNS, _CONFIG)
@@ -266,6 +267,7 @@ class LibvirtHypervisor:
         return ET.fromstring(xml).get("uid") or None  # noqa: S314 - libvirt's own XML
 
     def set_owner(self, name: str, owner_uid: str) -> None:
+        """Write our ``<metadata>`` element (persistent, and live if the domain runs)."""
         dom = self._dom(name)
         flags = _CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE
                            if self._call(f"state {name}", dom.isActive) else 0)
