@@ -2,7 +2,8 @@
 """Run real ``python -m vmresize.agent`` processes for tests and the demo, and stop them.
 
 Each agent gets its own directory (storage root, state dir, embedded QEMU root, log) and
-its own 127.0.0.x migration address. Processes are stopped by PID, never by name. For
+its own 127.0.0.x migration address (its metrics endpoint listens there too). Processes
+are stopped by PID, never by name. For
 ``qemu:///embed`` the caller should itself be a child subreaper
 (``vmresize.agent.hypervisor.embedded.become_subreaper`` + ``start_reaper``): QEMU
 outlives a stopped agent (VMs survive agent restarts by design) and is re-parented to
@@ -81,6 +82,8 @@ class AgentProcess:
     embedded: bool = False
     heartbeat_seconds: float = 1.0
     port: int = 0
+    #: Its Prometheus endpoint, on its own address; 0 picks a free port at the first start.
+    metrics_port: int = 0
     libvirt_dir: Path | None = None
     stop_vms_on_exit: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -113,11 +116,14 @@ class AgentProcess:
                 "--migration-key-file", str(self.key_file), "--namespace", self.namespace,
                 "--kubeconfig", str(self.kubeconfig),
                 "--heartbeat-seconds", str(self.heartbeat_seconds),
+                "--metrics-address", self.address, "--metrics-port", str(self.metrics_port),
                 *(["--stop-vms-on-exit"] if self.stop_vms_on_exit else [])]
 
     def start(self) -> AgentProcess:
         if not self.port:
             self.port = free_port(self.address)
+        if not self.metrics_port:
+            self.metrics_port = free_port(self.address)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_root.mkdir(exist_ok=True)
         with self.log_file.open("ab") as log:

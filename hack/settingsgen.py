@@ -98,6 +98,9 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("namespace", note="the release namespace"),
         Wire("kubeconfig", note="not set: the pod's ServiceAccount"),
         Wire("heartbeat_seconds", "agent.settings.heartbeatSeconds"),
+        Wire("metrics_port", note="agent.metrics.port, or 0 when agent.metrics.enabled is "
+                                  "false"),
+        Wire("metrics_address", note="not set: all addresses, as a pod's port should"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

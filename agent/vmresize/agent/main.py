@@ -18,6 +18,7 @@ import threading
 
 import kopf
 
+from vmresize.agent import metrics
 from vmresize.agent.errors import AgentError, HypervisorError, KubeError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
@@ -55,6 +56,7 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
     cfg.storage_root.mkdir(parents=True, exist_ok=True)
     root = cfg.storage_root.resolve()
     hv = await asyncio.to_thread(LibvirtHypervisor, cfg.libvirt_uri)
+    metrics_server = metrics.serve(cfg.metrics_port, cfg.metrics_address)
     try:
         host_key = keys.load_or_create_host_key(cfg.state_dir)
         client_key = keys.load_client_key(cfg.migration_key_file)
@@ -92,6 +94,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             if cfg.stop_vms_on_exit:
                 await asyncio.to_thread(_stop_vms, hv)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         hv.close()
 
 

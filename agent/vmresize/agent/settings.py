@@ -63,6 +63,14 @@ class AgentSettings(EnvSettings):
         validation_alias="VMRESIZE_HEARTBEAT_SECONDS",
         description="Seconds between heartbeats in the Host's status; keep it well below "
                     "the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS.")
+    metrics_port: int = Field(
+        8091, ge=0, le=65535,  # next to the operator's 8090
+        validation_alias="VMRESIZE_METRICS_PORT",
+        description="Port of the agent's Prometheus /metrics endpoint; 0 serves none.")
+    metrics_address: str = Field(
+        "0.0.0.0", min_length=1, validation_alias="VMRESIZE_METRICS_ADDRESS",  # noqa: S104
+        description="Address the metrics endpoint binds (all addresses: with hostNetwork, "
+                    "every address of the node).")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
         description="On a clean stop, power off every domain (demos and tests only: by "

@@ -4,15 +4,21 @@
 - ``vmresize_resizes_finished_total{outcome}``: resizes reaching a terminal phase.
 - ``vmresize_resize_phase_duration_seconds{phase}``: time spent in each phase.
 - ``vmresize_resize_downtime_seconds``: VM powered-off time reported by MigrateDisk.
+- ``vmresize_host_capacity{host,resource}``: what the scheduler may hand out on a Host,
+  ``(capacity - reserved) * allocation ratio``, for ``resource`` ``vcpus``, ``memory_mib``
+  and ``disk_gib``; ``vmresize_host_claimed{host,resource}``: the sum of its allocations.
+  Updated on every Host event (the heartbeat makes one every few seconds); a deleted Host's
+  series are removed.
 
 Counters start from zero in each operator process (as usual for Prometheus).
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 
@@ -26,6 +32,11 @@ PHASE_SECONDS = Histogram("vmresize_resize_phase_duration_seconds",
 DOWNTIME = Histogram("vmresize_resize_downtime_seconds",
                      "How long the VM was powered off for the move",
                      buckets=(0.25, 0.5, 1, 1.5, 2, 5, 10, 30, 60, 300))
+HOST_CAPACITY = Gauge("vmresize_host_capacity", "Schedulable capacity of a Host: "
+                      "(capacity - reserved) * allocation ratio", ["host", "resource"])
+HOST_CLAIMED = Gauge("vmresize_host_claimed", "Resources claimed on a Host by instances and "
+                     "in-flight resizes", ["host", "resource"])
+HOST_RESOURCES = ("vcpus", "memory_mib", "disk_gib")
 
 
 def transition(old: ResizePhase, new: ResizePhase, entered_old: datetime | None,
@@ -38,6 +49,22 @@ def transition(old: ResizePhase, new: ResizePhase, entered_old: datetime | None,
         FINISHED.labels(new.value).inc()
     if new is ResizePhase.FINISHING and downtime is not None:
         DOWNTIME.observe(downtime)
+
+
+def host_usage(host: str, capacity: tuple[float, float, float],
+               claimed: tuple[float, float, float]) -> None:
+    """Record one Host's schedulable capacity and claims (vCPUs, MiB, GiB)."""
+    for resource, cap, used in zip(HOST_RESOURCES, capacity, claimed, strict=True):
+        HOST_CAPACITY.labels(host, resource).set(cap)
+        HOST_CLAIMED.labels(host, resource).set(used)
+
+
+def forget_host(host: str) -> None:
+    """Drop the series of a deleted Host."""
+    for resource in HOST_RESOURCES:
+        for gauge in (HOST_CAPACITY, HOST_CLAIMED):
+            with contextlib.suppress(KeyError):
+                gauge.remove(host, resource)
 
 
 def serve(port: int, address: str) -> None:

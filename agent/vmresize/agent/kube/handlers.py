@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from vmresize.agent import metrics
 from vmresize.agent.errors import KubeError, KubeNotFound, StepError
 from vmresize.agent.executor import Executor
 from vmresize.agent.kube.client import AgentKube, TaskStatusWriter
@@ -66,7 +67,9 @@ class TaskRunner:
         await writer.running(attempt, "resuming after an agent restart" if resumed else "")
         log.info("%s/%s: %s attempt %d", namespace, name, task.spec.action.value, attempt)
         try:
-            outcome = await self.executor.run(task.spec, progress=writer.progress)
+            with metrics.step(task.spec.action.value) as rec:
+                outcome = await self.executor.run(task.spec,
+                                                  progress=rec.progress(writer.progress))
         except StepError as e:
             log.warning("%s/%s failed (retryable=%s): %s", namespace, name, e.retryable, e)
             await writer.failed(str(e), retryable=e.retryable)

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from vmresize.agent import metrics
 from vmresize.agent.errors import AgentError, KubeNotFound
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.kube.client import AgentKube, utcnow
@@ -109,6 +110,7 @@ class Registrar:
                 except (AgentError, OSError) as e:
                     log.warning("re-registration of %s failed: %s", self.reg.host, e)
             except (AgentError, OSError) as e:
+                metrics.count_error(e)
                 log.warning("heartbeat of %s failed: %s", self.reg.host, e)
 
     async def mark_stopped(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncssh
 
+from vmresize.agent import metrics
 from vmresize.agent.errors import (
     ConnectionLost,
     TransferChecksumMismatch,
@@ -232,6 +233,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
                 writer.write(memoryview(buf)[: current.length])
                 sent[-1] += current.length
+                metrics.BYTES_SENT.inc(current.length)
                 await writer.drain()
             progress.add(current.length)
     finally:  # never leave a read running on an fd the caller is about to close

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from vmresize.agent import metrics
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
 from vmresize.agent.paths import open_nofollow
 from vmresize.agent.transfer.sparse import SparseSink, sha256_fd
@@ -208,6 +209,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
     def _written(self, xfer: ReceiveState, offset: int, length: int) -> None:
         """On the loop: ``[offset, +length)`` is in the partial file."""
         xfer.add_range(offset, offset + length)
+        metrics.BYTES_RECEIVED.inc(length)
         self._pending -= length
         if self._paused and self._pending < PENDING_LOW and not self._closed \
                 and not self.finishing:
