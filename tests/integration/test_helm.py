@@ -85,12 +85,17 @@ def test_lint_strict_passes(helm: Helm) -> None:
 
 
 def test_every_template_renders(helm: Helm) -> None:
-    """Defaults render every template but the peering one, which replicaCount=2 adds."""
+    """Defaults render every template but the peering one, which replicaCount=2 adds, and the
+    monitoring ones, which their values turn on."""
     defaults = helm.run("template", "vmresize", str(CHART), "-n", "vmresize-system").stdout
     ha = helm.run("template", "vmresize", str(CHART), "-n", "vmresize-system",
-                  "--set", "operator.replicaCount=2").stdout
+                  "--set", "operator.replicaCount=2", "--set",
+                  "metrics.serviceMonitor.enabled=true", "--set",
+                  "metrics.dashboard.enabled=true").stdout
     files = {str(p.relative_to(CHART)) for p in TEMPLATES.rglob("*.yaml")}
-    assert files - sources(defaults) == {"templates/operator-peering.yaml"}
+    assert files - sources(defaults) == {"templates/operator-peering.yaml",
+                                         "templates/servicemonitor.yaml",
+                                         "templates/dashboard-configmap.yaml"}
     assert files <= sources(ha)
 
 
@@ -169,7 +174,9 @@ def test_agent_daemonset(helm: Helm) -> None:
     assert pod["hostNetwork"] is True
     assert pod["nodeSelector"] == {"vmresize.io/hypervisor": "true"}
     assert c["ports"] == [{"name": "migration", "containerPort": 2222, "hostPort": 2222,
-                           "protocol": "TCP"}]
+                           "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 8091, "protocol": "TCP"}]
+    assert env["VMRESIZE_METRICS_PORT"]["value"] == "8091"
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["libvirt-run"] == volumes["libvirt-run"]["hostPath"]["path"] == \
@@ -177,6 +184,58 @@ def test_agent_daemonset(helm: Helm) -> None:
     assert mounts["storage"] == volumes["storage"]["hostPath"]["path"] == "/var/lib/vmresize"
     assert volumes["migration-key"]["secret"]["secretName"] == "vmresize-migration-key"
     assert pod["serviceAccountName"] == "vmresize-agent"
+
+
+def test_metrics_services_service_monitors_and_dashboard(helm: Helm) -> None:
+    """The agents' headless metrics Service; the ServiceMonitors and the dashboard ConfigMap
+    only when asked for, each following its component's metrics.enabled."""
+    docs = helm.template()
+    assert not [d for d in docs if d["kind"] in ("ServiceMonitor", "ConfigMap")]
+    svc = find(docs, "Service", "vmresize-agent-metrics")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8091, "targetPort": "metrics",
+                                     "protocol": "TCP"}]
+    pod_labels = find(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+
+    docs = helm.template("--set", "metrics.serviceMonitor.enabled=true",
+                         "--set", "metrics.serviceMonitor.interval=15s",
+                         "--set", "metrics.serviceMonitor.labels.release=kps",
+                         "--set", "metrics.dashboard.enabled=true",
+                         "--set", "metrics.dashboard.namespace=monitoring")
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"vmresize-operator", "vmresize-agent"}
+    for name, sm in monitors.items():
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert sm["metadata"]["namespace"] == "vmresize-system"
+        assert sm["metadata"]["labels"]["release"] == "kps"
+        assert sm["spec"]["namespaceSelector"] == {"matchNames": ["vmresize-system"]}
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint["port"] == "metrics"
+        assert endpoint["interval"] == "15s"
+        # It selects exactly its component's metrics Service.
+        selected = [s for s in services.values()
+                    if sm["spec"]["selector"]["matchLabels"].items()
+                    <= s["metadata"]["labels"].items()]
+        assert [s["metadata"]["name"] for s in selected] == [f"{name}-metrics"]
+    assert monitors["vmresize-agent"]["spec"]["endpoints"][0]["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
+    cm = find(docs, "ConfigMap", "vmresize-dashboard")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "dashboards" / "vmresize.json").read_text())
+    assert json.loads(cm["data"]["vmresize.json"]) == shipped
+
+    docs = helm.template("--set", "metrics.serviceMonitor.enabled=true",
+                         "--set", "agent.metrics.enabled=false")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceMonitor"] == [
+        "vmresize-operator"]
+    assert not [d for d in docs if d["metadata"]["name"] == "vmresize-agent-metrics"]
+    env = _container_env(docs, "DaemonSet")
+    assert env["VMRESIZE_METRICS_PORT"]["value"] == "0"
+    ports = find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert [p["name"] for p in ports] == ["migration"]
 
 
 def test_names_follow_the_release_and_stay_within_63_characters(helm: Helm) -> None:
@@ -512,3 +571,4 @@ def test_agent_entry_point_reads_the_chart_env(helm: Helm) -> None:
     assert cfg.heartbeat_seconds == 2.5
     assert cfg.kubeconfig is None
     assert cfg.stop_vms_on_exit is False
+    assert cfg.metrics_port == 8091

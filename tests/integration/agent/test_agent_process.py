@@ -9,6 +9,7 @@ processes over the real asyncssh migration service on 127.0.0.2 and 127.0.0.3.
 from __future__ import annotations
 
 import hashlib
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +197,63 @@ def test_two_agents_resize_over_ssh_then_confirm(
     run_task(kubeconfig, namespace, src, action="Confirm", domainName=dom, diskPath=rel)
     assert not (src.storage_root / rel).exists()
     assert (dst.storage_root / new_rel).is_file()
+
+
+def scrape(agent: AgentProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The agent's /metrics over HTTP: value by (sample name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{agent.address}:{agent.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_agents_serve_metrics_that_steps_change(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    src: AgentProcess = agent_factory("127.0.0.2").start()
+    dst: AgentProcess = agent_factory("127.0.0.3").start()
+    wait_ready(src, kubeconfig)
+    dst_host = wait_ready(dst, kubeconfig)["status"]
+    before = scrape(src)
+    sent_key = ("vmresize_agent_transfer_bytes_total", (("direction", "sent"),))
+    assert before.get(sent_key, 0.0) == 0.0
+    assert before[("vmresize_agent_transfer_rate_bytes_per_second", ())] == 0.0
+
+    dom, rel = naming.domain_name(namespace, "vm"), naming.disk_path(namespace, "vm", "m1m1m1m1")
+    new_rel = naming.disk_path(namespace, "vm", "m2m2m2m2")
+    run_task(kubeconfig, namespace, src, action="Spawn", domainName=dom, diskPath=rel,
+             seedPattern="count my bytes", flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    tid = f"xfer-{uuid.uuid4().hex[:8]}"
+    run_task(kubeconfig, namespace, dst, action="Prepare", diskPath=new_rel, transferId=tid,
+             expectedBytes=1024**3)
+    run_task(kubeconfig, namespace, src, action="MigrateDisk", domainName=dom, diskPath=rel,
+             transferId=tid, powerOffTimeoutSeconds=2,
+             peer={"name": dst.name, "address": "127.0.0.3",
+                   "port": dst_host["migrationEndpoint"]["port"],
+                   "hostKey": dst_host["hostKey"]})
+    # A step the executor refuses: Spawn without a flavor.
+    name = create_task(kubeconfig, namespace, src.name, {
+        "host": src.name, "action": "Spawn", "domainName": dom, "diskPath": rel})
+    assert wait_task(kubeconfig, namespace, name, src)["status"]["phase"] == "Failed"
+
+    after, received = scrape(src), scrape(dst)
+    sent = after[sent_key]
+    assert sent > 0
+    # Every data byte the source put on the wire was written by the destination.
+    assert received[("vmresize_agent_transfer_bytes_total", (("direction", "received"),))] \
+        == sent
+
+    def count(doc: dict[Any, float], action: str, outcome: str) -> float:
+        return doc.get(("vmresize_agent_step_duration_seconds_count",
+                        (("action", action), ("outcome", outcome))), 0.0)
+    assert count(after, "Spawn", "succeeded") == 1
+    assert count(after, "MigrateDisk", "succeeded") == 1
+    assert count(after, "Spawn", "failed") == 1
+    assert count(received, "Prepare", "succeeded") == 1
+    assert after[("vmresize_agent_errors_total", (("reason", "TaskRefused"),))] == 1
+    assert after[("vmresize_agent_tasks_in_flight", (("action", "MigrateDisk"),))] == 0
+    assert after[("vmresize_agent_transfer_rate_bytes_per_second", ())] == 0.0
 
 
 def test_restarted_agent_resumes_a_task_left_running(

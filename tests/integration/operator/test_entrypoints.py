@@ -64,6 +64,23 @@ def test_metrics_and_kubectl_columns(world: World, agents: Fulfiller, operator_f
     assert 'vmresize_resizes_finished_total{outcome="Confirmed"} 1.0' in text
     assert "vmresize_resize_downtime_seconds_count 1.0" in text
     assert 'vmresize_resize_phase_duration_seconds_count{phase="Migrating"} 1.0' in text
+    # Claims versus schedulable capacity, from Host events: the confirmed medium instance
+    # holds b; a offers (capacity - reserved 512 MiB) * ratios (vCPU 4.0).
+    a, b = world.host("a"), world.host("b")
+    expected = {(b, "vcpus", "claimed"): 2, (b, "memory_mib", "claimed"): 2048,
+                (b, "disk_gib", "claimed"): 20, (a, "vcpus", "claimed"): 0,
+                (a, "vcpus", "capacity"): 32, (a, "memory_mib", "capacity"): 16384,
+                (a, "disk_gib", "capacity"): 500}
+
+    def host_gauges() -> bool:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=10).read().decode()
+        return all(f'vmresize_host_{kind}{{host="{host}",resource="{res}"}} {value:.1f}'
+                   in body for (host, res, kind), value in expected.items())
+    wait_for("host claim gauges", host_gauges, timeout=30)
+    kubectl(kubeconfig, "delete", "hosts.vmresize.io", a)
+    wait_for("a deleted Host's gauges gone", lambda: f'host="{a}"' not in urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode(), timeout=30)
 
 
 def test_kubectl_tells_the_story(world: World, agents: Fulfiller, operator_factory: Any,
