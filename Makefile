@@ -36,14 +36,16 @@ guest:
 	$(PYTHON) -m hack.guest build
 
 # CRDs from the API models; the chart's settings schema, values comments and docs/settings.md
-# from the settings models.
+# from the settings models; docs/reference.md and the lifecycle diagram in docs/concepts.md.
 crds: venv
 	$(PY) -m vmresize.api.crdgen
 	$(PY) hack/settingsgen.py
+	$(PY) hack/docsgen.py
 
 lint: venv
 	$(PY) -m vmresize.api.crdgen --check
 	$(PY) hack/settingsgen.py --check
+	$(PY) hack/docsgen.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	PYTHONPATH=api:operator:agent $(VENV)/bin/lint-imports
