@@ -89,6 +89,7 @@ for i in 1 2 3; do
     --libvirt-uri "qemu:///embed?root=$work/$host/libvirt" \
     --storage-root "$work/$host/storage" --state-dir "$work/$host/state" \
     --migration-address "127.0.0.$((i + 1))" --migration-port 2222 \
+    --metrics-address "127.0.0.$((i + 1))" --metrics-port 8091 \
     --migration-key-file "$work/migration_key" --namespace "$NS" \
     >"$work/agent-$host.log" 2>&1 &
   pids+=($!)

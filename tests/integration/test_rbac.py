@@ -428,7 +428,7 @@ def test_real_agent_registers_and_runs_a_task_with_the_chart_rbac(
             "--libvirt-uri=test:///default", f"--storage-root={tmp_path / 'storage'}",
             f"--state-dir={tmp_path / 'state'}", f"--migration-address={address}",
             f"--migration-port={port}", f"--migration-key-file={key}", f"--namespace={ns}",
-            f"--kubeconfig={config}", "--heartbeat-seconds=2"]
+            f"--kubeconfig={config}", "--heartbeat-seconds=2", "--metrics-port=0"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
