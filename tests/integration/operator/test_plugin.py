@@ -84,6 +84,10 @@ def test_watch_shows_the_copy_and_times_out(kubeconfig: Path, world: World, agen
     assert rc == 6, out + err
     assert "progress 42% 42.0 MiB/100.0 MiB at 310.0 MiB/s, ETA 0.2s" in out
     assert "timed out after 2.0s: r1 is still in Migrating" in err
+    rc, out, err = run(kubeconfig, world.ns, "confirm", "r1")    # refused at admission
+    assert rc == 5, out + err
+    assert "spec.confirm is accepted only while the resize is in VerifyResize; it is " \
+           "Migrating" in err
 
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     watcher = subprocess.Popen([str(PLUGIN), "watch", "r1", "-n", world.ns, "--timeout", "60s"],
