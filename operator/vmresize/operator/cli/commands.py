@@ -160,9 +160,8 @@ def show_plan(out: Out, p: Plan, scope: str, last: int) -> Exit:
                  f"filter: {counts}", style="bold red")
     elif isinstance(p.outcome, Selection):
         alts = ", ".join(p.outcome.alternates) or "none"
-        out.line(f"scheduler: {p.outcome.host} (alternates: {alts}); the filters passed and "
-                 "the highest weight (free RAM first, as the operator's weighers)",
-                 style="bold green")
+        out.line(f"scheduler: {p.outcome.host} (alternates: {alts}): it passes every filter "
+                 f"and weighs most (weighers: {p.weighers})", style="bold green")
     _show_data(out, p, scope, last)
     if p.refused:
         return Exit.FAILED

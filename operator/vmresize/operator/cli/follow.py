@@ -42,7 +42,8 @@ def _phase_line(r: VMResize) -> str:
     st = r.status
     phase = phase_of(r)
     at = st.phase_timestamps.get(phase.value) if st else None
-    words = f"{st.reason}: {st.message}" if st and st.reason else (st.message if st else "")
+    reason = st.reason if st and st.reason != phase.value else ""
+    words = f"{reason}: {st.message}" if st and reason else (st.message if st else "")
     return f"{_clock(at)}  {phase.value:<13} {words}".rstrip()
 
 
@@ -51,8 +52,12 @@ def summary(out: Out, r: VMResize) -> None:
     st = r.status
     if st is None:
         return
+    stamps = dict(st.phase_timestamps)
+    created = r.metadata.get("creationTimestamp")
+    if created and ResizePhase.PENDING.value not in stamps:   # entered on creation
+        stamps[ResizePhase.PENDING.value] = datetime.fromisoformat(created.replace("Z", "+00:00"))
     rows = [[p, _clock(at), human_seconds(d) if d is not None else ""]
-            for p, at, d in timeline(st.phase_timestamps)]
+            for p, at, d in timeline(stamps)]
     if rows:
         out.line("timeline:")
         out.table(["phase", "entered", "took"], rows)

@@ -18,6 +18,9 @@ from rich.table import Table
 
 from vmresize.operator.cli.views import eta_seconds, human_bytes, human_seconds
 
+#: Phases in which the copy runs or has just ended (its last progress comes with Finishing).
+COPYING = ("Migrating", "Finishing")
+
 
 class Out:
     """The plugin's output: :attr:`tty` chooses rich or plain lines."""
@@ -83,7 +86,6 @@ class CopyProgress:
                 TextColumn("ETA {task.fields[eta]}"),
                 console=self.out.console, refresh_per_second=4)
             self.bar.__enter__()
-            self.task = self.bar.add_task("Pending", total=None, amount="", rate="", eta="-")
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -103,10 +105,13 @@ class CopyProgress:
         eta = eta_seconds(done, total, rate)
         amount = f"{human_bytes(done)}/{human_bytes(total)}" if total else ""
         speed = f"{human_bytes(rate)}/s" if rate else ""
+        if self.bar is not None and self.task is None and total and phase in COPYING:
+            # The bar appears with the copy: a confirm long after it shows none.
+            self.task = self.bar.add_task(phase, total=total, amount="", rate="", eta="-")
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, description=phase, completed=done,
                             total=total or None, amount=amount, rate=speed,
-                            eta=human_seconds(eta) if eta is not None else "-")
+                            eta=human_seconds(eta) if eta and done < total else "-")
             return
         if total and (done, total) != self.last:
             pct = min(100, done * 100 // total)

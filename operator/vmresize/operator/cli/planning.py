@@ -81,6 +81,8 @@ class Plan:
     """Allocated bytes the last finished move of this instance sent (None: never moved)."""
     moved_at: datetime | None = None
     history: History = History(0, None, None)
+    weighers: str = ""
+    """The weigher multipliers in effect, e.g. ``free RAM x1``."""
 
     @property
     def copy_seconds(self) -> float | None:
@@ -169,7 +171,10 @@ def make_plan(inst: Instance, flavor: Flavor, forced: str | None, hosts: Sequenc
         virtual_gib=ist.disk_gib,
         moved_bytes=mine[0].status.progress.bytes_total if mine and mine[0].status else None,
         moved_at=_finished_at(mine[0]) if mine else None,
-        history=history(resizes, last))
+        history=history(resizes, last),
+        weighers=", ".join(f"{what} x{m:g}" for what, m in (
+            ("free RAM", weights.ram), ("free vCPU", weights.cpu), ("free disk", weights.disk))
+            if m) or "none")
 
 
 def _removed_by(s: HostState, req: Request, weights: Weights) -> str | None:
