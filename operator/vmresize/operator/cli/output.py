@@ -102,20 +102,21 @@ class CopyProgress:
 
     def update(self, phase: str, done: int, total: int, rate: int) -> None:
         """Show the phase and the copy's bytes done of total at ``rate`` bytes/s."""
+        if phase not in COPYING and self.task is None:
+            return   # the copy ended before we looked: the summary says what it took
         eta = eta_seconds(done, total, rate)
+        eta_text = human_seconds(eta) if eta is not None and done < total else "-"
         amount = f"{human_bytes(done)}/{human_bytes(total)}" if total else ""
         speed = f"{human_bytes(rate)}/s" if rate else ""
-        if self.bar is not None and self.task is None and total and phase in COPYING:
-            # The bar appears with the copy: a confirm long after it shows none.
-            self.task = self.bar.add_task(phase, total=total, amount="", rate="", eta="-")
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, description=phase, completed=done,
-                            total=total or None, amount=amount, rate=speed,
-                            eta=human_seconds(eta) if eta and done < total else "-")
+        if self.bar is not None:
+            if self.task is None and total:
+                self.task = self.bar.add_task(phase, total=total, amount="", rate="", eta="-")
+            if self.task is not None:
+                self.bar.update(self.task, description=phase, completed=done, total=total,
+                                amount=amount, rate=speed, eta=eta_text)
             return
         if total and (done, total) != self.last:
             pct = min(100, done * 100 // total)
-            tail = f", ETA {human_seconds(eta)}" if eta is not None else ""
-            print(f"progress {pct}% {amount}" + (f" at {speed}" if speed else "") + tail,
-                  flush=True)
-        self.last = (done, total)
+            print(f"progress {pct}% {amount}" + (f" at {speed}" if speed else "")
+                  + (f", ETA {eta_text}" if eta_text != "-" else ""), flush=True)
+            self.last = (done, total)
