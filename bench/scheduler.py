@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("api", "operator")]
-
-from vmresize.operator.decisions.scheduler import HostState, Request, Weights, select  # noqa: E402
+from vmresize.operator.decisions.scheduler import HostState, Request, Weights, select
 
 
 def main(n: int = 10_000, runs: int = 50) -> None:

@@ -37,9 +37,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "api"), str(REPO / "agent")]
-
 MiB = 1024 * 1024
 SSHD = "/usr/sbin/sshd"
 CIPHER = "aes128-gcm@openssh.com"

@@ -8,18 +8,15 @@ cluster (kind, a real one): then the tests run there, each in its own namespace.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hack.localcluster import LocalCluster
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-
-from localcluster import LocalCluster  # noqa: E402
+from tests.support import REPO
+from tests.support.kube import kubectl
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +37,6 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         if cluster is not None:
             cluster.stop()
-
-
-def kubectl(config: Path, *args: str, check: bool = True,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run kubectl against ``config``; raises with its stderr when ``check`` and it fails."""
-    proc = subprocess.run(["kubectl", f"--kubeconfig={config}", *args], input=stdin,
-                          capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
-    return proc
 
 
 @pytest.fixture

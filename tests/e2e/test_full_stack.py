@@ -1,6 +1,6 @@
 """The whole stack on real QEMU: the real operator process and three real agent processes.
 
-One module-wide :class:`Stack` (see ``full_stack_harness``): the operator
+One module-wide :class:`Stack` (see ``tests.support.full_stack_harness``): the operator
 (``python -m vmresize.operator --standalone --namespace <ns>``) and three agents, each one
 hypervisor host with its own ``qemu:///embed`` root, storage root and migration address
 (127.0.0.2-4), against the session's real kube-apiserver. The tests only do what a user
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.full_stack_harness import (
+from tests.support.full_stack_harness import (
     FLAVORS,
     GIB,
     Stack,

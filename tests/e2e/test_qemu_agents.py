@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
-from tests.conftest import kubectl
+from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.kube import kubectl, kubectl_json
+from tests.support.polling import wait_for
 
 from vmresize.agent import disks
 from vmresize.agent.hypervisor import embedded
 from vmresize.api import naming
+from vmresize.api.meta import API_VERSION
 
 WAIT = 180.0  # TCG on 2 shared cores; a bound, not a performance assertion
 SEED = "vmresize e2e: the source disk"
@@ -65,7 +67,7 @@ def ready_status(agent: AgentProcess, kubeconfig: Path) -> dict[str, Any]:
 
 def create_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
-    body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+    body = {"apiVersion": API_VERSION, "kind": "HostTask",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {naming.HOST_LABEL: agent.name}},
             "spec": {"host": agent.name, "owner": f"{namespace}/r",

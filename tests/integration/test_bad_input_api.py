@@ -8,7 +8,7 @@
   ValidatingAdmissionPolicy (403), rendered from deploy/helm/vmresize;
 - references: a flavor or instance that does not exist, a domain another Instance owns, an
   adoption that does not fit, answered by the real operator with a status reason and an
-  Event (tests/integration/operator/op_harness.py plays the agents).
+  Event (tests/support/op_harness.py plays the agents).
 """
 
 from __future__ import annotations
@@ -24,30 +24,33 @@ import pytest
 from hack.localcluster import ensure_binaries
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from tests.conftest import REPO, kubectl
-from tests.integration.operator.op_harness import Fulfiller, Operator, World, wait_for
+from tests.support import REPO
+from tests.support.kube import kubectl
+from tests.support.op_harness import Fulfiller, Operator, World, wait_for
 
-G, V = "vmresize.io", "v1alpha1"
+from vmresize.api.meta import API_VERSION, GROUP, VERSION
+
+G, V = GROUP, VERSION
 Obj = dict[str, Any]
 
 
 def flavor(name: str = "bad-flavor", **spec: Any) -> Obj:
-    return {"apiVersion": f"{G}/{V}", "kind": "Flavor", "metadata": {"name": name},
+    return {"apiVersion": API_VERSION, "kind": "Flavor", "metadata": {"name": name},
             "spec": {"vcpus": 1, "memoryMiB": 128, "diskGiB": 1, **spec}}
 
 
 def instance(name: str = "web-1", **spec: Any) -> Obj:
-    return {"apiVersion": f"{G}/{V}", "kind": "Instance", "metadata": {"name": name},
+    return {"apiVersion": API_VERSION, "kind": "Instance", "metadata": {"name": name},
             "spec": {"flavor": "m1.tiny", **spec}}
 
 
 def resize(name: str = "r1", **spec: Any) -> Obj:
-    return {"apiVersion": f"{G}/{V}", "kind": "VMResize", "metadata": {"name": name},
+    return {"apiVersion": API_VERSION, "kind": "VMResize", "metadata": {"name": name},
             "spec": {"instanceName": "web-1", "flavor": "m1.small", **spec}}
 
 
 def host(**spec: Any) -> Obj:
-    return {"apiVersion": f"{G}/{V}", "kind": "Host", "metadata": {"name": "bad-host"},
+    return {"apiVersion": API_VERSION, "kind": "Host", "metadata": {"name": "bad-host"},
             "spec": spec}
 
 
@@ -315,7 +318,7 @@ def stack(api_client: client.ApiClient, kubeconfig: Path, namespace: str,
 
 def adopt(w: World, name: str, flavor: str = "small") -> None:
     w.co.create_namespaced_custom_object(G, V, w.ns, "instances", {
-        "apiVersion": f"{G}/{V}", "kind": "Instance", "metadata": {"name": name},
+        "apiVersion": API_VERSION, "kind": "Instance", "metadata": {"name": name},
         "spec": {"flavor": w.flavor(flavor), "host": w.host("a"),
                  "adopt": {"domainName": "legacy-web"}}})
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import REPO, kubectl
+from tests.support import REPO
+from tests.support.kube import kubectl
+
+from vmresize.api.meta import API_VERSION, GROUP
 
 EXAMPLES = REPO / "examples"
 
@@ -23,8 +26,8 @@ def _apply(kubeconfig: Path, ns: str, obj: dict[str, Any]) -> tuple[int, str]:
 def test_every_crd_is_established(kubeconfig: Path) -> None:
     out = kubectl(kubeconfig, "get", "crd", "-o", "json").stdout
     ours = {c["metadata"]["name"]: c for c in json.loads(out)["items"]
-            if c["spec"]["group"] == "vmresize.io"}
-    assert set(ours) == {f"{p}.vmresize.io" for p in
+            if c["spec"]["group"] == GROUP}
+    assert set(ours) == {f"{p}.{GROUP}" for p in
                          ("flavors", "hosts", "instances", "vmresizes", "hosttasks")}
     for name, crd in ours.items():
         established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
@@ -41,22 +44,22 @@ def test_examples_are_accepted(kubeconfig: Path, namespace: str) -> None:
 
 def flavor(**spec: Any) -> dict[str, Any]:
     base = {"vcpus": 1, "memoryMiB": 128, "diskGiB": 1}
-    return {"apiVersion": "vmresize.io/v1alpha1", "kind": "Flavor",
+    return {"apiVersion": API_VERSION, "kind": "Flavor",
             "metadata": {"name": "bad-flavor"}, "spec": {**base, **spec}}
 
 
 def resize(name: str = "r1", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "vmresize.io/v1alpha1", "kind": "VMResize",
+    return {"apiVersion": API_VERSION, "kind": "VMResize",
             "metadata": {"name": name}, "spec": {"instanceName": "web-1", **spec}}
 
 
 def instance(name: str = "web-1", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "vmresize.io/v1alpha1", "kind": "Instance",
+    return {"apiVersion": API_VERSION, "kind": "Instance",
             "metadata": {"name": name}, "spec": {"flavor": "m1.tiny", **spec}}
 
 
 def host(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "vmresize.io/v1alpha1", "kind": "Host",
+    return {"apiVersion": API_VERSION, "kind": "Host",
             "metadata": {"name": "bad-host"}, "spec": spec}
 
 
@@ -143,7 +146,7 @@ def test_confirm_can_be_set_once(kubeconfig: Path, namespace: str) -> None:
 
 
 def test_hosttask_spec_is_immutable(kubeconfig: Path, namespace: str) -> None:
-    task = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+    task = {"apiVersion": API_VERSION, "kind": "HostTask",
             "metadata": {"name": "t1"},
             "spec": {"host": "hv-1", "action": "Prepare", "owner": f"{namespace}/r1",
                      "instance": f"{namespace}/web-1"}}

@@ -1,7 +1,7 @@
 """A whole resize with nothing but the chart's RBAC: the real operator and a real agent.
 
-One release of deploy/helm/vmresize is installed (test_rbac's ``release`` fixture, its own
-release for this module). Then, as local processes (the local control plane has no
+One release of deploy/helm/vmresize is installed (the ``release`` fixture, its own release
+for this module). Then, as local processes (the local control plane has no
 kubelet), the operator runs cluster-wide as the chart's Deployment runs it, with a token of
 the chart's operator ServiceAccount, and one agent runs with a Node-bound token of the
 chart's agent ServiceAccount (so the agent-host-scope admission policy applies to every
@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AgentProcess, kubectl_json, wait_for
-from tests.integration import test_rbac
-from tests.integration.test_rbac import REPO, Release, kubectl, token_kubeconfig
+from tests.support.agent_harness import AgentProcess
+from tests.support.chart import HOST, Release, eventually, token_kubeconfig
+from tests.support.kube import kubectl, kubectl_json
+from tests.support.op_harness import Operator
+from tests.support.polling import wait_for
 
-sys.path.insert(0, str(REPO / "tests" / "integration" / "operator"))
-from op_harness import Operator
-
-release = test_rbac.release  # the module-scoped helm install, one for this module
+from vmresize.api.meta import API_VERSION, GROUP
 
 WAIT = 120.0  # a bound on a loaded 2-core machine, not a performance assertion
 ADDRESS = "127.0.0.5"  # the agent's migration service; its port is picked free
@@ -90,19 +89,19 @@ def test_chart_rbac_is_enough_for_a_real_resize(release: Release, node: str, nam
     # The agent-host-scope policy is in force for this token before the agent writes
     # anything: every write the agent makes below passes through it.
     other = f"hv-other-{uuid.uuid4().hex[:6]}"
-    denied = test_rbac.eventually(
+    denied = eventually(
         lambda: kubectl(agent_config, "create", "-f", "-", check=False,
-                        stdin=test_rbac.HOST.format(name=other)),
+                        stdin=HOST.format(name=other)),
         lambda r: r.returncode != 0 and "agent-host-scope" in r.stderr)
     assert "agent-host-scope" in denied.stderr, denied.stderr
 
     # Flavors only this test's Host serves (Nova's aggregate extra spec; the admin labels
     # the Host), so Hosts other tests left in the session cluster are never chosen.
-    label = f"vmresize.io/rbac-{uuid.uuid4().hex[:8]}"
+    label = f"{GROUP}/rbac-{uuid.uuid4().hex[:8]}"
     small, big = f"{tenant}-small", f"{tenant}-big"
     for name, size in ((small, SMALL), (big, BIG)):
         kubectl(admin, "create", "-f", "-", stdin=json.dumps({
-            "apiVersion": "vmresize.io/v1alpha1", "kind": "Flavor", "metadata": {"name": name},
+            "apiVersion": API_VERSION, "kind": "Flavor", "metadata": {"name": name},
             "spec": {**size, "extraSpecs": {f"aggregate_instance_extra_specs:{label}": "yes"}}}))
 
     agent = AgentProcess(name=node, workdir=tmp_path / "agent", address=ADDRESS,
@@ -140,13 +139,13 @@ def test_chart_rbac_is_enough_for_a_real_resize(release: Release, node: str, nam
 
         # The tenant's objects (the admin kubeconfig stands in for the tenant here).
         kubectl(admin, "create", "-n", tenant, "-f", "-", stdin=json.dumps({
-            "apiVersion": "vmresize.io/v1alpha1", "kind": "Instance",
+            "apiVersion": API_VERSION, "kind": "Instance",
             "metadata": {"name": "vm1"}, "spec": {"flavor": small}}))
         active = phase("instances.vmresize.io", "vm1", "Active", "Error")
         assert active["phase"] == "Active", active
         assert (active["host"], active["flavor"], active["vcpus"]) == (node, small, 1)
         kubectl(admin, "create", "-n", tenant, "-f", "-", stdin=json.dumps({
-            "apiVersion": "vmresize.io/v1alpha1", "kind": "VMResize",
+            "apiVersion": API_VERSION, "kind": "VMResize",
             "metadata": {"name": "grow"}, "spec": {"instanceName": "vm1", "flavor": big}}))
         verify = phase("vmresizes.vmresize.io", "grow", "VerifyResize", "Error", "Failed")
         assert verify["phase"] == "VerifyResize", verify

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
-from tests.conftest import kubectl
+from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.kube import kubectl, kubectl_json
+from tests.support.polling import wait_for
 
 from vmresize.agent.transfer.keys import generate_key, public_openssh
 from vmresize.api import naming
 from vmresize.api.hosttask import TaskAction
+from vmresize.api.meta import API_VERSION
 
 WAIT = 90.0  # generous bound on a loaded 2-core machine; not a performance assertion
 
@@ -70,7 +72,7 @@ def wait_ready(agent: AgentProcess, kubeconfig: Path, *, ready: bool = True) -> 
 def create_task(kubeconfig: Path, namespace: str, host_label: str, spec: dict[str, Any]
                 ) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
-    body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "HostTask",
+    body = {"apiVersion": API_VERSION, "kind": "HostTask",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {naming.HOST_LABEL: host_label}},
             "spec": {"owner": f"{namespace}/r", "instance": f"{namespace}/vm", **spec}}

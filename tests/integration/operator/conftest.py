@@ -7,17 +7,13 @@ of them are deleted afterwards.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from op_harness import Fulfiller, Operator, World
+from tests.support.op_harness import Fulfiller, Operator, World
 
 
 @pytest.fixture

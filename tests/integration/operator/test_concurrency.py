@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from kubernetes import client, watch
-from op_harness import TEST_LABEL, Fulfiller, G, Operator, V, World, wait_for
+from tests.support.op_harness import TEST_LABEL, Fulfiller, G, Operator, V, World, wait_for
 
 HOME_HOSTS = 5
 PER_HOME = 10

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from op_harness import Fulfiller, Operator, World, wait_for
+from tests.support.op_harness import Fulfiller, Operator, World, wait_for
 
 #: phase to kill in -> (task held so the resize stays there, what to do after the restart)
 HELD = {

@@ -8,11 +8,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from op_harness import Fulfiller, World, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from conftest import kubectl
+from tests.support.kube import kubectl
+from tests.support.op_harness import Fulfiller, World, wait_for
 
 
 def _free_port() -> int:

@@ -10,11 +10,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from op_harness import Fulfiller, World, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from conftest import kubectl
+from tests.support.kube import kubectl
+from tests.support.op_harness import Fulfiller, World, wait_for
 
 #: kopf's namespaced peering CRD, as in kopf's docs (peering.yaml). The chart ships the
 #: cluster-scoped one; the tests use the namespaced one so that they touch no chart CRD.

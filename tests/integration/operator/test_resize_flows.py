@@ -1,11 +1,17 @@
-"""The VMResize lifecycle against a real API server, the real operator and fake agents."""
+"""The VMResize lifecycle against a real API server, the real operator and fake agents.
+
+The paths that succeed or are refused up front: spawn, resize, confirm and revert, host
+selection, auto-confirm, adoption. Failures are in test_resize_failures, deletions in
+test_resize_deletion.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-from op_harness import Fulfiller, Operator, World, wait_for
+from tests.support.op_harness import Fulfiller, Operator, World, wait_for
+
+from vmresize.api.meta import API_VERSION, GROUP, VERSION
 
 
 def test_instance_spawn_then_resize_and_confirm(world: World, agents: Fulfiller,
@@ -177,78 +183,6 @@ def test_no_valid_host_reports_per_filter_counts(world: World, agents: Fulfiller
     assert "activeResize" not in world.status("instances", "vm1")
 
 
-def test_prepare_failure_moves_to_an_alternate(world: World, agents: Fulfiller,
-                                               operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b", memory_mib=32768 + 512)   # best by free RAM: chosen first
-    world.make_host("c")
-    agents.script.fail[("Prepare", world.host("b"))] = "no space left on device"
-    world.instance("vm1", "small", host="a")
-    world.resize("r1", "vm1", "medium")
-    st = world.wait_phase("r1", "VerifyResize")
-    assert st["destHost"] == world.host("c")
-    assert st["attempts"] == 2
-    assert world.allocations("b") == {}, "the failed destination's claim is released"
-    assert f"VMResize/{world.ns}/r1" in world.allocations("c")
-    assert any("no space left" in e for e in world.events_once("r1", "no space left"))
-
-
-def test_prepare_failing_everywhere_rolls_back_after_max_attempts(
-        world: World, agents: Fulfiller, operator: Operator) -> None:
-    for h in "abcde":
-        world.make_host(h)
-    agents.script.fail[("Prepare", None)] = "broken"
-    world.instance("vm1", "small", host="a")
-    world.resize("r1", "vm1", "medium")
-    st = world.wait_phase("r1", "RolledBack")
-    assert st["attempts"] == 3
-    assert st["reason"] == "RolledBack"
-    prepares = [a for a in agents.actions() if a.startswith("Prepare@")]
-    assert len(prepares) == 3
-    for h in "bcde":
-        assert world.allocations(h) == {}
-
-
-def test_failure_mid_migration_rolls_back(world: World, agents: Fulfiller,
-                                          operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    before = world.instance("vm1", "small", host="a")
-    agents.script.fail[("MigrateDisk", None)] = "connection reset by peer"
-    world.resize("r1", "vm1", "medium")
-    st = world.wait_phase("r1", "RolledBack")
-    assert st["rollbackFrom"] == "Migrating"
-    assert "runs on" in st["message"]
-    assert {c["type"]: c["status"] for c in st["conditions"]}["RolledBack"] == "True"
-    inst = world.status("instances", "vm1")
-    assert inst["host"] == before["host"]
-    assert inst["phase"] == "Active"
-    assert inst["powerState"] == "Running"
-    assert world.allocations("b") == {}
-    acts = agents.actions()
-    assert acts.index(f"CleanupDest@{world.host('b')}") < acts.index(
-        f"RestoreSource@{world.host('a')}")
-
-
-def test_failed_rollback_keeps_both_copies(world: World, agents: Fulfiller,
-                                           operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    world.instance("vm1", "small", host="a")
-    agents.script.fail[("Finish", None)] = "qemu died"
-    agents.script.fail[("RestoreSource", None)] = "source disk unreadable"
-    agents.script.non_retryable = True
-    world.resize("r1", "vm1", "medium")
-    st = world.wait_phase("r1", "RollbackFailed")
-    assert "An admin must" in st["message"]
-    assert f"VMResize/{world.ns}/r1" in world.allocations("b"), "dest copy kept, still claimed"
-    assert f"Instance/{world.ns}/vm1" in world.allocations("a")
-    inst = world.status("instances", "vm1")
-    assert inst["phase"] == "Error"
-    assert inst["activeResize"] == "r1"
-    assert not any(a.startswith("Confirm@") for a in agents.actions())
-
-
 def test_second_resize_of_a_busy_instance_is_rejected(world: World, agents: Fulfiller,
                                                       operator: Operator) -> None:
     world.make_host("a")
@@ -279,63 +213,6 @@ def test_disk_shrink_is_refused(world: World, agents: Fulfiller, operator: Opera
     assert world.allocations("b") == {}
 
 
-def test_deleting_a_resize_mid_flight_rolls_it_back_first(
-        world: World, agents: Fulfiller, operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    before = world.instance("vm1", "small", host="a")
-    agents.script.hold.add(("MigrateDisk", None))
-    world.resize("r1", "vm1", "medium")
-    world.wait_phase("r1", "Migrating")
-    uid = world.get("vmresizes", "r1")["metadata"]["uid"]
-    assert _tasks_of(world, uid)
-    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
-                                             "r1")
-    agents.release("MigrateDisk")
-    wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
-    assert _tasks_of(world, uid) == []   # its steps go with it
-    inst = world.status("instances", "vm1")
-    assert inst["host"] == before["host"]
-    assert inst["phase"] == "Active"
-    assert "activeResize" not in inst
-    assert world.allocations("b") == {}
-    acts = agents.actions()
-    assert f"RestoreSource@{world.host('a')}" in acts
-    assert not any(a.startswith("Finish@") for a in acts)
-
-
-def test_deleting_an_instance_destroys_it(world: World, agents: Fulfiller,
-                                          operator: Operator) -> None:
-    world.make_host("a")
-    world.instance("vm1", "small")
-    assert list(world.allocations("a")) == [f"Instance/{world.ns}/vm1"]
-    uid = world.get("instances", "vm1")["metadata"]["uid"]
-    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "instances",
-                                             "vm1")
-    wait_for("the instance to be gone", lambda: not _exists(world, "vm1", "instances"))
-    assert _tasks_of(world, uid) == []
-    assert f"Destroy@{world.host('a')}" in agents.actions()
-    assert world.allocations("a") == {}
-
-
-def _tasks_of(world: World, owner_uid: str) -> list[str]:
-    """Names of the HostTasks (in the operator's namespace) that belong to one owner."""
-    body = world.co.list_namespaced_custom_object(
-        "vmresize.io", "v1alpha1", world.ns, "hosttasks",
-        label_selector=f"vmresize.io/owner-uid={owner_uid}")
-    return [t["metadata"]["name"] for t in body["items"]]
-
-
-def _exists(world: World, name: str, plural: str = "vmresizes") -> bool:
-    try:
-        world.get(plural, name)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return True
-
-
 def test_resize_applied_with_its_instance_waits_for_it(world: World, agents: Fulfiller,
                                                        operator: Operator) -> None:
     world.make_host("a")
@@ -349,62 +226,10 @@ def test_resize_applied_with_its_instance_waits_for_it(world: World, agents: Ful
     world.wait_phase("r1", "VerifyResize")
 
 
-def test_confirm_failure_is_retried(world: World, agents: Fulfiller,
-                                    operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    world.instance("vm1", "small", host="a")
-    agents.script.fail[("Confirm", None)] = "device busy"
-    agents.script.once.add(("Confirm", None))
-    world.resize("r1", "vm1", "medium")   # confirm is accepted only in VerifyResize
-    world.wait_phase("r1", "VerifyResize")
-    world.patch_resize("r1", {"confirm": True})
-    st = world.wait_phase("r1", "Confirmed")
-    assert st["currentTask"].endswith("-confirm-1")
-    assert any("device busy" in e for e in world.events_once("r1", "device busy"))
-    assert world.allocations("a") == {}
-
-
-def test_deleting_in_verify_resize_reverts(world: World, agents: Fulfiller,
-                                           operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    before = world.instance("vm1", "small", host="a")
-    world.resize("r1", "vm1", "medium")
-    world.wait_phase("r1", "VerifyResize")
-    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
-                                             "r1")
-    wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
-    inst = world.status("instances", "vm1")
-    assert inst["host"] == before["host"]
-    assert "activeResize" not in inst
-    assert world.allocations("b") == {}
-    assert not any(a.startswith("Confirm@") for a in agents.actions())
-
-
-def test_deleting_a_failed_rollback_releases_it(world: World, agents: Fulfiller,
-                                                operator: Operator) -> None:
-    world.make_host("a")
-    world.make_host("b")
-    world.instance("vm1", "small", host="a")
-    agents.script.fail[("MigrateDisk", None)] = "sender died"
-    agents.script.fail[("CleanupDest", None)] = "dest unreachable"
-    agents.script.non_retryable = True
-    world.resize("r1", "vm1", "medium")
-    world.wait_phase("r1", "RollbackFailed")
-    assert world.status("instances", "vm1")["activeResize"] == "r1"
-    # The admin has cleaned up by hand; deleting the resize releases lock and dest claim.
-    world.co.delete_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "vmresizes",
-                                             "r1")
-    wait_for("the resize to be gone", lambda: not _exists(world, "r1"), timeout=60)
-    assert "activeResize" not in world.status("instances", "vm1")
-    assert world.allocations("b") == {}
-
-
 def test_adopt_an_existing_domain(world: World, agents: Fulfiller, operator: Operator) -> None:
     world.make_host("a")
-    world.co.create_namespaced_custom_object("vmresize.io", "v1alpha1", world.ns, "instances", {
-        "apiVersion": "vmresize.io/v1alpha1", "kind": "Instance", "metadata": {"name": "old"},
+    world.co.create_namespaced_custom_object(GROUP, VERSION, world.ns, "instances", {
+        "apiVersion": API_VERSION, "kind": "Instance", "metadata": {"name": "old"},
         "spec": {"flavor": world.flavor("small"), "host": world.host("a"),
                  "adopt": {"domainName": "legacy-web"}}})
     st = wait_for("adopted", lambda: (s := world.status("instances", "old")).get(
@@ -413,14 +238,3 @@ def test_adopt_an_existing_domain(world: World, agents: Fulfiller, operator: Ope
     assert st["diskPath"] == "instances/adopted/legacy-web/disk.qcow2"
     assert f"Adopt@{world.host('a')}" in agents.actions()
     assert f"Instance/{world.ns}/old" in world.allocations("a")
-
-
-def test_spawn_failure_is_an_error_and_releases_the_claim(
-        world: World, agents: Fulfiller, operator: Operator) -> None:
-    world.make_host("a")
-    agents.script.fail[("Spawn", None)] = "base image not found"
-    world.instance("vm1", "small", wait=False)
-    st = wait_for("error", lambda: (s := world.status("instances", "vm1")).get(
-        "phase") == "Error" and s)
-    assert "base image not found" in st["message"]
-    assert world.allocations("a") == {}

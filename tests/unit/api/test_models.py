@@ -9,12 +9,12 @@ from pydantic import ValidationError
 
 from vmresize.api import Flavor, Host, VMResize
 from vmresize.api.hosttask import TaskAction
-from vmresize.api.meta import Condition, Resources, set_condition
+from vmresize.api.meta import API_VERSION, Condition, Resources, set_condition
 from vmresize.api.naming import disk_path, domain_name, task_name
 
 
 def test_flavor_round_trips_camel_case() -> None:
-    body = {"apiVersion": "vmresize.io/v1alpha1", "kind": "Flavor",
+    body = {"apiVersion": API_VERSION, "kind": "Flavor",
             "metadata": {"name": "m1.small"},
             "spec": {"vcpus": 2, "memoryMiB": 256, "diskGiB": 2, "ephemeralGiB": 1}}
     flavor = Flavor.from_body(body)

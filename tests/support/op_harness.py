@@ -21,12 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_harness import wait_for as _poll
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-G, V = "vmresize.io", "v1alpha1"
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO
+from tests.support.polling import wait_for as _poll
+from vmresize.api.meta import API_VERSION, GROUP, VERSION
+
+G, V = GROUP, VERSION
 
 
 def now_iso() -> str:
@@ -37,7 +39,7 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0,
              interval: float = 0.2) -> Any:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout.
 
-    The operator tests' argument order over the one polling loop in ``hack/agent_harness``.
+    The operator tests' argument order over the one polling loop, ``tests.support.polling``.
     """
     return _poll(probe, timeout=timeout, what=what, interval=interval)
 
@@ -209,7 +211,7 @@ class Fulfiller:
         return {k: v for k, v in out.items() if v is not None}
 
 
-TEST_LABEL = "vmresize.io/test"
+TEST_LABEL = f"{GROUP}/test"
 
 FLAVORS = {  # name: (vcpus, memoryMiB, diskGiB)
     "small": (1, 1024, 10),
@@ -239,7 +241,7 @@ class World:
         for short, (c, m, d) in FLAVORS.items():
             name = self.flavor(short)
             self.co.create_cluster_custom_object(G, V, "flavors", {
-                "apiVersion": f"{G}/{V}", "kind": "Flavor", "metadata": {"name": name},
+                "apiVersion": API_VERSION, "kind": "Flavor", "metadata": {"name": name},
                 "spec": {"vcpus": c, "memoryMiB": m, "diskGiB": d, "extraSpecs": {
                     f"aggregate_instance_extra_specs:{TEST_LABEL}": self.ns}}})
             self.flavors.append(name)
@@ -248,7 +250,7 @@ class World:
                   disk_gib: int = 500, enabled: bool = True, fresh: bool = True) -> str:
         name = self.host(short)
         self.co.create_cluster_custom_object(G, V, "hosts", {
-            "apiVersion": f"{G}/{V}", "kind": "Host",
+            "apiVersion": API_VERSION, "kind": "Host",
             "metadata": {"name": name, "labels": {TEST_LABEL: self.ns}},
             "spec": {"enabled": enabled}})
         self.co.patch_cluster_custom_object_status(G, V, "hosts", name, {"status": {
@@ -274,7 +276,7 @@ class World:
         if host:
             spec["host"] = self.host(host)
         self.co.create_namespaced_custom_object(G, V, self.ns, "instances", {
-            "apiVersion": f"{G}/{V}", "kind": "Instance", "metadata": {"name": name},
+            "apiVersion": API_VERSION, "kind": "Instance", "metadata": {"name": name},
             "spec": spec})
         if not wait:
             return {}
@@ -287,7 +289,7 @@ class World:
         if flavor:
             body["flavor"] = self.flavor(flavor)
         self.co.create_namespaced_custom_object(G, V, self.ns, "vmresizes", {
-            "apiVersion": f"{G}/{V}", "kind": "VMResize", "metadata": {"name": name},
+            "apiVersion": API_VERSION, "kind": "VMResize", "metadata": {"name": name},
             "spec": body})
 
     def patch_resize(self, name: str, spec: dict[str, Any]) -> None:

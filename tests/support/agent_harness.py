@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Run real ``python -m vmresize.agent`` processes for tests and the demo, and stop them.
+"""Run real ``python -m vmresize.agent`` processes for the tests, and stop them.
 
 Each agent gets its own directory (storage root, state dir, embedded QEMU root, log) and
 its own 127.0.0.x migration address (its metrics endpoint listens there too). Processes
@@ -12,7 +11,6 @@ it; ``kill_vms`` then ends those QEMUs by the PIDs the driver recorded.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,14 +18,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-T = TypeVar("T")
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 
 def free_port(address: str) -> int:
@@ -45,28 +39,6 @@ def write_migration_key(path: Path) -> Path:
     path.write_bytes(key.export_private_key("openssh"))
     path.chmod(0o600)
     return path
-
-
-def wait_for(fn: Callable[[], T | None], *, timeout: float, what: str,
-             interval: float = 0.2) -> T:
-    """Poll ``fn`` until it returns something truthy; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-def kubectl_json(kubeconfig: Path, *args: str) -> dict[str, Any] | None:
-    proc = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args, "-o", "json"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        return None
-    doc: dict[str, Any] = json.loads(proc.stdout)
-    return doc
 
 
 @dataclass

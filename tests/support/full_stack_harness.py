@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_harness import AgentProcess, kubectl_json, wait_for, write_migration_key
-from tests.conftest import kubectl
-from tests.integration.operator.op_harness import Operator
+from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.kube import kubectl, kubectl_json
+from tests.support.op_harness import Operator
+from tests.support.polling import wait_for
+from vmresize.api.meta import API_VERSION, GROUP
 
 WAIT = 180.0  # TCG on 2 shared cores; a bound on every wait, not a performance assertion
 GIB = 1024**3
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-SELECTOR_LABEL = "vmresize.io/test"
+SELECTOR_LABEL = f"{GROUP}/test"
 FLAVORS = {  # short name: (vcpus, memoryMiB, diskGiB); tiny, so TCG guests start fast
     "small": (1, 64, 1),
     "big": (2, 128, 2),
@@ -146,7 +148,7 @@ class Stack:
         for short, (vcpus, mib, gib) in FLAVORS.items():
             name = self.flavor(short)
             self.flavors.append(name)
-            self.apply({"apiVersion": "vmresize.io/v1alpha1", "kind": "Flavor",
+            self.apply({"apiVersion": API_VERSION, "kind": "Flavor",
                         "metadata": {"name": name},
                         "spec": {"vcpus": vcpus, "memoryMiB": mib, "diskGiB": gib,
                                  "extraSpecs": {f"aggregate_instance_extra_specs:"
@@ -229,7 +231,7 @@ class Stack:
         return out
 
     def create_instance(self, name: str, flavor: str, seed: str) -> dict[str, Any]:
-        self.apply({"apiVersion": "vmresize.io/v1alpha1", "kind": "Instance",
+        self.apply({"apiVersion": API_VERSION, "kind": "Instance",
                     "metadata": {"name": name, "namespace": self.ns},
                     "spec": {"flavor": self.flavor(flavor), "image": {"seedPattern": seed}}})
         return self.wait_status("instances", name, "Active", bad=("Error",))
@@ -239,7 +241,7 @@ class Stack:
         spec: dict[str, Any] = {"instanceName": instance}
         if flavor:
             spec["flavor"] = self.flavor(flavor)
-        self.apply({"apiVersion": "vmresize.io/v1alpha1", "kind": "VMResize",
+        self.apply({"apiVersion": API_VERSION, "kind": "VMResize",
                     "metadata": {"name": name, "namespace": self.ns}, "spec": spec})
         return self.wait_status("vmresizes", name, "VerifyResize", bad=BAD_END)
 
