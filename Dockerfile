@@ -7,30 +7,48 @@
 # The entry points are the console scripts of pyproject.toml, the same the Helm chart runs
 # (deploy/helm/vmresize: operator-deployment.yaml, agent-daemonset.yaml).
 #
-# The base is pinned by digest: python:3.11-slim-bookworm as resolved in a public build
-# log (linux/amd64 + arm64 index). Refresh with
+# The base is a build argument. Its default is pinned by digest: python:3.11-slim-bookworm
+# as resolved in a public build log (linux/amd64 + arm64 index). Refresh with
 # `docker buildx imagetools inspect python:3.11-slim-bookworm`.
+# Any Debian bookworm image with python3 and python3-venv works too: hack/build-images.sh
+# builds on a local mmdebstrap one (no registry needed), and the image test tier runs both
+# targets built that way (tests/images).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84
 
-# --- the vmresize wheel (pure Python: api + operator + agent code, no extras) ------------
-FROM ${PYTHON_IMAGE} AS wheel
-ENV PIP_NO_CACHE_DIR=1 \
+# --- python: the base plus the one virtualenv every image installs into ----------------
+# A venv, not the interpreter's site-packages: Debian's python3 refuses pip installs there
+# (PEP 668), and the same layout then works on both kinds of base.
+FROM ${PYTHON_IMAGE} AS python
+# PATH is spelled out: a base imported from a root filesystem has no PATH to extend.
+ENV VIRTUAL_ENV=/opt/vmresize \
+    PATH=/opt/vmresize/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/vmresize
+
+# --- wheels: vmresize (pure Python: api + operator + agent code) and its base dependencies --
+# Only the build stages reach the network; the images install offline from their wheels.
+FROM python AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY agent ./agent
-RUN pip wheel --no-deps --wheel-dir /wheels .
+# The optional build secret pip-cert is a CA bundle for builds behind a TLS-intercepting
+# proxy (hack/build-images.sh passes the host pip's); it is mounted for this step only.
+# Without it pip uses its own bundle.
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip wheel --wheel-dir /wheels .
 
 # --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------
-FROM ${PYTHON_IMAGE} AS operator
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM python AS operator
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install /tmp/wheels/vmresize-*.whl \
+# hadolint ignore=DL3013
+RUN whl="$(echo /tmp/wheels/vmresize-*.whl)" \
+    && pip install --no-index --find-links=/tmp/wheels "${whl}" \
     && rm -rf /tmp/wheels
 # A fixed numeric non-root user (the chart's operator.podSecurityContext.runAsUser).
 USER 65532:65532
@@ -38,25 +56,28 @@ EXPOSE 8080 8090
 ENTRYPOINT ["vmresize-operator"]
 
 # --- agent build: compiles libvirt-python against libvirt-dev ---------------------------
-FROM ${PYTHON_IMAGE} AS agent-build
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+# libvirt-python ships no wheels, and Debian's python3-libvirt is built for Debian's
+# interpreter only (the python image's /usr/local python cannot import it), so the agent
+# compiles it from PyPI on either base. Python.h comes with the python image; Debian's
+# python3 needs python3-dev for it.
+FROM python AS agent-build
 # Debian's bookworm-security stream replaces package versions (and drops the old ones), so
 # exact apt pins would break rebuilds; the pinned base digest fixes the release.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
+# hadolint ignore=DL3008,SC2086
+RUN pkgs="gcc libc6-dev libvirt-dev pkg-config" \
+    && include="$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')" \
+    && if [ ! -e "${include}/Python.h" ]; then pkgs="${pkgs} python3-dev"; fi \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends ${pkgs} \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
-RUN whl="$(echo /wheels/vmresize-*.whl)" \
-    && pip wheel --wheel-dir /wheels "${whl}[agent]"
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && whl="$(echo /wheels/vmresize-*.whl)" \
+    && pip wheel --find-links=/wheels --wheel-dir /wheels "${whl}[agent]"
 
 # --- agent: runtime libraries only (libvirt0 for libvirt-python, qemu-img) ---------------
-FROM ${PYTHON_IMAGE} AS agent
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM python AS agent
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libvirt0 qemu-utils \
