@@ -302,6 +302,7 @@ def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
     ("operator.image.pullPolicy=Sometimes", "operator.image.pullPolicy must be one of"),
     ("crds.enabled=maybe", "crds.enabled: Invalid type. Expected: boolean"),
     ("admission.validationActions={Deny,Warn}", "admission.validationActions: Must not"),
+    ("tenantRBAC.aggregate=yes", "tenantRBAC.aggregate: Invalid type. Expected: boolean"),
 ])
 def test_schema_rejects_bad_values(helm: Helm, setting: str, message: str) -> None:
     proc = helm.run("template", "x", str(CHART), "--set", setting, check=False)
@@ -321,6 +322,28 @@ def test_schema_needs_an_existing_secret_when_not_creating_the_key(helm: Helm) -
     role = find(docs, "Role", "vmresize-agent")
     assert {"resources": ["secrets"], "resourceNames": ["my-key"], "verbs": ["get"],
             "apiGroups": [""]} in role["rules"]
+
+
+def test_tenant_roles_aggregate_and_the_catalog_binding_follows_its_subjects(
+        helm: Helm) -> None:
+    """Default: view/edit/catalog-reader labelled for aggregation, the reader bound to every
+    authenticated user. Without aggregation or subjects, the roles stay, unlabelled/unbound."""
+    docs = helm.template("--show-only", "templates/tenant-rbac.yaml")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert set(roles) == {"vmresize-view", "vmresize-edit", "vmresize-catalog-reader"}
+    agg = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in roles["vmresize-edit"]["metadata"]["labels"] if k.startswith(agg)} == {
+        agg + "edit", agg + "admin"}
+    edit_kinds = {r for rule in roles["vmresize-edit"]["rules"] for r in rule["resources"]}
+    assert edit_kinds == {"instances", "vmresizes"}
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:authenticated"}]
+    docs = helm.template("--show-only", "templates/tenant-rbac.yaml",
+                         "--set", "tenantRBAC.aggregate=false",
+                         "--set-json", "tenantRBAC.catalogReader.groups=[]")
+    assert [d["kind"] for d in docs] == ["ClusterRole"] * 3
+    assert not any(k.startswith(agg) for d in docs for k in d["metadata"]["labels"])
 
 
 def _value_paths(values: Any, prefix: str = "") -> Iterator[str]:
