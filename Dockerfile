@@ -28,34 +28,22 @@ ENV VIRTUAL_ENV=/opt/vmresize \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/vmresize
 
-# --- wheels: vmresize (pure Python: api + operator + agent code) and its base dependencies --
+# --- deps: wheels of the dependencies, from pyproject.toml alone ---------------------------
 # Only the build stages reach the network; the images install offline from their wheels.
-FROM python AS wheel
+# The dependency wheels come first and from pyproject.toml only, so a change to the code
+# re-uses these layers (and the compiled libvirt-python below).
+FROM python AS deps
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY api ./api
-COPY operator ./operator
-COPY agent ./agent
+COPY pyproject.toml ./
 # The optional build secret pip-cert is a CA bundle for builds behind a TLS-intercepting
 # proxy (hack/build-images.sh passes the host pip's); it is mounted for this step only.
 # Without it pip uses its own bundle.
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip wheel --wheel-dir /wheels .
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > base.txt \
+    && pip wheel --wheel-dir /wheels -r base.txt
 
-# --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------
-FROM python AS operator
-COPY --from=wheel /wheels /tmp/wheels
-# hadolint ignore=DL3013
-RUN whl="$(echo /tmp/wheels/vmresize-*.whl)" \
-    && pip install --no-index --find-links=/tmp/wheels "${whl}" \
-    && rm -rf /tmp/wheels
-# A fixed numeric non-root user (the chart's operator.podSecurityContext.runAsUser).
-USER 65532:65532
-EXPOSE 8080 8090
-ENTRYPOINT ["vmresize-operator"]
-
-# --- agent build: compiles libvirt-python against libvirt-dev ---------------------------
+# --- agent build: the agent extra's wheels; compiles libvirt-python against libvirt-dev ----
 # libvirt-python ships no wheels, and Debian's python3-libvirt is built for Debian's
 # interpreter only (the python image's /usr/local python cannot import it), so the agent
 # compiles it from PyPI on either base. Python.h comes with the python image; Debian's
@@ -70,11 +58,41 @@ RUN pkgs="gcc libc6-dev libvirt-dev pkg-config" \
     && apt-get update \
     && apt-get install -y --no-install-recommends ${pkgs} \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=wheel /wheels /wheels
+WORKDIR /src
+COPY pyproject.toml ./
+COPY --from=deps /wheels /wheels
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && whl="$(echo /wheels/vmresize-*.whl)" \
-    && pip wheel --find-links=/wheels --wheel-dir /wheels "${whl}[agent]"
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["agent"]))' > agent.txt \
+    && pip wheel --find-links=/wheels --wheel-dir /wheels -r agent.txt
+
+# --- wheel: vmresize itself (pure Python: api + operator + agent code) ---------------------
+FROM python AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY operator ./operator
+COPY agent ./agent
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip wheel --no-deps --wheel-dir /wheels .
+
+# --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------
+FROM python AS operator
+# Dependencies first and vmresize on its own, so a code change re-installs only vmresize.
+COPY --from=deps /wheels /tmp/deps
+# hadolint ignore=DL3013
+RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+    && rm -rf /tmp/deps
+COPY --from=wheel /wheels /tmp/wheels
+# hadolint ignore=DL3013
+RUN pip install --no-index --no-deps /tmp/wheels/vmresize-*.whl \
+    && pip check \
+    && rm -rf /tmp/wheels
+# A fixed numeric non-root user (the chart's operator.podSecurityContext.runAsUser).
+USER 65532:65532
+EXPOSE 8080 8090
+ENTRYPOINT ["vmresize-operator"]
 
 # --- agent: runtime libraries only (libvirt0 for libvirt-python, qemu-img) ---------------
 FROM python AS agent
@@ -82,11 +100,15 @@ FROM python AS agent
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libvirt0 qemu-utils \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=agent-build /wheels /tmp/wheels
-# The wheel is the one built above (its file name carries the version), offline.
+# Dependencies first and vmresize on its own, as in the operator, all offline.
+COPY --from=agent-build /wheels /tmp/deps
 # hadolint ignore=DL3013
-RUN whl="$(echo /tmp/wheels/vmresize-*.whl)" \
-    && pip install --no-index --find-links=/tmp/wheels "${whl}[agent]" \
+RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+    && rm -rf /tmp/deps
+COPY --from=wheel /wheels /tmp/wheels
+# hadolint ignore=DL3013
+RUN pip install --no-index --no-deps /tmp/wheels/vmresize-*.whl \
+    && pip check \
     && rm -rf /tmp/wheels
 # The agent runs as root: libvirtd authorises qemu:///system by the socket peer's uid,
 # and the agent manages disk files libvirt hands to the qemu user (see the chart's

@@ -29,7 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "build-images.sh"
 VALUES = REPO / "deploy" / "helm" / "vmresize" / "values.yaml"
-#: A cold build (mmdebstrap, apt, PyPI, compiling libvirt-python) took about 5 minutes on
+#: A cold build (mmdebstrap, apt, PyPI, compiling libvirt-python) took about 7 minutes on
 #: a loaded 2-core machine; this bounds a stuck download, it is not a performance check.
 BUILD_TIMEOUT = 1800
 RUN_TIMEOUT = 120

@@ -101,10 +101,14 @@ def test_only_build_stages_reach_the_network() -> None:
         assert pip, stage
         assert all("--no-index" in r for r in pip), (stage, pip)
         assert not any("secret" in r for r in runs), stage
-    for stage in ("wheel", "agent-build"):
+    for stage in ("deps", "agent-build", "wheel"):
         (download,) = [i["value"] for i in all_stages[stage]
                        if i["instruction"] == "RUN" and "pip wheel" in i["value"]]
         assert download.startswith("--mount=type=secret,id=pip-cert "), download
+    # The dependencies are built from pyproject.toml alone, before the code is copied in,
+    # so editing the code re-uses their layers.
+    assert [i["value"] for i in all_stages["deps"] if i["instruction"] == "COPY"] == [
+        "pyproject.toml ./"]
     assert "PIP_CERT" not in " ".join(i["value"] for ins in all_stages.values() for i in ins
                                       if i["instruction"] in ("ARG", "ENV"))
 
