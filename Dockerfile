@@ -7,65 +7,108 @@
 # The entry points are the console scripts of pyproject.toml, the same the Helm chart runs
 # (deploy/helm/vmresize: operator-deployment.yaml, agent-daemonset.yaml).
 #
-# The base is pinned by digest: python:3.11-slim-bookworm as resolved in a public build
-# log (linux/amd64 + arm64 index). Refresh with
+# The base is a build argument. Its default is pinned by digest: python:3.11-slim-bookworm
+# as resolved in a public build log (linux/amd64 + arm64 index). Refresh with
 # `docker buildx imagetools inspect python:3.11-slim-bookworm`.
+# Any Debian bookworm image with python3 and python3-venv works too: hack/build-images.sh
+# builds on a local mmdebstrap one (no registry needed), and the image test tier runs both
+# targets built that way (tests/images).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84
 
-# --- the vmresize wheel (pure Python: api + operator + agent code, no extras) ------------
-FROM ${PYTHON_IMAGE} AS wheel
-ENV PIP_NO_CACHE_DIR=1 \
+# --- python: the base plus the one virtualenv every image installs into ----------------
+# A venv, not the interpreter's site-packages: Debian's python3 refuses pip installs there
+# (PEP 668), and the same layout then works on both kinds of base.
+FROM ${PYTHON_IMAGE} AS python
+# PATH is spelled out: a base imported from a root filesystem has no PATH to extend.
+ENV VIRTUAL_ENV=/opt/vmresize \
+    PATH=/opt/vmresize/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/vmresize
+
+# --- deps: wheels of the dependencies, from pyproject.toml alone ---------------------------
+# Only the build stages reach the network; the images install offline from their wheels.
+# The dependency wheels come first and from pyproject.toml only, so a change to the code
+# re-uses these layers (and the compiled libvirt-python below).
+FROM python AS deps
+WORKDIR /src
+COPY pyproject.toml ./
+# The optional build secret pip-cert is a CA bundle for builds behind a TLS-intercepting
+# proxy (hack/build-images.sh passes the host pip's); it is mounted for this step only.
+# Without it pip uses its own bundle.
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > base.txt \
+    && pip wheel --wheel-dir /wheels -r base.txt
+
+# --- agent build: the agent extra's wheels; compiles libvirt-python against libvirt-dev ----
+# libvirt-python ships no wheels, and Debian's python3-libvirt is built for Debian's
+# interpreter only (the python image's /usr/local python cannot import it), so the agent
+# compiles it from PyPI on either base. Python.h comes with the python image; Debian's
+# python3 needs python3-dev for it.
+FROM python AS agent-build
+# Debian's bookworm-security stream replaces package versions (and drops the old ones), so
+# exact apt pins would break rebuilds; the pinned base digest fixes the release.
+# hadolint ignore=DL3008,SC2086
+RUN pkgs="gcc libc6-dev libvirt-dev pkg-config" \
+    && include="$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')" \
+    && if [ ! -e "${include}/Python.h" ]; then pkgs="${pkgs} python3-dev"; fi \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends ${pkgs} \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml ./
+COPY --from=deps /wheels /wheels
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["agent"]))' > agent.txt \
+    && pip wheel --find-links=/wheels --wheel-dir /wheels -r agent.txt
+
+# --- wheel: vmresize itself (pure Python: api + operator + agent code) ---------------------
+FROM python AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY agent ./agent
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip wheel --no-deps --wheel-dir /wheels .
 
 # --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------
-FROM ${PYTHON_IMAGE} AS operator
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM python AS operator
+# Dependencies first and vmresize on its own, so a code change re-installs only vmresize.
+COPY --from=deps /wheels /tmp/deps
+# hadolint ignore=DL3013
+RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+    && rm -rf /tmp/deps
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install /tmp/wheels/vmresize-*.whl \
+# hadolint ignore=DL3013
+RUN pip install --no-index --no-deps /tmp/wheels/vmresize-*.whl \
+    && pip check \
     && rm -rf /tmp/wheels
 # A fixed numeric non-root user (the chart's operator.podSecurityContext.runAsUser).
 USER 65532:65532
 EXPOSE 8080 8090
 ENTRYPOINT ["vmresize-operator"]
 
-# --- agent build: compiles libvirt-python against libvirt-dev ---------------------------
-FROM ${PYTHON_IMAGE} AS agent-build
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-# Debian's bookworm-security stream replaces package versions (and drops the old ones), so
-# exact apt pins would break rebuilds; the pinned base digest fixes the release.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=wheel /wheels /wheels
-RUN whl="$(echo /wheels/vmresize-*.whl)" \
-    && pip wheel --wheel-dir /wheels "${whl}[agent]"
-
 # --- agent: runtime libraries only (libvirt0 for libvirt-python, qemu-img) ---------------
-FROM ${PYTHON_IMAGE} AS agent
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM python AS agent
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libvirt0 qemu-utils \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=agent-build /wheels /tmp/wheels
-# The wheel is the one built above (its file name carries the version), offline.
+# Dependencies first and vmresize on its own, as in the operator, all offline.
+COPY --from=agent-build /wheels /tmp/deps
 # hadolint ignore=DL3013
-RUN whl="$(echo /tmp/wheels/vmresize-*.whl)" \
-    && pip install --no-index --find-links=/tmp/wheels "${whl}[agent]" \
+RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+    && rm -rf /tmp/deps
+COPY --from=wheel /wheels /tmp/wheels
+# hadolint ignore=DL3013
+RUN pip install --no-index --no-deps /tmp/wheels/vmresize-*.whl \
+    && pip check \
     && rm -rf /tmp/wheels
 # The agent runs as root: libvirtd authorises qemu:///system by the socket peer's uid,
 # and the agent manages disk files libvirt hands to the qemu user (see the chart's

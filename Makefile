@@ -10,7 +10,7 @@ export VMRESIZE_CACHE ?= $(HOME)/.cache/vmresize
 # A system kubectl comes first; the one built with the control plane is the fallback.
 export PATH := $(PATH):$(VMRESIZE_CACHE)/k8s-$(K8S_VERSION)/bin
 
-.PHONY: all deps venv control-plane guest lint test test-unit test-integration test-e2e demo bench crds clean
+.PHONY: all deps venv control-plane guest lint test test-unit test-integration test-e2e test-images demo bench crds clean
 
 all: test
 
@@ -59,7 +59,11 @@ test-integration: deps
 test-e2e: deps
 	bash hack/pytest.sh tests/e2e
 
-# Lint and type checks first, then all three tiers in one pytest session (one control plane).
+# Both images, built with buildah on a local Debian base (hack/build-images.sh), then run.
+test-images: venv
+	bash hack/pytest.sh tests/images
+
+# Lint and type checks first, then all four tiers in one pytest session (one control plane).
 test: deps lint
 	bash hack/pytest.sh tests
 

@@ -1,14 +1,13 @@
 """A cluster to try ``kubectl vmresize`` on: a local control plane, the real operator, and
 fake agents (the operator tests' Fulfiller) whose disk copy takes a few seconds.
 
-    PYTHONPATH=hack .venv/bin/python -m hack.plugin_demo [--dir DIR]
+    .venv/bin/python -m hack.plugin_demo [--dir DIR]
 
 It prints the kubeconfig and the namespace (``demo``), then runs until Ctrl-C or SIGTERM
 and stops exactly what it started. Hosts ``demo-a`` (16 GiB), ``demo-b`` (8 GiB),
 ``demo-c`` (4 GiB); flavors ``demo-small``, ``demo-medium``, ``demo-large`` and
 ``demo-xlarge`` (32 GiB, bigger than every host); Instance ``web`` (small) on demo-a.
 The agents are fakes: the bytes, rate and downtime they report are scripted, not measured.
-(``PYTHONPATH=hack``: the operator harness imports ``agent_harness`` from there.)
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any
 
 from hack.localcluster import REPO, LocalCluster
 from kubernetes import config
-from tests.integration.operator.op_harness import TEST_LABEL, Fulfiller, G, Operator, V, World
+from tests.support.op_harness import TEST_LABEL, Fulfiller, G, Operator, V, World
 
 NAMESPACE = "demo"
 #: The scripted copy: 100 MiB (what the Fulfiller reports when done) at 20 MiB/s: 5 s.

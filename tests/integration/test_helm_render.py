@@ -240,3 +240,25 @@ def test_chart_crds_match_generated_crds(helm: Helm, crd_file: str) -> None:
     generated = yaml.safe_load((REPO / "crds" / crd_file).read_text())
     assert rendered["spec"] == generated["spec"]
     assert rendered["metadata"]["name"] == generated["metadata"]["name"]
+
+
+def test_tenant_roles_aggregate_and_the_catalog_binding_follows_its_subjects(
+        helm: Helm) -> None:
+    """Default: view/edit/catalog-reader labelled for aggregation, the reader bound to every
+    authenticated user. Without aggregation or subjects, the roles stay, unlabelled/unbound."""
+    docs = helm.template("--show-only", "templates/tenant-rbac.yaml")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert set(roles) == {"vmresize-view", "vmresize-edit", "vmresize-catalog-reader"}
+    agg = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in roles["vmresize-edit"]["metadata"]["labels"] if k.startswith(agg)} == {
+        agg + "edit", agg + "admin"}
+    edit_kinds = {r for rule in roles["vmresize-edit"]["rules"] for r in rule["resources"]}
+    assert edit_kinds == {"instances", "vmresizes"}
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:authenticated"}]
+    docs = helm.template("--show-only", "templates/tenant-rbac.yaml",
+                         "--set", "tenantRBAC.aggregate=false",
+                         "--set-json", "tenantRBAC.catalogReader.groups=[]")
+    assert [d["kind"] for d in docs] == ["ClusterRole"] * 3
+    assert not any(k.startswith(agg) for d in docs for k in d["metadata"]["labels"])

@@ -26,6 +26,7 @@ from tests.support.chart import CHART, Helm, find
     ("operator.image.pullPolicy=Sometimes", "operator.image.pullPolicy must be one of"),
     ("crds.enabled=maybe", "crds.enabled: Invalid type. Expected: boolean"),
     ("admission.validationActions={Deny,Warn}", "admission.validationActions: Must not"),
+    ("tenantRBAC.aggregate=yes", "tenantRBAC.aggregate: Invalid type. Expected: boolean"),
 ])
 def test_schema_rejects_bad_values(helm: Helm, setting: str, message: str) -> None:
     proc = helm.run("template", "x", str(CHART), "--set", setting, check=False)

@@ -76,14 +76,41 @@ def test_targets_operator_and_agent_exist() -> None:
     assert {"operator", "agent"} <= set(stages())
 
 
-def test_every_from_uses_the_pinned_base() -> None:
+def test_every_stage_builds_on_the_base_argument() -> None:
+    """The base is one build argument (hack/build-images.sh passes a local Debian image),
+    its default pinned by digest; one stage, ``python``, starts FROM it, all others FROM
+    that stage, so the venv every image installs into is made once."""
     image = base_image()
     name, _, digest = image.partition("@")
     assert name == "python:3.11-slim-bookworm"
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
-    for ins in DockerfileParser(path=str(DOCKERFILE)).structure:
-        if ins["instruction"] == "FROM":
-            assert ins["value"].split()[0] == "${PYTHON_IMAGE}"
+    froms = {name: [i["value"].split()[0] for i in ins if i["instruction"] == "FROM"]
+             for name, ins in stages().items()}
+    assert froms.pop("python") == ["${PYTHON_IMAGE}"]
+    assert froms
+    assert all(parents == ["python"] for parents in froms.values()), froms
+
+
+def test_only_build_stages_reach_the_network() -> None:
+    """The images install offline from wheels; pip's optional CA bundle is a build secret
+    of the stages that download, never an ARG or ENV that would stay in the image."""
+    all_stages = stages()
+    for stage in ("operator", "agent"):
+        runs = [i["value"] for i in all_stages[stage] if i["instruction"] == "RUN"]
+        pip = [r for r in runs if "pip install" in r]
+        assert pip, stage
+        assert all("--no-index" in r for r in pip), (stage, pip)
+        assert not any("secret" in r for r in runs), stage
+    for stage in ("deps", "agent-build", "wheel"):
+        (download,) = [i["value"] for i in all_stages[stage]
+                       if i["instruction"] == "RUN" and "pip wheel" in i["value"]]
+        assert download.startswith("--mount=type=secret,id=pip-cert "), download
+    # The dependencies are built from pyproject.toml alone, before the code is copied in,
+    # so editing the code re-uses their layers.
+    assert [i["value"] for i in all_stages["deps"] if i["instruction"] == "COPY"] == [
+        "pyproject.toml ./"]
+    assert "PIP_CERT" not in " ".join(i["value"] for ins in all_stages.values() for i in ins
+                                      if i["instruction"] in ("ARG", "ENV"))
 
 
 def test_every_copy_source_exists_and_is_not_dockerignored() -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from op_harness import Fulfiller, Operator, World, wait_for
+from tests.support.op_harness import Fulfiller, Operator, World, wait_for
 
 PLUGIN = Path(sys.executable).with_name("kubectl-vmresize")
 RICH_MARKS = ("\x1b", "━", "╸", "█")   # an escape code or a drawn bar means not plain
