@@ -24,7 +24,7 @@ from hack import guest_domain as gd
 from hack import guest_init
 from hack.guest import Guest, ensure_guest
 
-from vmresize.agent import embedded
+from vmresize.agent.hypervisor import embedded
 
 BOOT_TIMEOUT = 240.0  # TCG on 2 shared cores boots in ~10-20 s; a bound, not a benchmark
 SHUTDOWN_TIMEOUT = 60.0

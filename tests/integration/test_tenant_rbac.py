@@ -27,7 +27,10 @@ from typing import Any
 
 import pytest
 from hack.localcluster import ensure_binaries
-from tests.integration.test_rbac import CHART, TIMEOUT, Release, kubectl
+from tests.support.chart import CHART, Release
+from tests.support.kube import kubectl
+
+TIMEOUT = 120  # seconds for one helm or kubectl call, as in the other chart tests
 
 #: The aggregation controller reacts to a ClusterRole event within a second or so; this
 #: bounds it on a loaded machine, it is not a timing check.
