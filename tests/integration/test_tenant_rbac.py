@@ -171,6 +171,10 @@ def test_editor_creates_an_instance_and_a_resize_and_confirms(
     alice.ok("create", "-f", "-", stdin=INSTANCE.format(name="vm1", namespace=namespace))
     alice.ok("create", "-f", "-",
              stdin=RESIZE.format(name="r1", namespace=namespace, instance="vm1"))
+    # No operator runs here: the admin plays it and puts the resize in VerifyResize, the
+    # only phase that accepts confirm.
+    kubectl(release.config, "patch", "vmresize", "r1", *ns, "--subresource=status",
+            "--type=merge", "-p", '{"status":{"phase":"VerifyResize"}}')
     alice.ok("patch", "vmresize", "r1", *ns, "--type=merge", "-p", '{"spec":{"confirm":true}}')
     assert alice.ok("get", "vmresize", "r1", *ns, "-o", "jsonpath={.spec.confirm}") == "true"
     assert "vm1" in alice.ok("get", "instances", *ns, "-o", "name")
