@@ -82,11 +82,14 @@ fi
 echo "build-images: base $base ready in $((SECONDS - start)) s" >&2
 
 # --- the two targets -------------------------------------------------------------------------
-# Behind a TLS-intercepting proxy the host's pip names a CA bundle in PIP_CERT; the build
-# stages that run pip get it as the build secret pip-cert (never stored in a layer).
+# Behind a TLS-intercepting proxy the host's pip names a CA bundle (PIP_CERT, else pip's own
+# config, else the system bundle); the build stages that run pip get it as the build secret
+# pip-cert (never stored in a layer).
 cert=()
-if [[ -n "${PIP_CERT:-}" && -f "${PIP_CERT}" ]]; then
-  cert=(--secret "id=pip-cert,src=$PIP_CERT")
+pip_cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+[[ -n "$pip_cert" && -f "$pip_cert" ]] || pip_cert=/etc/ssl/certs/ca-certificates.crt
+if [[ -f "$pip_cert" ]]; then
+  cert=(--secret "id=pip-cert,src=$pip_cert")
 fi
 for target in operator agent; do
   start=$SECONDS
