@@ -301,9 +301,16 @@ class World:
             s := self.status("vmresizes", name)).get("phase") in phases and s,
             timeout=timeout))
 
-    def allocations(self, short_or_name: str) -> dict[str, Any]:
+    def raw_allocations(self, short_or_name: str) -> dict[str, Any]:
+        """The host's allocations as stored: keyed ``<Kind>/<holder uid>``."""
         name = short_or_name if short_or_name.startswith(self.ns) else self.host(short_or_name)
         return dict(self.status("hosts", name).get("allocations") or {})
+
+    def allocations(self, short_or_name: str) -> dict[str, Any]:
+        """The host's allocations keyed ``<Kind>/<namespace>/<name>`` of the holder, for
+        readable asserts (the stored keys carry UIDs, checked by their own test)."""
+        return {f"{a['kind']}/{a['consumer']}": a
+                for a in self.raw_allocations(short_or_name).values()}
 
     def events(self, name: str) -> list[str]:
         evs = self.core.list_namespaced_event(self.ns,

@@ -107,7 +107,12 @@ class InstanceStatus(Model):
     power_state: PowerState = PowerState.UNKNOWN
     """Last known power state."""
     active_resize: str | None = None
-    """Name of the VMResize that holds this instance; the one-resize-at-a-time lock."""
+    """Name of the VMResize that holds this instance (for people; the lock is the UID)."""
+    active_resize_uid: str | None = None
+    """UID of the VMResize that holds this instance: the one-resize-at-a-time lock."""
+    current_task: str | None = None
+    """Name of the one HostTask (Spawn, Adopt or Destroy) that may run for this instance
+    now. Written before the task is created; an agent refuses Destroy unless named here."""
     message: str = ""
     """Last notable event, for people."""
     conditions: list[Condition] = Field(default_factory=list)

@@ -22,14 +22,25 @@ MIGRATION_PORT = 2222
 DISK_FILE = "disk.qcow2"
 
 
-def short_uid(uid: str) -> str:
-    """First 8 hex digits of a UID: unique enough within one instance's history."""
-    return uid.replace("-", "")[:8]
-
-
 def task_name(owner_uid: str, action: TaskAction, attempt: int = 0) -> str:
-    """``<uid8>-<action>-<attempt>``: one name per step and attempt of one owner."""
-    return f"{short_uid(owner_uid)}-{action.value.lower()}-{attempt}"
+    """``<owner uid>-<action>-<attempt>``: one name per step and attempt of one owner.
+
+    The whole UID (36 characters, DNS-1123 already): with a prefix of it, tens of thousands
+    of owners make a collision likely, and one owner would read another's task results.
+    """
+    return f"{owner_uid}-{action.value.lower()}-{attempt}"
+
+
+def parse_task_name(name: str | None) -> tuple[TaskAction | None, int]:
+    """:func:`task_name` back to (action, attempt); (None, 0) for anything else."""
+    if not name:
+        return None, 0
+    parts = name.rsplit("-", 2)
+    by_lower = {a.value.lower(): a for a in TaskAction}
+    try:
+        return by_lower.get(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return None, 0
 
 
 def domain_name(namespace: str, instance: str, suffix: str = "") -> str:
@@ -40,4 +51,4 @@ def domain_name(namespace: str, instance: str, suffix: str = "") -> str:
 
 def disk_path(namespace: str, instance: str, placement_uid: str) -> str:
     """Disk of one copy of an instance, relative to the storage root."""
-    return f"instances/{namespace}/{instance}/{short_uid(placement_uid)}/{DISK_FILE}"
+    return f"instances/{namespace}/{instance}/{placement_uid}/{DISK_FILE}"

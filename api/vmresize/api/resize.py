@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from vmresize.api.instance import DNS_SUBDOMAIN
+from vmresize.api.flavor import FlavorSpec
+from vmresize.api.instance import DNS_SUBDOMAIN, InstancePhase, PowerState
 from vmresize.api.meta import (
     DNS_LABEL,
     Condition,
@@ -129,6 +130,28 @@ class Candidate(Model):
     """Normalised weight; higher is better."""
 
 
+class Effect(Model):
+    """A change to another object (a Host claim, the Instance) that the recorded decision
+    asks for. The operator writes it into the status first, then carries it out (each kind
+    is idempotent), then clears it; a crash in between makes the next step redo it."""
+
+    kind: Literal["LockInstance", "ClaimDest", "ReleaseDestClaim", "CommitClaims",
+                  "UpdateInstance"]
+    """What to change."""
+    host: str | None = None
+    """ClaimDest: the host to claim on."""
+    placement: Literal["source", "dest", "keep"] | None = None
+    """UpdateInstance: where the Instance lives now (keep: unchanged)."""
+    instance_phase: InstancePhase | None = None
+    """UpdateInstance: the Instance's phase."""
+    power_state: PowerState | None = None
+    """UpdateInstance: its power state (empty keeps it)."""
+    unlock: bool = False
+    """UpdateInstance: release the Instance's lock."""
+    message: str = ""
+    """UpdateInstance: the Instance's message."""
+
+
 class VMResizeStatus(Model):
     """The whole story of the resize."""
 
@@ -140,12 +163,19 @@ class VMResizeStatus(Model):
     """What happened last, for people."""
     source_host: str | None = None
     """Host the instance was on when the resize began."""
+    instance_uid: str | None = None
+    """UID of the Instance this resize locked (a namesake created later is another VM)."""
     dest_host: str | None = None
     """Host chosen by the scheduler (or forced)."""
     old_flavor: str | None = None
     """Flavor before the resize."""
     new_flavor: str | None = None
     """Flavor after the resize (the old one for a cold migration)."""
+    old_flavor_spec: FlavorSpec | None = None
+    """The sizes the instance had when the resize left Pending (as Nova's old_flavor)."""
+    new_flavor_spec: FlavorSpec | None = None
+    """The target flavor's sizes when the resize left Pending (as Nova's new_flavor); every
+    later step uses this snapshot, never the Flavor, which may change or go away."""
     progress: Progress = Field(default_factory=Progress)
     """Disk copy progress."""
     phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
@@ -161,7 +191,11 @@ class VMResizeStatus(Model):
     filter_counts: dict[str, int] = Field(default_factory=dict)
     """Hosts removed by each scheduler filter, for NoValidHost."""
     current_task: str | None = None
-    """Name of the HostTask the resize waits on."""
+    """Name of the one HostTask that may run for this resize now. Written before the task
+    is created; an agent refuses a destructive step unless it is named here."""
+    pending: list[Effect] = Field(default_factory=list)
+    """Changes to Host claims and the Instance that the last decision asked for and that
+    may not be done yet (redone, idempotently, by the next step)."""
     dest_domain_name: str | None = None
     """libvirt domain name of the new copy."""
     dest_disk_path: str | None = None
@@ -221,5 +255,5 @@ class VMResize(Resource):
     """What has happened."""
 
 
-__all__ = ["TERMINAL_PHASES", "Candidate", "Progress", "ResizePhase", "VMResize",
+__all__ = ["TERMINAL_PHASES", "Candidate", "Effect", "Progress", "ResizePhase", "VMResize",
            "VMResizeSpec", "VMResizeStatus"]

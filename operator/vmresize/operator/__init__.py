@@ -22,4 +22,5 @@ from vmresize.operator.handlers import (  # noqa: F401 - importing registers the
     instance,
     resize,
     startup,
+    sweep,
 )

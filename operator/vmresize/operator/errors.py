@@ -14,7 +14,8 @@ Tree::
     ├── ApiAlreadyExists          409 AlreadyExists on create   neither: callers decide
     ├── ApiUnavailable            no answer, 408, 429, 5xx      kopf.TemporaryError (2 s)
     ├── ApiRejected               any other 4xx                 kopf.PermanentError
-    └── NotReady                  a prerequisite is missing     kopf.TemporaryError (5 s)
+    ├── NotReady                  a prerequisite is missing     kopf.TemporaryError (5 s)
+    └── ForeignTask               a task of our name is not ours kopf.PermanentError
 
 The ``Api*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`.
 """
@@ -64,3 +65,8 @@ class NotReady(OperatorError, kopf.TemporaryError):  # noqa: N818
 
     def __init__(self, message: str, delay: float = 5.0) -> None:
         super().__init__(message, delay=delay)
+
+
+class ForeignTask(OperatorError, kopf.PermanentError):  # noqa: N818
+    """A HostTask of the deterministic name exists but belongs to another owner (or asks
+    for another action or host): never treat it as ours."""

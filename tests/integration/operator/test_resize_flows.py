@@ -40,6 +40,10 @@ def test_instance_spawn_then_resize_and_confirm(world: World, agents: Fulfiller,
     assert f"Instance/{world.ns}/vm1" in world.allocations("a")
     assert f"VMResize/{world.ns}/r1" in world.allocations("b")
     assert world.status("instances", "vm1")["activeResize"] == "r1"
+    # Claims and the lock are keyed by full UIDs (a namesake is another holder).
+    ruid = world.get("vmresizes", "r1")["metadata"]["uid"]
+    assert world.status("instances", "vm1")["activeResizeUid"] == ruid
+    assert f"VMResize/{ruid}" in world.raw_allocations("b")
 
     world.patch_resize("r1", {"confirm": True})
     st = world.wait_phase("r1", "Confirmed")

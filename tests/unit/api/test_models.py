@@ -61,7 +61,9 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 
 def test_names_are_deterministic_and_confined() -> None:
     uid = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
-    assert task_name(uid, TaskAction.MIGRATE_DISK, 1) == "0a1b2c3d-migratedisk-1"
+    # The whole UID: a prefix of it collides once there are tens of thousands of owners.
+    assert task_name(uid, TaskAction.MIGRATE_DISK, 1) == f"{uid}-migratedisk-1"
+    assert len(task_name(uid, TaskAction.RESTORE_SOURCE, 99)) <= 63
     assert domain_name("tenant-a", "web-1") == "tenant-a.web-1"
     assert domain_name("tenant-a", "web-1", "0a1b2c3d") == "tenant-a.web-1.0a1b2c3d"
-    assert disk_path("tenant-a", "web-1", uid) == "instances/tenant-a/web-1/0a1b2c3d/disk.qcow2"
+    assert disk_path("tenant-a", "web-1", uid) == f"instances/tenant-a/web-1/{uid}/disk.qcow2"

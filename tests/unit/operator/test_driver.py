@@ -39,7 +39,8 @@ async def test_cancelled_daemon_still_posts_the_final_steps_events(
 
     body: dict[str, Any] = {}
     daemon = asyncio.ensure_future(driver.run(body, "uid-1", reconcile, driver.Wakeups(),
-                                              _Stopped(), poll_seconds=5))
+                                              _Stopped(), poll_seconds=5,
+                                                  locks=driver.Locks()))
     await asyncio.to_thread(entered.wait, 10)
     daemon.cancel()          # what kopf does once the step has written a final phase
     release.set()
@@ -59,5 +60,30 @@ async def test_a_finished_step_stops_the_loop_after_posting(
     steps = iter([Outcome(changed=True, events=[("Normal", "Migrating", "a")]),
                   Outcome(done=True, changed=True, events=[("Normal", "Confirmed", "b")])])
     await asyncio.wait_for(driver.run({}, "uid-2", lambda now: next(steps), driver.Wakeups(),
-                                      _Stopped(), poll_seconds=5), timeout=10)
+                                      _Stopped(), poll_seconds=5, locks=driver.Locks()),
+                           timeout=10)
     assert [reason for _, reason, _ in posted] == ["Migrating", "Confirmed"]
+
+
+async def test_steps_of_one_owner_never_overlap() -> None:
+    """The daemon and the delete handler call the same step: never at once for one UID
+    (they decided concurrently from different reads before), while other UIDs go on."""
+    locks = driver.Locks()
+    inside: dict[str, int] = {"a": 0, "b": 0}
+    most: dict[str, int] = {"a": 0, "b": 0}
+    guard = threading.Lock()
+
+    def stepper(uid: str) -> Any:
+        def reconcile(now: datetime) -> Outcome:
+            with guard:
+                inside[uid] += 1
+                most[uid] = max(most[uid], inside[uid])
+            threading.Event().wait(0.05)
+            with guard:
+                inside[uid] -= 1
+            return Outcome()
+        return reconcile
+
+    await asyncio.gather(*(driver.step(locks, uid, stepper(uid))
+                           for uid in ("a", "a", "a", "b", "b")))
+    assert most == {"a": 1, "b": 1}

@@ -39,7 +39,8 @@ def state(phase: P, **kw: object) -> State:
 
 
 def obs(kind: Kind, **kw: object) -> Observation:
-    defaults: dict[str, object] = {"host": "dst"} if kind is Kind.SCHEDULED else {}
+    defaults: dict[str, object] = ({"host": "dst"} if kind in (Kind.SCHEDULED, Kind.CHOSEN)
+                                    else {})
     defaults.update(kw)
     return Observation(kind, **defaults)  # type: ignore[arg-type]
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 from vmresize.operator.decisions.transitions import (
     back_step_done,
+    chosen,
     confirm,
     confirmed,
     finished,
@@ -45,6 +46,7 @@ from vmresize.operator.decisions.transitions import (
     rollback_failed,
     rollback_failed_deleted,
     scheduled,
+    scheduling_refused,
     scheduling_tick,
     stay,
     step_failed,
@@ -53,9 +55,11 @@ from vmresize.operator.decisions.transitions import (
 )
 from vmresize.operator.decisions.vocabulary import (
     Action,
+    ClaimDest,
     CommitClaims,
     CreateTask,
     Kind,
+    LockInstance,
     Observation,
     ReleaseDestClaim,
     Rule,
@@ -72,7 +76,10 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.PENDING, K.INVALID): pending_refused,
     (P.PENDING, K.BUSY): pending_refused,
     (P.PENDING, K.TICK): pending_tick,
+    (P.SCHEDULING, K.CHOSEN): chosen,
     (P.SCHEDULING, K.SCHEDULED): scheduled,
+    (P.SCHEDULING, K.INVALID): scheduling_refused,
+    (P.SCHEDULING, K.BUSY): scheduling_refused,
     (P.SCHEDULING, K.NO_VALID_HOST): no_valid_host,
     (P.SCHEDULING, K.TICK): scheduling_tick,
     (P.PREPARING, K.TASK_WAITING): waiting,
@@ -122,6 +129,6 @@ def is_terminal(phase: ResizePhase) -> bool:
     return phase in TERMINAL_PHASES
 
 
-__all__ = ["TABLE", "TASK_PHASES", "Action", "CommitClaims", "CreateTask", "Kind",
-           "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
+__all__ = ["TABLE", "TASK_PHASES", "Action", "ClaimDest", "CommitClaims", "CreateTask", "Kind",
+           "LockInstance", "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
            "is_terminal", "progress_display", "step"]

@@ -12,6 +12,7 @@ from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
 from vmresize.api.instance import Instance
+from vmresize.api.naming import parse_task_name
 from vmresize.api.resize import VMResize
 from vmresize.operator.errors import NotReady
 
@@ -19,16 +20,7 @@ A = TaskAction
 GIB = 1024**3
 
 
-def parse_task_name(name: str | None) -> tuple[TaskAction | None, int]:
-    """``<uid8>-<action>-<attempt>`` back to (action, attempt)."""
-    if not name:
-        return None, 0
-    parts = name.split("-")
-    by_lower = {a.value.lower(): a for a in TaskAction}
-    try:
-        return by_lower.get(parts[1]), int(parts[2])
-    except (IndexError, ValueError):
-        return None, 0
+__all__ = ["envelope", "instance_task", "parse_task_name", "peer", "resize_task", "task_flavor"]
 
 
 def task_flavor(f: FlavorSpec) -> TaskFlavor:
@@ -68,7 +60,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     src_dom, src_disk = ist.domain_name, ist.disk_path
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
                         owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
-    transfer = naming.short_uid(resize.uid)
+    transfer = resize.uid
     if action is A.PREPARE:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,

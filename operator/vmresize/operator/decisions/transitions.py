@@ -14,9 +14,11 @@ from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
 from vmresize.operator.decisions.vocabulary import (
     Action,
+    ClaimDest,
     CommitClaims,
     CreateTask,
     Kind,
+    LockInstance,
     Observation,
     ReleaseDestClaim,
     State,
@@ -78,8 +80,26 @@ def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
 
 
 def pending_valid(s: State, o: Observation, now: datetime) -> Step:
-    """The request is sound and the instance is locked: go on to Scheduling."""
-    return Step(P.SCHEDULING, reason="Scheduling", message="Instance locked; scheduling")
+    """The request is sound: lock the instance (an effect of this step), then schedule."""
+    return Step(P.SCHEDULING, (LockInstance(),), reason="Scheduling",
+                message="Locking the instance; scheduling")
+
+
+def scheduling_refused(s: State, o: Observation, now: datetime) -> Step:
+    """The lock was not ours after all (taken by another resize, or the instance is being
+    deleted or gone): fail without touching the instance."""
+    reason = o.reason or ("InstanceBusy" if o.kind is Kind.BUSY else "Invalid")
+    return Step(P.FAILED, (ReleaseDestClaim(),), reason=reason, message=o.message or reason)
+
+
+def chosen(s: State, o: Observation, now: datetime) -> Step:
+    """Record the host to claim on (and what is left to try), then claim it."""
+    assert o.host is not None
+    if s.deleting:
+        return scheduling_tick(s, o, now)
+    return Step(P.SCHEDULING, (ClaimDest(o.host),),
+                message=f"Claiming resources on {o.host}",
+                updates={"dest_host": o.host, "alternates": list(o.alternates)})
 
 
 def pending_refused(s: State, o: Observation, now: datetime) -> Step:
@@ -99,6 +119,8 @@ def scheduled(s: State, o: Observation, now: datetime) -> Step:
     """A claim is held on ``o.host``: remember it and its alternates and create the Prepare task
     there."""
     assert o.host is not None
+    if s.deleting:
+        return scheduling_tick(s, o, now)
     return Step(P.PREPARING, (CreateTask(A.PREPARE, o.host, s.attempts),),
                 reason="Preparing", message=f"Claimed resources on {o.host}; preparing it",
                 updates={"dest_host": o.host, "alternates": list(o.alternates),
@@ -255,10 +277,14 @@ def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
     and claims kept for an admin."""
     if o.retryable and s.current_attempt + 1 < s.task_retries:
         return retry_or_wait(s, o, now)
+    # Nothing retries a RollbackFailed resize (it is final): the message names the only way
+    # on, so that an admin never waits for a retry that will not come.
+    broken = s.source_host if s.current_action is A.RESTORE_SOURCE else s.dest_host
     msg = (f"Rollback failed at {s.current_action} ({o.message}). Both copies are kept and "
-           f"both claims held: source on {s.source_host}, new copy on {s.dest_host}. An admin "
-           f"must start the instance on {s.source_host} by hand (or delete the failed HostTask "
-           "to retry), then delete this VMResize to release it.")
+           f"both claims held: source on {s.source_host}, new copy on {s.dest_host}. Nothing "
+           f"will retry it. An admin must fix {broken}, remove the new copy on {s.dest_host} "
+           f"and start the instance on {s.source_host} by hand, then delete this VMResize: that "
+           "releases the claims and the instance lock (see the runbook in the docs).")
     return Step(P.ROLLBACK_FAILED, (UpdateInstance("source", InstancePhase.ERROR,
                                                    PowerState.UNKNOWN, unlock=False,
                                                    message=msg),),

@@ -23,6 +23,7 @@ class Kind(StrEnum):
     VALID = "Valid"                  # Pending: request is sound and the instance lock is ours
     INVALID = "Invalid"              # Pending: bad request (reason/message say why)
     BUSY = "Busy"                    # Pending: another resize holds the instance
+    CHOSEN = "Chosen"                # Scheduling: ``host`` chosen (or next); claim it next
     SCHEDULED = "Scheduled"          # Scheduling: a claim is held on ``host``
     NO_VALID_HOST = "NoValidHost"    # Scheduling: nothing fits (``counts`` per filter)
     TASK_WAITING = "TaskWaiting"     # current HostTask pending or running (``progress``)
@@ -83,6 +84,18 @@ class CreateTask:
 
 
 @dataclass(frozen=True)
+class LockInstance:
+    """Take the Instance's one-resize-at-a-time lock (the next step checks it is ours)."""
+
+
+@dataclass(frozen=True)
+class ClaimDest:
+    """Claim the new flavor's resources on ``host`` (refused if they no longer fit)."""
+
+    host: str
+
+
+@dataclass(frozen=True)
 class ReleaseDestClaim:
     """Drop this resize's claim on the destination host."""
 
@@ -105,7 +118,7 @@ class UpdateInstance:
     message: str = ""
 
 
-Action = CreateTask | ReleaseDestClaim | CommitClaims | UpdateInstance
+Action = CreateTask | LockInstance | ClaimDest | ReleaseDestClaim | CommitClaims | UpdateInstance
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: 
                 memo: Any, **_: Any) -> None:
     """Daemon for an unbuilt Instance: runs the Instance reconcile until it is Active or Error."""
     step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
-    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds)
+    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds,
+                     memo.locks)
 
 
 @kopf.on.delete(GROUP, VERSION, "instances", id="destroy")
@@ -32,9 +33,10 @@ async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: An
                  **_: Any) -> None:
     """Before the finalizer goes: destroy the domain and disk and release the claim (kopf retries
     until that is done), then delete the Instance's HostTasks."""
-    out = await asyncio.to_thread(instances.reconcile, memo.storage, memo.settings,
-                                  namespace or "", name, driver.now(), True)
+    step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
+    out = await driver.step(memo.locks, uid, step)
     driver.post(body, out.events)
     if not out.done:
         raise kopf.TemporaryError("waiting for Destroy", delay=1)
     await asyncio.to_thread(memo.storage.delete_tasks, memo.settings.namespace, uid)
+    memo.locks.forget(uid)

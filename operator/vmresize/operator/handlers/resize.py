@@ -20,7 +20,10 @@ _DONE = {p.value for p in TERMINAL_PHASES}
 
 
 def _active(status: Any, **_: Any) -> bool:
-    return (status or {}).get("phase") not in _DONE
+    # A finished resize whose last effects (claims, the instance) may not be done yet
+    # (a crash right after the final write) still needs its daemon to carry them out.
+    st = status or {}
+    return st.get("phase") not in _DONE or bool(st.get("pending"))
 
 
 @kopf.daemon(GROUP, VERSION, "vmresizes", id="drive", when=_active, cancellation_timeout=10)
@@ -29,7 +32,8 @@ async def drive(body: Any, uid: str, name: str, namespace: str | None, stopped: 
     """Daemon for an unfinished VMResize: runs the engine until the resize reaches a terminal
     phase."""
     step = partial(engine.reconcile, memo.storage, memo.settings, namespace or "", name)
-    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds)
+    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds,
+                     memo.locks)
 
 
 @kopf.on.event(GROUP, VERSION, "vmresizes")
@@ -44,9 +48,12 @@ async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: An
                  **_: Any) -> None:
     """Before the finalizer goes: an unfinished resize is reverted or rolled back to its source
     (kopf retries until it is finished), then its HostTasks are deleted."""
-    out = await asyncio.to_thread(engine.reconcile, memo.storage, memo.settings, namespace or "",
-                                  name, driver.now(), True)
+    # The same step as the daemon's, serialized with it; the step itself reads that the
+    # resize is being deleted (metadata.deletionTimestamp).
+    step = partial(engine.reconcile, memo.storage, memo.settings, namespace or "", name)
+    out = await driver.step(memo.locks, uid, step)
     driver.post(body, out.events)
     if not out.done:
         raise kopf.TemporaryError(f"rolling back before deletion ({out.phase})", delay=1)
     await asyncio.to_thread(memo.storage.delete_tasks, memo.settings.namespace, uid)
+    memo.locks.forget(uid)

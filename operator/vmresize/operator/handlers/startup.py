@@ -15,7 +15,7 @@ import kopf
 from vmresize.api.envsettings import SettingsError
 from vmresize.operator import metrics
 from vmresize.operator.persistence.storage import Storage
-from vmresize.operator.reconcile.driver import Wakeups
+from vmresize.operator.reconcile.driver import Locks, Wakeups
 from vmresize.operator.settings import Settings
 
 PREFIX = "operator.vmresize.io"
@@ -48,4 +48,5 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.settings = conf
     memo.storage = Storage()
     memo.wakeups = Wakeups()
+    memo.locks = Locks()
     metrics.serve(conf.metrics_port, conf.metrics_address)

@@ -1,6 +1,8 @@
 """Claims on Host allocations and the Instance lock, with optimistic concurrency.
 
-A claim is an entry in ``Host.status.allocations`` keyed ``<Kind>/<namespace>/<name>``.
+A claim is an entry in ``Host.status.allocations`` keyed ``<Kind>/<uid>`` of its holder (a
+name can be reused by a new object; a UID cannot), with ``<namespace>/<name>`` as its
+``consumer`` for people. The Instance lock is likewise the holder's UID.
 Every change reads the Host, decides, and replaces its status with the resourceVersion it
 read; a 409 means someone else wrote in between, so we read again and decide again
 (re-running the fit check). Two operators (or two resizes) can therefore never both take
@@ -28,9 +30,9 @@ MAX_CONFLICT_RETRIES = 50
 Kind = Literal["Instance", "VMResize"]
 
 
-def key(kind: Kind, namespace: str, name: str) -> str:
-    """The allocation key of a consumer on a Host: ``<Kind>/<namespace>/<name>``."""
-    return f"{kind}/{namespace}/{name}"
+def key(kind: Kind, uid: str) -> str:
+    """The allocation key of a holder on a Host: ``<Kind>/<uid>``."""
+    return f"{kind}/{uid}"
 
 
 def _update_host(storage: Storage, host_name: str,
@@ -57,8 +59,9 @@ def _update_host(storage: Storage, host_name: str,
 
 
 def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
-          resources: Resources) -> bool:
-    """Claim ``resources`` on the host; False if they do not fit (after a fresh read).
+          resources: Resources, consumer: str) -> bool:
+    """Claim ``resources`` on the host for ``consumer`` (``<namespace>/<name>``, for people);
+    False if they do not fit (after a fresh read).
 
     Every claim is fit-checked, adoptions and forced hosts included: a claim that skipped
     it would over-commit the host behind the scheduler's back (invariant 4)."""
@@ -71,7 +74,7 @@ def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
                               resources.disk_gib) is not None:
             return False
         host.status.allocations[claim_key] = Allocation(
-            consumer=claim_key.split("/", 1)[1], kind=kind, resources=resources)
+            consumer=consumer, kind=kind, resources=resources)
         return True
 
     return _update_host(storage, host_name, change)
@@ -91,7 +94,7 @@ def release(storage: Storage, host_name: str | None, claim_key: str) -> None:
     _update_host(storage, host_name, change)
 
 
-def transfer(storage: Storage, host_name: str, from_key: str, to_key: str,
+def transfer(storage: Storage, host_name: str, from_key: str, to_key: str, consumer: str,
              drop: str | None = None) -> None:
     """Confirm on ``host_name``: the resize's claim becomes the instance's (and ``drop``, the
     instance's old claim on the same host for a same-host resize, goes in the same write)."""
@@ -106,7 +109,7 @@ def transfer(storage: Storage, host_name: str, from_key: str, to_key: str,
             allocs.pop(drop, None)
         if moving is not None:
             allocs.pop(from_key)
-            allocs[to_key] = Allocation(consumer=to_key.split("/", 1)[1], kind="Instance",
+            allocs[to_key] = Allocation(consumer=consumer, kind="Instance",
                                         resources=moving.resources)
         return True
 
@@ -121,21 +124,25 @@ def find_claim(hosts: list[Host], claim_key: str) -> str | None:
     return None
 
 
-def lock_instance(storage: Storage, namespace: str, name: str,
-                  resize: str) -> Instance | Literal["missing", "busy", "notready"]:
-    """Take ``status.activeResize`` for ``resize``; idempotent for the holder."""
+def lock_instance(storage: Storage, namespace: str, name: str, resize: str, resize_uid: str,
+                  ) -> Instance | Literal["missing", "busy", "notready", "deleting"]:
+    """Take the instance's lock for the resize ``resize_uid``; idempotent for the holder.
+    An instance being deleted is never locked (its Destroy would wait for ever)."""
     for _ in range(MAX_CONFLICT_RETRIES):
         inst = storage.instance(namespace, name)
         if inst is None:
             return "missing"
         st = inst.status or InstanceStatus()
-        if st.active_resize == resize:
+        if st.active_resize_uid == resize_uid:
             return inst
-        if st.active_resize:
+        if st.active_resize_uid or st.active_resize:
             return "busy"
+        if inst.metadata.get("deletionTimestamp"):
+            return "deleting"
         if st.phase.value != "Active" or not st.host:
             return "notready"
         inst.status = st.model_copy(update={"active_resize": resize,
+                                            "active_resize_uid": resize_uid,
                                             "phase": InstancePhase.RESIZING,
                                             "message": f"Being resized by {resize}"})
         try:
@@ -145,14 +152,19 @@ def lock_instance(storage: Storage, namespace: str, name: str,
     raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")
 
 
-def update_instance(storage: Storage, namespace: str, name: str, resize: str,
+def update_instance(storage: Storage, namespace: str, name: str, resize_uid: str,
                     change: Callable[[InstanceStatus], InstanceStatus]) -> None:
-    """Change the Instance's status if (and only if) ``resize`` holds its lock."""
+    """Change the Instance's status if (and only if) ``resize_uid`` holds its lock; a change
+    that changes nothing writes nothing (a redone effect costs one read)."""
     for _ in range(MAX_CONFLICT_RETRIES):
         inst = storage.instance(namespace, name)
-        if inst is None or inst.status is None or inst.status.active_resize != resize:
+        if inst is None or inst.status is None or inst.status.active_resize_uid != resize_uid:
             return
-        inst.status = change(inst.status)
+        new = change(inst.status)
+        if new.model_dump(exclude={"conditions"}) == inst.status.model_dump(
+                exclude={"conditions"}):
+            return
+        inst.status = new
         try:
             storage.replace_status(inst)
             return

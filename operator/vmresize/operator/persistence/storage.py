@@ -8,7 +8,6 @@ agent (:func:`vmresize.api.apierrors.classify`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -30,6 +29,7 @@ from vmresize.operator.errors import (
     ApiNotFound,
     ApiRejected,
     ApiUnavailable,
+    ForeignTask,
     OperatorError,
 )
 
@@ -142,13 +142,16 @@ class Storage:
         return type(obj).from_body(out)
 
     def create_task(self, task: HostTask) -> None:
-        """Create a HostTask; one that exists already (same deterministic name) is fine."""
+        """Create a HostTask; one that exists already is fine only if it is this very task
+        (same owner UID, action and host), else :class:`ForeignTask`."""
         body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = HostTask.kind_name
-        with contextlib.suppress(ApiAlreadyExists):
+        try:
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,
                 _request_timeout=REQUEST_TIMEOUT))
+        except ApiAlreadyExists:
+            check_same_task(self.task(task.namespace, task.name), task)
 
     def delete_tasks(self, namespace: str, owner_uid: str) -> None:
         """Delete every HostTask of one owner, once the owner itself is going away.
@@ -160,3 +163,14 @@ class Storage:
                   GROUP, VERSION, namespace, HostTask.plural,
                   label_selector=f"{OWNER_UID_LABEL}={owner_uid}",
                   _request_timeout=REQUEST_TIMEOUT))
+
+
+def check_same_task(existing: HostTask | None, wanted: HostTask) -> None:
+    """After AlreadyExists: the task there must be ``wanted`` (its owner, action, host)."""
+    if existing is None:
+        return   # deleted in between: the next step sees it missing and creates it again
+    e, w = existing.spec, wanted.spec
+    if (e.owner_uid, e.action, e.host) != (w.owner_uid, w.action, w.host):
+        raise ForeignTask(f"HostTask {wanted.name} exists but is not ours: owner "
+                          f"{e.owner} ({e.owner_uid}), {e.action} on {e.host}; wanted "
+                          f"{w.owner} ({w.owner_uid}), {w.action} on {w.host}")

@@ -25,6 +25,29 @@ log = logging.getLogger(__name__)
 Reconcile = Callable[[datetime], Outcome]
 
 
+class Locks:
+    """One lock per owner UID: every step of one resize (or instance) runs alone, whether
+    the per-object daemon, the delete handler or anything else calls it (they would
+    otherwise decide concurrently from different reads)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def forget(self, uid: str) -> None:
+        lock = self._locks.get(uid)
+        if lock is not None and not lock.locked():
+            del self._locks[uid]
+
+
+async def step(locks: Locks, uid: str, reconcile: Reconcile) -> Outcome:
+    """One step of the owner ``uid``, serialized with every other step of it."""
+    async with locks.lock(uid):
+        return await asyncio.to_thread(reconcile, now())
+
+
 class Wakeups:
     """In-memory events keyed by owner UID; losing them only costs a poll interval."""
 
@@ -57,14 +80,14 @@ def post(body: Any, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
-async def _step_and_post(body: Any, reconcile: Reconcile) -> Outcome:
-    out = await asyncio.to_thread(reconcile, now())
+async def _step_and_post(body: Any, uid: str, reconcile: Reconcile, locks: Locks) -> Outcome:
+    out = await step(locks, uid, reconcile)
     post(body, out.events)
     return out
 
 
 async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
-              stopped: Any, poll_seconds: float) -> None:
+              stopped: Any, poll_seconds: float, locks: Locks) -> None:
     """Step until done (or stopped), sleeping between steps until woken or polled."""
     wake = wakeups.event(uid)
     try:
@@ -73,7 +96,7 @@ async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
             try:
                 # kopf cancels the daemon once the step it runs writes a final phase; the
                 # shield lets that step's events still be posted (they were lost before).
-                out = await asyncio.shield(_step_and_post(body, reconcile))
+                out = await asyncio.shield(_step_and_post(body, uid, reconcile, locks))
             except kopf.TemporaryError as e:
                 log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
                 await _sleep(wake, stopped, e.delay or 1.0)

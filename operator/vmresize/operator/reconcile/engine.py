@@ -1,38 +1,39 @@
-"""Driving one VMResize one step: observe, decide (:mod:`lifecycle`), act, persist.
+"""Driving one VMResize one step: snapshot, decide (:mod:`lifecycle`), record, then act.
 
-Synchronous plumbing over :class:`~vmresize.operator.persistence.storage.Storage`; the kopf handlers
-run it in a thread. Every action is idempotent and the status is written last, guarded by
-the resourceVersion read at the start, so a crash (or a second operator) at any point just
-makes the next call redo the same step.
+Synchronous plumbing over :class:`~vmresize.operator.persistence.storage.Storage`; the kopf
+handlers run it in a thread, one step of one resize at a time. Each step:
+
+1. reads the resize (``deleting`` is its ``metadata.deletionTimestamp``) and first carries
+   out what the recorded status still asks for (``status.pending``: claims, the Instance);
+2. observes the world for the phase and decides, purely;
+3. writes the status that names the decision (phase, ``currentTask``: the deterministic
+   name of the one task that may run, and the effects) guarded by the resourceVersion read
+   in 1. A 409 here means nothing happened: the next step decides again;
+4. only then acts: creates the task named in the written status and carries out the
+   effects, then clears them. A crash or 409 after 3 makes the next step redo 4.
+
+So no HostTask exists, and no claim changes, before the status that asks for it; and an
+agent that checks ``currentTask`` before a destructive step never runs a superseded one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
-from vmresize.api.hosttask import TaskAction, TaskFlavor, TaskPhase
-from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
+from vmresize.api.hosttask import TaskPhase
+from vmresize.api.instance import InstancePhase, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator import metrics
 from vmresize.operator.decisions import conditions, lifecycle
-from vmresize.operator.decisions.lifecycle import (
-    CommitClaims,
-    CreateTask,
-    Kind,
-    Observation,
-    ReleaseDestClaim,
-    State,
-    UpdateInstance,
-)
-from vmresize.operator.decisions.tasks import parse_task_name, resize_task, task_flavor
+from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
+from vmresize.operator.decisions.tasks import resize_task, task_flavor
 from vmresize.operator.errors import NotReady
-from vmresize.operator.persistence import claims
 from vmresize.operator.persistence.storage import Storage
-from vmresize.operator.reconcile import scheduling
+from vmresize.operator.reconcile import effects, scheduling
 from vmresize.operator.settings import Settings
 
 P = ResizePhase
@@ -50,7 +51,7 @@ class Outcome:
 
 
 def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) -> State:
-    action, attempt = parse_task_name(st.current_task)
+    action, attempt = naming.parse_task_name(st.current_task)
     window = (r.spec.auto_confirm_seconds if r.spec.auto_confirm_seconds is not None
               else settings.auto_confirm_seconds)
     return State(phase=st.phase, source_host=st.source_host, dest_host=st.dest_host,
@@ -62,35 +63,41 @@ def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) 
 
 
 def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
-    """Pending: the request is sound and the instance lock is ours."""
+    """Pending: the request is sound; snapshot both flavors (nothing is written here)."""
     inst = storage.instance(r.namespace, r.spec.instance_name)
-    if inst is None:
-        return Observation(Kind.INVALID, "InstanceNotFound",
-                           f"Instance {r.spec.instance_name} does not exist"), {}
+    refused = scheduling.lock_refused(inst, r)
+    if inst is None or (refused is not None and refused.reason != "InstanceNotReady"):
+        assert refused is not None
+        return refused, {}
     ist = inst.status or InstanceStatus()
-    if ist.active_resize and ist.active_resize != r.name:
-        return Observation(Kind.BUSY, "InstanceBusy", f"Instance {inst.name} is already being "
-                           f"resized by VMResize {ist.active_resize}; nothing was changed"), {}
     if ist.phase in (InstancePhase.PENDING, InstancePhase.BUILDING):
         return Observation(Kind.TICK), {}   # applied together with its instance: wait
-    flavor_name = r.spec.flavor or ist.flavor or inst.spec.flavor
-    flavor = storage.flavor(flavor_name)
-    if flavor is None:
-        return Observation(Kind.INVALID, "FlavorNotFound",
-                           f"Flavor {flavor_name} does not exist"), {}
-    if ist.disk_gib is not None and flavor.spec.disk_gib < ist.disk_gib:
-        return Observation(Kind.INVALID, "DiskShrink", f"Flavor {flavor_name} has a "
-                           f"{flavor.spec.disk_gib} GiB disk but the instance has "
-                           f"{ist.disk_gib} GiB; a resize never shrinks a disk"), {}
-    locked = claims.lock_instance(storage, r.namespace, inst.name, r.name)
-    if locked == "busy":
-        return Observation(Kind.BUSY, "InstanceBusy", f"Instance {inst.name} is already "
-                           "being resized; nothing was changed"), {}
-    if locked in ("missing", "notready"):
+    if ist.phase is not InstancePhase.ACTIVE or not ist.host:
         return Observation(Kind.INVALID, "InstanceNotReady",
                            f"Instance {inst.name} is not Active on a host"), {}
-    return Observation(Kind.VALID), {"source_host": ist.host, "old_flavor": ist.flavor,
-                                     "new_flavor": flavor_name}
+    running = storage.flavor(ist.flavor) if ist.flavor else None
+    base = running.spec if running else FlavorSpec(vcpus=ist.vcpus or 1,
+                                                   memory_mib=ist.memory_mib or 16,
+                                                   disk_gib=ist.disk_gib or 1)
+    # What the VM really runs with wins over what its flavor says today.
+    old = base.model_copy(update={k: v for k, v in (
+        ("vcpus", ist.vcpus), ("memory_mib", ist.memory_mib), ("disk_gib", ist.disk_gib))
+        if v})
+    new = old
+    if r.spec.flavor and r.spec.flavor != ist.flavor:
+        target = storage.flavor(r.spec.flavor)
+        if target is None:
+            return Observation(Kind.INVALID, "FlavorNotFound",
+                               f"Flavor {r.spec.flavor} does not exist"), {}
+        new = target.spec
+        if ist.disk_gib is not None and new.disk_gib < ist.disk_gib:
+            return Observation(Kind.INVALID, "DiskShrink", f"Flavor {r.spec.flavor} has a "
+                               f"{new.disk_gib} GiB disk but the instance has "
+                               f"{ist.disk_gib} GiB; a resize never shrinks a disk"), {}
+    return Observation(Kind.VALID), {
+        "source_host": ist.host, "instance_uid": inst.uid, "old_flavor": ist.flavor,
+        "new_flavor": r.spec.flavor or ist.flavor, "old_flavor_spec": old,
+        "new_flavor_spec": new}
 
 
 def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus) -> Observation:
@@ -127,97 +134,71 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     return Observation(Kind.TICK), {}
 
 
-def _act(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
-         actions: tuple[lifecycle.Action, ...], now: datetime) -> str | None:
-    """Carry out the actions; returns the name of the task created, if any."""
-    ns, inst_name = r.namespace, r.spec.instance_name
-    resize_key = claims.key("VMResize", ns, r.name)
-    inst_key = claims.key("Instance", ns, inst_name)
-    created = None
-    for a in actions:
-        if isinstance(a, CreateTask):
-            created = _create_task(storage, settings, r, st, a)
-        elif isinstance(a, ReleaseDestClaim):
-            # No dest in status yet: a claim taken just before a crash may still be there.
-            holder = st.dest_host or claims.find_claim(storage.hosts(), resize_key)
-            claims.release(storage, holder, resize_key)
-        elif isinstance(a, CommitClaims):
-            assert st.dest_host is not None
-            same = st.dest_host == st.source_host
-            claims.transfer(storage, st.dest_host, resize_key, inst_key,
-                            drop=inst_key if same else None)
-            if not same:
-                claims.release(storage, st.source_host, inst_key)
-        elif isinstance(a, UpdateInstance):
-            flavor = storage.flavor(st.new_flavor) if st.new_flavor else None
-            claims.update_instance(storage, ns, inst_name, r.name, _instance_change(
-                a, st, flavor.spec if flavor else None, now))
-    return created
-
-
-def _create_task(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
-                 a: CreateTask) -> str:
+def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTask) -> None:
+    """Create the task that the written status of ``r`` names (and no other)."""
+    st = r.status
+    assert st is not None
+    assert st.current_task == naming.task_name(r.uid, a.action, a.attempt)
     inst = storage.instance(r.namespace, r.spec.instance_name)
     if inst is None or inst.status is None:
         raise NotReady(f"instance {r.spec.instance_name} is gone; cannot build {a.action}")
-    new = _flavor(storage, st.new_flavor, inst)
-    old = _old_flavor(storage, st, inst)
-    dest = storage.host(st.dest_host) if a.action is TaskAction.MIGRATE_DISK and st.dest_host \
-        else None
-    # resize_task reads the status from the resize: give it the one this step leaves.
-    task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace,
-                       resize=r.model_copy(update={"status": st}),
-                       inst=inst, new=new, old=old, dest=dest,
+    new, old = st.new_flavor_spec, st.old_flavor_spec
+    if new is None or old is None:   # a resize begun by an operator without snapshots
+        ist = inst.status
+        running = FlavorSpec(vcpus=ist.vcpus or 1, memory_mib=ist.memory_mib or 16,
+                             disk_gib=ist.disk_gib or 1)
+        target = storage.flavor(st.new_flavor) if st.new_flavor else None
+        new = new or (target.spec if target else running)
+        old = old or running
+    dest = storage.host(st.dest_host) if st.dest_host else None
+    task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace, resize=r,
+                       inst=inst, new=new, old=task_flavor(old), dest=dest,
                        power_off_timeout_seconds=settings.power_off_timeout_seconds)
     storage.create_task(task)
-    return task.name
 
 
-def _flavor(storage: Storage, name: str | None, inst: Instance) -> FlavorSpec:
-    f = storage.flavor(name) if name else None
-    if f is not None:
-        return f.spec
-    ist = inst.status or InstanceStatus()
-    return FlavorSpec(vcpus=ist.vcpus or 1, memory_mib=ist.memory_mib or 16,
-                      disk_gib=ist.disk_gib or 1)
+def _settle(storage: Storage, r: VMResize, now: datetime) -> VMResize:
+    """Carry out ``status.pending`` and clear it (a 409 on the clearing write is harmless:
+    the effects are done and idempotent, the next step just does them once more)."""
+    st = r.status
+    assert st is not None
+    effects.apply(storage, r, st, now)
+    r.status = st.model_copy(update={"pending": []})
+    return storage.replace_status(r)
 
 
-def _old_flavor(storage: Storage, st: VMResizeStatus, inst: Instance) -> TaskFlavor | None:
-    ist = inst.status
-    if ist and ist.vcpus and ist.memory_mib and ist.disk_gib:
-        return TaskFlavor(vcpus=ist.vcpus, memory_mib=ist.memory_mib, disk_gib=ist.disk_gib)
-    f = storage.flavor(st.old_flavor) if st.old_flavor else None
-    return task_flavor(f.spec) if f else None
-
-
-def _instance_change(a: UpdateInstance, st: VMResizeStatus, f: FlavorSpec | None,
-                     now: datetime) -> Callable[[InstanceStatus], InstanceStatus]:
-    def change(s: InstanceStatus) -> InstanceStatus:
-        upd: dict[str, Any] = {"phase": a.phase, "message": a.message,
-                               "power_state": a.power or s.power_state}
-        if a.unlock:
-            upd["active_resize"] = None
-        if a.placement == "dest":
-            upd.update(host=st.dest_host, flavor=st.new_flavor, domain_name=st.dest_domain_name,
-                       disk_path=st.dest_disk_path,
-                       message=a.message or f"Resized by {s.active_resize}")
-            if f is not None:
-                upd.update(vcpus=f.vcpus, memory_mib=f.memory_mib,
-                           disk_gib=max(f.disk_gib, s.disk_gib or 0))
-        new = s.model_copy(update=upd)
-        new.conditions = conditions.instance_conditions(s.conditions, new.phase, new.message,
-                                                        now)
-        return new
-
-    return change
+def _decide(r: VMResize, st: VMResizeStatus, step: lifecycle.Step, updates: dict[str, Any],
+            now: datetime) -> tuple[VMResizeStatus, CreateTask | None]:
+    new = VMResizeStatus.model_validate({**dict(st), **updates})   # validated, unlike copy
+    new.phase = step.phase
+    if step.reason is not None:
+        new.reason = step.reason
+    if step.message is not None:
+        new.message = step.message
+    task = next((a for a in step.actions if isinstance(a, CreateTask)), None)
+    if task is not None:
+        new.current_task = naming.task_name(r.uid, task.action, task.attempt)
+    elif step.phase not in lifecycle.TASK_PHASES:
+        new.current_task = None   # no task may run now: agents refuse the last one
+    new.pending = [effects.record(a, st) for a in step.actions
+                   if not isinstance(a, CreateTask)]
+    new.observed_generation = r.metadata.get("generation")
+    if step.phase is not st.phase:
+        new.phase_timestamps = {**st.phase_timestamps, step.phase.value: now}
+    new.conditions = conditions.resize_conditions(st.conditions, new.phase, new.reason,
+                                                  new.message, now, new.observed_generation)
+    return new, task
 
 
 def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
-              now: datetime, deleting: bool = False) -> Outcome:
+              now: datetime) -> Outcome:
     """One step of the resize ``namespace/name``."""
     r = storage.resize(namespace, name)
     if r is None:
         return Outcome(done=True)
+    deleting = bool(r.metadata.get("deletionTimestamp"))
+    if r.status is not None and r.status.pending:
+        r = _settle(storage, r, now)
     st = r.status or VMResizeStatus()
     terminal = lifecycle.is_terminal(st.phase)
     if terminal and not (deleting and st.phase is P.ROLLBACK_FAILED):
@@ -227,38 +208,30 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     updates = {**extra, **step.updates}
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
         return Outcome(phase=st.phase, done=terminal)
-    # Actions see the status as the step leaves it (a Finish task needs the checksum that
-    # the MigrateDisk result just brought); a released claim is found by its key if the
-    # step clears dest_host.
-    st_for_actions = VMResizeStatus.model_validate({**dict(st), **updates})
-    created = _act(storage, settings, r, st_for_actions, step.actions, now)
-    new = VMResizeStatus.model_validate({**dict(st), **updates})   # validated, unlike copy
-    new.phase = step.phase
-    if step.reason is not None:
-        new.reason = step.reason
-    if step.message is not None:
-        new.message = step.message
-    if created is not None:
-        new.current_task = created
-    new.observed_generation = r.metadata.get("generation")
+    new, task = _decide(r, st, step, updates, now)
+    if task is None and not new.pending and new.model_dump(exclude={"conditions"}) == \
+            st.model_dump(exclude={"conditions"}):
+        return Outcome(phase=st.phase, done=terminal)   # e.g. the same progress again
     events: list[tuple[str, str, str]] = []
     bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
         step.reason or "").endswith("Stuck")
-    if step.phase is not st.phase:
-        new.phase_timestamps = {**st.phase_timestamps, step.phase.value: now}
     if step.phase is not st.phase or (step.actions and new.message != st.message):
         reason = new.reason if step.phase is not st.phase else step.reason or step.phase.value
         events.append(("Warning" if bad else "Normal", reason or step.phase.value,
                        new.message))
-    new.conditions = conditions.resize_conditions(st.conditions, new.phase, new.reason,
-                                                  new.message, now, new.observed_generation)
-    if not created and new.model_dump() == st.model_dump():
-        return Outcome(phase=st.phase, done=terminal)   # e.g. the same progress again
     r.status = new
-    storage.replace_status(r)
+    r = storage.replace_status(r)                       # record ...
+    if new.pending:
+        r = _settle(storage, r, now)                    # ... then act
+    if task is not None:
+        _create_task(storage, settings, r, task)
     if step.phase is not st.phase:
         metrics.transition(st.phase, step.phase, st.phase_timestamps.get(st.phase.value), now,
                            new.downtime_seconds)
-    return Outcome(phase=new.phase, done=lifecycle.is_terminal(new.phase), changed=True,
-                   events=events)
+    # A rollback that fails while the resize is being deleted ends in RollbackFailed with
+    # the claims and the lock still held: one more step releases them (the delete handler
+    # must not let the resize go before; found by the model test).
+    held = deleting and new.phase is P.ROLLBACK_FAILED and st.phase is not P.ROLLBACK_FAILED
+    return Outcome(phase=new.phase, done=lifecycle.is_terminal(new.phase) and not held,
+                   changed=True, events=events)
 

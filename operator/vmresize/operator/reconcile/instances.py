@@ -1,9 +1,11 @@
 """Driving one Instance one step: place it, claim, Spawn/Adopt, then Destroy on delete.
 
-Same shape as :mod:`vmresize.operator.reconcile.engine`: idempotent actions, status written last
-with the resourceVersion read at the start. The phases are few enough to read inline:
-Pending -> (claim, Spawn|Adopt task) Building -> Active, or Error; deletion -> Destroy task
--> release the claim.
+Same shape as :mod:`vmresize.operator.reconcile.engine`: decide, record, then act. The
+chosen host is written (``status.host``) before it is claimed, and ``status.currentTask``
+before the Spawn, Adopt or Destroy task of that name is created; every act is idempotent,
+so a crash or a 409 anywhere makes the next step redo it. Phases: Pending -> (host chosen,
+claimed) -> Building -> Active, or Error; deletion -> Deleting (Destroy) -> claim released.
+An instance held by a resize waits, and says so; a lock whose resize is gone is released.
 """
 
 from __future__ import annotations
@@ -36,12 +38,37 @@ ADOPT_REFUSED = "DomainAlreadyOwned"
 
 
 def _write(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
-           events: list[tuple[str, str, str]], reason: str = "") -> Outcome:
+           reason: str = "") -> Instance:
+    """Write ``st`` (with its Ready condition) as the Instance's status; the written object."""
     st.conditions = conditions.instance_conditions(st.conditions, st.phase, st.message, now,
                                                    reason)
     inst.status = st
-    storage.replace_status(inst)
-    return Outcome(done=st.phase in (IP.ACTIVE, IP.ERROR), changed=True, events=events)
+    return storage.replace_status(inst)
+
+
+def _key(inst: Instance) -> str:
+    return claims.key("Instance", inst.uid)
+
+
+def _build_action(inst: Instance) -> TaskAction:
+    return TaskAction.ADOPT if inst.spec.adopt else TaskAction.SPAWN
+
+
+def _choose(storage: Storage, settings: Settings, inst: Instance,
+            now: datetime) -> str | NoValidHost:
+    flavor = storage.flavor(inst.spec.flavor)
+    assert flavor is not None
+    if inst.spec.host is not None:
+        return inst.spec.host   # a named host is an admin's act
+    res = flavor.spec.resources()
+    req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
+                  now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
+                  selector=selector_from_extra_specs(flavor.spec.extra_specs),
+                  max_alternates=0)
+    out = select([host_state(h) for h in storage.hosts()], req,
+                 Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
+                         settings.disk_weight_multiplier))
+    return out if isinstance(out, NoValidHost) else out.host
 
 
 def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
@@ -49,50 +76,44 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
     flavor = storage.flavor(inst.spec.flavor)
     if flavor is None:
         st.phase, st.message = IP.ERROR, f"Flavor {inst.spec.flavor} does not exist"
-        return _write(storage, inst, st, now, [("Warning", "FlavorNotFound", st.message)],
-                      reason="FlavorNotFound")
-    key = claims.key("Instance", inst.namespace, inst.name)
-    res = flavor.spec.resources()
-    hosts = storage.hosts()
-    host = claims.find_claim(hosts, key)
-    adopt = inst.spec.adopt is not None
-    if adopt and host is None:
-        owner = _adopt_owner(storage, inst)
-        if owner is not None:
-            return _refuse_adopt(storage, inst, st, now, owner)
-    if host is None and inst.spec.host is not None:
-        # A named host is an admin's act (the chart's admission policy). An adopted VM is
-        # claimed like any other: its resources are not in any allocation yet, so it must
-        # fit, or the host would be over-committed behind the scheduler's back.
-        if claims.claim(storage, inst.spec.host, key, "Instance", res):
-            host = inst.spec.host
-        else:
-            return _retry(storage, inst, st, now, "DoesNotFit",
-                          f"Flavor {inst.spec.flavor} does not fit on host {inst.spec.host} "
-                          "(or the host does not exist); retrying")
-    elif host is None:
-        req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
-                      now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
-                      selector=selector_from_extra_specs(flavor.spec.extra_specs),
-                      max_alternates=settings.max_attempts - 1)
-        out = select([host_state(h) for h in hosts], req,
-                     Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
-                             settings.disk_weight_multiplier))
-        if isinstance(out, NoValidHost):
-            counts = ", ".join(f"{k}: {v}" for k, v in out.counts.items() if v) or "no hosts"
+        _write(storage, inst, st, now, reason="FlavorNotFound")
+        return Outcome(done=True, changed=True,
+                       events=[("Warning", "FlavorNotFound", st.message)])
+    if st.host is None:
+        if inst.spec.adopt is not None:
+            owner = _adopt_owner(storage, inst)
+            if owner is not None:
+                return _refuse_adopt(storage, inst, st, now, owner)
+        host = _choose(storage, settings, inst, now)
+        if isinstance(host, NoValidHost):
+            counts = ", ".join(f"{k}: {v}" for k, v in host.counts.items() if v) or "no hosts"
             return _retry(storage, inst, st, now, "NoValidHost",
                           f"No valid host was found ({counts} removed); retrying")
-        for h in (out.host, *out.alternates):
-            if claims.claim(storage, h, key, "Instance", res):
-                host = h
-                break
-    if host is None:
-        raise NotReady(f"could not claim a host for {inst.name}", delay=2)
-    action = TaskAction.ADOPT if adopt else TaskAction.SPAWN
-    storage.create_task(instance_task(action, host, namespace=settings.namespace, inst=inst,
+        st.host, st.message = host, f"Claiming resources on {host}"
+        inst = _write(storage, inst, st, now)           # record the choice ...
+        assert inst.status is not None
+        st = inst.status
+    # ... then claim on the recorded host. An adopted VM is claimed like any other: its
+    # resources are in no allocation yet, so it must fit.
+    assert st.host is not None
+    if not claims.claim(storage, st.host, _key(inst), "Instance", flavor.spec.resources(),
+                        consumer=f"{inst.namespace}/{inst.name}"):
+        refused, st.host = st.host, None
+        if inst.spec.host is not None:
+            st.message = ""
+            return _retry(storage, inst, st, now, "DoesNotFit",
+                          f"Flavor {inst.spec.flavor} does not fit on host {refused} "
+                          "(or the host does not exist); retrying")
+        st.message = f"Could not claim on {refused}; choosing again"
+        _write(storage, inst, st, now)
+        return Outcome(changed=True)
+    action = _build_action(inst)
+    st.phase, st.message = IP.BUILDING, f"{action} on {st.host}"
+    st.current_task = naming.task_name(inst.uid, action, 0)
+    inst = _write(storage, inst, st, now)
+    storage.create_task(instance_task(action, st.host, namespace=settings.namespace, inst=inst,
                                       flavor=flavor.spec))
-    st.phase, st.host, st.message = IP.BUILDING, host, f"{action} on {host}"
-    return _write(storage, inst, st, now, [("Normal", "Building", st.message)])
+    return Outcome(changed=True, events=[("Normal", "Building", st.message)])
 
 
 def _retry(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
@@ -100,9 +121,8 @@ def _retry(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
     """Placement cannot happen yet: say so once (status and Event), then retry quietly."""
     if st.message != msg:
         st.message = msg
-        out = _write(storage, inst, st, now, [("Warning", reason, msg)], reason=reason)
-        out.changed = False
-        return out
+        _write(storage, inst, st, now, reason=reason)
+        return Outcome(events=[("Warning", reason, msg)])
     raise NotReady(f"{inst.namespace}/{inst.name}: {msg}", delay=10)
 
 
@@ -140,14 +160,17 @@ def _refuse_adopt(storage: Storage, inst: Instance, st: InstanceStatus, now: dat
     st.message = (f"domain {inst.spec.adopt.domain_name} on host {inst.spec.host} is owned by "
                   f"Instance {owner.namespace}/{owner.name}; a domain that an Instance owns "
                   "is never adopted again")
-    return _write(storage, inst, st, now, [("Warning", ADOPT_REFUSED, st.message)],
-                  reason=ADOPT_REFUSED)
+    _write(storage, inst, st, now, reason=ADOPT_REFUSED)
+    return Outcome(done=True, changed=True, events=[("Warning", ADOPT_REFUSED, st.message)])
 
 
 def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
            st: InstanceStatus) -> Outcome:
-    action = TaskAction.ADOPT if inst.spec.adopt else TaskAction.SPAWN
+    action = _build_action(inst)
     name = naming.task_name(inst.uid, action, 0)
+    if st.current_task != name:   # made by an operator that did not record it
+        st.current_task = name
+        inst = _write(storage, inst, st, now)
     task = storage.task(settings.namespace, name)
     if task is None:
         flavor = storage.flavor(inst.spec.flavor)
@@ -158,14 +181,18 @@ def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
     if ts is None or ts.phase in (TaskPhase.PENDING, TaskPhase.RUNNING):
         return Outcome()
     if ts.phase is TaskPhase.FAILED:
-        claims.release(storage, st.host, claims.key("Instance", inst.namespace, inst.name))
-        st.phase, st.message = IP.ERROR, f"{action} on {st.host} failed: {ts.message}"
-        return _write(storage, inst, st, now, [("Warning", f"{action}Failed", st.message)])
+        host = st.host
+        st.phase, st.message = IP.ERROR, f"{action} on {host} failed: {ts.message}"
+        st.host, st.current_task = None, None
+        _write(storage, inst, st, now)
+        claims.release(storage, host, _key(inst))
+        return Outcome(done=True, changed=True,
+                       events=[("Warning", f"{action}Failed", st.message)])
     res = ts.result
     flavor = storage.flavor(inst.spec.flavor)
     f = flavor.spec if flavor else None
     upd: dict[str, Any] = {
-        "phase": IP.ACTIVE, "flavor": inst.spec.flavor,
+        "phase": IP.ACTIVE, "flavor": inst.spec.flavor, "current_task": None,
         "vcpus": res.vcpus or (f.vcpus if f else None),
         "memory_mib": res.memory_mib or (f.memory_mib if f else None),
         "disk_gib": res.disk_gib or (f.disk_gib if f else None),
@@ -175,41 +202,64 @@ def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
         else PowerState.RUNNING,
         "message": f"{action} on {st.host} done"}
     st = st.model_copy(update=upd)
-    return _write(storage, inst, st, now, [("Normal", "Active", st.message)])
+    _write(storage, inst, st, now)
+    return Outcome(done=True, changed=True, events=[("Normal", "Active", st.message)])
+
+
+def _held(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime) -> Outcome:
+    """Deleting an instance a resize holds: release a lock whose resize is gone, else wait
+    for the resize and say so (once) in the status and an Event."""
+    r = storage.resize(inst.namespace, st.active_resize or "")
+    uid = st.active_resize_uid
+    if r is None or (uid is not None and r.uid != uid):
+        st.active_resize, st.active_resize_uid = None, None
+        st.message = "Released the lock of a VMResize that no longer exists"
+        _write(storage, inst, st, now)
+        return Outcome(changed=True, events=[("Normal", "LockReleased", st.message)])
+    msg = (f"Deletion waits for VMResize {st.active_resize}, which holds this instance; it "
+           "goes on once that resize ends (or is deleted and rolled back)")
+    if st.message != msg:
+        st.message = msg
+        _write(storage, inst, st, now)
+        return Outcome(events=[("Warning", "DeletionWaitsForResize", msg)])
+    raise NotReady(f"instance {inst.name} is held by VMResize {st.active_resize}", delay=5)
 
 
 def _destroy(storage: Storage, settings: Settings, inst: Instance, now: datetime,
              st: InstanceStatus) -> Outcome:
-    key = claims.key("Instance", inst.namespace, inst.name)
-    if st.active_resize:
-        raise NotReady(f"instance {inst.name} is held by VMResize {st.active_resize}; "
-                       "delete or finish that first", delay=5)
+    if st.active_resize_uid or st.active_resize:
+        return _held(storage, inst, st, now)
     if st.host and st.domain_name:
         name = naming.task_name(inst.uid, TaskAction.DESTROY, 0)
+        if st.current_task != name:
+            st.phase, st.current_task = IP.DELETING, name
+            st.message = f"Destroying on {st.host}"
+            inst = _write(storage, inst, st, now)   # record, then create
         task = storage.task(settings.namespace, name)
         if task is None:
             storage.create_task(instance_task(TaskAction.DESTROY, st.host,
                                               namespace=settings.namespace, inst=inst,
                                               flavor=None))
-            return Outcome()
+            return Outcome(changed=True)
         if task.status is None or task.status.phase is not TaskPhase.SUCCEEDED:
             if task.status is not None and task.status.phase is TaskPhase.FAILED:
                 raise NotReady(f"Destroy on {st.host} failed: {task.status.message}; an admin "
                                "must delete the failed HostTask to retry", delay=30)
             return Outcome()
+    key = _key(inst)
     holder = st.host or claims.find_claim(storage.hosts(), key)
     claims.release(storage, holder, key)
     return Outcome(done=True, changed=True)
 
 
 def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
-              now: datetime, deleting: bool = False) -> Outcome:
+              now: datetime) -> Outcome:
     """One step of the Instance ``namespace/name``."""
     inst = storage.instance(namespace, name)
     if inst is None:
         return Outcome(done=True)
     st = inst.status or InstanceStatus()
-    if deleting:
+    if inst.metadata.get("deletionTimestamp"):
         return _destroy(storage, settings, inst, now, st)
     if st.phase is IP.PENDING:
         return _place(storage, settings, inst, now, st)

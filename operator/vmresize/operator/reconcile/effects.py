@@ -1,0 +1,99 @@
+"""The effects of a VMResize decision on other objects: Host claims and the Instance.
+
+The engine writes them into ``status.pending`` together with the decision (decide, record,
+then act), carries them out here, and clears them. Each one is idempotent, so a crash or a
+409 anywhere just makes the next step carry them out again from the recorded status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from vmresize.api.flavor import FlavorSpec
+from vmresize.api.instance import InstanceStatus
+from vmresize.api.resize import Effect, VMResize, VMResizeStatus
+from vmresize.operator.decisions import conditions
+from vmresize.operator.decisions.lifecycle import (
+    Action,
+    ClaimDest,
+    CommitClaims,
+    LockInstance,
+    ReleaseDestClaim,
+    UpdateInstance,
+)
+from vmresize.operator.persistence import claims
+from vmresize.operator.persistence.storage import Storage
+
+
+def record(a: Action, st: VMResizeStatus) -> Effect:
+    """The status form of a (non-task) action, decided while the resize was in ``st``."""
+    if isinstance(a, LockInstance):
+        return Effect(kind="LockInstance")
+    if isinstance(a, ClaimDest):
+        return Effect(kind="ClaimDest", host=a.host)
+    if isinstance(a, ReleaseDestClaim):
+        # The host as it was when decided: the step may clear dest_host.
+        return Effect(kind="ReleaseDestClaim", host=st.dest_host)
+    if isinstance(a, CommitClaims):
+        return Effect(kind="CommitClaims")
+    assert isinstance(a, UpdateInstance)
+    return Effect(kind="UpdateInstance", placement=a.placement, instance_phase=a.phase,
+                  power_state=a.power, unlock=a.unlock, message=a.message)
+
+
+def resize_key(r: VMResize) -> str:
+    return claims.key("VMResize", r.uid)
+
+
+def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> None:
+    """Carry out ``st.pending`` (as recorded) in order."""
+    ns, inst_name = r.namespace, r.spec.instance_name
+    rkey = resize_key(r)
+    for e in st.pending:
+        if e.kind == "LockInstance":
+            claims.lock_instance(storage, ns, inst_name, r.name, r.uid)
+        elif e.kind == "ClaimDest":
+            spec = st.new_flavor_spec
+            if e.host and spec is not None:
+                claims.claim(storage, e.host, rkey, "VMResize", spec.resources(),
+                             consumer=f"{ns}/{r.name}")
+        elif e.kind == "ReleaseDestClaim":
+            # No host recorded: a claim taken just before a crash may still be somewhere.
+            holder = e.host or claims.find_claim(storage.hosts(), rkey)
+            claims.release(storage, holder, rkey)
+        elif e.kind == "CommitClaims":
+            assert st.dest_host is not None
+            assert st.instance_uid is not None
+            ikey = claims.key("Instance", st.instance_uid)
+            same = st.dest_host == st.source_host
+            claims.transfer(storage, st.dest_host, rkey, ikey, consumer=f"{ns}/{inst_name}",
+                            drop=ikey if same else None)
+            if not same:
+                claims.release(storage, st.source_host, ikey)
+        else:
+            claims.update_instance(storage, ns, inst_name, r.uid,
+                                   instance_change(e, st, st.new_flavor_spec, now))
+
+
+def instance_change(e: Effect, st: VMResizeStatus, f: FlavorSpec | None,
+                    now: datetime) -> Callable[[InstanceStatus], InstanceStatus]:
+    def change(s: InstanceStatus) -> InstanceStatus:
+        upd: dict[str, Any] = {"phase": e.instance_phase or s.phase, "message": e.message,
+                               "power_state": e.power_state or s.power_state}
+        if e.unlock:
+            upd.update(active_resize=None, active_resize_uid=None)
+        if e.placement == "dest":
+            upd.update(host=st.dest_host, flavor=st.new_flavor, domain_name=st.dest_domain_name,
+                       disk_path=st.dest_disk_path,
+                       message=e.message or f"Resized by {s.active_resize}")
+            if f is not None:
+                upd.update(vcpus=f.vcpus, memory_mib=f.memory_mib,
+                           disk_gib=max(f.disk_gib, s.disk_gib or 0))
+        new = s.model_copy(update=upd)
+        new.conditions = conditions.instance_conditions(s.conditions, new.phase, new.message,
+                                                        now)
+        return new
+
+    return change

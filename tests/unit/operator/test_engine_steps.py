@@ -1,0 +1,197 @@
+"""Single engine steps over the in-memory storage: the cases of issue 9, one by one.
+
+Each starts from a resize in a given phase, makes one thing happen between or around
+the engine's writes, and checks what the API (here: :class:`MemStorage`) holds after.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import pytest
+from tests.support.memstore import MemStorage
+
+from vmresize.api import naming
+from vmresize.api.flavor import Flavor, FlavorSpec
+from vmresize.api.host import Host, HostSpec, HostStatus, MigrationEndpoint
+from vmresize.api.hosttask import HostTask, HostTaskSpec, TaskAction
+from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
+from vmresize.api.meta import Resources
+from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
+from vmresize.operator.errors import ForeignTask
+from vmresize.operator.reconcile import engine
+from vmresize.operator.settings import Settings
+
+NS, SYS = "tenant", "sys"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+S = Settings(namespace=SYS)
+
+
+def _world(phase: ResizePhase, **status: Any) -> MemStorage:
+    s = MemStorage()
+    for h in ("h1", "h2"):
+        s.put(Host(metadata={"name": h}, spec=HostSpec(), status=HostStatus(
+            capacity=Resources(vcpus=8, memory_mib=8704, disk_gib=100), ready=True,
+            heartbeat=T0, migration_endpoint=MigrationEndpoint(address="127.0.0.1", port=22),
+            host_key="ssh-ed25519 AAAA")))
+    s.put(Flavor(metadata={"name": "small"},
+                 spec=FlavorSpec(vcpus=1, memory_mib=1024, disk_gib=10)))
+    s.put(Flavor(metadata={"name": "medium"},
+                 spec=FlavorSpec(vcpus=2, memory_mib=2048, disk_gib=20)))
+    s.put(Instance(metadata={"name": "vm", "namespace": NS}, spec=InstanceSpec(flavor="small"),
+                   status=InstanceStatus(phase=InstancePhase.ACTIVE, host="h1", flavor="small",
+                                         vcpus=1, memory_mib=1024, disk_gib=10,
+                                         domain_name="tenant.vm", disk_path="a/disk.qcow2")))
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="medium"),
+                   status=VMResizeStatus(phase=phase, source_host="h1", dest_host="h2",
+                                         old_flavor="small", new_flavor="medium", **status)))
+    return s
+
+
+def _actions(s: MemStorage) -> set[TaskAction]:
+    return {t.spec.action for t in s.tasks()}
+
+
+def test_revert_racing_auto_confirm_never_runs_both() -> None:
+    """Issue 9, item 1: the auto-confirm deadline passes, the user's revert lands between
+    the step's read and its write (so the status write is a 409), the next step reverts.
+    Before: Confirm was created before the 409, then CleanupDest: both copies deleted."""
+    s = _world(ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+    done = []
+
+    def revert_first(what: str, key: Any) -> None:
+        if not done:
+            done.append(what)
+            s.patch("vmresizes", NS, "r", lambda b: b["spec"].update(revert=True))
+
+    s.before_write = revert_first
+    with pytest.raises(kopf.TemporaryError):
+        engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=1))
+    s.before_write = lambda what, key: None
+    assert _actions(s) == set(), "nothing may be created before the decision is recorded"
+    engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=2))
+    assert _actions(s) == {TaskAction.CLEANUP_DEST}
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.REVERTING
+    assert r.status.current_task == naming.task_name(r.uid, TaskAction.CLEANUP_DEST, 0)
+
+
+def test_a_task_exists_only_once_the_status_names_it() -> None:
+    """Crash right after the status write: the task named there is created by the next
+    step, and no other."""
+    s = _world(ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+
+    def crash_after_first(what: str, key: Any) -> None:
+        if s.writes:
+            raise RuntimeError("operator killed")
+
+    s.before_write = crash_after_first
+    with pytest.raises(RuntimeError):
+        engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=1))
+    s.before_write = lambda what, key: None
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.CONFIRMING
+    assert _actions(s) == set()
+    s.patch("vmresizes", NS, "r", lambda b: b["spec"].update(revert=True))   # too late
+    engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=2))
+    assert [t.name for t in s.tasks()] == [r.status.current_task]
+    assert _actions(s) == {TaskAction.CONFIRM}
+
+
+def test_a_task_of_the_same_name_but_another_owner_is_refused() -> None:
+    """Issue 9, item 2: AlreadyExists is success only for our own task."""
+    s = _world(ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+    r = s.resize(NS, "r")
+    assert r is not None
+    name = naming.task_name(r.uid, TaskAction.CONFIRM, 0)
+    s.put(HostTask(metadata={"name": name, "namespace": SYS}, spec=HostTaskSpec(
+        host="h1", action=TaskAction.CONFIRM, owner="other/r", owner_uid="someone-else",
+        instance="other/vm")))
+    with pytest.raises(ForeignTask):
+        engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=1))
+
+
+def test_the_flavor_snapshot_is_used_after_pending() -> None:
+    """Issue 9, item 4: the target Flavor is deleted (or edited) after the resize left
+    Pending; the Finish task and the instance get the sizes of the snapshot."""
+    s = MemStorage()
+    src = _world(ResizePhase.PENDING)
+    s.objects = src.objects
+    s.remove("vmresizes", NS, "r")
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="medium")))
+    engine.reconcile(s, S, NS, "r", T0)                       # Pending -> Scheduling
+    s.patch("flavors", "", "medium", lambda b: b["spec"].update(vcpus=7, memoryMiB=7168))
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.new_flavor_spec is not None
+    assert r.status.new_flavor_spec.vcpus == 2
+    for _ in range(4):                                         # lock, choose, claim, Prepare
+        engine.reconcile(s, S, NS, "r", T0)
+    s.remove("flavors", "", "medium")
+    h2 = s.host("h2")
+    assert h2 is not None
+    assert h2.status is not None
+    assert [a.resources.memory_mib for a in h2.status.allocations.values()] == [2048]
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.PREPARING
+    # Let Prepare and MigrateDisk succeed, then look at Finish.
+    for action in (TaskAction.PREPARE, TaskAction.MIGRATE_DISK):
+        name = naming.task_name(r.uid, action, 0)
+        s.patch("hosttasks", SYS, name, lambda b: b.update(status={
+            "phase": "Succeeded", "result": {"checksum": "ab" * 32}}))
+        engine.reconcile(s, S, NS, "r", T0)
+    fin = s.task(SYS, naming.task_name(r.uid, TaskAction.FINISH, 0))
+    assert fin is not None
+    assert fin.spec.flavor is not None
+    assert (fin.spec.flavor.vcpus, fin.spec.flavor.memory_mib) == (2, 2048)
+
+
+def test_deleted_while_scheduling_releases_lock_and_claim() -> None:
+    """Issue 9, item 7: a delete that arrives while the claim is being made."""
+    s = _world(ResizePhase.PENDING)
+    s.remove("vmresizes", NS, "r")
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="medium")))
+    for _ in range(2):     # Scheduling (and lock), chosen (and claim)
+        engine.reconcile(s, S, NS, "r", T0)
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.SCHEDULING
+    assert r.status.dest_host is not None
+    s.mark_deleted("vmresizes", NS, "r")
+    out = engine.reconcile(s, S, NS, "r", T0)
+    assert out.done
+    inst = s.instance(NS, "vm")
+    assert inst is not None
+    assert inst.status is not None
+    assert inst.status.active_resize_uid is None
+    assert all(not (h.status and any(k.startswith("VMResize/") for k in h.status.allocations))
+               for h in s.hosts())
+
+
+def test_an_instance_being_deleted_is_never_locked() -> None:
+    s = _world(ResizePhase.PENDING)
+    s.mark_deleted("instances", NS, "vm")
+    for _ in range(3):
+        engine.reconcile(s, S, NS, "r", T0)
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.FAILED
+    assert r.status.reason == "InstanceDeleting"
+    inst = s.instance(NS, "vm")
+    assert inst is not None
+    assert inst.status is not None
+    assert inst.status.active_resize_uid is None
