@@ -28,6 +28,7 @@ def _locked(status: Any, **_: Any) -> bool:
 @kopf.timer(GROUP, VERSION, "hosts", id="sweep-claims", interval=INTERVAL,
             initial_delay=INTERVAL, when=_has_allocations)
 async def sweep_claims(name: str, memo: Any, **_: Any) -> None:
+    """Release the claims on this Host whose holder is gone (or holds nothing now)."""
     gone = await asyncio.to_thread(sweep.sweep_host, memo.storage, name)
     if gone:
         log.warning("host %s: released claims of gone holders: %s", name, ", ".join(gone))
@@ -37,6 +38,8 @@ async def sweep_claims(name: str, memo: Any, **_: Any) -> None:
             initial_delay=INTERVAL, when=_locked)
 async def sweep_lock(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
                      **_: Any) -> None:
+    """Release this Instance's lock if its VMResize no longer exists (serialized with
+    the instance's own steps)."""
     def release(_now: Any) -> engine.Outcome:
         done = sweep.sweep_instance_lock(memo.storage, namespace or "", name)
         return engine.Outcome(changed=done)

@@ -34,9 +34,11 @@ class Locks:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, uid: str) -> asyncio.Lock:
+        """The lock of the owner ``uid`` (made on first use)."""
         return self._locks.setdefault(uid, asyncio.Lock())
 
     def forget(self, uid: str) -> None:
+        """Drop the lock of a deleted owner (unless a step still holds it)."""
         lock = self._locks.get(uid)
         if lock is not None and not lock.locked():
             del self._locks[uid]

@@ -44,6 +44,7 @@ def record(a: Action, st: VMResizeStatus) -> Effect:
 
 
 def resize_key(r: VMResize) -> str:
+    """The claim key of the resize ``r`` on its destination."""
     return claims.key("VMResize", r.uid)
 
 
@@ -79,6 +80,7 @@ def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> N
 
 def instance_change(e: Effect, st: VMResizeStatus, f: FlavorSpec | None,
                     now: datetime) -> Callable[[InstanceStatus], InstanceStatus]:
+    """The change of the Instance's status that an ``UpdateInstance`` effect asks for."""
     def change(s: InstanceStatus) -> InstanceStatus:
         upd: dict[str, Any] = {"phase": e.instance_phase or s.phase, "message": e.message,
                                "power_state": e.power_state or s.power_state}
