@@ -255,7 +255,9 @@ class World:
             "spec": {"enabled": enabled}})
         self.co.patch_cluster_custom_object_status(G, V, "hosts", name, {"status": {
             "capacity": {"vcpus": vcpus, "memoryMiB": memory_mib, "diskGiB": disk_gib},
-            "ready": True, "heartbeat": now_iso() if fresh else "2020-01-01T00:00:00Z",
+            # A stale host's agent is down: not ready either, since the fake agents'
+            # heartbeat loop refreshes every test host's heartbeat within 5 s.
+            "ready": fresh, "heartbeat": now_iso() if fresh else "2020-01-01T00:00:00Z",
             "storageRoot": "/var/lib/vmresize",
             "migrationEndpoint": {"address": "127.0.0.1", "port": 2222},
             "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeHostKeyForTests0000000000000"}})
@@ -297,9 +299,12 @@ class World:
                                                {"spec": spec})
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 60) -> dict[str, Any]:
+        """The status once the resize is in one of ``phases`` and has carried out what that
+        phase asks of claims and the Instance (``status.pending`` empty: the operator
+        records a decision before it acts on it)."""
         return dict(wait_for(f"vmresize {name} in {phases}", lambda: (
-            s := self.status("vmresizes", name)).get("phase") in phases and s,
-            timeout=timeout))
+            s := self.status("vmresizes", name)).get("phase") in phases
+            and not s.get("pending") and s, timeout=timeout))
 
     def raw_allocations(self, short_or_name: str) -> dict[str, Any]:
         """The host's allocations as stored: keyed ``<Kind>/<holder uid>``."""

@@ -23,11 +23,15 @@ def _c(kind: str, on: bool, reason: str, message: str, generation: int | None) -
 
 
 def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str,
-                      message: str, now: datetime, generation: int | None) -> list[Condition]:
+                      message: str, now: datetime, generation: int | None,
+                      settling: bool = False) -> list[Condition]:
     """``existing`` with Ready, VerifyResize, Failed and RolledBack set for ``phase``; the message
-    goes only on the conditions that are True."""
+    goes only on the conditions that are True. While ``settling`` (the phase is recorded but
+    its effects on claims and the Instance are not all done) Ready stays False, so that
+    ``kubectl wait --for=condition=Ready`` returns only once the claims are final."""
     out = existing
-    for kind, on in (("Ready", phase in _READY), ("VerifyResize", phase is P.VERIFY_RESIZE),
+    for kind, on in (("Ready", phase in _READY and not settling),
+                     ("VerifyResize", phase is P.VERIFY_RESIZE),
                      ("Failed", phase in _FAILED), ("RolledBack", phase is P.ROLLED_BACK)):
         out = set_condition(out, _c(kind, on, reason or phase.value, message if on else "",
                                     generation), now)

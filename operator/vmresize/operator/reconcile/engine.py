@@ -163,7 +163,8 @@ def _settle(storage: Storage, r: VMResize, now: datetime) -> VMResize:
     st = r.status
     assert st is not None
     effects.apply(storage, r, st, now)
-    r.status = st.model_copy(update={"pending": []})
+    r.status = st.model_copy(update={"pending": [], "conditions": conditions.resize_conditions(
+        st.conditions, st.phase, st.reason, st.message, now, st.observed_generation)})
     return storage.replace_status(r)
 
 
@@ -186,7 +187,8 @@ def _decide(r: VMResize, st: VMResizeStatus, step: lifecycle.Step, updates: dict
     if step.phase is not st.phase:
         new.phase_timestamps = {**st.phase_timestamps, step.phase.value: now}
     new.conditions = conditions.resize_conditions(st.conditions, new.phase, new.reason,
-                                                  new.message, now, new.observed_generation)
+                                                  new.message, now, new.observed_generation,
+                                                  settling=bool(new.pending))
     return new, task
 
 
