@@ -92,6 +92,9 @@ class InstanceStatus(Model):
     """Last known power state."""
     active_resize: str | None = None
     """Name of the VMResize that holds this instance; the one-resize-at-a-time lock."""
+    current_task: str | None = None
+    """Name of the HostTask the operator has decided to run for this instance (Spawn, Adopt,
+    Destroy). Agents carry out a destructive step only while this names that very task."""
     message: str = ""
     """Last notable event, for people."""
     conditions: list[Condition] = Field(default_factory=list)

@@ -148,7 +148,19 @@ class LibvirtHypervisor:
 
     def undefine(self, name: str) -> None:
         dom = self._dom(name)
-        self._call(f"undefine {name}", dom.undefine)
+        # Keep UEFI variables: a held source is defined again from its saved definition.
+        flags = 0 if self._domain_type == "test" else libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+        self._call(f"undefine {name}", lambda: dom.undefineFlags(flags))
+
+    def definition(self, name: str) -> str:
+        dom = self._dom(name)
+        xml: str = self._call(f"xml {name}", lambda: dom.XMLDesc(
+            libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        return xml
+
+    def define_xml(self, xml: str) -> None:
+        with self._lock:
+            self._call("define", lambda: self._conn.defineXML(xml))
 
     def start(self, name: str) -> None:
         dom = self._dom(name)

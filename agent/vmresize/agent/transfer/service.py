@@ -48,6 +48,9 @@ class SshTransfer:
     def forget(self, transfer_id: str) -> None:
         self.server.forget(transfer_id)
 
+    def pending_bytes(self, directory: Path) -> int:
+        return self.server.pending_bytes(directory)
+
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:
         result = await send_disk(src=src, address=peer.address, port=peer.port,
