@@ -86,7 +86,7 @@ async def test_prepare_checks_the_filesystem_the_disk_lands_on_and_what_is_promi
                             expected_bytes=size)
     try:
         # The storage root has room; the instance directory's filesystem (8 MiB) has not.
-        with pytest.raises(InsufficientSpace, match="where .* lands"):
+        with pytest.raises(InsufficientSpace, match=r"where .* lands"):
             await ex.run(prepare("t-a", DISK, 16 * MiB))
         assert small_server.status("t-a") is None
         # A small tmpfs with the qcow2 slack the service adds cannot promise anything:
@@ -144,7 +144,7 @@ async def test_a_receiver_that_stops_taking_data_ends_the_send(
     relay = FreezingRelay(xfer_server.port, after=4 * MiB)
     port = await relay.start()
     try:
-        with pytest.raises(ConnectionLost, match="took no data|no answer") as err:
+        with pytest.raises(ConnectionLost, match=r"took no data|no answer") as err:
             await asyncio.wait_for(send_disk(
                 src=src, address="127.0.0.1", port=port, host_key=xfer_keys.host_pub,
                 client_key=xfer_keys.client, transfer_id="t-frozen", reconnect_attempts=1,
