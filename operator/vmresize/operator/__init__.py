@@ -17,6 +17,7 @@ Module map (pure decisions at the top, plumbing below):
 """
 
 from vmresize.operator.handlers import (  # noqa: F401 - importing registers the handlers
+    host,
     hosttask,
     instance,
     resize,
