@@ -1,8 +1,7 @@
 """Carries out one HostTask step on this host: the agent's domain logic.
 
-Pure-ish by construction: it gets a :class:`Hypervisor`, a storage root and a
-:class:`Transfer` (the disk copy seam) as parameters and knows nothing of Kubernetes, so
-unit tests drive it with libvirt ``test:///default`` and temp files.
+It gets a :class:`Hypervisor`, a storage root, a :class:`Transfer` (the disk copy seam) and
+a :data:`Fence` and knows nothing of Kubernetes (tests: ``test:///default``, temp files).
 
 Every step is idempotent and resumable. What a crash could leave half-done is made
 observable on disk, under the storage root, next to the disk it concerns:
@@ -15,10 +14,9 @@ The source disk is only ever read between power-off and Confirm (invariant 1), a
 starts nothing from a disk whose sha256 differs from the source's (invariant 2): an existing
 domain of the expected name is started only if it points at the verified disk.
 
-Fencing (invariant 7): a destructive act (MigrateDisk's power-off, Confirm, CleanupDest,
-Destroy) happens only after the :data:`Fence` (the owner's status, read by ``kube``) says the
-owner still asks for this very task, checked immediately before the act. Every hypervisor
-call is bounded (``call_timeout``), so a hung libvirt ends the step instead of holding it.
+Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
+once the :data:`Fence` (the owner's status) names this very task, checked right before.
+Every libvirt call is bounded (``call_timeout``): a hung libvirt ends the step.
 """
 
 from __future__ import annotations
@@ -55,15 +53,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 IMAGES_DIR = "images"
 """Base images live in ``<storage root>/images/``."""
-POWEROFF_SUFFIX = markers.POWEROFF_SUFFIX
-VERIFIED_SUFFIX = markers.VERIFIED_SUFFIX
 SERIAL_LOG = "serial.log"
 POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
 HV_CALL_TIMEOUT = 120.0
 """Bound on one libvirt call; a longer one is a hung hypervisor (retryable)."""
-FENCED_ACTIONS = frozenset({TaskAction.MIGRATE_DISK, TaskAction.CONFIRM,
-                            TaskAction.CLEANUP_DEST, TaskAction.DESTROY})
-"""Steps with a destructive act, done only while the owner names the task (invariant 7)."""
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
 """``(spec, task name) -> None`` if the owner's status names this task, else why not.
@@ -212,10 +205,8 @@ class Executor:
         return StepOutcome(await self._describe(name, rel), f"spawned {name}")
 
     async def _define_for(self, name: str, rel: str, flavor: TaskFlavor) -> None:
-        """Define ``name`` on ``rel`` unless a domain of that name already runs from it.
-
-        A domain of that name that points elsewhere is never started: redefined onto our
-        disk while it is off, refused while it runs (it is not ours)."""
+        """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
+        started: redefined onto ours while off, refused while it runs (it is not ours)."""
         if await self._hv(self.hv.exists, name):
             disk = await self._disk_of(name)
             if disk == self._abs(rel):
@@ -274,7 +265,7 @@ class Executor:
         tid = _need(spec.transfer_id, "transferId", a)
         src = self._abs(rel)
         held = self._sidecar(rel, markers.HELD_SUFFIX)
-        marker = self._sidecar(rel, POWEROFF_SUFFIX)
+        marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if await self._hv(self.hv.exists, name):
             await self._check_fence(spec, call)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
@@ -295,8 +286,8 @@ class Executor:
         return StepOutcome(result, f"sent {rel} to {peer.name} ({sent.size_bytes} bytes)")
 
     async def _hold(self, name: str, held: Path) -> None:
-        """Keep the powered-off source from being started by accident: its definition moves
-        aside (written first, then undefined); the disk keeps its path and bytes."""
+        """Keep the source from being started by accident: its definition moves aside
+        (written, then undefined); the disk keeps its path and bytes (invariant 1)."""
         if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
             raise StepError(f"{name} is not shut off; not holding it", retryable=True)
         if markers.read(held) is None:
@@ -310,7 +301,7 @@ class Executor:
         rel = _need(spec.disk_path, "diskPath", a)
         flavor = _need(spec.flavor, "flavor", a)
         expected = _need(spec.expected_checksum, "expectedChecksum", a)
-        verified = self._sidecar(rel, VERIFIED_SUFFIX)
+        verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
         # Whatever exists already, the disk must be the verified one (invariant 2): the
         # record is written before the grow and kept while the copy lives here.
         if not markers.verified_is(verified, expected):
@@ -332,10 +323,9 @@ class Executor:
 
     async def _verify(self, spec: HostTaskSpec, rel: str, expected: str) -> None:
         path = self._abs(rel)
-        if spec.transfer_id:
-            state = self.transfer.received(spec.transfer_id)
-            if state is not None and not state.complete:
-                raise StepError(f"{rel} is not completely received yet", retryable=True)
+        state = self.transfer.received(spec.transfer_id) if spec.transfer_id else None
+        if state is not None and not state.complete:
+            raise StepError(f"{rel} is not completely received yet", retryable=True)
         if not path.is_file():
             raise StepError(f"no disk at {rel}", retryable=True)
         actual = await asyncio.to_thread(sha256_file, path)
@@ -387,5 +377,5 @@ class Executor:
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
         await self._hv(self.hv.start, name)
-        markers.remove(self._sidecar(rel, POWEROFF_SUFFIX))
+        markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         return StepOutcome(await self._describe(name, rel), f"restarted {name} on its source")
