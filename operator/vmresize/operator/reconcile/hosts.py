@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from vmresize.api.host import Host
 from vmresize.api.meta import Condition, set_condition
-from vmresize.operator.errors import Conflict
+from vmresize.operator.errors import ApiConflict
 from vmresize.operator.persistence.storage import Storage
 
 STALE_REASON = "HeartbeatStale"
@@ -50,7 +50,7 @@ def mark_stale(storage: Storage, now: datetime, window_seconds: float) -> list[s
             continue
         try:
             storage.replace_status(update)
-        except Conflict:  # the agent (or an admin) wrote meanwhile: look again next time
+        except ApiConflict:  # the agent (or an admin) wrote meanwhile: look again next time
             continue
         marked.append(host.name)
     return marked
