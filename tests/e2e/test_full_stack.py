@@ -80,9 +80,11 @@ def moved(s: Stack, inst: dict[str, Any], st: dict[str, Any]) -> tuple[Path, Pat
     assert dst != src
     src_disk = s.agents[src].storage_root / inst["diskPath"]
     dst_disk = s.agents[dst].storage_root / st["destDiskPath"]
-    # The source is powered off but kept: disk and domain definition, no QEMU.
+    # The source is powered off but kept: disk and its definition, held aside so nothing
+    # starts it by accident (RestoreSource defines it again), no QEMU.
     assert src_disk.exists()
-    assert domain_defined(s.agents[src], inst["domainName"])
+    assert not domain_defined(s.agents[src], inst["domainName"])
+    assert src_disk.with_name(src_disk.name + ".held.xml").is_file()
     assert qemu_pid(s.agents[src], inst["domainName"]) is None
     # The recorded checksum is the powered-off source's, byte for byte.
     assert file_sha256(src_disk) == st["sourceChecksum"]

@@ -1,5 +1,6 @@
 """One error tree per process: every exception class the agent defines descends from
-``AgentError``, every one the operator defines from ``OperatorError``; no two share a name
+``AgentError``, every one the operator defines from ``OperatorError``, every one the kubectl
+plugin defines from ``PluginError``; no two share a name
 within a process or across the two; the agent's tree, as drawn in its module docstring, is
 the tree in the code; and the agent's bottom layer imports no third-party library."""
 
@@ -19,6 +20,8 @@ import vmresize.agent
 import vmresize.operator
 from vmresize.agent import errors as agent_errors
 from vmresize.agent.errors import AgentError
+from vmresize.operator import cli
+from vmresize.operator.cli.kube import PluginError
 from vmresize.operator.errors import ApiAlreadyExists, OperatorError
 
 
@@ -36,7 +39,8 @@ def _exception_classes(package: ModuleType) -> list[type[BaseException]]:
 
 
 AGENT = _exception_classes(vmresize.agent)
-OPERATOR = _exception_classes(vmresize.operator)
+PLUGIN = _exception_classes(cli)
+OPERATOR = [c for c in _exception_classes(vmresize.operator) if c not in PLUGIN]
 
 
 def test_the_walk_sees_the_trees() -> None:
@@ -46,14 +50,15 @@ def test_the_walk_sees_the_trees() -> None:
     assert {c.__module__ for c in AGENT} == {"vmresize.agent.errors"}
 
 
-@pytest.mark.parametrize(("classes", "root"), [(AGENT, AgentError), (OPERATOR, OperatorError)],
-                         ids=["agent", "operator"])
+@pytest.mark.parametrize(("classes", "root"), [(AGENT, AgentError), (OPERATOR, OperatorError),
+                                               (PLUGIN, PluginError)],
+                         ids=["agent", "operator", "plugin"])
 def test_one_root_per_process(classes: list[type[BaseException]], root: type) -> None:
     assert [c.__qualname__ for c in classes if not issubclass(c, root)] == []
 
 
-@pytest.mark.parametrize("classes", [AGENT, OPERATOR, AGENT + OPERATOR],
-                         ids=["agent", "operator", "across"])
+@pytest.mark.parametrize("classes", [AGENT, OPERATOR, PLUGIN, AGENT + OPERATOR + PLUGIN],
+                         ids=["agent", "operator", "plugin", "across"])
 def test_no_two_exceptions_share_a_name(classes: list[type[BaseException]]) -> None:
     names = [c.__name__ for c in classes]
     assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -36,7 +36,8 @@ Tree (``retryable`` default in brackets)::
     └── StepError                       a HostTask step failed (executor.py)    [no]
         ├── TaskRefused                 not for this host / missing fields      [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
-        └── InsufficientSpace           storage root cannot hold the disk       [yes]
+        ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
+        └── Fenced                      the owner no longer names this task     [no]
 
 The ``Kube*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`, the one
 classification of Kubernetes API errors the operator shares.
@@ -185,6 +186,11 @@ class CopyChecksumMismatch(StepError):  # noqa: N818
 
 
 class InsufficientSpace(StepError):  # noqa: N818
-    """The storage root cannot hold the incoming disk."""
+    """The filesystem the disk lands on cannot hold the incoming disk."""
 
     retryable = True
+
+
+class Fenced(StepError):  # noqa: N818
+    """The owner's status no longer names this task: a destructive act is refused
+    (permanent: a later decision is a new task)."""

@@ -1,26 +1,27 @@
 """Carries out one HostTask step on this host: the agent's domain logic.
 
-Pure-ish by construction: it gets a :class:`Hypervisor`, a storage root and a
-:class:`Transfer` (the disk copy seam) as parameters and knows nothing of Kubernetes, so
-unit tests drive it with libvirt ``test:///default`` and temp files.
+It gets a :class:`Hypervisor`, a storage root, a :class:`Transfer` (the disk copy seam) and
+a :data:`Fence` and knows nothing of Kubernetes (tests: ``test:///default``, temp files).
 
 Every step is idempotent and resumable. What a crash could leave half-done is made
 observable on disk, under the storage root, next to the disk it concerns:
 
 * new disks are built under a temporary name and renamed into place (``disks``);
-* ``<disk>.poweroff`` holds the wall-clock time the source VM was asked to power off, so a
-  resumed MigrateDisk still reports the real downtime;
-* ``<disk>.verified`` holds the checksum Finish verified *before* growing the disk, so a
-  resumed Finish does not mistake its own grown disk for a corrupt copy.
+* the power-off time, the verified checksum and the held source definition are records
+  next to the disk (``markers``).
 
 The source disk is only ever read between power-off and Confirm (invariant 1), and Finish
-starts nothing from a disk whose sha256 differs from the source's (invariant 2).
+starts nothing from a disk whose sha256 differs from the source's (invariant 2): an existing
+domain of the expected name is started only if it points at the verified disk.
+
+Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
+once the :data:`Fence` (the owner's status) names this very task, checked right before.
+Every libvirt call is bounded (``call_timeout``): a hung libvirt ends the step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -29,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks
+from vmresize.agent import disks, markers
 from vmresize.agent.errors import (
     AgentError,
     CopyChecksumMismatch,
     DomainNotFound,
+    Fenced,
+    HypervisorError,
     InsufficientSpace,
     StepError,
     TaskRefused,
@@ -50,10 +53,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 IMAGES_DIR = "images"
 """Base images live in ``<storage root>/images/``."""
-POWEROFF_SUFFIX = ".poweroff"
-VERIFIED_SUFFIX = ".verified"
 SERIAL_LOG = "serial.log"
 POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
+HV_CALL_TIMEOUT = 120.0
+"""Bound on one libvirt call; a longer one is a hung hypervisor (retryable)."""
+
+Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
+"""``(spec, task name) -> None`` if the owner's status names this task, else why not.
+May raise :class:`StepError` (retryable) when the owner cannot be read."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One attempt: the task's name (for the fence) and where progress goes."""
+
+    task_name: str
+    progress: ProgressFn | None
 
 
 @dataclass(frozen=True)
@@ -74,20 +89,25 @@ class Executor:
     """Runs HostTask steps for one host (see the module docstring)."""
 
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
-                 transfer: Transfer, wall_clock: Callable[[], float] = time.time) -> None:
+                 transfer: Transfer, fence: Fence,
+                 wall_clock: Callable[[], float] = time.time,
+                 call_timeout: float = HV_CALL_TIMEOUT) -> None:
         self.host = host
         self.hv = hypervisor
         self.root = storage_root.resolve(strict=True)
         self.transfer = transfer
+        self.fence = fence
+        self.call_timeout = call_timeout
         self._now = wall_clock
 
-    async def run(self, spec: HostTaskSpec, *, progress: ProgressFn | None = None
-                  ) -> StepOutcome:
-        """Carry out ``spec``; raises :class:`StepError` (every other :class:`AgentError`
-        is converted, keeping its retryability)."""
+    async def run(self, spec: HostTaskSpec, *, task_name: str = "",
+                  progress: ProgressFn | None = None) -> StepOutcome:
+        """Carry out ``spec`` (the HostTask ``task_name``); raises :class:`StepError` (every
+        other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
-        steps: dict[TaskAction, Callable[[HostTaskSpec], Awaitable[StepOutcome]]] = {
+        call = _Call(task_name, progress)
+        steps: dict[TaskAction, Callable[[HostTaskSpec, _Call], Awaitable[StepOutcome]]] = {
             TaskAction.SPAWN: self._spawn,
             TaskAction.ADOPT: self._adopt,
             TaskAction.PREPARE: self._prepare,
@@ -96,11 +116,10 @@ class Executor:
             TaskAction.CLEANUP_DEST: self._delete_copy,
             TaskAction.RESTORE_SOURCE: self._restore_source,
             TaskAction.DESTROY: self._delete_copy,
+            TaskAction.MIGRATE_DISK: self._migrate_disk,
         }
         try:
-            if spec.action == TaskAction.MIGRATE_DISK:
-                return await self._migrate_disk(spec, progress)
-            return await steps[spec.action](spec)
+            return await steps[spec.action](spec, call)
         except StepError:
             raise
         except AgentError as e:
@@ -111,7 +130,22 @@ class Executor:
     # --- helpers -------------------------------------------------------------------------
 
     async def _hv(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.call_timeout)
+        except TimeoutError as e:  # the thread may stay stuck in libvirt; the step ends
+            what = getattr(fn, "__name__", "call")
+            raise HypervisorError(f"libvirt {what} did not answer within "
+                                  f"{self.call_timeout:.0f}s", retryable=True) from e
+
+    async def _check_fence(self, spec: HostTaskSpec, call: _Call) -> None:
+        """Immediately before a destructive act: proceed only if the owner names the task."""
+        why = await self.fence(spec, call.task_name)
+        if why is not None:
+            raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
+
+    async def _disk_of(self, name: str) -> Path | None:
+        disk = await self._hv(self.hv.disk_path, name)
+        return disk.resolve() if disk is not None else None
 
     def _abs(self, rel: str) -> Path:
         return confine(self.root, rel)
@@ -126,8 +160,9 @@ class Executor:
         size = await self._hv(self.hv.get_size, name)
         state = await self._hv(self.hv.state, name)
         virtual = disks.info(self.root, rel).virtual_size
+        # Rounded up: a disk of 1.5 GiB needs 2 GiB wherever it goes (Prepare's bound).
         return TaskResult(domain_name=name, disk_path=rel, vcpus=size.vcpus,
-                          memory_mib=size.memory_mib, disk_gib=virtual // disks.GIB,
+                          memory_mib=size.memory_mib, disk_gib=-(-virtual // disks.GIB),
                           size_bytes=self._abs(rel).stat().st_size, power_state=state.value)
 
     async def _define(self, name: str, rel: str, flavor: TaskFlavor) -> None:
@@ -153,7 +188,7 @@ class Executor:
 
     # --- steps ---------------------------------------------------------------------------
 
-    async def _spawn(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _spawn(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
         rel = _need(spec.disk_path, "diskPath", a)
@@ -165,12 +200,25 @@ class Executor:
         else:
             await asyncio.to_thread(disks.create_blank, self.root, rel, flavor.disk_gib,
                                     seed=spec.seed_pattern)
-        if not await self._hv(self.hv.exists, name):
-            await self._define(name, rel, flavor)
+        await self._define_for(name, rel, flavor)
         await self._hv(self.hv.start, name)
         return StepOutcome(await self._describe(name, rel), f"spawned {name}")
 
-    async def _adopt(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor) -> None:
+        """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
+        started: redefined onto ours while off, refused while it runs (it is not ours)."""
+        if await self._hv(self.hv.exists, name):
+            disk = await self._disk_of(name)
+            if disk == self._abs(rel):
+                return
+            if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
+                raise TaskRefused(f"a domain named {name} already runs from {disk}, not "
+                                  f"from {rel}; refusing to touch it")
+            log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
+            await self._hv(self.hv.undefine, name)
+        await self._define(name, rel, flavor)
+
+    async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)
         disk = await self._hv(self.hv.disk_path, name)
         if disk is None:
@@ -191,7 +239,7 @@ class Executor:
             await self._hv(self.hv.set_owner, name, spec.owner_uid)
         return StepOutcome(await self._describe(name, rel), f"adopted {name}")
 
-    async def _prepare(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _prepare(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         rel = _need(spec.disk_path, "diskPath", a)
         tid = _need(spec.transfer_id, "transferId", a)
@@ -201,12 +249,16 @@ class Executor:
         if known is None and final.exists():
             return StepOutcome(TaskResult(disk_path=rel), f"{rel} already received")
         if known is None:
-            st = os.statvfs(self.root)
-            free = st.f_bavail * st.f_frsize
-            if free < size:
-                raise InsufficientSpace(f"{free} bytes free under the storage root, "
-                                        f"{size} needed")
             final.parent.mkdir(parents=True, exist_ok=True)
+            # The filesystem the disk lands on (the instance directory may be a mount of
+            # its own), less what transfers already accepted there may still write.
+            st = os.statvfs(final.parent)
+            free = st.f_bavail * st.f_frsize
+            promised = self.transfer.pending_bytes(final.parent)
+            if free - promised < size:
+                raise InsufficientSpace(
+                    f"{free} bytes free where {rel} lands, {promised} of them promised to "
+                    f"transfers in flight; {size} needed")
         try:
             self.transfer.expect(tid, rel, size)
         except TransferRefused as e:
@@ -214,40 +266,58 @@ class Executor:
         return StepOutcome(TaskResult(disk_path=rel, size_bytes=size),
                            f"ready to receive {rel}")
 
-    async def _migrate_disk(self, spec: HostTaskSpec, progress: ProgressFn | None
-                            ) -> StepOutcome:
+    async def _migrate_disk(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
         rel = _need(spec.disk_path, "diskPath", a)
         peer = _need(spec.peer, "peer", a)
         tid = _need(spec.transfer_id, "transferId", a)
         src = self._abs(rel)
-        marker = self._sidecar(rel, POWEROFF_SUFFIX)
-        if not marker.exists():
-            marker.write_text(f"{self._now():.6f}\n")
-        off_since = float(marker.read_text().strip())
-        await self._power_off(name, float(spec.power_off_timeout_seconds), off_since)
+        held = self._sidecar(rel, markers.HELD_SUFFIX)
+        marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
+        if await self._hv(self.hv.exists, name):
+            await self._check_fence(spec, call)
+            off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
+                                                self._now())
+            await self._power_off(name, float(spec.power_off_timeout_seconds), off_since)
+            await self._hold(name, held)
+        elif markers.read(held) is not None:  # resumed: already off and held
+            off_since = (markers.PowerOff.parse(markers.read(marker))
+                         or markers.PowerOff("", self._now())).requested_at
+        else:
+            raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
-                                        progress=progress)
+                                        progress=call.progress)
         downtime = max(0.0, self._now() - off_since)
         result = TaskResult(checksum=sent.checksum, size_bytes=sent.size_bytes,
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
         return StepOutcome(result, f"sent {rel} to {peer.name} ({sent.size_bytes} bytes)")
 
-    async def _finish(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _hold(self, name: str, held: Path) -> None:
+        """Keep the source from being started by accident: its definition moves aside
+        (written, then undefined); the disk keeps its path and bytes (invariant 1)."""
+        if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
+            raise StepError(f"{name} is not shut off; not holding it", retryable=True)
+        if markers.read(held) is None:
+            xml = await self._hv(self.hv.definition, name)
+            await asyncio.to_thread(markers.write_atomic, held, xml)
+        await self._hv(self.hv.undefine, name)
+
+    async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
         rel = _need(spec.disk_path, "diskPath", a)
         flavor = _need(spec.flavor, "flavor", a)
         expected = _need(spec.expected_checksum, "expectedChecksum", a)
-        verified = self._sidecar(rel, VERIFIED_SUFFIX)
-        if not await self._hv(self.hv.exists, name):
-            if not (verified.exists() and verified.read_text().strip() == expected):
-                await self._verify(spec, rel, expected)
-                verified.write_text(expected + "\n")
-            await asyncio.to_thread(disks.grow, self.root, rel, flavor.disk_gib)
-            await self._define(name, rel, flavor)
+        verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
+        # Whatever exists already, the disk must be the verified one (invariant 2): the
+        # record is written before the grow and kept while the copy lives here.
+        if not markers.verified_is(verified, expected):
+            await self._verify(spec, rel, expected)
+            await asyncio.to_thread(markers.write_atomic, verified, expected + "\n")
+        await asyncio.to_thread(disks.grow, self.root, rel, flavor.disk_gib)
+        await self._define_for(name, rel, flavor)
         size = await self._hv(self.hv.get_size, name)
         wanted = DomainSize(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
         if size != wanted:
@@ -255,8 +325,6 @@ class Executor:
         await self._hv(self.hv.start, name)
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)
-        with contextlib.suppress(FileNotFoundError):
-            verified.unlink()
         result = await self._describe(name, rel)
         result.checksum = expected
         return StepOutcome(result, f"started {name} with {flavor.vcpus} vCPU, "
@@ -264,10 +332,9 @@ class Executor:
 
     async def _verify(self, spec: HostTaskSpec, rel: str, expected: str) -> None:
         path = self._abs(rel)
-        if spec.transfer_id:
-            state = self.transfer.received(spec.transfer_id)
-            if state is not None and not state.complete:
-                raise StepError(f"{rel} is not completely received yet", retryable=True)
+        state = self.transfer.received(spec.transfer_id) if spec.transfer_id else None
+        if state is not None and not state.complete:
+            raise StepError(f"{rel} is not completely received yet", retryable=True)
         if not path.is_file():
             raise StepError(f"no disk at {rel}", retryable=True)
         actual = await asyncio.to_thread(sha256_file, path)
@@ -275,37 +342,49 @@ class Executor:
             raise CopyChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
                                    "refusing to start it")
 
-    async def _delete_copy(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _delete_copy(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         """Confirm (source), CleanupDest (destination), Destroy: domain and disk go."""
-        if spec.domain_name:
+        name = spec.domain_name
+        await self._check_fence(spec, call)
+        exists = bool(name) and await self._hv(self.hv.exists, name)
+        if name and exists and spec.action == TaskAction.CONFIRM \
+                and await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
+            raise StepError(
+                f"refusing to confirm: the source {name} runs on {self.host} although the "
+                "resize holds it, so both copies run; shut down the copy to drop, then "
+                "delete this HostTask so the operator creates it again", retryable=False)
+        if name and exists:
             try:
-                await self._hv(self.hv.destroy, spec.domain_name)
-                await self._hv(self.hv.undefine, spec.domain_name)
+                await self._hv(self.hv.destroy, name)
+                await self._hv(self.hv.undefine, name)
             except DomainNotFound:
                 pass
         if spec.transfer_id and spec.action == TaskAction.CLEANUP_DEST:
             self.transfer.forget(spec.transfer_id)
         if spec.disk_path:
             rel = spec.disk_path
-            for extra in (POWEROFF_SUFFIX, VERIFIED_SUFFIX, ".partial", ".xfer"):
-                with contextlib.suppress(FileNotFoundError):
-                    self._sidecar(rel, extra).unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self._serial_log(rel).unlink()
+            for extra in (*markers.ALL_SUFFIXES, ".partial", ".xfer"):
+                markers.remove(self._sidecar(rel, extra))
+            markers.remove(self._serial_log(rel))
             await asyncio.to_thread(disks.remove, self.root, rel)
-        what = spec.domain_name or spec.disk_path or "nothing"
-        return StepOutcome(TaskResult(domain_name=spec.domain_name, disk_path=spec.disk_path,
+        what = name or spec.disk_path or "nothing"
+        return StepOutcome(TaskResult(domain_name=name, disk_path=spec.disk_path,
                                       power_state="Deleted"), f"deleted {what}")
 
-    async def _restore_source(self, spec: HostTaskSpec) -> StepOutcome:
+    async def _restore_source(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
         rel = _need(spec.disk_path, "diskPath", a)
+        held = self._sidecar(rel, markers.HELD_SUFFIX)
+        xml = markers.read(held)
+        if xml is not None:  # the definition MigrateDisk moved aside, back exactly
+            if not await self._hv(self.hv.exists, name):
+                await self._hv(self.hv.define_xml, xml)
+            markers.remove(held)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
         await self._hv(self.hv.start, name)
-        with contextlib.suppress(FileNotFoundError):
-            self._sidecar(rel, POWEROFF_SUFFIX).unlink()
+        markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         return StepOutcome(await self._describe(name, rel), f"restarted {name} on its source")

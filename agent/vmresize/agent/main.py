@@ -24,6 +24,7 @@ from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.kube import handlers
 from vmresize.agent.kube.client import AgentKube
+from vmresize.agent.kube.fence import OwnerFence
 from vmresize.agent.kube.registration import Registrar, Registration
 from vmresize.agent.settings import AgentSettings
 from vmresize.agent.transfer import keys
@@ -68,7 +69,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
                 os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
             kube = AgentKube.from_kubeconfig(cfg.kubeconfig)
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
-                                transfer=SshTransfer(server, client_key))
+                                transfer=SshTransfer(server, client_key),
+                                fence=OwnerFence(kube))
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=cfg.migration_address,
                 port=server.port, host_key=keys.public_openssh(host_key)))

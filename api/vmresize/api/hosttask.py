@@ -168,6 +168,10 @@ class HostTaskStatus(Model):
     """When the agent started the latest attempt."""
     finished_at: datetime | None = None
     """When it succeeded or failed."""
+    heartbeat: datetime | None = None
+    """Refreshed by the agent every few seconds while the step runs. A Running task whose
+    heartbeat is older than the operator's window has stopped making progress (a frozen
+    agent, a hung disk): the operator retries or rolls back."""
 
 
 class HostTask(Resource):
@@ -184,6 +188,8 @@ class HostTask(Resource):
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
         PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt"),
         PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        PrinterColumn(name="Heartbeat", type="date", json_path=".status.heartbeat",
+                      priority=1),
         age_column(),
     ]
     spec_validations: ClassVar[list[dict[str, str]]] = [

@@ -18,6 +18,7 @@ Module map (pure decisions at the top, plumbing below):
 
 from vmresize.operator.handlers import (  # noqa: F401 - importing registers the handlers
     host,
+    host_health,
     hosttask,
     instance,
     resize,

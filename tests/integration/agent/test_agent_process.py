@@ -69,13 +69,42 @@ def wait_ready(agent: AgentProcess, kubeconfig: Path, *, ready: bool = True) -> 
     return wait_for(check, timeout=WAIT, what=f"Host {agent.name} ready={ready}")
 
 
-def create_task(kubeconfig: Path, namespace: str, host_label: str, spec: dict[str, Any]
-                ) -> str:
+INSTANCE_ACTIONS = {TaskAction.SPAWN.value, TaskAction.ADOPT.value, TaskAction.DESTROY.value}
+
+
+def create_owner(kubeconfig: Path, namespace: str, action: str, task: str | None) -> str:
+    """A VMResize (resize steps) or Instance (Spawn, Adopt, Destroy) whose status names
+    ``task``, as the operator records it before creating the task; returns its UID."""
+    import json
+    if action in INSTANCE_ACTIONS:
+        kind, plural = "Instance", "instances.vmresize.io"
+        spec: dict[str, Any] = {"flavor": "small"}
+    else:
+        kind, plural = "VMResize", "vmresizes.vmresize.io"
+        spec = {"instanceName": "vm", "flavor": "big"}
+    name = f"o-{uuid.uuid4().hex[:8]}"
+    body = {"apiVersion": API_VERSION, "kind": kind,
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
+    if task is not None:
+        kubectl(kubeconfig, "-n", namespace, "patch", plural, name, "--subresource=status",
+                "--type=merge", "-p", json.dumps({"status": {"currentTask": task}}))
+    doc = kubectl_json(kubeconfig, "-n", namespace, "get", plural, name)
+    assert doc is not None
+    return f"{name} {doc['metadata']['uid']}"
+
+
+def create_task(kubeconfig: Path, namespace: str, host_label: str, spec: dict[str, Any],
+                *, owner_names: str | None = "self") -> str:
+    """A HostTask; its owner names it in its status unless ``owner_names`` says otherwise."""
     name = f"t-{uuid.uuid4().hex[:10]}"
+    owner, uid = create_owner(kubeconfig, namespace, str(spec.get("action")),
+                              name if owner_names == "self" else owner_names).split()
     body = {"apiVersion": API_VERSION, "kind": "HostTask",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {naming.HOST_LABEL: host_label}},
-            "spec": {"owner": f"{namespace}/r", "instance": f"{namespace}/vm", **spec}}
+            "spec": {"owner": f"{namespace}/{owner}", "ownerUid": uid,
+                     "instance": f"{namespace}/vm", **spec}}
     import json
     kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
     return name
@@ -314,8 +343,53 @@ def test_clean_stop_mid_step_leaves_it_running_for_the_next_attempt(
     agent.start()  # the next agent picks it up as attempt 2
     resumed = wait_task(kubeconfig, namespace, name, agent)["status"]
     assert resumed["attempt"] == 2
-    # test:///default keeps domains in memory only, so the new process has lost the VM:
-    # attempt 2 fails, and says so without calling it retryable.
+    # Attempt 1 powered the VM off and held it (its definition set aside next to the disk),
+    # so attempt 2 resumes the send without the domain; nobody listens, so it ends failed
+    # after its reconnects, as a retryable failure.
+    assert (agent.storage_root / (rel + ".held.xml")).is_file()
     assert resumed["phase"] == "Failed"
-    assert "not found" in resumed["message"]
-    assert resumed["retryable"] is False
+    assert "127.0.0.9" in resumed["message"]
+    assert resumed["retryable"] is True
+
+
+def test_agent_refuses_a_destructive_step_its_owner_no_longer_names(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    wait_ready(agent, kubeconfig)
+    dom, rel = naming.domain_name(namespace, "vm"), naming.disk_path(namespace, "vm", "f3f3f3f3")
+    spawned = run_task(kubeconfig, namespace, agent, action="Spawn", domainName=dom,
+                       diskPath=rel, flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    assert spawned["heartbeat"]  # a running step keeps status.heartbeat fresh
+    # The owner's status names another task (its decision moved on): Destroy is fenced.
+    name = create_task(kubeconfig, namespace, agent.name,
+                       {"host": agent.name, "action": "Destroy", "domainName": dom,
+                        "diskPath": rel}, owner_names="another-task")
+    refused = wait_task(kubeconfig, namespace, name, agent)["status"]
+    assert refused["phase"] == "Failed"
+    assert refused["retryable"] is False
+    assert "fenced: the owner no longer asks for this step" in refused["message"]
+    assert (agent.storage_root / rel).is_file()
+    run_task(kubeconfig, namespace, agent, action="Destroy", domainName=dom, diskPath=rel)
+    assert not (agent.storage_root / rel).exists()
+
+
+def test_a_running_step_keeps_its_heartbeat_fresh(
+        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
+    agent: AgentProcess = agent_factory("127.0.0.2").start()
+    wait_ready(agent, kubeconfig)
+    dom, rel = naming.domain_name(namespace, "vm"), naming.disk_path(namespace, "vm", "e4e4e4e4")
+    run_task(kubeconfig, namespace, agent, action="Spawn", domainName=dom, diskPath=rel,
+             flavor={"vcpus": 1, "memoryMiB": 64, "diskGiB": 1})
+    # Nobody listens at the peer: the sender keeps reconnecting (a long step).
+    name = create_task(kubeconfig, namespace, agent.name, {
+        "host": agent.name, "action": "MigrateDisk", "domainName": dom, "diskPath": rel,
+        "transferId": "x2", "peer": {"name": "gone", "address": "127.0.0.9", "port": 9,
+                                     "hostKey": public_openssh(generate_key())}})
+
+    def beat() -> str | None:
+        st = (kubectl_json(kubeconfig, "-n", namespace, "get", "hosttasks.vmresize.io",
+                           name) or {}).get("status", {})
+        return st.get("heartbeat") if st.get("phase") == "Running" else None
+    first = wait_for(beat, timeout=WAIT, what="a running MigrateDisk with a heartbeat")
+    wait_for(lambda: (b := beat()) is not None and b != first, timeout=WAIT,
+             what="a newer task heartbeat while the step runs")

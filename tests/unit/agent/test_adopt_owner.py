@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.agent_steps import allow_all
 
 from vmresize.agent import disks
 from vmresize.agent.executor import Executor, TaskRefused
@@ -42,7 +43,8 @@ def executor(tmp_path: Path) -> Iterator[Executor]:
     hv = LibvirtHypervisor("test:///default")
     root = tmp_path / "root"
     root.mkdir()
-    yield Executor(host="a", hypervisor=hv, storage_root=root, transfer=NoTransfer())
+    yield Executor(host="a", hypervisor=hv, storage_root=root, transfer=NoTransfer(),
+                   fence=allow_all)
     hv.close()
 
 

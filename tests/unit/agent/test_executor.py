@@ -6,131 +6,17 @@ transfer between executors is exercised in tests/integration/agent and tests/e2e
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.agent_steps import BIG, SEED, SMALL, move, names, spawn, spec
 
 from vmresize.agent import disks
 from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused
 from vmresize.agent.executor import Executor
-from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
-from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
 from vmresize.agent.transfer.sparse import sha256_file
-from vmresize.api import naming
-from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction, TaskFlavor
-
-
-class LocalNetwork:
-    """A same-process stand-in for the SSH transfer (plumbing only; the real one is
-    tested in tests/integration/agent against asyncssh)."""
-
-    def __init__(self) -> None:
-        self.roots: dict[str, Path] = {}
-        self.expected: dict[str, dict[str, str]] = {}
-
-    def endpoint(self, host: str, root: Path) -> LocalTransfer:
-        self.roots[host] = root
-        self.expected[host] = {}
-        return LocalTransfer(self, host)
-
-
-class LocalTransfer:
-    def __init__(self, net: LocalNetwork, host: str) -> None:
-        self.net, self.host = net, host
-
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
-        self.net.expected[self.host][transfer_id] = rel_path
-
-    def received(self, transfer_id: str) -> Received | None:
-        rel = self.net.expected[self.host].get(transfer_id)
-        if rel is None:
-            return None
-        path = confine(self.net.roots[self.host], rel)
-        return Received(complete=path.exists(), sha256=None)
-
-    def forget(self, transfer_id: str) -> None:
-        self.net.expected[self.host].pop(transfer_id, None)
-
-    async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
-                   progress: ProgressFn | None) -> Sent:
-        rel = self.net.expected[peer.name][transfer_id]
-        dst = confine(self.net.roots[peer.name], rel)
-        shutil.copyfile(src, dst)
-        size = src.stat().st_size  # noqa: ASYNC240 - a tiny local file in a test fake
-        if progress is not None:
-            progress(size, size, 0.0)
-        return Sent(checksum=sha256_file(dst), size_bytes=size)
-
-
-@pytest.fixture(scope="session")
-def agent_hv() -> Iterator[LibvirtHypervisor]:
-    hv = LibvirtHypervisor("test:///default")
-    yield hv
-    hv.close()
-
-
-@pytest.fixture
-def agent_pair(agent_hv: LibvirtHypervisor, tmp_path: Path) -> tuple[Executor, Executor]:
-    """Executors of hosts ``a`` and ``b`` sharing one test driver, each its own root."""
-    net = LocalNetwork()
-    out = []
-    for host in ("a", "b"):
-        root = tmp_path / host
-        root.mkdir()
-        out.append(Executor(host=host, hypervisor=agent_hv, storage_root=root,
-                            transfer=net.endpoint(host, root.resolve())))
-    return out[0], out[1]
-
-
-@pytest.fixture
-def agent_uid() -> str:
-    return uuid.uuid4().hex
-
-
-SMALL = TaskFlavor(vcpus=1, memory_mib=64, disk_gib=1)
-BIG = TaskFlavor(vcpus=2, memory_mib=128, disk_gib=2)
-SEED = "vmresize seed: hello from the source"
-
-
-def spec(host: str, action: TaskAction, **kw: object) -> HostTaskSpec:
-    return HostTaskSpec.model_validate({"host": host, "action": action, "owner": "ns/r",
-                                        "instance": "ns/vm", **kw})
-
-
-def names(uid: str) -> tuple[str, str, str, str]:
-    return (naming.domain_name("ns", f"vm{uid[:6]}"),
-            naming.disk_path("ns", f"vm{uid[:6]}", uid),
-            naming.domain_name("ns", f"vm{uid[:6]}", "resize"),
-            naming.disk_path("ns", f"vm{uid[:6]}", uid[::-1]))
-
-
-async def spawn(ex: Executor, dom: str, rel: str) -> None:
-    out = await ex.run(spec(ex.host, TaskAction.SPAWN, domain_name=dom, disk_path=rel,
-                            flavor=SMALL, seed_pattern=SEED))
-    assert out.result.power_state == PowerState.RUNNING.value
-
-
-async def move(a: Executor, b: Executor, uid: str, progress: list[int]) -> str:
-    """Spawn on a, prepare on b, migrate a→b; return the source checksum."""
-    dom, rel, _, new_rel = names(uid)
-    await spawn(a, dom, rel)
-    size = (a.root / rel).stat().st_size
-    await b.run(spec("b", TaskAction.PREPARE, disk_path=new_rel, transfer_id=uid,
-                     expected_bytes=size))
-    peer = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
-    out = await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
-                           peer=peer, transfer_id=uid, power_off_timeout_seconds=1),
-                      progress=lambda done, total, rate: progress.append(done))
-    assert a.hv.state(dom) == PowerState.SHUTOFF
-    assert out.result.checksum == sha256_file(a.root / rel)
-    assert out.result.downtime_seconds is not None
-    assert out.result.downtime_seconds >= 0
-    return out.result.checksum
+from vmresize.api.hosttask import PeerHost, TaskAction
 
 
 async def test_spawn_creates_seeded_disk_and_running_domain(
@@ -217,7 +103,6 @@ async def test_finish_resumes_after_a_crash_between_grow_and_define(
     out = await b.run(spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel,
                            flavor=BIG, expected_checksum=checksum))
     assert out.result.power_state == PowerState.RUNNING.value
-    assert not (b.root / (new_rel + ".verified")).exists()
     for ex, d, r in ((a, dom, rel), (b, new_dom, new_rel)):
         await ex.run(spec(ex.host, TaskAction.DESTROY, domain_name=d, disk_path=r))
 

@@ -38,7 +38,8 @@ def test_pure_module_imports(path: Path) -> None:
 def test_only_storage_uses_the_kubernetes_client() -> None:
     users = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
              if any(n.startswith("kubernetes") for n in _imports(p))}
-    assert users == {"persistence/storage.py"}
+    # The kubectl plugin is a process of its own, with its own one adapter.
+    assert users == {"persistence/storage.py", "cli/kube.py"}
 
 
 def test_every_module_has_a_docstring() -> None:

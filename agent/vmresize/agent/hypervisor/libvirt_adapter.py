@@ -154,7 +154,22 @@ class LibvirtHypervisor:
     def undefine(self, name: str) -> None:
         """Undefine the persistent domain; its disk stays. DomainNotFound if there is none."""
         dom = self._dom(name)
-        self._call(f"undefine {name}", dom.undefine)
+        # Keep UEFI variables: a held source is defined again from its saved definition.
+        flags = 0 if self._domain_type == "test" else libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+        self._call(f"undefine {name}", lambda: dom.undefineFlags(flags))
+
+    def definition(self, name: str) -> str:
+        """The persistent (inactive, secure) definition of ``name``: what a held source is
+        defined again from."""
+        dom = self._dom(name)
+        xml: str = self._call(f"xml {name}", lambda: dom.XMLDesc(
+            libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        return xml
+
+    def define_xml(self, xml: str) -> None:
+        """Define (or redefine) a persistent domain from ``xml`` as it stands."""
+        with self._lock:
+            self._call("define", lambda: self._conn.defineXML(xml))
 
     def start(self, name: str) -> None:
         """Start the domain unless it is running already."""

@@ -67,7 +67,17 @@ class Hypervisor(Protocol):
         ...
 
     def undefine(self, name: str) -> None:
-        """Remove the persistent definition (the disk is not touched). DomainNotFound if absent."""
+        """Remove the persistent definition (the disk and firmware variables are not
+        touched). DomainNotFound if absent."""
+        ...
+
+    def definition(self, name: str) -> str:
+        """The domain's persistent definition (XML, secure parts included), as
+        :meth:`define_xml` takes it back."""
+        ...
+
+    def define_xml(self, xml: str) -> None:
+        """Define a domain from a definition :meth:`definition` returned (same UUID)."""
         ...
 
     def start(self, name: str) -> None:

@@ -41,6 +41,8 @@ T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
 PROGRESS_MIN_INTERVAL = 1.0
 """At most one progress patch a second per task (the brief's bound on API write load)."""
+REQUEST_TIMEOUT = 30.0
+"""Bound on one API request: a hung API server connection must not hang a step."""
 
 
 _KINDS: dict[ApiErrorKind, type[KubeError]] = {
@@ -102,7 +104,7 @@ class AgentKube:
     def get_host(self, name: str) -> Host:
         """The Host ``name``; KubeNotFound if it does not exist."""
         body = self._call(f"get Host {name}", lambda: self._api.get_cluster_custom_object(
-            GROUP, VERSION, Host.plural, name))
+            GROUP, VERSION, Host.plural, name, _request_timeout=REQUEST_TIMEOUT))
         return Host.from_body(body)
 
     def ensure_host(self, name: str) -> Host:
@@ -117,7 +119,8 @@ class AgentKube:
         try:
             created = self._call(f"create Host {name}",
                                  lambda: self._api.create_cluster_custom_object(
-                                     GROUP, VERSION, Host.plural, body))
+                                     GROUP, VERSION, Host.plural, body,
+                                     _request_timeout=REQUEST_TIMEOUT))
             log.info("registered new Host %s", name)
             return Host.from_body(created)
         except KubeAlreadyExists:  # created meanwhile by someone else: theirs wins
@@ -128,7 +131,7 @@ class AgentKube:
         self._call(f"patch Host {name} status",
                    lambda: self._api.patch_cluster_custom_object_status(
                        GROUP, VERSION, Host.plural, name, {"status": status},
-                       _content_type=MERGE_PATCH))
+                       _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT))
 
     # --- HostTask -----------------------------------------------------------------------
 
@@ -136,15 +139,26 @@ class AgentKube:
         """The HostTask ``namespace/name``; KubeNotFound if it does not exist."""
         body = self._call(f"get HostTask {namespace}/{name}",
                           lambda: self._api.get_namespaced_custom_object(
-                              GROUP, VERSION, namespace, HostTask.plural, name))
+                              GROUP, VERSION, namespace, HostTask.plural, name,
+                              _request_timeout=REQUEST_TIMEOUT))
         return HostTask.from_body(body)
+
+    def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        """A namespaced vmresize.io object as the API returns it (the fence reads owners)."""
+        body: object = self._call(
+            f"get {plural} {namespace}/{name}",
+            lambda: self._api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT))
+        if not isinstance(body, dict):
+            raise KubeError(f"get {plural} {namespace}/{name}: not an object")
+        return body
 
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch ``status`` into the HostTask's status subresource."""
         self._call(f"patch HostTask {namespace}/{name} status",
                    lambda: self._api.patch_namespaced_custom_object_status(
                        GROUP, VERSION, namespace, HostTask.plural, name, {"status": status},
-                       _content_type=MERGE_PATCH))
+                       _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT))
 
 
 class TaskStatusWriter:
@@ -165,9 +179,20 @@ class TaskStatusWriter:
     async def running(self, attempt: int, message: str = "") -> None:
         """Mark the task Running for ``attempt``: start time set, finish time, message and progress
         reset."""
+        now = utcnow().isoformat()
         await self._patch({"phase": TaskPhase.RUNNING.value, "attempt": attempt,
-                           "startedAt": utcnow().isoformat(), "finishedAt": None,
+                           "startedAt": now, "heartbeat": now, "finishedAt": None,
                            "message": message, "progress": TaskProgress().wire()})
+
+    async def beat_forever(self, interval: float) -> None:
+        """Keep ``status.heartbeat`` fresh while the step runs (cancel to stop). A frozen
+        agent stops beating, which is how the operator tells it from a slow step."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._patch({"heartbeat": utcnow().isoformat()})
+            except KubeError as e:  # the next beat may get through
+                log.warning("heartbeat of %s/%s failed: %s", self.namespace, self.name, e)
 
     def progress(self, done: int, total: int, rate: float) -> None:
         """Progress callback (called on the event loop); patches at a bounded rate."""

@@ -29,13 +29,18 @@ log = logging.getLogger(__name__)
 FINALIZER = "agent.vmresize.io/finalizer"
 ANNOTATION_PREFIX = "agent.vmresize.io"
 KUBE_RETRY_SECONDS = 2.0
+TASK_HEARTBEAT_SECONDS = 5.0
+"""How often a running step refreshes ``status.heartbeat`` (the operator's stale window
+should be several of these)."""
 
 
 class TaskRunner:
     """Runs the steps of this host's HostTasks, one attempt at a time per task."""
 
-    def __init__(self, *, host: str, executor: Executor, kube: AgentKube) -> None:
+    def __init__(self, *, host: str, executor: Executor, kube: AgentKube,
+                 heartbeat_seconds: float = TASK_HEARTBEAT_SECONDS) -> None:
         self.host, self.executor, self.kube = host, executor, kube
+        self.heartbeat_seconds = heartbeat_seconds
         self._running: set[tuple[str, str]] = set()
 
     async def handle(self, namespace: str, name: str) -> None:
@@ -66,9 +71,10 @@ class TaskRunner:
         resumed = status is not None and status.phase == TaskPhase.RUNNING
         await writer.running(attempt, "resuming after an agent restart" if resumed else "")
         log.info("%s/%s: %s attempt %d", namespace, name, task.spec.action.value, attempt)
+        beat = asyncio.create_task(writer.beat_forever(self.heartbeat_seconds))
         try:
             with metrics.step(task.spec.action.value) as rec:
-                outcome = await self.executor.run(task.spec,
+                outcome = await self.executor.run(task.spec, task_name=name,
                                                   progress=rec.progress(writer.progress))
         except StepError as e:
             log.warning("%s/%s failed (retryable=%s): %s", namespace, name, e.retryable, e)
@@ -78,6 +84,9 @@ class TaskRunner:
             log.exception("%s/%s crashed", namespace, name)
             await writer.failed(f"agent error: {e!r}", retryable=True)
             return
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
         await writer.succeeded(outcome.result, outcome.message)
         log.info("%s/%s succeeded: %s", namespace, name, outcome.message)
 

@@ -11,6 +11,11 @@ After a dropped connection the sender reconnects (``reconnect_attempts`` times, 
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
 receiver's sha256 of the file it wrote must equal the source's, or the send fails
 (:class:`TransferChecksumMismatch` is retried once from scratch by the receiver's reset).
+Every wait is bounded: a leg that moves no byte for ``stall_timeout`` seconds (a frozen
+receiver, a link that swallows packets) is dropped as :class:`ConnectionLost` and resumed;
+the receiver's verification gets that plus the time to read the disk at a slow disk's rate.
+While data flows the receiver's frames are read too, so a receiver that cannot write
+(its disk full or failing) ends the send at once with its reason (not retryable).
 Errors are :mod:`vmresize.agent.errors` types; ``retryable`` tells the caller
 whether a later attempt of the step can help. ``legs`` lists the bytes sent per connection.
 """
@@ -21,10 +26,10 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -66,10 +71,17 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float], None]
 """(bytes_done, bytes_total, rate in bytes/s)."""
+T = TypeVar("T")
 PROGRESS_HZ = 2.0
 SSH_USER = "vmresize"
 CONNECT_TIMEOUT = 30.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
+STALL_SECONDS = 60.0
+"""No byte accepted for this long: the leg is dead (keepalives alone miss a frozen peer)."""
+REASON_GRACE_SECONDS = 2.0
+"""How long a sender whose channel broke waits for the receiver's ERROR frame."""
+VERIFY_FLOOR_BYTES_PER_SECOND = 32 * 1024 * 1024
+"""The slowest read-back the receiver's checksum is allowed, to bound the wait for RESULT."""
 _ZEROS = bytes(READ_CHUNK)
 
 
@@ -183,6 +195,8 @@ class _Leg:
                 raise TransferChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
             if code == "busy":
                 raise ConnectionLost(f"receiver busy: {msg}")
+            if code == "write-error":
+                raise TransferRefused(f"receiver failed writing: {msg}", retryable=False)
             raise TransferRefused(f"receiver refused ({code}): {msg}")
         return kind, doc
 
@@ -193,13 +207,13 @@ class _Leg:
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                     extents: list[Extent], transfer_id: str, source_sha: asyncio.Future[str],
-                    progress: _Progress, sent: list[int]) -> str:
+                    progress: _Progress, sent: list[int], stall: float) -> str:
     writer, reader, _ = await conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
         max_pktsize=CHANNEL_MAX_PKTSIZE)
     leg = _Leg(reader, writer)
     leg.send(HELLO, {"version": PROTOCOL_VERSION, "transfer_id": transfer_id, "size": size})
-    kind, state = await leg.recv()
+    kind, state = await _bounded(leg.recv(), stall, "the receiver's STATE")
     if kind != STATE:
         raise TransferError(f"unexpected frame {kind} instead of STATE")
     have = [[int(s), int(e)] for s, e in state.get("have", [])]
@@ -221,6 +235,8 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     pending = (loop.run_in_executor(None, _read_into, fd, bufs[0], piece)
                if piece is not None else None)
     turn = 0
+    # From here the receiver speaks only to end the leg: RESULT after DONE, or ERROR early.
+    incoming = asyncio.ensure_future(leg.recv())
     try:
         while piece is not None and pending is not None:
             await pending
@@ -234,14 +250,23 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                 writer.write(memoryview(buf)[: current.length])
                 sent[-1] += current.length
                 metrics.BYTES_SENT.inc(current.length)
-                await writer.drain()
+                await _drain(writer, incoming, stall)
             progress.add(current.length)
+        checksum = await source_sha
+        leg.send(DONE, {"sha256": checksum})
+        verify = stall + size / VERIFY_FLOOR_BYTES_PER_SECOND
+        kind, result = await _bounded(asyncio.shield(incoming), verify, "the receiver's RESULT")
+    except (asyncssh.Error, OSError, EOFError) as e:  # the channel closed under us: why?
+        reason = await _receiver_reason(incoming)
+        if reason is not None:
+            raise reason from e
+        raise
     finally:  # never leave a read running on an fd the caller is about to close
         if pending is not None and not pending.done():
             await asyncio.gather(pending, return_exceptions=True)
-    checksum = await source_sha
-    leg.send(DONE, {"sha256": checksum})
-    kind, result = await leg.recv()
+        if not incoming.done():
+            incoming.cancel()
+        await asyncio.gather(incoming, return_exceptions=True)
     if kind != RESULT or result.get("sha256") != checksum:
         raise TransferChecksumMismatch(f"receiver reported {result.get('sha256')}, "
                                        f"source {checksum}")
@@ -249,10 +274,49 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     return checksum
 
 
+async def _bounded(aw: Awaitable[T], seconds: float, what: str) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await aw
+    except TimeoutError as e:
+        raise ConnectionLost(f"no answer in {seconds:.0f}s waiting for {what}") from e
+
+
+async def _receiver_reason(incoming: asyncio.Future[Any]) -> TransferError | None:
+    """The receiver's ERROR, if it sent one before closing the channel (read briefly)."""
+    await asyncio.wait({incoming}, timeout=REASON_GRACE_SECONDS)
+    if incoming.done() and not incoming.cancelled():
+        e = incoming.exception()
+        if isinstance(e, TransferError):
+            return e
+    return None
+
+
+async def _drain(writer: asyncssh.SSHWriter[bytes],
+                 incoming: asyncio.Future[tuple[int, dict[str, Any]]], stall: float) -> None:
+    """Wait until the channel takes more data, at most ``stall`` seconds; a frame from the
+    receiver meanwhile (its ERROR) ends the leg with the receiver's reason."""
+    if not incoming.done():
+        drain: asyncio.Future[Any] = asyncio.ensure_future(writer.drain())
+        waiters: set[asyncio.Future[Any]] = {drain, incoming}
+        done, _ = await asyncio.wait(waiters, timeout=stall,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if drain in done:
+            drain.result()
+            return
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        if not done:
+            raise ConnectionLost(f"the receiver took no data for {stall:.0f}s")
+    kind, _ = incoming.result()  # raises the receiver's ERROR
+    raise TransferError(f"unexpected frame {kind} from the receiver while sending data")
+
+
 async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                     client_key: asyncssh.SSHKey | Path, transfer_id: str,
                     progress: ProgressFn | None = None,
-                    reconnect_attempts: int = 5) -> SendResult:
+                    reconnect_attempts: int = 5,
+                    stall_timeout: float = STALL_SECONDS) -> SendResult:
     """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``, resuming
     after dropped connections; the verified result, or a :mod:`vmresize.agent.errors` type."""
     known_hosts = _known_hosts(address, port, host_key)
@@ -285,7 +349,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                         keepalive_count_max=4) as conn:
                     checksum = await _send_leg(conn, fd=fd, size=size, extents=extents,
                                                transfer_id=transfer_id, source_sha=source_sha,
-                                               progress=prog, sent=sent)
+                                               progress=prog, sent=sent,
+                                               stall=stall_timeout)
                 prog.finish()
                 return SendResult(checksum, size, sum(sent), tuple(sent))
             except (asyncssh.Error, OSError, EOFError, TimeoutError, ValueError,

@@ -48,6 +48,11 @@ class Transfer(Protocol):
         """Destination: drop the bookkeeping of a transfer."""
         ...
 
+    def pending_bytes(self, directory: Path) -> int:
+        """Destination: bytes that accepted, unfinished transfers may still write on the
+        filesystem holding ``directory`` (what Prepare must not promise twice)."""
+        ...
+
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:
         """Source: send ``src`` to ``peer``; returns the verified checksum."""

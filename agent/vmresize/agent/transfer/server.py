@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,21 @@ class MigrationServer:
         """Receive state of ``transfer_id`` (``None`` if unknown); Finish checks it."""
         xfer = self._transfers.get(transfer_id)
         return xfer.status() if xfer is not None else None
+
+    def pending_bytes(self, directory: Path) -> int:
+        """Bytes that unfinished transfers on ``directory``'s filesystem may still write."""
+        dev = os.stat(directory).st_dev
+        total = 0
+        for xfer in self._transfers.values():
+            if xfer.complete:
+                continue
+            try:
+                same = os.stat(xfer.final.parent).st_dev == dev
+            except FileNotFoundError:
+                continue
+            if same:
+                total += max(0, (xfer.size if xfer.fixed else xfer.bound) - xfer.received())
+        return total
 
     def forget(self, transfer_id: str) -> None:
         """Drop a transfer's bookkeeping (sidecar, and the partial file if incomplete)."""

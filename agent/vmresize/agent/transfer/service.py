@@ -52,6 +52,10 @@ class SshTransfer:
         """Drop the server's bookkeeping of ``transfer_id`` (and an incomplete partial file)."""
         self.server.forget(transfer_id)
 
+    def pending_bytes(self, directory: Path) -> int:
+        """Bytes that transfers in flight into ``directory``'s filesystem may still write."""
+        return self.server.pending_bytes(directory)
+
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:
         """Send ``src`` to ``peer``'s migration server, trusting only its published host key;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -45,6 +46,8 @@ from vmresize.agent.transfer.protocol import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 1.0
+WRITE_ERROR = "write-error"
+"""ERROR code: the destination could not write the disk (full, failing); not retryable."""
 # Bytes queued for the writer thread before we stop reading the channel (SSH flow control
 # then holds the sender); reading resumes below the low mark.
 PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
@@ -180,9 +183,14 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
                 loop.call_soon_threadsafe(self._written, xfer, offset, length)
 
+        def failed(e: OSError) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._write_failed, xfer, e)
+
         # A fresh transfer arrives in order, so the sha256 can be streamed as it is
         # written; after a resume the receiver re-reads the file instead.
-        self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written)
+        self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written,
+                                on_error=failed)
         self._last_save = loop.time()
         self._send(STATE, {"complete": False, "have": xfer.ranges})
 
@@ -221,6 +229,14 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             self._last_save = now
             with contextlib.suppress(OSError):
                 xfer.save()
+
+    def _write_failed(self, xfer: ReceiveState, e: OSError) -> None:
+        """On the loop: the disk refused a write (ENOSPC, EIO). Without this the writes
+        queued behind it never drain, reading stays paused and the sender hangs forever
+        with the VM off; instead the sender is told why and the step fails."""
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        self._fail(WRITE_ERROR, f"cannot write {xfer.rel_path} on the destination: {reason} "
+                                f"({errno.errorcode.get(e.errno or 0, 'errno ' + str(e.errno))})")
 
     def _done(self, doc: dict[str, Any]) -> None:
         if self._xfer is None or self.finishing:

@@ -146,9 +146,11 @@ class SparseSink:
     ``on_written(offset, length)`` on its writer thread (see the module docstring)."""
 
     def __init__(self, fd: int, size: int, *, stream_hash: bool,
-                 on_written: Callable[[int, int], None]) -> None:
+                 on_written: Callable[[int, int], None],
+                 on_error: Callable[[OSError], None] | None = None) -> None:
         self._fd, self._size = fd, size
         self._on_written = on_written  # called on the writer thread: (offset, length)
+        self._on_error = on_error  # called once on the writer thread: the first write error
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Bounded, so a slow hasher stalls the writer (and through it the sender)
         # instead of buffering the whole image in memory.
@@ -217,6 +219,8 @@ class SparseSink:
                 failed = e
                 if self._hashes is not None:
                     self._hashes.put(None)  # poison: the stream no longer matches the file
+                if self._on_error is not None:  # a full or failing disk ends the transfer
+                    self._on_error(e)
                 continue
             self._on_written(offset, len(view))
             if self._hashes is not None:

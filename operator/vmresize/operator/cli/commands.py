@@ -21,7 +21,7 @@ from vmresize.api.meta import API_VERSION
 from vmresize.api.resize import VMResize
 from vmresize.operator.cli.exitcodes import Exit
 from vmresize.operator.cli.follow import Until, follow
-from vmresize.operator.cli.kube import Kube, KubeError
+from vmresize.operator.cli.kube import Kube, PluginApiError
 from vmresize.operator.cli.output import Out
 from vmresize.operator.cli.planning import Plan, make_plan
 from vmresize.operator.cli.views import age, human_bytes, human_seconds, parse, phase_of
@@ -114,7 +114,7 @@ def _recent_resizes(kube: Kube) -> tuple[list[VMResize], str]:
     """Every namespace's resizes if we may list them, else this namespace's."""
     try:
         return [parse(VMResize, b) for b in kube.list("vmresizes", True)], "all namespaces"
-    except KubeError as e:
+    except PluginApiError as e:
         if e.kind is not ApiErrorKind.REJECTED:
             raise
         return ([parse(VMResize, b) for b in kube.list("vmresizes")],

@@ -2,7 +2,7 @@
 
 Reads the vmresize objects as raw dicts (the caller parses them with the API models),
 creates and merge-patches VMResizes, and follows one VMResize with a bounded watch. Every
-client exception is turned into a :class:`KubeError` whose ``kind`` comes from
+client exception is turned into a :class:`PluginApiError` whose ``kind`` comes from
 :func:`vmresize.api.apierrors.classify` (the classification the operator and agents use),
 with the API server's own message kept verbatim so that a refusal reads as the server
 wrote it.
@@ -29,7 +29,11 @@ REQUEST_TIMEOUT = (10, 30)
 WATCH_CHUNK_SECONDS = 60
 
 
-class KubeError(Exception):
+class PluginError(Exception):
+    """Root of the plugin's own errors (it is a process of its own, beside the operator)."""
+
+
+class PluginApiError(PluginError):
     """An API call failed: ``kind`` says how, ``message`` is the server's own words."""
 
     def __init__(self, kind: ApiErrorKind, status: int | None, message: str) -> None:
@@ -37,7 +41,7 @@ class KubeError(Exception):
         self.kind, self.status, self.message = kind, status, message
 
 
-class ConfigError(Exception):
+class KubeconfigError(PluginError):
     """No usable kubeconfig (file, context) was found."""
 
 
@@ -55,7 +59,7 @@ def _server_message(e: ApiException) -> str:
 def _obj(x: object) -> dict[str, Any]:
     """A JSON object the client returned (it types them ``object``)."""
     if not isinstance(x, dict):
-        raise KubeError(ApiErrorKind.REJECTED, None, f"unexpected answer: {type(x).__name__}")
+        raise PluginApiError(ApiErrorKind.REJECTED, None, f"unexpected answer: {type(x).__name__}")
     return cast(dict[str, Any], x)
 
 
@@ -63,10 +67,10 @@ def _call(fn: Callable[[], object]) -> dict[str, Any]:
     try:
         return _obj(fn())
     except ApiException as e:
-        raise KubeError(classify(e.status, status_reason(e.body)), e.status,
+        raise PluginApiError(classify(e.status, status_reason(e.body)), e.status,
                         _server_message(e)) from e
     except (HTTPError, OSError) as e:  # below HTTP: no answer at all
-        raise KubeError(ApiErrorKind.UNAVAILABLE, None, f"API server unreachable: {e}") from e
+        raise PluginApiError(ApiErrorKind.UNAVAILABLE, None, f"API server unreachable: {e}") from e
 
 
 class Kube:
@@ -90,7 +94,7 @@ class Kube:
                 chosen = next((c for c in contexts if c["name"] == context), active)
                 namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
         except (ConfigException, OSError) as e:
-            raise ConfigError(f"kubeconfig: {e}") from e
+            raise KubeconfigError(f"kubeconfig: {e}") from e
         return cls(api, namespace)
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
@@ -148,13 +152,13 @@ class Kube:
                         return
             except ApiException as e:
                 if e.status != 410:
-                    raise KubeError(classify(e.status, status_reason(e.body)), e.status,
+                    raise PluginApiError(classify(e.status, status_reason(e.body)), e.status,
                                     _server_message(e)) from e
                 obj = self.get("vmresizes", name)   # expired: read afresh, watch from there
                 rv = obj["metadata"]["resourceVersion"]
                 yield "CURRENT", obj
             except (HTTPError, OSError) as e:
-                raise KubeError(ApiErrorKind.UNAVAILABLE, None,
+                raise PluginApiError(ApiErrorKind.UNAVAILABLE, None,
                                 f"API server unreachable: {e}") from e
             finally:
                 w.stop()  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from vmresize.api.apierrors import ApiErrorKind
 from vmresize.api.envsettings import SettingsError
 from vmresize.operator.cli import commands
 from vmresize.operator.cli.exitcodes import Exit, help_table
-from vmresize.operator.cli.kube import ConfigError, Kube, KubeError
+from vmresize.operator.cli.kube import Kube, KubeconfigError, PluginApiError
 from vmresize.operator.cli.output import Out
 
 Command = Callable[[Kube, Out, argparse.Namespace], Exit]
@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _code(e: KubeError) -> Exit:
+def _code(e: PluginApiError) -> Exit:
     return Exit.ERROR if e.kind is ApiErrorKind.UNAVAILABLE else Exit.REFUSED
 
 
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         kube = Kube.connect(getattr(args, "kubeconfig", None), getattr(args, "context", None),
                             getattr(args, "namespace", None))
         code: Exit = args.run(kube, out, args)
-    except (ConfigError, SettingsError) as e:
+    except (KubeconfigError, SettingsError) as e:
         out.error(str(e))
         return Exit.USAGE
-    except KubeError as e:
+    except PluginApiError as e:
         out.error(e.message)
         return _code(e)
     except KeyboardInterrupt:

@@ -1,0 +1,97 @@
+"""Records the executor keeps on disk next to an instance disk, so a resumed step knows
+what an earlier attempt did (all under the storage root, written atomically).
+
+* ``<disk>.poweroff``: who asked the VM to power off, and when (wall clock). It is tagged
+  with the resize (owner UID and transfer id): a marker an earlier resize left behind is
+  someone else's and is replaced, so it can never make a new power-off immediate and hard.
+* ``<disk>.verified``: the sha256 Finish verified before growing the disk. It stays while
+  the copy lives on this host (deleted with the disk), so a resumed Finish or one that finds
+  the domain already defined can tell the verified disk from any other.
+* ``<disk>.held.xml``: the source domain's own definition while a resize holds the source.
+  MigrateDisk moves it aside after the power-off (the domain is undefined, so nothing can
+  start the source by accident; the disk keeps its path and bytes), RestoreSource defines it
+  again exactly, Confirm deletes it with the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmresize.agent.paths import confine, open_nofollow
+
+POWEROFF_SUFFIX = ".poweroff"
+VERIFIED_SUFFIX = ".verified"
+HELD_SUFFIX = ".held.xml"
+ALL_SUFFIXES = (POWEROFF_SUFFIX, VERIFIED_SUFFIX, HELD_SUFFIX)
+
+
+def sidecar(root: Path, rel: str, suffix: str) -> Path:
+    """The marker file ``<rel><suffix>`` beside a disk, confined to the storage root."""
+    return confine(root, rel + suffix)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename (no symlinks)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> str | None:
+    """A marker's text, or None when there is none."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def remove(path: Path) -> None:
+    """Delete a marker; a missing one is already gone."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """Contents of a ``.poweroff`` marker."""
+
+    tag: str
+    requested_at: float
+
+    def text(self) -> str:
+        """The marker's file contents: ``<tag> <requested_at>``."""
+        return f"{self.tag} {self.requested_at:.6f}\n"
+
+    @classmethod
+    def parse(cls, text: str | None) -> PowerOff | None:
+        """None for a missing or malformed marker (an untagged one is never trusted)."""
+        parts = (text or "").split()
+        if len(parts) != 2:
+            return None
+        try:
+            return cls(parts[0], float(parts[1]))
+        except ValueError:
+            return None
+
+
+def power_off_since(path: Path, tag: str, now: float) -> float:
+    """When the power-off for ``tag`` was first requested; records ``now`` if it never was
+    (or only for another resize)."""
+    mine = PowerOff.parse(read(path))
+    if mine is not None and mine.tag == tag:
+        return mine.requested_at
+    write_atomic(path, PowerOff(tag, now).text())
+    return now
+
+
+def verified_is(path: Path, checksum: str) -> bool:
+    """Whether the ``.verified`` record says the disk was checked against ``checksum``."""
+    return (read(path) or "").strip() == checksum
