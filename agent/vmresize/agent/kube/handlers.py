@@ -125,9 +125,9 @@ def build_registry(runner: TaskRunner) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(str(e), delay=KUBE_RETRY_SECONDS) from e
             raise kopf.PermanentError(str(e)) from e
 
-    def unfinished(status: Any, **_: Any) -> bool:
+    def unfinished(status: kopf.Status, **_: Any) -> bool:
         """Skip finished tasks without an API call (the runner re-reads the rest)."""
-        return (status or {}).get("phase") not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED)
+        return status.get("phase") not in {TaskPhase.SUCCEEDED.value, TaskPhase.FAILED.value}
 
     resource = (GROUP, VERSION, HostTask.plural)
     kopf.on.create(*resource, labels=labels, when=unfinished, registry=registry,

@@ -18,18 +18,20 @@ from typing import Any
 import kopf
 
 from vmresize.operator.errors import ApiUnavailable
+from vmresize.operator.handlers.memo import shared_or_none
 from vmresize.operator.reconcile import hosts
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 5.0
 
 
-async def _watch(memo: Any) -> None:
+async def _watch(memo: kopf.Memo) -> None:
     while True:
         await asyncio.sleep(CHECK_SECONDS)
-        storage, settings = getattr(memo, "storage", None), getattr(memo, "settings", None)
-        if storage is None or settings is None:  # startup has not set them up yet
+        op = shared_or_none(memo)
+        if op is None:  # start-up has not stored the state yet
             continue
+        storage, settings = op.storage, op.settings
         window = float(settings.heartbeat_stale_seconds)
         try:
             marked = await asyncio.to_thread(hosts.mark_stale, storage, datetime.now(UTC),

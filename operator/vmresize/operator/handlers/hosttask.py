@@ -12,11 +12,13 @@ import kopf
 
 from vmresize.api.meta import GROUP, VERSION
 from vmresize.api.naming import OWNER_UID_LABEL
+from vmresize.operator.handlers.memo import shared_or_none
 
 
 @kopf.on.event(GROUP, VERSION, "hosttasks")
-def task_changed(labels: Any, memo: kopf.Memo, **_: Any) -> None:
+def task_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Wake the daemon of the task's owner (by its UID label) so it reads the task now."""
     owner = labels.get(OWNER_UID_LABEL)
-    if owner and hasattr(memo, "wakeups"):
-        memo.wakeups.wake(owner)
+    op = shared_or_none(memo)   # events may arrive before start-up stored the state
+    if owner and op is not None:
+        op.wakeups.wake(owner)

@@ -10,33 +10,35 @@ import kopf
 
 from vmresize.api.instance import InstancePhase
 from vmresize.api.meta import GROUP, VERSION
+from vmresize.operator.handlers.memo import shared
 from vmresize.operator.reconcile import driver, instances
 
 _BUILDING = {InstancePhase.PENDING.value, InstancePhase.BUILDING.value}
 
 
-def _unbuilt(status: Any, **_: Any) -> bool:
-    return (status or {}).get("phase", InstancePhase.PENDING.value) in _BUILDING
+def _unbuilt(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase", InstancePhase.PENDING.value) in _BUILDING
 
 
 @kopf.daemon(GROUP, VERSION, "instances", id="build", when=_unbuilt, cancellation_timeout=10)
-async def build(body: Any, uid: str, name: str, namespace: str | None, stopped: Any,
-                memo: Any, **_: Any) -> None:
+async def build(body: kopf.Body, uid: str, name: str, namespace: str | None,
+                stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
     """Daemon for an unbuilt Instance: runs the Instance reconcile until it is Active or Error."""
-    step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
-    await driver.run(body, uid, step, memo.wakeups, stopped, memo.settings.poll_seconds,
-                     memo.locks)
+    op = shared(memo)
+    step = partial(instances.reconcile, op.storage, op.settings, namespace or "", name)
+    await driver.run(body, uid, step, op.wakeups, stopped, op.settings.poll_seconds, op.locks)
 
 
 @kopf.on.delete(GROUP, VERSION, "instances", id="destroy")
-async def delete(body: Any, uid: str, name: str, namespace: str | None, memo: Any,
-                 **_: Any) -> None:
+async def delete(body: kopf.Body, uid: str, name: str, namespace: str | None,
+                 memo: kopf.Memo, **_: Any) -> None:
     """Before the finalizer goes: destroy the domain and disk and release the claim (kopf retries
     until that is done), then delete the Instance's HostTasks."""
-    step = partial(instances.reconcile, memo.storage, memo.settings, namespace or "", name)
-    out = await driver.step(memo.locks, uid, step)
+    op = shared(memo)
+    step = partial(instances.reconcile, op.storage, op.settings, namespace or "", name)
+    out = await driver.step(op.locks, uid, step)
     driver.post(body, out.events)
     if not out.done:
         raise kopf.TemporaryError("waiting for Destroy", delay=1)
-    await asyncio.to_thread(memo.storage.delete_tasks, memo.settings.namespace, uid)
-    memo.locks.forget(uid)
+    await asyncio.to_thread(op.storage.delete_tasks, op.settings.namespace, uid)
+    op.locks.forget(uid)

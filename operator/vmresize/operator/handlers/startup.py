@@ -14,6 +14,7 @@ import kopf
 
 from vmresize.api.envsettings import SettingsError
 from vmresize.operator import metrics
+from vmresize.operator.handlers.memo import Shared, put
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile.driver import Locks, Wakeups
 from vmresize.operator.settings import Settings
@@ -45,8 +46,5 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     except SettingsError as e:  # permanent: kopf stops instead of retrying the start-up
         raise kopf.PermanentError(str(e)) from None
     settings.peering.lifetime = conf.peering_lifetime_seconds
-    memo.settings = conf
-    memo.storage = Storage()
-    memo.wakeups = Wakeups()
-    memo.locks = Locks()
+    put(memo, Shared(settings=conf, storage=Storage(), wakeups=Wakeups(), locks=Locks()))
     metrics.serve(conf.metrics_port, conf.metrics_address)

@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import kopf
 
@@ -76,20 +75,20 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def post(body: Any, events: list[tuple[str, str, str]]) -> None:
+def post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
     """Post ``(type, reason, message)`` events on the object, messages cut to 1000 characters."""
     for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
-async def _step_and_post(body: Any, uid: str, reconcile: Reconcile, locks: Locks) -> Outcome:
+async def _step_and_post(body: kopf.Body, uid: str, reconcile: Reconcile, locks: Locks) -> Outcome:
     out = await step(locks, uid, reconcile)
     post(body, out.events)
     return out
 
 
-async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
-              stopped: Any, poll_seconds: float, locks: Locks) -> None:
+async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
+              stopped: kopf.DaemonStopped, poll_seconds: float, locks: Locks) -> None:
     """Step until done (or stopped), sleeping between steps until woken or polled."""
     wake = wakeups.event(uid)
     try:
@@ -121,7 +120,7 @@ async def run(body: Any, uid: str, reconcile: Reconcile, wakeups: Wakeups,
         wakeups.forget(uid)
 
 
-async def _sleep(wake: asyncio.Event, stopped: Any, seconds: float) -> None:
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
