@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from tests.support.agent_harness import AgentProcess, write_migration_key
 from tests.support.kube import kubectl, kubectl_json
+from tests.support.owners import create_owner
 from tests.support.polling import wait_for
 
 from vmresize.agent import disks
@@ -67,10 +68,12 @@ def ready_status(agent: AgentProcess, kubeconfig: Path) -> dict[str, Any]:
 
 def create_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
+    # The agents fence destructive steps on an owner whose status names the task.
+    owner, uid = create_owner(kubeconfig, namespace, str(spec.get("action")), name).split()
     body = {"apiVersion": API_VERSION, "kind": "HostTask",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {naming.HOST_LABEL: agent.name}},
-            "spec": {"host": agent.name, "owner": f"{namespace}/r",
+            "spec": {"host": agent.name, "owner": f"{namespace}/{owner}", "ownerUid": uid,
                      "instance": f"{namespace}/vm", **spec}}
     kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
     return name

@@ -225,9 +225,12 @@ class Stack:
         for name in self.agents:
             st = (kubectl_json(self.kubeconfig, "get", "hosts.vmresize.io", name) or {}).get(
                 "status", {})
-            out[name] = {k: (r.get("vcpus", 0), r.get("memoryMiB", 0), r.get("diskGiB", 0))
-                         for k, a in (st.get("allocations") or {}).items()
-                         if f"/{self.ns}/" in k for r in [a["resources"]]}
+            # Claims are keyed by the holder's UID; ``kind/consumer`` names it for people.
+            out[name] = {f"{a.get('kind')}/{a.get('consumer')}": (
+                r.get("vcpus", 0), r.get("memoryMiB", 0), r.get("diskGiB", 0))
+                for a in (st.get("allocations") or {}).values()
+                if str(a.get("consumer", "")).startswith(f"{self.ns}/")
+                for r in [a["resources"]]}
         return out
 
     def create_instance(self, name: str, flavor: str, seed: str) -> dict[str, Any]:

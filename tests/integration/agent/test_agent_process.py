@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from tests.support.agent_harness import AgentProcess, write_migration_key
 from tests.support.kube import kubectl, kubectl_json
+from tests.support.owners import create_owner
 from tests.support.polling import wait_for
 
 from vmresize.agent.transfer.keys import generate_key, public_openssh
@@ -67,31 +68,6 @@ def wait_ready(agent: AgentProcess, kubeconfig: Path, *, ready: bool = True) -> 
             return doc
         return None
     return wait_for(check, timeout=WAIT, what=f"Host {agent.name} ready={ready}")
-
-
-INSTANCE_ACTIONS = {TaskAction.SPAWN.value, TaskAction.ADOPT.value, TaskAction.DESTROY.value}
-
-
-def create_owner(kubeconfig: Path, namespace: str, action: str, task: str | None) -> str:
-    """A VMResize (resize steps) or Instance (Spawn, Adopt, Destroy) whose status names
-    ``task``, as the operator records it before creating the task; returns its UID."""
-    import json
-    if action in INSTANCE_ACTIONS:
-        kind, plural = "Instance", "instances.vmresize.io"
-        spec: dict[str, Any] = {"flavor": "small"}
-    else:
-        kind, plural = "VMResize", "vmresizes.vmresize.io"
-        spec = {"instanceName": "vm", "flavor": "big"}
-    name = f"o-{uuid.uuid4().hex[:8]}"
-    body = {"apiVersion": API_VERSION, "kind": kind,
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-    kubectl(kubeconfig, "create", "-f", "-", stdin=json.dumps(body))
-    if task is not None:
-        kubectl(kubeconfig, "-n", namespace, "patch", plural, name, "--subresource=status",
-                "--type=merge", "-p", json.dumps({"status": {"currentTask": task}}))
-    doc = kubectl_json(kubeconfig, "-n", namespace, "get", plural, name)
-    assert doc is not None
-    return f"{name} {doc['metadata']['uid']}"
 
 
 def create_task(kubeconfig: Path, namespace: str, host_label: str, spec: dict[str, Any],
