@@ -1,0 +1,308 @@
+"""A domain's own definition, read and changed as a resize needs (pure: no I/O, no libvirt).
+
+The source's definition travels with the VM (DESIGN.md invariant 9). This module owns what
+the agent reads from it and the one change it makes to it:
+
+* :func:`inventory`: every disk (target, type, device, source file, format from
+  ``<driver type>``, read-only, the ``<backingStore>`` chain if the XML carries one);
+* :func:`unmovable`: why a domain cannot move (passthrough, disks outside the storage root,
+  disk types it cannot copy, a disk without a recorded format): checked before power-off;
+* :func:`rewrite`: the destination's definition: vCPUs (``<vcpu>``, ``<cpu><topology>``,
+  NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
+  name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
+  metadata and UUID are kept (the topology and NUMA arithmetic is in :mod:`.topology`);
+* :func:`diff`: the set of changed paths between two definitions, so a test can say the
+  changed set is exactly the expected one.
+
+The input is libvirt's own output (``XMLDesc``), parsed with the standard library. Formats
+are never guessed: a file disk without ``<driver type>`` is refused by :func:`unmovable`.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.hypervisor import topology
+
+COPYABLE_FORMATS = frozenset({"raw", "qcow2"})
+"""Formats the agent copies, grows and passes to qemu-img with ``-f`` (never probed)."""
+MEDIA_DEVICES = frozenset({"cdrom", "floppy"})
+DISK_DEVICES = frozenset({"disk"}) | MEDIA_DEVICES
+KIB_PER_MIB = 1024
+
+
+@dataclass(frozen=True)
+class Backing:
+    """One layer below a disk, from ``<backingStore>``."""
+
+    type: str
+    source: str | None
+    format: str | None
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """One ``<disk>`` of the domain."""
+
+    target: str
+    device: str
+    type: str
+    source: str | None
+    """The file (``type='file'``); for other types a description of the source, or None."""
+    format: str | None
+    readonly: bool
+    backing: tuple[Backing, ...] = ()
+
+    @property
+    def is_media(self) -> bool:
+        """A CD-ROM or floppy: a read-only medium that may be empty."""
+        return self.device in MEDIA_DEVICES
+
+
+def parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)  # noqa: S314 - libvirt's own output, never a user's string
+    except ET.ParseError as e:
+        raise InvalidDomainConfig(f"domain definition is not XML: {e}") from e
+
+
+def _source_of(kind: str, el: ET.Element) -> str | None:
+    src = el.find("source")
+    if src is None:
+        return None
+    if kind == "file":
+        return src.get("file")
+    if kind == "block":
+        return src.get("dev")
+    if kind == "network":
+        return f"{src.get('protocol', '?')}:{src.get('name', '')}"
+    if kind == "volume":
+        return f"{src.get('pool', '?')}/{src.get('volume', '')}"
+    return src.get("file") or src.get("dev") or src.get("dir")
+
+
+def _format_of(el: ET.Element) -> str | None:
+    fmt = el.find("format")  # <backingStore><format type=.../>
+    drv = el.find("driver")
+    if drv is not None and drv.get("type"):
+        return drv.get("type")
+    return fmt.get("type") if fmt is not None else None
+
+
+def _chain(disk: ET.Element) -> tuple[Backing, ...]:
+    layers: list[Backing] = []
+    node = disk.find("backingStore")
+    while node is not None and node.get("type"):  # an empty <backingStore/> ends the chain
+        kind = node.get("type", "")
+        layers.append(Backing(kind, _source_of(kind, node), _format_of(node)))
+        node = node.find("backingStore")
+    return tuple(layers)
+
+
+def inventory(xml: str | ET.Element) -> list[DiskInfo]:
+    """Every ``<disk>`` of the domain, in definition order."""
+    root = parse(xml) if isinstance(xml, str) else xml
+    out = []
+    for d in root.iterfind("devices/disk"):
+        kind = d.get("type", "file")
+        target = d.find("target")
+        out.append(DiskInfo(
+            target=target.get("dev", "?") if target is not None else "?",
+            device=d.get("device", "disk"), type=kind, source=_source_of(kind, d),
+            format=_format_of(d), readonly=d.find("readonly") is not None,
+            backing=_chain(d)))
+    return out
+
+
+def nvram(xml: str | ET.Element) -> str | None:
+    """The per-VM firmware variables file (``<os><nvram>``), which moves with the VM."""
+    root = parse(xml) if isinstance(xml, str) else xml
+    text = (root.findtext("os/nvram") or "").strip()
+    return text or None
+
+
+def under(root: str, path: str) -> bool:
+    """Whether the absolute ``path`` lies strictly inside ``root``, lexically (the
+    executor still resolves every path it opens with ``paths.confine``)."""
+    if not path.startswith("/"):
+        return False
+    base = posixpath.normpath(root)
+    return posixpath.normpath(path).startswith(base.rstrip("/") + "/")
+
+
+def _file_reasons(what: str, path: str | None, fmt: str | None, root: str,
+                  *, media: bool) -> list[str]:
+    if path is None:
+        return []
+    if not under(root, path):
+        if media:
+            return [f"{what} ({path}) is a read-only medium outside the storage root {root}: "
+                    "eject it or place it under the root before resizing"]
+        return [f"{what} ({path}) is outside the storage root {root}"]
+    if not fmt:
+        return [f"{what} ({path}) has no format in the definition (<driver type>); "
+                "formats are never probed"]
+    if fmt not in COPYABLE_FORMATS:
+        return [f"{what} ({path}) has format {fmt!r}; only {sorted(COPYABLE_FORMATS)} move"]
+    return []
+
+
+def unmovable(xml: str | ET.Element, root: str) -> list[str]:
+    """Reasons the domain cannot be moved by copying its files (empty: it can)."""
+    dom = parse(xml) if isinstance(xml, str) else xml
+    reasons: list[str] = []
+    for hd in dom.iterfind("devices/hostdev"):
+        addr = hd.find("source/address")
+        where = " ".join(f"{k}={v}" for k, v in sorted((addr.attrib if addr is not None
+                                                         else {}).items()))
+        reasons.append(f"host device passed through (<hostdev type={hd.get('type')!r}> "
+                       f"{where}".rstrip() + ")")
+    for nic in dom.iterfind("devices/interface"):
+        if nic.get("type") in ("hostdev", "vdpa"):
+            mac = nic.find("mac")
+            reasons.append(f"NIC {mac.get('address') if mac is not None else '?'} is a "
+                           f"passed-through host device (type={nic.get('type')!r})")
+    for fs in dom.iterfind("devices/filesystem"):
+        reasons.append(f"host directory shared into the guest (<filesystem> "
+                       f"{_source_of(fs.get('type', 'mount'), fs)})")
+    for disk in inventory(dom):
+        what = f"disk {disk.target}"
+        if disk.device not in DISK_DEVICES:
+            reasons.append(f"{what} is a {disk.device!r} device (passthrough), not a copyable "
+                           "disk")
+        elif disk.type != "file":
+            reasons.append(f"{what} is a {disk.type!r} disk ({disk.source}); only file-backed "
+                           "disks can be copied")
+        else:
+            reasons += _file_reasons(what, disk.source, disk.format, root,
+                                     media=disk.is_media)
+        for depth, layer in enumerate(disk.backing, 1):
+            lwhat = f"backing file {depth} of disk {disk.target}"
+            if layer.type != "file":
+                reasons.append(f"{lwhat} is a {layer.type!r} source ({layer.source})")
+            else:
+                reasons += _file_reasons(lwhat, layer.source, layer.format, root, media=False)
+    path = nvram(dom)
+    if path is not None and not under(root, path):
+        reasons.append(f"firmware variables (NVRAM {path}) are outside the storage root {root}")
+    return reasons
+
+
+def _set_path(el: ET.Element, attr: str | None, paths: Mapping[str, str],
+              required: bool, what: str) -> None:
+    old = el.get(attr) if attr else (el.text or "").strip()
+    if not old:
+        return
+    if old not in paths:
+        if required:
+            raise InvalidDomainConfig(f"no destination path for {what} ({old})")
+        return
+    if attr:
+        el.set(attr, paths[old])
+    else:
+        el.text = paths[old]
+
+
+def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, str],
+            name: str | None = None) -> str:
+    """The destination's definition (see the module docstring).
+
+    ``disk_paths`` maps every file the domain's own storage is made of (disk and backing
+    sources, CD-ROM images, NVRAM) to its destination path; any of them missing is an error.
+    Other host file paths (serial and console logs) are mapped when present in it, kept
+    otherwise. Raises :class:`InvalidDomainConfig` for what cannot be honoured.
+    """
+    namespaces = _namespaces(xml)
+    dom = parse(xml)
+    if name is not None:
+        el = dom.find("name")
+        if el is None:
+            raise InvalidDomainConfig("definition has no <name>")
+        el.text = name
+    topology.set_vcpus(dom, vcpus)
+    topology.set_memory(dom, memory_mib * KIB_PER_MIB)
+    for disk in dom.iterfind("devices/disk"):
+        if disk.get("type", "file") != "file":
+            continue
+        tgt = disk.find("target")
+        dev = tgt.get("dev", "?") if tgt is not None else "?"
+        src = disk.find("source")
+        if src is not None:
+            _set_path(src, "file", disk_paths, True, f"disk {dev}")
+        node = disk.find("backingStore")
+        while node is not None:
+            bsrc = node.find("source")
+            if node.get("type") == "file" and bsrc is not None:
+                _set_path(bsrc, "file", disk_paths, True, f"backing file of {dev}")
+            node = node.find("backingStore")
+    nv = dom.find("os/nvram")
+    if nv is not None:
+        _set_path(nv, None, disk_paths, True, "NVRAM")
+    for device in dom.iterfind("devices/*"):
+        if device.tag == "disk":
+            continue
+        for child in (device.find("source"), device.find("log")):
+            if child is not None:
+                for attr in ("path", "file"):
+                    _set_path(child, attr, disk_paths, False, device.tag)
+    for prefix, uri in namespaces.items():
+        ET.register_namespace(prefix, uri)  # metadata keeps its own prefixes (nova:, …)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def _namespaces(xml: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    events = ET.iterparse(io.StringIO(xml), events=("start-ns",))  # noqa: S314 - as parse()
+    for _event, (prefix, uri) in events:
+        if prefix:
+            found[prefix] = uri
+    return found
+
+
+# --- comparison -----------------------------------------------------------------------------
+
+def _key(el: ET.Element) -> str | None:
+    """A stable identity for repeated devices: a disk by target, a NIC by MAC."""
+    if el.tag == "disk":
+        t = el.find("target")
+        return t.get("dev") if t is not None else None
+    if el.tag == "interface":
+        m = el.find("mac")
+        return m.get("address") if m is not None else None
+    return None
+
+
+def _flatten(el: ET.Element, path: str, out: dict[str, str]) -> None:
+    out[path or "."] = (el.text or "").strip()
+    for k, v in el.attrib.items():
+        out[f"{path}@{k}"] = v
+    counts = Counter(c.tag for c in el)
+    index: Counter[str] = Counter()
+    for child in el:
+        key = _key(child)
+        label = child.tag
+        if key is not None:
+            label = f"{child.tag}[{key}]"
+        elif counts[child.tag] > 1:
+            label = f"{child.tag}[{index[child.tag]}]"
+        index[child.tag] += 1
+        _flatten(child, f"{path}/{label}" if path else label, out)
+
+
+def flatten(xml: str) -> dict[str, str]:
+    """Every element's text and attribute by path (``devices/disk[vda]/source@file``)."""
+    out: dict[str, str] = {}
+    _flatten(parse(xml), "", out)
+    return out
+
+
+def diff(before: str, after: str) -> set[str]:
+    """Paths whose value differs, or that exist on one side only."""
+    a, b = flatten(before), flatten(after)
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
