@@ -16,6 +16,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from vmresize.api.meta import Model, PrinterColumn, Resource, age_column
+from vmresize.api.nics import Interface
+from vmresize.api.vmdisks import VMDisk
 
 
 class TaskAction(StrEnum):
@@ -113,6 +115,12 @@ class HostTaskSpec(Model):
     """Prepare/MigrateDisk: the id under which the destination accepts the incoming disk."""
     power_off_timeout_seconds: int = Field(default=30, ge=0, le=3600)
     """MigrateDisk: how long to wait for a graceful shutdown before forcing it."""
+    disks: list[VMDisk] = Field(default_factory=list, max_length=64)
+    """Every file of the VM this step acts on (disks, media, backing files, NVRAM, the
+    definition), each with its format, size bound and transfer id. Empty: the single
+    ``diskPath``/``transferId`` of older operators."""
+    interfaces: list[Interface] = Field(default_factory=list, max_length=16)
+    """Spawn: the NICs to define, MACs filled in."""
 
 
 class TaskProgress(Model):
@@ -147,6 +155,14 @@ class TaskResult(Model):
     """Spawn/Adopt/Finish: virtual size of the disk, GiB."""
     power_state: str | None = None
     """Power state after the step."""
+    disks: list[VMDisk] = Field(default_factory=list)
+    """Spawn/Adopt/Finish: the VM's files on this host; MigrateDisk: each file sent, with
+    its sha256."""
+    shared_storage: bool | None = None
+    """MigrateDisk: the destination's marker was visible here, so nothing crossed the
+    network (files were copied within the shared filesystem)."""
+    unmovable: list[str] = Field(default_factory=list)
+    """MigrateDisk/Adopt: why this VM cannot move (refused before any power-off)."""
 
 
 class HostTaskStatus(Model):

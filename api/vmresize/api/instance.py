@@ -22,6 +22,8 @@ from vmresize.api.meta import (
     age_column,
     immutable,
 )
+from vmresize.api.nics import MAX_INTERFACES, SOURCE_RULE, Interface
+from vmresize.api.vmdisks import VMDisk
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -83,6 +85,8 @@ class InstanceSpec(Model):
     adopt: AdoptSource | None = None
     """Adopt an existing domain on ``host`` instead of creating one: an admin's act (the
     chart's admission policy); a domain another Instance owns is refused. Immutable."""
+    interfaces: list[Interface] = Field(default_factory=list, max_length=MAX_INTERFACES)
+    """NICs of a new VM (ignored when adopting: an adopted domain keeps its own)."""
 
 
 class InstanceStatus(Model):
@@ -106,6 +110,10 @@ class InstanceStatus(Model):
     """Root disk, relative to the host's storage root."""
     power_state: PowerState = PowerState.UNKNOWN
     """Last known power state."""
+    interfaces: list[Interface] = Field(default_factory=list)
+    """The NICs as defined, generated MACs included (kept across resizes)."""
+    disks: list[VMDisk] = Field(default_factory=list)
+    """Every file the VM is made of on ``host`` (what a resize moves and Confirm deletes)."""
     active_resize: str | None = None
     """Name of the VMResize that holds this instance (for people; the lock is the UID)."""
     active_resize_uid: str | None = None
@@ -135,6 +143,7 @@ class Instance(Resource):
         immutable("adopt"),
         {"rule": "!has(self.adopt) || has(self.host)",
          "message": "spec.adopt needs spec.host: the host whose domain is adopted"},
+        SOURCE_RULE,
     ]
     printer_columns: ClassVar[list[PrinterColumn]] = [
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
