@@ -1,4 +1,9 @@
-"""qcow2 disk files of instances: create, copy from a base image, grow, inspect, seed.
+"""Disk files of instances: create, copy from a base image, grow, inspect, seed, re-link.
+
+The format of a disk is always given (it comes from the domain XML) and passed to
+``qemu-img`` with ``-f``/``-F``: a format is never probed, since a guest can write a qcow2
+header into a raw disk (whose "backing file" could then name any host file). A backing
+chain is read only where every layer records its backing format.
 
 Every path is relative to the storage root and goes through
 :func:`vmresize.agent.paths.confine`; every tool runs as an argv list (no shell). New
@@ -53,12 +58,22 @@ def _commit(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def info(root: Path, rel: str) -> DiskInfo:
-    """Virtual and allocated size and format of a disk."""
+FORMATS = ("raw", "qcow2")
+
+
+def _fmt(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise DiskError(f"unsupported disk format {fmt!r}")
+    return fmt
+
+
+def info(root: Path, rel: str, fmt: str = "qcow2") -> DiskInfo:
+    """Virtual and allocated size of a disk read as ``fmt``."""
     path = confine(root, rel)
     if not path.is_file():
         raise DiskError(f"no disk at {rel}")
-    doc = json.loads(_run(["qemu-img", "info", "--output=json", "-U", str(path)]))
+    doc = json.loads(_run(["qemu-img", "info", "--output=json", "-U", "-f", _fmt(fmt),
+                           str(path)]))
     return DiskInfo(int(doc["virtual-size"]), int(doc.get("actual-size", 0)),
                     str(doc.get("format", "")))
 
@@ -101,32 +116,83 @@ def create_from_base(root: Path, rel: str, base_rel: str, size_gib: int) -> Path
     tmp = _tmp_sibling(final)
     _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(base), str(tmp)])
     tmp_rel = str(tmp.relative_to(root.resolve()))
-    if info(root, tmp_rel).virtual_size < size_gib * GIB:
+    if info(root, tmp_rel, "qcow2").virtual_size < size_gib * GIB:
         _run(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), str(size_gib * GIB)])
     _commit(tmp, final)
     return final
 
 
-def grow(root: Path, rel: str, size_gib: int) -> int:
+def grow(root: Path, rel: str, size_gib: int, fmt: str = "qcow2") -> int:
     """Grow the disk to ``size_gib`` (never shrinks); return the resulting virtual size.
 
     Fails on a disk QEMU holds open (``qemu-img`` takes a write lock): grow before start.
     """
     path = confine(root, rel)
-    current = info(root, rel).virtual_size
+    current = info(root, rel, fmt).virtual_size
     target = size_gib * GIB
     if current >= target:
         return current
-    _run(["qemu-img", "resize", "-q", "-f", "qcow2", str(path), str(target)])
+    _run(["qemu-img", "resize", "-q", "-f", _fmt(fmt), str(path), str(target)])
     return target
 
 
-def read_head(root: Path, rel: str, length: int = SEED_BLOCK) -> bytes:
+def backing_chain(root: Path, rel: str, fmt: str) -> list[tuple[Path, str]]:
+    """The files below ``rel`` (nearest first) with their formats, as recorded in each
+    layer's header; a layer whose backing format is not recorded is refused (reading it
+    would mean probing). Every layer must lie under the root."""
+    path = confine(root, rel)
+    if fmt == "raw":
+        return []  # a raw file has no header to name a backing file
+    doc = json.loads(_run(["qemu-img", "info", "--output=json", "-U", "--backing-chain",
+                           "-f", _fmt(fmt), str(path)]))
+    chain: list[tuple[Path, str]] = []
+    real_root = root.resolve()
+    for layer in doc:
+        below = layer.get("full-backing-filename") or layer.get("backing-filename")
+        if not below:
+            break
+        below_fmt = layer.get("backing-filename-format")
+        if not below_fmt:
+            raise DiskError(f"{layer.get('filename')} names backing file {below} without "
+                            "its format; formats are never probed")
+        below_path = Path(below)
+        if not below_path.is_absolute():
+            below_path = Path(str(layer.get("filename"))).parent / below_path
+        if not below_path.resolve().is_relative_to(real_root):
+            raise DiskError(f"backing file {below} is outside the storage root")
+        chain.append((confine(root, str(below_path.resolve().relative_to(real_root))),
+                      _fmt(str(below_fmt))))
+    return chain
+
+
+def rebase(root: Path, rel: str, fmt: str, backing_rel: str, backing_fmt: str) -> None:
+    """Point ``rel`` at ``backing_rel`` (same data, moved: ``-u`` only rewrites the header;
+    the path is written relative to the overlay, as both live in one directory tree)."""
+    path = confine(root, rel)
+    below = confine(root, backing_rel)
+    _run(["qemu-img", "rebase", "-q", "-u", "-f", _fmt(fmt), "-F", _fmt(backing_fmt),
+          "-b", os.path.relpath(below, path.parent), str(path)])
+
+
+def copy_local(root: Path, src_rel: str, dst_rel: str) -> Path:
+    """Copy a file within the storage root (shared storage: no network), sparse, via a
+    temporary name; a no-op if the target exists (resumed)."""
+    src, final = confine(root, src_rel), confine(root, dst_rel)
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    _run(["cp", "--sparse=always", "--reflink=auto", "--", str(src), str(tmp)])
+    _commit(tmp, final)
+    return final
+
+
+def read_head(root: Path, rel: str, length: int = SEED_BLOCK, fmt: str = "qcow2") -> bytes:
     """The first ``length`` bytes of the disk's *guest-visible* data (for checks and demos)."""
     path = confine(root, rel)
     with tempfile.TemporaryDirectory() as tmpdir:
         out = Path(tmpdir) / "head.raw"
-        _run(["qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512",
+        _run(["qemu-img", "dd", "-U", "-f", _fmt(fmt), "-O", "raw", "bs=512",
               f"count={max(1, -(-length // 512))}", f"if={path}", f"of={out}"])
         return out.read_bytes()[:length]
 
