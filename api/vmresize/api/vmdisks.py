@@ -57,8 +57,8 @@ class VMDisk(Model):
     """Image format, from the domain XML; passed to qemu-img and QEMU, never probed."""
     target: str | None = Field(default=None, max_length=32)
     """Guest device (``vda``) for disks and media."""
-    backing_of: str | None = None
-    """Backing files: the path of the file directly above this one."""
+    backing: str | None = None
+    """qcow2 overlays: the path of the file directly below (itself in the list)."""
     size_bytes: int = Field(default=0, ge=0)
     """Apparent size (an upper bound while the VM may still write)."""
     peer_path: str | None = None
@@ -67,6 +67,9 @@ class VMDisk(Model):
     """Prepare/MigrateDisk/Finish: the id the destination receives this file under."""
     checksum: str | None = None
     """sha256: reported by MigrateDisk, required by Finish before anything starts."""
+    source_path: str | None = Field(default=None, max_length=4096)
+    """MigrateDisk result, Finish: the file's absolute path in the source's definition,
+    which the destination's definition replaces with its own."""
 
 
 def bound(disk: VMDisk) -> int:
@@ -100,14 +103,14 @@ def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str
 
 
 def arrived(files: Sequence[VMDisk]) -> list[VMDisk]:
-    """The destination's view of moved files: ``path`` (and ``backing_of``) are where
-    each landed."""
+    """The destination's view of moved files: ``path`` (and ``backing``) are where each
+    landed."""
     moved = {f.path: f.peer_path for f in files}
     out = []
     for f in files:
         if f.peer_path is None:
             raise ValueError(f"{f.path} has no destination path")
-        above = moved.get(f.backing_of) if f.backing_of else None
+        below = moved.get(f.backing) if f.backing else None
         out.append(f.model_copy(update={"path": f.peer_path, "peer_path": None,
-                                        "backing_of": above}))
+                                        "backing": below}))
     return out

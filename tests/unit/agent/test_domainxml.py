@@ -14,7 +14,7 @@ import pytest
 
 from vmresize.agent.errors import InvalidDomainConfig
 from vmresize.agent.hypervisor import domainxml as dx
-from vmresize.agent.hypervisor import topology
+from vmresize.agent.hypervisor import topology, vmfiles
 
 ROOT = "/var/lib/vmresize"
 OLD = f"{ROOT}/instances/ns/web-1/6f1c2a1e"
@@ -256,3 +256,45 @@ def test_libvirt_takes_the_rewrite_and_gives_back_only_the_changes() -> None:
         dest.undefine()
     finally:
         conn.close()
+
+
+def test_files_lists_disks_media_backing_and_nvram_relative_to_the_root() -> None:
+    got = vmfiles.files(FULL, ROOT)
+    rel = OLD.removeprefix(ROOT + "/")
+    assert [(f.path, f.role.value, f.format, f.target, f.backing) for f in got] == [
+        (f"{rel}/disk.qcow2", "Disk", "qcow2", "vda", "images/debian-12.raw"),
+        (f"{rel}/data.raw", "Disk", "raw", "vdb", None),
+        (f"{rel}/disk.eph0", "Disk", "qcow2", "vdc", None),
+        (f"{rel}/disk.config", "Media", "raw", "sda", None),
+        ("images/debian-12.raw", "Backing", "raw", None, None),
+        (f"{rel}/nvram.fd", "NVRAM", "raw", None, None)]
+    assert got[0].source_path == f"{OLD}/disk.qcow2"
+
+
+def test_files_reads_the_chain_from_headers_when_the_xml_has_none() -> None:
+    xml = FULL.replace(
+        "<backingStore type='file'>\n        <format type='raw'/>\n        <source file='"
+        f"{ROOT}/images/debian-12.raw'/>\n        <backingStore/>\n      </backingStore>", "")
+    assert dx.inventory(xml)[0].backing == ()
+    seen = []
+
+    def chain(path: str, fmt: str) -> list[tuple[str, str]]:
+        seen.append((path, fmt))
+        return [(f"{OLD}/mid.qcow2", "qcow2"), (f"{ROOT}/images/base.raw", "raw")]
+
+    got = vmfiles.files(xml, ROOT, chain)
+    assert seen == [(f"{OLD}/disk.qcow2", "qcow2"), (f"{OLD}/disk.eph0", "qcow2")]
+    rel = OLD.removeprefix(ROOT + "/")
+    by_path = {f.path: f for f in got}
+    assert by_path[f"{rel}/disk.qcow2"].backing == f"{rel}/mid.qcow2"
+    assert by_path[f"{rel}/mid.qcow2"].backing == "images/base.raw"
+    assert [f.path for f in got].count("images/base.raw") == 1  # shared base listed once
+
+
+def test_path_map_feeds_the_rewrite() -> None:
+    moved = [f.model_copy(update={"path": f"instances/x/{i}"})
+             for i, f in enumerate(vmfiles.files(FULL, ROOT))]
+    mapping = vmfiles.path_map(moved, "/srv/dest-root")
+    after = dx.rewrite(FULL, vcpus=2, memory_mib=2048, disk_paths=mapping)
+    assert dx.inventory(after)[1].source == "/srv/dest-root/instances/x/1"
+    assert dx.nvram(after) == "/srv/dest-root/instances/x/5"

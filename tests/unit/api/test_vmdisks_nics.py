@@ -18,9 +18,9 @@ GIB = 1024**3
 
 def files() -> list[VMDisk]:
     return [
-        VMDisk(path=f"{SRC}/disk.qcow2", format="qcow2", target="vda", size_bytes=GIB),
-        VMDisk(path="images/base.raw", role=DiskRole.BACKING, size_bytes=2 * GIB,
-               backing_of=f"{SRC}/disk.qcow2"),
+        VMDisk(path=f"{SRC}/disk.qcow2", format="qcow2", target="vda", size_bytes=GIB,
+               backing="images/base.raw"),
+        VMDisk(path="images/base.raw", role=DiskRole.BACKING, size_bytes=2 * GIB),
         VMDisk(path=f"{SRC}/data/disk.qcow2", format="qcow2", target="vdb", size_bytes=GIB),
         VMDisk(path=f"{SRC}/disk.config", role=DiskRole.MEDIA, target="sda", size_bytes=65536),
     ]
@@ -35,7 +35,7 @@ def test_destination_keeps_names_makes_them_unique_and_adds_the_definition() -> 
     assert out[-1].role is DiskRole.DEFINITION
     landed = vmdisks.arrived(out)
     assert [f.path for f in landed] == [f.peer_path for f in out]
-    assert landed[1].backing_of == f"{DST}/disk.qcow2"  # the chain is re-linked at the dest
+    assert landed[0].backing == f"{DST}/base.raw"  # the chain is re-linked at the dest
     assert all(f.peer_path is None for f in landed)
 
 
