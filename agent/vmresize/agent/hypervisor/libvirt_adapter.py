@@ -5,8 +5,10 @@ can help is decided from the libvirt error code, as KubeVirt's wrapper does: a d
 connection or an operation refused in the current state is retryable, a bad definition
 or a missing domain is not. Domain XML is built here from a :class:`DomainSpec`: TCG
 (``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, one
-qcow2 disk, no network, no graphics (the embedded driver refuses ``<graphics type='none'>``),
-and the serial console to a log file.
+qcow2 disk, the spec's NICs (user-mode, a libvirt network or a bridge, each with its MAC
+and model), no graphics (the embedded driver refuses ``<graphics type='none'>``), and the
+serial console to a log file. A resized VM is not built here: it is defined from its
+source's own definition (``domainxml.rewrite``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vmresize.agent.errors import (
 )
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, HostCapacity, PowerState
+from vmresize.api.nics import Interface, NicType
 
 T = TypeVar("T")
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -95,6 +98,7 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
                   "<target port='0'/></serial>")
     machine = " machine='q35'" if domain_type == "qemu" else ""
     kib = spec.memory_mib * 1024
+    nics = "".join(interface_xml(i) for i in spec.interfaces)
     return (
         f"<domain type={quoteattr(domain_type)}>"
         f"<name>{_esc(spec.name)}</name>"
@@ -105,8 +109,20 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
         "<devices>"
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file={quoteattr(str(spec.disk))}/><target dev='vda' bus='virtio'/></disk>"
-        f"{serial}</devices></domain>"
+        f"{nics}{serial}</devices></domain>"
     )
+
+
+def interface_xml(nic: Interface) -> str:
+    """One ``<interface>``; a NIC without a MAC gets one from libvirt (callers fill it in)."""
+    source = ""
+    if nic.type is NicType.NETWORK:
+        source = f"<source network={quoteattr(nic.source or '')}/>"
+    elif nic.type is NicType.BRIDGE:
+        source = f"<source bridge={quoteattr(nic.source or '')}/>"
+    mac = f"<mac address={quoteattr(nic.mac)}/>" if nic.mac else ""
+    return (f"<interface type={quoteattr(nic.type.value)}>{mac}{source}"
+            f"<model type={quoteattr(nic.model)}/></interface>")
 
 
 def _esc(text: str) -> str:
@@ -269,6 +285,19 @@ class LibvirtHypervisor:
             if disk.get("device", "disk") == "disk" and src is not None and src.get("file"):
                 return Path(src.get("file") or "")
         return None
+
+    def export(self, name: str) -> str:
+        """Inactive | secure | migratable XML of the persistent definition."""
+        dom = self._dom(name)
+        flags = (libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+                 | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        xml: str = self._call(f"export {name}", lambda: dom.XMLDesc(flags))
+        return xml
+
+    def define_xml(self, xml: str) -> None:
+        """``defineXML`` of a whole definition (same UUID: a redefinition)."""
+        with self._lock:
+            self._call("define", lambda: self._conn.defineXML(xml))
 
     def owner(self, name: str) -> str | None:
         """The ``uid`` of our ``<metadata>`` element in the persistent definition, if any."""

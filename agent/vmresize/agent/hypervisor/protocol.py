@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from vmresize.api.nics import Interface
+
 
 class PowerState(StrEnum):
     """Coarse power state of a domain, as reported in task results."""
@@ -37,13 +39,15 @@ class DomainSize:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Everything needed to define a VM: name, size and its one disk (absolute path)."""
+    """Everything needed to define a new VM: name, size, its one disk (absolute path) and
+    its NICs (MACs filled in)."""
 
     name: str
     vcpus: int
     memory_mib: int
     disk: Path
     serial_log: Path | None = None
+    interfaces: tuple[Interface, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,15 @@ class Hypervisor(Protocol):
 
     def disk_path(self, name: str) -> Path | None:
         """Absolute path of the domain's first file-backed disk, if any."""
+        ...
+
+    def export(self, name: str) -> str:
+        """The persistent definition as it travels to another host: inactive, with secure
+        parts, migratable (libvirt's defaults a destination adds back are left out)."""
+        ...
+
+    def define_xml(self, xml: str) -> None:
+        """Define (or redefine) a domain from a whole definition; it stays shut off."""
         ...
 
     def owner(self, name: str) -> str | None:
