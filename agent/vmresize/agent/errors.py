@@ -35,6 +35,7 @@ Tree (``retryable`` default in brackets)::
     │   └── KubeRejected                any other 4xx                           [no]
     └── StepError                       a HostTask step failed (executor.py)    [no]
         ├── TaskRefused                 not for this host / missing fields      [no]
+        ├── Unmovable                   the VM has what cannot be copied        [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
         ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
         └── Fenced                      the owner no longer names this task     [no]
@@ -179,6 +180,12 @@ class StepError(AgentError):
 
 class TaskRefused(StepError):  # noqa: N818 - the name says what happened
     """The task is not for this host, or is missing what its action needs."""
+
+
+class Unmovable(StepError):  # noqa: N818 - reads as the condition it names
+    """The VM has something that cannot be copied to another host (passthrough, a disk
+    outside the storage root, a disk type or format it cannot copy); refused before any
+    power-off, nothing was done."""
 
 
 class CopyChecksumMismatch(StepError):  # noqa: N818

@@ -127,6 +127,20 @@ def nvram(xml: str | ET.Element) -> str | None:
     return text or None
 
 
+def host_files(xml: str | ET.Element) -> list[str]:
+    """Host files the domain writes besides its storage: serial, console and channel logs."""
+    root = parse(xml) if isinstance(xml, str) else xml
+    out = []
+    for device in root.iterfind("devices/*"):
+        if device.tag in ("serial", "console", "channel", "parallel"):
+            src, log = device.find("source"), device.find("log")
+            if device.get("type") == "file" and src is not None and src.get("path"):
+                out.append(src.get("path", ""))
+            if log is not None and log.get("file"):
+                out.append(log.get("file", ""))
+    return out
+
+
 def under(root: str, path: str) -> bool:
     """Whether the absolute ``path`` lies strictly inside ``root``, lexically (the
     executor still resolves every path it opens with ``paths.confine``)."""

@@ -1,0 +1,195 @@
+"""Moving a whole VM: every file it is made of, and its own definition (invariant 9).
+
+The executor's resize steps call these; each works on the :class:`VMDisk` lists of a
+HostTask and is idempotent, so a resumed step redoes only what is missing.
+
+* Source, before power-off: :func:`capture` reads the domain's migratable definition,
+  refuses what cannot move (:class:`Unmovable`, the VM untouched), lists its files and
+  checks them against the task's list (a disk attached since would otherwise stay behind).
+  The definition is written next to the root disk and travels like a disk.
+* Source, after power-off: :func:`send` copies each file, over the migration service or,
+  when the destination's marker is visible here (shared storage, :mod:`sharedstore`),
+  within the filesystem; every file is checksummed.
+* Destination: :func:`verify` (each sha256 before anything changes), :func:`relink`
+  (``qemu-img rebase -u`` of each overlay onto its moved backing file), :func:`definition`
+  (the source's XML with only vCPUs, memory, file paths and the name changed).
+* Both: :func:`delete` removes the VM's files on this host, and nothing else: a backing
+  file outside the instance's directory (a shared base image) is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmresize.agent import disks
+from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused, Unmovable
+from vmresize.agent.hypervisor import domainxml, vmfiles
+from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.paths import confine
+from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.api.hosttask import PeerHost
+from vmresize.api.vmdisks import DEFINITION_BOUND, DiskRole, VMDisk
+
+DEFINITION_SUFFIX = ".domain.xml"
+"""The captured definition, next to the source's root disk."""
+VERIFIED_SUFFIX = ".verified-all"
+"""Next to the destination's root disk: the digest of the list Finish verified."""
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A source domain ready to move: its definition and the files to send."""
+
+    xml: str
+    files: list[VMDisk]
+
+
+def _root_disk(files: Sequence[VMDisk]) -> VMDisk:
+    for f in files:
+        if f.role is DiskRole.DISK:
+            return f
+    raise TaskRefused("the domain has no file-backed disk")
+
+
+def _chain(root: Path) -> vmfiles.ChainFn:
+    """Backing chains read from the headers under ``root`` (recorded formats only)."""
+    real = str(root)
+
+    def read(path: str, fmt: str) -> list[tuple[str, str]]:
+        rel = vmfiles.relative(real, path)
+        return [(str(p), f) for p, f in disks.backing_chain(root, rel, fmt)]
+    return read
+
+
+def capture(hv: Hypervisor, name: str, root: Path, wanted: Sequence[VMDisk]) -> Captured:
+    """Source, before power-off (blocking: run it in a thread). ``wanted`` is the task's
+    list (``peer_path`` and ``transfer_id`` set); an empty one takes every file as is."""
+    xml = hv.export(name)
+    reasons = domainxml.unmovable(xml, str(root))
+    if reasons:
+        raise Unmovable(f"{name} cannot move: " + "; ".join(reasons))
+    found = vmfiles.files(xml, str(root), _chain(root))
+    defn_rel = _root_disk(found).path + DEFINITION_SUFFIX
+    if not wanted:
+        return Captured(xml, found)
+    by_path = {w.path: w for w in wanted if w.role is not DiskRole.DEFINITION}
+    have = {f.path for f in found}
+    if have != set(by_path):
+        raise TaskRefused(f"the files of {name} changed since they were recorded: new "
+                          f"{sorted(have - set(by_path))}, gone {sorted(set(by_path) - have)}")
+    files = [f.model_copy(update={"peer_path": by_path[f.path].peer_path,
+                                  "transfer_id": by_path[f.path].transfer_id}) for f in found]
+    for w in wanted:
+        if w.role is DiskRole.DEFINITION:
+            files.append(w.model_copy(update={"path": defn_rel}))
+    path = confine(root, defn_rel)
+    if not path.exists() or path.read_text() != xml:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(xml)
+        tmp.replace(path)
+    return Captured(xml, files)
+
+
+async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
+               shared: bool, progress: ProgressFn | None = None) -> list[VMDisk]:
+    """Source, powered off: copy every file; return them with checksum and size."""
+    out = []
+    for f in files:
+        if not f.peer_path or not f.transfer_id:
+            raise TaskRefused(f"{f.path} has no destination path or transfer id")
+        src = confine(root, f.path)
+        if shared:
+            dst = await asyncio.to_thread(disks.copy_local, root, f.path, f.peer_path)
+            checksum = await asyncio.to_thread(sha256_file, dst)
+            source = await asyncio.to_thread(sha256_file, src)
+            if checksum != source:
+                raise CopyChecksumMismatch(f"local copy of {f.path} differs", retryable=True)
+            size = dst.stat().st_size
+        else:
+            sent = await transfer.send(src=src, peer=peer, transfer_id=f.transfer_id,
+                                       progress=progress)
+            checksum, size = sent.checksum, sent.size_bytes
+        out.append(f.model_copy(update={"checksum": checksum, "size_bytes": size,
+                                        "source_path": f.source_path}))
+    return out
+
+
+def _digest(files: Sequence[VMDisk]) -> str:
+    lines = "".join(f"{f.path} {f.checksum}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verified(root: Path, files: Sequence[VMDisk]) -> bool:
+    """Whether this very list was verified (and re-linked) by an earlier attempt."""
+    mark = confine(root, _root_disk(files).path + VERIFIED_SUFFIX)
+    return mark.exists() and mark.read_text().strip() == _digest(files)
+
+
+async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer) -> None:
+    """Destination: each file arrived whole with the source's sha256 (invariant 2)."""
+    for f in files:
+        if not f.checksum:
+            raise TaskRefused(f"no expected checksum for {f.path}")
+        path = confine(root, f.path)
+        state = transfer.received(f.transfer_id) if f.transfer_id else None
+        if not path.is_file():
+            why = "is not completely received yet" if state is not None else "is missing"
+            raise StepError(f"{f.path} {why}", retryable=True)
+        actual = await asyncio.to_thread(sha256_file, path)
+        if actual != f.checksum:
+            raise CopyChecksumMismatch(f"{f.path} has sha256 {actual}, expected "
+                                       f"{f.checksum}; refusing to start it")
+
+
+def relink(root: Path, files: Sequence[VMDisk]) -> None:
+    """Destination: point each overlay at its moved backing file, then record the list."""
+    fmt = {f.path: f.format for f in files}
+    for f in files:
+        if f.backing:
+            if f.backing not in fmt:
+                raise TaskRefused(f"backing file {f.backing} of {f.path} did not move")
+            disks.rebase(root, f.path, f.format, f.backing, fmt[f.backing])
+    mark = confine(root, _root_disk(files).path + VERIFIED_SUFFIX)
+    mark.write_text(_digest(files) + "\n")
+
+
+def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: int,
+               name: str) -> str:
+    """Destination: the source's definition, rewritten for this host."""
+    defn = [f for f in files if f.role is DiskRole.DEFINITION]
+    if len(defn) != 1:
+        raise TaskRefused("exactly one definition file must arrive with the disks")
+    path = confine(root, defn[0].path)
+    if path.stat().st_size > DEFINITION_BOUND:
+        raise TaskRefused(f"{defn[0].path} is larger than {DEFINITION_BOUND} bytes")
+    xml = path.read_text()
+    moved = [f for f in files if f.role is not DiskRole.DEFINITION]
+    mapping = vmfiles.path_map(moved, str(root))
+    old_dir = posixpath.dirname(_root_disk(moved).source_path or "")
+    new_dir = posixpath.dirname(mapping.get(_root_disk(moved).source_path or "", ""))
+    for log in domainxml.host_files(xml):  # serial/console logs follow the instance dir
+        if old_dir and posixpath.dirname(log) == old_dir:
+            mapping.setdefault(log, posixpath.join(new_dir, posixpath.basename(log)))
+    return domainxml.rewrite(xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=mapping,
+                             name=name)
+
+
+def delete(root: Path, files: Sequence[VMDisk], extra_suffixes: Sequence[str] = ()) -> None:
+    """Remove the VM's files here: everything in its own directory, backing files only
+    there (a base image elsewhere is shared with other VMs and stays)."""
+    own = posixpath.dirname(_root_disk(files).path) + "/" if any(
+        f.role is DiskRole.DISK for f in files) else None
+    for f in files:
+        if f.role is DiskRole.BACKING and (own is None or not f.path.startswith(own)):
+            continue
+        for suffix in (*extra_suffixes, DEFINITION_SUFFIX, VERIFIED_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                confine(root, f.path + suffix).unlink()
+        disks.remove(root, f.path)
