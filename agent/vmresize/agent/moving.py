@@ -70,15 +70,37 @@ def _chain(root: Path) -> vmfiles.ChainFn:
 
 def capture(hv: Hypervisor, name: str, root: Path, wanted: Sequence[VMDisk]) -> Captured:
     """Source, before power-off (blocking: run it in a thread). ``wanted`` is the task's
-    list (``peer_path`` and ``transfer_id`` set); an empty one takes every file as is."""
+    list (``peer_path`` and ``transfer_id`` set); an empty one takes every file as is.
+    The definition is written next to the root disk, where :func:`recapture` finds it."""
     xml = hv.export(name)
     reasons = domainxml.unmovable(xml, str(root))
     if reasons:
         raise Unmovable(f"{name} cannot move: " + "; ".join(reasons))
+    captured = _match(xml, root, wanted, name)
+    if wanted:
+        path = confine(root, _root_disk(captured.files).path + DEFINITION_SUFFIX)
+        if not path.exists() or path.read_text() != xml:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(xml)
+            tmp.replace(path)
+    return captured
+
+
+def recapture(root: Path, wanted: Sequence[VMDisk]) -> Captured:
+    """Source, resumed after the domain was set aside: the same, from the written XML."""
+    disk = _root_disk([w for w in wanted if w.role is not DiskRole.DEFINITION])
+    path = confine(root, disk.path + DEFINITION_SUFFIX)
+    if not path.is_file():
+        raise TaskRefused(f"the domain is gone and no definition was captured at "
+                          f"{disk.path + DEFINITION_SUFFIX}")
+    return _match(path.read_text(), root, wanted, "the domain")
+
+
+def _match(xml: str, root: Path, wanted: Sequence[VMDisk], name: str) -> Captured:
     found = vmfiles.files(xml, str(root), _chain(root))
-    defn_rel = _root_disk(found).path + DEFINITION_SUFFIX
     if not wanted:
         return Captured(xml, found)
+    defn_rel = _root_disk(found).path + DEFINITION_SUFFIX
     by_path = {w.path: w for w in wanted if w.role is not DiskRole.DEFINITION}
     have = {f.path for f in found}
     if have != set(by_path):
@@ -86,14 +108,8 @@ def capture(hv: Hypervisor, name: str, root: Path, wanted: Sequence[VMDisk]) -> 
                           f"{sorted(have - set(by_path))}, gone {sorted(set(by_path) - have)}")
     files = [f.model_copy(update={"peer_path": by_path[f.path].peer_path,
                                   "transfer_id": by_path[f.path].transfer_id}) for f in found]
-    for w in wanted:
-        if w.role is DiskRole.DEFINITION:
-            files.append(w.model_copy(update={"path": defn_rel}))
-    path = confine(root, defn_rel)
-    if not path.exists() or path.read_text() != xml:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(xml)
-        tmp.replace(path)
+    files += [w.model_copy(update={"path": defn_rel}) for w in wanted
+              if w.role is DiskRole.DEFINITION]
     return Captured(xml, files)
 
 

@@ -1,0 +1,148 @@
+"""The resize steps for a task that lists a VM's files (``HostTask.spec.disks``).
+
+The executor keeps what every step shares (fencing, power-off, holding the source, the
+bounded libvirt calls, the result); this module does the per-file work of each step with
+:mod:`moving`, so the executor stays one readable page. A task without a list is the
+single-disk path of older operators and never comes here.
+
+* Adopt: :func:`adopted` lists the files (with sizes) or says why the VM cannot move.
+* Prepare: :func:`prepare` checks space for all of them, accepts each under its transfer
+  id, and writes the shared-storage marker.
+* MigrateDisk: :func:`capture` before the power-off (refusing what cannot move), then
+  :func:`send` after it.
+* Finish: :func:`arrive` verifies and re-links once, grows the root disk, and returns the
+  definition to define.
+* Confirm, CleanupDest, Destroy: :func:`delete`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
+
+from vmresize.agent import disks, moving, sharedstore
+from vmresize.agent.errors import InsufficientSpace, TaskRefused, TransferRefused, Unmovable
+from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.paths import confine
+from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor
+from vmresize.api.vmdisks import DiskRole, VMDisk, bound
+
+TRANSFER_SUFFIXES = (".partial", ".xfer")
+
+
+def root_disk(files: Sequence[VMDisk]) -> VMDisk:
+    """The first guest disk of the list (the one a flavor's disk size is about)."""
+    for f in files:
+        if f.role is DiskRole.DISK:
+            return f
+    raise TaskRefused("the task lists no disk")
+
+
+def _marker_id(spec: HostTaskSpec) -> str:
+    if not spec.transfer_id:
+        raise TaskRefused(f"{spec.action.value} needs spec.transferId")
+    return spec.transfer_id
+
+
+def adopted(hv: Hypervisor, root: Path, name: str) -> tuple[list[VMDisk], str | None]:
+    """(files with sizes, None), or ([], why it cannot move) (blocking: run in a thread)."""
+    try:
+        files = moving.capture(hv, name, root, []).files
+    except Unmovable as e:
+        return [], str(e)
+    return [f.model_copy(update={"size_bytes": confine(root, f.path).stat().st_size})
+            for f in files], None
+
+
+def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0
+            ) -> tuple[list[VMDisk], int]:
+    """Destination: accept every file (idempotent). Returns the list and the bytes needed.
+    ``promised``: what transfers already in flight here may still write."""
+    files = spec.disks
+    dest_dir = posixpath.dirname(root_disk(files).path)
+    todo, need = [], 0
+    for f in files:
+        if not f.transfer_id:
+            raise TaskRefused(f"{f.path} has no transfer id")
+        known = transfer.received(f.transfer_id) is not None
+        if not known and confine(root, f.path).exists():
+            continue  # received, verified and its bookkeeping dropped: a resumed Prepare
+        todo.append(f)
+        need += 0 if known else bound(f)
+    target = confine(root, dest_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    st = os.statvfs(target)
+    free = st.f_bavail * st.f_frsize
+    if free - promised < need:
+        raise InsufficientSpace(f"{free} bytes free where the VM lands, {promised} of them "
+                                f"promised to transfers in flight; {need} needed")
+    for f in todo:
+        try:
+            transfer.expect(f.transfer_id or "", f.path, bound(f))
+        except TransferRefused as e:
+            raise TaskRefused(f"cannot accept {f.path}: {e}") from e
+    sharedstore.mark(root, dest_dir, _marker_id(spec))
+    return list(files), need
+
+
+def capture(hv: Hypervisor, root: Path, spec: HostTaskSpec, *, defined: bool
+            ) -> tuple[list[VMDisk], bool]:
+    """Source, before any power-off (blocking): the files to send, and whether the
+    destination shares our storage. ``defined``: the domain is still defined (else a
+    resumed step reads the definition it wrote next to the root disk)."""
+    name = spec.domain_name or ""
+    if defined:
+        files = moving.capture(hv, name, root, spec.disks).files
+    else:
+        files = moving.recapture(root, spec.disks).files
+    dest = root_disk(files).peer_path
+    if not dest:
+        raise TaskRefused(f"no destination path for {root_disk(files).path}")
+    return files, sharedstore.visible(root, posixpath.dirname(dest), _marker_id(spec))
+
+
+async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
+               shared: bool, progress: ProgressFn | None) -> list[VMDisk]:
+    """Source, powered off: every file, checksummed."""
+    return await moving.send(root, files, transfer=transfer, peer=peer, shared=shared,
+                             progress=progress)
+
+
+async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: TaskFlavor
+                 ) -> str:
+    """Destination: verify every file (once), re-link chains, grow the root disk; return
+    the definition for this host."""
+    files = spec.disks
+    if not moving.verified(root, files):
+        await moving.verify(root, files, transfer)
+        await asyncio.to_thread(moving.relink, root, files)
+    rd = root_disk(files)
+    await asyncio.to_thread(disks.grow, root, rd.path, flavor.disk_gib, rd.format)
+    return moving.definition(root, files, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
+                             name=spec.domain_name or "")
+
+
+def settle(root: Path, transfer: Transfer, spec: HostTaskSpec) -> None:
+    """Destination, once the VM runs: drop the transfers' bookkeeping and the marker."""
+    for f in spec.disks:
+        if f.transfer_id:
+            transfer.forget(f.transfer_id)
+    if spec.transfer_id:
+        sharedstore.clear(root, posixpath.dirname(root_disk(spec.disks).path),
+                          spec.transfer_id)
+
+
+def delete(root: Path, transfer: Transfer, spec: HostTaskSpec,
+           sidecars: Sequence[str] = ()) -> None:
+    """Confirm/CleanupDest/Destroy: the VM's own files here, and nothing else."""
+    files = spec.disks
+    for f in files:
+        if f.transfer_id:
+            transfer.forget(f.transfer_id)
+    if spec.transfer_id and any(f.role is DiskRole.DISK for f in files):
+        sharedstore.clear(root, posixpath.dirname(root_disk(files).path), spec.transfer_id)
+    moving.delete(root, files, (*sidecars, *TRANSFER_SUFFIXES))
