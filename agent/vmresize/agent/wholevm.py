@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vmresize.agent import disks, moving, sharedstore
 from vmresize.agent.errors import InsufficientSpace, TaskRefused, TransferRefused, Unmovable
+from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
@@ -48,14 +49,18 @@ def _marker_id(spec: HostTaskSpec) -> str:
     return spec.transfer_id
 
 
-def adopted(hv: Hypervisor, root: Path, name: str) -> tuple[list[VMDisk], str | None]:
-    """(files with sizes, None), or ([], why it cannot move) (blocking: run in a thread)."""
+def adopted(hv: Hypervisor, root: Path, name: str
+            ) -> tuple[list[VMDisk], str | None, str]:
+    """(files with sizes, None, root disk format), or ([], why it cannot move, format)
+    (blocking: run it in a thread)."""
     try:
         files = moving.capture(hv, name, root, []).files
     except Unmovable as e:
-        return [], str(e)
+        first = [d for d in domainxml.inventory(hv.export(name))
+                 if d.device == "disk" and d.type == "file"]
+        return [], str(e), (first[0].format or "raw") if first else "raw"
     return [f.model_copy(update={"size_bytes": confine(root, f.path).stat().st_size})
-            for f in files], None
+            for f in files], None, root_disk(files).format
 
 
 def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0

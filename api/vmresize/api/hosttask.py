@@ -155,13 +155,13 @@ class TaskResult(Model):
     """Spawn/Adopt/Finish: virtual size of the disk, GiB."""
     power_state: str | None = None
     """Power state after the step."""
-    disks: list[VMDisk] = Field(default_factory=list)
+    disks: list[VMDisk] | None = None
     """Spawn/Adopt/Finish: the VM's files on this host; MigrateDisk: each file sent, with
     its sha256."""
     shared_storage: bool | None = None
     """MigrateDisk: the destination's marker was visible here, so nothing crossed the
     network (files were copied within the shared filesystem)."""
-    unmovable: list[str] = Field(default_factory=list)
+    unmovable: list[str] | None = None
     """MigrateDisk/Adopt: why this VM cannot move (refused before any power-off)."""
 
 

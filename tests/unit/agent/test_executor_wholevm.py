@@ -1,0 +1,134 @@
+"""The executor moves a whole adopted VM when its tasks list the files (``spec.disks``).
+
+Plays the operator with the pure mappings it uses (``vmdisks.destination``/``arrived``):
+Adopt on ``a``, Prepare on ``b``, MigrateDisk on ``a``, Finish on ``b``, then Confirm or
+CleanupDest. libvirt ``test:///default``, real ``qemu-img``, the same-process transfer fake.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.unit.agent.test_executor import LocalNetwork
+from tests.unit.agent.test_moving import DEST_DIR, FIXTURE, OLD_ROOT, build_source, sha
+
+from vmresize.agent.errors import StepError
+from vmresize.agent.executor import Executor
+from vmresize.agent.hypervisor import domainxml
+from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.hypervisor.protocol import PowerState
+from vmresize.api import vmdisks
+from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction, TaskFlavor
+from vmresize.api.vmdisks import DiskRole
+
+A = TaskAction
+PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused by the fake")
+BIG = TaskFlavor(vcpus=4, memory_mib=4096, disk_gib=1)
+
+
+def spec(host: str, action: TaskAction, **kw: object) -> HostTaskSpec:
+    return HostTaskSpec.model_validate({"host": host, "action": action, "owner": "ns/r",
+                                        "instance": "ns/web-1", **kw})
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Executor, Executor, str]]:
+    hv = LibvirtHypervisor("test:///default")
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    build_source(a, tmp_path)
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    xml = FIXTURE.replace(OLD_ROOT, str(a.resolve())).replace(
+        "<domain type='kvm'>", "<domain type='test'>").replace(
+        "<name>web-1</name>", f"<name>{name}</name>").replace(
+        "6f1c2a1e-9a57-4c4b-9d1f-2f0c6f3b9e11", str(uuid.uuid4()))
+    hv.define_xml(xml)
+    hv.start(name)
+    net = LocalNetwork()
+    ex = [Executor(host=h, hypervisor=hv, storage_root=r,
+                   transfer=net.endpoint(h, r.resolve())) for h, r in (("a", a), ("b", b))]
+    yield ex[0], ex[1], name
+    for n in (name, name + "-resize"):
+        if hv.exists(n):
+            hv.destroy(n)
+            hv.undefine(n)
+    hv.close()
+
+
+async def test_an_adopted_vm_moves_whole_then_is_confirmed_or_reverted(
+        setup: tuple[Executor, Executor, str]) -> None:
+    a, b, name = setup
+    adopted = (await a.run(spec("a", A.ADOPT, domain_name=name))).result
+    assert adopted.unmovable is None
+    files = adopted.disks or []
+    assert [f.role for f in files] == [DiskRole.DISK] * 3 + [DiskRole.MEDIA, DiskRole.BACKING,
+                                                            DiskRole.NVRAM]
+    root_rel = files[0].path
+    wanted = vmdisks.destination(files, DEST_DIR, "t1")
+    await b.run(spec("b", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1",
+                     disk_path=f"{DEST_DIR}/disk.qcow2"))
+    before = {f.path: sha(a.root / f.path) for f in files}
+    captured_xml = a.hv.export(name)
+
+    moved = (await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=root_rel,
+                              peer=PEER, transfer_id="t1", disks=wanted,
+                              power_off_timeout_seconds=0))).result
+    assert a.hv.state(name) == PowerState.SHUTOFF
+    assert moved.shared_storage is False
+    sent = moved.disks or []
+    assert {f.path: f.checksum for f in sent if f.role is not DiskRole.DEFINITION} == before
+    assert moved.checksum == before[root_rel]
+
+    a.hv.undefine(name)  # one test driver plays both hosts: the UUID may be defined once
+    landed = vmdisks.arrived(sent)
+    fin = (await b.run(spec("b", A.FINISH, domain_name=name + "-resize", flavor=BIG,
+                            transfer_id="t1", disks=landed,
+                            disk_path=f"{DEST_DIR}/disk.qcow2"))).result
+    assert (fin.vcpus, fin.memory_mib, fin.power_state) == (4, 4096, "Running")
+    changed = domainxml.diff(captured_xml, b.hv.export(name + "-resize"))
+    assert changed == {
+        "name", "vcpu", "memory", "currentMemory", "cpu/topology@sockets",
+        "devices/disk[vda]/source@file", "devices/disk[vdb]/source@file",
+        "devices/disk[vdc]/source@file", "devices/disk[sda]/source@file", "os/nvram",
+        "devices/disk[vda]/backingStore/source@file",
+        "devices/serial/source@path", "devices/console/source@path"}
+    assert all(f.name in {"disk.qcow2", "data.raw", "disk.eph0", "disk.config",
+                          "debian-12.raw", "nvram.fd", "domain.xml", "disk.qcow2.verified-all"}
+               for f in (b.root / DEST_DIR).iterdir())
+
+    # Revert: the destination's copy goes entirely.
+    await b.run(spec("b", A.CLEANUP_DEST, domain_name=name + "-resize", transfer_id="t1",
+                     disks=vmdisks.arrived(wanted)))
+    assert [p for p in b.root.rglob("*") if p.is_file()] == []
+    assert {f.path: sha(a.root / f.path) for f in files} == before  # the source untouched
+
+    # Confirm (of the same copy, for the test): every file of the old copy goes, the
+    # shared base image in images/ stays.
+    await a.run(spec("a", A.CONFIRM, domain_name=name, disks=files, disk_path=root_rel))
+    assert sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if p.is_file()) == [
+        "images/debian-12.raw"]
+
+
+async def test_a_vm_with_a_passthrough_device_is_refused_while_it_runs(
+        setup: tuple[Executor, Executor, str]) -> None:
+    a, _, name = setup
+    files = (await a.run(spec("a", A.ADOPT, domain_name=name))).result.disks or []
+    xml = a.hv.export(name).replace(
+        "</devices>", "<hostdev mode='subsystem' type='pci' managed='yes'><source><address "
+        "domain='0x0000' bus='0x3b' slot='0x00' function='0x1'/></source></hostdev></devices>")
+    a.hv.define_xml(xml)  # persistent config only; the running domain is not touched
+    again = (await a.run(spec("a", A.ADOPT, domain_name=name))).result
+    assert again.unmovable == [f"{name} cannot move: host device passed through "
+                               "(<hostdev type='pci'> bus=0x3b domain=0x0000 function=0x1 "
+                               "slot=0x00)"]
+    for disks in (vmdisks.destination(files, DEST_DIR, "t1"), []):
+        with pytest.raises(StepError, match="host device passed through") as err:
+            await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                             peer=PEER, transfer_id="t1", disks=disks,
+                             power_off_timeout_seconds=0))
+        assert not err.value.retryable
+        assert a.hv.state(name) == PowerState.RUNNING
+    assert not (a.root / (files[0].path + ".poweroff")).exists()
