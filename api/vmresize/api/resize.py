@@ -23,6 +23,7 @@ from vmresize.api.meta import (
     age_column,
     immutable,
 )
+from vmresize.api.vmdisks import VMDisk
 
 
 class ResizePhase(StrEnum):
@@ -182,6 +183,8 @@ class VMResizeStatus(Model):
     """When each phase was entered."""
     downtime_seconds: float | None = None
     """How long the VM was powered off for the move."""
+    source_disks: list[VMDisk] | None = None
+    """Every file MigrateDisk sent (where it goes, its sha256); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)
     """Hosts that passed every filter, best first."""
     alternates: list[str] = Field(default_factory=list)

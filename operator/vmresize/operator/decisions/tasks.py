@@ -7,13 +7,16 @@ tasks and let the operator map a task event back to its owner.
 
 from __future__ import annotations
 
-from vmresize.api import naming
+import posixpath
+
+from vmresize.api import naming, nics, vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
 from vmresize.api.instance import Instance
 from vmresize.api.naming import parse_task_name
 from vmresize.api.resize import VMResize
+from vmresize.api.vmdisks import VMDisk
 from vmresize.operator.errors import NotReady
 
 A = TaskAction
@@ -61,6 +64,9 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
                         owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
     transfer = resize.uid
+    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks)
+    if files:
+        spec = spec.model_copy(update={"disks": files})
     if action is A.PREPARE:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,
@@ -88,6 +94,23 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     return envelope(namespace, resize.uid, spec, attempt)
 
 
+def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, transfer: str,
+           sent: list[VMDisk] | None) -> list[VMDisk]:
+    """The VM's files as each step needs them (none: the single-disk tasks of before)."""
+    if not source or not dest_disk:
+        return []
+    if action in (A.CONFIRM, A.DESTROY):
+        return list(source)
+    moved = vmdisks.destination(source, posixpath.dirname(dest_disk), transfer)
+    if action is A.MIGRATE_DISK:
+        return moved
+    if action is A.FINISH:
+        return vmdisks.arrived(sent) if sent else []
+    if action in (A.PREPARE, A.CLEANUP_DEST):
+        return vmdisks.arrived(moved)
+    return []
+
+
 def instance_task(action: TaskAction, host: str, *, namespace: str, inst: Instance,
                   flavor: FlavorSpec | None) -> HostTask:
     """Spawn, Adopt or Destroy for an Instance."""
@@ -100,11 +123,13 @@ def instance_task(action: TaskAction, host: str, *, namespace: str, inst: Instan
             "domain_name": naming.domain_name(inst.namespace, inst.name),
             "disk_path": naming.disk_path(inst.namespace, inst.name, inst.uid),
             "flavor": task_flavor(flavor), "base_image": inst.spec.image.base_image,
-            "seed_pattern": inst.spec.image.seed_pattern})
+            "seed_pattern": inst.spec.image.seed_pattern,
+            "interfaces": nics.with_macs(inst.spec.interfaces, inst.uid)})
     elif action is A.ADOPT:
         assert inst.spec.adopt is not None
         spec = spec.model_copy(update={"domain_name": inst.spec.adopt.domain_name})
     elif action is A.DESTROY:
         spec = spec.model_copy(update={"domain_name": ist.domain_name if ist else None,
-                                       "disk_path": ist.disk_path if ist else None})
+                                       "disk_path": ist.disk_path if ist else None,
+                                       "disks": ist.disks if ist else []})
     return envelope(namespace, inst.uid, spec, 0)

@@ -179,7 +179,8 @@ def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
 def migrated(s: State, o: Observation, now: datetime) -> Step:
     """The disk is copied and the source is off: record checksum and downtime and create Finish on
     the destination."""
-    up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds}
+    up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
+                          "source_disks": list(o.disks) or None}
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)

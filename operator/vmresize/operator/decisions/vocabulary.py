@@ -15,6 +15,7 @@ from typing import Any, Literal
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
+from vmresize.api.vmdisks import VMDisk
 
 
 class Kind(StrEnum):
@@ -50,6 +51,7 @@ class Observation:
     checksum: str | None = None
     downtime_seconds: float | None = None
     retryable: bool = True
+    disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its sha256
 
 
 @dataclass(frozen=True)

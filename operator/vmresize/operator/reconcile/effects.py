@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from vmresize.api import vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.instance import InstanceStatus
 from vmresize.api.resize import Effect, VMResize, VMResizeStatus
@@ -87,8 +88,9 @@ def instance_change(e: Effect, st: VMResizeStatus, f: FlavorSpec | None,
         if e.unlock:
             upd.update(active_resize=None, active_resize_uid=None)
         if e.placement == "dest":
+            moved = vmdisks.arrived(st.source_disks) if st.source_disks else []
             upd.update(host=st.dest_host, flavor=st.new_flavor, domain_name=st.dest_domain_name,
-                       disk_path=st.dest_disk_path,
+                       disk_path=moved[0].path if moved else st.dest_disk_path, disks=moved,
                        message=e.message or f"Resized by {s.active_resize}")
             if f is not None:
                 upd.update(vcpus=f.vcpus, memory_mib=f.memory_mib,

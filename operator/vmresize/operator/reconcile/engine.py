@@ -113,6 +113,7 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus) -> O
         p = ts.progress
         return Observation(Kind.TASK_SUCCEEDED, checksum=ts.result.checksum,
                            downtime_seconds=ts.result.downtime_seconds,
+                           disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
                            if p.bytes_total else None)
     return Observation(Kind.TASK_FAILED, message=ts.message or "failed", retryable=ts.retryable)

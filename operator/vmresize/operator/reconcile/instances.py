@@ -198,6 +198,8 @@ def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
         "disk_gib": res.disk_gib or (f.disk_gib if f else None),
         "domain_name": res.domain_name or task.spec.domain_name,
         "disk_path": res.disk_path or task.spec.disk_path,
+        "disks": res.disks or [],
+        "interfaces": task.spec.interfaces,
         "power_state": PowerState(res.power_state) if res.power_state in set(PowerState)
         else PowerState.RUNNING,
         "message": f"{action} on {st.host} done"}
