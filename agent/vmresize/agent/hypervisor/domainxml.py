@@ -66,6 +66,7 @@ class DiskInfo:
 
 
 def parse(xml: str) -> ET.Element:
+    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`."""
     try:
         return ET.fromstring(xml)  # noqa: S314 - libvirt's own output, never a user's string
     except ET.ParseError as e:

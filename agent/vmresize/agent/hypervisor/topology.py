@@ -45,6 +45,7 @@ def _int(el: ET.Element, attr: str, default: int = 1) -> int:
 
 
 def cpu_list(first: int, count: int) -> str:
+    """libvirt's cpuset text for ``count`` vCPUs from ``first`` (``"2"``, ``"2-3"``)."""
     return str(first) if count == 1 else f"{first}-{first + count - 1}"
 
 

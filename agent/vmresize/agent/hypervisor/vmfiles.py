@@ -25,6 +25,7 @@ ChainFn = Callable[[str, str], Sequence[tuple[str, str]]]
 
 
 def relative(root: str, path: str) -> str:
+    """``path`` relative to ``root``; a path outside it is an :class:`InvalidDomainConfig`."""
     if not domainxml.under(root, path):
         raise InvalidDomainConfig(f"{path} is outside the storage root {root}")
     return posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root))
