@@ -109,6 +109,12 @@ def test_resize_then_confirm(stack: Stack) -> None:
     assert virtual_size(dst_disk) == BIG[2] * GIB
     assert running_flavor(s, dst, dst_dom) == BIG[:2]
     dst_pid = qemu_pid(s.agents[dst], dst_dom)
+    # The whole VM moved: its NIC (the MAC generated once at Spawn) and each file, checked.
+    mac = inst["interfaces"][0]["mac"]
+    assert f'"mac":"{mac}"' in Path(f"/proc/{dst_pid}/cmdline").read_bytes().decode()
+    assert [(f["role"], f["path"] == inst["diskPath"]) for f in st["sourceDisks"]] == [
+        ("Disk", True), ("Definition", False)]
+    assert st["sourceDisks"][0]["checksum"] == st["sourceChecksum"]
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
     # As in Nova, both copies are claimed until the user decides.
     assert held(s, "Instance", "vm-confirm") == {st["sourceHost"]: SMALL}
@@ -127,6 +133,10 @@ def test_resize_then_confirm(stack: Stack) -> None:
     assert (now["phase"], now["host"], now["flavor"]) == ("Active", dst, s.flavor("big"))
     assert (now["vcpus"], now["memoryMiB"], now["diskGiB"]) == BIG
     assert (now["domainName"], now["diskPath"]) == (dst_dom, st["destDiskPath"])
+    assert [f["path"] for f in now["disks"]] == [st["destDiskPath"],
+                                                 str(Path(st["destDiskPath"]).parent
+                                                     / "domain.xml")]
+    assert now["interfaces"] == inst["interfaces"]
     assert held(s, "Instance", "vm-confirm") == {dst: BIG}
     assert held(s, "VMResize", "grow") == {}
 

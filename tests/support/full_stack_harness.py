@@ -236,7 +236,8 @@ class Stack:
     def create_instance(self, name: str, flavor: str, seed: str) -> dict[str, Any]:
         self.apply({"apiVersion": API_VERSION, "kind": "Instance",
                     "metadata": {"name": name, "namespace": self.ns},
-                    "spec": {"flavor": self.flavor(flavor), "image": {"seedPattern": seed}}})
+                    "spec": {"flavor": self.flavor(flavor), "image": {"seedPattern": seed},
+                             "interfaces": [{"type": "user"}]}})
         return self.wait_status("instances", name, "Active", bad=("Error",))
 
     def resize(self, name: str, instance: str, flavor: str | None) -> dict[str, Any]:
