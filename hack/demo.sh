@@ -123,6 +123,21 @@ show_disk() {
     awk '{printf "  instance runs with %s vCPU, %s MiB RAM, %s GiB disk\n", $1, $2, $3}'
 }
 
+# The instance's NIC: the MAC recorded in its status (generated once at Spawn) and the one
+# the QEMU process running it on its current host was given.
+show_nic() {
+  local host dom mac pid
+  host=$(kubectl get instance web-1 -o jsonpath='{.status.host}')
+  dom=$(kubectl get instance web-1 -o jsonpath='{.status.domainName}')
+  mac=$(kubectl get instance web-1 -o jsonpath='{.status.interfaces[0].mac}')
+  pid=$(cat "$work/$host/libvirt/run/qemu/$dom.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "\"mac\":\"$mac\""; then
+    printf '  NIC %s (user-mode, virtio): QEMU on %s runs it with that MAC\n' "$mac" "$host"
+  else
+    printf '  NIC %s: NOT found on the QEMU process on %s\n' "$mac" "$host"
+  fi
+}
+
 # Every copy of an instance disk on the three hosts, as the agents left them.
 copies() {
   local h d
@@ -155,6 +170,7 @@ run kubectl wait instance/web-1 --for=jsonpath='{.status.phase}'=Active --timeou
 run kubectl get flavors
 run kubectl get instance web-1 -o wide
 show_disk
+show_nic
 
 bold "resize web-1 to m1.small"
 run cat examples/resize.yaml
@@ -167,6 +183,7 @@ run kubectl patch vmresize web-1-resize --type merge -p '{"spec":{"confirm":true
 watch_resize web-1-resize Confirmed
 run kubectl get instance web-1 -o wide
 show_disk
+show_nic
 echo "  after confirm, only the new copy is left:"
 copies
 
@@ -187,6 +204,7 @@ run kubectl patch vmresize web-1-grow --type merge -p '{"spec":{"revert":true}}'
 watch_resize web-1-grow Reverted
 run kubectl get instance web-1 -o wide
 show_disk
+show_nic
 copies
 run kubectl get vmresize -o wide
 run kubectl get hosttasks -n "$NS"

@@ -86,10 +86,13 @@ def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str
     """``files`` (source paths) with ``peer_path`` and ``transfer_id`` set for a move into
     ``dest_dir``, plus the definition (its ``path`` is a placeholder: the source agent
     writes the captured XML next to the root disk). Names are kept where unique
-    (``disk.qcow2``), else prefixed with their position."""
+    (``disk.qcow2``), else prefixed with their position. A definition file in ``files``
+    (left by an earlier move, so deleted with the rest) does not move."""
     taken: set[str] = {DEFINITION_FILE}
     out: list[VMDisk] = []
     for i, f in enumerate(files):
+        if f.role is DiskRole.DEFINITION:
+            continue  # the one an earlier move left here; the source sends a fresh one
         name = posixpath.basename(f.path)
         if name in taken or not name or name.startswith("."):
             name = f"{i}-{name.lstrip('.') or 'file'}"

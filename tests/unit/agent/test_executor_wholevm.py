@@ -99,6 +99,16 @@ async def test_an_adopted_vm_moves_whole_then_is_confirmed_or_reverted(
                           "debian-12.raw", "nvram.fd", "domain.xml", "disk.qcow2.verified-all"}
                for f in (b.root / DEST_DIR).iterdir())
 
+    # The moved VM moves again (back to a): what the operator recorded is enough.
+    back = vmdisks.destination(landed, "instances/ns/web-1/second", "t2")
+    await a.run(spec("a", A.PREPARE, disks=vmdisks.arrived(back), transfer_id="t2"))
+    again = (await b.run(spec("b", A.MIGRATE_DISK, domain_name=name + "-resize",
+                              peer=PEER.model_copy(update={"name": "a"}),
+                              disk_path=landed[0].path, transfer_id="t2", disks=back,
+                              power_off_timeout_seconds=0))).result
+    assert [f.role for f in again.disks or []].count(DiskRole.DEFINITION) == 1
+    assert (a.root / "instances/ns/web-1/second/domain.xml").is_file()
+
     # Revert: the destination's copy goes entirely.
     await b.run(spec("b", A.CLEANUP_DEST, domain_name=name + "-resize", transfer_id="t1",
                      disks=vmdisks.arrived(wanted)))
@@ -108,8 +118,8 @@ async def test_an_adopted_vm_moves_whole_then_is_confirmed_or_reverted(
     # Confirm (of the same copy, for the test): every file of the old copy goes, the
     # shared base image in images/ stays.
     await a.run(spec("a", A.CONFIRM, domain_name=name, disks=files, disk_path=root_rel))
-    assert sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if p.is_file()) == [
-        "images/debian-12.raw"]
+    left = sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if p.is_file())
+    assert [p for p in left if "/second/" not in p] == ["images/debian-12.raw"]
 
 
 async def test_a_vm_with_a_passthrough_device_is_refused_while_it_runs(

@@ -37,6 +37,9 @@ def test_destination_keeps_names_makes_them_unique_and_adds_the_definition() -> 
     assert [f.path for f in landed] == [f.peer_path for f in out]
     assert landed[0].backing == f"{DST}/base.raw"  # the chain is re-linked at the dest
     assert all(f.peer_path is None for f in landed)
+    again = vmdisks.destination(landed, SRC, "t2")  # the next move of the moved VM
+    assert [f.role for f in again].count(DiskRole.DEFINITION) == 1
+    assert again[-1].transfer_id == "t2-def"
 
 
 def test_bounds_cover_qcow2_metadata_and_nothing_more_for_raw() -> None:
