@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from hack import guest_domain as gd
 from hack import guest_init
-from hack.agent_harness import AgentProcess, write_migration_key
 from hack.guest import Guest, ensure_guest
-from tests.conftest import kubectl
 from tests.e2e.test_qemu_agents import ready_status, run_task
+from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.kube import kubectl
 
 from vmresize.agent import disks
 from vmresize.agent.hypervisor import domainxml, embedded
