@@ -84,9 +84,10 @@ def make_vm(root: Path, guest: Guest, name: str) -> tuple[str, list[gd.Disk]]:
 
 
 @pytest.fixture
-def hosts(kubeconfig: Path, namespace: str, tmp_path: Path, guest: Guest
-          ) -> Iterator[tuple[AgentProcess, AgentProcess, str, list[gd.Disk]]]:
-    """Two embedded-QEMU agents; the source's libvirt holds the admin's domain."""
+def hosts(request: pytest.FixtureRequest, kubeconfig: Path, namespace: str, tmp_path: Path,
+          guest: Guest) -> Iterator[tuple[AgentProcess, AgentProcess, str, list[gd.Disk]]]:
+    """Two embedded-QEMU agents; the source's libvirt holds the admin's domain. With the
+    parameter ``shared`` their storage roots are one directory (shared storage)."""
     embedded.become_subreaper()
     embedded.start_reaper(only="qemu-system")
     key = write_migration_key(tmp_path / "migration_key")
@@ -96,6 +97,9 @@ def hosts(kubeconfig: Path, namespace: str, tmp_path: Path, guest: Guest
               for i in range(2)]
     src = agents[0]
     src.storage_root.mkdir(parents=True)
+    if getattr(request, "param", None) == "shared":
+        agents[1].workdir.mkdir(parents=True)
+        agents[1].storage_root.symlink_to(src.storage_root)
     name = f"legacy-{uuid.uuid4().hex[:6]}"
     xml, disks = make_vm(src.storage_root, guest, name)
     (tmp_path / "admin.xml").write_text(xml)
@@ -128,8 +132,8 @@ def booted(serial: Path, boots: int, agent: AgentProcess) -> gd.GuestLog:
                           timeout=BOOT, alive=agent.alive, what=f"boot {boots}")
 
 
-def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess, name: str
-         ) -> dict[str, Any]:
+def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess, name: str,
+         *, shared: bool = False) -> dict[str, Any]:
     """Adopt, start, Prepare, MigrateDisk, Finish; return what each side looked like."""
     adopted = run_task(kubeconfig, namespace, src, action="Adopt", domainName=name)["result"]
     assert adopted.get("unmovable") is None
@@ -164,7 +168,7 @@ def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess,
     moved = [vmdisks.VMDisk.model_validate(f) for f in sent["disks"]]
     shas = {f.path: sha(src.storage_root / f.path) for f in files}
     assert {f.path: f.checksum for f in moved if f.path in shas} == shas
-    assert sent["sharedStorage"] is False
+    assert sent["sharedStorage"] is shared
     landed = vmdisks.arrived(moved)
     fin = run_task(kubeconfig, namespace, dst, action="Finish", domainName=name,
                    flavor=BIG, transferId=tid, diskPath=f"{dest_dir}/root.qcow2",
@@ -225,3 +229,20 @@ def test_adopted_vm_reverted_comes_back_exactly(
     back = booted(src.storage_root / INSTANCE_DIR / "serial.log", 2, src)
     assert [back.nics[n]["mac"] for n in ("eth0", "eth1")] == list(MACS)
     assert disks.read_head(src.storage_root, seen["files"][0].path, len(BASE_SEED)) == BASE_SEED
+
+
+@pytest.mark.parametrize("hosts", ["shared"], indirect=True)
+def test_on_shared_storage_nothing_crosses_the_network(
+        hosts: tuple[AgentProcess, AgentProcess, str, list[gd.Disk]], kubeconfig: Path,
+        namespace: str) -> None:
+    src, dst, name, _ = hosts
+    seen = move(kubeconfig, namespace, src, dst, name, shared=True)
+    assert "within the shared storage" in src.log_file.read_text()
+    assert "Subsystem: vmresize-disk" not in dst.log_file.read_text()  # no SSH session
+    run_task(kubeconfig, namespace, src, action="Confirm", domainName=name,
+             diskPath=seen["files"][0].path,
+             disks=[f.model_dump(by_alias=True, exclude_none=True) for f in seen["files"]])
+    assert not (src.storage_root / INSTANCE_DIR).exists()
+    left = sorted(p.name for p in (dst.storage_root / seen["dest_dir"]).iterdir())
+    assert left == sorted(["root.qcow2", "data.raw", "ephemeral.qcow2", "base.raw",
+                           "domain.xml", "serial.log", "root.qcow2.verified-all"])
