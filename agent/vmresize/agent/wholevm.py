@@ -63,6 +63,22 @@ def adopted(hv: Hypervisor, root: Path, name: str
             for f in files], None, root_disk(files).format
 
 
+def captured(root: Path, rel: str) -> str | None:
+    """The definition MigrateDisk captured next to the root disk ``rel``, if any: what
+    RestoreSource defines again when the source domain is gone."""
+    path = confine(root, rel + moving.DEFINITION_SUFFIX)
+    return path.read_text() if path.is_file() else None
+
+
+def root_format(xml: str, root: Path, rel: str) -> str:
+    """The format the definition gives the disk ``rel`` (qcow2 if it does not name it)."""
+    want = confine(root, rel)
+    for d in domainxml.inventory(xml):
+        if d.type == "file" and d.source and Path(d.source).resolve() == want and d.format:
+            return d.format
+    return "qcow2"
+
+
 def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0
             ) -> tuple[list[VMDisk], int]:
     """Destination: accept every file (idempotent). Returns the list and the bytes needed.

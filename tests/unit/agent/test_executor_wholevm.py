@@ -142,3 +142,23 @@ async def test_a_vm_with_a_passthrough_device_is_refused_while_it_runs(
         assert not err.value.retryable
         assert a.hv.state(name) == PowerState.RUNNING
     assert not (a.root / (files[0].path + ".poweroff")).exists()
+
+
+async def test_revert_redefines_a_source_that_was_undefined_from_its_capture(
+        setup: tuple[Executor, Executor, str]) -> None:
+    a, b, name = setup
+    files = (await a.run(spec("a", A.ADOPT, domain_name=name))).result.disks or []
+    before = a.hv.export(name)
+    wanted = vmdisks.destination(files, DEST_DIR, "t1")
+    await b.run(spec("b", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1"))
+    await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                     peer=PEER, transfer_id="t1", disks=wanted, power_off_timeout_seconds=0))
+    a.hv.undefine(name)  # gone (an admin, or a crash between set-aside and restore)
+    restored = (await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name,
+                                 disk_path=files[0].path))).result
+    assert restored.power_state == "Running"
+    assert domainxml.diff(before, a.hv.export(name)) == set()
+    a.hv.destroy(name)
+    a.hv.undefine(name)
+    with pytest.raises(StepError, match="no definition was captured"):
+        await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name, disk_path="elsewhere.qcow2"))
