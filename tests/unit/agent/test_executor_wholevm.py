@@ -162,3 +162,27 @@ async def test_revert_redefines_a_source_that_was_undefined_from_its_capture(
     a.hv.undefine(name)
     with pytest.raises(StepError, match="no definition was captured"):
         await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name, disk_path="elsewhere.qcow2"))
+
+
+async def test_a_same_host_resize_keeps_the_uuid_and_reverts_exactly(
+        setup: tuple[Executor, Executor, str]) -> None:
+    a, _, name = setup
+    files = (await a.run(spec("a", A.ADOPT, domain_name=name))).result.disks or []
+    before = a.hv.export(name)
+    wanted = vmdisks.destination(files, DEST_DIR, "t1")
+    await a.run(spec("a", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1"))
+    here = PEER.model_copy(update={"name": "a"})
+    sent = (await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                             peer=here, transfer_id="t1", disks=wanted,
+                             power_off_timeout_seconds=0))).result
+    assert sent.shared_storage is True  # the same root: copied within it
+    assert not a.hv.exists(name)  # stepped aside for the new definition's UUID
+    await a.run(spec("a", A.FINISH, domain_name=name + "-resize", flavor=BIG,
+                     transfer_id="t1", disks=vmdisks.arrived(sent.disks or [])))
+    new = a.hv.export(name + "-resize")
+    assert domainxml.flatten(new)["uuid"] == domainxml.flatten(before)["uuid"]
+    await a.run(spec("a", A.CLEANUP_DEST, domain_name=name + "-resize", transfer_id="t1",
+                     disks=vmdisks.arrived(wanted)))
+    await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name, disk_path=files[0].path))
+    assert domainxml.diff(before, a.hv.export(name)) == set()
+    assert a.hv.state(name) == PowerState.RUNNING
