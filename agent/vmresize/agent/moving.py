@@ -68,14 +68,19 @@ def _chain(root: Path) -> vmfiles.ChainFn:
     return read
 
 
+def refuse_unmovable(xml: str, root: Path, name: str) -> None:
+    """Raise :class:`Unmovable` naming every reason the domain cannot move."""
+    reasons = domainxml.unmovable(xml, str(root))
+    if reasons:
+        raise Unmovable(f"{name} cannot move: " + "; ".join(reasons))
+
+
 def capture(hv: Hypervisor, name: str, root: Path, wanted: Sequence[VMDisk]) -> Captured:
     """Source, before power-off (blocking: run it in a thread). ``wanted`` is the task's
     list (``peer_path`` and ``transfer_id`` set); an empty one takes every file as is.
     The definition is written next to the root disk, where :func:`recapture` finds it."""
     xml = hv.export(name)
-    reasons = domainxml.unmovable(xml, str(root))
-    if reasons:
-        raise Unmovable(f"{name} cannot move: " + "; ".join(reasons))
+    refuse_unmovable(xml, root, name)
     captured = _match(xml, root, wanted, name)
     if wanted:
         path = confine(root, _root_disk(captured.files).path + DEFINITION_SUFFIX)

@@ -63,6 +63,9 @@ def adopted(hv: Hypervisor, root: Path, name: str
             for f in files], None, root_disk(files).format
 
 
+refuse_unmovable = moving.refuse_unmovable
+
+
 def captured(root: Path, rel: str) -> str | None:
     """The definition MigrateDisk captured next to the root disk ``rel``, if any: what
     RestoreSource defines again when the source domain is gone."""
