@@ -48,8 +48,8 @@ def test_every_step_gets_the_files_in_its_own_terms() -> None:
     here = "instances/ns/vm/aaaaaaaa"
     prep = build(A.PREPARE, "b")
     assert [(f.path, f.transfer_id) for f in prep] == [
-        (f"{here}/root.qcow2", "aaaaaaaa-0"), (f"{here}/data.raw", "aaaaaaaa-1"),
-        (f"{here}/base.raw", "aaaaaaaa-2"), (f"{here}/domain.xml", "aaaaaaaa-def")]
+        (f"{here}/root.qcow2", "aaaaaaaa-1111-0"), (f"{here}/data.raw", "aaaaaaaa-1111-1"),
+        (f"{here}/base.raw", "aaaaaaaa-1111-2"), (f"{here}/domain.xml", "aaaaaaaa-1111-def")]
     mig = build(A.MIGRATE_DISK, "a")
     assert [(f.path, f.peer_path) for f in mig[:3]] == [(f.path, p.path)
                                                         for f, p in zip(FILES, prep, strict=False)]
