@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, markers
+from vmresize.agent import disks, markers, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
     CopyChecksumMismatch,
@@ -47,6 +47,7 @@ from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
 from vmresize.agent.transfer.sparse import sha256_file
 from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
+from vmresize.api.vmdisks import VMDisk
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ T = TypeVar("T")
 IMAGES_DIR = "images"
 """Base images live in ``<storage root>/images/``."""
 SERIAL_LOG = "serial.log"
-POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
 HV_CALL_TIMEOUT = 120.0
 """Bound on one libvirt call; a longer one is a hung hypervisor (retryable)."""
 
@@ -85,7 +85,7 @@ def _need(value: T | None, what: str, action: TaskAction) -> T:
     return value
 
 
-class Executor:
+class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
     """Runs HostTask steps for one host (see the module docstring)."""
 
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
@@ -156,35 +156,21 @@ class Executor:
     def _serial_log(self, rel: str) -> Path:
         return self._abs(rel).parent / SERIAL_LOG
 
-    async def _describe(self, name: str, rel: str) -> TaskResult:
+    async def _describe(self, name: str, rel: str, fmt: str = "qcow2") -> TaskResult:
         size = await self._hv(self.hv.get_size, name)
         state = await self._hv(self.hv.state, name)
-        virtual = disks.info(self.root, rel).virtual_size
+        virtual = disks.info(self.root, rel, fmt).virtual_size
         # Rounded up: a disk of 1.5 GiB needs 2 GiB wherever it goes (Prepare's bound).
         return TaskResult(domain_name=name, disk_path=rel, vcpus=size.vcpus,
                           memory_mib=size.memory_mib, disk_gib=-(-virtual // disks.GIB),
                           size_bytes=self._abs(rel).stat().st_size, power_state=state.value)
 
-    async def _define(self, name: str, rel: str, flavor: TaskFlavor) -> None:
+    async def _define(self, name: str, rel: str, flavor: TaskFlavor,
+                      spec_of: HostTaskSpec | None = None) -> None:
         spec = DomainSpec(name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
-                          disk=self._abs(rel), serial_log=self._serial_log(rel))
+                          disk=self._abs(rel), serial_log=self._serial_log(rel),
+                          interfaces=tuple(spec_of.interfaces) if spec_of else ())
         await self._hv(self.hv.define, spec)
-
-    async def _power_off(self, name: str, grace: float, requested_at: float) -> None:
-        """Graceful shutdown, then destroy once ``grace`` seconds have passed since the
-        first request (``requested_at``, wall clock, kept across agent restarts)."""
-        if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
-            return
-        await self._hv(self.hv.shutdown, name)
-        loop = asyncio.get_running_loop()
-        remaining = max(0.0, grace - max(0.0, self._now() - requested_at))
-        deadline = loop.time() + remaining
-        while loop.time() < deadline:
-            if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
-                return
-            await asyncio.sleep(POWER_POLL_SECONDS)
-        log.info("%s did not shut down within %.0fs; forcing it off", name, grace)
-        await self._hv(self.hv.destroy, name)
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -200,11 +186,15 @@ class Executor:
         else:
             await asyncio.to_thread(disks.create_blank, self.root, rel, flavor.disk_gib,
                                     seed=spec.seed_pattern)
-        await self._define_for(name, rel, flavor)
+        await self._define_for(name, rel, flavor, spec)
         await self._hv(self.hv.start, name)
-        return StepOutcome(await self._describe(name, rel), f"spawned {name}")
+        result = await self._describe(name, rel)
+        result.disks = [VMDisk(path=rel, format="qcow2", target="vda",
+                               size_bytes=result.size_bytes or 0)]
+        return StepOutcome(result, f"spawned {name}")
 
-    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor) -> None:
+    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor,
+                          spec: HostTaskSpec | None = None) -> None:
         """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
         started: redefined onto ours while off, refused while it runs (it is not ours)."""
         if await self._hv(self.hv.exists, name):
@@ -216,7 +206,7 @@ class Executor:
                                   f"from {rel}; refusing to touch it")
             log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
             await self._hv(self.hv.undefine, name)
-        await self._define(name, rel, flavor)
+        await self._define(name, rel, flavor, spec)
 
     async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)
@@ -237,9 +227,14 @@ class Executor:
                               "a domain that an Instance owns is never adopted again")
         if spec.owner_uid and owner != spec.owner_uid:
             await self._hv(self.hv.set_owner, name, spec.owner_uid)
-        return StepOutcome(await self._describe(name, rel), f"adopted {name}")
+        files, why, fmt = await asyncio.to_thread(wholevm.adopted, self.hv, self.root, name)
+        result = await self._describe(name, rel, fmt)
+        result.disks, result.unmovable = files or None, [why] if why else None
+        return StepOutcome(result, f"adopted {name}" + (f"; {why}" if why else ""))
 
     async def _prepare(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
+        if spec.disks:
+            return StepOutcome(*await self._prepare_whole(spec))
         a = spec.action
         rel = _need(spec.disk_path, "diskPath", a)
         tid = _need(spec.transfer_id, "transferId", a)
@@ -272,10 +267,18 @@ class Executor:
         rel = _need(spec.disk_path, "diskPath", a)
         peer = _need(spec.peer, "peer", a)
         tid = _need(spec.transfer_id, "transferId", a)
+        defined = await self._hv(self.hv.exists, name)
+        files, shared = list[VMDisk](), False
+        if spec.disks:  # the whole VM: listed, checked, captured before any power-off
+            files, shared = await asyncio.to_thread(wholevm.capture, self.hv, self.root,
+                                                    spec, defined=defined)
+            rel = wholevm.root_disk(files).path
+        elif defined:
+            wholevm.refuse_unmovable(await self._hv(self.hv.export, name), self.root, name)
         src = self._abs(rel)
         held = self._sidecar(rel, markers.HELD_SUFFIX)
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
-        if await self._hv(self.hv.exists, name):
+        if defined:
             await self._check_fence(spec, call)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
                                                 self._now())
@@ -286,29 +289,30 @@ class Executor:
                          or markers.PowerOff("", self._now())).requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
-        sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
-                                        progress=call.progress)
+        moved: list[VMDisk] = []
+        if files:
+            moved = await wholevm.send(self.root, files, transfer=self.transfer, peer=peer,
+                                       shared=shared, progress=call.progress)
+            checksum, size = wholevm.root_disk(moved).checksum, sum(f.size_bytes for f in moved)
+        else:
+            sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
+                                            progress=call.progress)
+            checksum, size = sent.checksum, sent.size_bytes
         downtime = max(0.0, self._now() - off_since)
-        result = TaskResult(checksum=sent.checksum, size_bytes=sent.size_bytes,
+        result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
+                            shared_storage=shared if files else None,
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
-        return StepOutcome(result, f"sent {rel} to {peer.name} ({sent.size_bytes} bytes)")
-
-    async def _hold(self, name: str, held: Path) -> None:
-        """Keep the source from being started by accident: its definition moves aside
-        (written, then undefined); the disk keeps its path and bytes (invariant 1)."""
-        if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
-            raise StepError(f"{name} is not shut off; not holding it", retryable=True)
-        if markers.read(held) is None:
-            xml = await self._hv(self.hv.definition, name)
-            await asyncio.to_thread(markers.write_atomic, held, xml)
-        await self._hv(self.hv.undefine, name)
+        how = "within the shared storage" if shared else f"to {peer.name}"
+        return StepOutcome(result, f"sent {max(1, len(moved))} file(s) {how} ({size} bytes)")
 
     async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
-        rel = _need(spec.disk_path, "diskPath", a)
         flavor = _need(spec.flavor, "flavor", a)
+        if spec.disks:
+            return StepOutcome(*await self._finish_whole(spec, name, flavor))
+        rel = _need(spec.disk_path, "diskPath", a)
         expected = _need(spec.expected_checksum, "expectedChecksum", a)
         verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
         # Whatever exists already, the disk must be the verified one (invariant 2): the
@@ -361,7 +365,9 @@ class Executor:
                 pass
         if spec.transfer_id and spec.action == TaskAction.CLEANUP_DEST:
             self.transfer.forget(spec.transfer_id)
-        if spec.disk_path:
+        if spec.disks:
+            await self._delete_whole(spec)
+        elif spec.disk_path:
             rel = spec.disk_path
             for extra in (*markers.ALL_SUFFIXES, ".partial", ".xfer"):
                 markers.remove(self._sidecar(rel, extra))
@@ -381,10 +387,14 @@ class Executor:
             if not await self._hv(self.hv.exists, name):
                 await self._hv(self.hv.define_xml, xml)
             markers.remove(held)
+        elif not await self._hv(self.hv.exists, name):
+            await self._define_captured(name, rel)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
         await self._hv(self.hv.start, name)
         markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
-        return StepOutcome(await self._describe(name, rel), f"restarted {name} on its source")
+        fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)
+        return StepOutcome(await self._describe(name, rel, fmt),
+                           f"restarted {name} on its source")

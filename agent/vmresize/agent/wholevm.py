@@ -20,16 +20,23 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from vmresize.agent import disks, moving, sharedstore
-from vmresize.agent.errors import InsufficientSpace, TaskRefused, TransferRefused, Unmovable
+from vmresize.agent import disks, markers, moving, sharedstore
+from vmresize.agent.errors import (
+    InsufficientSpace,
+    StepError,
+    TaskRefused,
+    TransferRefused,
+    Unmovable,
+)
 from vmresize.agent.hypervisor import domainxml
-from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor
+from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
 
 TRANSFER_SUFFIXES = (".partial", ".xfer")
@@ -150,6 +157,25 @@ async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: Tas
                              name=spec.domain_name or "")
 
 
+HvCall = Callable[..., Awaitable[Any]]
+"""The executor's bounded libvirt call: ``await hv_call(hv.method, *args)``."""
+
+
+async def define_on(hv: Hypervisor, hv_call: HvCall, root: Path, name: str, rel: str,
+                    xml: str) -> None:
+    """Define ``name`` from ``xml`` unless it exists on the root disk ``rel`` already; one
+    on another disk is redefined while off and refused while it runs (it is not ours)."""
+    if await hv_call(hv.exists, name):
+        disk = await hv_call(hv.disk_path, name)
+        if disk is not None and disk.resolve() == confine(root, rel):
+            return
+        if await hv_call(hv.state, name) != PowerState.SHUTOFF:
+            raise TaskRefused(f"a domain named {name} already runs from {disk}, not from "
+                              f"{rel}; refusing to touch it")
+        await hv_call(hv.undefine, name)
+    await hv_call(hv.define_xml, xml)
+
+
 def settle(root: Path, transfer: Transfer, spec: HostTaskSpec) -> None:
     """Destination, once the VM runs: drop the transfers' bookkeeping and the marker."""
     for f in spec.disks:
@@ -170,3 +196,57 @@ def delete(root: Path, transfer: Transfer, spec: HostTaskSpec,
     if spec.transfer_id and any(f.role is DiskRole.DISK for f in files):
         sharedstore.clear(root, posixpath.dirname(root_disk(files).path), spec.transfer_id)
     moving.delete(root, files, (*sidecars, *TRANSFER_SUFFIXES))
+
+
+T = TypeVar("T")
+
+
+class WholeVMSteps:
+    """The executor's step bodies for tasks that list the VM's files (a mixin: the
+    executor provides the attributes and the three methods it overrides)."""
+
+    root: Path
+    hv: Hypervisor
+    transfer: Transfer
+
+    async def _hv(self, fn: Callable[..., T], *args: object) -> T:
+        raise NotImplementedError
+
+    async def _describe(self, name: str, rel: str, fmt: str = "qcow2") -> TaskResult:
+        raise NotImplementedError
+
+    def _serial_log(self, rel: str) -> Path:
+        raise NotImplementedError
+
+    async def _prepare_whole(self, spec: HostTaskSpec) -> tuple[TaskResult, str]:
+        dest = confine(self.root, root_disk(spec.disks).path).parent
+        promised = self.transfer.pending_bytes(dest) if dest.exists() else 0
+        files, need = await asyncio.to_thread(prepare, self.root, self.transfer, spec,
+                                              promised=promised)
+        return (TaskResult(disks=files, size_bytes=need),
+                f"ready to receive {len(files)} files ({need} bytes at most)")
+
+    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor
+                            ) -> tuple[TaskResult, str]:
+        """Finish from the source's own definition (only size, paths and name change)."""
+        xml = await arrive(self.root, self.transfer, spec, flavor)
+        rd = root_disk(spec.disks)
+        await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
+        await self._hv(self.hv.start, name)
+        await asyncio.to_thread(settle, self.root, self.transfer, spec)
+        result = await self._describe(name, rd.path, rd.format)
+        result.checksum, result.disks = rd.checksum, list(spec.disks)
+        return result, (f"started {name} with {flavor.vcpus} vCPU, {flavor.memory_mib} MiB "
+                        f"from {len(spec.disks)} files")
+
+    async def _delete_whole(self, spec: HostTaskSpec) -> None:
+        markers.remove(self._serial_log(root_disk(spec.disks).path))
+        await asyncio.to_thread(delete, self.root, self.transfer, spec, markers.ALL_SUFFIXES)
+
+    async def _define_captured(self, name: str, rel: str) -> None:
+        """A source domain that is gone is defined again from MigrateDisk's capture."""
+        xml = await asyncio.to_thread(captured, self.root, rel)
+        if xml is None:
+            raise StepError(f"domain {name} not found and no definition was captured next "
+                            "to its disk", retryable=False)
+        await self._hv(self.hv.define_xml, xml)

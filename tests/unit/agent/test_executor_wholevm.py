@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.agent.test_executor import LocalNetwork
+from tests.support.agent_steps import LocalNetwork, allow_all
 from tests.unit.agent.test_moving import DEST_DIR, FIXTURE, OLD_ROOT, build_source, sha
 
 from vmresize.agent.errors import StepError
@@ -48,7 +48,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Executor, Executor, str]]:
     hv.define_xml(xml)
     hv.start(name)
     net = LocalNetwork()
-    ex = [Executor(host=h, hypervisor=hv, storage_root=r,
+    ex = [Executor(host=h, hypervisor=hv, storage_root=r, fence=allow_all,
                    transfer=net.endpoint(h, r.resolve())) for h, r in (("a", a), ("b", b))]
     yield ex[0], ex[1], name
     for n in (name, name + "-resize"):
@@ -76,13 +76,12 @@ async def test_an_adopted_vm_moves_whole_then_is_confirmed_or_reverted(
     moved = (await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=root_rel,
                               peer=PEER, transfer_id="t1", disks=wanted,
                               power_off_timeout_seconds=0))).result
-    assert a.hv.state(name) == PowerState.SHUTOFF
+    assert not a.hv.exists(name)  # off and held aside until Confirm or revert
     assert moved.shared_storage is False
     sent = moved.disks or []
     assert {f.path: f.checksum for f in sent if f.role is not DiskRole.DEFINITION} == before
     assert moved.checksum == before[root_rel]
 
-    a.hv.undefine(name)  # one test driver plays both hosts: the UUID may be defined once
     landed = vmdisks.arrived(sent)
     fin = (await b.run(spec("b", A.FINISH, domain_name=name + "-resize", flavor=BIG,
                             transfer_id="t1", disks=landed,
@@ -153,7 +152,7 @@ async def test_revert_redefines_a_source_that_was_undefined_from_its_capture(
     await b.run(spec("b", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1"))
     await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
                      peer=PEER, transfer_id="t1", disks=wanted, power_off_timeout_seconds=0))
-    a.hv.undefine(name)  # gone (an admin, or a crash between set-aside and restore)
+    (a.root / (files[0].path + ".held.xml")).unlink()  # the held definition is lost too
     restored = (await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name,
                                  disk_path=files[0].path))).result
     assert restored.power_state == "Running"

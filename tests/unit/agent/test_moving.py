@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.agent.test_executor import LocalNetwork
+from tests.support.agent_steps import LocalNetwork
 
 from vmresize.agent import moving
 from vmresize.agent.errors import TaskRefused, Unmovable

@@ -294,11 +294,6 @@ class LibvirtHypervisor:
         xml: str = self._call(f"export {name}", lambda: dom.XMLDesc(flags))
         return xml
 
-    def define_xml(self, xml: str) -> None:
-        """``defineXML`` of a whole definition (same UUID: a redefinition)."""
-        with self._lock:
-            self._call("define", lambda: self._conn.defineXML(xml))
-
     def owner(self, name: str) -> str | None:
         """The ``uid`` of our ``<metadata>`` element in the persistent definition, if any."""
         dom = self._dom(name)

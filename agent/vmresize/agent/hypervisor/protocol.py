@@ -125,10 +125,6 @@ class Hypervisor(Protocol):
         parts, migratable (libvirt's defaults a destination adds back are left out)."""
         ...
 
-    def define_xml(self, xml: str) -> None:
-        """Define (or redefine) a domain from a whole definition; it stays shut off."""
-        ...
-
     def owner(self, name: str) -> str | None:
         """UID of the Instance that owns the domain, as recorded by :meth:`set_owner`."""
         ...

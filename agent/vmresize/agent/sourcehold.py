@@ -1,0 +1,59 @@
+"""The source's side of a move: power-off (graceful, then forced) and holding it aside.
+
+A mixin of the executor (which provides the attributes and the bounded libvirt call).
+The power-off grace counts from the first request, kept across agent restarts; a held
+source's definition moves aside (written next to its disk, then undefined) so nothing can
+start it by accident while its disk keeps its path and bytes (invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from vmresize.agent import markers
+from vmresize.agent.errors import StepError
+from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
+
+
+class SourceSteps:
+    """Power-off and hold, for the executor's MigrateDisk."""
+
+    hv: Hypervisor
+    _now: Callable[[], float]
+
+    async def _hv(self, fn: Callable[..., T], *args: object) -> T:
+        raise NotImplementedError
+
+    async def _power_off(self, name: str, grace: float, requested_at: float) -> None:
+        """Graceful shutdown, then destroy once ``grace`` seconds have passed since the
+        first request (``requested_at``, wall clock, kept across agent restarts)."""
+        if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
+            return
+        await self._hv(self.hv.shutdown, name)
+        loop = asyncio.get_running_loop()
+        remaining = max(0.0, grace - max(0.0, self._now() - requested_at))
+        deadline = loop.time() + remaining
+        while loop.time() < deadline:
+            if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
+                return
+            await asyncio.sleep(POWER_POLL_SECONDS)
+        log.info("%s did not shut down within %.0fs; forcing it off", name, grace)
+        await self._hv(self.hv.destroy, name)
+
+    async def _hold(self, name: str, held: Path) -> None:
+        """Keep the source from being started by accident: its definition moves aside
+        (written, then undefined); the disk keeps its path and bytes (invariant 1)."""
+        if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
+            raise StepError(f"{name} is not shut off; not holding it", retryable=True)
+        if markers.read(held) is None:
+            xml = await self._hv(self.hv.definition, name)
+            await asyncio.to_thread(markers.write_atomic, held, xml)
+        await self._hv(self.hv.undefine, name)
