@@ -26,8 +26,8 @@ from tests.support.polling import wait_for
 
 from vmresize.api.meta import API_VERSION
 
-# A 403 status in a log line; not the digits inside a port such as 40365.
-HTTP_403 = re.compile(r"(?<![\d.:])403(?!\d)")
+# A 403 status in a log line: not digits in a port (40365), a UID or a log timestamp (,403]).
+HTTP_403 = re.compile(r"(?<![\w.:,-])403(?!\w)")
 
 WAIT = 90.0  # a generous bound on a loaded machine, not a timing test
 

@@ -1,5 +1,7 @@
-"""Host readiness watchdog: every few seconds, Hosts whose heartbeat is stale are marked
-not ready (:mod:`vmresize.operator.reconcile.hosts`). :mod:`.host` keeps the gauges.
+"""Host readiness watchdog and claim sweep: every few seconds, Hosts whose heartbeat is
+stale are marked not ready (:mod:`vmresize.operator.reconcile.hosts`); every
+``SWEEP_SECONDS``, claims whose holder is gone are released
+(:func:`vmresize.operator.reconcile.sweep.sweep_host`). :mod:`.host` keeps the gauges.
 
 One loop per operator process, started with the operator, rather than a kopf timer per
 Host: a timer would put a kopf finalizer on every Host (admins delete Hosts) and needs
@@ -19,13 +21,27 @@ import kopf
 
 from vmresize.operator.errors import ApiUnavailable
 from vmresize.operator.handlers.memo import shared_or_none
-from vmresize.operator.reconcile import hosts
+from vmresize.operator.persistence.storage import Storage
+from vmresize.operator.reconcile import hosts, sweep
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 5.0
+#: Leaked claims are rare and cost only capacity meanwhile.
+SWEEP_SECONDS = 30.0
+
+
+def _sweep_claims(storage: Storage) -> None:
+    for host in storage.hosts():
+        if host.status is not None and host.status.allocations:
+            gone = sweep.sweep_host(storage, host.name)
+            if gone:
+                log.warning("host %s: released claims of gone holders: %s", host.name,
+                            ", ".join(gone))
 
 
 async def _watch(memo: kopf.Memo) -> None:
+    loop = asyncio.get_running_loop()
+    last_sweep = loop.time()
     while True:
         await asyncio.sleep(CHECK_SECONDS)
         op = shared_or_none(memo)
@@ -41,11 +57,17 @@ async def _watch(memo: kopf.Memo) -> None:
             continue
         for name in marked:
             log.warning("Host %s: heartbeat older than %.0fs; marked not ready", name, window)
+        if loop.time() - last_sweep >= SWEEP_SECONDS:
+            last_sweep = loop.time()
+            try:
+                await asyncio.to_thread(_sweep_claims, storage)
+            except ApiUnavailable as e:
+                log.warning("claim sweep failed: %s", e)
 
 
 @kopf.on.startup()
 async def start_host_watchdog(memo: kopf.Memo, **_: Any) -> None:
-    """Start the one heartbeat check loop of this operator process."""
+    """Start the one heartbeat-check and claim-sweep loop of this operator process."""
     memo.host_watchdog = asyncio.create_task(_watch(memo))
 
 

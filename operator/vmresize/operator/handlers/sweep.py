@@ -1,9 +1,13 @@
-"""kopf timers that release claims and Instance locks whose holder is gone
-(:mod:`vmresize.operator.reconcile.sweep`)."""
+"""kopf timer that releases an Instance lock whose holder is gone
+(:mod:`vmresize.operator.reconcile.sweep`).
+
+Orphaned Host claims are swept by the one loop in :mod:`.host_health`, not by a timer per
+Host: a kopf timer keeps its state (and a finalizer) on the object, and the operator may not
+write Host metadata (admins own Hosts).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,21 +22,8 @@ log = logging.getLogger(__name__)
 INTERVAL = 30.0
 
 
-def _has_allocations(status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("allocations"))
-
-
 def _locked(status: kopf.Status, **_: Any) -> bool:
     return bool(status.get("activeResizeUid"))
-
-
-@kopf.timer(GROUP, VERSION, "hosts", id="sweep-claims", interval=INTERVAL,
-            initial_delay=INTERVAL, when=_has_allocations)
-async def sweep_claims(name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Release the claims on this Host whose holder is gone (or holds nothing now)."""
-    gone = await asyncio.to_thread(sweep.sweep_host, shared(memo).storage, name)
-    if gone:
-        log.warning("host %s: released claims of gone holders: %s", name, ", ".join(gone))
 
 
 @kopf.timer(GROUP, VERSION, "instances", id="sweep-lock", interval=INTERVAL,
