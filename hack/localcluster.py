@@ -106,6 +106,7 @@ class LocalCluster:
     with_controller_manager: bool = True
     pids: dict[str, int] = field(default_factory=dict)
     server: str = ""
+    argvs: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -120,6 +121,7 @@ class LocalCluster:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.pids[name] = proc.pid
+        self.argvs[name] = argv
         (self.workdir / "pids.json").write_text(json.dumps(self.pids))
 
     def start(self) -> LocalCluster:
@@ -194,6 +196,26 @@ class LocalCluster:
                 return
             time.sleep(0.3)
         raise TimeoutError(f"kube-apiserver not ready after {READY_TIMEOUT}s")
+
+    def restart_apiserver(self, *, hard: bool = True) -> float:
+        """Stop kube-apiserver alone (SIGKILL when ``hard``, else SIGTERM) and start it
+        again with the same ports, certificates and etcd; returns the seconds it was away.
+
+        etcd and the controller-manager keep running, as when a control-plane node
+        reboots its API server: clients see refused connections, then the same server.
+        """
+        name = "kube-apiserver"
+        pid = self.pids[name]
+        began = time.monotonic()
+        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        deadline = began + READY_TIMEOUT
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} (pid {pid}) did not exit")
+            time.sleep(0.05)
+        self._spawn(name, self.argvs[name])
+        self._wait_ready()
+        return time.monotonic() - began
 
     def stop(self) -> None:
         stop_pids(self.workdir)

@@ -94,6 +94,8 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("migration_address", note="the pod IP (the node's, with agent.hostNetwork)"),
         Wire("migration_port", "agent.migration.port",
              also="Exposed as containerPort and hostPort."),
+        Wire("migration_advertise_address", note="not set: the bound address"),
+        Wire("migration_advertise_port", note="not set: the bound port"),
         Wire("migration_key_file", note="the mounted migrationKey Secret"),
         Wire("namespace", note="the release namespace"),
         Wire("kubeconfig", note="not set: the pod's ServiceAccount"),

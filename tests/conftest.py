@@ -20,23 +20,30 @@ from tests.support.kube import kubectl
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Path of an admin kubeconfig for a real API server with the CRDs Established."""
-    named = os.environ.get("VMRESIZE_KUBECONFIG")
-    if named:
-        path = Path(named)
-        cluster = None
-    else:
-        cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
-        path = cluster.kubeconfig
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    """The session's own control plane, or None when ``VMRESIZE_KUBECONFIG`` names one.
+
+    Fault tests use it to restart kube-apiserver; everything else uses ``kubeconfig``.
+    """
+    if os.environ.get("VMRESIZE_KUBECONFIG"):
+        yield None
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
-        kubectl(path, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        kubectl(path, "wait", "--for=condition=Established", "--timeout=60s",
-                "-f", str(REPO / "crds"))
-        yield path
+        yield cluster
     finally:
-        if cluster is not None:
-            cluster.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(local_cluster: LocalCluster | None) -> Path:
+    """Path of an admin kubeconfig for a real API server with the CRDs Established."""
+    path = (local_cluster.kubeconfig if local_cluster is not None
+            else Path(os.environ["VMRESIZE_KUBECONFIG"]))
+    kubectl(path, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl(path, "wait", "--for=condition=Established", "--timeout=60s",
+            "-f", str(REPO / "crds"))
+    return path
 
 
 @pytest.fixture

@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         p.error(str(e))
 
 
+def published_endpoint(cfg: AgentSettings, bound_port: int) -> tuple[str, int]:
+    """Where other agents reach our migration service: the advertised address and port
+    when set (NAT, a proxy in between), else the bound ones."""
+    return (cfg.migration_advertise_address or cfg.migration_address,
+            cfg.migration_advertise_port or bound_port)
+
+
 async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = None,
                     ready_flag: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop_flag`` is set or a termination signal arrives."""
@@ -71,9 +78,10 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
                                 transfer=SshTransfer(server, client_key),
                                 fence=OwnerFence(kube))
+            address, port = published_endpoint(cfg, server.port)
             registrar = Registrar(kube, hv, Registration(
-                host=cfg.host_name, storage_root=root, address=cfg.migration_address,
-                port=server.port, host_key=keys.public_openssh(host_key)))
+                host=cfg.host_name, storage_root=root, address=address, port=port,
+                host_key=keys.public_openssh(host_key)))
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)

@@ -46,6 +46,15 @@ class AgentSettings(EnvSettings):
     migration_port: int = Field(
         naming.MIGRATION_PORT, ge=1, le=65535, validation_alias="VMRESIZE_MIGRATION_PORT",
         description="TCP port of the migration SSH service.")
+    migration_advertise_address: str | None = Field(
+        None, min_length=1, max_length=253,
+        validation_alias="VMRESIZE_MIGRATION_ADVERTISE_ADDRESS",
+        description="Address other agents are told to reach the migration service at, "
+                    "when it differs from the bound one (NAT, a proxy); unset: the bound "
+                    "address. The pinned host key is the service's own either way.")
+    migration_advertise_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias="VMRESIZE_MIGRATION_ADVERTISE_PORT",
+        description="Port published with the advertised address; unset: the bound port.")
     migration_key_file: Path = Field(
         validation_alias="VMRESIZE_MIGRATION_KEY_FILE",
         description="Private key shared by all agents to authenticate to each other's "

@@ -16,7 +16,7 @@ from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor, domain_
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.kube.client import TaskStatusWriter
 from vmresize.agent.kube.registration import Registration, host_status
-from vmresize.agent.main import parse_args
+from vmresize.agent.main import parse_args, published_endpoint
 from vmresize.api import naming
 from vmresize.api.host import HostStatus
 from vmresize.api.hosttask import TaskResult
@@ -146,6 +146,17 @@ def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit):
         parse_args(["--migration-address", "127.0.0.2", "--migration-key-file", "/k"])
     assert "VMRESIZE_HOST_NAME (--host-name) is required" in capsys.readouterr().err
+
+
+def test_published_endpoint_is_the_advertised_one_when_set() -> None:
+    base = ["--host-name", "h", "--migration-address", "127.0.0.3", "--migration-key-file",
+            "/k"]
+    assert published_endpoint(parse_args(base), 40022) == ("127.0.0.3", 40022)
+    proxied = parse_args([*base, "--migration-advertise-address", "127.0.0.9",
+                          "--migration-advertise-port", "41000"])
+    assert published_endpoint(proxied, 40022) == ("127.0.0.9", 41000)
+    assert published_endpoint(parse_args([*base, "--migration-advertise-port", "41000"]),
+                              40022) == ("127.0.0.3", 41000)
 
 
 @pytest.mark.parametrize(("args", "says"), [
