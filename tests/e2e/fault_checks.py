@@ -1,0 +1,137 @@
+"""What the fault matrix checks after each cell, and the table it writes.
+
+After a cell's fault has cleared and its resize has ended, :func:`judge` checks the
+invariants of docs DESIGN.md against the ground truth, not against what the status says:
+
+* data: unless the resize was confirmed, the source disk is byte for byte the file that
+  was there when the VM was powered off (sha256 taken by the watcher at that moment, and
+  the status's ``sourceChecksum`` agrees); once confirmed, the source copy is gone and
+  the guest sees on the destination exactly the data it had (sha256 of the raw content);
+* copies: exactly one QEMU runs the VM, it is the one the Instance names, and the two
+  copies never ran at the same time; stopped is accepted only with RollbackFailed and a
+  status that names both hosts;
+* claims: ``Host.status.allocations`` hold exactly the Instance's claim, on its host, of
+  its sizes, and nothing of the ended resize;
+* the downtime, as seen by the watcher (no copy running) and as the status reports it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hack.agent_harness import wait_for
+from tests.e2e.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
+from tests.e2e.full_stack_harness import content_sha256, file_sha256
+
+
+@dataclass
+class Row:
+    """One cell of the matrix as reported."""
+
+    cell: str
+    outcome: str
+    data: str = ""
+    copies: str = ""
+    claims: str = ""
+    downtime_s: float | None = None
+    status_downtime_s: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _settled_instance(s: FaultStack, name: str) -> dict[str, Any]:
+    """The Instance once no resize holds it any more (bounded), or as it is then."""
+    try:
+        return dict(wait_for(lambda: (st := s.status("instances", name)).get("phase") in (
+            "Active", "Error", "Stopped") and st, timeout=WAIT / 2, what=f"{name} settled"))
+    except AssertionError:
+        return s.status("instances", name)
+
+
+def judge(s: FaultStack, row: Row, w: Watcher, inst0: dict[str, Any], instance: str,
+          resize: str, sha_before: str) -> Row:
+    """Fill ``row`` with the checks of the module docstring; problems go to row.problems."""
+    p = row.problems
+    inst = _settled_instance(s, instance)
+    if inst.get("phase") != "Active":
+        p.append(f"Instance is {inst.get('phase')}: {inst.get('message')}")
+    src_host = inst0["host"]
+    dst_host = w.st.get("destHost")
+    src_up, dst_up = w.running()
+    up = [h for h, flag in ((src_host, src_up), (dst_host, dst_up)) if flag]
+    # -- copies
+    if w.both_ran:
+        p.append("both copies ran at the same time")
+    if len(up) == 1:
+        where = "source" if src_up else "destination"
+        row.copies = f"one ({where})"
+        names = (src_host, inst0["domainName"]) if src_up else (dst_host, w.st.get(
+            "destDomainName"))
+        if (inst.get("host"), inst.get("domainName")) != names:
+            p.append(f"the copy running ({names}) is not the Instance's "
+                     f"({inst.get('host')}, {inst.get('domainName')})")
+    else:
+        row.copies = f"{len(up)} running"
+        msg = str(w.st.get("message", ""))
+        if not (row.outcome == "RollbackFailed" and len(up) == 0 and src_host in msg
+                and str(dst_host) in msg):
+            p.append(f"{len(up)} copies run ({up}); status: {w.phase()}: {msg}")
+    # -- data
+    src_disk = s.agents[src_host].storage_root / inst0["diskPath"]
+    confirmed = inst.get("host") == dst_host and dst_host is not None
+    ref = w.sha_off or sha_before
+    if confirmed:
+        dst_disk = s.agents[dst_host].storage_root / inst["diskPath"]
+        if src_disk.exists():
+            p.append(f"confirmed, but the source disk {src_disk} is still there")
+        got = content_sha256(dst_disk, DATA_MIB << 20) if dst_disk.exists() else "missing"
+        row.data = "dest content = source" if got == s.base_sha else "DEST CONTENT DIFFERS"
+        if got != s.base_sha:
+            p.append(f"destination content {got} != the source's {s.base_sha}")
+    else:
+        got = file_sha256(src_disk) if src_disk.exists() else "missing"
+        checksum = w.st.get("sourceChecksum")
+        ok = got == ref and checksum in (None, ref)
+        row.data = ("src sha256 unchanged" if w.sha_off else "src untouched (never off)") \
+            if ok else "SOURCE CHANGED"
+        if not ok:
+            p.append(f"source disk sha256 {got}, at power-off {ref}, status {checksum}")
+    # -- claims
+    ns = s.ns
+    want: dict[str, dict[str, tuple[int, int, int]]] = {}
+    if inst.get("host"):
+        want = {inst["host"]: {f"Instance/{ns}/{instance}": (
+            inst.get("vcpus", 0), inst.get("memoryMiB", 0), inst.get("diskGiB", 0))}}
+    got_claims = s.allocations({f"{ns}/{instance}", f"{ns}/{resize}"})
+    row.claims = "consistent" if got_claims == want else "INCONSISTENT"
+    if got_claims != want:
+        p.append(f"claims {got_claims} != expected {want}")
+    row.downtime_s = None if (d := w.downtime()) is None else round(d, 2)
+    row.status_downtime_s = w.st.get("downtimeSeconds")
+    if w.t_off is not None and w.t_on is None:
+        p.append("the VM was powered off and never ran again")
+    return row
+
+
+def write_report(rows: list[Row], path: Path, runtime: float) -> str:
+    """Markdown table at ``path``, the rows as JSON next to it; returns the Markdown."""
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+    lines = [f"# vmresize fault matrix ({len(rows)} cells, {runtime:.0f} s)", "",
+             "| cell | outcome | data check | copies | claims | downtime s (seen / status) "
+             "| cell s | notes |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        notes = "; ".join(r.notes + [f"PROBLEM: {x}" for x in r.problems]).replace("|", "/")
+        lines.append(f"| {r.cell} | {r.outcome} | {r.data} | {r.copies} | {r.claims} | "
+                     f"{fmt(r.downtime_s)} / {fmt(r.status_downtime_s)} | {r.seconds:.0f} | "
+                     f"{notes} |")
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.with_suffix(".json").write_text(json.dumps(
+        {"runtime_seconds": round(runtime, 1), "cells": [asdict(r) for r in rows]}, indent=2))
+    return text

@@ -1,0 +1,405 @@
+"""The fault matrix: each cell breaks one part of the real stack during a real resize.
+
+One module-wide :class:`FaultStack` (real kube-apiserver + etcd from the session, the real
+operator process, three real agents whose migration links run through throttling proxies,
+QEMU guests through the embedded libvirt driver). Every cell boots a fresh Instance with
+24 MiB of random data on hv1, resizes it to hv2 (a forced target, so the cell knows both
+ends), injects its fault at a chosen moment, lets the fault clear, decides (confirm or
+revert) if the resize reaches VerifyResize, and waits for the end. Then ``fault_checks``
+judges the ground truth (disks, QEMU processes, claims) and records a row; the table is
+written to ``$VMRESIZE_FAULT_REPORT`` (default: under the pytest tmp dir) and printed.
+
+"Mid-copy" is a byte count through the destination's proxy, with the link slowed to
+3 MiB/s, so the copy is ~8 s long and the fault lands inside it every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hack.agent_harness import wait_for
+from hack.localcluster import LocalCluster
+from kubernetes import client
+from tests.conftest import kubectl
+from tests.e2e.fault_checks import Row, judge, write_report
+from tests.e2e.fault_stack import (
+    DATA_MIB,
+    HEARTBEAT_STALE,
+    PEERING_CRD,
+    TERMINAL,
+    WAIT,
+    FaultAgent,
+    FaultStack,
+    Watcher,
+)
+from tests.e2e.full_stack_harness import file_sha256
+
+from vmresize.agent.hypervisor import embedded
+
+SLOW = 3 << 20  # bytes/s through a throttled link: the copy takes DATA_MIB / 3 s
+ROWS: list[Row] = []
+
+
+@pytest.fixture(scope="module")
+def stack(kubeconfig: Path, api_client: client.ApiClient,
+          tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[FaultStack]:
+    embedded.become_subreaper()  # QEMU outlives a killed agent and comes to us
+    embedded.start_reaper(only="qemu-system")
+    began = time.monotonic()
+    s = FaultStack(kubeconfig, tmp_path_factory.mktemp("faults"), api_client)
+    try:
+        yield s.start()
+    finally:
+        s.close()
+        named = os.environ.get("VMRESIZE_FAULT_REPORT")
+        path = Path(named) if named else tmp_path_factory.mktemp("report") / "fault-matrix.md"
+        text = write_report(ROWS, path, time.monotonic() - began)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # printed even when captured
+                reporter.write_line(f"\nfault matrix report: {path}\n{text}")
+
+
+@dataclass
+class Ctx:
+    """What a cell's fault can reach."""
+
+    s: FaultStack
+    w: Watcher
+    resize: str
+    src: FaultAgent
+    dst: FaultAgent
+    verdict: str | None = "confirm"  # what to patch in VerifyResize; None: the fault did
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def mid_copy(self, fraction: float = 0.3) -> None:
+        assert self.dst.proxy is not None
+        assert self.dst.proxy.wait_bytes(int((DATA_MIB << 20) * fraction), WAIT), \
+            f"the copy never reached {fraction:.0%}; phases {self.w.seen()}\n{self.s.tail()}"
+
+    def decide_now(self, verdict: str) -> None:
+        assert self.w.wait("VerifyResize") == "VerifyResize", self.w.seen()
+        self.s.patch_spec(self.resize, {verdict: True})
+        self.verdict = None
+
+    def host_ready(self, agent: FaultAgent) -> bool:
+        return bool(self.s.status("hosts", agent.name).get("ready"))
+
+
+Fault = Callable[[Ctx], None]
+_count = iter(range(1, 1000))
+
+
+def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = None,
+             verdict: str = "confirm", expect: tuple[str, ...] = ("Confirmed",),
+             before: Callable[[FaultStack, str], None] | None = None) -> Row:
+    """Boot, resize hv1 -> hv2 with ``fault`` injected, decide, judge; see the docstring."""
+    n = next(_count)
+    instance, resize = f"vm{n}", f"rs{n}"
+    src, dst = s.agents[s.host(1)], s.agents[s.host(2)]
+    assert dst.proxy is not None
+    dst.proxy.reset(rate)
+    inst0 = s.create_instance(instance, src.name)
+    sha_before = file_sha256(src.storage_root / inst0["diskPath"])
+    if before is not None:
+        before(s, instance)
+    w = Watcher(s, resize, inst0)
+    w.start()
+    t0 = time.monotonic()
+    s.create_resize(resize, instance, dst.name)
+    ctx = Ctx(s, w, resize, src, dst, verdict=verdict)
+    try:
+        fault(ctx)
+        final = w.wait("VerifyResize", gone_ok=True)
+        if final == "VerifyResize" and ctx.verdict:
+            s.patch_spec(resize, {ctx.verdict: True})
+            final = w.wait(*TERMINAL, gone_ok=True)
+    except AssertionError as e:
+        ctx.notes.append(f"not ended before the fault was cleared: {str(e).splitlines()[0]}")
+        s.heal()  # clear whatever the fault left, then give the resize one more bound
+        with contextlib.suppress(AssertionError):
+            w.wait(*TERMINAL, gone_ok=True)
+        final = "Deleted" if w.gone else w.phase()
+    finally:
+        for undo in ctx.after:
+            undo()
+        s.heal()
+    w.stop()
+    row = Row(cell, final, seconds=time.monotonic() - t0, notes=ctx.notes,
+              problems=list(ctx.problems))
+    judge(s, row, w, inst0, instance, resize, sha_before)
+    row.notes.append("phases " + ">".join(w.seen()))
+    ROWS.append(row)
+    s.delete("vmresizes", resize)
+    s.delete("instances", instance)
+    with contextlib.suppress(AssertionError):  # frees hv1's vCPUs for the next cells
+        wait_for(lambda: s.get("instances", instance) is None, timeout=60,
+                 what=f"{instance} deleted")
+    assert final in expect, f"{cell} ended {final}, expected {expect}: {row}"
+    assert not row.problems, f"{cell}: {row.problems}"
+    return row
+
+
+# -- the cells -----------------------------------------------------------------------------
+
+OPERATOR_PHASES = ["Preparing", "Migrating", "Finishing", "VerifyResize", "Confirming",
+                   "Reverting"]
+
+
+@pytest.mark.parametrize("phase", OPERATOR_PHASES)
+def test_operator_sigkill(stack: FaultStack, phase: str) -> None:
+    verdict = "revert" if phase == "Reverting" else "confirm"
+
+    def fault(c: Ctx) -> None:
+        if phase in ("Confirming", "Reverting"):
+            c.decide_now(verdict)
+        reached = c.w.wait(phase)
+        assert stack.operator is not None
+        stack.operator.kill9()
+        c.notes.append(f"killed in {c.s.status('vmresizes', c.resize).get('phase')}"
+                       + ("" if reached == phase else f" ({phase} not seen)"))
+        time.sleep(1)
+        stack.operator.start()
+
+    run_cell(stack, f"operator SIGKILL in {phase}", fault,
+             rate=SLOW if phase == "Migrating" else None, verdict=verdict,
+             expect=("Reverted",) if verdict == "revert" else ("Confirmed",))
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_agent_sigkill_mid_copy(stack: FaultStack, side: str) -> None:
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        agent = c.src if side == "source" else c.dst
+        agent.kill()
+        time.sleep(1)
+        agent.start()
+
+    run_cell(stack, f"{side} agent SIGKILL mid-copy", fault, rate=SLOW)
+
+
+def test_source_agent_sigstop_mid_copy(stack: FaultStack) -> None:
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        c.src.send(signal.SIGSTOP)
+        began = time.monotonic()
+        shown = _until(lambda: not c.host_ready(c.src), 4 * HEARTBEAT_STALE)
+        if shown is None:
+            c.problems.append(f"Host {c.src.name} still shows ready "
+                              f"{4 * HEARTBEAT_STALE} s into the freeze")
+        else:
+            c.notes.append(f"Host shown not ready after {shown:.0f} s")
+        time.sleep(max(0.0, 3 * HEARTBEAT_STALE - (time.monotonic() - began)))
+        c.src.send(signal.SIGCONT)
+        c.notes.append(f"frozen {time.monotonic() - began:.0f} s")
+
+    run_cell(stack, "source agent SIGSTOP mid-copy", fault, rate=SLOW,
+             expect=("Confirmed", "RolledBack"))
+
+
+def test_destination_agent_sigstop_mid_copy(stack: FaultStack) -> None:
+    bound = 120.0  # the step's watchdog, a retry and the rollback, on a loaded machine
+
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        c.dst.send(signal.SIGSTOP)
+        began = time.monotonic()
+        if _until(lambda: not c.host_ready(c.dst), 4 * HEARTBEAT_STALE) is None:
+            c.problems.append(f"Host {c.dst.name} still shows ready "
+                              f"{4 * HEARTBEAT_STALE} s into the freeze")
+        back = _until(lambda: c.w.running()[0], bound - (time.monotonic() - began))
+        if back is None:
+            c.problems.append(f"the VM stayed off {bound:.0f} s while the destination "
+                              "agent was frozen (no step watchdog)")
+        else:
+            c.notes.append(f"VM back on the source {time.monotonic() - began:.0f} s "
+                           "into the freeze")
+        c.dst.send(signal.SIGCONT)
+
+    run_cell(stack, "destination agent SIGSTOP mid-copy", fault, rate=SLOW,
+             expect=("RolledBack", "Confirmed"))
+
+
+def test_link_cut_mid_copy(stack: FaultStack) -> None:
+    def fault(c: Ctx) -> None:
+        c.mid_copy(0.4)
+        assert c.dst.proxy is not None
+        c.dst.proxy.cut(hold_seconds=3)
+        c.notes.append("link cut for 3 s at 40%")
+
+    run_cell(stack, "SSH link cut mid-copy", fault, rate=SLOW)
+
+
+def _tmpfs(s: FaultStack, instance: str, size: str) -> Path:
+    """A tmpfs of ``size`` where hv2 will keep ``instance``'s disk (unmounted by heal)."""
+    mount = s.agents[s.host(2)].storage_root / "instances" / s.ns / instance
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                   check=True)
+    s.mounts.append(mount)
+    return mount
+
+
+def test_destination_full(stack: FaultStack) -> None:
+    run_cell(stack, "destination full (8 MiB tmpfs)", lambda c: None,
+             before=lambda s, i: _tmpfs(s, i, "8m"),
+             expect=("RolledBack", "Failed"))
+
+
+def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
+    mount: list[Path] = []
+
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        with contextlib.suppress(OSError), (mount[0] / "filler").open("wb") as f:
+            while True:  # fill the filesystem: the receiver's next write gets ENOSPC
+                f.write(b"\0" * (1 << 20))
+        c.notes.append("tmpfs filled at 30%")
+
+    run_cell(stack, "destination write fails mid-copy (tmpfs fills)", fault, rate=SLOW,
+             before=lambda s, i: mount.append(_tmpfs(s, i, "64m")),
+             expect=("RolledBack", "Failed"))
+
+
+def test_apiserver_restart_mid_copy(stack: FaultStack, local_cluster: LocalCluster | None
+                                    ) -> None:
+    if local_cluster is None:
+        pytest.skip("VMRESIZE_KUBECONFIG names a cluster this test cannot restart")
+    cluster = local_cluster
+
+    def fault(c: Ctx) -> None:
+        c.mid_copy(0.2)
+        c.notes.append(f"kube-apiserver away {cluster.restart_apiserver():.1f} s")
+
+    run_cell(stack, "kube-apiserver restarted mid-copy", fault, rate=SLOW)
+
+
+def test_status_conflicts_at_every_step(stack: FaultStack) -> None:
+    stop = threading.Event()
+    bumps = [0]
+    log = stack.operator.log if stack.operator else None
+    offset = log.stat().st_size if log else 0
+
+    def storm(s: FaultStack, resize: str) -> None:
+        deadline = time.monotonic() + WAIT  # bounded, whatever happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                s.co.patch_namespaced_custom_object(
+                    "vmresize.io", "v1alpha1", s.ns, "vmresizes", resize,
+                    {"metadata": {"annotations": {"faults.vmresize.io/bump": str(bumps[0])}}})
+                bumps[0] += 1
+            stop.wait(0.02)
+
+    def fault(c: Ctx) -> None:
+        threading.Thread(target=storm, args=(c.s, c.resize), daemon=True).start()
+
+        def end() -> None:
+            stop.set()
+            text = log.read_text(errors="replace")[offset:] if log else ""
+            c.notes.append(f"{bumps[0]} resourceVersion bumps; operator log mentions "
+                           f"{text.count('409') + text.count('Conflict')} conflicts")
+        c.after.append(end)
+
+    run_cell(stack, "status write 409 at every step (annotation storm)", fault)
+
+
+def _remove_source_domain(c: Ctx) -> None:
+    """As ``virsh undefine`` + ``destroy`` behind the agent's back: the definition goes."""
+    assert c.w.wait("VerifyResize") == "VerifyResize", c.w.seen()
+    c.src.kill()
+    xml = c.src.libvirt_root / "etc" / "qemu" / f"{c.w.src_dom}.xml"
+    c.notes.append("source domain undefined" if xml.exists()
+                   else "no source definition to remove (set aside by the agent)")
+    xml.unlink(missing_ok=True)
+    c.src.start()
+
+
+@pytest.mark.parametrize("verdict", ["confirm", "revert"])
+def test_source_domain_removed_in_verify(stack: FaultStack, verdict: str) -> None:
+    run_cell(stack, f"source domain removed in VerifyResize, then {verdict}",
+             _remove_source_domain, verdict=verdict,
+             expect=("Confirmed",) if verdict == "confirm" else ("Reverted", "RollbackFailed"))
+
+
+def test_delete_confirm_revert_race(stack: FaultStack) -> None:
+    def fault(c: Ctx) -> None:
+        assert c.w.wait("VerifyResize") == "VerifyResize", c.w.seen()
+        acts = [lambda: c.s.patch_spec(c.resize, {"confirm": True}),
+                lambda: c.s.patch_spec(c.resize, {"revert": True}),
+                lambda: c.s.delete("vmresizes", c.resize)]
+        results: list[str] = []
+
+        def go(act: Callable[[], None], name: str) -> None:
+            try:
+                act()
+                results.append(f"{name} ok")
+            except Exception as e:
+                results.append(f"{name} refused ({getattr(e, 'status', type(e).__name__)})")
+        threads = [threading.Thread(target=go, args=(a, n)) for a, n in
+                   zip(acts, ("confirm", "revert", "delete"), strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        c.notes.append(", ".join(results))
+        c.verdict = None
+
+    run_cell(stack, "delete, confirm and revert racing", fault, expect=("Deleted",))
+
+
+def test_two_operators_leader_killed(stack: FaultStack, kubeconfig: Path) -> None:
+    def before(s: FaultStack, instance: str) -> None:
+        crd = s.workdir / "peering.yaml"
+        crd.write_text(PEERING_CRD)
+        kubectl(kubeconfig, "apply", "-f", str(crd))
+        kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+                "crd/kopfpeerings.kopf.dev")
+        kubectl(kubeconfig, "-n", s.ns, "apply", "-f", "-", stdin=(
+            "apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata: {name: vmresize-operator}\n"))
+        assert s.operator is not None
+        s.operator.stop()
+        base = [sys.executable, "-m", "vmresize.operator", "--namespace", s.ns,
+                "--peering", "vmresize-operator"]
+        for prio in ("100", "10"):
+            op = s.new_operator([*base, "--priority", prio], log=f"ha-{prio}.log",
+                                VMRESIZE_PEERING_LIFETIME_SECONDS="10").start()
+            s.extra_operators.append(op)
+            wait_for(lambda o=op: "Resuming operations" in o.log.read_text(  # type: ignore[misc]
+                errors="replace") or "Initial authentication" in o.log.read_text(
+                errors="replace"), timeout=WAIT, what=f"operator priority {prio} up")
+
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        high, low = c.s.extra_operators
+        before_kill = low.log.read_text(errors="replace")
+        high.kill9()
+        c.after.append(lambda: c.notes.append(
+            "standby took over" if "Resuming operations" in low.log.read_text(
+                errors="replace")[len(before_kill):] else "standby log shows no takeover"))
+
+    run_cell(stack, "two operator replicas, leader SIGKILLed mid-copy", fault, rate=SLOW,
+             before=before)
+
+
+def _until(probe: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``probe`` held, or None after ``timeout``."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if probe():
+            return time.monotonic() - began
+        time.sleep(0.2)
+    return None
