@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,15 @@ class FaultStack:
         self.co.patch_namespaced_custom_object(G, V, self.ns, "vmresizes", name,
                                                {"spec": spec})
 
+    def tmpfs(self, instance: str, size: str) -> Path:
+        """A tmpfs of ``size`` where hv2 will keep ``instance``'s disk (unmounted by heal)."""
+        mount = self.agents[self.host(2)].storage_root / "instances" / self.ns / instance
+        mount.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                       check=True)
+        self.mounts.append(mount)
+        return mount
+
     def delete(self, plural: str, name: str) -> None:
         with contextlib.suppress(Exception):
             self.co.delete_namespaced_custom_object(G, V, self.ns, plural, name)
@@ -342,3 +352,13 @@ class Watcher(threading.Thread):
         if self.t_off is None:
             return 0.0
         return None if self.t_on is None else self.t_on - self.t_off
+
+
+def until(probe: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``probe`` held, or None after ``timeout``."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if probe():
+            return time.monotonic() - began
+        time.sleep(0.2)
+    return None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from tests.e2e.fault_stack import (
     FaultAgent,
     FaultStack,
     Watcher,
+    until,
 )
 from tests.e2e.full_stack_harness import file_sha256
 
@@ -197,7 +197,7 @@ def test_source_agent_sigstop_mid_copy(stack: FaultStack) -> None:
         c.mid_copy()
         c.src.send(signal.SIGSTOP)
         began = time.monotonic()
-        shown = _until(lambda: not c.host_ready(c.src), 4 * HEARTBEAT_STALE)
+        shown = until(lambda: not c.host_ready(c.src), 4 * HEARTBEAT_STALE)
         if shown is None:
             c.problems.append(f"Host {c.src.name} still shows ready "
                               f"{4 * HEARTBEAT_STALE} s into the freeze")
@@ -218,10 +218,10 @@ def test_destination_agent_sigstop_mid_copy(stack: FaultStack) -> None:
         c.mid_copy()
         c.dst.send(signal.SIGSTOP)
         began = time.monotonic()
-        if _until(lambda: not c.host_ready(c.dst), 4 * HEARTBEAT_STALE) is None:
+        if until(lambda: not c.host_ready(c.dst), 4 * HEARTBEAT_STALE) is None:
             c.problems.append(f"Host {c.dst.name} still shows ready "
                               f"{4 * HEARTBEAT_STALE} s into the freeze")
-        back = _until(lambda: c.w.running()[0], bound - (time.monotonic() - began))
+        back = until(lambda: c.w.running()[0], bound - (time.monotonic() - began))
         if back is None:
             c.problems.append(f"the VM stayed off {bound:.0f} s while the destination "
                               "agent was frozen (no step watchdog)")
@@ -244,19 +244,9 @@ def test_link_cut_mid_copy(stack: FaultStack) -> None:
     run_cell(stack, "SSH link cut mid-copy", fault, rate=SLOW)
 
 
-def _tmpfs(s: FaultStack, instance: str, size: str) -> Path:
-    """A tmpfs of ``size`` where hv2 will keep ``instance``'s disk (unmounted by heal)."""
-    mount = s.agents[s.host(2)].storage_root / "instances" / s.ns / instance
-    mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                   check=True)
-    s.mounts.append(mount)
-    return mount
-
-
 def test_destination_full(stack: FaultStack) -> None:
     run_cell(stack, "destination full (8 MiB tmpfs)", lambda c: None,
-             before=lambda s, i: _tmpfs(s, i, "8m"),
+             before=lambda s, i: s.tmpfs(i, "8m"),
              expect=("RolledBack", "Failed"))
 
 
@@ -271,7 +261,7 @@ def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
         c.notes.append("tmpfs filled at 30%")
 
     run_cell(stack, "destination write fails mid-copy (tmpfs fills)", fault, rate=SLOW,
-             before=lambda s, i: mount.append(_tmpfs(s, i, "64m")),
+             before=lambda s, i: mount.append(s.tmpfs(i, "64m")),
              expect=("RolledBack", "Failed"))
 
 
@@ -393,13 +383,3 @@ def test_two_operators_leader_killed(stack: FaultStack, kubeconfig: Path) -> Non
 
     run_cell(stack, "two operator replicas, leader SIGKILLed mid-copy", fault, rate=SLOW,
              before=before)
-
-
-def _until(probe: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until ``probe`` held, or None after ``timeout``."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        if probe():
-            return time.monotonic() - began
-        time.sleep(0.2)
-    return None
