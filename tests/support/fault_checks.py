@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hack.agent_harness import wait_for
-from tests.e2e.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
-from tests.e2e.full_stack_harness import content_sha256, file_sha256
+from tests.support.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
+from tests.support.full_stack_harness import content_sha256, file_sha256
+from tests.support.polling import wait_for
 
 
 @dataclass

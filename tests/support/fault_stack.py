@@ -1,7 +1,7 @@
 """The stack the fault matrix breaks: real operator, three real agents behind proxies, QEMU.
 
 :class:`FaultStack` owns one namespace, three embedded-QEMU agents on 127.0.0.2-4, each
-advertising a :class:`~tests.e2e.fault_proxy.Proxy` on 127.0.0.12-14 as its migration
+advertising a :class:`~tests.support.fault_proxy.Proxy` on 127.0.0.12-14 as its migration
 endpoint (so a test can slow or cut the link between two agents), a base image of random
 data on every host (so a copy has something to send and "mid-copy" is a place in time),
 two Flavors that select only these Hosts, and the operator process. A cell may kill, stop
@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hack.agent_harness import AgentProcess, wait_for, write_migration_key
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.conftest import kubectl
-from tests.e2e.fault_proxy import Proxy
-from tests.e2e.full_stack_harness import FLAVORS, SELECTOR_LABEL, file_sha256, qemu_pid
-from tests.integration.operator.op_harness import Operator
+
+from tests.support.agent_harness import AgentProcess, free_port, write_migration_key
+from tests.support.fault_proxy import Proxy
+from tests.support.full_stack_harness import FLAVORS, SELECTOR_LABEL, file_sha256, qemu_pid
+from tests.support.kube import kubectl
+from tests.support.op_harness import Operator
+from tests.support.polling import wait_for
 
 G, V = "vmresize.io", "v1alpha1"
 WAIT = 240.0  # TCG on 2 shared, loaded cores; a bound on every wait, not a performance goal
@@ -131,7 +133,7 @@ class FaultStack:
             agent = FaultAgent(name=self.host(i), workdir=self.workdir / f"hv{i}",
                                address=address, kubeconfig=self.kubeconfig, namespace=self.ns,
                                key_file=key, embedded=True)
-            agent.port = _free_port(address)
+            agent.port = free_port(address)
             agent.proxy = Proxy(f"127.0.0.{i + 11}", address, agent.port).start()
             (agent.storage_root / "images").mkdir(parents=True, exist_ok=True)
             (agent.storage_root / "images" / BASE_IMAGE).write_bytes(base.read_bytes())
@@ -266,14 +268,6 @@ class FaultStack:
         parts = [f"--- operator\n{self.operator.tail(30)}" if self.operator else ""]
         parts += [f"--- {a.name}\n{a.log_tail(15)}" for a in self.agents.values()]
         return "\n".join(parts)
-
-
-def _free_port(address: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
 
 
 class Watcher(threading.Thread):
