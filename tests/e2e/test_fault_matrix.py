@@ -48,6 +48,11 @@ from vmresize.agent.hypervisor import embedded
 
 SLOW = 3 << 20  # bytes/s through a throttled link: the copy takes DATA_MIB / 3 s
 ROWS: list[Row] = []
+# Cells that fail on main until the fixes of issue 9 land (then: remove the mark).
+FINDING_5 = pytest.mark.xfail(strict=True, reason=(
+    "issue 9 finding 5: a write error on the destination hangs Migrating with the VM off"))
+FINDING_6 = pytest.mark.xfail(strict=True, reason=(
+    "issue 9 finding 6: no step watchdog; a frozen agent's Host keeps showing ready"))
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +197,7 @@ def test_agent_sigkill_mid_copy(stack: FaultStack, side: str) -> None:
     run_cell(stack, f"{side} agent SIGKILL mid-copy", fault, rate=SLOW)
 
 
+@FINDING_6
 def test_source_agent_sigstop_mid_copy(stack: FaultStack) -> None:
     def fault(c: Ctx) -> None:
         c.mid_copy()
@@ -211,6 +217,7 @@ def test_source_agent_sigstop_mid_copy(stack: FaultStack) -> None:
              expect=("Confirmed", "RolledBack"))
 
 
+@FINDING_6
 def test_destination_agent_sigstop_mid_copy(stack: FaultStack) -> None:
     bound = 120.0  # the step's watchdog, a retry and the rollback, on a loaded machine
 
@@ -244,12 +251,14 @@ def test_link_cut_mid_copy(stack: FaultStack) -> None:
     run_cell(stack, "SSH link cut mid-copy", fault, rate=SLOW)
 
 
+@FINDING_5
 def test_destination_full(stack: FaultStack) -> None:
     run_cell(stack, "destination full (8 MiB tmpfs)", lambda c: None,
              before=lambda s, i: s.tmpfs(i, "8m"),
              expect=("RolledBack", "Failed"))
 
 
+@FINDING_5
 def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
     mount: list[Path] = []
 
