@@ -51,6 +51,9 @@ ROWS: list[Row] = []
 # Cells that fail on main until the fixes of issue 9 land (then: remove the mark).
 FINDING_5 = pytest.mark.xfail(strict=True, reason=(
     "issue 9 finding 5: a write error on the destination hangs Migrating with the VM off"))
+REVERT_NO_SOURCE = pytest.mark.xfail(strict=True, reason=(
+    "new finding: revert deletes the destination copy first, then RestoreSource fails "
+    "(domain not found, not retryable); stuck in Reverting, no copy runs, Instance says Running"))
 FINDING_6 = pytest.mark.xfail(strict=True, reason=(
     "issue 9 finding 6: no step watchdog; a frozen agent's Host keeps showing ready"))
 
@@ -327,7 +330,7 @@ def _remove_source_domain(c: Ctx) -> None:
     c.src.start()
 
 
-@pytest.mark.parametrize("verdict", ["confirm", "revert"])
+@pytest.mark.parametrize("verdict", ["confirm", pytest.param("revert", marks=REVERT_NO_SOURCE)])
 def test_source_domain_removed_in_verify(stack: FaultStack, verdict: str) -> None:
     run_cell(stack, f"source domain removed in VerifyResize, then {verdict}",
              _remove_source_domain, verdict=verdict,
