@@ -173,11 +173,15 @@ def test_operator_sigkill(stack: FaultStack, phase: str) -> None:
     verdict = "revert" if phase == "Reverting" else "confirm"
 
     def fault(c: Ctx) -> None:
+        if phase == "Preparing":  # Prepare is quick: hold it (well inside the heartbeat window)
+            c.dst.send(signal.SIGSTOP)
         if phase in ("Confirming", "Reverting"):
             c.decide_now(verdict)
-        reached = c.w.wait(phase)
+        later = OPERATOR_PHASES[OPERATOR_PHASES.index(phase):]
+        reached = c.w.wait(*later, timeout=60)  # a phase too short to see: the next one
         assert stack.operator is not None
         stack.operator.kill9()
+        c.dst.send(signal.SIGCONT)
         c.notes.append(f"killed in {c.s.status('vmresizes', c.resize).get('phase')}"
                        + ("" if reached == phase else f" ({phase} not seen)"))
         time.sleep(1)
