@@ -9,8 +9,7 @@ revert) if the resize reaches VerifyResize, and waits for the end. Then ``fault_
 judges the ground truth (disks, QEMU processes, claims) and records a row; the table is
 written to ``$VMRESIZE_FAULT_REPORT`` (default: under the pytest tmp dir) and printed.
 
-"Mid-copy" is a byte count through the destination's proxy, with the link slowed to
-3 MiB/s, so the copy is ~8 s long and the fault lands inside it every time.
+"Mid-copy" is a byte count through the destination's proxy, the link slowed to 3 MiB/s.
 """
 
 from __future__ import annotations
@@ -104,12 +103,12 @@ class Ctx:
         self.s.patch_spec(self.resize, {verdict: True})
         self.verdict = None
 
-    def host_ready(self, agent: FaultAgent) -> bool:
+    def host_ready(self, agent: FaultAgent) -> bool:  # what `kubectl get hosts` shows
         return bool(self.s.status("hosts", agent.name).get("ready"))
 
 
 Fault = Callable[[Ctx], None]
-_count = iter(range(1, 1000))
+_count = iter(range(1, 1000))  # instance and resize names, unique in the module's namespace
 
 
 def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = None,
@@ -162,8 +161,7 @@ def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = Non
     return row
 
 
-# -- the cells -----------------------------------------------------------------------------
-
+# -- the cells: the operator's phases in order (a kill may land in the next, if too short)
 OPERATOR_PHASES = ["Preparing", "Migrating", "Finishing", "VerifyResize", "Confirming",
                    "Reverting"]
 
