@@ -160,7 +160,6 @@ def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = Non
     assert not row.problems, f"{cell}: {row.problems}"
     return row
 
-
 # -- the cells: the operator's phases in order (a kill may land in the next, if too short)
 OPERATOR_PHASES = ["Preparing", "Migrating", "Finishing", "VerifyResize", "Confirming",
                    "Reverting"]
