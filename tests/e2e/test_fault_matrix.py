@@ -48,13 +48,9 @@ from vmresize.agent.hypervisor import embedded
 SLOW = 3 << 20  # bytes/s through a throttled link: the copy takes DATA_MIB / 3 s
 ROWS: list[Row] = []
 # Cells that fail on main until the fixes of issue 9 land (then: remove the mark).
-FINDING_5 = pytest.mark.xfail(strict=True, reason=(
-    "issue 9 finding 5: a write error on the destination hangs Migrating with the VM off"))
-REVERT_NO_SOURCE = pytest.mark.xfail(strict=True, reason=(
-    "new finding: revert deletes the destination copy first, then RestoreSource fails "
-    "(domain not found, not retryable); stuck in Reverting, no copy runs, Instance says Running"))
 FINDING_6 = pytest.mark.xfail(strict=True, reason=(
-    "issue 9 finding 6: no step watchdog; a frozen agent's Host keeps showing ready"))
+    "issue 9 finding 6: no step watchdog; the VM stays off while the destination agent is "
+    "frozen mid-copy"))
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +197,6 @@ def test_agent_sigkill_mid_copy(stack: FaultStack, side: str) -> None:
     run_cell(stack, f"{side} agent SIGKILL mid-copy", fault, rate=SLOW)
 
 
-@FINDING_6
 def test_source_agent_sigstop_mid_copy(stack: FaultStack) -> None:
     def fault(c: Ctx) -> None:
         c.mid_copy()
@@ -255,14 +250,12 @@ def test_link_cut_mid_copy(stack: FaultStack) -> None:
     run_cell(stack, "SSH link cut mid-copy", fault, rate=SLOW)
 
 
-@FINDING_5
 def test_destination_full(stack: FaultStack) -> None:
     run_cell(stack, "destination full (8 MiB tmpfs)", lambda c: None,
              before=lambda s, i: s.tmpfs(i, "8m"),
              expect=("RolledBack", "Failed"))
 
 
-@FINDING_5
 def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
     mount: list[Path] = []
 
@@ -322,17 +315,19 @@ def test_status_conflicts_at_every_step(stack: FaultStack) -> None:
 
 
 def _remove_source_domain(c: Ctx) -> None:
-    """As ``virsh undefine`` + ``destroy`` behind the agent's back: the definition goes."""
+    """As ``virsh undefine`` + ``destroy`` behind the agent's back: every definition of the
+    source goes, libvirt's and the one the agent set aside next to the disk."""
     assert c.w.wait("VerifyResize") == "VerifyResize", c.w.seen()
     c.src.kill()
-    xml = c.src.libvirt_root / "etc" / "qemu" / f"{c.w.src_dom}.xml"
-    c.notes.append("source domain undefined" if xml.exists()
-                   else "no source definition to remove (set aside by the agent)")
-    xml.unlink(missing_ok=True)
+    gone = [p for p in (c.src.libvirt_root / "etc" / "qemu" / f"{c.w.src_dom}.xml",
+                        c.w.src_disk.with_name(c.w.src_disk.name + ".held.xml")) if p.exists()]
+    for path in gone:
+        path.unlink()
+    c.notes.append("removed " + (", ".join(p.name for p in gone) or "nothing (none found)"))
     c.src.start()
 
 
-@pytest.mark.parametrize("verdict", ["confirm", pytest.param("revert", marks=REVERT_NO_SOURCE)])
+@pytest.mark.parametrize("verdict", ["confirm", "revert"])
 def test_source_domain_removed_in_verify(stack: FaultStack, verdict: str) -> None:
     run_cell(stack, f"source domain removed in VerifyResize, then {verdict}",
              _remove_source_domain, verdict=verdict,
