@@ -14,16 +14,15 @@ Run by ``make crds``; ``make lint`` runs ``--check``, which fails on drift.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
-import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from vmresize.api import genfiles
 from vmresize.api.crdgen import KINDS, crd
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.meta import GROUP, VERSION
@@ -191,25 +190,13 @@ def rendered(root: Path) -> dict[Path, str]:
 
 def drift(root: Path) -> list[str]:
     """Paths under ``root`` whose content differs from what the code generates."""
-    return [str(rel) for rel, text in rendered(root).items()
-            if not (root / rel).exists() or (root / rel).read_text() != text]
+    return genfiles.drift(rendered, root)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the files, or with ``--check`` list the drifted ones and return 1."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
-    parser.add_argument("--check", action="store_true", help="fail if the files drifted")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = drift(args.root)
-        for path in stale:
-            print(f"drifted from the code: {path} (run `make crds`)", file=sys.stderr)
-        return 1 if stale else 0
-    for rel, text in rendered(args.root).items():
-        (args.root / rel).write_text(text)
-        print(f"wrote {rel}")
-    return 0
+    return genfiles.main(rendered, description=(__doc__ or "").splitlines()[0],
+                         source="the code", argv=argv)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ Run by ``make crds``; ``make lint`` runs ``--check``, which fails on drift.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import yaml
 
 from vmresize.agent.settings import AgentSettings
+from vmresize.api import genfiles
 from vmresize.api.envsettings import EnvSettings
 from vmresize.operator.settings import Settings
 
@@ -265,26 +264,14 @@ def rendered(root: Path) -> dict[Path, str]:
 
 
 def drift(root: Path) -> list[str]:
-    """Paths under ``root`` whose content differs from what the models generate."""
-    return [str(rel) for rel, text in rendered(root).items()
-            if not (root / rel).exists() or (root / rel).read_text() != text]
+    """Paths under ``root`` whose content differs from what the code generates."""
+    return genfiles.drift(rendered, root)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
-    parser.add_argument("--check", action="store_true", help="fail if the files drifted")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = drift(args.root)
-        for path in stale:
-            print(f"drifted from the settings models: {path} (run `make crds`)",
-                  file=sys.stderr)
-        return 1 if stale else 0
-    for rel, text in rendered(args.root).items():
-        (args.root / rel).write_text(text)
-        print(f"wrote {rel}")
-    return 0
+    """Write the files, or with ``--check`` list the drifted ones and return 1."""
+    return genfiles.main(rendered, description=(__doc__ or "").splitlines()[0],
+                         source="the settings models", argv=argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from tests.support.fault_checks import Row, judge, write_report
 from tests.support.fault_stack import (
     DATA_MIB,
     HEARTBEAT_STALE,
-    PEERING_CRD,
     TERMINAL,
     WAIT,
     FaultAgent,
@@ -41,6 +40,7 @@ from tests.support.fault_stack import (
 )
 from tests.support.full_stack_harness import file_sha256
 from tests.support.kube import kubectl
+from tests.support.peering import install_peering_crd
 from tests.support.polling import wait_for
 
 from vmresize.agent.hypervisor import embedded
@@ -363,11 +363,7 @@ def test_delete_confirm_revert_race(stack: FaultStack) -> None:
 
 def test_two_operators_leader_killed(stack: FaultStack, kubeconfig: Path) -> None:
     def before(s: FaultStack, instance: str) -> None:
-        crd = s.workdir / "peering.yaml"
-        crd.write_text(PEERING_CRD)
-        kubectl(kubeconfig, "apply", "-f", str(crd))
-        kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-                "crd/kopfpeerings.kopf.dev")
+        install_peering_crd(kubeconfig, s.workdir)
         kubectl(kubeconfig, "-n", s.ns, "apply", "-f", "-", stdin=(
             "apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata: {name: vmresize-operator}\n"))
         assert s.operator is not None

@@ -45,25 +45,6 @@ DATA_MIB = 24  # random data in every disk: ~8 s through a 3 MiB/s link, ~0.3 s 
 BASE_IMAGE = "faults-data.qcow2"
 TERMINAL = ("Confirmed", "Reverted", "RolledBack", "RollbackFailed", "Failed")
 HEARTBEAT_STALE = 5  # the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS in the matrix
-#: kopf's namespaced peering CRD (as in tests/integration/operator/test_ha.py).
-PEERING_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: kopfpeerings.kopf.dev}
-spec:
-  scope: Namespaced
-  group: kopf.dev
-  names: {kind: KopfPeering, plural: kopfpeerings, singular: kopfpeering}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            status: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"""
 OPERATOR_ENV = {"VMRESIZE_POWER_OFF_TIMEOUT_SECONDS": "1",
                 "VMRESIZE_HEARTBEAT_STALE_SECONDS": str(HEARTBEAT_STALE),
                 "VMRESIZE_AUTO_CONFIRM_SECONDS": "0"}

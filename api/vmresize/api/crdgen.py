@@ -7,13 +7,12 @@ Schema into that form. ``vmresize-crdgen`` writes the files; ``--check`` fails o
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vmresize.api import genfiles
 from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
@@ -176,32 +175,18 @@ def rendered() -> dict[Path, str]:
 
 def drift(root: Path) -> list[str]:
     """Paths under ``root`` whose content differs from what the models generate."""
-    out = []
-    for rel, text in rendered().items():
-        path = root / rel
-        if not path.exists() or path.read_text() != text:
-            out.append(str(rel))
-    return out
+    return genfiles.drift(_render, root)
+
+
+def _render(_root: Path) -> dict[Path, str]:
+    return rendered()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the CRDs into ``crds/`` and the chart, or with ``--check`` list the drifted files and
     return 1."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
-    parser.add_argument("--check", action="store_true", help="fail if the files drifted")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = drift(args.root)
-        for path in stale:
-            print(f"drifted from the models: {path}", file=sys.stderr)
-        return 1 if stale else 0
-    for rel, text in rendered().items():
-        path = args.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {rel}")
-    return 0
+    return genfiles.main(_render, description=(__doc__ or "").splitlines()[0],
+                         source="the models", argv=argv)
 
 
 if __name__ == "__main__":

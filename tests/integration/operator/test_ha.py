@@ -10,39 +10,14 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.support.kube import kubectl
 from tests.support.op_harness import Fulfiller, World, wait_for
-
-#: kopf's namespaced peering CRD, as in kopf's docs (peering.yaml). The chart ships the
-#: cluster-scoped one; the tests use the namespaced one so that they touch no chart CRD.
-PEERING_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: kopfpeerings.kopf.dev}
-spec:
-  scope: Namespaced
-  group: kopf.dev
-  names: {kind: KopfPeering, plural: kopfpeerings, singular: kopfpeering}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            status: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"""
+from tests.support.peering import install_peering_crd
 
 
 def test_peering_failover(world: World, agents: Fulfiller, operator_factory: Any,
                           kubeconfig: Path, api_client: client.ApiClient,
                           tmp_path: Path) -> None:
-    crd = tmp_path / "peering.yaml"
-    crd.write_text(PEERING_CRD)
-    kubectl(kubeconfig, "apply", "-f", str(crd))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/kopfpeerings.kopf.dev")
+    install_peering_crd(kubeconfig, tmp_path)
     co = client.CustomObjectsApi(api_client)
     try:
         co.create_namespaced_custom_object("kopf.dev", "v1", world.ns, "kopfpeerings", {
