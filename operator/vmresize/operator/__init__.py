@@ -1,27 +1,14 @@
 """The vmresize operator: schedules resizes and drives them through agents' HostTasks.
 
-``kopf run -m vmresize.operator`` imports this package, which registers every handler.
+Layers, pure at the bottom (import-linter keeps them so):
 
-Module map (pure decisions at the top, plumbing below):
+- :mod:`.decisions`    the VMResize transition table, the scheduler, tasks, conditions (pure)
+- :mod:`.persistence`  the only Kubernetes client user: storage and the claims
+- :mod:`.reconcile`    one step of a resize, an instance or a host; the per-object driver
+- :mod:`.handlers`     kopf wiring, one module per resource; importing it registers them
+- :mod:`.cli`          the ``kubectl vmresize`` plugin (no kopf, no handlers)
+- :mod:`.settings`, :mod:`.errors`, :mod:`.metrics`
 
-- :mod:`lifecycle`  the VMResize transition table (pure); its vocabulary in
-  :mod:`lifecycle_types`, its rules in :mod:`transitions`
-- :mod:`scheduler`  filters and weighers over plain data (pure)
-- :mod:`conditions`, :mod:`tasks`, :mod:`views`, :mod:`settings`  small pure helpers
-- :mod:`engine`, :mod:`instances`, :mod:`scheduling`  one step of a resize / an instance
-- :mod:`claims`     Host allocations and the Instance lock (optimistic concurrency)
-- :mod:`storage`    the only Kubernetes client user; typed errors in :mod:`errors`
-- :mod:`driver`     the per-object daemon loop and wake-ups
-- ``*_handlers``, :mod:`startup`  kopf handlers, one module per resource
-- :mod:`metrics`    Prometheus
+Importing this package registers nothing, so that the plugin starts without kopf:
+``kopf run -m vmresize.operator.handlers`` or ``vmresize-operator`` run the operator.
 """
-
-from vmresize.operator.handlers import (  # noqa: F401 - importing registers the handlers
-    host,
-    host_health,
-    hosttask,
-    instance,
-    resize,
-    startup,
-    sweep,
-)

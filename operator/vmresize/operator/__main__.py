@@ -1,6 +1,6 @@
 """``vmresize-operator`` / ``python -m vmresize.operator``: run kopf in-process.
 
-Uses the same handler registry as ``kopf run -m vmresize.operator``.
+Uses the same handler registry as ``kopf run -m vmresize.operator.handlers``.
 
     python -m vmresize.operator [--standalone | --peering NAME [--priority N]]
                                 [--namespace NS] [--liveness URL] [-v]
@@ -20,7 +20,7 @@ import os
 
 import kopf
 
-import vmresize.operator  # noqa: F401 - registers the handlers
+import vmresize.operator.handlers  # noqa: F401 - registers the handlers
 from vmresize.api.envsettings import SettingsError
 from vmresize.operator.handlers.startup import PEERING
 from vmresize.operator.settings import Settings

@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 def test_kopf_run_module(world: World, agents: Fulfiller, operator_factory: Any) -> None:
     kopf = str(Path(sys.executable).with_name("kopf"))
-    operator_factory([kopf, "run", "-m", "vmresize.operator", "--standalone",
+    operator_factory([kopf, "run", "-m", "vmresize.operator.handlers", "--standalone",
                       "--namespace", world.ns], VMRESIZE_NAMESPACE=world.ns)
     world.make_host("a")
     inst = world.instance("vm1", "small")
