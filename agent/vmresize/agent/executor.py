@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, markers, sourcehold, wholevm
+from vmresize.agent import disks, flavorfiles, markers, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
     CopyChecksumMismatch,
@@ -42,6 +42,7 @@ from vmresize.agent.errors import (
     TaskRefused,
     TransferRefused,
 )
+from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
@@ -165,13 +166,6 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
                           memory_mib=size.memory_mib, disk_gib=-(-virtual // disks.GIB),
                           size_bytes=self._abs(rel).stat().st_size, power_state=state.value)
 
-    async def _define(self, name: str, rel: str, flavor: TaskFlavor,
-                      spec_of: HostTaskSpec | None = None) -> None:
-        spec = DomainSpec(name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
-                          disk=self._abs(rel), serial_log=self._serial_log(rel),
-                          interfaces=tuple(spec_of.interfaces) if spec_of else ())
-        await self._hv(self.hv.define, spec)
-
     # --- steps ---------------------------------------------------------------------------
 
     async def _spawn(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
@@ -186,15 +180,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         else:
             await asyncio.to_thread(disks.create_blank, self.root, rel, flavor.disk_gib,
                                     seed=spec.seed_pattern)
-        await self._define_for(name, rel, flavor, spec)
+        files, extra = await asyncio.to_thread(flavorfiles.spawn, self.root, rel, flavor)
+        await self._define_for(name, rel, flavor, spec, extra)
         await self._hv(self.hv.start, name)
         result = await self._describe(name, rel)
-        result.disks = [VMDisk(path=rel, format="qcow2", target="vda",
-                               size_bytes=result.size_bytes or 0)]
-        return StepOutcome(result, f"spawned {name}")
+        result.disks = files
+        return StepOutcome(result, f"spawned {name} with {len(files)} disk(s)")
 
     async def _define_for(self, name: str, rel: str, flavor: TaskFlavor,
-                          spec: HostTaskSpec | None = None) -> None:
+                          spec: HostTaskSpec | None = None, extra: tuple[NewDisk, ...] = ()
+                          ) -> None:
         """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
         started: redefined onto ours while off, refused while it runs (it is not ours)."""
         if await self._hv(self.hv.exists, name):
@@ -206,7 +201,10 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
                                   f"from {rel}; refusing to touch it")
             log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
             await self._hv(self.hv.undefine, name)
-        await self._define(name, rel, flavor, spec)
+        await self._hv(self.hv.define, DomainSpec(
+            name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk=self._abs(rel),
+            serial_log=self._serial_log(rel), extra_disks=extra,
+            interfaces=tuple(spec.interfaces) if spec else ()))
 
     async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)

@@ -9,10 +9,12 @@ HostTask and is idempotent, so a resumed step redoes only what is missing.
   The definition is written next to the root disk and travels like a disk.
 * Source, after power-off: :func:`send` copies each file, over the migration service or,
   when the destination's marker is visible here (shared storage, :mod:`sharedstore`),
-  within the filesystem; every file is checksummed.
+  within the filesystem; every file is checksummed. A flavor's swap is not sent (its
+  content is not kept; the destination makes it anew at the new size).
 * Destination: :func:`verify` (each sha256 before anything changes), :func:`relink`
   (``qemu-img rebase -u`` of each overlay onto its moved backing file), :func:`definition`
-  (the source's XML with only vCPUs, memory, file paths and the name changed).
+  (the source's XML with only vCPUs, memory, file paths and the name changed, and the
+  flavor's disks dropped or added).
 * Both: :func:`delete` removes the VM's files on this host, and nothing else: a backing
   file outside the instance's directory (a shared base image) is left alone.
 """
@@ -34,6 +36,7 @@ from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
 from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DEFINITION_BOUND, DiskRole, VMDisk
 
@@ -125,6 +128,9 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
     for f in files:
         if not f.peer_path or not f.transfer_id:
             raise TaskRefused(f"{f.path} has no destination path or transfer id")
+        if flavordisks.not_copied(f):  # swap (by our own definition's serial): made anew
+            out.append(f.model_copy(update={"checksum": None, "size_bytes": 0}))
+            continue
         src = confine(root, f.path)
         if shared:
             dst = await asyncio.to_thread(disks.copy_local, root, f.path, f.peer_path)
@@ -156,6 +162,8 @@ def verified(root: Path, files: Sequence[VMDisk]) -> bool:
 async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer) -> None:
     """Destination: each file arrived whole with the source's sha256 (invariant 2)."""
     for f in files:
+        if flavordisks.not_copied(f):
+            continue  # never sent: Finish makes it anew
         if not f.checksum:
             raise TaskRefused(f"no expected checksum for {f.path}")
         path = confine(root, f.path)
@@ -182,15 +190,18 @@ def relink(root: Path, files: Sequence[VMDisk]) -> None:
 
 
 def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: int,
-               name: str) -> str:
-    """Destination: the source's definition, rewritten for this host."""
+               name: str, drop: Sequence[VMDisk] = (),
+               add: tuple[domainxml.NewDisk, ...] = ()) -> str:
+    """Destination: the source's definition, rewritten for this host; the disks in
+    ``drop`` (by their source path) left out and ``add`` added (a flavor's disks)."""
     defn = [f for f in files if f.role is DiskRole.DEFINITION]
     if len(defn) != 1:
         raise TaskRefused("exactly one definition file must arrive with the disks")
     path = confine(root, defn[0].path)
     if path.stat().st_size > DEFINITION_BOUND:
         raise TaskRefused(f"{defn[0].path} is larger than {DEFINITION_BOUND} bytes")
-    xml = path.read_text()
+    xml = domainxml.edit_disks(path.read_text(), drop=frozenset(
+        d.source_path for d in drop if d.source_path))
     moved = [f for f in files if f.role is not DiskRole.DEFINITION]
     mapping = vmfiles.path_map(moved, str(root))
     old_dir = posixpath.dirname(_root_disk(moved).source_path or "")
@@ -198,8 +209,8 @@ def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: i
     for log in domainxml.host_files(xml):  # serial/console logs follow the instance dir
         if old_dir and posixpath.dirname(log) == old_dir:
             mapping.setdefault(log, posixpath.join(new_dir, posixpath.basename(log)))
-    return domainxml.rewrite(xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=mapping,
-                             name=name)
+    return domainxml.edit_disks(domainxml.rewrite(
+        xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=mapping, name=name), add=add)
 
 
 def delete(root: Path, files: Sequence[VMDisk], extra_suffixes: Sequence[str] = ()) -> None:

@@ -65,6 +65,10 @@ class TaskFlavor(Model):
     """Memory in MiB."""
     disk_gib: int = Field(ge=1, alias="diskGiB")
     """Root disk in GiB."""
+    ephemeral_gib: int = Field(default=0, ge=0, alias="ephemeralGiB")
+    """Spawn, Finish: the ephemeral disk in GiB (0: none)."""
+    swap_mib: int = Field(default=0, ge=0, alias="swapMiB")
+    """Spawn, Finish: the swap disk in MiB (0: none)."""
 
 
 class PeerHost(Model):

@@ -4,11 +4,12 @@ libvirt errors are translated here and nowhere else (``raise … from e``); whet
 can help is decided from the libvirt error code, as KubeVirt's wrapper does: a dead
 connection or an operation refused in the current state is retryable, a bad definition
 or a missing domain is not. Domain XML is built here from a :class:`DomainSpec`: TCG
-(``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, one
-qcow2 disk, the spec's NICs (user-mode, a libvirt network or a bridge, each with its MAC
-and model), no graphics (the embedded driver refuses ``<graphics type='none'>``), and the
-serial console to a log file. A resized VM is not built here: it is defined from its
-source's own definition (``domainxml.rewrite``).
+(``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, a
+qcow2 root disk and the flavor's ephemeral and swap disks, the spec's NICs (user-mode, a
+libvirt network or a bridge, each with its MAC and model), no graphics (the embedded
+driver refuses ``<graphics type='none'>``), and the serial console to a log file. A
+resized VM is not built here: it is defined from its source's own definition
+(``domainxml.rewrite``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
     machine = " machine='q35'" if domain_type == "qemu" else ""
     kib = spec.memory_mib * 1024
     nics = "".join(interface_xml(i) for i in spec.interfaces)
+    extra = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(d.format)}/>"
+        f"<source file={quoteattr(d.path)}/><target dev={quoteattr(d.target)} bus='virtio'/>"
+        + (f"<serial>{_esc(d.serial)}</serial>" if d.serial else "") + "</disk>"
+        for d in spec.extra_disks)
     return (
         f"<domain type={quoteattr(domain_type)}>"
         f"<name>{_esc(spec.name)}</name>"
@@ -109,7 +115,7 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
         "<devices>"
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file={quoteattr(str(spec.disk))}/><target dev='vda' bus='virtio'/></disk>"
-        f"{nics}{serial}</devices></domain>"
+        f"{extra}{nics}{serial}</devices></domain>"
     )
 
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.api.nics import Interface
 
 
@@ -39,8 +40,8 @@ class DomainSize:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Everything needed to define a new VM: name, size, its one disk (absolute path) and
-    its NICs (MACs filled in)."""
+    """Everything needed to define a new VM: name, size, its root disk (absolute path), the
+    flavor's ephemeral and swap disks, and its NICs (MACs filled in)."""
 
     name: str
     vcpus: int
@@ -48,6 +49,7 @@ class DomainSpec:
     disk: Path
     serial_log: Path | None = None
     interfaces: tuple[Interface, ...] = ()
+    extra_disks: tuple[NewDisk, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 
-from vmresize.api import naming, nics, vmdisks
+from vmresize.api import flavordisks, naming, nics, vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
@@ -28,7 +28,8 @@ __all__ = ["envelope", "instance_task", "parse_task_name", "peer", "resize_task"
 
 def task_flavor(f: FlavorSpec) -> TaskFlavor:
     """The size fields of a Flavor, as a HostTask carries them."""
-    return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib)
+    return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib,
+                      ephemeral_gib=f.ephemeral_gib, swap_mib=f.swap_mib)
 
 
 def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -> HostTask:
@@ -64,7 +65,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
                         owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
     transfer = resize.uid
-    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks)
+    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks, new)
     if files:
         spec = spec.model_copy(update={"disks": files})
     if action is A.PREPARE:
@@ -95,7 +96,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
 
 
 def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, transfer: str,
-           sent: list[VMDisk] | None) -> list[VMDisk]:
+           sent: list[VMDisk] | None, new: FlavorSpec) -> list[VMDisk]:
     """The VM's files as each step needs them (none: the single-disk tasks of before)."""
     if not source or not dest_disk:
         return []
@@ -106,8 +107,11 @@ def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, tran
         return moved
     if action is A.FINISH:
         return vmdisks.arrived(sent) if sent else []
-    if action in (A.PREPARE, A.CLEANUP_DEST):
+    if action is A.PREPARE:
         return vmdisks.arrived(moved)
+    if action is A.CLEANUP_DEST:  # and the disks Finish may have made for the new flavor
+        landed = vmdisks.arrived(moved)
+        return landed + flavordisks.plan(landed, new).added
     return []
 
 

@@ -94,6 +94,10 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
             return Observation(Kind.INVALID, "DiskShrink", f"Flavor {r.spec.flavor} has a "
                                f"{new.disk_gib} GiB disk but the instance has "
                                f"{ist.disk_gib} GiB; a resize never shrinks a disk"), {}
+        if new.ephemeral_gib < old.ephemeral_gib:   # Nova refuses this too
+            return Observation(Kind.INVALID, "EphemeralShrink", f"Flavor {r.spec.flavor} "
+                               f"has a {new.ephemeral_gib} GiB ephemeral disk but the instance "
+                               f"has {old.ephemeral_gib} GiB; a resize never shrinks a disk"), {}
     return Observation(Kind.VALID), {
         "source_host": ist.host, "instance_uid": inst.uid, "old_flavor": ist.flavor,
         "new_flavor": r.spec.flavor or ist.flavor, "old_flavor_spec": old,
