@@ -115,7 +115,7 @@ show_disk() {
   disk=$work/$host/storage/$(kubectl get instance web-1 -o jsonpath='{.status.diskPath}')
   qemu-img dd -U -f qcow2 -O raw bs=512 count=1 if="$disk" of="$work/sector.raw"
   printf '  disk on %s: %s, virtual size %s, first sector says: "%s"\n' "$host" \
-    "${disk#"$work"/}" "$(qemu-img info -U --output=json "$disk" | python3 -c \
+    "${disk#"$work"/}" "$(qemu-img info -U -f qcow2 --output=json "$disk" | python3 -c \
       'import json,sys; print(json.load(sys.stdin)["virtual-size"] // 2**30, "GiB")')" \
     "$(tr -d '\0' <"$work/sector.raw")"
   kubectl get instance web-1 --no-headers -o \

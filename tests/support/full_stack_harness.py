@@ -77,8 +77,9 @@ def domain_defined(agent: AgentProcess, domain: str) -> bool:
     return (agent.libvirt_root / "etc" / "qemu" / f"{domain}.xml").exists()
 
 
-def virtual_size(disk: Path) -> int:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+def virtual_size(disk: Path, fmt: str = "qcow2") -> int:
+    """Virtual size of ``disk`` read as ``fmt`` (never probed; instance root disks are qcow2)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "-f", fmt, "--output=json", str(disk)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return int(json.loads(out)["virtual-size"])
 
