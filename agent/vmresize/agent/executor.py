@@ -1,7 +1,7 @@
 """Carries out one HostTask step on this host: the agent's domain logic.
 
-It gets a :class:`Hypervisor`, a storage root, a :class:`Transfer` (the disk copy seam) and
-a :data:`Fence` and knows nothing of Kubernetes (tests: ``test:///default``, temp files).
+It gets a Hypervisor, a storage root, a Transfer (the disk copy seam) and a Fence, and
+knows nothing of Kubernetes.
 
 Every step is idempotent and resumable. What a crash could leave half-done is made
 observable on disk, under the storage root, next to the disk it concerns:
@@ -10,13 +10,12 @@ observable on disk, under the storage root, next to the disk it concerns:
 * the power-off time, the verified checksum and the held source definition are records
   next to the disk (``markers``).
 
-The source disk is only ever read between power-off and Confirm (invariant 1), and Finish
-starts nothing from a disk whose sha256 differs from the source's (invariant 2): an existing
-domain of the expected name is started only if it points at the verified disk.
+The source disk is only read between power-off and Confirm (invariant 1); Finish starts
+only a domain on a disk whose sha256 is the source's (invariant 2).
 
 Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
-once the :data:`Fence` (the owner's status) names this very task, checked right before.
-Every libvirt call is bounded (``call_timeout``): a hung libvirt ends the step.
+once the :data:`Fence` (the owner's status) names this very task, checked right before;
+HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call is bounded.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, flavorfiles, markers, sourcehold, wholevm
+from vmresize.agent import disks, flavorfiles, health, markers, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
     CopyChecksumMismatch,
@@ -51,13 +50,10 @@ from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResu
 from vmresize.api.vmdisks import VMDisk
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-IMAGES_DIR = "images"
-"""Base images live in ``<storage root>/images/``."""
+IMAGES_DIR = "images"   # base images live in <storage root>/images/
 SERIAL_LOG = "serial.log"
-HV_CALL_TIMEOUT = 120.0
-"""Bound on one libvirt call; a longer one is a hung hypervisor (retryable)."""
+HV_CALL_TIMEOUT = 120.0   # bound on one libvirt call; longer is a hung hypervisor (retryable)
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
 """``(spec, task name) -> None`` if the owner's status names this task, else why not.
@@ -86,7 +82,7 @@ def _need(value: T | None, what: str, action: TaskAction) -> T:
     return value
 
 
-class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
+class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps):
     """Runs HostTask steps for one host (see the module docstring)."""
 
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
@@ -118,6 +114,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
             TaskAction.RESTORE_SOURCE: self._restore_source,
             TaskAction.DESTROY: self._delete_copy,
             TaskAction.MIGRATE_DISK: self._migrate_disk,
+            TaskAction.HEALTH_CHECK: self._health,
         }
         try:
             return await steps[spec.action](spec, call)
@@ -143,6 +140,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         why = await self.fence(spec, call.task_name)
         if why is not None:
             raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
+
+    async def _health(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
+        return StepOutcome(*await self._health_check(spec, call.task_name))
 
     async def _disk_of(self, name: str) -> Path | None:
         disk = await self._hv(self.hv.disk_path, name)

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from vmresize.api.health import HealthCheck
 from vmresize.api.meta import Model, PrinterColumn, Resource, age_column
 from vmresize.api.nics import Interface
 from vmresize.api.vmdisks import VMDisk
@@ -41,6 +42,9 @@ class TaskAction(StrEnum):
     """Source: start the old domain with its old flavor (revert or rollback)."""
     DESTROY = "Destroy"
     """Delete the instance's domain and disk."""
+    HEALTH_CHECK = "HealthCheck"
+    """Destination, in VerifyResize: probe the running VM until the check passes or its
+    deadline; changes nothing."""
 
 
 class TaskPhase(StrEnum):
@@ -125,6 +129,12 @@ class HostTaskSpec(Model):
     ``diskPath``/``transferId`` of older operators."""
     interfaces: list[Interface] = Field(default_factory=list, max_length=16)
     """Spawn: the NICs to define, MACs filled in."""
+    health_check: HealthCheck | None = None
+    """HealthCheck: the probe."""
+    deadline: datetime | None = None
+    """HealthCheck: give up (fail) if no probe has passed by then."""
+    period_seconds: int = Field(default=2, ge=1, le=300)
+    """HealthCheck: the pause between two probes."""
 
 
 class TaskProgress(Model):
@@ -167,6 +177,8 @@ class TaskResult(Model):
     network (files were copied within the shared filesystem)."""
     unmovable: list[str] | None = None
     """MigrateDisk/Adopt: why this VM cannot move (refused before any power-off)."""
+    probes: int | None = None
+    """HealthCheck: probes made until one passed."""
 
 
 class HostTaskStatus(Model):

@@ -22,6 +22,7 @@ from typing import TypeVar
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+import libvirt_qemu
 
 from vmresize.agent.errors import (
     DomainExists,
@@ -29,6 +30,7 @@ from vmresize.agent.errors import (
     HypervisorError,
     HypervisorUnreachable,
     InvalidDomainConfig,
+    NoGuestAgent,
     OperationInvalid,
 )
 from vmresize.agent.hypervisor import embedded
@@ -39,6 +41,8 @@ T = TypeVar("T")
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 OWNER_XMLNS = "https://vmresize.io/xmlns/owner/1"
 """Namespace of the ``<metadata>`` element naming the Instance that owns a domain."""
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+"""The virtio-serial port name libvirt talks to the QEMU guest agent on."""
 
 _RETRYABLE_CODES = {
     libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
@@ -320,6 +324,18 @@ class LibvirtHypervisor:
         with self._lock:
             self._call(f"set owner of {name}", lambda: dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "vmresize", OWNER_XMLNS, flags))
+
+    def guest_ping(self, name: str, timeout_seconds: int) -> None:
+        """``guest-ping`` through libvirt's qemu-agent-command, if the live definition has the
+        ``org.qemu.guest_agent.0`` channel (without it QEMU has nobody to ask)."""
+        dom = self._dom(name)
+        root = ET.fromstring(self._call(f"xml of {name}", lambda: dom.XMLDesc(0)))  # noqa: S314
+        if not any(t.get("name") == GUEST_AGENT_CHANNEL
+                   for t in root.findall("./devices/channel/target")):
+            raise NoGuestAgent(f"domain {name} has no guest agent channel "
+                               f"({GUEST_AGENT_CHANNEL}) in its definition")
+        self._call(f"guest-ping {name}", lambda: libvirt_qemu.qemuAgentCommand(
+            dom, '{"execute": "guest-ping"}', timeout_seconds, 0))
 
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory from libvirt's node info."""

@@ -135,6 +135,11 @@ class Hypervisor(Protocol):
         """Record in the domain's persistent definition that ``owner_uid`` owns it."""
         ...
 
+    def guest_ping(self, name: str, timeout_seconds: int) -> None:
+        """Ask the QEMU guest agent in the running domain for ``guest-ping``. NoGuestAgent if
+        the domain has no agent channel; another HypervisorError if the agent is silent."""
+        ...
+
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory."""
         ...

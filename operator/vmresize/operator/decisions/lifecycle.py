@@ -19,6 +19,9 @@ Confirming     Confirm (source)                            retry, then wait for 
 Reverting      CleanupDest (dest), then RestoreSource (src)  retry, then wait for an admin
 RollingBack    CleanupDest (dest), then RestoreSource (src)  RollbackFailed
 =============  ==========================================  =============================
+
+VerifyResize waits for the user; with a health check in ``spec.autoConfirm`` it also runs
+HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
+from vmresize.operator.decisions.health import (
+    health_failed,
+    health_missing,
+    health_passed,
+    health_waiting,
+)
 from vmresize.operator.decisions.transitions import (
     back_step_done,
     chosen,
@@ -97,6 +106,10 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.VERIFY_RESIZE, K.CONFIRM): confirm,
     (P.VERIFY_RESIZE, K.REVERT): revert,
     (P.VERIFY_RESIZE, K.TICK): verify_tick,
+    (P.VERIFY_RESIZE, K.TASK_WAITING): health_waiting,
+    (P.VERIFY_RESIZE, K.TASK_MISSING): health_missing,
+    (P.VERIFY_RESIZE, K.TASK_SUCCEEDED): health_passed,
+    (P.VERIFY_RESIZE, K.TASK_FAILED): health_failed,
     (P.CONFIRMING, K.TASK_WAITING): waiting,
     (P.CONFIRMING, K.TASK_MISSING): recreate,
     (P.CONFIRMING, K.TASK_SUCCEEDED): confirmed,

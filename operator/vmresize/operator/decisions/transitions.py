@@ -12,6 +12,7 @@ from typing import Any
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
+from vmresize.operator.decisions.conditions import HEALTH_FAILED
 from vmresize.operator.decisions.vocabulary import (
     Action,
     ClaimDest,
@@ -202,9 +203,11 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
     if a window is set."""
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while finishing")
+    # With a health check the timer only delays its first probe (0: at once).
     deadline = (now + timedelta(seconds=s.confirm_window_seconds)
-                if s.confirm_window_seconds > 0 else None)
-    tail = f"; auto-confirm at {deadline.isoformat()}" if deadline else ""
+                if s.confirm_window_seconds > 0 or s.health_check else None)
+    what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
+    tail = f"; {what} {deadline.isoformat()}" if deadline else ""
     return Step(P.VERIFY_RESIZE, (UpdateInstance(
         "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
         message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
@@ -231,6 +234,12 @@ def verify_tick(s: State, o: Observation, now: datetime) -> Step:
         step = revert(s, o, now)
         return Step(step.phase, step.actions, reason="Deleted",
                     message=f"Deleted before confirm: reverting. {step.message}")
+    if s.verify_deadline is not None and now >= s.verify_deadline and s.health_check:
+        until = now + timedelta(seconds=s.health_window_seconds)
+        return Step(s.phase, (CreateTask(A.HEALTH_CHECK, s.dest_host or "", 0),),
+                    reason="HealthChecking", message=f"Running on {s.dest_host}; probing "
+                    f"{s.health_check} until {until.isoformat()} (confirm if it passes, "
+                    "revert if not)", updates={"health_deadline": until})
     if s.verify_deadline is not None and now >= s.verify_deadline:
         step = confirm(s, o, now)
         return Step(step.phase, step.actions, reason="AutoConfirmed",
@@ -268,9 +277,14 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
     why = (f"Rolled back after {s.rollback_from} failed" if end is P.ROLLED_BACK
            else "Reverted")
+    # An automatic revert keeps its reason to the end: the health check said no.
+    health = end is P.REVERTED and s.reason in HEALTH_FAILED
+    if health:
+        why = "Reverted because the health check did not pass"
     return Step(end, (ReleaseDestClaim(), UpdateInstance(
         "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
-        reason=end.value, message=f"{why}: the instance runs on {s.source_host} again, unchanged")
+        reason=s.reason if health else end.value,
+        message=f"{why}: the instance runs on {s.source_host} again, unchanged")
 
 
 def rollback_failed(s: State, o: Observation, now: datetime) -> Step:

@@ -71,6 +71,10 @@ class State:
     task_retries: int = 5
     deleting: bool = False
     rollback_from: str | None = None
+    reason: str = ""                      # status.reason as it stands
+    health_check: str = ""                # the check named by spec.autoConfirm, described
+    health_window_seconds: int = 0        # how long it may take to pass, from its start
+    health_deadline: datetime | None = None
 
 
 # ---------------------------------------------------------------- actions

@@ -52,14 +52,20 @@ class Outcome:
 
 def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) -> State:
     action, attempt = naming.parse_task_name(st.current_task)
+    ac = r.spec.auto_confirm
     window = (r.spec.auto_confirm_seconds if r.spec.auto_confirm_seconds is not None
               else settings.auto_confirm_seconds)
+    if ac is not None and (ac.after_seconds is not None or ac.check is not None):
+        window = ac.after_seconds or 0
+    check = ac.check.describe() if ac is not None and ac.check is not None else ""
     return State(phase=st.phase, source_host=st.source_host, dest_host=st.dest_host,
                  attempts=st.attempts, alternates=tuple(st.alternates),
                  current_action=action, current_attempt=attempt,
                  verify_deadline=st.verify_deadline, confirm_window_seconds=window,
                  max_attempts=settings.max_attempts, task_retries=settings.task_retries,
-                 deleting=deleting, rollback_from=st.rollback_from)
+                 deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
+                 health_check=check, health_window_seconds=ac.window() if ac else 0,
+                 health_deadline=st.health_deadline)
 
 
 def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
@@ -136,6 +142,8 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
             return Observation(Kind.REVERT), {}
         if r.spec.confirm:
             return Observation(Kind.CONFIRM), {}
+        if st.current_task:   # the health check of spec.autoConfirm runs
+            return _observe_task(storage, settings, st), {}
     return Observation(Kind.TICK), {}
 
 
@@ -184,7 +192,7 @@ def _decide(r: VMResize, st: VMResizeStatus, step: lifecycle.Step, updates: dict
     task = next((a for a in step.actions if isinstance(a, CreateTask)), None)
     if task is not None:
         new.current_task = naming.task_name(r.uid, task.action, task.attempt)
-    elif step.phase not in lifecycle.TASK_PHASES:
+    elif step.phase not in lifecycle.TASK_PHASES and step.phase is not st.phase:
         new.current_task = None   # no task may run now: agents refuse the last one
     new.pending = [effects.record(a, st) for a in step.actions
                    if not isinstance(a, CreateTask)]
@@ -221,7 +229,7 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
         return Outcome(phase=st.phase, done=terminal)   # e.g. the same progress again
     events: list[tuple[str, str, str]] = []
     bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
-        step.reason or "").endswith("Stuck")
+        step.reason or "").endswith("Stuck") or step.reason in conditions.HEALTH_FAILED
     if step.phase is not st.phase or (step.actions and new.message != st.message):
         reason = new.reason if step.phase is not st.phase else step.reason or step.phase.value
         events.append(("Warning" if bad else "Normal", reason or step.phase.value,
