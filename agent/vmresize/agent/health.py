@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -48,6 +49,11 @@ DEFAULT_WINDOW = 300.0
 """A task without a deadline (none is created so) gives up after this long."""
 
 
+def _why(e: OSError) -> str:
+    """What a failed connect means, in words (asyncio's own text names only the call)."""
+    return os.strerror(e.errno).lower() if e.errno else str(e)
+
+
 async def probe_tcp(host: str, port: int, within: float) -> str:
     """Pass if a TCP connection to ``host:port`` opens within ``within`` seconds."""
     try:
@@ -55,7 +61,7 @@ async def probe_tcp(host: str, port: int, within: float) -> str:
     except TimeoutError as e:
         raise ProbeFailed(f"tcp {host}:{port}: no answer within {within:.0f}s") from e
     except OSError as e:
-        raise ProbeFailed(f"tcp {host}:{port}: {e.strerror or e}") from e
+        raise ProbeFailed(f"tcp {host}:{port}: {_why(e)}") from e
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -86,7 +92,7 @@ async def probe_http(host: str, port: int, path: str, within: float) -> str:
     except TimeoutError as e:
         raise ProbeFailed(f"{url}: no answer within {within:.0f}s") from e
     except OSError as e:
-        raise ProbeFailed(f"{url}: {e.strerror or e}") from e
+        raise ProbeFailed(f"{url}: {_why(e)}") from e
     parts = line.decode("latin-1").split()
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise ProbeFailed(f"{url}: not an HTTP answer ({line[:60]!r})")
