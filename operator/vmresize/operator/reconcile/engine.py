@@ -121,7 +121,8 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus) -> O
             p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total else None)
     if ts.phase is TaskPhase.SUCCEEDED:
         p = ts.progress
-        return Observation(Kind.TASK_SUCCEEDED, checksum=ts.result.checksum,
+        return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
+                           checksum=ts.result.checksum,
                            downtime_seconds=ts.result.downtime_seconds,
                            disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
