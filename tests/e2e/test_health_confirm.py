@@ -12,6 +12,7 @@ that VM's definition and fails the check with that reason; the operator reverts 
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -162,3 +163,27 @@ def test_a_failing_probe_reverts_with_the_reason(stack: Stack) -> None:
     now = s.status("instances", "vm-sick")
     assert (now["phase"], now["host"], now["flavor"]) == ("Active", inst["host"],
                                                           s.flavor("small"))
+
+
+def test_a_probe_that_never_passes_reverts_when_the_window_ends(stack: Stack) -> None:
+    s = stack
+    with socket.socket() as sock:   # a port nothing listens on: bound, then released
+        sock.bind((PROBE_ADDRESS, 0))
+        closed = sock.getsockname()[1]
+    inst = s.create_instance("vm-closed", "small", "e2e: port never opens")
+    resize(s, "grow-closed", "vm-closed", {
+        "check": {"tcp": {"host": PROBE_ADDRESS, "port": closed}}, "windowSeconds": 4,
+        "periodSeconds": 1})
+    st = s.wait_status("vmresizes", "grow-closed", "Reverted", bad=(*BAD_END, "Confirmed"))
+    assert st["reason"] == "HealthCheckFailed"
+    healthy = condition(st, "Healthy")
+    assert healthy["status"] == "False"
+    assert "no probe passed by the deadline" in healthy["message"]
+    assert f"tcp {PROBE_ADDRESS}:{closed}: connection refused" in healthy["message"]
+    r = s.get("vmresizes", "grow-closed")
+    (task,) = health_tasks(s, r["metadata"]["uid"])
+    assert task["status"]["phase"] == "Failed"
+    assert task["status"]["retryable"] is False
+    assert running_flavor(s, inst["host"], inst["domainName"]) == SMALL[:2]
+    now = s.status("instances", "vm-closed")
+    assert (now["phase"], now["host"]) == ("Active", inst["host"])
