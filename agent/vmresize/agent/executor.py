@@ -11,7 +11,8 @@ observable on disk, under the storage root, next to the disk it concerns:
   next to the disk (``markers``).
 
 The source disk is only read between power-off and Confirm (invariant 1); Finish starts
-only a domain on a disk whose sha256 is the source's (invariant 2).
+only a domain on a disk whose disk checksum (:mod:`vmresize.agent.transfer.sparse`) is the
+source's (invariant 2).
 
 Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
 once the :data:`Fence` (the owner's status) names this very task, checked right before;
@@ -45,7 +46,7 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
@@ -339,7 +340,13 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
             raise StepError(f"{rel} is not completely received yet", retryable=True)
         if not path.is_file():
             raise StepError(f"no disk at {rel}", retryable=True)
-        actual = await asyncio.to_thread(sha256_file, path)
+        if state is not None and state.complete and state.sha256 == expected:
+            # The receiver computed this very checksum over the bytes it wrote, and only
+            # then fsynced and renamed the file into place: a second read of the whole
+            # disk would prove nothing more (it reads the same page cache) and costs a
+            # disk's worth of hashing while the VM is down.
+            return
+        actual = await asyncio.to_thread(disk_checksum, path)
         if actual != expected:
             raise CopyChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
                                    "refusing to start it")

@@ -35,7 +35,7 @@ from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DEFINITION_BOUND, DiskRole, VMDisk
@@ -134,8 +134,8 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
         src = confine(root, f.path)
         if shared:
             dst = await asyncio.to_thread(disks.copy_local, root, f.path, f.peer_path)
-            checksum = await asyncio.to_thread(sha256_file, dst)
-            source = await asyncio.to_thread(sha256_file, src)
+            checksum = await asyncio.to_thread(disk_checksum, dst)
+            source = await asyncio.to_thread(disk_checksum, src)
             if checksum != source:
                 raise CopyChecksumMismatch(f"local copy of {f.path} differs", retryable=True)
             size = dst.stat().st_size
@@ -171,7 +171,7 @@ async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer) -> Non
         if not path.is_file():
             why = "is not completely received yet" if state is not None else "is missing"
             raise StepError(f"{f.path} {why}", retryable=True)
-        actual = await asyncio.to_thread(sha256_file, path)
+        actual = await asyncio.to_thread(disk_checksum, path)
         if actual != f.checksum:
             raise CopyChecksumMismatch(f"{f.path} has sha256 {actual}, expected "
                                        f"{f.checksum}; refusing to start it")

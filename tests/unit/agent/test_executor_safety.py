@@ -25,7 +25,7 @@ from vmresize.agent.errors import (
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
@@ -85,7 +85,7 @@ async def test_migrate_disk_checks_the_fence_right_before_the_power_off(
     owner.current = "uid-migratedisk-0"
     out = await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
                            peer=PEER, transfer_id=agent_uid), task_name="uid-migratedisk-0")
-    assert out.result.checksum == sha256_file(b.root / new_rel)
+    assert out.result.checksum == disk_checksum(b.root / new_rel)
     await destroy_all((a, dom, rel), (b, "unused", new_rel))
 
 
@@ -140,7 +140,7 @@ async def test_held_source_cannot_start_and_revert_restores_its_exact_definition
                            flavor=SMALL))
     assert out.result.power_state == PowerState.RUNNING.value
     assert a.hv.definition(dom) == before  # UUID, devices, everything
-    assert sha256_file(a.root / rel) == checksum
+    assert disk_checksum(a.root / rel) == checksum
     assert not (a.root / (rel + ".held.xml")).exists()
     await destroy_all((a, dom, rel))
 

@@ -9,7 +9,8 @@ progress is reported at most ``PROGRESS_HZ`` times a second plus once at the end
 
 After a dropped connection the sender reconnects (``reconnect_attempts`` times, backoff
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
-receiver's sha256 of the file it wrote must equal the source's, or the send fails
+receiver's disk checksum (:mod:`vmresize.agent.transfer.sparse`) of the file it wrote must
+equal the source's, which the sender computes while reading, or the send fails
 (:class:`TransferChecksumMismatch` is retried once from scratch by the receiver's reset).
 Every wait is bounded: a leg that moves no byte for ``stall_timeout`` seconds (a frozen
 receiver, a link that swallows packets) is dropped as :class:`ConnectionLost` and resumed;
@@ -58,9 +59,10 @@ from vmresize.agent.transfer.protocol import (
 )
 from vmresize.agent.transfer.sparse import (
     READ_CHUNK,
+    DiskDigest,
     Extent,
+    disk_checksum,
     iter_extents,
-    sha256_file,
     split_extents,
 )
 from vmresize.agent.transfer.translate import translate
@@ -92,8 +94,9 @@ def _is_zero(buf: bytearray, n: int) -> bool:
     return buf[:n] == _ZEROS[:n]
 
 
-def _read_into(fd: int, buf: bytearray, piece: Extent) -> int:
-    """Fill ``buf[:piece.length]`` from the source (on a worker thread)."""
+def _read_into(fd: int, buf: bytearray, piece: Extent, digest: DiskDigest | None) -> int:
+    """Fill ``buf[:piece.length]`` from the source and feed it to ``digest`` (on a worker
+    thread: hashlib releases the GIL, so hashing overlaps the encryption of the last chunk)."""
     view = memoryview(buf)[: piece.length]
     done = 0
     while done < piece.length:
@@ -101,14 +104,40 @@ def _read_into(fd: int, buf: bytearray, piece: Extent) -> int:
         if n == 0:
             raise TransferError(f"source shrank while reading at {piece.offset + done}")
         done += n
+    if digest is not None:
+        digest.update(piece.offset, view)
     return done
+
+
+class _SourceChecksum:
+    """The source's disk checksum: streamed by a leg that reads every extent (the usual
+    first leg), else one read of the data extents on a worker thread, started when a
+    resumed leg begins so that it overlaps the sending."""
+
+    def __init__(self, src: Path) -> None:
+        self._src = src
+        self.value: str | None = None
+        self._full: asyncio.Future[str] | None = None
+
+    def full(self) -> asyncio.Future[str]:
+        if self._full is None:
+            if self.value is not None:
+                self._full = asyncio.get_running_loop().create_future()
+                self._full.set_result(self.value)
+            else:
+                self._full = asyncio.ensure_future(asyncio.to_thread(disk_checksum, self._src))
+        return self._full
+
+    def cancel(self) -> None:
+        if self._full is not None and not self._full.done():
+            self._full.cancel()
 
 
 @dataclass(frozen=True)
 class SendResult:
     """Outcome of a verified send."""
 
-    checksum: str                 # sha256 hex, equal on both sides
+    checksum: str                 # disk checksum (sparse.DiskDigest), equal on both sides
     size_bytes: int               # apparent size of the disk
     bytes_sent: int               # data bytes put on the wire, all legs together
     legs: tuple[int, ...] = ()    # data bytes sent per connection
@@ -206,7 +235,7 @@ class _Leg:
 
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
-                    extents: list[Extent], transfer_id: str, source_sha: asyncio.Future[str],
+                    extents: list[Extent], transfer_id: str, source_sha: _SourceChecksum,
                     progress: _Progress, sent: list[int], stall: float) -> str:
     writer, reader, _ = await conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
@@ -219,12 +248,17 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     have = [[int(s), int(e)] for s, e in state.get("have", [])]
     if state.get("complete"):
         progress.start_leg(progress.total)
-        checksum = await source_sha
+        checksum = await source_sha.full()
         if state.get("sha256") != checksum:
             raise TransferChecksumMismatch(f"receiver holds a completed copy with sha256 "
                                    f"{state.get('sha256')}, source is {checksum}")
         return checksum
     progress.start_leg(_covered(extents, have))
+    # Every extent goes out in order: hash while reading. A resumed leg skips what the
+    # receiver has, so its checksum comes from a separate read of the source.
+    digest = DiskDigest(size) if not have and source_sha.value is None else None
+    if digest is None:
+        source_sha.full()
     loop = asyncio.get_running_loop()
     # Two reused buffers: the next chunk is read on a worker thread while this one is
     # handed to asyncssh (which copies it), so reads overlap encryption and no 4 MiB
@@ -232,7 +266,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     bufs = (bytearray(READ_CHUNK), bytearray(READ_CHUNK))
     pieces = split_extents(_subtract(extents, have), READ_CHUNK)
     piece = next(pieces, None)
-    pending = (loop.run_in_executor(None, _read_into, fd, bufs[0], piece)
+    pending = (loop.run_in_executor(None, _read_into, fd, bufs[0], piece, digest)
                if piece is not None else None)
     turn = 0
     # From here the receiver speaks only to end the leg: RESULT after DONE, or ERROR early.
@@ -243,7 +277,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
             buf, current = bufs[turn], piece
             piece = next(pieces, None)
             turn ^= 1
-            pending = (loop.run_in_executor(None, _read_into, fd, bufs[turn], piece)
+            pending = (loop.run_in_executor(None, _read_into, fd, bufs[turn], piece, digest)
                        if piece is not None else None)
             if not _is_zero(buf, current.length):  # an all-zero chunk stays a hole there
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
@@ -252,7 +286,11 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)
             progress.add(current.length)
-        checksum = await source_sha
+        if digest is not None:
+            source_sha.value = digest.hexdigest()
+            checksum = source_sha.value
+        else:
+            checksum = await source_sha.full()
         leg.send(DONE, {"sha256": checksum})
         verify = stall + size / VERIFY_FLOOR_BYTES_PER_SECOND
         kind, result = await _bounded(asyncio.shield(incoming), verify, "the receiver's RESULT")
@@ -325,14 +363,13 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise TransferError(f"cannot open source disk {src}: {e}") from e
-    source_sha: asyncio.Future[str] | None = None
+    source_sha = _SourceChecksum(src)
     try:
         size = os.fstat(fd).st_size
         try:
             extents = list(iter_extents(fd, size))
         except OSError as e:
             raise TransferError(f"cannot map extents of {src}: {e}") from e
-        source_sha = asyncio.ensure_future(asyncio.to_thread(sha256_file, src))
         prog = _Progress(progress, sum(e.length for e in extents))
         sent: list[int] = []
         mismatches = 0
@@ -369,8 +406,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                 await asyncio.sleep(delay)
     finally:
         os.close(fd)
-        if source_sha is not None and not source_sha.done():
-            source_sha.cancel()
+        source_sha.cancel()
 
 
 def _raise(err: TransferError, cause: BaseException) -> None:

@@ -9,7 +9,9 @@ every frame starts with ``HEADER = struct(">BQI")`` = (kind, offset, length) fol
 sender; ``STATE`` {complete, have: [[start, end], ...], sha256?}, ``RESULT`` {ok, sha256}
 and ``ERROR`` {code, message} from the receiver; ``DATA`` carries raw bytes for
 ``[offset, offset + length)``. A sender sends HELLO, reads STATE, sends DATA for what the
-receiver does not ``have``, then DONE, and reads RESULT or ERROR.
+receiver does not ``have``, then DONE, and reads RESULT or ERROR. Every ``sha256`` field
+holds the disk checksum of :mod:`vmresize.agent.transfer.sparse` (a sha256 over the content,
+not ``sha256sum``'s value; the field keeps its name).
 
 Receiver state: :class:`ReceiveState` is persisted as JSON in ``<final>.xfer`` next to
 ``<final>.partial``, written atomically (tmp file + rename, never following symlinks).
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 SUBSYSTEM = "vmresize-disk@vmresize.io"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the checksum is sparse.DiskDigest (1 was sha256sum's)
 HEADER = struct.Struct(">BQI")
 HELLO, STATE, DATA, DONE, RESULT, ERROR = 1, 2, 3, 4, 5, 6
 MAX_CONTROL = 1 << 20  # a JSON control frame is tiny; cap what we buffer for one

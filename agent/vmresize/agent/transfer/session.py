@@ -25,7 +25,7 @@ import asyncssh
 from vmresize.agent import metrics
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
 from vmresize.agent.paths import open_nofollow
-from vmresize.agent.transfer.sparse import SparseSink, sha256_fd
+from vmresize.agent.transfer.sparse import SparseSink, disk_checksum_fd
 
 if TYPE_CHECKING:
     from vmresize.agent.transfer.server import MigrationServer
@@ -266,7 +266,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                 sink = self._sink
                 assert sink is not None
                 streamed = await asyncio.wrap_future(sink.digest())
-                actual = streamed or await asyncio.wrap_future(sink.call(sha256_fd))
+                actual = streamed or await asyncio.wrap_future(sink.call(disk_checksum_fd))
                 ok = actual == declared
                 if ok:  # commit even if the sender vanished: it will see STATE complete
                     partial, final = xfer.partial, xfer.final
