@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+from tests.support.checksum import reference_disk_checksum
 
 from vmresize.agent.errors import (
     AuthRejected,
@@ -20,8 +21,6 @@ from vmresize.agent.errors import (
 from vmresize.agent.transfer.client import SendResult, send_disk
 from vmresize.agent.transfer.server import SUBSYSTEM, MigrationServer
 from vmresize.agent.transfer.sparse import disk_checksum
-
-from tests.support.checksum import reference_disk_checksum
 
 from .conftest import MiB, XferCutProxy, XferKeys, xfer_start
 

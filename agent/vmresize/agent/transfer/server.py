@@ -38,6 +38,7 @@ import asyncssh
 
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferRefused
 from vmresize.agent.paths import confine
+from vmresize.agent.transfer import gcm
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
 
 
 
@@ -67,6 +69,7 @@ class _SSHPolicy(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        gcm.deliver_views(conn)  # our only channels, DiskSessions, take memoryviews
         self._server._conns.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -11,6 +11,7 @@ file. Which transfers exist, and which session owns one, is the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import json
@@ -179,9 +180,16 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             raise
         loop = self._loop
 
+        done: collections.deque[tuple[int, int]] = collections.deque()
+
         def written(offset: int, length: int) -> None:  # on the writer thread
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._written, xfer, offset, length)
+            # One wake-up of the loop per batch, not per packet (each costs a self-pipe
+            # write and a loop turn). Safe without a lock: append/popleft are atomic and
+            # the loop drains until empty, so an append to an empty deque always schedules.
+            done.append((offset, length))
+            if len(done) == 1:
+                with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                    loop.call_soon_threadsafe(self._written, xfer, done)
 
         def failed(e: OSError) -> None:  # on the writer thread
             with contextlib.suppress(RuntimeError):
@@ -214,11 +222,14 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             self._paused = True
             self._chan.pause_reading()
 
-    def _written(self, xfer: ReceiveState, offset: int, length: int) -> None:
-        """On the loop: ``[offset, +length)`` is in the partial file."""
-        xfer.add_range(offset, offset + length)
-        metrics.BYTES_RECEIVED.inc(length)
-        self._pending -= length
+    def _written(self, xfer: ReceiveState, done: collections.deque[tuple[int, int]]) -> None:
+        """On the loop: the ranges in ``done`` are in the partial file."""
+        while done:
+            offset, length = done[0]
+            xfer.add_range(offset, offset + length)
+            metrics.BYTES_RECEIVED.inc(length)
+            self._pending -= length
+            done.popleft()  # only now: a writer seeing it empty schedules the next batch
         if self._paused and self._pending < PENDING_LOW and not self._closed \
                 and not self.finishing:
             self._paused = False
