@@ -14,7 +14,8 @@ Builds a 1 GiB dense file and a 1 GiB file holding 64 MiB of data, then times, i
 
 Everything listens on 127.0.0.1 only, keys are generated for the run, every process this
 script starts is stopped by its PID, and the workdir is removed at the end. Source files are
-read from the page cache for every tool alike. For each tool and file it reports the median
+read from the page cache for every tool alike, and each run starts after a ``sync`` (no
+writeback left over from the previous tool). For each tool and file it reports the median
 wall time with its spread (min/max), the CPU seconds of both ends (sender: this process, or
 scp/rsync and ssh; receiver: our server process, or sshd's children) and the ratios
 other/ours of the medians (> 1 means ours is faster) against the targets of DESIGN.md
@@ -146,8 +147,15 @@ class Sample:
         self.wall, self.sender_cpu, self.receiver_cpu = wall, sender_cpu, receiver_cpu
 
 
+def settle() -> None:
+    """Write back what the previous tool left dirty (scp and rsync do not fsync), so that
+    its writeback does not land in the next tool's time; the sources stay cached."""
+    os.sync()
+
+
 def timed(argv: list[str], sshd: Sshd) -> Sample:
     assert sshd.proc is not None
+    settle()
     c0 = report.self_cpu(resource.RUSAGE_CHILDREN)
     r0 = report.proc_cpu(sshd.proc.pid, children=True)
     t0 = time.perf_counter()
@@ -231,6 +239,7 @@ def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[Samp
     assert server.proc is not None
     rel = f"bench/{tid}/disk.img"
     server.expect(tid, rel, src.stat().st_size)
+    settle()
     c0, r0 = report.self_cpu(), report.proc_cpu(server.proc.pid)
     t0 = time.perf_counter()
     result = asyncio.run(send_disk(src=src, address="127.0.0.1", port=server.port,
