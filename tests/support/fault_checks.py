@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.checksum import file_disk_checksum
 from tests.support.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
 from tests.support.full_stack_harness import content_sha256, file_sha256
 from tests.support.polling import wait_for
@@ -95,7 +96,9 @@ def judge(s: FaultStack, row: Row, w: Watcher, inst0: dict[str, Any], instance: 
     else:
         got = file_sha256(src_disk) if src_disk.exists() else "missing"
         checksum = w.st.get("sourceChecksum")
-        ok = got == ref and checksum in (None, ref)
+        # sourceChecksum is the disk checksum (vmresize.agent.transfer.sparse), not
+        # sha256sum's: the unchanged source must have that one too.
+        ok = got == ref and checksum in (None, file_disk_checksum(src_disk))
         row.data = ("src sha256 unchanged" if w.sha_off else "src untouched (never off)") \
             if ok else "SOURCE CHANGED"
         if not ok:

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, flavorfiles, health, markers, sourcehold, wholevm
+from vmresize.agent import disks, flavorfiles, health, markers, moving, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
-    CopyChecksumMismatch,
     DomainNotFound,
     Fenced,
     HypervisorError,
@@ -46,7 +45,6 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
@@ -334,22 +332,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
                                    f"{flavor.memory_mib} MiB, {flavor.disk_gib} GiB")
 
     async def _verify(self, spec: HostTaskSpec, rel: str, expected: str) -> None:
-        path = self._abs(rel)
         state = self.transfer.received(spec.transfer_id) if spec.transfer_id else None
-        if state is not None and not state.complete:
-            raise StepError(f"{rel} is not completely received yet", retryable=True)
-        if not path.is_file():
-            raise StepError(f"no disk at {rel}", retryable=True)
-        if state is not None and state.complete and state.sha256 == expected:
-            # The receiver computed this very checksum over the bytes it wrote, and only
-            # then fsynced and renamed the file into place: a second read of the whole
-            # disk would prove nothing more (it reads the same page cache) and costs a
-            # disk's worth of hashing while the VM is down.
-            return
-        actual = await asyncio.to_thread(disk_checksum, path)
-        if actual != expected:
-            raise CopyChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
-                                   "refusing to start it")
+        await moving.verify_file(self._abs(rel), rel, expected, state)
 
     async def _delete_copy(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         """Confirm (source), CleanupDest (destination), Destroy: domain and disk go."""

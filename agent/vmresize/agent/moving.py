@@ -11,7 +11,7 @@ HostTask and is idempotent, so a resumed step redoes only what is missing.
   when the destination's marker is visible here (shared storage, :mod:`sharedstore`),
   within the filesystem; every file is checksummed. A flavor's swap is not sent (its
   content is not kept; the destination makes it anew at the new size).
-* Destination: :func:`verify` (each sha256 before anything changes), :func:`relink`
+* Destination: :func:`verify` (each file's checksum before anything changes), :func:`relink`
   (``qemu-img rebase -u`` of each overlay onto its moved backing file), :func:`definition`
   (the source's XML with only vCPUs, memory, file paths and the name changed, and the
   flavor's disks dropped or added).
@@ -34,7 +34,7 @@ from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused, 
 from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.agent.transfer.seam import ProgressFn, Received, Transfer
 from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
@@ -160,21 +160,38 @@ def verified(root: Path, files: Sequence[VMDisk]) -> bool:
 
 
 async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer) -> None:
-    """Destination: each file arrived whole with the source's sha256 (invariant 2)."""
+    """Destination: each file arrived whole with the source's checksum (invariant 2)."""
     for f in files:
         if flavordisks.not_copied(f):
             continue  # never sent: Finish makes it anew
         if not f.checksum:
             raise TaskRefused(f"no expected checksum for {f.path}")
-        path = confine(root, f.path)
         state = transfer.received(f.transfer_id) if f.transfer_id else None
-        if not path.is_file():
-            why = "is not completely received yet" if state is not None else "is missing"
-            raise StepError(f"{f.path} {why}", retryable=True)
-        actual = await asyncio.to_thread(disk_checksum, path)
-        if actual != f.checksum:
-            raise CopyChecksumMismatch(f"{f.path} has sha256 {actual}, expected "
-                                       f"{f.checksum}; refusing to start it")
+        await verify_file(confine(root, f.path), f.path, f.checksum, state)
+
+
+async def verify_file(path: Path, rel: str, expected: str, state: Received | None) -> None:
+    """Destination: ``path`` holds the content whose disk checksum
+    (:mod:`vmresize.agent.transfer.sparse`) is ``expected``, or a retryable
+    :class:`StepError` (not there yet) or :class:`CopyChecksumMismatch`."""
+    if _verified_on_arrival(path, rel, expected, state):
+        return
+    actual = await asyncio.to_thread(disk_checksum, path)
+    if actual != expected:
+        raise CopyChecksumMismatch(f"{rel} has checksum {actual}, expected {expected}; "
+                                   "refusing to start it")
+
+
+def _verified_on_arrival(path: Path, rel: str, expected: str, state: Received | None) -> bool:
+    if state is not None and not state.complete:
+        raise StepError(f"{rel} is not completely received yet", retryable=True)
+    if not path.is_file():
+        raise StepError(f"{rel} is missing", retryable=True)
+    # The receiver computed this very checksum over the whole content before it fsynced
+    # and renamed the file into place (in-stream on a fresh copy, a read-back of the whole
+    # file after a resume): reading the disk again would prove nothing more and costs a
+    # disk's worth of hashing while the VM is down.
+    return state is not None and state.sha256 == expected
 
 
 def relink(root: Path, files: Sequence[VMDisk]) -> None:

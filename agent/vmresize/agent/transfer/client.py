@@ -58,14 +58,8 @@ from vmresize.agent.transfer.protocol import (
     STATE,
     SUBSYSTEM,
 )
-from vmresize.agent.transfer.sparse import (
-    READ_CHUNK,
-    DiskDigest,
-    Extent,
-    disk_checksum,
-    iter_extents,
-    split_extents,
-)
+from vmresize.agent.transfer.source import SourceChecksum, is_zero, read_into
+from vmresize.agent.transfer.sparse import READ_CHUNK, Extent, iter_extents, split_extents
 from vmresize.agent.transfer.translate import translate
 
 __all__ = ["ProgressFn", "SendResult", "send_disk"]
@@ -86,53 +80,6 @@ REASON_GRACE_SECONDS = 2.0
 """How long a sender whose channel broke waits for the receiver's ERROR frame."""
 VERIFY_FLOOR_BYTES_PER_SECOND = 32 * 1024 * 1024
 """The slowest read-back the receiver's checksum is allowed, to bound the wait for RESULT."""
-_ZEROS = bytes(READ_CHUNK)
-
-
-def _is_zero(buf: bytearray, n: int) -> bool:
-    """Whether ``buf[:n]`` is all zeros, at memcmp speed (bytes-like compare, no memoryview)."""
-    if n == READ_CHUNK:
-        return buf == _ZEROS
-    return buf[:n] == _ZEROS[:n]
-
-
-def _read_into(fd: int, buf: bytearray, piece: Extent, digest: DiskDigest | None) -> int:
-    """Fill ``buf[:piece.length]`` from the source and feed it to ``digest`` (on a worker
-    thread: hashlib releases the GIL, so hashing overlaps the encryption of the last chunk)."""
-    view = memoryview(buf)[: piece.length]
-    done = 0
-    while done < piece.length:
-        n = os.preadv(fd, [view[done:]], piece.offset + done)
-        if n == 0:
-            raise TransferError(f"source shrank while reading at {piece.offset + done}")
-        done += n
-    if digest is not None:
-        digest.update(piece.offset, view)
-    return done
-
-
-class _SourceChecksum:
-    """The source's disk checksum: streamed by a leg that reads every extent (the usual
-    first leg), else one read of the data extents on a worker thread, started when a
-    resumed leg begins so that it overlaps the sending."""
-
-    def __init__(self, src: Path) -> None:
-        self._src = src
-        self.value: str | None = None
-        self._full: asyncio.Future[str] | None = None
-
-    def full(self) -> asyncio.Future[str]:
-        if self._full is None:
-            if self.value is not None:
-                self._full = asyncio.get_running_loop().create_future()
-                self._full.set_result(self.value)
-            else:
-                self._full = asyncio.ensure_future(asyncio.to_thread(disk_checksum, self._src))
-        return self._full
-
-    def cancel(self) -> None:
-        if self._full is not None and not self._full.done():
-            self._full.cancel()
 
 
 @dataclass(frozen=True)
@@ -237,7 +184,7 @@ class _Leg:
 
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
-                    extents: list[Extent], transfer_id: str, source_sha: _SourceChecksum,
+                    extents: list[Extent], transfer_id: str, source_sha: SourceChecksum,
                     progress: _Progress, sent: list[int], stall: float) -> str:
     writer, reader, _ = await conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
@@ -258,9 +205,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     progress.start_leg(_covered(extents, have))
     # Every extent goes out in order: hash while reading. A resumed leg skips what the
     # receiver has, so its checksum comes from a separate read of the source.
-    digest = DiskDigest(size) if not have and source_sha.value is None else None
-    if digest is None:
-        source_sha.full()
+    digest = source_sha.streaming(size, resumed=bool(have))
     loop = asyncio.get_running_loop()
     # Two reused buffers: the next chunk is read on a worker thread while this one is
     # handed to asyncssh (which copies it), so reads overlap encryption and no 4 MiB
@@ -268,7 +213,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     bufs = (bytearray(READ_CHUNK), bytearray(READ_CHUNK))
     pieces = split_extents(_subtract(extents, have), READ_CHUNK)
     piece = next(pieces, None)
-    pending = (loop.run_in_executor(None, _read_into, fd, bufs[0], piece, digest)
+    pending = (loop.run_in_executor(None, read_into, fd, bufs[0], piece, digest)
                if piece is not None else None)
     turn = 0
     # From here the receiver speaks only to end the leg: RESULT after DONE, or ERROR early.
@@ -279,20 +224,16 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
             buf, current = bufs[turn], piece
             piece = next(pieces, None)
             turn ^= 1
-            pending = (loop.run_in_executor(None, _read_into, fd, bufs[turn], piece, digest)
+            pending = (loop.run_in_executor(None, read_into, fd, bufs[turn], piece, digest)
                        if piece is not None else None)
-            if not _is_zero(buf, current.length):  # an all-zero chunk stays a hole there
+            if not is_zero(buf, current.length):  # an all-zero chunk stays a hole there
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
                 writer.write(memoryview(buf)[: current.length])
                 sent[-1] += current.length
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)
             progress.add(current.length)
-        if digest is not None:
-            source_sha.value = digest.hexdigest()
-            checksum = source_sha.value
-        else:
-            checksum = await source_sha.full()
+        checksum = await source_sha.result(digest)
         leg.send(DONE, {"sha256": checksum})
         verify = stall + size / VERIFY_FLOOR_BYTES_PER_SECOND
         kind, result = await _bounded(asyncio.shield(incoming), verify, "the receiver's RESULT")
@@ -365,7 +306,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise TransferError(f"cannot open source disk {src}: {e}") from e
-    source_sha = _SourceChecksum(src)
+    source_sha = SourceChecksum(src)
     try:
         size = os.fstat(fd).st_size
         try:

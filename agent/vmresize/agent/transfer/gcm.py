@@ -17,11 +17,6 @@ bytes on the wire, the nonce sequence and the tag check are exactly those of the
 
 It only patches the asyncssh versions it was written against (the methods' contract is
 private), and is a no-op otherwise. Installed by the migration client and server modules.
-
-Public API::
-
-    install() -> bool     # idempotent; False if this asyncssh is not one it knows
-    deliver_views(conn)   # this connection's channel data may arrive as memoryviews
 """
 
 from __future__ import annotations
