@@ -183,15 +183,16 @@ async def verify_file(path: Path, rel: str, expected: str, state: Received | Non
 
 
 def _verified_on_arrival(path: Path, rel: str, expected: str, state: Received | None) -> bool:
-    if state is not None and not state.complete:
-        raise StepError(f"{rel} is not completely received yet", retryable=True)
     if not path.is_file():
-        raise StepError(f"{rel} is missing", retryable=True)
+        why = "is not completely received yet" if state is not None else "is missing"
+        raise StepError(f"{rel} {why}", retryable=True)
     # The receiver computed this very checksum over the whole content before it fsynced
     # and renamed the file into place (in-stream on a fresh copy, a read-back of the whole
     # file after a resume): reading the disk again would prove nothing more and costs a
-    # disk's worth of hashing while the VM is down.
-    return state is not None and state.sha256 == expected
+    # disk's worth of hashing while the VM is down. A file that came another way (shared
+    # storage copies within the filesystem; the receiver's state is then still open) is
+    # read.
+    return state is not None and state.complete and state.sha256 == expected
 
 
 def relink(root: Path, files: Sequence[VMDisk]) -> None:
