@@ -102,6 +102,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("metrics_port", note="agent.metrics.port, or 0 when agent.metrics.enabled is "
                                   "false"),
         Wire("metrics_address", note="not set: all addresses, as a pod's port should"),
+        Wire("health_probe_networks", "agent.settings.healthProbeNetworks"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

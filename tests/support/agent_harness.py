@@ -58,6 +58,8 @@ class AgentProcess:
     metrics_port: int = 0
     libvirt_dir: Path | None = None
     stop_vms_on_exit: bool = False
+    #: The test servers its health checks probe listen on loopback.
+    health_probe_networks: str = "127.0.0.0/8"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -89,6 +91,7 @@ class AgentProcess:
                 "--kubeconfig", str(self.kubeconfig),
                 "--heartbeat-seconds", str(self.heartbeat_seconds),
                 "--metrics-address", self.address, "--metrics-port", str(self.metrics_port),
+                "--health-probe-networks", self.health_probe_networks,
                 *(["--stop-vms-on-exit"] if self.stop_vms_on_exit else [])]
 
     def start(self) -> AgentProcess:

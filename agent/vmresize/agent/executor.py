@@ -25,7 +25,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -87,7 +87,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
                  transfer: Transfer, fence: Fence,
                  wall_clock: Callable[[], float] = time.time,
-                 call_timeout: float = HV_CALL_TIMEOUT) -> None:
+                 call_timeout: float = HV_CALL_TIMEOUT,
+                 probe_networks: Sequence[health.Network] = ()) -> None:
         self.host = host
         self.hv = hypervisor
         self.root = storage_root.resolve(strict=True)
@@ -95,6 +96,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         self.fence = fence
         self.call_timeout = call_timeout
         self._now = wall_clock
+        self.probe_networks = probe_networks
 
     async def run(self, spec: HostTaskSpec, *, task_name: str = "",
                   progress: ProgressFn | None = None) -> StepOutcome:

@@ -13,19 +13,24 @@ Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API):
   redirects followed, the body is not read).
 
 ``host`` is the address the user named; the probe goes out from the destination host's
-network stack (asyncio streams: no shell, no proxy). Each probe is bounded by
-``PROBE_TIMEOUT`` and the deadline; between probes the step waits ``periodSeconds``. The
-fence is checked before every probe, so a check whose resize was confirmed, reverted or
-deleted meanwhile stops instead of reporting a stale verdict.
+network stack (asyncio streams: no shell, no proxy), and only to an address inside the
+networks the agent was given (``VMRESIZE_HEALTH_PROBE_NETWORKS``): a name is resolved once,
+every address it resolves to must be inside, and the probe connects to that address (a
+second lookup could answer otherwise). Without networks, TCP and HTTP checks fail at once.
+Each probe is bounded by ``PROBE_TIMEOUT`` and the deadline; between probes the step waits
+``periodSeconds``. The fence is checked before every probe, so a check whose resize was
+confirmed, reverted or deleted meanwhile stops instead of reporting a stale verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from vmresize.agent.errors import (
@@ -42,6 +47,7 @@ from vmresize.api.hosttask import HostTaskSpec, TaskResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROBE_TIMEOUT = 5.0
 """Bound on one probe (connect, or connect and read the status line), as a kubelet probe's
 default timeout is a second: generous for a TCG guest on a busy host."""
@@ -54,10 +60,37 @@ def _why(e: OSError) -> str:
     return os.strerror(e.errno).lower() if e.errno else str(e)
 
 
-async def probe_tcp(host: str, port: int, within: float) -> str:
-    """Pass if a TCP connection to ``host:port`` opens within ``within`` seconds."""
+async def allowed_address(host: str, port: int, networks: Sequence[Network]) -> str:
+    """The one address of ``host`` to probe: :class:`HealthCheckFailed` unless every address
+    it resolves to lies inside ``networks`` (none: no address is allowed);
+    :class:`ProbeFailed` if the name does not resolve now (it may later)."""
+    if not networks:
+        raise HealthCheckFailed(
+            f"{host}:{port}: this host probes no network (its agent has no "
+            "VMRESIZE_HEALTH_PROBE_NETWORKS); use a guestAgent check or ask the admin")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), within)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ProbeFailed(f"{host}: does not resolve ({e})") from e
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for a in addresses:
+        ip = ipaddress.ip_address(a.split("%")[0])
+        if not any(ip.version == n.version and ip in n for n in networks):
+            raise HealthCheckFailed(
+                f"{host}:{port}: {ip} is outside the networks this host probes "
+                f"({', '.join(map(str, networks))})")
+    if not addresses:
+        raise ProbeFailed(f"{host}: resolves to no address")
+    return addresses[0]
+
+
+async def probe_tcp(host: str, port: int, within: float,
+                    networks: Sequence[Network]) -> str:
+    """Pass if a TCP connection to ``host:port`` opens within ``within`` seconds."""
+    address = await allowed_address(host, port, networks)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), within)
     except TimeoutError as e:
         raise ProbeFailed(f"tcp {host}:{port}: no answer within {within:.0f}s") from e
     except OSError as e:
@@ -68,13 +101,15 @@ async def probe_tcp(host: str, port: int, within: float) -> str:
     return f"tcp {host}:{port} open"
 
 
-async def probe_http(host: str, port: int, path: str, within: float) -> str:
+async def probe_http(host: str, port: int, path: str, within: float,
+                     networks: Sequence[Network]) -> str:
     """Pass if ``GET path`` on ``host:port`` answers 2xx within ``within`` seconds."""
     url = f"http://{host}:{port}{path}"
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = await allowed_address(host, port, networks)
 
     async def ask() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(address, port)
         try:
             # ``path`` and ``host`` are validated by the API's patterns: printable ASCII,
             # no spaces, so they cannot break the request line or add a header.
@@ -107,16 +142,18 @@ class HealthSteps:
     hv: Hypervisor
     fence: Callable[[HostTaskSpec, str], Awaitable[str | None]]
     _now: Callable[[], float]
+    probe_networks: Sequence[Network]
 
     async def _hv(self, fn: Callable[..., T], *args: object) -> T:
         raise NotImplementedError
 
     async def _probe(self, name: str, check: HealthCheck, within: float) -> str:
         if check.tcp is not None:
-            return await probe_tcp(check.tcp.host, check.tcp.port, within)
+            return await probe_tcp(check.tcp.host, check.tcp.port, within,
+                                   self.probe_networks)
         if check.http is not None:
             return await probe_http(check.http.host, check.http.port, check.http.path,
-                                    within)
+                                    within, self.probe_networks)
         try:
             await self._hv(self.hv.guest_ping, name, max(1, int(within)))
         except NoGuestAgent as e:

@@ -20,9 +20,11 @@ from tests.support.agent_steps import names, spawn, spec
 from vmresize.agent.errors import Fenced, HealthCheckFailed, ProbeFailed, StepError
 from vmresize.agent.executor import Executor
 from vmresize.agent.health import probe_http, probe_tcp
+from vmresize.agent.settings import probe_networks
 from vmresize.api.hosttask import HostTaskSpec, TaskAction
 
 LOOPBACK = "127.0.0.1"
+NETS = probe_networks("127.0.0.0/8")
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -63,15 +65,25 @@ def closed_port() -> int:
 
 
 async def test_probes_pass_and_fail_for_real(http_port: int, closed_port: int) -> None:
-    assert "open" in await probe_tcp(LOOPBACK, http_port, 2)
-    assert "answered 200" in await probe_http(LOOPBACK, http_port, "/ok", 2)
-    assert "answered 204" in await probe_http(LOOPBACK, http_port, "/created", 2)
+    assert "open" in await probe_tcp(LOOPBACK, http_port, 2, NETS)
+    assert "answered 200" in await probe_http(LOOPBACK, http_port, "/ok", 2, NETS)
+    assert "answered 204" in await probe_http(LOOPBACK, http_port, "/created", 2, NETS)
     with pytest.raises(ProbeFailed, match="answered 503, not 2xx"):
-        await probe_http(LOOPBACK, http_port, "/down", 2)
+        await probe_http(LOOPBACK, http_port, "/down", 2, NETS)
     with pytest.raises(ProbeFailed, match="refused"):
-        await probe_tcp(LOOPBACK, closed_port, 2)
+        await probe_tcp(LOOPBACK, closed_port, 2, NETS)
     with pytest.raises(ProbeFailed, match="refused"):
-        await probe_http(LOOPBACK, closed_port, "/ok", 2)
+        await probe_http(LOOPBACK, closed_port, "/ok", 2, NETS)
+
+
+async def test_probes_reach_only_the_networks_the_agent_was_given(http_port: int) -> None:
+    with pytest.raises(HealthCheckFailed, match="probes no network"):
+        await probe_tcp(LOOPBACK, http_port, 2, [])
+    with pytest.raises(HealthCheckFailed, match=r"127\.0\.0\.1 is outside .*10\.0\.0\.0/8"):
+        await probe_http(LOOPBACK, http_port, "/ok", 2, probe_networks("10.0.0.0/8"))
+    # a name is checked by what it resolves to, then probed at that address
+    with pytest.raises(HealthCheckFailed, match="is outside"):
+        await probe_tcp("localhost", http_port, 2, probe_networks("10.0.0.0/8,fd00::/8"))
 
 
 def check(dom: str, probe: dict[str, object], seconds: float = 10) -> HostTaskSpec:
