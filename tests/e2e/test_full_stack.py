@@ -117,6 +117,8 @@ def test_resize_then_confirm(stack: Stack) -> None:
         ("Disk", True), ("Definition", False)]
     assert st["sourceDisks"][0]["checksum"] == st["sourceChecksum"]
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
+    # This guest has no OS to answer ACPI: it was forced off after the operator's 1 s.
+    assert s.task("grow", "MigrateDisk")["status"]["result"]["powerOff"] == "Forced"
     # As in Nova, both copies are claimed until the user decides.
     assert held(s, "Instance", "vm-confirm") == {st["sourceHost"]: SMALL}
     assert held(s, "VMResize", "grow") == {dst: BIG}

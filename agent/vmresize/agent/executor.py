@@ -45,7 +45,7 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
+from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
 log = logging.getLogger(__name__)
@@ -281,11 +281,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
             await self._check_fence(spec, call)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
                                                 self._now())
-            await self._power_off(name, float(spec.power_off_timeout_seconds), off_since)
-            await self._hold(name, held)
+            how: PowerOff | None = await self._power_off_and_hold(
+                name, float(spec.power_off_timeout_seconds), off_since, held)
         elif markers.read(held) is not None:  # resumed: already off and held
-            off_since = (markers.PowerOff.parse(markers.read(marker))
-                         or markers.PowerOff("", self._now())).requested_at
+            how, off_since = None, (markers.PowerOff.parse(markers.read(marker))
+                                    or markers.PowerOff("", self._now())).requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         moved: list[VMDisk] = []
@@ -299,11 +299,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
             checksum, size = sent.checksum, sent.size_bytes
         downtime = max(0.0, self._now() - off_since)
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
-                            shared_storage=shared if files else None,
+                            shared_storage=shared if files else None, power_off=how,
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
-        how = "within the shared storage" if shared else f"to {peer.name}"
-        return StepOutcome(result, f"sent {max(1, len(moved))} file(s) {how} ({size} bytes)")
+        to = "within the shared storage" if shared else f"to {peer.name}"
+        return StepOutcome(result, f"{sourcehold.said(how)}sent {len(moved) or 1} file(s) {to}")
 
     async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action

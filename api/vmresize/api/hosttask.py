@@ -60,6 +60,17 @@ class TaskPhase(StrEnum):
     """Gave up; ``status.message`` says why and ``status.retryable`` whether to try again."""
 
 
+class PowerOff(StrEnum):
+    """How MigrateDisk's power-off went."""
+
+    GRACEFUL = "Graceful"
+    """The guest answered the ACPI power-off request within the timeout."""
+    FORCED = "Forced"
+    """The guest was still running at the timeout: it was destroyed (pulled the plug)."""
+    ALREADY_OFF = "AlreadyOff"
+    """The domain was shut off before the step asked."""
+
+
 class TaskFlavor(Model):
     """The size a step should give the domain."""
 
@@ -157,6 +168,8 @@ class TaskResult(Model):
     """Apparent size of the disk."""
     downtime_seconds: float | None = None
     """MigrateDisk: how long the VM has been off when the step ended."""
+    power_off: PowerOff | None = None
+    """MigrateDisk: how the VM went off; none when a resumed step found it off and held."""
     disk_path: str | None = None
     """Spawn/Adopt: the disk, relative to the storage root."""
     domain_name: str | None = None

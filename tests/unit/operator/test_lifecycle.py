@@ -93,8 +93,10 @@ def test_happy_path_resize_then_confirm() -> None:
     assert out.phase is P.MIGRATING
     assert out.actions == (CreateTask(A.MIGRATE_DISK, "src"),)
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
-                                       downtime_seconds=0.8, progress=(10, 10, 0)), NOW)
+                                       downtime_seconds=0.8, progress=(10, 10, 0),
+                                       power_off="Graceful"), NOW)
     assert out.phase is P.FINISHING
+    assert out.message.startswith("Powered off gracefully (ACPI); disk copied (checksum abab")
     assert out.actions[0] == CreateTask(A.FINISH, "dst")
     off = out.actions[1]
     assert isinstance(off, UpdateInstance)

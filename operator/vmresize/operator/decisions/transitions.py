@@ -187,10 +187,12 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
     off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF, unlock=False,
                          message=f"Powered off on {s.source_host}; disk copied to {s.dest_host}")
+    how = {"Graceful": "Powered off gracefully (ACPI); ",
+           "Forced": "Forced off after the power-off timeout; "}.get(o.power_off or "", "")
     return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0), off),
                 reason="Finishing",
-                message=f"Disk copied (checksum {(o.checksum or '')[:12]}); starting on "
-                f"{s.dest_host}", updates=up)
+                message=f"{how}{'disk' if how else 'Disk'} copied (checksum "
+                f"{(o.checksum or '')[:12]}); starting on {s.dest_host}", updates=up)
 
 
 def step_failed(s: State, o: Observation, now: datetime) -> Step:

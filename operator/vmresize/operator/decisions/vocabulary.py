@@ -50,6 +50,7 @@ class Observation:
     progress: tuple[int, int, int] | None = None   # bytes done, total, rate
     checksum: str | None = None
     downtime_seconds: float | None = None
+    power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its sha256
 

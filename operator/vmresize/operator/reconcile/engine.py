@@ -124,6 +124,7 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus) -> O
         return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
                            checksum=ts.result.checksum,
                            downtime_seconds=ts.result.downtime_seconds,
+                           power_off=ts.result.power_off,
                            disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
                            if p.bytes_total else None)
