@@ -72,6 +72,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("auto_confirm_seconds", "operator.settings.autoConfirmSeconds"),
         Wire("max_attempts", "operator.settings.maxAttempts"),
         Wire("heartbeat_stale_seconds", "operator.settings.heartbeatStaleSeconds"),
+        Wire("step_stale_seconds", "operator.settings.stepStaleSeconds"),
         Wire("task_retries", "operator.settings.taskRetries"),
         Wire("poll_seconds", "operator.settings.pollSeconds"),
         Wire("power_off_timeout_seconds", "operator.settings.powerOffTimeoutSeconds"),

@@ -14,9 +14,10 @@ The source disk is only read between power-off and Confirm (invariant 1); Finish
 only a domain on a disk whose disk checksum (:mod:`vmresize.agent.transfer.sparse`) is the
 source's (invariant 2).
 
-Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
-once the :data:`Fence` (the owner's status) names this very task, checked right before;
-HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call is bounded.
+Fencing (invariant 7): MigrateDisk's power-off, Finish's start, Confirm, CleanupDest and
+Destroy act only once the :data:`Fence` (the owner's status) names this very task, checked
+right before; HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call
+is bounded.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ SERIAL_LOG = "serial.log"
 HV_CALL_TIMEOUT = 120.0   # bound on one libvirt call; longer is a hung hypervisor (retryable)
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
-"""``(spec, task name) -> None`` if the owner's status names this task, else why not.
-May raise :class:`StepError` (retryable) when the owner cannot be read."""
+"""``(spec, task name) -> None`` if the owner names this task, else why; StepError: unknown."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class _Call:
 
     task_name: str
     progress: ProgressFn | None
+    fence: Callable[[], Awaitable[None]]   # the executor's fence check for this attempt
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
-        call = _Call(task_name, progress)
+        call = _Call(task_name, progress, lambda: self._check_fence(spec, call))
         steps: dict[TaskAction, Callable[[HostTaskSpec, _Call], Awaitable[StepOutcome]]] = {
             TaskAction.SPAWN: self._spawn,
             TaskAction.ADOPT: self._adopt,
@@ -306,13 +307,12 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         return StepOutcome(result, f"{sourcehold.said(how)}sent {len(moved) or 1} file(s) {to}")
 
     async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
-        a = spec.action
-        name = _need(spec.domain_name, "domainName", a)
-        flavor = _need(spec.flavor, "flavor", a)
+        name = _need(spec.domain_name, "domainName", spec.action)
+        flavor = _need(spec.flavor, "flavor", spec.action)
         if spec.disks:
-            return StepOutcome(*await self._finish_whole(spec, name, flavor))
-        rel = _need(spec.disk_path, "diskPath", a)
-        expected = _need(spec.expected_checksum, "expectedChecksum", a)
+            return StepOutcome(*await self._finish_whole(spec, name, flavor, call.fence))
+        rel = _need(spec.disk_path, "diskPath", spec.action)
+        expected = _need(spec.expected_checksum, "expectedChecksum", spec.action)
         verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
         # Whatever exists already, the disk must be the verified one (invariant 2): the
         # record is written before the grow and kept while the copy lives here.
@@ -325,6 +325,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         wanted = DomainSize(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
         if size != wanted:
             await self._hv(self.hv.set_size, name, wanted)
+        await self._check_fence(spec, call)   # a Finish frozen through a rollback: no 2nd copy
         await self._hv(self.hv.start, name)
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)

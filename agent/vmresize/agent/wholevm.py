@@ -232,12 +232,14 @@ class WholeVMSteps:
         return (TaskResult(disks=files, size_bytes=need),
                 f"ready to receive {len(files)} files ({need} bytes at most)")
 
-    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor
-                            ) -> tuple[TaskResult, str]:
-        """Finish from the source's own definition (only size, paths and name change)."""
+    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor,
+                            fence: Callable[[], Awaitable[None]]) -> tuple[TaskResult, str]:
+        """Finish from the source's own definition (only size, paths and name change);
+        ``fence`` is awaited right before the start."""
         xml, files = await arrive(self.root, self.transfer, spec, flavor)
         rd = root_disk(spec.disks)
         await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
+        await fence()
         await self._hv(self.hv.start, name)
         await asyncio.to_thread(settle, self.root, self.transfer, spec)
         result = await self._describe(name, rd.path, rd.format)

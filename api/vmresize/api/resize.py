@@ -218,6 +218,11 @@ class VMResizeStatus(Model):
     """With a health check: when the check must have passed; after it, the resize reverts."""
     rollback_from: str | None = None
     """The phase that failed and caused the rollback."""
+    rollback_reason: str | None = None
+    """Why the rollback began, e.g. ``MigratingFailed``, ``StepStalled``, ``Deleted``."""
+    restore_source_first: bool = False
+    """The rollback restarts the source before it deletes the destination's copy (a rollback
+    from Migrating: no domain exists on the destination, which may be the silent agent)."""
     observed_generation: int | None = None
     """The ``metadata.generation`` last acted on."""
     conditions: list[Condition] = Field(default_factory=list)

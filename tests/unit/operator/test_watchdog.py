@@ -134,7 +134,7 @@ def test_a_stalled_prepare_tries_the_next_alternate() -> None:
     assert "no heartbeat" in (out.message or "")
 
 
-@pytest.mark.parametrize("phase,action", [(P.CONFIRMING, A.CONFIRM),
+@pytest.mark.parametrize(("phase", "action"), [(P.CONFIRMING, A.CONFIRM),
                                           (P.REVERTING, A.CLEANUP_DEST),
                                           (P.ROLLING_BACK, A.CLEANUP_DEST),
                                           (P.ROLLING_BACK, A.RESTORE_SOURCE)])

@@ -64,13 +64,19 @@ def _progress(o: Observation) -> dict[str, Any]:
 
 
 def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
-    """Start a rollback: delete the dest copy (if there is a dest), then start the source."""
+    """Start a rollback: delete the dest copy (if there is a dest), then start the source.
+
+    From Migrating the source starts first: no Finish was ever created, so no domain
+    exists on the destination (at most a partial disk), and the destination may be the
+    very agent that is frozen; waiting for its cleanup would keep the VM off."""
     frm = updates.pop("rollback_from", None) or s.phase.value
-    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host
+    source_first = bool(s.dest_host) and frm == P.MIGRATING.value
+    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host and not source_first
              else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
     return Step(P.ROLLING_BACK, (first,),
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
-                updates={"rollback_from": frm, **updates})
+                updates={"rollback_from": frm, "rollback_reason": why,
+                         "restore_source_first": source_first, **updates})
 
 
 def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
@@ -196,8 +202,20 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
 
 
 def step_failed(s: State, o: Observation, now: datetime) -> Step:
-    """MigrateDisk or Finish failed: roll back to the source."""
-    return _rollback(s, f"{s.phase.value}Failed", f"{s.phase.value} failed: {o.message}")
+    """MigrateDisk or Finish failed (or stalled: ``o.reason``): roll back to the source."""
+    how = "stalled" if o.kind is Kind.TASK_STALLED else "failed"
+    return _rollback(s, o.reason or f"{s.phase.value}Failed",
+                     f"{s.phase.value} {how}: {o.message}")
+
+
+def stalled_wait(s: State, o: Observation, now: datetime) -> Step:
+    """A confirm/revert/rollback step stalled: say so and keep waiting for its agent (a new
+    attempt would go to the same silent agent; giving up would strand both copies). The
+    message is stable, so a long freeze costs one status write, not one per poll."""
+    return Step(s.phase, reason="StepStalled", message=(
+        f"{s.current_action} on {o.host} stalled: its agent (or a peer) has been silent "
+        "longer than the step window; waiting for it to come back. Nothing else is done "
+        "meanwhile; an admin may fix the host or restart its agent."))
 
 
 def finished(s: State, o: Observation, now: datetime) -> Step:
@@ -272,12 +290,23 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
 
 
 def back_step_done(s: State, o: Observation, now: datetime) -> Step:
-    """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end."""
-    if s.current_action is A.CLEANUP_DEST:
+    """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end.
+    A rollback from Migrating runs them the other way round (see :func:`_rollback`)."""
+    source_first = s.phase is P.ROLLING_BACK and s.restore_source_first
+    if s.current_action is A.RESTORE_SOURCE and source_first:
+        return Step(s.phase, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),
+                              UpdateInstance("source", InstancePhase.RESIZING,
+                                             PowerState.RUNNING, unlock=False,
+                                             message=f"Running on {s.source_host} again; "
+                                             f"cleaning up {s.dest_host}")),
+                    message=f"The instance runs on {s.source_host} again; deleting the "
+                    f"partial copy on {s.dest_host}")
+    if s.current_action is A.CLEANUP_DEST and not source_first:
         return Step(s.phase, (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),),
                     message=f"New copy deleted; starting the instance on {s.source_host}")
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
-    why = (f"Rolled back after {s.rollback_from} failed" if end is P.ROLLED_BACK
+    cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
+    why = (f"Rolled back after {s.rollback_from} failed{cause}" if end is P.ROLLED_BACK
            else "Reverted")
     # An automatic revert keeps its reason to the end: the health check said no.
     health = end is P.REVERTED and s.reason in HEALTH_FAILED

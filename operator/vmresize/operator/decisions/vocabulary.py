@@ -30,6 +30,7 @@ class Kind(StrEnum):
     TASK_WAITING = "TaskWaiting"     # current HostTask pending or running (``progress``)
     TASK_SUCCEEDED = "TaskSucceeded"
     TASK_FAILED = "TaskFailed"
+    TASK_STALLED = "TaskStalled"     # current HostTask shows no sign of life (``watchdog``)
     TASK_MISSING = "TaskMissing"     # current HostTask does not exist (deleted by an admin)
     CONFIRM = "Confirm"              # spec.confirm is set
     REVERT = "Revert"                # spec.revert is set
@@ -76,6 +77,8 @@ class State:
     health_check: str = ""                # the check named by spec.autoConfirm, described
     health_window_seconds: int = 0        # how long it may take to pass, from its start
     health_deadline: datetime | None = None
+    rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
+    restore_source_first: bool = False    # this rollback restarts the source before cleanup
 
 
 # ---------------------------------------------------------------- actions

@@ -4,9 +4,10 @@ Why a daemon per active VMResize/Instance (rather than only watch handlers): a r
 a long conversation with agents and with time (auto-confirm). The daemon runs the
 engine's step until nothing changes, then sleeps until woken (a HostTask of this owner
 changed, or the user set confirm/revert) or until ``poll_seconds`` pass, which also
-covers any missed event. kopf starts the daemon again for every live object after a
-restart, and with peering only the active operator runs daemons. All state is in the API,
-so the daemon keeps nothing that a kill -9 could lose.
+covers any missed event (or until the step watchdog's deadline, if sooner: a frozen agent
+sends no event). kopf starts the daemon again for every live object after a restart, and
+with peering only the active operator runs daemons. All state is in the API, so the
+daemon keeps nothing that a kill -9 could lose.
 """
 
 from __future__ import annotations
@@ -115,9 +116,17 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
             if out.done:
                 return
             if not out.changed:
-                await _sleep(wake, stopped, poll_seconds)
+                await _sleep(wake, stopped, _until(out.wake_at, poll_seconds))
     finally:
         wakeups.forget(uid)
+
+
+def _until(wake_at: datetime | None, poll_seconds: float) -> float:
+    """Seconds to sleep: the poll interval, or less if the step watchdog's deadline (a
+    frozen agent writes nothing, so no event would wake us) comes sooner."""
+    if wake_at is None:
+        return poll_seconds
+    return min(poll_seconds, max(0.1, (wake_at - now()).total_seconds() + 0.1))
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
