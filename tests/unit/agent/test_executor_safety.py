@@ -226,3 +226,17 @@ async def test_a_hung_hypervisor_call_ends_the_step(
     finally:
         stuck.release.set()
     await destroy_all((a, dom, rel))
+
+
+async def test_a_finish_its_owner_gave_up_on_never_starts_a_second_copy(
+        agent_pair: tuple[Executor, Executor], agent_uid: str) -> None:
+    # Its agent was frozen while the operator's step watchdog rolled the resize back.
+    a, b = agent_pair
+    _, _, new_dom, new_rel = names(agent_uid)
+    checksum = await move(a, b, agent_uid, [])
+    b.fence = Owner("uid-cleanupdest-0")
+    finish = spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel, flavor=BIG,
+                  expected_checksum=checksum, transfer_id=agent_uid)
+    with pytest.raises(Fenced):
+        await b.run(finish, task_name="uid-finish-0")
+    assert b.hv.state(new_dom) != PowerState.RUNNING
