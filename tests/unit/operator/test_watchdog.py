@@ -148,3 +148,15 @@ def test_a_stalled_back_step_is_reported_and_waited_for(phase: P, action: A) -> 
     again = step(state(phase, current_action=action),
                  replace(STALL, message="HostTask x on host dst: no heartbeat for 45 s"), NOW)
     assert again.message == out.message, "a stable message: no status write every poll"
+
+
+def test_a_failed_cleanup_after_the_source_runs_again_says_so() -> None:
+    s = state(P.ROLLING_BACK, current_action=A.CLEANUP_DEST, rollback_from="Migrating",
+              restore_source_first=True)
+    out = step(s, Observation(Kind.TASK_FAILED, message="disk busy", retryable=False), NOW)
+    assert out.phase is P.ROLLBACK_FAILED
+    assert "runs on src again" in (out.message or "")
+    (upd,) = out.actions
+    assert isinstance(upd, UpdateInstance)
+    assert (upd.phase, upd.power, upd.unlock) == (InstancePhase.ACTIVE, PowerState.RUNNING,
+                                                  False)

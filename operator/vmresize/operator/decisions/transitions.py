@@ -325,6 +325,16 @@ def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
         return retry_or_wait(s, o, now)
     # Nothing retries a RollbackFailed resize (it is final): the message names the only way
     # on, so that an admin never waits for a retry that will not come.
+    if s.restore_source_first and s.current_action is A.CLEANUP_DEST:   # the VM runs again
+        msg = (f"Rollback failed at {s.current_action} ({o.message}). The instance runs on "
+               f"{s.source_host} again; the partial copy on {s.dest_host} is kept and its "
+               f"claim held. Nothing will retry it. An admin must fix {s.dest_host} and remove "
+               "that copy, then delete this VMResize: that releases the claim and the "
+               "instance lock (see the runbook in the docs).")
+        return Step(P.ROLLBACK_FAILED, (UpdateInstance("source", InstancePhase.ACTIVE,
+                                                       PowerState.RUNNING, unlock=False,
+                                                       message=msg),),
+                    reason="RollbackFailed", message=msg)
     broken = s.source_host if s.current_action is A.RESTORE_SOURCE else s.dest_host
     msg = (f"Rollback failed at {s.current_action} ({o.message}). Both copies are kept and "
            f"both claims held: source on {s.source_host}, new copy on {s.dest_host}. Nothing "
