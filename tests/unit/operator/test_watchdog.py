@@ -160,3 +160,7 @@ def test_a_failed_cleanup_after_the_source_runs_again_says_so() -> None:
     assert isinstance(upd, UpdateInstance)
     assert (upd.phase, upd.power, upd.unlock) == (InstancePhase.ACTIVE, PowerState.RUNNING,
                                                   False)
+    deleted = step(replace(s, phase=P.ROLLBACK_FAILED, deleting=True), Observation(Kind.TICK),
+                   NOW)
+    assert any(isinstance(a, UpdateInstance) and a.unlock and a.phase is InstancePhase.ACTIVE
+               for a in deleted.actions)

@@ -351,6 +351,10 @@ def rollback_failed_deleted(s: State, o: Observation, now: datetime) -> Step:
     """Deleting a RollbackFailed resize is the admin saying "I have cleaned up"."""
     if not s.deleting:
         return Step(s.phase)
+    if s.restore_source_first and s.current_action is A.CLEANUP_DEST:   # it ran again
+        return Step(s.phase, (ReleaseDestClaim(), UpdateInstance(
+            "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True,
+            message="Released by deleting the failed VMResize")))
     return Step(s.phase, (ReleaseDestClaim(), UpdateInstance(
         "source", InstancePhase.ERROR, PowerState.UNKNOWN, unlock=True,
         message="Released by deleting the failed VMResize; check the instance")))
