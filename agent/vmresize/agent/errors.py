@@ -18,7 +18,7 @@ Tree (``retryable`` default in brackets)::
     │   ├── AuthRejected                our client key was refused              [no]
     │   ├── TransferRefused             receiver refused the transfer           [no]
     │   │   └── TransferBusy            receiver is verifying it; ask later     [no]
-    │   ├── TransferChecksumMismatch    receiver's sha256 differs from ours     [yes]
+    │   ├── TransferChecksumMismatch    receiver's checksum differs from ours   [yes]
     │   └── ConnectionLost              network/SSH failure mid-transfer        [yes]
     ├── HypervisorError                 a libvirt call failed (hypervisor/)     [no]
     │   ├── DomainNotFound              no domain of that name                  [no]
@@ -89,7 +89,7 @@ class TransferBusy(TransferRefused):
 
 
 class TransferChecksumMismatch(TransferError):  # noqa: N818
-    """The receiver's sha256 of what it wrote differs from the source's (resent once)."""
+    """The receiver's disk checksum of what it wrote differs from the source's (resent once)."""
 
     retryable = True
 

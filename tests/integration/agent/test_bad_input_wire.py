@@ -157,6 +157,9 @@ FRAMES: list[tuple[str, str, list[bytes], list[int], str | None, str]] = [
     ("json-number", "exact", [ctl(HELLO, 42)], [ERROR], ERR, "a JSON object"),
     ("hello-wrong-version", "exact", [hello(version=1)], [ERROR], "refused",
      "unsupported protocol version 1"),  # 1: a sender from before the disk checksum
+    # 2: a sender whose disk checksum is over sha256: the refusal says what this one speaks
+    ("hello-sha256-version", "exact", [hello(version=2)], [ERROR], "refused",
+     "unsupported protocol version 2: this receiver speaks 3 (disk checksum xxh3-128)"),
     ("hello-no-version", "exact", [ctl(HELLO, {"transfer_id": "t-1", "size": SIZE})], [ERROR],
      "refused", "unsupported protocol version None"),
     ("tid-never-registered", "exact", [hello("never-expected")], [ERROR], "refused",

@@ -80,6 +80,21 @@ def test_checksum_follows_its_definition(tmp_path: Path, layout: dict[int, bytes
     assert disk_checksum(p) == reference_disk_checksum(p.read_bytes())
 
 
+def test_checksum_is_pinned_and_names_its_algorithm(tmp_path: Path) -> None:
+    """Known answers: checksums are stored (status, the receiver's sidecar) and compared
+    across agents, so the definition may change only with a new prefix, magic and transfer
+    protocol version, never silently."""
+    content = bytearray(3 * DIGEST_BLOCK + 1)
+    content[DIGEST_BLOCK: DIGEST_BLOCK + 8] = b"vmresize"
+    content[-1] = 1
+    p = tmp_path / "d"
+    p.write_bytes(bytes(content))
+    assert disk_checksum(p) == "xxh3-128:df01df108197261b0b498907435ade4c"
+    p.write_bytes(bytes(5))
+    assert disk_checksum(p) == "xxh3-128:916787d6f159eb710923113d948ec688"
+    assert reference_disk_checksum(b"") == "xxh3-128:4b5bb53bf2b6f1575e7d6e0457db8650"
+
+
 def test_checksum_ignores_the_hole_layout(tmp_path: Path) -> None:
     """Decided: the checksum is a function of (size, bytes) only. A destination's holes
     differ from the source's (the sender skips all-zero chunks, filesystems round

@@ -170,11 +170,13 @@ class _Leg:
         if kind == ERROR:
             code, msg = doc.get("code"), doc.get("message", "")
             if code == "checksum-mismatch":
-                raise TransferChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
+                raise TransferChecksumMismatch(f"receiver checksum {doc.get('sha256')}: {msg}")
             if code == "busy":
                 raise ConnectionLost(f"receiver busy: {msg}")
             if code == "write-error":
                 raise TransferRefused(f"receiver failed writing: {msg}", retryable=False)
+            if str(msg).startswith("unsupported protocol version"):  # an older receiver
+                msg = f"{msg} (this sender speaks {PROTOCOL_VERSION}: the agents' releases differ)"
             raise TransferRefused(f"receiver refused ({code}): {msg}")
         return kind, doc
 
@@ -199,7 +201,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
         progress.start_leg(progress.total)
         checksum = await source_sha.full()
         if state.get("sha256") != checksum:
-            raise TransferChecksumMismatch(f"receiver holds a completed copy with sha256 "
+            raise TransferChecksumMismatch(f"receiver holds a completed copy with checksum "
                                    f"{state.get('sha256')}, source is {checksum}")
         return checksum
     progress.start_leg(_covered(extents, have))

@@ -10,8 +10,10 @@ sender; ``STATE`` {complete, have: [[start, end], ...], sha256?}, ``RESULT`` {ok
 and ``ERROR`` {code, message} from the receiver; ``DATA`` carries raw bytes for
 ``[offset, offset + length)``. A sender sends HELLO, reads STATE, sends DATA for what the
 receiver does not ``have``, then DONE, and reads RESULT or ERROR. Every ``sha256`` field
-holds the disk checksum of :mod:`vmresize.agent.transfer.sparse` (a sha256 over the content,
-not ``sha256sum``'s value; the field keeps its name).
+holds the disk checksum of :mod:`vmresize.agent.transfer.sparse` (``xxh3-128:<hex>``, over
+the content; the field keeps its old name). Both ends must speak the same version: a
+receiver refuses any other in HELLO (``refused``, not retryable), so two agents of releases
+with different checksums stop with that message instead of a checksum mismatch.
 
 Receiver state: :class:`ReceiveState` is persisted as JSON in ``<final>.xfer`` next to
 ``<final>.partial``, written atomically (tmp file + rename, never following symlinks).
@@ -37,7 +39,9 @@ __all__ = [
 ]
 
 SUBSYSTEM = "vmresize-disk@vmresize.io"
-PROTOCOL_VERSION = 2  # 2: the checksum is sparse.DiskDigest (1 was sha256sum's)
+# 1: sha256sum's value; 2: sparse.DiskDigest over sha256; 3: DiskDigest over XXH3-128,
+# written "xxh3-128:<hex>"
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct(">BQI")
 HELLO, STATE, DATA, DONE, RESULT, ERROR = 1, 2, 3, 4, 5, 6
 MAX_CONTROL = 1 << 20  # a JSON control frame is tiny; cap what we buffer for one
@@ -73,7 +77,7 @@ class TransferStatus:
     size: int
     received: int          # data bytes held (sum of received ranges)
     complete: bool         # final file in place and verified
-    sha256: str | None     # verified sha256 of the final file when complete
+    sha256: str | None     # verified disk checksum of the final file when complete
 
 
 @dataclass

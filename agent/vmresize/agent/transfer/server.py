@@ -14,7 +14,7 @@ data is ``pwrite``-n, so holes stay holes. Received ranges are kept in ``<final>
 (JSON, written atomically by rename) about once a second, on disconnect and on
 completion; a reconnecting sender reads them in ``STATE`` and sends the rest. Writes go
 through a :class:`~vmresize.agent.transfer.sparse.SparseSink` (writer thread; reading the channel
-pauses when 8 MiB are queued). On ``DONE`` the receiver takes the sha256 of what it wrote
+pauses when 8 MiB are queued). On ``DONE`` the receiver takes the disk checksum of what it wrote
 (streamed while writing when the transfer ran in order from scratch, else a read-back of
 the partial file), and after ``fsync`` renames the partial into place only if it equals
 the sender's; otherwise the ranges are reset so a retry re-sends everything. Sidecars are

@@ -3,7 +3,7 @@
 A :class:`DiskSession` parses the frames of :mod:`vmresize.agent.transfer.protocol`, writes
 DATA straight into ``<final>.partial`` through a
 :class:`~vmresize.agent.transfer.sparse.SparseSink`,
-checkpoints received ranges into the sidecar, and on DONE verifies the sha256 and commits the
+checkpoints received ranges into the sidecar, and on DONE verifies the checksum and commits the
 file. Which transfers exist, and which session owns one, is the
 :class:`~vmresize.agent.transfer.server.MigrationServer`'s business.
 """
@@ -26,7 +26,7 @@ import asyncssh
 from vmresize.agent import metrics
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
 from vmresize.agent.paths import open_nofollow
-from vmresize.agent.transfer.sparse import SparseSink, disk_checksum_fd
+from vmresize.agent.transfer.sparse import CHECKSUM_ALGORITHM, SparseSink, disk_checksum_fd
 
 if TYPE_CHECKING:
     from vmresize.agent.transfer.server import MigrationServer
@@ -73,7 +73,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         self._closed = False
         self._releasing = False
         self.finishing = False
-        self._declared: str | None = None  # DONE's sha256, until the finish starts
+        self._declared: str | None = None  # DONE's checksum, until the finish starts
         self._loop = asyncio.get_running_loop()
         self.released: asyncio.Future[None] = self._loop.create_future()
 
@@ -155,7 +155,9 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._xfer is not None:
             raise ValueError("HELLO sent twice")
         if doc.get("version") != PROTOCOL_VERSION:
-            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}")
+            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}: this "
+                                  f"receiver speaks {PROTOCOL_VERSION} (disk checksum "
+                                  f"{CHECKSUM_ALGORITHM}); run one agent release on both hosts")
         tid, size = doc.get("transfer_id"), doc.get("size")
         if not isinstance(tid, str):
             raise TransferRefused(f"transfer_id must be a string, not {tid!r}")
@@ -195,7 +197,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._write_failed, xfer, e)
 
-        # A fresh transfer arrives in order, so the sha256 can be streamed as it is
+        # A fresh transfer arrives in order, so the checksum can be streamed as it is
         # written; after a resume the receiver re-reads the file instead.
         self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written,
                                 on_error=failed)
@@ -299,7 +301,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             self._send(RESULT, {"ok": True, "sha256": actual})
         else:
             self._send(ERROR, {"code": "checksum-mismatch", "sha256": actual,
-                               "message": "receiver sha256 differs from the sender's"})
+                               "message": "receiver checksum differs from the sender's"})
         self._close()
 
     def _fail(self, code: str, message: str) -> None:

@@ -31,7 +31,7 @@ def is_zero(buf: bytearray, n: int) -> bool:
 
 def read_into(fd: int, buf: bytearray, piece: Extent, digest: DiskDigest | None) -> int:
     """Fill ``buf[:piece.length]`` from the source and feed it to ``digest`` (on a worker
-    thread: hashlib releases the GIL, so hashing overlaps the encryption of the last chunk)."""
+    thread: the hash releases the GIL, so hashing overlaps the encryption of the last chunk)."""
     view = memoryview(buf)[: piece.length]
     done = 0
     while done < piece.length:
