@@ -127,7 +127,8 @@ class HostTaskSpec(Model):
     peer_disk_path: str | None = None
     """MigrateDisk: where the disk goes on the destination, relative to its storage root."""
     expected_checksum: str | None = None
-    """Finish: the sha256 the received disk must have before it is grown."""
+    """Finish: the disk checksum (``xxh3-128:<hex>``) the received disk must have before it is
+    grown."""
     expected_bytes: int | None = None
     """Prepare: apparent size of the disk that will arrive, for the space check."""
     transfer_id: str | None = None
@@ -163,7 +164,8 @@ class TaskResult(Model):
     """What a finished step reports back."""
 
     checksum: str | None = None
-    """sha256 of the disk (MigrateDisk, Finish)."""
+    """Disk checksum of the disk (MigrateDisk, Finish): ``xxh3-128:<hex>`` over its content,
+    all-zero blocks left out (docs/AGENT.md)."""
     size_bytes: int | None = None
     """Apparent size of the disk."""
     downtime_seconds: float | None = None
@@ -184,7 +186,7 @@ class TaskResult(Model):
     """Power state after the step."""
     disks: list[VMDisk] | None = None
     """Spawn/Adopt/Finish: the VM's files on this host; MigrateDisk: each file sent, with
-    its sha256."""
+    its checksum."""
     shared_storage: bool | None = None
     """MigrateDisk: the destination's marker was visible here, so nothing crossed the
     network (files were copied within the shared filesystem)."""

@@ -190,7 +190,7 @@ class VMResizeStatus(Model):
     downtime_seconds: float | None = None
     """How long the VM was powered off for the move."""
     source_disks: list[VMDisk] | None = None
-    """Every file MigrateDisk sent (where it goes, its sha256); Finish verifies each."""
+    """Every file MigrateDisk sent (where it goes, its checksum); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)
     """Hosts that passed every filter, best first."""
     alternates: list[str] = Field(default_factory=list)
@@ -210,7 +210,7 @@ class VMResizeStatus(Model):
     dest_disk_path: str | None = None
     """Disk of the new copy, relative to the destination's storage root."""
     source_checksum: str | None = None
-    """sha256 of the powered-off source disk."""
+    """Disk checksum (``xxh3-128:<hex>``) of the powered-off source disk."""
     verify_deadline: datetime | None = None
     """When auto-confirm fires, if enabled (with a health check: when its first probe may
     run)."""

@@ -80,7 +80,8 @@ class VMDisk(Model):
     transfer_id: str | None = Field(default=None, max_length=253)
     """Prepare/MigrateDisk/Finish: the id the destination receives this file under."""
     checksum: str | None = None
-    """sha256: reported by MigrateDisk, required by Finish before anything starts."""
+    """Disk checksum (``xxh3-128:<hex>``): reported by MigrateDisk, required by Finish before
+    anything starts."""
     source_path: str | None = Field(default=None, max_length=4096)
     """MigrateDisk result, Finish: the file's absolute path in the source's definition,
     which the destination's definition replaces with its own."""

@@ -183,6 +183,13 @@ def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
                 updates={"rollback_from": P.PREPARING.value})
 
 
+def _short(checksum: str | None) -> str:
+    """A checksum for a message: its algorithm (``xxh3-128:``) and 12 hex digits. Only shown;
+    the operator never computes a checksum, it copies and compares the agents' strings."""
+    algorithm, sep, digits = (checksum or "").rpartition(":")
+    return algorithm + sep + digits[:12]
+
+
 def migrated(s: State, o: Observation, now: datetime) -> Step:
     """The disk is copied and the source is off: record checksum and downtime and create Finish on
     the destination."""
@@ -198,7 +205,7 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
     return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0), off),
                 reason="Finishing",
                 message=f"{how}{'disk' if how else 'Disk'} copied (checksum "
-                f"{(o.checksum or '')[:12]}); starting on {s.dest_host}", updates=up)
+                f"{_short(o.checksum)}); starting on {s.dest_host}", updates=up)
 
 
 def step_failed(s: State, o: Observation, now: datetime) -> Step:

@@ -53,7 +53,7 @@ class Observation:
     downtime_seconds: float | None = None
     power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
     retryable: bool = True
-    disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its sha256
+    disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
 
 
 @dataclass(frozen=True)
