@@ -92,16 +92,18 @@ def test_happy_path_resize_then_confirm() -> None:
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.MIGRATING
     assert out.actions == (CreateTask(A.MIGRATE_DISK, "src"),)
-    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
+    checksum = "xxh3-128:" + "ab" * 16  # the agents' string; the operator only copies it
+    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum=checksum,
                                        downtime_seconds=0.8, progress=(10, 10, 0),
                                        power_off="Graceful"), NOW)
     assert out.phase is P.FINISHING
-    assert out.message.startswith("Powered off gracefully (ACPI); disk copied (checksum abab")
+    assert out.message.startswith("Powered off gracefully (ACPI); disk copied "
+                                  "(checksum xxh3-128:abababababab); starting on dst")
     assert out.actions[0] == CreateTask(A.FINISH, "dst")
     off = out.actions[1]
     assert isinstance(off, UpdateInstance)
     assert off.power is PowerState.SHUTOFF
-    assert out.updates["source_checksum"] == "ab" * 32
+    assert out.updates["source_checksum"] == checksum
     assert out.updates["downtime_seconds"] == 0.8
     out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.VERIFY_RESIZE
