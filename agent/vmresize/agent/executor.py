@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, flavorfiles, health, markers, moving, sourcehold, wholevm
+from vmresize.agent import disks, flavorfiles, health, markers, moving, precopy, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
     DomainNotFound,
@@ -82,7 +82,8 @@ def _need(value: T | None, what: str, action: TaskAction) -> T:
     return value
 
 
-class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps):
+class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
+               precopy.PreCopySteps):
     """Runs HostTask steps for one host (see the module docstring)."""
 
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
@@ -268,11 +269,12 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         peer = _need(spec.peer, "peer", a)
         tid = _need(spec.transfer_id, "transferId", a)
         defined = await self._hv(self.hv.exists, name)
-        files, shared = list[VMDisk](), False
-        if spec.disks:  # the whole VM: listed, checked, captured before any power-off
-            files, shared = await asyncio.to_thread(wholevm.capture, self.hv, self.root,
-                                                    spec, defined=defined)
-            rel = wholevm.root_disk(files).path
+        files, shared, live = list[VMDisk](), False, list[VMDisk]()
+        if spec.disks:  # the whole VM: listed, checked, captured (and pre-copied while it
+            # runs, if the task lists overlays) before any power-off
+            files, shared, live = await self._before_power_off(spec, call, name, peer,
+                                                               defined)
+            rel = wholevm.root_disk(live or files).path
         elif defined:
             wholevm.refuse_unmovable(await self._hv(self.hv.export, name), self.root, name)
         src = self._abs(rel)
@@ -290,9 +292,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         moved: list[VMDisk] = []
-        if files:
-            moved = await wholevm.send(self.root, files, transfer=self.transfer, peer=peer,
-                                       shared=shared, progress=call.progress)
+        if files or live:
+            moved = live + await wholevm.send(self.root, files, transfer=self.transfer,
+                                              peer=peer, shared=shared, progress=call.progress)
             checksum, size = wholevm.root_disk(moved).checksum, sum(f.size_bytes for f in moved)
         else:
             sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
@@ -304,6 +306,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
         to = "within the shared storage" if shared else f"to {peer.name}"
+        to += f", {len(live)} of them while the VM ran" if live else ""
         return StepOutcome(result, f"{sourcehold.said(how)}sent {len(moved) or 1} file(s) {to}")
 
     async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
@@ -380,12 +383,14 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps)
                 await self._hv(self.hv.define_xml, xml)
             markers.remove(held)
         elif not await self._hv(self.hv.exists, name):
+            await self._merge_offline(rel)  # the captured definition names the disks below
             await self._define_captured(name, rel)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
         await self._hv(self.hv.start, name)
+        await self._merge_back(name, rel)  # pre-copy's overlays, once the VM runs again
         markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)
         return StepOutcome(await self._describe(name, rel, fmt),

@@ -7,6 +7,7 @@ what an earlier attempt did (all under the storage root, written atomically).
 * ``<disk>.verified``: the checksums Finish verified before growing the disk. It stays while
   the copy lives on this host (deleted with the disk), so a resumed Finish or one that finds
   the domain already defined can tell the verified disk from any other.
+* ``<disk>.precopy``: pre-copy's record (the overlays made, the files sent live).
 * ``<disk>.held.xml``: the source domain's own definition while a resize holds the source.
   MigrateDisk moves it aside after the power-off (the domain is undefined, so nothing can
   start the source by accident; the disk keeps its path and bytes), RestoreSource defines it
@@ -21,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmresize.agent.paths import confine, open_nofollow
+from vmresize.api.vmdisks import OVERLAY_SUFFIX
 
 POWEROFF_SUFFIX = ".poweroff"
 VERIFIED_SUFFIX = ".verified"
 HELD_SUFFIX = ".held.xml"
-ALL_SUFFIXES = (POWEROFF_SUFFIX, VERIFIED_SUFFIX, HELD_SUFFIX)
+PRECOPY_SUFFIX = ".precopy"
+"""Beside the source's root disk: what pre-copy did (:mod:`vmresize.agent.precopy`)."""
+ALL_SUFFIXES = (POWEROFF_SUFFIX, VERIFIED_SUFFIX, HELD_SUFFIX, PRECOPY_SUFFIX,
+                OVERLAY_SUFFIX)
+"""Everything deleted with a disk (a pre-copy overlay beside it too)."""
 
 
 def sidecar(root: Path, rel: str, suffix: str) -> Path:

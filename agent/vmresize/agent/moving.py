@@ -109,7 +109,8 @@ def _match(xml: str, root: Path, wanted: Sequence[VMDisk], name: str) -> Capture
     if not wanted:
         return Captured(xml, found)
     defn_rel = _root_disk(found).path + DEFINITION_SUFFIX
-    by_path = {w.path: w for w in wanted if w.role is not DiskRole.DEFINITION}
+    by_path = {w.path: w for w in wanted
+               if w.role not in (DiskRole.DEFINITION, DiskRole.OVERLAY)}  # pre-copy's own
     have = {f.path for f in found}
     if have != set(by_path):
         raise TaskRefused(f"the files of {name} changed since they were recorded: new "
@@ -195,16 +196,22 @@ def _verified_on_arrival(path: Path, rel: str, expected: str, state: Received | 
     return state is not None and state.complete and state.sha256 == expected
 
 
+def mark_verified(root: Path, files: Sequence[VMDisk]) -> None:
+    """Destination: record that this very list was verified (before anything changes
+    a file of it: a re-link rewrites headers, a pre-copy merge the disks)."""
+    mark = confine(root, _root_disk(files).path + VERIFIED_SUFFIX)
+    mark.write_text(_digest(files) + "\n")
+
+
 def relink(root: Path, files: Sequence[VMDisk]) -> None:
-    """Destination: point each overlay at its moved backing file, then record the list."""
+    """Destination: point each qcow2 at its moved backing file (idempotent; pre-copy's
+    overlays are re-linked when they are merged, :func:`precopy.merge_arrived`)."""
     fmt = {f.path: f.format for f in files}
     for f in files:
-        if f.backing:
+        if f.backing and f.role is not DiskRole.OVERLAY:
             if f.backing not in fmt:
                 raise TaskRefused(f"backing file {f.backing} of {f.path} did not move")
             disks.rebase(root, f.path, f.format, f.backing, fmt[f.backing])
-    mark = confine(root, _root_disk(files).path + VERIFIED_SUFFIX)
-    mark.write_text(_digest(files) + "\n")
 
 
 def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: int,

@@ -10,8 +10,9 @@ single-disk path of older operators and never comes here.
   id, and writes the shared-storage marker.
 * MigrateDisk: :func:`capture` before the power-off (refusing what cannot move), then
   :func:`send` after it.
-* Finish: :func:`arrive` verifies and re-links once, applies the flavor's disk sizes
-  (:mod:`vmresize.api.flavordisks`), and returns the definition to define.
+* Finish: :func:`arrive` verifies once, re-links, merges pre-copy's overlays, applies the
+  flavor's disk sizes (:mod:`vmresize.api.flavordisks`), and returns the definition to
+  define.
 * Confirm, CleanupDest, Destroy: :func:`delete`.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmresize.agent import flavorfiles, markers, moving, sharedstore
+from vmresize.agent import flavorfiles, markers, moving, overlays, sharedstore
 from vmresize.agent.errors import (
     InsufficientSpace,
     StepError,
@@ -36,7 +37,7 @@ from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.api import flavordisks
+from vmresize.api import flavordisks, vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
 
@@ -154,7 +155,10 @@ async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: Tas
     files = spec.disks
     if not moving.verified(root, files):
         await moving.verify(root, files, transfer)
-        await asyncio.to_thread(moving.relink, root, files)
+        await asyncio.to_thread(moving.mark_verified, root, files)
+    await asyncio.to_thread(moving.relink, root, files)
+    await asyncio.to_thread(overlays.merge_arrived, root, files)
+    files = [f for f in files if f.role is not DiskRole.OVERLAY]  # merged into their disks
     plan = flavordisks.plan(files, flavor)
     await asyncio.to_thread(flavorfiles.make, root, plan)
     xml = moving.definition(root, files, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
@@ -184,7 +188,7 @@ async def define_on(hv: Hypervisor, hv_call: HvCall, root: Path, name: str, rel:
 
 def settle(root: Path, transfer: Transfer, spec: HostTaskSpec) -> None:
     """Destination, once the VM runs: drop the transfers' bookkeeping and the marker."""
-    for f in spec.disks:
+    for f in [*spec.disks, *vmdisks.overlays(spec.disks)]:  # overlays not sent: VM was off
         if f.transfer_id:
             transfer.forget(f.transfer_id)
     if spec.transfer_id:

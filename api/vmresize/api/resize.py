@@ -87,6 +87,13 @@ def _decided_only_in_verify_resize(flag: str) -> dict[str, Any]:
     }
 
 
+class MigrationMode(StrEnum):
+    """How MigrateDisk moves the disks (see ``VMResizeSpec.migration_mode``)."""
+
+    PRE_COPY = "PreCopy"
+    OFFLINE = "Offline"
+
+
 class VMResizeSpec(Model):
     """What the user asks for."""
 
@@ -111,6 +118,10 @@ class VMResizeSpec(Model):
     """Confirm on a timer or on evidence: a health check run by the destination agent in
     VerifyResize; passed, the resize is confirmed; failed or out of time, it is reverted.
     Immutable."""
+    migration_mode: MigrationMode = MigrationMode.PRE_COPY
+    """PreCopy: copy the disks while the VM runs, power off, send what changed (short
+    downtime). Offline: power off, then copy everything (Nova's way). A VM that is
+    already off moves the Offline way. Immutable."""
 
 
 class Progress(Model):
@@ -264,6 +275,7 @@ class VMResize(Resource):
         immutable("autoConfirm"),
         {"rule": "!has(self.autoConfirm) || !has(self.autoConfirmSeconds)",
          "message": "set autoConfirm.afterSeconds or autoConfirmSeconds, not both"},
+        immutable("migrationMode"),
     ]
     root_validations: ClassVar[list[dict[str, Any]]] = [
         _decided_only_in_verify_resize("confirm"),

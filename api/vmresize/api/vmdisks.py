@@ -44,6 +44,9 @@ class DiskRole(StrEnum):
     """The VM's UEFI variables."""
     DEFINITION = "Definition"
     """The domain's own XML (inactive, secure, migratable)."""
+    OVERLAY = "Overlay"
+    """Pre-copy: the qcow2 overlay that took the guest's writes while the disk below it
+    (``backing``) was copied; sent after the power-off and merged into it on arrival."""
 
 
 class DiskUse(StrEnum):
@@ -96,11 +99,29 @@ def bound(disk: VMDisk) -> int:
     return disk.size_bytes
 
 
-def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str
-                ) -> list[VMDisk]:
+OVERLAY_SUFFIX = ".vmresize-overlay.qcow2"
+"""Pre-copy: a disk's overlay is ``<disk>.vmresize-overlay.qcow2``, beside it."""
+
+
+def overlays(files: Sequence[VMDisk], virtual_bytes: int = 0) -> list[VMDisk]:
+    """Pre-copy: one overlay per writable guest disk of a move (``files`` as
+    :func:`destination` returns them), below it the disk, under the disk's transfer id
+    with ``-ov``. Its size bound: the guest may rewrite the whole disk, so the larger of
+    the disk's file and ``virtual_bytes`` (the root disk's virtual size)."""
+    return [VMDisk(path=f.path + OVERLAY_SUFFIX, role=DiskRole.OVERLAY, format="qcow2",
+                   target=f.target, backing=f.path,
+                   size_bytes=max(f.size_bytes, virtual_bytes, 1),
+                   peer_path=f.peer_path + OVERLAY_SUFFIX if f.peer_path else None,
+                   transfer_id=f"{f.transfer_id}-ov" if f.transfer_id else None)
+            for f in files if f.role is DiskRole.DISK]
+
+
+def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str, *,
+                pre_copy: bool = False, virtual_bytes: int = 0) -> list[VMDisk]:
     """``files`` (source paths) with ``peer_path`` and ``transfer_id`` set for a move into
     ``dest_dir``, plus the definition (its ``path`` is a placeholder: the source agent
-    writes the captured XML next to the root disk). Names are kept where unique
+    writes the captured XML next to the root disk), plus, for ``pre_copy``, the
+    :func:`overlays` (last, so every disk comes before them). Names are kept where unique
     (``disk.qcow2``), else prefixed with their position. A definition file in ``files``
     (left by an earlier move, so deleted with the rest) does not move."""
     taken: set[str] = {DEFINITION_FILE}
@@ -117,7 +138,13 @@ def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str
     out.append(VMDisk(path=DEFINITION_FILE, role=DiskRole.DEFINITION,
                       peer_path=posixpath.join(dest_dir, DEFINITION_FILE),
                       transfer_id=f"{transfer_prefix}-def"))
-    return out
+    return out + overlays(out, virtual_bytes) if pre_copy else out
+
+
+def landed(files: Sequence[VMDisk]) -> list[VMDisk]:
+    """The files a moved VM is made of on the destination once Finish merged the
+    overlays: :func:`arrived` without them."""
+    return [f for f in arrived(files) if f.role is not DiskRole.OVERLAY]
 
 
 def arrived(files: Sequence[VMDisk]) -> list[VMDisk]:

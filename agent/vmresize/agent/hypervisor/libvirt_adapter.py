@@ -34,6 +34,7 @@ from vmresize.agent.errors import (
     OperationInvalid,
 )
 from vmresize.agent.hypervisor import embedded
+from vmresize.agent.hypervisor.blockjobs import BlockJobs
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, HostCapacity, PowerState
 from vmresize.api.nics import Interface, NicType
 
@@ -139,7 +140,7 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class LibvirtHypervisor:
+class LibvirtHypervisor(BlockJobs):
     """A libvirt connection behind the Hypervisor protocol. Thread-safe (libvirt is)."""
 
     def __init__(self, uri: str) -> None:

@@ -140,6 +140,25 @@ class Hypervisor(Protocol):
         the domain has no agent channel; another HypervisorError if the agent is silent."""
         ...
 
+    @property
+    def live_overlays(self) -> bool:
+        """Whether :meth:`add_overlays` and :meth:`commit_top` work here (pre-copy)."""
+        ...
+
+    def disk_tops(self, name: str) -> dict[str, Path]:
+        """Each file-backed disk's target and the file the guest writes now."""
+        ...
+
+    def add_overlays(self, name: str, overlays: dict[str, Path]) -> None:
+        """Running domain: a new qcow2 on top of each named disk (target -> file), all or
+        none; the disks below no longer change."""
+        ...
+
+    def commit_top(self, name: str, target: str, timeout: float) -> None:
+        """Running domain: merge the top layer of ``target`` into the file below and
+        switch the guest to that file."""
+        ...
+
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory."""
         ...

@@ -15,7 +15,7 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
 from vmresize.api.instance import Instance
 from vmresize.api.naming import parse_task_name
-from vmresize.api.resize import VMResize
+from vmresize.api.resize import MigrationMode, VMResize
 from vmresize.api.vmdisks import VMDisk
 from vmresize.operator.errors import NotReady
 
@@ -65,7 +65,10 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
                         owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
     transfer = resize.uid
-    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks, new)
+    pre_copy = resize.spec.migration_mode is MigrationMode.PRE_COPY
+    virtual = (ist.disk_gib or new.disk_gib) * GIB
+    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks, new,
+                   virtual if pre_copy else None)
     if files:
         spec = spec.model_copy(update={"disks": files})
     if action is A.PREPARE:
@@ -104,13 +107,18 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
 
 
 def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, transfer: str,
-           sent: list[VMDisk] | None, new: FlavorSpec) -> list[VMDisk]:
-    """The VM's files as each step needs them (none: the single-disk tasks of before)."""
+           sent: list[VMDisk] | None, new: FlavorSpec, pre_copy: int | None = None
+           ) -> list[VMDisk]:
+    """The VM's files as each step needs them (none: the single-disk tasks of before).
+    ``pre_copy`` (the root disk's virtual size): Prepare, MigrateDisk and CleanupDest also
+    list the disks' overlays."""
     if not source or not dest_disk:
         return []
     if action in (A.CONFIRM, A.DESTROY):
         return list(source)
-    moved = vmdisks.destination(source, posixpath.dirname(dest_disk), transfer)
+    moved = vmdisks.destination(source, posixpath.dirname(dest_disk), transfer,
+                                pre_copy=pre_copy is not None,
+                                virtual_bytes=pre_copy or 0)
     if action is A.MIGRATE_DISK:
         return moved
     if action is A.FINISH:

@@ -88,7 +88,7 @@ def instance_change(e: Effect, st: VMResizeStatus, f: FlavorSpec | None,
         if e.unlock:
             upd.update(active_resize=None, active_resize_uid=None)
         if e.placement == "dest":
-            moved = vmdisks.arrived(st.source_disks) if st.source_disks else []
+            moved = vmdisks.landed(st.source_disks) if st.source_disks else []
             if moved and f is not None:  # what Finish made of them (flavordisks)
                 moved = flavordisks.plan(moved, f).files
             upd.update(host=st.dest_host, flavor=st.new_flavor, domain_name=st.dest_domain_name,
