@@ -7,8 +7,8 @@ Every step is idempotent and resumable. What a crash could leave half-done is ma
 observable on disk, under the storage root, next to the disk it concerns:
 
 * new disks are built under a temporary name and renamed into place (``disks``);
-* the power-off time, the verified checksum and the held source definition are records
-  next to the disk (``markers``).
+* the power-off time, the verified checksum, the held source definition and what
+  pre-copy did (``precopy``) are records next to the disk (``markers``).
 
 The source disk is only read between power-off and Confirm (invariant 1); Finish starts
 only a domain on a disk whose disk checksum (:mod:`vmresize.agent.transfer.sparse`) is the
@@ -269,15 +269,13 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         peer = _need(spec.peer, "peer", a)
         tid = _need(spec.transfer_id, "transferId", a)
         defined = await self._hv(self.hv.exists, name)
-        files, shared, live = list[VMDisk](), False, list[VMDisk]()
-        if spec.disks:  # the whole VM: listed, checked, captured (and pre-copied while it
-            # runs, if the task lists overlays) before any power-off
-            files, shared, live = await self._before_power_off(spec, call, name, peer,
-                                                               defined)
+        files, shared, live, moved = list[VMDisk](), False, list[VMDisk](), list[VMDisk]()
+        if spec.disks:  # the whole VM: listed, checked, captured (pre-copied if it runs
+            # and the task lists overlays) before any power-off
+            files, shared, live = await self._before_power_off(spec, call, name, peer, defined)
             rel = wholevm.root_disk(live or files).path
         elif defined:
             wholevm.refuse_unmovable(await self._hv(self.hv.export, name), self.root, name)
-        src = self._abs(rel)
         held = self._sidecar(rel, markers.HELD_SUFFIX)
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if defined:
@@ -291,18 +289,17 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                                     or markers.PowerOff("", self._now())).requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
-        moved: list[VMDisk] = []
         if files or live:
             moved = live + await wholevm.send(self.root, files, transfer=self.transfer,
                                               peer=peer, shared=shared, progress=call.progress)
             checksum, size = wholevm.root_disk(moved).checksum, sum(f.size_bytes for f in moved)
         else:
-            sent = await self.transfer.send(src=src, peer=peer, transfer_id=tid,
+            sent = await self.transfer.send(src=self._abs(rel), peer=peer, transfer_id=tid,
                                             progress=call.progress)
             checksum, size = sent.checksum, sent.size_bytes
         downtime = max(0.0, self._now() - off_since)
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
-                            shared_storage=shared if files else None, power_off=how,
+                            shared_storage=shared if moved else None, power_off=how,
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
         to = "within the shared storage" if shared else f"to {peer.name}"

@@ -117,6 +117,8 @@ def test_every_file_moves_verified_relinked_and_the_definition_keeps_all_else(
 
     landed = vmdisks.arrived(sent)
     asyncio.run(moving.verify(b, landed, dst_xfer))
+    assert not moving.verified(b, landed)
+    moving.mark_verified(b, landed)
     moving.relink(b, landed)
     assert moving.verified(b, landed)
     xml = moving.definition(b, landed, vcpus=4, memory_mib=4096, name=name + "-dest")

@@ -9,7 +9,14 @@ from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host, HostStatus, MigrationEndpoint
 from vmresize.api.hosttask import TaskAction, TaskFlavor
 from vmresize.api.instance import Instance, InstanceSpec, InstanceStatus
-from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
+from vmresize.api.resize import (
+    Effect,
+    MigrationMode,
+    ResizePhase,
+    VMResize,
+    VMResizeSpec,
+    VMResizeStatus,
+)
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk
 from vmresize.operator.decisions.tasks import instance_task, resize_task
 from vmresize.operator.reconcile import effects
@@ -23,9 +30,10 @@ FILES = [VMDisk(path=f"{SRC}/root.qcow2", format="qcow2", target="vda", size_byt
          VMDisk(path=f"{SRC}/base.raw", role=DiskRole.BACKING, size_bytes=30)]
 
 
-def world(sent: list[VMDisk] | None = None) -> tuple[VMResize, Instance, Host]:
+def world(sent: list[VMDisk] | None = None, mode: MigrationMode = MigrationMode.OFFLINE
+          ) -> tuple[VMResize, Instance, Host]:
     r = VMResize(metadata={"name": "r1", "namespace": "ns", "uid": "aaaaaaaa-1111"},
-                 spec=VMResizeSpec(instance_name="vm"),
+                 spec=VMResizeSpec(instance_name="vm", migration_mode=mode),
                  status=VMResizeStatus(phase=ResizePhase.PREPARING, source_host="a",
                                        dest_host="b", dest_domain_name="ns.vm",
                                        dest_disk_path=DEST_DISK, source_disks=sent))
@@ -39,8 +47,9 @@ def world(sent: list[VMDisk] | None = None) -> tuple[VMResize, Instance, Host]:
     return r, inst, dest
 
 
-def build(action: TaskAction, host: str, sent: list[VMDisk] | None = None) -> list[VMDisk]:
-    r, inst, dest = world(sent)
+def build(action: TaskAction, host: str, sent: list[VMDisk] | None = None,
+          mode: MigrationMode = MigrationMode.OFFLINE) -> list[VMDisk]:
+    r, inst, dest = world(sent, mode)
     return resize_task(action, host, 0, namespace="sys", resize=r, inst=inst,
                        new=FlavorSpec(vcpus=2, memory_mib=2048, disk_gib=2),
                        old=TaskFlavor(vcpus=1, memory_mib=1024, disk_gib=1),
@@ -65,6 +74,33 @@ def test_every_step_gets_the_files_in_its_own_terms() -> None:
     assert [(f.path, f.checksum) for f in fin] == [(p.path, f"{i:064x}")
                                                    for i, p in enumerate(prep)]
     assert fin[0].backing == f"{here}/base.raw"
+
+
+def test_pre_copy_adds_one_overlay_per_writable_disk_to_every_step_but_confirm() -> None:
+    here = "instances/ns/vm/aaaaaaaa"
+    assert VMResizeSpec(instance_name="vm").migration_mode is MigrationMode.PRE_COPY
+    offline = build(A.PREPARE, "b")
+    prep = build(A.PREPARE, "b", mode=MigrationMode.PRE_COPY)
+    assert prep[:len(offline)] == offline
+    extra = prep[len(offline):]
+    assert [(f.path, f.role, f.backing, f.transfer_id, f.size_bytes) for f in extra] == [
+        (f"{here}/root.qcow2{vmdisks.OVERLAY_SUFFIX}", DiskRole.OVERLAY, f"{here}/root.qcow2",
+         "aaaaaaaa-1111-0-ov", 1024**3),
+        (f"{here}/data.raw{vmdisks.OVERLAY_SUFFIX}", DiskRole.OVERLAY, f"{here}/data.raw",
+         "aaaaaaaa-1111-1-ov", 1024**3)]  # the base image is read-only: no overlay
+    mig = build(A.MIGRATE_DISK, "a", mode=MigrationMode.PRE_COPY)
+    assert [(f.path, f.peer_path, f.backing) for f in mig if f.role is DiskRole.OVERLAY] == [
+        (f"{SRC}/root.qcow2{vmdisks.OVERLAY_SUFFIX}",
+         f"{here}/root.qcow2{vmdisks.OVERLAY_SUFFIX}", f"{SRC}/root.qcow2"),
+        (f"{SRC}/data.raw{vmdisks.OVERLAY_SUFFIX}",
+         f"{here}/data.raw{vmdisks.OVERLAY_SUFFIX}", f"{SRC}/data.raw")]
+    assert build(A.CLEANUP_DEST, "b", mode=MigrationMode.PRE_COPY) == prep
+    assert build(A.CONFIRM, "a", mode=MigrationMode.PRE_COPY) == FILES
+    sent = [f.model_copy(update={"checksum": f"{i:064x}"}) for i, f in enumerate(mig)]
+    fin = build(A.FINISH, "b", sent, mode=MigrationMode.PRE_COPY)
+    assert [f.backing for f in fin if f.role is DiskRole.OVERLAY] == [
+        f"{here}/root.qcow2", f"{here}/data.raw"]
+    assert [f.path for f in vmdisks.landed(sent)] == [f.path for f in offline]
 
 
 def test_an_instance_without_a_file_list_gets_single_disk_tasks() -> None:
