@@ -147,10 +147,6 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
     async def _health(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         return StepOutcome(*await self._health_check(spec, call.task_name))
 
-    async def _disk_of(self, name: str) -> Path | None:
-        disk = await self._hv(self.hv.disk_path, name)
-        return disk.resolve() if disk is not None else None
-
     def _abs(self, rel: str) -> Path:
         return confine(self.root, rel)
 
@@ -196,7 +192,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
         started: redefined onto ours while off, refused while it runs (it is not ours)."""
         if await self._hv(self.hv.exists, name):
-            disk = await self._disk_of(name)
+            disk = await self._hv(self.hv.disk_path, name)
+            disk = disk.resolve() if disk is not None else None
             if disk == self._abs(rel):
                 return
             if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
@@ -297,11 +294,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             sent = await self.transfer.send(src=self._abs(rel), peer=peer, transfer_id=tid,
                                             progress=call.progress)
             checksum, size = sent.checksum, sent.size_bytes
-        downtime = max(0.0, self._now() - off_since)
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
                             shared_storage=shared if moved else None, power_off=how,
-                            downtime_seconds=round(downtime, 3), disk_path=rel,
-                            domain_name=name, power_state=PowerState.SHUTOFF.value)
+                            downtime_seconds=round(max(0.0, self._now() - off_since), 3),
+                            disk_path=rel, powered_off_at=wholevm.at(off_since), domain_name=name,
+                            power_state=PowerState.SHUTOFF.value)
         to = "within the shared storage" if shared else f"to {peer.name}"
         to += f", {len(live)} of them while the VM ran" if live else ""
         return StepOutcome(result, f"{sourcehold.said(how)}sent {len(moved) or 1} file(s) {to}")
@@ -327,10 +324,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             await self._hv(self.hv.set_size, name, wanted)
         await self._check_fence(spec, call)   # a Finish frozen through a rollback: no 2nd copy
         await self._hv(self.hv.start, name)
+        started = wholevm.at(self._now())
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)
         result = await self._describe(name, rel)
-        result.checksum = expected
+        result.checksum, result.started_at = expected, started
         return StepOutcome(result, f"started {name} with {flavor.vcpus} vCPU, "
                                    f"{flavor.memory_mib} MiB, {flavor.disk_gib} GiB")
 

@@ -22,6 +22,7 @@ import asyncio
 import os
 import posixpath
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +43,11 @@ from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
 
 TRANSFER_SUFFIXES = (".partial", ".xfer")
+
+
+def at(wall_clock: float) -> datetime:
+    """A wall-clock time as task results carry it (the downtime's ends)."""
+    return datetime.fromtimestamp(wall_clock, tz=UTC)
 
 
 def root_disk(files: Sequence[VMDisk]) -> VMDisk:
@@ -218,6 +224,7 @@ class WholeVMSteps:
     root: Path
     hv: Hypervisor
     transfer: Transfer
+    _now: Callable[[], float]
 
     async def _hv(self, fn: Callable[..., T], *args: object) -> T:
         raise NotImplementedError
@@ -245,9 +252,10 @@ class WholeVMSteps:
         await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
         await fence()
         await self._hv(self.hv.start, name)
+        started = at(self._now())
         await asyncio.to_thread(settle, self.root, self.transfer, spec)
         result = await self._describe(name, rd.path, rd.format)
-        result.checksum, result.disks = rd.checksum, files
+        result.checksum, result.disks, result.started_at = rd.checksum, files, started
         return result, (f"started {name} with {flavor.vcpus} vCPU, {flavor.memory_mib} MiB "
                         f"from {len(spec.disks)} files")
 

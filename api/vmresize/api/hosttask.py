@@ -172,6 +172,10 @@ class TaskResult(Model):
     """MigrateDisk: how long the VM has been off when the step ended."""
     power_off: PowerOff | None = None
     """MigrateDisk: how the VM went off; none when a resumed step found it off and held."""
+    powered_off_at: datetime | None = None
+    """MigrateDisk: when the source's power-off was first requested (the downtime's start)."""
+    started_at: datetime | None = None
+    """Finish: when the destination domain was started (the downtime's end)."""
     disk_path: str | None = None
     """Spawn/Adopt: the disk, relative to the storage root."""
     domain_name: str | None = None

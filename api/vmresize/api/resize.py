@@ -199,7 +199,10 @@ class VMResizeStatus(Model):
     phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
     """When each phase was entered."""
     downtime_seconds: float | None = None
-    """How long the VM was powered off for the move."""
+    """How long the VM was powered off for the move: from the power-off request on the
+    source to the start on the destination (until then, to the end of the copy)."""
+    powered_off_at: datetime | None = None
+    """When MigrateDisk first asked the source to power off."""
     source_disks: list[VMDisk] | None = None
     """Every file MigrateDisk sent (where it goes, its checksum); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)

@@ -3,7 +3,8 @@
 - ``vmresize_resize_phase_transitions_total{phase}``: resizes entering each phase.
 - ``vmresize_resizes_finished_total{outcome}``: resizes reaching a terminal phase.
 - ``vmresize_resize_phase_duration_seconds{phase}``: time spent in each phase.
-- ``vmresize_resize_downtime_seconds``: VM powered-off time reported by MigrateDisk.
+- ``vmresize_resize_downtime_seconds``: VM powered-off time, power-off request to the
+  destination's start.
 - ``vmresize_host_capacity{host,resource}``: what the scheduler may hand out on a Host,
   ``(capacity - reserved) * allocation ratio``, for ``resource`` ``vcpus``, ``memory_mib``
   and ``disk_gib``; ``vmresize_host_claimed{host,resource}``: the sum of its allocations.
@@ -47,7 +48,7 @@ def transition(old: ResizePhase, new: ResizePhase, entered_old: datetime | None,
         PHASE_SECONDS.labels(old.value).observe(max(0.0, (now - entered_old).total_seconds()))
     if new in TERMINAL_PHASES:
         FINISHED.labels(new.value).inc()
-    if new is ResizePhase.FINISHING and downtime is not None:
+    if new is ResizePhase.VERIFY_RESIZE and downtime is not None:
         DOWNTIME.observe(downtime)
 
 

@@ -272,3 +272,17 @@ def test_busy_and_invalid_touch_nothing() -> None:
         out = step(state(P.PENDING), obs(kind, reason="DiskShrink"), NOW)
         assert out.phase is P.FAILED
         assert not out.actions
+
+
+def test_downtime_runs_from_the_power_off_request_to_the_destination_start() -> None:
+    off = NOW - timedelta(seconds=5)
+    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
+                                       downtime_seconds=1.5, powered_off_at=off), NOW)
+    assert out.updates["powered_off_at"] == off
+    assert out.updates["downtime_seconds"] == 1.5  # so far: the copy's end
+    out = step(state(P.FINISHING, powered_off_at=off),
+               obs(Kind.TASK_SUCCEEDED, started_at=off + timedelta(seconds=2.25)), NOW)
+    assert out.phase is P.VERIFY_RESIZE
+    assert out.updates["downtime_seconds"] == 2.25  # the whole of it, Finish included
+    out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)  # an older agent
+    assert "downtime_seconds" not in out.updates

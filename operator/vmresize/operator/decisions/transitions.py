@@ -194,7 +194,8 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
     """The disk is copied and the source is off: record checksum and downtime and create Finish on
     the destination."""
     up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
-                          "source_disks": list(o.disks) or None}
+                          "source_disks": list(o.disks) or None,
+                          "powered_off_at": o.powered_off_at}
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
@@ -235,12 +236,16 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
                 if s.confirm_window_seconds > 0 or s.health_check else None)
     what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
     tail = f"; {what} {deadline.isoformat()}" if deadline else ""
+    up: dict[str, Any] = {"verify_deadline": deadline}
+    if o.started_at is not None and s.powered_off_at is not None:  # off -> on, whole
+        up["downtime_seconds"] = round(max(0.0, (o.started_at - s.powered_off_at)
+                                           .total_seconds()), 3)
     return Step(P.VERIFY_RESIZE, (UpdateInstance(
         "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
         message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
                 reason="VerifyResize",
                 message=f"Running on {s.dest_host}; confirm or revert{tail}",
-                updates={"verify_deadline": deadline})
+                updates=up)
 
 
 def confirm(s: State, o: Observation, now: datetime) -> Step:

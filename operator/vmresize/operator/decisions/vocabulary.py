@@ -52,6 +52,8 @@ class Observation:
     checksum: str | None = None
     downtime_seconds: float | None = None
     power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
+    powered_off_at: datetime | None = None   # MigrateDisk: the downtime's start
+    started_at: datetime | None = None       # Finish: the downtime's end
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
 
@@ -79,6 +81,7 @@ class State:
     health_deadline: datetime | None = None
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
+    powered_off_at: datetime | None = None
 
 
 # ---------------------------------------------------------------- actions
