@@ -113,9 +113,14 @@ def test_resize_then_confirm(stack: Stack) -> None:
     # The whole VM moved: its NIC (the MAC generated once at Spawn) and each file, checked.
     mac = inst["interfaces"][0]["mac"]
     assert f'"mac":"{mac}"' in Path(f"/proc/{dst_pid}/cmdline").read_bytes().decode()
+    # Pre-copy (the default): the disk went while the VM ran, its overlay after the
+    # power-off, merged into the disk on arrival (nothing of it is left there).
     assert [(f["role"], f["path"] == inst["diskPath"]) for f in st["sourceDisks"]] == [
-        ("Disk", True), ("Definition", False)]
+        ("Disk", True), ("Definition", False), ("Overlay", False)]
+    assert st["sourceDisks"][2]["path"] == inst["diskPath"] + ".vmresize-overlay.qcow2"
+    assert not dst_disk.with_name(dst_disk.name + ".vmresize-overlay.qcow2").exists()
     assert st["sourceDisks"][0]["checksum"] == st["sourceChecksum"]
+    assert 0 < st["downtimeSeconds"] < 60  # power-off request to the destination's start
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
     # This guest has no OS to answer ACPI: it was forced off after the operator's 1 s.
     assert s.task("grow", "MigrateDisk")["status"]["result"]["powerOff"] == "Forced"
