@@ -137,19 +137,15 @@ class Rig:
 
     host_keys: dict[str, object] = field(default_factory=dict)
 
-    def make_vm(self, data_mib: int) -> None:
-        """Root disk with ``data_mib`` MiB of random data; the writer's disk ``vdb``."""
+    def make_vm(self, data_mib: int, root_image: Path | None = None) -> None:
+        """Root disk with ``data_mib`` MiB of random data (or a copy of ``root_image``, a
+        qcow2 :func:`root_disk` made); the writer's disk ``vdb``."""
         d = self.root("a") / INSTANCE_DIR
         d.mkdir(parents=True)
-        raw = d / "seed.raw"
-        with raw.open("wb") as f:
-            f.truncate(1 << 30)
-            f.seek(8 * MiB)
-            for _ in range(data_mib):
-                f.write(random_mib())
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
-                        str(d / "root.qcow2")], check=True, timeout=300)
-        raw.unlink()
+        if root_image is None:
+            root_disk(d / "root.qcow2", data_mib)
+        else:
+            shutil.copyfile(root_image, d / "root.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "data.qcow2"),
                         "16M"], check=True, timeout=60)
         xml = gd.domain_xml(self.name, self.guest, disks=[
@@ -213,8 +209,19 @@ class Rig:
         return self.root("b") / self.dest_dir / name
 
 
-def random_mib() -> bytes:
-    return os.urandom(MiB)
+def root_disk(path: Path, data_mib: int) -> Path:
+    """A qcow2 with ``data_mib`` MiB of random data (virtual size: the larger of 1 GiB and
+    what the data needs)."""
+    raw = path.with_name(path.name + ".raw")
+    with raw.open("wb") as f:
+        f.truncate(max(1 << 30, (data_mib + 16) * MiB))
+        f.seek(8 * MiB)
+        for _ in range(data_mib):
+            f.write(os.urandom(MiB))
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
+                    str(path)], check=True, timeout=900)
+    raw.unlink()
+    return path
 
 
 def hypervisor(base: Path) -> LibvirtHypervisor:
