@@ -101,6 +101,10 @@ class PreCopySteps:
                                                   if f.role is not DiskRole.OVERLAY]})
         rel = wholevm.root_disk(plain.disks).path
         record = await asyncio.to_thread(read_record, self.root, rel)
+        if record is not None and record.get("transfer") != spec.transfer_id:
+            raise StepError(f"{rel} carries the pre-copy overlays of another move "
+                            f"({record.get('transfer')}); RestoreSource merges them back",
+                            retryable=False)
         running = defined and await self._hv(self.hv.state, name) == PowerState.RUNNING
         if record is None and not (wanted(spec) and running and self.hv.live_overlays):
             files, shared = await asyncio.to_thread(wholevm.capture, self.hv, self.root,
@@ -110,7 +114,7 @@ class PreCopySteps:
             files, shared = await asyncio.to_thread(wholevm.capture, self.hv, self.root,
                                                     plain, defined=True)
             overlays = {o.target or "": o.path for o in wanted(spec)}
-            record = {"overlays": overlays, "sent": []}
+            record = {"transfer": spec.transfer_id, "overlays": overlays, "sent": []}
             await self._check_fence(spec, call)
             await asyncio.to_thread(_write_record, self.root, rel, record)
         else:  # resumed: the definition captured before the overlays is the one that moves

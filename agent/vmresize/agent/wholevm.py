@@ -113,7 +113,11 @@ def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int
         if not known and confine(root, f.path).exists():
             continue  # received, verified and its bookkeeping dropped: a resumed Prepare
         todo.append(f)
-        need += 0 if known else bound(f)
+        # A pre-copy overlay holds what the guest writes during the copy, usually little;
+        # reserving a whole disk for it would double every resize's space. Its transfer is
+        # bounded all the same; if it does not fit, the delta fails and the VM restarts on
+        # its source.
+        need += 0 if known or f.role is DiskRole.OVERLAY else bound(f)
     target = confine(root, dest_dir)
     target.mkdir(parents=True, exist_ok=True)
     st = os.statvfs(target)

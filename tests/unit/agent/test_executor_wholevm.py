@@ -185,3 +185,29 @@ async def test_a_same_host_resize_keeps_the_uuid_and_reverts_exactly(
     await a.run(spec("a", A.RESTORE_SOURCE, domain_name=name, disk_path=files[0].path))
     assert domainxml.diff(before, a.hv.export(name)) == set()
     assert a.hv.state(name) == PowerState.RUNNING
+
+
+async def test_pre_copy_where_the_driver_has_no_block_layer_moves_offline(
+        setup: tuple[Executor, Executor, str]) -> None:
+    """The test driver cannot make overlays: a pre-copy task moves the offline way, and the
+    destination drops the overlays it was told to expect (none arrived)."""
+    a, b, name = setup
+    files = (await a.run(spec("a", A.ADOPT, domain_name=name))).result.disks or []
+    wanted = vmdisks.destination(files, DEST_DIR, "t1", pre_copy=True, virtual_bytes=1 << 40)
+    overlays = [f for f in wanted if f.role is DiskRole.OVERLAY]
+    assert len(overlays) == 3  # one per guest disk, none for media or backing files
+    # A whole disk per overlay (1 TiB here) is not reserved: the space check passes.
+    await b.run(spec("b", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1",
+                     disk_path=f"{DEST_DIR}/disk.qcow2"))
+    expected = b.transfer.net.expected["b"]  # type: ignore[attr-defined]
+    assert {f.transfer_id for f in overlays} <= set(expected)
+    moved = (await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                              peer=PEER, transfer_id="t1", disks=wanted,
+                              power_off_timeout_seconds=0))).result
+    sent = moved.disks or []
+    assert DiskRole.OVERLAY not in {f.role for f in sent}
+    assert not list(a.root.rglob("*.vmresize-overlay.qcow2"))
+    await b.run(spec("b", A.FINISH, domain_name=name + "-resize", flavor=BIG,
+                     transfer_id="t1", disks=vmdisks.arrived(sent),
+                     disk_path=f"{DEST_DIR}/disk.qcow2"))
+    assert expected == {}  # every expected transfer forgotten, the overlays' too
