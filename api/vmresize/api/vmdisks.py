@@ -104,16 +104,16 @@ OVERLAY_SUFFIX = ".vmresize-overlay.qcow2"
 
 
 def overlays(files: Sequence[VMDisk], virtual_bytes: int = 0) -> list[VMDisk]:
-    """Pre-copy: one overlay per writable guest disk of a move (``files`` as
-    :func:`destination` returns them), below it the disk, under the disk's transfer id
-    with ``-ov``. Its size bound: the guest may rewrite the whole disk, so the larger of
+    """Pre-copy: one overlay per guest disk of a move that is copied (swap is made anew),
+    ``files`` as :func:`destination` returns them; below it the disk, under the disk's
+    transfer id with ``-ov``. Its size bound: the guest may rewrite the whole disk, so the larger of
     the disk's file and ``virtual_bytes`` (the root disk's virtual size)."""
     return [VMDisk(path=f.path + OVERLAY_SUFFIX, role=DiskRole.OVERLAY, format="qcow2",
                    target=f.target, backing=f.path,
                    size_bytes=max(f.size_bytes, virtual_bytes, 1),
                    peer_path=f.peer_path + OVERLAY_SUFFIX if f.peer_path else None,
                    transfer_id=f"{f.transfer_id}-ov" if f.transfer_id else None)
-            for f in files if f.role is DiskRole.DISK]
+            for f in files if f.role is DiskRole.DISK and f.use is not DiskUse.SWAP]
 
 
 def destination(files: Sequence[VMDisk], dest_dir: str, transfer_prefix: str, *,

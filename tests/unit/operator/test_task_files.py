@@ -101,6 +101,9 @@ def test_pre_copy_adds_one_overlay_per_writable_disk_to_every_step_but_confirm()
     assert [f.backing for f in fin if f.role is DiskRole.OVERLAY] == [
         f"{here}/root.qcow2", f"{here}/data.raw"]
     assert [f.path for f in vmdisks.landed(sent)] == [f.path for f in offline]
+    swap = VMDisk(path=f"{SRC}/disk.swap", target="vdc", use=DiskUse.SWAP, peer_path="x",
+                  transfer_id="t")
+    assert vmdisks.overlays([swap]) == []  # swap is made anew, never copied
 
 
 def test_an_instance_without_a_file_list_gets_single_disk_tasks() -> None:
