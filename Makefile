@@ -76,6 +76,7 @@ bench: venv
 	bash hack/install-sshd.sh
 	$(PY) bench/scheduler.py
 	$(PY) bench/transfer.py
+	$(PY) -m bench.downtime   # real QEMU guests: offline vs pre-copy, 256 MiB to 4 GiB
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
