@@ -79,7 +79,11 @@ kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/d
 ssh-keygen -q -t ed25519 -N '' -C vmresize-migration -f "$work/migration_key"
 
 bold "starting the operator"
-metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Free ports, picked here: fixed ones would collide with a second demo on the machine.
+free_port() {  # free_port ADDRESS
+  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$1"
+}
+metrics_port=$(free_port 127.0.0.1)
 # The guest answers an ACPI power-off in a few seconds; it is forced only after 30 s.
 VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port VMRESIZE_POWER_OFF_TIMEOUT_SECONDS=30 \
   "$PY" -m vmresize.operator --standalone >"$work/operator.log" 2>&1 &
@@ -92,14 +96,16 @@ run "$PY" -m hack.demo_guest create --uri "qemu:///embed?root=$work/hv-1/libvirt
   --storage-root "$work/hv-1/storage" --name web-1 --mac "$MAC" 2>>"$work/guest.log"
 
 bold "starting three agents, each one hypervisor with its own embedded QEMU"
+agent_metrics=()
 for i in 1 2 3; do
   host=hv-$i
   mkdir -p "$work/$host"
+  agent_metrics[i]=127.0.0.$((i + 1)):$(free_port "127.0.0.$((i + 1))")
   "$PY" -m vmresize.agent --host-name "$host" \
     --libvirt-uri "qemu:///embed?root=$work/$host/libvirt" \
     --storage-root "$work/$host/storage" --state-dir "$work/$host/state" \
-    --migration-address "127.0.0.$((i + 1))" --migration-port 2222 \
-    --metrics-address "127.0.0.$((i + 1))" --metrics-port 8091 \
+    --migration-address "127.0.0.$((i + 1))" --migration-port "$(free_port "127.0.0.$((i + 1))")" \
+    --metrics-address "127.0.0.$((i + 1))" --metrics-port "${agent_metrics[i]#*:}" \
     --migration-key-file "$work/migration_key" --namespace "$NS" \
     >"$work/agent-$host.log" 2>&1 &
   pids+=($!)
@@ -261,8 +267,11 @@ cat <<EOF
 Explore further (while this demo runs, in another shell):
   export KUBECONFIG=$KUBECONFIG
   kubectl describe vmresize web-1-resize
+  export PATH=$REPO/.venv/bin:\$PATH; kubectl vmresize list   # the plugin (kubectl-vmresize)
   kubectl get hosts -o yaml          # capacity, heartbeat, host keys, allocations
   kubectl get events --sort-by=.lastTimestamp
+  curl -s http://127.0.0.1:$metrics_port/metrics          # the operator's metrics
+  curl -s http://${agent_metrics[1]}/metrics        # hv-1's agent (hv-2: ${agent_metrics[2]}, hv-3: ${agent_metrics[3]})
   logs: $work/*.log
 EOF
 if [[ -t 0 && ${DEMO_KEEP:-1} != 0 ]]; then
