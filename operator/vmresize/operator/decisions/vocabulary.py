@@ -52,6 +52,9 @@ class Observation:
     downtime_seconds: float | None = None
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its sha256
+    deadline: datetime | None = None
+    """When what was seen goes stale by itself though no object changes (e.g. a task's
+    heartbeat window): the engine wakes the resize then (:func:`lifecycle.next_deadline`)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from vmresize.operator.errors import (
     ForeignTask,
     OperatorError,
 )
+from vmresize.operator.persistence.hostview import HostView, WatchedHost, watched
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
@@ -62,7 +63,10 @@ def _call(what: str, fn: Callable[[], T]) -> T:
 class Storage:
     """Typed access to Flavors, Hosts, Instances, VMResizes and HostTasks."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, view: HostView | None = None,
+                 ) -> None:
+        #: The watch-fed Hosts (the operator's handlers feed it); None: list them each time.
+        self.view = view
         if api is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -117,6 +121,21 @@ class Storage:
         body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
             GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT)))
         return [Host.from_body(item) for item in body.get("items", [])]
+
+    def watched_hosts(self) -> list[WatchedHost]:
+        """Every Host as the operator's watch last saw it (:mod:`.hostview`; a list from the
+        API server without a view). For decisions only: claims re-read their Host."""
+        if self.view is None:
+            return [watched(h) for h in self.hosts()]
+        return self.view.hosts()
+
+    def resizes(self) -> list[VMResize]:
+        """Every VMResize in every namespace (the claim sweep's one read of their holders)."""
+        body = cast(dict[str, Any], _call("list vmresizes",
+                                          lambda: self._co.list_cluster_custom_object(
+                                              GROUP, VERSION, VMResize.plural,
+                                              _request_timeout=REQUEST_TIMEOUT)))
+        return [VMResize.from_body(item) for item in body.get("items", [])]
 
     def instances(self) -> list[Instance]:
         """Every Instance in every namespace (the adopt check needs them all)."""

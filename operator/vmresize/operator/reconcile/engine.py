@@ -42,12 +42,14 @@ P = ResizePhase
 @dataclass
 class Outcome:
     """The result of one reconcile step: the phase reached, whether the object is finished, whether
-    anything was written (else the daemon sleeps), and the events to post."""
+    anything was written (else the daemon sleeps until an event wakes it, or until
+    ``wake_at`` if that is set), and the events to post."""
 
     phase: ResizePhase | None = None
     done: bool = False
     changed: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)   # type, reason, text
+    wake_at: datetime | None = None
 
 
 def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) -> State:
@@ -207,14 +209,17 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     if terminal and not (deleting and st.phase is P.ROLLBACK_FAILED):
         return Outcome(phase=st.phase, done=True)
     obs, extra = _observe(storage, settings, r, st, deleting, now)
-    step = lifecycle.step(_state(r, st, settings, deleting), obs, now)
+    state = _state(r, st, settings, deleting)
+    step = lifecycle.step(state, obs, now)
     updates = {**extra, **step.updates}
+    # Nothing to write: wait for the next event, or for the deadline, if any.
+    idle = Outcome(phase=st.phase, done=terminal, wake_at=lifecycle.next_deadline(state, obs))
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
-        return Outcome(phase=st.phase, done=terminal)
+        return idle
     new, task = _decide(r, st, step, updates, now)
     if task is None and not new.pending and new.model_dump(exclude={"conditions"}) == \
             st.model_dump(exclude={"conditions"}):
-        return Outcome(phase=st.phase, done=terminal)   # e.g. the same progress again
+        return idle   # e.g. the same progress again
     events: list[tuple[str, str, str]] = []
     bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
         step.reason or "").endswith("Stuck")
