@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import kopf
 
+from vmresize.operator.errors import ApiConflict
 from vmresize.operator.reconcile.engine import Outcome
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
     """Step until done (or stopped), sleeping between steps until woken or until the step's
     deadline; a step that failed unexpectedly is retried after ``4 * poll_seconds``."""
     wake = wakeups.event(uid)
+    conflicts = 0
     try:
         while not stopped:
             wake.clear()
@@ -127,6 +129,16 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
                 # kopf cancels the daemon once the step it runs writes a final phase; the
                 # shield lets that step's events still be posted (they were lost before).
                 out = await asyncio.shield(_step_and_post(body, uid, reconcile, locks))
+                conflicts = 0
+            except ApiConflict as e:
+                # Someone wrote in between (kopf's own finalizer patch races the first
+                # step of every new object): step again from a fresh read at once; back
+                # off only when it happens again and again.
+                conflicts += 1
+                if conflicts > 1:
+                    log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
+                    await _sleep(wake, stopped, e.delay or 1.0)
+                continue
             except kopf.TemporaryError as e:
                 log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
                 await _sleep(wake, stopped, e.delay or 1.0)
