@@ -156,7 +156,11 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
             if out.done:
                 return
             if not out.changed:
-                await _sleep(wake, stopped, until(out.wake_at))
+                seconds = until(out.wake_at)
+                if out.wake_at is not None and out.wake_at <= now():
+                    # Past, yet the step did nothing about it: no hot loop, a retry.
+                    seconds = poll_seconds
+                await _sleep(wake, stopped, seconds)
     finally:
         wakeups.forget(uid)
 
