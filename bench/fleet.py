@@ -40,8 +40,9 @@ AFTER_PREPARING = {"Preparing", "Migrating", "Finishing", "VerifyResize"}
 class PhaseWatch:
     """When each VMResize of the namespace was first seen in a phase (monotonic clock)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, namespace: str = NS) -> None:
         self.co = cluster.co
+        self.ns = namespace
         self.seen: dict[tuple[str, str], float] = {}
         self._w = watch.Watch()
         self._stopping = False
@@ -52,8 +53,8 @@ class PhaseWatch:
         rv = ""
         while not self._stopping:
             try:
-                for ev in self._w.stream(self.co.list_namespaced_custom_object, G, V, NS,
-                                         "vmresizes", resource_version=rv):
+                for ev in self._w.stream(self.co.list_namespaced_custom_object, G, V,
+                                         self.ns, "vmresizes", resource_version=rv):
                     obj = ev["object"]
                     rv = obj["metadata"]["resourceVersion"]
                     phase = (obj.get("status") or {}).get("phase", "")
