@@ -233,6 +233,8 @@ def main() -> None:
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--window", type=float, default=120.0)
     ap.add_argument("--baseline", default="", help="also measure the operator of this ref")
+    ap.add_argument("--baseline-hosts", type=int, default=10000,
+                    help="the baseline's apply -> Preparing only up to this many Hosts")
     args = ap.parse_args()
     runs = [("this", REPO)] + ([(args.baseline, _export(args.baseline))] if args.baseline
                                else [])
@@ -246,6 +248,8 @@ def main() -> None:
         # idle thousand would load a polling operator's decisions.
         for hosts in (int(h) for h in args.hosts.split(",")):
             for i, (tag, root) in enumerate(runs):
+                if i and hosts > args.baseline_hosts:
+                    continue
                 results.setdefault("preparing", {}).setdefault(tag, []).append(
                     preparing(cluster, hosts, root, "this" if i == 0 else "baseline"))
         for i, (tag, root) in enumerate(runs):

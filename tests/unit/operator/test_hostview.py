@@ -159,3 +159,12 @@ def test_next_deadline_is_the_auto_confirm_time_or_the_observations() -> None:
     assert next_deadline(verify, Observation(Kind.TICK, deadline=soon)) == soon
     migrating = State(phase=ResizePhase.MIGRATING, verify_deadline=T0)
     assert next_deadline(migrating, Observation(Kind.TASK_WAITING)) is None
+
+
+def test_a_full_list_replaces_the_view_and_makes_it_ready() -> None:
+    v = HostView()
+    v.put(_host("gone"))
+    assert not v.ready.is_set()
+    assert v.replace([_host("a"), _host("b")]) == ["gone"]
+    assert v.ready.is_set()
+    assert [h.host.name for h in v.hosts()] == ["a", "b"]

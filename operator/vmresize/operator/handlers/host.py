@@ -1,31 +1,32 @@
-"""Host events: feed the operator's Host view and keep the claims-versus-capacity gauges.
+"""The operator's Host view and its gauges: one thread keeps them, started with the operator.
 
-The operator never writes a Host here. Every Host event goes into the watch-fed
-:class:`~vmresize.operator.persistence.hostview.HostView` that scheduling reads, through a
-kopf index: kopf runs no other handler or daemon of this operator until every index has
-seen the initial list, so no decision is ever taken on a half-filled view after a start.
-The same entry turns the Host's status into ``vmresize_host_capacity`` and
-``vmresize_host_claimed`` (the agents' heartbeats keep them coming); a deleted Host leaves
-both.
+The operator never writes a Host here. A list and then a watch of Hosts
+(:meth:`~vmresize.operator.persistence.storage.Storage.watch_hosts`) keep the watch-fed
+:class:`~vmresize.operator.persistence.hostview.HostView` that scheduling reads, and turn
+each Host's status into ``vmresize_host_capacity`` and ``vmresize_host_claimed`` (a deleted
+Host leaves both). Not a kopf handler: kopf's per-event machinery costs milliseconds per
+event and would run for every heartbeat of every Host (tens of seconds to start with
+10,000 Hosts); the view is ready after the first list, and until then decisions list the
+API themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import kopf
 
-from vmresize.api.meta import GROUP, VERSION
 from vmresize.operator import metrics
-from vmresize.operator.handlers.memo import shared, shared_or_none
+from vmresize.operator.handlers.memo import shared
+from vmresize.operator.persistence.hostview import WatchedHost
 
 
-@kopf.index(GROUP, VERSION, "hosts", id="hostview")
-async def host_view(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Put the Host into the view and its gauges (async: on the event loop, before any other
-    handler of the event). kopf's own index stays empty: it is here for its start-up gate."""
-    entry = shared(memo).hosts.put(body)
-    if entry is None:  # not ours to judge here; the scheduler skips it likewise
+def gauges(name: str, entry: WatchedHost | None) -> None:
+    """The Host's schedulable capacity and its claims; a gone Host is forgotten."""
+    if entry is None:
+        metrics.forget_host(name)
         return
     h = entry.state
     metrics.host_usage(
@@ -37,15 +38,23 @@ async def host_view(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> No
         claimed=(h.used_vcpus, h.used_memory_mib, h.used_disk_gib))
 
 
-def _deleted(type: str, **_: Any) -> bool:
-    return type == "DELETED"
+@kopf.on.startup()
+async def start_host_watch(memo: kopf.Memo, **_: Any) -> None:
+    """Start the Host watch thread (after ``configure`` stored the state; kopf retries)."""
+    op = shared(memo)
+    stop = threading.Event()
+    memo.host_watch_stop = stop
+    thread = threading.Thread(target=op.storage.watch_hosts, args=(op.hosts, gauges, stop),
+                              name="host-watch", daemon=True)
+    thread.start()
+    # Scheduling lists the API itself until the view is filled; wait briefly for it so
+    # the first decisions after a start are already cheap.
+    await asyncio.to_thread(op.hosts.ready.wait, 30)
 
 
-# The filter keeps the heartbeats of a fleet from running (and logging) a handler each.
-@kopf.on.event(GROUP, VERSION, "hosts", when=_deleted)
-async def host_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
-    """A deleted Host leaves the view and the gauges (kopf drops it from its index alone)."""
-    op = shared_or_none(memo)
-    if op is not None:
-        op.hosts.remove(name)
-    metrics.forget_host(name)
+@kopf.on.cleanup()
+async def stop_host_watch(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the Host watch thread at shutdown (it ends within one watch event)."""
+    stop = getattr(memo, "host_watch_stop", None)
+    if stop is not None:
+        stop.set()
