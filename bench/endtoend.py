@@ -83,22 +83,29 @@ def concurrent(cluster: Cluster, resizes: int = 100, hosts: int = 50) -> dict[st
     world = World(cluster.api, ns)
     world.make_flavors()
     names = [world.make_host(f"c{i:02d}", memory_mib=8192 + 512) for i in range(hosts)]
-    versions, violations = 0, []
+    versions, violations, reconnects = 0, [], 0
     w = watch.Watch()
+    stopping = threading.Event()
 
     def check() -> None:
-        nonlocal versions
+        nonlocal versions, reconnects, w
         co = client.CustomObjectsApi(cluster.api)
-        for ev in w.stream(co.list_cluster_custom_object, G, V, "hosts",
-                           label_selector=f"{TEST_LABEL}={ns}"):
-            h = ev["object"]
-            if not (h.get("status") or {}).get("capacity"):
-                continue
-            versions += 1
-            for u, lim in zip(_used(h), _limit(h), strict=True):
-                if u > lim:
-                    violations.append(f"{h['metadata']['name']} "
-                                      f"rv {h['metadata']['resourceVersion']}: {u} > {lim}")
+        rv = ""
+        while not stopping.is_set():
+            try:
+                for ev in w.stream(co.list_cluster_custom_object, G, V, "hosts",
+                                   label_selector=f"{TEST_LABEL}={ns}", resource_version=rv):
+                    h = ev["object"]
+                    rv = h["metadata"]["resourceVersion"]
+                    if not (h.get("status") or {}).get("capacity"):
+                        continue
+                    versions += 1
+                    for u, lim in zip(_used(h), _limit(h), strict=True):
+                        if u > lim:
+                            violations.append(f"{h['metadata']['name']} rv {rv}: {u} > {lim}")
+            except Exception:   # a dropped stream: resume from the last version seen
+                reconnects += 1
+                w = watch.Watch()
 
     threading.Thread(target=check, daemon=True).start()
     op = Operator(cluster.lc.kubeconfig, ns, cluster.dir / "operator-concurrent.log").start()
@@ -119,12 +126,14 @@ def concurrent(cluster: Cluster, resizes: int = 100, hosts: int = 50) -> dict[st
             final = [world.get("hosts", n) for n in names]
     finally:
         op.stop()
+        stopping.set()
         w.stop()
     over = [n for n, h in zip(names, final, strict=True)
             if any(u > lim for u, lim in zip(_used(h), _limit(h), strict=True))]
     out = {"resizes": resizes, "hosts": hosts, "seconds_to_settle": round(took, 1),
            "phases": {p: phases.count(p) for p in sorted(set(phases))},
-           "host_versions_checked": versions, "overcommitted_versions": len(violations),
+           "host_versions_checked": versions, "check_watch_reconnects": reconnects,
+           "overcommitted_versions": len(violations),
            "overcommitted_hosts_at_end": len(over), "violations": violations[:10],
            "loadavg": fleetreport.machine()["loadavg"]}
     print(f"concurrent: {out}", flush=True)

@@ -43,8 +43,16 @@ class Cluster:
     an API client with a large connection pool for bulk writes."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="vmresize-bench-"))
-        self.lc = LocalCluster(self.dir, with_controller_manager=False).start()
+        for attempt in range(3):
+            self.dir = Path(tempfile.mkdtemp(prefix="vmresize-bench-"))
+            self.lc = LocalCluster(self.dir, with_controller_manager=False)
+            try:
+                self.lc.start()
+                break
+            except RuntimeError:   # e.g. two free ports that were the same one: again
+                self.lc.stop()
+                if attempt == 2:
+                    raise
         kc = self.lc.kubeconfig
         kubectl(kc, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s",
