@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="", help="also measure the operator of this ref")
     ap.add_argument("--baseline-hosts", type=int, default=10000,
                     help="the baseline's apply -> Preparing only up to this many Hosts")
+    ap.add_argument("--merge", action="store_true",
+                    help="update bench/results/fleet.json with this run's rows only")
     args = ap.parse_args()
     runs = [("this", REPO)] + ([(args.baseline, _export(args.baseline))] if args.baseline
                                else [])
@@ -263,17 +265,21 @@ def main() -> None:
                     continue
                 results.setdefault("preparing", {}).setdefault(tag, []).append(
                     preparing(cluster, hosts, root, "this" if i == 0 else "baseline"))
-        for i, (tag, root) in enumerate(runs):
+        for i, (tag, root) in enumerate(runs if args.idle else []):
             results.setdefault("idle", {})[tag] = idle(
                 cluster, args.idle, 50, args.window, root, "this" if i == 0 else "baseline",
                 seed=i == 0)
     finally:
         cluster.stop()
     results["baseline_ref"] = args.baseline or None
-    if not args.hosts:   # an idle-only run: keep what the last full run measured
+    if args.merge:   # a partial run: keep what the last run measured, replace what this did
         old = json.loads((fleetreport.RESULTS / "fleet.json").read_text())
         old.pop("machine", None)
         old.setdefault("idle", {}).update(results.get("idle", {}))
+        for tag, rows in results.get("preparing", {}).items():
+            kept = [x for x in old.setdefault("preparing", {}).get(tag, [])
+                    if x["hosts"] not in {r["hosts"] for r in rows}]
+            old["preparing"][tag] = sorted(kept + rows, key=lambda x: x["hosts"])
         old["baseline_ref"] = old.get("baseline_ref") or results["baseline_ref"]
         results = old
     fleetreport.write("fleet", results, markdown(results))
