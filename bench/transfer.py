@@ -4,18 +4,24 @@ Usage::
 
     .venv/bin/python bench/transfer.py [--workdir DIR] [--repeat N] [--size-mib 1024]
 
-Builds a 1 GiB dense file and a 1 GiB file holding 64 MiB of data, then times, in one run:
+Builds a 1 GiB dense file and a 1 GiB file holding 64 MiB of data, then times, in one run,
+``--repeat`` (default 3) interleaved rounds of:
 
 * ours   ``send_disk`` to a migration server running in a separate Python process
-         (aes128-gcm, sparse-aware, end-to-end sha256 verified, fsync before rename);
+         (aes128-gcm, sparse-aware, end-to-end checksum verified, fsync before rename);
 * scp    ``scp -c aes128-gcm@openssh.com`` to a throwaway ``sshd`` started here;
 * rsync  ``rsync --sparse`` over the same ``ssh -c aes128-gcm@openssh.com``.
 
 Everything listens on 127.0.0.1 only, keys are generated for the run, every process this
 script starts is stopped by its PID, and the workdir is removed at the end. Source files are
-read from the page cache for every tool alike. Ratios are printed as ours/other *throughput*
-(> 1 means ours is faster), from the best of ``--repeat`` runs of each tool, with the load
-average before and after (the numbers mean little on a busy machine).
+read from the page cache for every tool alike, and each run starts after a ``sync`` (no
+writeback left over from the previous tool). For each tool and file it reports the median
+wall time with its spread (min/max), the CPU seconds of both ends (sender: this process, or
+scp/rsync and ssh; receiver: our server process, or sshd's children) and the ratios
+other/ours of the medians (> 1 means ours is faster) against the targets of DESIGN.md
+(dense >= 1.2x, sparse >= 5x the best of scp/rsync). Results also go to
+``bench/results/transfer.{json,md}``, stamped with the machine and the load average (the
+numbers mean little on a busy machine; there the CPU seconds say more than wall time).
 
 Diagnostic: ``BENCH_NO_FSYNC=1`` makes our receiver skip the fsync before the rename (scp
 and rsync do not fsync either); the default measures the durable path.
@@ -27,15 +33,21 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import report  # bench/report.py: this script's directory is first on sys.path
+
+REPO = Path(__file__).resolve().parent.parent
 
 MiB = 1024 * 1024
 SSHD = "/usr/sbin/sshd"
@@ -128,10 +140,30 @@ def ssh_opts(work: Path, sshd: Sshd, client_key: Path) -> list[str]:
             "-o", "BatchMode=yes", "-o", "Compression=no", "-c", CIPHER]
 
 
-def timed(argv: list[str]) -> float:
+class Sample:
+    """One timed transfer: wall seconds and the CPU seconds of both ends."""
+
+    def __init__(self, wall: float, sender_cpu: float, receiver_cpu: float) -> None:
+        self.wall, self.sender_cpu, self.receiver_cpu = wall, sender_cpu, receiver_cpu
+
+
+def settle() -> None:
+    """Write back what the previous tool left dirty (scp and rsync do not fsync), so that
+    its writeback does not land in the next tool's time; the sources stay cached."""
+    os.sync()
+
+
+def timed(argv: list[str], sshd: Sshd) -> Sample:
+    assert sshd.proc is not None
+    settle()
+    c0 = report.self_cpu(resource.RUSAGE_CHILDREN)
+    r0 = report.proc_cpu(sshd.proc.pid, children=True)
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    time.sleep(0.2)  # let sshd reap its session child, so that its CPU is counted
+    return Sample(wall, report.self_cpu(resource.RUSAGE_CHILDREN) - c0,
+                  report.proc_cpu(sshd.proc.pid, children=True) - r0)
 
 
 class OurServer:
@@ -201,20 +233,24 @@ def serve(root: str, client_pub: str) -> None:
     asyncio.run(main())
 
 
-def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[float, int]:
+def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[Sample, int]:
     from vmresize.agent.transfer.client import send_disk
 
+    assert server.proc is not None
     rel = f"bench/{tid}/disk.img"
     server.expect(tid, rel, src.stat().st_size)
+    settle()
+    c0, r0 = report.self_cpu(), report.proc_cpu(server.proc.pid)
     t0 = time.perf_counter()
     result = asyncio.run(send_disk(src=src, address="127.0.0.1", port=server.port,
                                    host_key=server.host_pub, client_key=client_key,
                                    transfer_id=tid))
     elapsed = time.perf_counter() - t0
+    sample = Sample(elapsed, report.self_cpu() - c0, report.proc_cpu(server.proc.pid) - r0)
     dest = server.root / rel
     assert dest.stat().st_size == src.stat().st_size
     dest.unlink()
-    return elapsed, result.bytes_sent
+    return sample, result.bytes_sent
 
 
 @contextlib.contextmanager
@@ -226,19 +262,21 @@ def workdir(arg: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+TOOLS = ("ours", "scp", "rsync")
+KINDS = ("dense", "sparse")
+TARGETS = {"dense": 1.2, "sparse": 5.0}  # DESIGN.md: ours vs the best of scp/rsync
 
 
 def run(args: argparse.Namespace) -> None:
     size = args.size_mib * MiB
-    load0 = loadavg()
+    load0 = report.loadavg()
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    sent: dict[str, int] = {}
     with workdir(args.workdir) as work:
         client_key = work / "client_key"
         client_pub = keygen(client_key)
         dense, sparse = make_files(work, size)
-        have_sshd = Path(SSHD).exists()
-        sshd = Sshd(work, client_pub) if have_sshd else None
+        sshd = Sshd(work, client_pub) if Path(SSHD).exists() else None
         server = OurServer(work, client_pub)
         dest = work / "scp-dest"
         dest.mkdir()
@@ -249,55 +287,109 @@ def run(args: argparse.Namespace) -> None:
                 opts = ssh_opts(work, sshd, client_key)
             else:
                 print("sshd unavailable: only our numbers are printed")
-            best: dict[tuple[str, str], float] = {}
-            sent: dict[str, int] = {}
             for i in range(args.repeat):
                 for name, src in (("dense", dense), ("sparse", sparse)):
-                    t, n = ours(server, client_key, src, f"{name}-{i}")
-                    best[("ours", name)] = min(best.get(("ours", name), 1e9), t)
-                    print(f"run {i} {name}: ours {t:.3f}s", flush=True)
-                    sent[name] = n
+                    got, sent[name] = ours(server, client_key, src, f"{name}-{i}")
+                    samples.setdefault(("ours", name), []).append(got)
+                    print(f"run {i} {name}: ours {got.wall:.3f}s", flush=True)
                     if sshd is None:
                         continue
                     target = dest / src.name
-                    t = timed(["scp", "-q", *opts, "-P", str(sshd.port), str(src),
-                               f"root@127.0.0.1:{target}"])
+                    got = timed(["scp", "-q", *opts, "-P", str(sshd.port), str(src),
+                                 f"root@127.0.0.1:{target}"], sshd)
                     target.unlink()
-                    best[("scp", name)] = min(best.get(("scp", name), 1e9), t)
-                    print(f"run {i} {name}: scp {t:.3f}s", flush=True)
+                    samples.setdefault(("scp", name), []).append(got)
+                    print(f"run {i} {name}: scp {got.wall:.3f}s", flush=True)
                     ssh_cmd = " ".join(["ssh", *opts, "-p", str(sshd.port)])
-                    t = timed(["rsync", "--sparse", "-e", ssh_cmd, str(src),
-                               f"root@127.0.0.1:{target}"])
+                    got = timed(["rsync", "--sparse", "-e", ssh_cmd, str(src),
+                                 f"root@127.0.0.1:{target}"], sshd)
                     assert target.stat().st_size == size
                     target.unlink()
-                    best[("rsync", name)] = min(best.get(("rsync", name), 1e9), t)
-                    print(f"run {i} {name}: rsync {t:.3f}s", flush=True)
+                    samples.setdefault(("rsync", name), []).append(got)
+                    print(f"run {i} {name}: rsync {got.wall:.3f}s", flush=True)
         finally:
             try:
                 server.stop()
             finally:
                 if sshd is not None:
                     sshd.stop()
-        print(f"file size {size // MiB} MiB; best of {args.repeat}; "
-              f"throughput = apparent size / wall time; "
-              f"fsync={'off' if os.environ.get('BENCH_NO_FSYNC') == '1' else 'on'}; "
-              f"loadavg before {load0} after {loadavg()}; cpus {os.cpu_count()}")
-        for name in ("dense", "sparse"):
-            print(f"{name}: ours sent {sent[name] / MiB:.1f} MiB")
-            for tool in ("ours", "scp", "rsync"):
-                if (tool, name) in best:
-                    t = best[(tool, name)]
-                    print(f"  {tool:6s} {t:7.3f} s  {size / t / 1e6:8.1f} MB/s")
-            for tool in ("scp", "rsync"):
-                if (tool, name) in best:
-                    ratio = best[(tool, name)] / best[("ours", name)]
-                    print(f"  ratio ours/{tool} ({name}) = {ratio:.2f}x")
+    summarize(args, size, samples, sent, load0)
+
+
+def summarize(args: argparse.Namespace, size: int,
+              samples: dict[tuple[str, str], list[Sample]], sent: dict[str, int],
+              load0: str) -> None:
+    """Print medians, spreads and ratios; write bench/results/transfer.{json,md}."""
+    fsync = os.environ.get("BENCH_NO_FSYNC") != "1"
+    load1 = report.loadavg()
+    print(f"file size {size // MiB} MiB; median of {args.repeat} (min..max); "
+          f"fsync={'on' if fsync else 'off'}; loadavg before {load0} after {load1}; "
+          f"cpus {os.cpu_count()}")
+    lines = ["# Transfer: ours vs scp vs rsync --sparse", "",
+             f"{size // MiB} MiB files (dense: random data; sparse: 64 MiB of data in 16 "
+             f"extents); median of {args.repeat} interleaved runs; MB/s = apparent size / "
+             f"median wall time; fsync {'on' if fsync else 'off'}; cipher {CIPHER}; "
+             f"loadavg before {load0}, after {load1}.", "",
+             "| file | tool | median s | min s | max s | MB/s | sender CPU s | receiver CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    results: dict[str, object] = {}
+    medians: dict[tuple[str, str], float] = {}
+    for name in KINDS:
+        print(f"{name}: ours sent {sent.get(name, 0) / MiB:.1f} MiB")
+        for tool in TOOLS:
+            got = samples.get((tool, name))
+            if not got:
+                continue
+            walls = [s.wall for s in got]
+            med = medians[(tool, name)] = statistics.median(walls)
+            scpu = statistics.median(s.sender_cpu for s in got)
+            rcpu = statistics.median(s.receiver_cpu for s in got)
+            results[f"{tool}/{name}"] = {
+                "wall_s": walls, "median_s": med, "min_s": min(walls), "max_s": max(walls),
+                "mb_per_s": size / med / 1e6, "sender_cpu_s": scpu, "receiver_cpu_s": rcpu}
+            print(f"  {tool:6s} {med:7.3f} s ({min(walls):.3f}..{max(walls):.3f})  "
+                  f"{size / med / 1e6:8.1f} MB/s  cpu sender {scpu:.2f}s receiver {rcpu:.2f}s")
+            lines.append(f"| {name} | {tool} | {med:.3f} | {min(walls):.3f} | "
+                         f"{max(walls):.3f} | {size / med / 1e6:.0f} | {scpu:.2f} | "
+                         f"{rcpu:.2f} |")
+    lines += ["", "| file | scp/ours | rsync/ours | best/ours | target | met |",
+              "|---|---|---|---|---|---|"]
+    ratios: dict[str, float] = {}
+    targets: dict[str, object] = {}
+    for name in KINDS:
+        if ("ours", name) not in medians:
+            continue
+        mine = medians[("ours", name)]
+        row = []
+        for tool in ("scp", "rsync"):
+            if (tool, name) in medians:
+                ratio = ratios[f"{tool}/{name}"] = medians[(tool, name)] / mine
+                print(f"  ratio ours/{tool} ({name}) = {ratio:.2f}x")
+                row.append(f"{ratio:.2f}x")
+            else:
+                row.append("-")
+        others = [medians[(t, name)] for t in ("scp", "rsync") if (t, name) in medians]
+        if others:
+            best = ratios[f"best/{name}"] = min(others) / mine
+            met = best >= TARGETS[name]
+            targets[name] = {"target": TARGETS[name], "ratio": best, "met": met}
+            print(f"  {name}: ours vs the best of scp/rsync = {best:.2f}x, target "
+                  f">= {TARGETS[name]}x: {'met' if met else 'NOT met'}")
+            lines.append(f"| {name} | {row[0]} | {row[1]} | {best:.2f}x | "
+                         f">= {TARGETS[name]}x | {'yes' if met else 'no'} |")
+    doc: dict[str, object] = {
+        "benchmark": "transfer", "file_mib": size // MiB, "repeat": args.repeat,
+        "fsync": fsync, "cipher": CIPHER, "loadavg_before": load0, "loadavg_after": load1,
+        "sent_mib": {k: v / MiB for k, v in sent.items()},
+        "results": results, "ratios": ratios, "targets": targets}
+    js, md = report.write("transfer", doc, "\n".join(lines))
+    print(f"wrote {js.relative_to(REPO)} and {md.relative_to(REPO)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="parent of the temporary workdir")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

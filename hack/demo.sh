@@ -3,8 +3,11 @@
 #
 # A local control plane (etcd + kube-apiserver + kube-controller-manager), the operator,
 # and three agents that each play one hypervisor host: their own embedded QEMU root
-# (qemu:///embed), storage root and migration address (127.0.0.2-4). An instance with a
-# real qcow2 disk is resized and confirmed, then resized again and reverted.
+# (qemu:///embed), storage root and migration address (127.0.0.2-4). The VM really boots
+# (hack/guest.py: Debian's kernel and a busybox initramfs, `make guest`): an admin's domain
+# on hv-1 with a root disk, a data disk and one user-mode NIC, adopted by an Instance. It
+# is resized and confirmed (an ACPI power-off the guest answers; it boots on the new host
+# with its MAC), then resized again and reverted.
 # With KUBECONFIG set to a reachable cluster, the local control plane is skipped.
 # Everything started here is stopped, by PID, on exit or Ctrl-C.
 set -euo pipefail
@@ -12,6 +15,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=$REPO/.venv/bin/python
 NS=vmresize-system
+MAC=52:54:00:de:00:01  # the admin's VM's NIC
 TIMEOUT=${DEMO_TIMEOUT:-600}
 
 work=$(mktemp -d -t vmresize-demo.XXXXXX)
@@ -76,10 +80,16 @@ ssh-keygen -q -t ed25519 -N '' -C vmresize-migration -f "$work/migration_key"
 
 bold "starting the operator"
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# The demo's guests have no OS to answer an ACPI shutdown: force power-off after 1 s.
-VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port VMRESIZE_POWER_OFF_TIMEOUT_SECONDS=1 \
+# The guest answers an ACPI power-off in a few seconds; it is forced only after 30 s.
+VMRESIZE_NAMESPACE=$NS VMRESIZE_METRICS_PORT=$metrics_port VMRESIZE_POWER_OFF_TIMEOUT_SECONDS=30 \
   "$PY" -m vmresize.operator --standalone >"$work/operator.log" 2>&1 &
 pids+=($!)
+
+bold "an admin's VM on hv-1, defined outside vmresize: the booting guest, one NIC ($MAC)"
+# Defined and started before hv-1's agent opens the same embedded root; QEMU outlives the
+# helper, as a VM outlives an agent restart.
+run "$PY" -m hack.demo_guest create --uri "qemu:///embed?root=$work/hv-1/libvirt" \
+  --storage-root "$work/hv-1/storage" --name web-1 --mac "$MAC" 2>>"$work/guest.log"
 
 bold "starting three agents, each one hypervisor with its own embedded QEMU"
 for i in 1 2 3; do
@@ -115,7 +125,7 @@ show_disk() {
   disk=$work/$host/storage/$(kubectl get instance web-1 -o jsonpath='{.status.diskPath}')
   qemu-img dd -U -f qcow2 -O raw bs=512 count=1 if="$disk" of="$work/sector.raw"
   printf '  disk on %s: %s, virtual size %s, first sector says: "%s"\n' "$host" \
-    "${disk#"$work"/}" "$(qemu-img info -U --output=json "$disk" | python3 -c \
+    "${disk#"$work"/}" "$(qemu-img info -U -f qcow2 --output=json "$disk" | python3 -c \
       'import json,sys; print(json.load(sys.stdin)["virtual-size"] // 2**30, "GiB")')" \
     "$(tr -d '\0' <"$work/sector.raw")"
   kubectl get instance web-1 --no-headers -o \
@@ -123,28 +133,46 @@ show_disk() {
     awk '{printf "  instance runs with %s vCPU, %s MiB RAM, %s GiB disk\n", $1, $2, $3}'
 }
 
-# The instance's NIC: the MAC recorded in its status (generated once at Spawn) and the one
-# the QEMU process running it on its current host was given.
+# The instance's NIC: the QEMU process running it on its current host has the admin's MAC.
 show_nic() {
-  local host dom mac pid
+  local host dom pid
   host=$(kubectl get instance web-1 -o jsonpath='{.status.host}')
   dom=$(kubectl get instance web-1 -o jsonpath='{.status.domainName}')
-  mac=$(kubectl get instance web-1 -o jsonpath='{.status.interfaces[0].mac}')
   pid=$(cat "$work/$host/libvirt/run/qemu/$dom.pid" 2>/dev/null || true)
-  if [[ -n $pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "\"mac\":\"$mac\""; then
-    printf '  NIC %s (user-mode, virtio): QEMU on %s runs it with that MAC\n' "$mac" "$host"
+  if [[ -n $pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "\"mac\":\"$MAC\""; then
+    printf '  NIC %s (user-mode, virtio): QEMU on %s runs it with that MAC\n' "$MAC" "$host"
   else
-    printf '  NIC %s: NOT found on the QEMU process on %s\n' "$mac" "$host"
+    printf '  NIC %s: NOT found on the QEMU process on %s\n' "$MAC" "$host"
   fi
 }
 
-# Every copy of an instance disk on the three hosts, as the agents left them.
+# What the guest itself reports on its serial console (next to its root disk) once it has
+# booted for the Nth time: its NIC's MAC and address, its disks.
+serial_of() { echo "$work/$1/storage/$(dirname "$2")/serial.log"; }
+show_guest() {  # boot-number
+  local host disk
+  host=$(kubectl get instance web-1 -o jsonpath='{.status.host}')
+  disk=$(kubectl get instance web-1 -o jsonpath='{.status.diskPath}')
+  "$PY" -m hack.demo_guest booted --serial "$(serial_of "$host" "$disk")" --boot "$1" \
+    --host "$host" --timeout "$TIMEOUT"
+}
+
+# How the source went off: the guest's console, and the agent's record in its MigrateDisk
+# task (status.result.powerOff: Graceful, or Forced after the timeout).
+show_power_off() {  # resize source-host source-serial-log
+  "$PY" -m hack.demo_guest stopped --serial "$3" --host "$2"
+  kubectl get hosttasks -n "$NS" -o jsonpath="{range .items[?(@.spec.action==\"MigrateDisk\")]}{.spec.owner}{' '}{.status.result.powerOff}{' '}{.status.message}{'\n'}{end}" |
+    awk -v owner="default/$1" '$1 == owner {printf "  agent on %s: powerOff=%s, \"", src, $2;
+      $1 = $2 = ""; sub(/^ +/, ""); print $0 "\""}' src="$2"
+}
+
+# Every copy of the instance's disks on the three hosts, as the agents left them.
 copies() {
   local h d
   for h in hv-1 hv-2 hv-3; do
     while IFS= read -r d; do
       [[ -n $d ]] && printf '  %s holds %s\n' "$h" "${d#"$work/$h/storage/"}"
-    done < <(find "$work/$h/storage/instances" -name disk.qcow2 2>/dev/null)
+    done < <(find "$work/$h/storage" \( -name '*.qcow2' -o -name '*.raw' \) 2>/dev/null | sort)
   done
 }
 
@@ -163,25 +191,41 @@ watch_resize() {
   [[ $line == "$until"* ]] || { echo "resize $name ended in: $line" >&2; return 1; }
 }
 
-bold "flavors and an instance with a real qcow2 disk"
+bold "flavors, and an Instance that adopts the admin's VM"
+cat >"$work/instance.yaml" <<YAML
+apiVersion: vmresize.io/v1alpha1
+kind: Instance
+metadata:
+  name: web-1
+spec:
+  flavor: m1.tiny
+  host: hv-1          # adopting is an admin's act: the host and the domain are named
+  adopt:
+    domainName: web-1
+YAML
 run kubectl apply -f examples/flavors.yaml
-run kubectl apply -f examples/instance.yaml
+run cat "$work/instance.yaml"
+run kubectl apply -f "$work/instance.yaml"
 run kubectl wait instance/web-1 --for=jsonpath='{.status.phase}'=Active --timeout=${TIMEOUT}s
 run kubectl get flavors
 run kubectl get instance web-1 -o wide
+show_guest 1  # it boots while the agents start; a resize asks a booted guest to power off
 show_disk
 show_nic
 
 bold "resize web-1 to m1.small"
+src_serial=$(serial_of hv-1 "$(kubectl get instance web-1 -o jsonpath='{.status.diskPath}')")
 run cat examples/resize.yaml
 run kubectl apply -f examples/resize.yaml
 watch_resize web-1-resize VerifyResize
 run kubectl get vmresize web-1-resize -o wide
+show_power_off web-1-resize hv-1 "$src_serial"
 bold "the VM runs on the new host; the old copy is kept until you confirm"
 copies
 run kubectl patch vmresize web-1-resize --type merge -p '{"spec":{"confirm":true}}'
 watch_resize web-1-resize Confirmed
 run kubectl get instance web-1 -o wide
+show_guest 2
 show_disk
 show_nic
 echo "  after confirm, only the new copy is left:"
@@ -203,6 +247,7 @@ copies
 run kubectl patch vmresize web-1-grow --type merge -p '{"spec":{"revert":true}}'
 watch_resize web-1-grow Reverted
 run kubectl get instance web-1 -o wide
+show_guest 3
 show_disk
 show_nic
 copies

@@ -134,12 +134,15 @@ def _states(phase: ResizePhase) -> list[State]:
         (False, True),                                    # deleting
         (0, 1),                                           # attempts
         ((), ("alt",)),                                   # alternates
-        (TaskAction.CLEANUP_DEST, TaskAction.RESTORE_SOURCE, TaskAction.CONFIRM),
+        (TaskAction.CLEANUP_DEST, TaskAction.RESTORE_SOURCE, TaskAction.CONFIRM,
+         TaskAction.HEALTH_CHECK),
         (0, 99),                                          # current_attempt
-        (None, _NOW - timedelta(seconds=1)))              # verify_deadline
+        (None, _NOW - timedelta(seconds=1)),              # verify_deadline
+        ("", "tcp guest:22"))                             # spec.autoConfirm.check
     return [State(phase=phase, source_host="src", dest_host="dst", deleting=d, attempts=a,
-                  alternates=alt, current_action=act, current_attempt=n, verify_deadline=dl)
-            for d, a, alt, act, n, dl in grid]
+                  alternates=alt, current_action=act, current_attempt=n, verify_deadline=dl,
+                  health_check=hc, health_deadline=dl)
+            for d, a, alt, act, n, dl, hc in grid]
 
 
 def edges() -> dict[tuple[ResizePhase, ResizePhase], list[str]]:

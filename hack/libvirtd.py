@@ -16,8 +16,12 @@ capabilities invalid ("KVM was enabled when probing … but it is not available 
 probes again: two QEMU launches, ~4 s, on every capability lookup. ``user = "root"``
 makes the cache valid; the rest of :data:`QEMU_CONF` only trims work tests do not need.
 
-Only one such daemon runs at a time (an ``fcntl`` lock in ``$VMRESIZE_CACHE``), and none
-when a libvirtd or virtqemud not started here is running: we refuse, never kill it.
+One test session at a time runs such daemons (an ``fcntl`` lock in ``$VMRESIZE_CACHE``),
+and none when a libvirtd or virtqemud not started here is running: we refuse, never kill it.
+Within a session several may run side by side (two "hosts", each with its own daemon,
+socket, state and storage): the lock is taken once for all of them and each one's private
+mount namespace keeps their ``/run/libvirt``, ``/var/lib/libvirt`` etc. apart; they share
+only the capability cache, which libvirt rewrites atomically.
 
     python3 -m hack.libvirtd up --dir DIR    # prints the URI; down --dir DIR stops it
 """
@@ -65,6 +69,12 @@ namespaces = [ ]
 
 class LibvirtdUnavailableError(RuntimeError):
     """This machine cannot run the private daemon now (the message says why)."""
+
+
+#: PIDs of the daemons this process started and has not stopped yet, and the session lock
+#: they share (flock conflicts between two opens even within one process).
+_OURS: set[int] = set()
+_SHARED_LOCK: dict[str, IO[str]] = {}
 
 
 def cache_root() -> Path:
@@ -128,6 +138,9 @@ class PrivateLibvirtd:
         self.stop()
 
     def _take_lock(self, timeout: float) -> None:
+        if _OURS and "lock" in _SHARED_LOCK:  # a sibling of this process holds it
+            self._lock = _SHARED_LOCK["lock"]
+            return
         path = cache_root() / "libvirtd.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         f = path.open("a+")
@@ -142,7 +155,7 @@ class PrivateLibvirtd:
                     raise LibvirtdUnavailableError(
                         f"{path} is held by another test session for {timeout:.0f}s") from None
                 time.sleep(1)
-        self._lock = f
+        self._lock = _SHARED_LOCK["lock"] = f
 
     def start(self, *, lock_timeout: float = LOCK_TIMEOUT) -> PrivateLibvirtd:
         if os.geteuid() != 0:
@@ -153,7 +166,7 @@ class PrivateLibvirtd:
                     f"missing {tool or 'unshare'} (hack/install-deps.sh)")
         self._take_lock(lock_timeout)
         try:
-            others = running_daemons()
+            others = {pid: exe for pid, exe in running_daemons().items() if pid not in _OURS}
             if others:
                 raise LibvirtdUnavailableError(
                     f"a libvirt daemon not started by this harness is running {others}; "
@@ -196,6 +209,7 @@ class PrivateLibvirtd:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
         self.pid = proc.pid
+        _OURS.add(proc.pid)
         (w / "pid.json").write_text(json.dumps({
             "libvirtd": proc.pid, "sockdir": str(self.sockdir),
             "mountpoints": [str(m) for m in self._mountpoints]}))
@@ -242,6 +256,7 @@ class PrivateLibvirtd:
             for pid in self.qemu_pids():  # its QEMUs, should a destroy have failed
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            _OURS.discard(self.pid or 0)
             self.pid = None
             for mountpoint in reversed(self._mountpoints):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now
@@ -250,9 +265,10 @@ class PrivateLibvirtd:
             if self.sockdir is not None:
                 shutil.rmtree(self.sockdir, ignore_errors=True)
         finally:
-            if self._lock is not None:
+            if self._lock is not None and not _OURS:  # the last of this process's daemons
                 self._lock.close()  # releases the flock
-                self._lock = None
+                _SHARED_LOCK.pop("lock", None)
+            self._lock = None
 
     def _destroy_domains(self) -> None:
         """Best effort: a test that failed half-way may leave a running domain behind."""

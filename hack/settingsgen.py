@@ -72,6 +72,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("auto_confirm_seconds", "operator.settings.autoConfirmSeconds"),
         Wire("max_attempts", "operator.settings.maxAttempts"),
         Wire("heartbeat_stale_seconds", "operator.settings.heartbeatStaleSeconds"),
+        Wire("step_stale_seconds", "operator.settings.stepStaleSeconds"),
         Wire("task_retries", "operator.settings.taskRetries"),
         Wire("poll_seconds", "operator.settings.pollSeconds"),
         Wire("power_off_timeout_seconds", "operator.settings.powerOffTimeoutSeconds"),
@@ -102,6 +103,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("metrics_port", note="agent.metrics.port, or 0 when agent.metrics.enabled is "
                                   "false"),
         Wire("metrics_address", note="not set: all addresses, as a pod's port should"),
+        Wire("health_probe_networks", "agent.settings.healthProbeNetworks"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

@@ -22,7 +22,6 @@ from tests.support.full_stack_harness import (
     Stack,
     content_sha256,
     domain_defined,
-    file_sha256,
     qemu_args,
     qemu_pid,
     qemu_vcpus_mib,
@@ -31,6 +30,7 @@ from tests.support.full_stack_harness import (
 
 from vmresize.agent import disks
 from vmresize.agent.hypervisor import embedded
+from vmresize.agent.transfer.sparse import disk_checksum
 
 SMALL, BIG = FLAVORS["small"], FLAVORS["big"]
 
@@ -86,8 +86,9 @@ def moved(s: Stack, inst: dict[str, Any], st: dict[str, Any]) -> tuple[Path, Pat
     assert not domain_defined(s.agents[src], inst["domainName"])
     assert src_disk.with_name(src_disk.name + ".held.xml").is_file()
     assert qemu_pid(s.agents[src], inst["domainName"]) is None
-    # The recorded checksum is the powered-off source's, byte for byte.
-    assert file_sha256(src_disk) == st["sourceChecksum"]
+    # The recorded checksum is the powered-off source's, byte for byte (the disk checksum:
+    # a sha256 over the file's content, see vmresize.agent.transfer.sparse).
+    assert disk_checksum(src_disk) == st["sourceChecksum"]
     assert dst_disk.exists()
     assert domain_defined(s.agents[dst], st["destDomainName"])
     return src_disk, dst_disk
@@ -116,6 +117,8 @@ def test_resize_then_confirm(stack: Stack) -> None:
         ("Disk", True), ("Definition", False)]
     assert st["sourceDisks"][0]["checksum"] == st["sourceChecksum"]
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
+    # This guest has no OS to answer ACPI: it was forced off after the operator's 1 s.
+    assert s.task("grow", "MigrateDisk")["status"]["result"]["powerOff"] == "Forced"
     # As in Nova, both copies are claimed until the user decides.
     assert held(s, "Instance", "vm-confirm") == {st["sourceHost"]: SMALL}
     assert held(s, "VMResize", "grow") == {dst: BIG}
@@ -158,7 +161,7 @@ def test_resize_then_revert(stack: Stack) -> None:
     # The instance runs on its source again, with its old flavor and its untouched disk.
     assert running_flavor(s, inst["host"], inst["domainName"]) == SMALL[:2]
     assert content_sha256(src_disk, size) == before
-    assert file_sha256(src_disk) == st["sourceChecksum"]
+    assert disk_checksum(src_disk) == st["sourceChecksum"]
     assert virtual_size(src_disk) == SMALL[2] * GIB
     # The destination copy is gone: no QEMU, no domain, no disk directory.
     assert qemu_pid(dst, dst_dom) is None

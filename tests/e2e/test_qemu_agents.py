@@ -8,7 +8,6 @@ and in the QEMU processes they run. Confirm and revert both run end to end.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.checksum import file_disk_checksum
 from tests.support.kube import kubectl, kubectl_json
 from tests.support.owners import create_owner
 from tests.support.polling import wait_for
@@ -120,7 +120,8 @@ def arg_after(argv: list[str], flag: str) -> str:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The disk checksum the agents report (an independent implementation)."""
+    return file_disk_checksum(path)
 
 
 def move(kubeconfig: Path, namespace: str, src: AgentProcess, dst: AgentProcess, *,

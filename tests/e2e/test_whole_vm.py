@@ -12,7 +12,6 @@ every file, the definition diff at each stage, and which files exist when.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import uuid
@@ -26,6 +25,7 @@ from hack import guest_init
 from hack.guest import Guest, ensure_guest
 from tests.e2e.test_qemu_agents import ready_status, run_task
 from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.checksum import file_disk_checksum
 from tests.support.kube import kubectl
 
 from vmresize.agent import disks
@@ -51,7 +51,8 @@ def guest() -> Guest:
 
 
 def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The disk checksum the agents report (an independent implementation)."""
+    return file_disk_checksum(path)
 
 
 def make_vm(root: Path, guest: Guest, name: str) -> tuple[str, list[gd.Disk]]:

@@ -57,7 +57,12 @@ class AgentProcess:
     #: Its Prometheus endpoint, on its own address; 0 picks a free port at the first start.
     metrics_port: int = 0
     libvirt_dir: Path | None = None
+    #: A libvirt daemon's URI (``qemu+unix:///system?socket=…``, ``hack/libvirtd.py``);
+    #: takes the place of the embedded root or the test driver.
+    libvirt_uri: str | None = None
     stop_vms_on_exit: bool = False
+    #: The test servers its health checks probe listen on loopback.
+    health_probe_networks: str = "127.0.0.0/8"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -77,6 +82,8 @@ class AgentProcess:
 
     @property
     def uri(self) -> str:
+        if self.libvirt_uri is not None:
+            return self.libvirt_uri
         return (f"qemu:///embed?root={self.libvirt_root}" if self.embedded
                 else "test:///default")
 
@@ -89,6 +96,7 @@ class AgentProcess:
                 "--kubeconfig", str(self.kubeconfig),
                 "--heartbeat-seconds", str(self.heartbeat_seconds),
                 "--metrics-address", self.address, "--metrics-port", str(self.metrics_port),
+                "--health-probe-networks", self.health_probe_networks,
                 *(["--stop-vms-on-exit"] if self.stop_vms_on_exit else [])]
 
     def start(self) -> AgentProcess:
@@ -130,7 +138,9 @@ class AgentProcess:
 
     def kill_vms(self) -> list[int]:
         """SIGKILL the QEMU processes the embedded driver recorded (after the agent stopped)."""
-        killed = []
+        killed: list[int] = []
+        if not self.embedded:  # a daemon's QEMUs are the daemon's to stop
+            return killed
         for pidfile in (self.libvirt_root / "run" / "qemu").glob("*.pid"):
             if pidfile.name == "driver.pid":
                 continue

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
+from tests.support.checksum import file_disk_checksum
 from tests.support.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
 from tests.support.full_stack_harness import content_sha256, file_sha256
 from tests.support.polling import wait_for
@@ -95,7 +98,9 @@ def judge(s: FaultStack, row: Row, w: Watcher, inst0: dict[str, Any], instance: 
     else:
         got = file_sha256(src_disk) if src_disk.exists() else "missing"
         checksum = w.st.get("sourceChecksum")
-        ok = got == ref and checksum in (None, ref)
+        # sourceChecksum is the disk checksum (vmresize.agent.transfer.sparse), not
+        # sha256sum's: the unchanged source must have that one too.
+        ok = got == ref and checksum in (None, file_disk_checksum(src_disk))
         row.data = ("src sha256 unchanged" if w.sha_off else "src untouched (never off)") \
             if ok else "SOURCE CHANGED"
         if not ok:
@@ -115,6 +120,32 @@ def judge(s: FaultStack, row: Row, w: Watcher, inst0: dict[str, Any], instance: 
     if w.t_off is not None and w.t_on is None:
         p.append("the VM was powered off and never ran again")
     return row
+
+
+def stall_evidence(s: FaultStack, resize: str) -> list[str]:
+    """Problems with how the step watchdog handled a stalled copy (empty: none): the status
+    and an Event give the reason; the stale MigrateDisk ended superseded; no Finish, so the
+    frozen destination never got a step that could start a second copy."""
+    r = s.get("vmresizes", resize) or {}
+    uid, st = r.get("metadata", {}).get("uid"), r.get("status") or {}
+    p = [] if st.get("rollbackReason") == "StepStalled" else [
+        f"status gives no stall as the rollback's reason: {st.get('rollbackReason')}"]
+    tasks = {t["spec"]["action"]: t.get("status") or {} for t in s._items("hosttasks")
+             if t["spec"].get("ownerUid") == uid}
+    if "Finish" in tasks:
+        p.append("a Finish task was created")
+    if "superseded" not in tasks.get("MigrateDisk", {}).get("message", ""):
+        p.append(f"the stale MigrateDisk did not end superseded: {tasks.get('MigrateDisk')}")
+    events = client.CoreV1Api(s.api)
+
+    def stalled_event() -> bool:
+        found = events.list_namespaced_event(s.ns, field_selector=f"involvedObject.uid={uid}")
+        return any(e.reason == "StepStalled" for e in found.items)
+    try:
+        wait_for(stalled_event, timeout=30, what="a StepStalled Event")
+    except AssertionError:
+        p.append(f"no StepStalled Event on {resize}")
+    return p
 
 
 def write_report(rows: list[Row], path: Path, runtime: float) -> str:

@@ -45,8 +45,12 @@ DATA_MIB = 24  # random data in every disk: ~8 s through a 3 MiB/s link, ~0.3 s 
 BASE_IMAGE = "faults-data.qcow2"
 TERMINAL = ("Confirmed", "Reverted", "RolledBack", "RollbackFailed", "Failed")
 HEARTBEAT_STALE = 5  # the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS in the matrix
+# The step watchdog's window: well above the source freeze (3 x HEARTBEAT_STALE) and a
+# kube-apiserver restart, during which no heartbeat can be written.
+STEP_STALE = 40
 OPERATOR_ENV = {"VMRESIZE_POWER_OFF_TIMEOUT_SECONDS": "1",
                 "VMRESIZE_HEARTBEAT_STALE_SECONDS": str(HEARTBEAT_STALE),
+                "VMRESIZE_STEP_STALE_SECONDS": str(STEP_STALE),
                 "VMRESIZE_AUTO_CONFIRM_SECONDS": "0"}
 
 

@@ -4,7 +4,9 @@
 watches, and where the test's Instances and VMResizes live), three embedded-QEMU agents on
 127.0.0.2-4 (each one simulated hypervisor host), two Flavors that select only those three
 Hosts, and the operator process. Everything it starts is stopped by PID in :meth:`close`,
-and every cluster-scoped object it created (Hosts, Flavors) is deleted.
+and every cluster-scoped object it created (Hosts, Flavors) is deleted. With
+``libvirt_uris`` it runs one agent per libvirt daemon (``hack/libvirtd.py``) instead, each
+with its own daemon and storage root.
 
 It also holds the ground-truth probes the tests use: the QEMU process of a domain (its
 argv, from the embedded root's ``run/qemu/<domain>.pid``), whether a domain is defined
@@ -77,8 +79,9 @@ def domain_defined(agent: AgentProcess, domain: str) -> bool:
     return (agent.libvirt_root / "etc" / "qemu" / f"{domain}.xml").exists()
 
 
-def virtual_size(disk: Path) -> int:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+def virtual_size(disk: Path, fmt: str = "qcow2") -> int:
+    """Virtual size of ``disk`` read as ``fmt`` (never probed; instance root disks are qcow2)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "-f", fmt, "--output=json", str(disk)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return int(json.loads(out)["virtual-size"])
 
@@ -119,6 +122,12 @@ class Stack:
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     flavors: list[str] = field(default_factory=list)
     operator: Operator | None = None
+    #: One agent per URI of a libvirt daemon (``hack/libvirtd.py``), instead of three
+    #: embedded-QEMU agents.
+    libvirt_uris: tuple[str, ...] = ()
+    #: The operator's VMRESIZE_POWER_OFF_TIMEOUT_SECONDS: 1 forces a guest without an OS
+    #: off at once; a guest that answers ACPI needs a bound it can meet.
+    power_off_timeout: int = 1
 
     def flavor(self, short: str) -> str:
         return f"{self.ns}-{short}"
@@ -128,12 +137,13 @@ class Stack:
     def start(self) -> Stack:
         kubectl(self.kubeconfig, "create", "namespace", self.ns)
         key = write_migration_key(self.workdir / "migration_key")
-        for i, address in enumerate(ADDRESSES, 1):
+        uris = self.libvirt_uris or (None,) * len(ADDRESSES)
+        for i, (address, uri) in enumerate(zip(ADDRESSES, uris, strict=False), 1):
             name = f"{self.ns}-hv{i}"
             self.agents[name] = AgentProcess(
                 name=name, workdir=self.workdir / name, address=address,
                 kubeconfig=self.kubeconfig, namespace=self.ns, key_file=key,
-                embedded=True).start()
+                embedded=uri is None, libvirt_uri=uri).start()
         for name, agent in self.agents.items():
             # Hosts are cluster-scoped: the label is how this run's Flavors pick only them.
             wait_for(lambda a=agent: self._alive(a) and kubectl_json(  # type: ignore[misc]
@@ -154,7 +164,8 @@ class Stack:
                                  "extraSpecs": {f"aggregate_instance_extra_specs:"
                                                 f"{SELECTOR_LABEL}": self.ns}}})
         self.operator = Operator(self.kubeconfig, self.ns, self.workdir / "operator.log",
-                                 VMRESIZE_POWER_OFF_TIMEOUT_SECONDS="1").start()
+                                 VMRESIZE_POWER_OFF_TIMEOUT_SECONDS=str(
+                                     self.power_off_timeout)).start()
         return self
 
     def close(self) -> None:
@@ -218,6 +229,15 @@ class Stack:
             if "\n--- " in str(e):
                 raise
             raise AssertionError(f"{e}\n{self.diagnostics()}") from None
+
+    def task(self, owner: str, action: str) -> dict[str, Any]:
+        """The one HostTask ``action`` of the VMResize (or Instance) named ``owner``."""
+        items = (kubectl_json(self.kubeconfig, "-n", self.ns, "get", "hosttasks.vmresize.io")
+                 or {}).get("items", [])
+        found = [t for t in items if t["spec"]["action"] == action
+                 and t["spec"]["owner"] == f"{self.ns}/{owner}"]
+        assert len(found) == 1, f"{len(found)} {action} tasks of {owner}\n{self.diagnostics()}"
+        return found[0]
 
     def claims(self) -> dict[str, dict[str, tuple[int, int, int]]]:
         """Every host's allocations of this namespace: host -> key -> (vCPUs, MiB, GiB)."""

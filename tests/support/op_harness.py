@@ -218,7 +218,10 @@ FLAVORS = {  # name: (vcpus, memoryMiB, diskGiB)
     "medium": (2, 2048, 20),
     "large": (4, 4096, 40),
     "tiny-disk": (1, 1024, 5),
+    "eph-2": (1, 1024, 10),
+    "eph-1": (2, 2048, 20),
 }
+EPHEMERAL_GIB = {"eph-2": 2, "eph-1": 1}  # eph-2 -> eph-1 shrinks the ephemeral disk
 
 
 class World:
@@ -242,7 +245,8 @@ class World:
             name = self.flavor(short)
             self.co.create_cluster_custom_object(G, V, "flavors", {
                 "apiVersion": API_VERSION, "kind": "Flavor", "metadata": {"name": name},
-                "spec": {"vcpus": c, "memoryMiB": m, "diskGiB": d, "extraSpecs": {
+                "spec": {"vcpus": c, "memoryMiB": m, "diskGiB": d,
+                         "ephemeralGiB": EPHEMERAL_GIB.get(short, 0), "extraSpecs": {
                     f"aggregate_instance_extra_specs:{TEST_LABEL}": self.ns}}})
             self.flavors.append(name)
 

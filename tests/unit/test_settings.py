@@ -97,6 +97,16 @@ def test_both_processes_refuse_other_booleans(text: str) -> None:
         AgentSettings.from_env({**AGENT_REQUIRED, "VMRESIZE_STOP_VMS_ON_EXIT": text})
 
 
+def test_health_probe_networks_are_cidrs() -> None:
+    ok = AgentSettings.from_env({**AGENT_REQUIRED,
+                                 "VMRESIZE_HEALTH_PROBE_NETWORKS": "10.0.0.0/8, fd00::/8"})
+    assert [str(n) for n in ok.probe_networks()] == ["10.0.0.0/8", "fd00::/8"]
+    assert AgentSettings.from_env(AGENT_REQUIRED).probe_networks() == []
+    with pytest.raises(SettingsError, match=r"VMRESIZE_HEALTH_PROBE_NETWORKS.*10\.0\.0\.0/33"):
+        AgentSettings.from_env({**AGENT_REQUIRED,
+                                "VMRESIZE_HEALTH_PROBE_NETWORKS": "10.0.0.0/8,10.0.0.0/33"})
+
+
 def test_only_the_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A variable named like a field (``max_attempts``) is not a setting; the process
     environment and an explicit mapping are read the same way."""

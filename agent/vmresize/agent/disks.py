@@ -1,4 +1,5 @@
-"""Disk files of instances: create, copy from a base image, grow, inspect, seed, re-link.
+"""Disk files of instances: create (blank, from a base image, ephemeral, swap), grow,
+inspect, seed, re-link.
 
 The format of a disk is always given (it comes from the domain XML) and passed to
 ``qemu-img`` with ``-f``/``-F``: a format is never probed, since a guest can write a qcow2
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -104,20 +106,69 @@ def create_blank(root: Path, rel: str, size_gib: int, *, seed: str | None = None
     return final
 
 
-def create_from_base(root: Path, rel: str, base_rel: str, size_gib: int) -> Path:
-    """Copy a base image (any format qemu-img reads) into a standalone qcow2, then grow it."""
+BASE_FORMATS = {".qcow2": "qcow2", ".raw": "raw"}
+"""A base image's format is declared by its name (never probed from its bytes)."""
+
+
+def base_format(name: str) -> str:
+    """The format a base image's file name declares; any other name is refused."""
+    for ext, fmt in BASE_FORMATS.items():
+        if name.endswith(ext) and len(name) > len(ext):
+            return fmt
+    raise DiskError(f"base image {name!r} does not declare its format: name it *.qcow2 "
+                    "or *.raw (formats are never probed)")
+
+
+def create_from_base(root: Path, rel: str, base_rel: str, size_gib: int,
+                     base_fmt: str | None = None) -> Path:
+    """Copy a base image (read as ``base_fmt``, by default what its name declares) into a
+    standalone qcow2, then grow it."""
     final = confine(root, rel)
     if final.exists():
         return final
     base = confine(root, base_rel)
+    fmt = _fmt(base_fmt or base_format(base.name))
     if not base.is_file():
         raise DiskError(f"no base image at {base_rel}")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
-    _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(base), str(tmp)])
+    _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(base), str(tmp)])
     tmp_rel = str(tmp.relative_to(root.resolve()))
     if info(root, tmp_rel, "qcow2").virtual_size < size_gib * GIB:
         _run(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), str(size_gib * GIB)])
+    _commit(tmp, final)
+    return final
+
+
+def create_empty(root: Path, rel: str, fmt: str, size_bytes: int) -> Path:
+    """A blank sparse disk of ``size_bytes`` (an ephemeral disk); a no-op if it exists."""
+    final = confine(root, rel)
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    _run(["qemu-img", "create", "-q", "-f", _fmt(fmt), str(tmp), str(size_bytes)])
+    _commit(tmp, final)
+    return final
+
+
+MKSWAP = ("mkswap", "/usr/sbin/mkswap", "/sbin/mkswap")
+
+
+def create_swap(root: Path, rel: str, size_bytes: int) -> Path:
+    """A raw sparse swap disk of ``size_bytes`` with a swap signature, as Nova makes it (no
+    label: a guest finds it by its device or serial); a no-op if it exists."""
+    final = confine(root, rel)
+    if final.exists():
+        return final
+    tool = next((t for t in (shutil.which(m) for m in MKSWAP) if t), None)
+    if tool is None:
+        raise DiskError("mkswap (util-linux) is not installed; cannot make a swap disk")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    with tmp.open("wb") as f:
+        f.truncate(size_bytes)
+    _run([tool, "-q", str(tmp)])
     _commit(tmp, final)
     return final
 

@@ -18,14 +18,15 @@ Tree (``retryable`` default in brackets)::
     │   ├── AuthRejected                our client key was refused              [no]
     │   ├── TransferRefused             receiver refused the transfer           [no]
     │   │   └── TransferBusy            receiver is verifying it; ask later     [no]
-    │   ├── TransferChecksumMismatch    receiver's sha256 differs from ours     [yes]
+    │   ├── TransferChecksumMismatch    receiver's checksum differs from ours   [yes]
     │   └── ConnectionLost              network/SSH failure mid-transfer        [yes]
     ├── HypervisorError                 a libvirt call failed (hypervisor/)     [no]
     │   ├── DomainNotFound              no domain of that name                  [no]
     │   ├── DomainExists                another domain holds the name/UUID      [no]
     │   ├── InvalidDomainConfig         definition or size change refused       [no]
     │   ├── OperationInvalid            not valid in the current state          [yes]
-    │   └── HypervisorUnreachable       connection broken or not opened         [yes]
+    │   ├── HypervisorUnreachable       connection broken or not opened         [yes]
+    │   └── NoGuestAgent                the domain has no guest agent channel   [no]
     ├── DiskError                       qemu-img or a disk file failed (disks)   [no]
     ├── KubeError                       a Kubernetes API call failed (kube/)    [no]
     │   ├── KubeNotFound                404                                     [no]
@@ -33,12 +34,14 @@ Tree (``retryable`` default in brackets)::
     │   ├── KubeAlreadyExists           409 AlreadyExists on create             [no]
     │   ├── KubeUnavailable             no answer, 408, 429, 5xx                [yes]
     │   └── KubeRejected                any other 4xx                           [no]
+    ├── ProbeFailed                     one health probe did not pass (health)  [yes]
     └── StepError                       a HostTask step failed (executor.py)    [no]
         ├── TaskRefused                 not for this host / missing fields      [no]
         ├── Unmovable                   the VM has what cannot be copied        [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
         ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
-        └── Fenced                      the owner no longer names this task     [no]
+        ├── Fenced                      the owner no longer names this task     [no]
+        └── HealthCheckFailed           no probe passed by the deadline         [no]
 
 The ``Kube*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`, the one
 classification of Kubernetes API errors the operator shares.
@@ -86,13 +89,20 @@ class TransferBusy(TransferRefused):
 
 
 class TransferChecksumMismatch(TransferError):  # noqa: N818
-    """The receiver's sha256 of what it wrote differs from the source's (resent once)."""
+    """The receiver's disk checksum of what it wrote differs from the source's (resent once)."""
 
     retryable = True
 
 
 class ConnectionLost(TransferError):  # noqa: N818
     """The SSH connection failed or dropped; resuming from the receiver's state can help."""
+
+    retryable = True
+
+
+class ProbeFailed(AgentError):  # noqa: N818
+    """One probe of a HealthCheck did not pass; the next one may (the message says what it
+    saw). Never leaves the HealthCheck step: the deadline turns it into HealthCheckFailed."""
 
     retryable = True
 
@@ -126,6 +136,10 @@ class HypervisorUnreachable(HypervisorError):  # noqa: N818
     """The connection to the hypervisor is broken or could not be opened."""
 
     retryable = True
+
+
+class NoGuestAgent(HypervisorError):  # noqa: N818
+    """The domain defines no QEMU guest agent channel, so nothing can answer guest-ping."""
 
 
 # --- disk: qcow2 files under the storage root --------------------------------------------
@@ -201,3 +215,8 @@ class InsufficientSpace(StepError):  # noqa: N818
 class Fenced(StepError):  # noqa: N818
     """The owner's status no longer names this task: a destructive act is refused
     (permanent: a later decision is a new task)."""
+
+
+class HealthCheckFailed(StepError):  # noqa: N818
+    """A HealthCheck saw no passing probe by its deadline (or cannot pass at all: no guest
+    agent channel, the VM is not running); the message carries the last probe's error."""

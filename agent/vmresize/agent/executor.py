@@ -1,7 +1,7 @@
 """Carries out one HostTask step on this host: the agent's domain logic.
 
-It gets a :class:`Hypervisor`, a storage root, a :class:`Transfer` (the disk copy seam) and
-a :data:`Fence` and knows nothing of Kubernetes (tests: ``test:///default``, temp files).
+It gets a Hypervisor, a storage root, a Transfer (the disk copy seam) and a Fence, and
+knows nothing of Kubernetes.
 
 Every step is idempotent and resumable. What a crash could leave half-done is made
 observable on disk, under the storage root, next to the disk it concerns:
@@ -10,13 +10,14 @@ observable on disk, under the storage root, next to the disk it concerns:
 * the power-off time, the verified checksum and the held source definition are records
   next to the disk (``markers``).
 
-The source disk is only ever read between power-off and Confirm (invariant 1), and Finish
-starts nothing from a disk whose sha256 differs from the source's (invariant 2): an existing
-domain of the expected name is started only if it points at the verified disk.
+The source disk is only read between power-off and Confirm (invariant 1); Finish starts
+only a domain on a disk whose disk checksum (:mod:`vmresize.agent.transfer.sparse`) is the
+source's (invariant 2).
 
-Fencing (invariant 7): MigrateDisk's power-off, Confirm, CleanupDest and Destroy act only
-once the :data:`Fence` (the owner's status) names this very task, checked right before.
-Every libvirt call is bounded (``call_timeout``): a hung libvirt ends the step.
+Fencing (invariant 7): MigrateDisk's power-off, Finish's start, Confirm, CleanupDest and
+Destroy act only once the :data:`Fence` (the owner's status) names this very task, checked
+right before; HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call
+is bounded.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, markers, sourcehold, wholevm
+from vmresize.agent import disks, flavorfiles, health, markers, moving, sourcehold, wholevm
 from vmresize.agent.errors import (
     AgentError,
-    CopyChecksumMismatch,
     DomainNotFound,
     Fenced,
     HypervisorError,
@@ -42,25 +42,21 @@ from vmresize.agent.errors import (
     TaskRefused,
     TransferRefused,
 )
+from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.agent.transfer.sparse import sha256_file
-from vmresize.api.hosttask import HostTaskSpec, TaskAction, TaskFlavor, TaskResult
+from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-IMAGES_DIR = "images"
-"""Base images live in ``<storage root>/images/``."""
+IMAGES_DIR = "images"   # base images live in <storage root>/images/
 SERIAL_LOG = "serial.log"
-HV_CALL_TIMEOUT = 120.0
-"""Bound on one libvirt call; a longer one is a hung hypervisor (retryable)."""
+HV_CALL_TIMEOUT = 120.0   # bound on one libvirt call; longer is a hung hypervisor (retryable)
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
-"""``(spec, task name) -> None`` if the owner's status names this task, else why not.
-May raise :class:`StepError` (retryable) when the owner cannot be read."""
+"""``(spec, task name) -> None`` if the owner names this task, else why; StepError: unknown."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +65,7 @@ class _Call:
 
     task_name: str
     progress: ProgressFn | None
+    fence: Callable[[], Awaitable[None]]   # the executor's fence check for this attempt
 
 
 @dataclass(frozen=True)
@@ -85,13 +82,14 @@ def _need(value: T | None, what: str, action: TaskAction) -> T:
     return value
 
 
-class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
+class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps):
     """Runs HostTask steps for one host (see the module docstring)."""
 
     def __init__(self, *, host: str, hypervisor: Hypervisor, storage_root: Path,
                  transfer: Transfer, fence: Fence,
                  wall_clock: Callable[[], float] = time.time,
-                 call_timeout: float = HV_CALL_TIMEOUT) -> None:
+                 call_timeout: float = HV_CALL_TIMEOUT,
+                 probe_networks: Sequence[health.Network] = ()) -> None:
         self.host = host
         self.hv = hypervisor
         self.root = storage_root.resolve(strict=True)
@@ -99,6 +97,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         self.fence = fence
         self.call_timeout = call_timeout
         self._now = wall_clock
+        self.probe_networks = probe_networks
 
     async def run(self, spec: HostTaskSpec, *, task_name: str = "",
                   progress: ProgressFn | None = None) -> StepOutcome:
@@ -106,7 +105,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
-        call = _Call(task_name, progress)
+        call = _Call(task_name, progress, lambda: self._check_fence(spec, call))
         steps: dict[TaskAction, Callable[[HostTaskSpec, _Call], Awaitable[StepOutcome]]] = {
             TaskAction.SPAWN: self._spawn,
             TaskAction.ADOPT: self._adopt,
@@ -117,6 +116,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
             TaskAction.RESTORE_SOURCE: self._restore_source,
             TaskAction.DESTROY: self._delete_copy,
             TaskAction.MIGRATE_DISK: self._migrate_disk,
+            TaskAction.HEALTH_CHECK: self._health,
         }
         try:
             return await steps[spec.action](spec, call)
@@ -143,6 +143,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         if why is not None:
             raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
 
+    async def _health(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
+        return StepOutcome(*await self._health_check(spec, call.task_name))
+
     async def _disk_of(self, name: str) -> Path | None:
         disk = await self._hv(self.hv.disk_path, name)
         return disk.resolve() if disk is not None else None
@@ -165,13 +168,6 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
                           memory_mib=size.memory_mib, disk_gib=-(-virtual // disks.GIB),
                           size_bytes=self._abs(rel).stat().st_size, power_state=state.value)
 
-    async def _define(self, name: str, rel: str, flavor: TaskFlavor,
-                      spec_of: HostTaskSpec | None = None) -> None:
-        spec = DomainSpec(name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
-                          disk=self._abs(rel), serial_log=self._serial_log(rel),
-                          interfaces=tuple(spec_of.interfaces) if spec_of else ())
-        await self._hv(self.hv.define, spec)
-
     # --- steps ---------------------------------------------------------------------------
 
     async def _spawn(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
@@ -186,15 +182,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         else:
             await asyncio.to_thread(disks.create_blank, self.root, rel, flavor.disk_gib,
                                     seed=spec.seed_pattern)
-        await self._define_for(name, rel, flavor, spec)
+        files, extra = await asyncio.to_thread(flavorfiles.spawn, self.root, rel, flavor)
+        await self._define_for(name, rel, flavor, spec, extra)
         await self._hv(self.hv.start, name)
         result = await self._describe(name, rel)
-        result.disks = [VMDisk(path=rel, format="qcow2", target="vda",
-                               size_bytes=result.size_bytes or 0)]
-        return StepOutcome(result, f"spawned {name}")
+        result.disks = files
+        return StepOutcome(result, f"spawned {name} with {len(files)} disk(s)")
 
     async def _define_for(self, name: str, rel: str, flavor: TaskFlavor,
-                          spec: HostTaskSpec | None = None) -> None:
+                          spec: HostTaskSpec | None = None, extra: tuple[NewDisk, ...] = ()
+                          ) -> None:
         """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
         started: redefined onto ours while off, refused while it runs (it is not ours)."""
         if await self._hv(self.hv.exists, name):
@@ -206,7 +203,10 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
                                   f"from {rel}; refusing to touch it")
             log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
             await self._hv(self.hv.undefine, name)
-        await self._define(name, rel, flavor, spec)
+        await self._hv(self.hv.define, DomainSpec(
+            name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk=self._abs(rel),
+            serial_log=self._serial_log(rel), extra_disks=extra,
+            interfaces=tuple(spec.interfaces) if spec else ()))
 
     async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)
@@ -282,11 +282,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
             await self._check_fence(spec, call)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
                                                 self._now())
-            await self._power_off(name, float(spec.power_off_timeout_seconds), off_since)
-            await self._hold(name, held)
+            how: PowerOff | None = await self._power_off_and_hold(
+                name, float(spec.power_off_timeout_seconds), off_since, held)
         elif markers.read(held) is not None:  # resumed: already off and held
-            off_since = (markers.PowerOff.parse(markers.read(marker))
-                         or markers.PowerOff("", self._now())).requested_at
+            how, off_since = None, (markers.PowerOff.parse(markers.read(marker))
+                                    or markers.PowerOff("", self._now())).requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         moved: list[VMDisk] = []
@@ -300,20 +300,19 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
             checksum, size = sent.checksum, sent.size_bytes
         downtime = max(0.0, self._now() - off_since)
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
-                            shared_storage=shared if files else None,
+                            shared_storage=shared if files else None, power_off=how,
                             downtime_seconds=round(downtime, 3), disk_path=rel,
                             domain_name=name, power_state=PowerState.SHUTOFF.value)
-        how = "within the shared storage" if shared else f"to {peer.name}"
-        return StepOutcome(result, f"sent {max(1, len(moved))} file(s) {how} ({size} bytes)")
+        to = "within the shared storage" if shared else f"to {peer.name}"
+        return StepOutcome(result, f"{sourcehold.said(how)}sent {len(moved) or 1} file(s) {to}")
 
     async def _finish(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
-        a = spec.action
-        name = _need(spec.domain_name, "domainName", a)
-        flavor = _need(spec.flavor, "flavor", a)
+        name = _need(spec.domain_name, "domainName", spec.action)
+        flavor = _need(spec.flavor, "flavor", spec.action)
         if spec.disks:
-            return StepOutcome(*await self._finish_whole(spec, name, flavor))
-        rel = _need(spec.disk_path, "diskPath", a)
-        expected = _need(spec.expected_checksum, "expectedChecksum", a)
+            return StepOutcome(*await self._finish_whole(spec, name, flavor, call.fence))
+        rel = _need(spec.disk_path, "diskPath", spec.action)
+        expected = _need(spec.expected_checksum, "expectedChecksum", spec.action)
         verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
         # Whatever exists already, the disk must be the verified one (invariant 2): the
         # record is written before the grow and kept while the copy lives here.
@@ -326,6 +325,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
         wanted = DomainSize(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
         if size != wanted:
             await self._hv(self.hv.set_size, name, wanted)
+        await self._check_fence(spec, call)   # a Finish frozen through a rollback: no 2nd copy
         await self._hv(self.hv.start, name)
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)
@@ -335,16 +335,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps):
                                    f"{flavor.memory_mib} MiB, {flavor.disk_gib} GiB")
 
     async def _verify(self, spec: HostTaskSpec, rel: str, expected: str) -> None:
-        path = self._abs(rel)
         state = self.transfer.received(spec.transfer_id) if spec.transfer_id else None
-        if state is not None and not state.complete:
-            raise StepError(f"{rel} is not completely received yet", retryable=True)
-        if not path.is_file():
-            raise StepError(f"no disk at {rel}", retryable=True)
-        actual = await asyncio.to_thread(sha256_file, path)
-        if actual != expected:
-            raise CopyChecksumMismatch(f"{rel} has sha256 {actual}, expected {expected}; "
-                                   "refusing to start it")
+        await moving.verify_file(self._abs(rel), rel, expected, state)
 
     async def _delete_copy(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         """Confirm (source), CleanupDest (destination), Destroy: domain and disk go."""

@@ -77,7 +77,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             kube = AgentKube.from_kubeconfig(cfg.kubeconfig)
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
                                 transfer=SshTransfer(server, client_key),
-                                fence=OwnerFence(kube))
+                                fence=OwnerFence(kube),
+                                probe_networks=cfg.probe_networks())
             address, port = published_endpoint(cfg, server.port)
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=address, port=port,

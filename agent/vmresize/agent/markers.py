@@ -4,7 +4,7 @@ what an earlier attempt did (all under the storage root, written atomically).
 * ``<disk>.poweroff``: who asked the VM to power off, and when (wall clock). It is tagged
   with the resize (owner UID and transfer id): a marker an earlier resize left behind is
   someone else's and is replaced, so it can never make a new power-off immediate and hard.
-* ``<disk>.verified``: the sha256 Finish verified before growing the disk. It stays while
+* ``<disk>.verified``: the checksums Finish verified before growing the disk. It stays while
   the copy lives on this host (deleted with the disk), so a resumed Finish or one that finds
   the domain already defined can tell the verified disk from any other.
 * ``<disk>.held.xml``: the source domain's own definition while a resize holds the source.

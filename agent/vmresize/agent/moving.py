@@ -9,10 +9,12 @@ HostTask and is idempotent, so a resumed step redoes only what is missing.
   The definition is written next to the root disk and travels like a disk.
 * Source, after power-off: :func:`send` copies each file, over the migration service or,
   when the destination's marker is visible here (shared storage, :mod:`sharedstore`),
-  within the filesystem; every file is checksummed.
-* Destination: :func:`verify` (each sha256 before anything changes), :func:`relink`
+  within the filesystem; every file is checksummed. A flavor's swap is not sent (its
+  content is not kept; the destination makes it anew at the new size).
+* Destination: :func:`verify` (each file's checksum before anything changes), :func:`relink`
   (``qemu-img rebase -u`` of each overlay onto its moved backing file), :func:`definition`
-  (the source's XML with only vCPUs, memory, file paths and the name changed).
+  (the source's XML with only vCPUs, memory, file paths and the name changed, and the
+  flavor's disks dropped or added).
 * Both: :func:`delete` removes the VM's files on this host, and nothing else: a backing
   file outside the instance's directory (a shared base image) is left alone.
 """
@@ -32,8 +34,9 @@ from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused, 
 from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Transfer
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.seam import ProgressFn, Received, Transfer
+from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DEFINITION_BOUND, DiskRole, VMDisk
 
@@ -125,11 +128,14 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
     for f in files:
         if not f.peer_path or not f.transfer_id:
             raise TaskRefused(f"{f.path} has no destination path or transfer id")
+        if flavordisks.not_copied(f):  # swap (by our own definition's serial): made anew
+            out.append(f.model_copy(update={"checksum": None, "size_bytes": 0}))
+            continue
         src = confine(root, f.path)
         if shared:
             dst = await asyncio.to_thread(disks.copy_local, root, f.path, f.peer_path)
-            checksum = await asyncio.to_thread(sha256_file, dst)
-            source = await asyncio.to_thread(sha256_file, src)
+            checksum = await asyncio.to_thread(disk_checksum, dst)
+            source = await asyncio.to_thread(disk_checksum, src)
             if checksum != source:
                 raise CopyChecksumMismatch(f"local copy of {f.path} differs", retryable=True)
             size = dst.stat().st_size
@@ -154,19 +160,39 @@ def verified(root: Path, files: Sequence[VMDisk]) -> bool:
 
 
 async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer) -> None:
-    """Destination: each file arrived whole with the source's sha256 (invariant 2)."""
+    """Destination: each file arrived whole with the source's checksum (invariant 2)."""
     for f in files:
+        if flavordisks.not_copied(f):
+            continue  # never sent: Finish makes it anew
         if not f.checksum:
             raise TaskRefused(f"no expected checksum for {f.path}")
-        path = confine(root, f.path)
         state = transfer.received(f.transfer_id) if f.transfer_id else None
-        if not path.is_file():
-            why = "is not completely received yet" if state is not None else "is missing"
-            raise StepError(f"{f.path} {why}", retryable=True)
-        actual = await asyncio.to_thread(sha256_file, path)
-        if actual != f.checksum:
-            raise CopyChecksumMismatch(f"{f.path} has sha256 {actual}, expected "
-                                       f"{f.checksum}; refusing to start it")
+        await verify_file(confine(root, f.path), f.path, f.checksum, state)
+
+
+async def verify_file(path: Path, rel: str, expected: str, state: Received | None) -> None:
+    """Destination: ``path`` holds the content whose disk checksum
+    (:mod:`vmresize.agent.transfer.sparse`) is ``expected``, or a retryable
+    :class:`StepError` (not there yet) or :class:`CopyChecksumMismatch`."""
+    if _verified_on_arrival(path, rel, expected, state):
+        return
+    actual = await asyncio.to_thread(disk_checksum, path)
+    if actual != expected:
+        raise CopyChecksumMismatch(f"{rel} has checksum {actual}, expected {expected}; "
+                                   "refusing to start it")
+
+
+def _verified_on_arrival(path: Path, rel: str, expected: str, state: Received | None) -> bool:
+    if not path.is_file():
+        why = "is not completely received yet" if state is not None else "is missing"
+        raise StepError(f"{rel} {why}", retryable=True)
+    # The receiver computed this very checksum over the whole content before it fsynced
+    # and renamed the file into place (in-stream on a fresh copy, a read-back of the whole
+    # file after a resume): reading the disk again would prove nothing more and costs a
+    # disk's worth of hashing while the VM is down. A file that came another way (shared
+    # storage copies within the filesystem; the receiver's state is then still open) is
+    # read.
+    return state is not None and state.complete and state.sha256 == expected
 
 
 def relink(root: Path, files: Sequence[VMDisk]) -> None:
@@ -182,15 +208,18 @@ def relink(root: Path, files: Sequence[VMDisk]) -> None:
 
 
 def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: int,
-               name: str) -> str:
-    """Destination: the source's definition, rewritten for this host."""
+               name: str, drop: Sequence[VMDisk] = (),
+               add: tuple[domainxml.NewDisk, ...] = ()) -> str:
+    """Destination: the source's definition, rewritten for this host; the disks in
+    ``drop`` (by their source path) left out and ``add`` added (a flavor's disks)."""
     defn = [f for f in files if f.role is DiskRole.DEFINITION]
     if len(defn) != 1:
         raise TaskRefused("exactly one definition file must arrive with the disks")
     path = confine(root, defn[0].path)
     if path.stat().st_size > DEFINITION_BOUND:
         raise TaskRefused(f"{defn[0].path} is larger than {DEFINITION_BOUND} bytes")
-    xml = path.read_text()
+    xml = domainxml.edit_disks(path.read_text(), drop=frozenset(
+        d.source_path for d in drop if d.source_path))
     moved = [f for f in files if f.role is not DiskRole.DEFINITION]
     mapping = vmfiles.path_map(moved, str(root))
     old_dir = posixpath.dirname(_root_disk(moved).source_path or "")
@@ -198,8 +227,8 @@ def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: i
     for log in domainxml.host_files(xml):  # serial/console logs follow the instance dir
         if old_dir and posixpath.dirname(log) == old_dir:
             mapping.setdefault(log, posixpath.join(new_dir, posixpath.basename(log)))
-    return domainxml.rewrite(xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=mapping,
-                             name=name)
+    return domainxml.edit_disks(domainxml.rewrite(
+        xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=mapping, name=name), add=add)
 
 
 def delete(root: Path, files: Sequence[VMDisk], extra_suffixes: Sequence[str] = ()) -> None:

@@ -9,10 +9,11 @@ for these keys are generated from this model (``hack/settingsgen.py``).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vmresize.api import naming
 from vmresize.api.envsettings import EnvSettings
@@ -80,7 +81,35 @@ class AgentSettings(EnvSettings):
         "0.0.0.0", min_length=1, validation_alias="VMRESIZE_METRICS_ADDRESS",  # noqa: S104
         description="Address the metrics endpoint binds (all addresses: with hostNetwork, "
                     "every address of the node).")
+    health_probe_networks: str = Field(
+        "", max_length=4096, validation_alias="VMRESIZE_HEALTH_PROBE_NETWORKS",
+        description="Comma-separated networks (CIDR) that a resize's TCP or HTTP health "
+                    "check may probe from this host, e.g. the guests' networks; empty, "
+                    "such checks are refused (a tenant could otherwise make the agent "
+                    "reach any address its host can).")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
         description="On a clean stop, power off every domain (demos and tests only: by "
                     "default VMs outlive the agent and a restarted agent adopts them).")
+
+    @field_validator("health_probe_networks")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        probe_networks(v)
+        return v
+
+    def probe_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks health probes may reach."""
+        return probe_networks(self.health_probe_networks)
+
+
+def probe_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``"10.0.0.0/8, fd00::/8"`` as networks; ValueError names a bad entry."""
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if item:
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError as e:
+                raise ValueError(f"not a network (CIDR): {item!r}") from e
+    return out

@@ -17,10 +17,18 @@ from typing import TypeVar
 from vmresize.agent import markers
 from vmresize.agent.errors import StepError
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
+from vmresize.api.hosttask import PowerOff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
+
+
+def said(how: PowerOff | None) -> str:
+    """The start of MigrateDisk's message: how the VM went off, for people."""
+    if how is PowerOff.GRACEFUL:
+        return "powered off gracefully (ACPI); "
+    return "forced off after the power-off timeout; " if how is PowerOff.FORCED else ""
 
 
 class SourceSteps:
@@ -32,21 +40,30 @@ class SourceSteps:
     async def _hv(self, fn: Callable[..., T], *args: object) -> T:
         raise NotImplementedError
 
-    async def _power_off(self, name: str, grace: float, requested_at: float) -> None:
+    async def _power_off(self, name: str, grace: float, requested_at: float) -> PowerOff:
         """Graceful shutdown, then destroy once ``grace`` seconds have passed since the
-        first request (``requested_at``, wall clock, kept across agent restarts)."""
+        first request (``requested_at``, wall clock, kept across agent restarts).
+        Returns which of the two it took, for the task's result."""
         if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
-            return
+            return PowerOff.ALREADY_OFF
         await self._hv(self.hv.shutdown, name)
         loop = asyncio.get_running_loop()
         remaining = max(0.0, grace - max(0.0, self._now() - requested_at))
         deadline = loop.time() + remaining
         while loop.time() < deadline:
             if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
-                return
+                log.info("%s shut down gracefully (ACPI)", name)
+                return PowerOff.GRACEFUL
             await asyncio.sleep(POWER_POLL_SECONDS)
         log.info("%s did not shut down within %.0fs; forcing it off", name, grace)
         await self._hv(self.hv.destroy, name)
+        return PowerOff.FORCED
+
+    async def _power_off_and_hold(self, name: str, grace: float, requested_at: float,
+                                  held: Path) -> PowerOff:
+        how = await self._power_off(name, grace, requested_at)
+        await self._hold(name, held)
+        return how
 
     async def _hold(self, name: str, held: Path) -> None:
         """Keep the source from being started by accident: its definition moves aside

@@ -10,8 +10,8 @@ single-disk path of older operators and never comes here.
   id, and writes the shared-storage marker.
 * MigrateDisk: :func:`capture` before the power-off (refusing what cannot move), then
   :func:`send` after it.
-* Finish: :func:`arrive` verifies and re-links once, grows the root disk, and returns the
-  definition to define.
+* Finish: :func:`arrive` verifies and re-links once, applies the flavor's disk sizes
+  (:mod:`vmresize.api.flavordisks`), and returns the definition to define.
 * Confirm, CleanupDest, Destroy: :func:`delete`.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmresize.agent import disks, markers, moving, sharedstore
+from vmresize.agent import flavorfiles, markers, moving, sharedstore
 from vmresize.agent.errors import (
     InsufficientSpace,
     StepError,
@@ -36,6 +36,7 @@ from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.api import flavordisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
 
@@ -97,6 +98,8 @@ def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int
     dest_dir = posixpath.dirname(root_disk(files).path)
     todo, need = [], 0
     for f in files:
+        if flavordisks.not_copied(f):
+            continue  # swap never crosses: Finish makes it anew (sparse)
         if not f.transfer_id:
             raise TaskRefused(f"{f.path} has no transfer id")
         known = transfer.received(f.transfer_id) is not None
@@ -144,17 +147,20 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
 
 
 async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: TaskFlavor
-                 ) -> str:
-    """Destination: verify every file (once), re-link chains, grow the root disk; return
-    the definition for this host."""
+                 ) -> tuple[str, list[VMDisk]]:
+    """Destination: verify every file (once), re-link chains, grow the root and ephemeral
+    disks, make the swap and new disks (:mod:`flavorfiles`); return the definition for this
+    host and the VM's files here."""
     files = spec.disks
     if not moving.verified(root, files):
         await moving.verify(root, files, transfer)
         await asyncio.to_thread(moving.relink, root, files)
-    rd = root_disk(files)
-    await asyncio.to_thread(disks.grow, root, rd.path, flavor.disk_gib, rd.format)
-    return moving.definition(root, files, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
-                             name=spec.domain_name or "")
+    plan = flavordisks.plan(files, flavor)
+    await asyncio.to_thread(flavorfiles.make, root, plan)
+    xml = moving.definition(root, files, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
+                            name=spec.domain_name or "", drop=plan.drop,
+                            add=flavorfiles.devices(root, plan))
+    return xml, plan.files
 
 
 HvCall = Callable[..., Awaitable[Any]]
@@ -226,16 +232,18 @@ class WholeVMSteps:
         return (TaskResult(disks=files, size_bytes=need),
                 f"ready to receive {len(files)} files ({need} bytes at most)")
 
-    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor
-                            ) -> tuple[TaskResult, str]:
-        """Finish from the source's own definition (only size, paths and name change)."""
-        xml = await arrive(self.root, self.transfer, spec, flavor)
+    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor,
+                            fence: Callable[[], Awaitable[None]]) -> tuple[TaskResult, str]:
+        """Finish from the source's own definition (only size, paths and name change);
+        ``fence`` is awaited right before the start."""
+        xml, files = await arrive(self.root, self.transfer, spec, flavor)
         rd = root_disk(spec.disks)
         await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
+        await fence()
         await self._hv(self.hv.start, name)
         await asyncio.to_thread(settle, self.root, self.transfer, spec)
         result = await self._describe(name, rd.path, rd.format)
-        result.checksum, result.disks = rd.checksum, list(spec.disks)
+        result.checksum, result.disks = rd.checksum, files
         return result, (f"started {name} with {flavor.vcpus} vCPU, {flavor.memory_mib} MiB "
                         f"from {len(spec.disks)} files")
 

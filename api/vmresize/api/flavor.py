@@ -8,6 +8,9 @@ from pydantic import Field
 
 from vmresize.api.meta import Model, PrinterColumn, Resource, Resources, age_column
 
+MAX_SWAP_MIB = 1024 * 1024
+"""1 TiB: Nova has no bound; a larger swap disk is a mistake worth refusing."""
+
 
 class FlavorSpec(Model):
     """What a VM of this flavor gets. The sizes are immutable."""
@@ -19,7 +22,11 @@ class FlavorSpec(Model):
     disk_gib: int = Field(ge=1, le=65536, alias="diskGiB")
     """Root disk in GiB. A resize never shrinks it."""
     ephemeral_gib: int = Field(default=0, ge=0, le=65536, alias="ephemeralGiB")
-    """Extra ephemeral disk in GiB, counted against host disk capacity."""
+    """Extra ephemeral disk in GiB, counted against host disk capacity. New instances get
+    it as a blank disk; a resize grows it and never shrinks it (a smaller one is refused)."""
+    swap_mib: int = Field(default=0, ge=0, le=MAX_SWAP_MIB, alias="swapMiB")
+    """Swap disk in MiB (0: none), counted against host disk capacity (rounded up to GiB).
+    Its content is not kept: a resize recreates it at the new size, or drops it."""
     extra_specs: dict[str, str] = Field(default_factory=dict)
     """Free-form key/value hints, as Nova's extra specs (for example ``hw:cpu_policy``)."""
 
@@ -28,7 +35,7 @@ class FlavorSpec(Model):
         return Resources(
             vcpus=self.vcpus,
             memory_mib=self.memory_mib,
-            disk_gib=self.disk_gib + self.ephemeral_gib,
+            disk_gib=self.disk_gib + self.ephemeral_gib + -(-self.swap_mib // 1024),
         )
 
 
@@ -45,6 +52,7 @@ class Flavor(Resource):
         PrinterColumn(name="Disk-GiB", type="integer", json_path=".spec.diskGiB"),
         PrinterColumn(name="Ephemeral-GiB", type="integer", json_path=".spec.ephemeralGiB",
                       priority=1),
+        PrinterColumn(name="Swap-MiB", type="integer", json_path=".spec.swapMiB", priority=1),
         age_column(),
     ]
     #: Sizes are immutable, as Nova's flavors are: instances and resizes refer to a flavor
@@ -54,7 +62,7 @@ class Flavor(Resource):
         {"rule": f"self.{f} == oldSelf.{f}",
          "message": f"{f} is immutable: a Flavor's sizes never change (as in Nova); "
                     "create a new Flavor instead"}
-        for f in ("vcpus", "memoryMiB", "diskGiB", "ephemeralGiB")
+        for f in ("vcpus", "memoryMiB", "diskGiB", "ephemeralGiB", "swapMiB")
     ]
 
     spec: FlavorSpec

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from vmresize.api.health import HealthCheck
 from vmresize.api.meta import Model, PrinterColumn, Resource, age_column
 from vmresize.api.nics import Interface
 from vmresize.api.vmdisks import VMDisk
@@ -41,6 +42,9 @@ class TaskAction(StrEnum):
     """Source: start the old domain with its old flavor (revert or rollback)."""
     DESTROY = "Destroy"
     """Delete the instance's domain and disk."""
+    HEALTH_CHECK = "HealthCheck"
+    """Destination, in VerifyResize: probe the running VM until the check passes or its
+    deadline; changes nothing."""
 
 
 class TaskPhase(StrEnum):
@@ -56,6 +60,17 @@ class TaskPhase(StrEnum):
     """Gave up; ``status.message`` says why and ``status.retryable`` whether to try again."""
 
 
+class PowerOff(StrEnum):
+    """How MigrateDisk's power-off went."""
+
+    GRACEFUL = "Graceful"
+    """The guest answered the ACPI power-off request within the timeout."""
+    FORCED = "Forced"
+    """The guest was still running at the timeout: it was destroyed (pulled the plug)."""
+    ALREADY_OFF = "AlreadyOff"
+    """The domain was shut off before the step asked."""
+
+
 class TaskFlavor(Model):
     """The size a step should give the domain."""
 
@@ -65,6 +80,10 @@ class TaskFlavor(Model):
     """Memory in MiB."""
     disk_gib: int = Field(ge=1, alias="diskGiB")
     """Root disk in GiB."""
+    ephemeral_gib: int = Field(default=0, ge=0, alias="ephemeralGiB")
+    """Spawn, Finish: the ephemeral disk in GiB (0: none)."""
+    swap_mib: int = Field(default=0, ge=0, alias="swapMiB")
+    """Spawn, Finish: the swap disk in MiB (0: none)."""
 
 
 class PeerHost(Model):
@@ -108,7 +127,8 @@ class HostTaskSpec(Model):
     peer_disk_path: str | None = None
     """MigrateDisk: where the disk goes on the destination, relative to its storage root."""
     expected_checksum: str | None = None
-    """Finish: the sha256 the received disk must have before it is grown."""
+    """Finish: the disk checksum (``xxh3-128:<hex>``) the received disk must have before it is
+    grown."""
     expected_bytes: int | None = None
     """Prepare: apparent size of the disk that will arrive, for the space check."""
     transfer_id: str | None = None
@@ -121,6 +141,12 @@ class HostTaskSpec(Model):
     ``diskPath``/``transferId`` of older operators."""
     interfaces: list[Interface] = Field(default_factory=list, max_length=16)
     """Spawn: the NICs to define, MACs filled in."""
+    health_check: HealthCheck | None = None
+    """HealthCheck: the probe."""
+    deadline: datetime | None = None
+    """HealthCheck: give up (fail) if no probe has passed by then."""
+    period_seconds: int = Field(default=2, ge=1, le=300)
+    """HealthCheck: the pause between two probes."""
 
 
 class TaskProgress(Model):
@@ -138,11 +164,14 @@ class TaskResult(Model):
     """What a finished step reports back."""
 
     checksum: str | None = None
-    """sha256 of the disk (MigrateDisk, Finish)."""
+    """Disk checksum of the disk (MigrateDisk, Finish): ``xxh3-128:<hex>`` over its content,
+    all-zero blocks left out (docs/AGENT.md)."""
     size_bytes: int | None = None
     """Apparent size of the disk."""
     downtime_seconds: float | None = None
     """MigrateDisk: how long the VM has been off when the step ended."""
+    power_off: PowerOff | None = None
+    """MigrateDisk: how the VM went off; none when a resumed step found it off and held."""
     disk_path: str | None = None
     """Spawn/Adopt: the disk, relative to the storage root."""
     domain_name: str | None = None
@@ -157,12 +186,14 @@ class TaskResult(Model):
     """Power state after the step."""
     disks: list[VMDisk] | None = None
     """Spawn/Adopt/Finish: the VM's files on this host; MigrateDisk: each file sent, with
-    its sha256."""
+    its checksum."""
     shared_storage: bool | None = None
     """MigrateDisk: the destination's marker was visible here, so nothing crossed the
     network (files were copied within the shared filesystem)."""
     unmovable: list[str] | None = None
     """MigrateDisk/Adopt: why this VM cannot move (refused before any power-off)."""
+    probes: int | None = None
+    """HealthCheck: probes made until one passed."""
 
 
 class HostTaskStatus(Model):

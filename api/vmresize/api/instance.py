@@ -59,8 +59,10 @@ class PowerState(StrEnum):
 class ImageSource(Model):
     """Where a new instance's root disk comes from."""
 
-    base_image: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")
-    """File name of a base image in the host's ``images/`` directory; none means a blank disk."""
+    base_image: str | None = Field(default=None, max_length=253,
+                                   pattern=r"^[A-Za-z0-9._-]+\.(qcow2|raw)$")
+    """File name of a base image in the host's ``images/`` directory; none means a blank disk.
+    The name declares the format (``*.qcow2`` or ``*.raw``): a format is never probed."""
     seed_pattern: str | None = Field(default=None, max_length=64)
     """Write this text at the start of a blank disk, so a copy can be recognised (demos)."""
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from vmresize.api.flavor import FlavorSpec
+from vmresize.api.health import AutoConfirm
 from vmresize.api.instance import DNS_SUBDOMAIN, InstancePhase, PowerState
 from vmresize.api.meta import (
     DNS_LABEL,
@@ -104,7 +105,12 @@ class VMResizeSpec(Model):
     """Set true in VerifyResize to go back to the old host and flavor. One-way; refused in
     any other phase (and on create)."""
     auto_confirm_seconds: int | None = Field(default=None, ge=0, le=30 * 24 * 3600)
-    """Confirm automatically this long after VerifyResize; 0 never. Empty: cluster default."""
+    """Confirm automatically this long after VerifyResize; 0 never. Empty: cluster default.
+    The simple case of ``autoConfirm`` (``autoConfirm.afterSeconds``); not with it."""
+    auto_confirm: AutoConfirm | None = None
+    """Confirm on a timer or on evidence: a health check run by the destination agent in
+    VerifyResize; passed, the resize is confirmed; failed or out of time, it is reverted.
+    Immutable."""
 
 
 class Progress(Model):
@@ -184,7 +190,7 @@ class VMResizeStatus(Model):
     downtime_seconds: float | None = None
     """How long the VM was powered off for the move."""
     source_disks: list[VMDisk] | None = None
-    """Every file MigrateDisk sent (where it goes, its sha256); Finish verifies each."""
+    """Every file MigrateDisk sent (where it goes, its checksum); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)
     """Hosts that passed every filter, best first."""
     alternates: list[str] = Field(default_factory=list)
@@ -204,15 +210,24 @@ class VMResizeStatus(Model):
     dest_disk_path: str | None = None
     """Disk of the new copy, relative to the destination's storage root."""
     source_checksum: str | None = None
-    """sha256 of the powered-off source disk."""
+    """Disk checksum (``xxh3-128:<hex>``) of the powered-off source disk."""
     verify_deadline: datetime | None = None
-    """When auto-confirm fires, if enabled."""
+    """When auto-confirm fires, if enabled (with a health check: when its first probe may
+    run)."""
+    health_deadline: datetime | None = None
+    """With a health check: when the check must have passed; after it, the resize reverts."""
     rollback_from: str | None = None
     """The phase that failed and caused the rollback."""
+    rollback_reason: str | None = None
+    """Why the rollback began, e.g. ``MigratingFailed``, ``StepStalled``, ``Deleted``."""
+    restore_source_first: bool = False
+    """The rollback restarts the source before it deletes the destination's copy (a rollback
+    from Migrating: no domain exists on the destination, which may be the silent agent)."""
     observed_generation: int | None = None
     """The ``metadata.generation`` last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``."""
+    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``, ``Healthy``
+    (the health check's verdict, once there is one)."""
 
 
 class VMResize(Resource):
@@ -246,6 +261,9 @@ class VMResize(Resource):
          "message": "instanceName is immutable"},
         immutable("flavor"),
         immutable("targetHost"),
+        immutable("autoConfirm"),
+        {"rule": "!has(self.autoConfirm) || !has(self.autoConfirmSeconds)",
+         "message": "set autoConfirm.afterSeconds or autoConfirmSeconds, not both"},
     ]
     root_validations: ClassVar[list[dict[str, Any]]] = [
         _decided_only_in_verify_resize("confirm"),

@@ -46,6 +46,17 @@ class DiskRole(StrEnum):
     """The domain's own XML (inactive, secure, migratable)."""
 
 
+class DiskUse(StrEnum):
+    """What a flavor made a guest disk for (Nova's ``disk.local`` and ``disk.swap``). The
+    root disk (the first) and volumes carry none."""
+
+    EPHEMERAL = "Ephemeral"
+    """The flavor's ephemeral disk: grown with the flavor, never shrunk."""
+    SWAP = "Swap"
+    """The flavor's swap disk: its content is not kept; a resize recreates it at the new
+    size (or drops it), so it never crosses the network."""
+
+
 class VMDisk(Model):
     """One file of a VM on one host."""
 
@@ -55,6 +66,9 @@ class VMDisk(Model):
     """What the file is to the VM."""
     format: str = Field(default="raw", pattern=r"^(raw|qcow2)$")
     """Image format, from the domain XML; passed to qemu-img and QEMU, never probed."""
+    use: DiskUse | None = None
+    """Disks a flavor made: ephemeral or swap (from the domain's disk serial, see the
+    agent's ``flavordisks``); none for the root disk and volumes."""
     target: str | None = Field(default=None, max_length=32)
     """Guest device (``vda``) for disks and media."""
     backing: str | None = None
@@ -66,7 +80,8 @@ class VMDisk(Model):
     transfer_id: str | None = Field(default=None, max_length=253)
     """Prepare/MigrateDisk/Finish: the id the destination receives this file under."""
     checksum: str | None = None
-    """sha256: reported by MigrateDisk, required by Finish before anything starts."""
+    """Disk checksum (``xxh3-128:<hex>``): reported by MigrateDisk, required by Finish before
+    anything starts."""
     source_path: str | None = Field(default=None, max_length=4096)
     """MigrateDisk result, Finish: the file's absolute path in the source's definition,
     which the destination's definition replaces with its own."""

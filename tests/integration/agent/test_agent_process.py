@@ -8,7 +8,6 @@ processes over the real asyncssh migration service on 127.0.0.2 and 127.0.0.3.
 
 from __future__ import annotations
 
-import hashlib
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.checksum import file_disk_checksum
 from tests.support.kube import kubectl, kubectl_json
 from tests.support.owners import create_owner
 from tests.support.polling import wait_for
@@ -111,7 +111,8 @@ def run_task(kubeconfig: Path, namespace: str, agent: AgentProcess, **spec: Any
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The disk checksum the agents report (an independent implementation)."""
+    return file_disk_checksum(path)
 
 
 def test_registration_heartbeat_and_admin_disable_survive_restarts(

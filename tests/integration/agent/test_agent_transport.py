@@ -7,7 +7,6 @@ These tests check that bound, and that a prepared transfer survives an agent res
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import pytest_asyncio
+from tests.support.checksum import file_disk_checksum
 
 from vmresize.agent.errors import TransferError
 from vmresize.agent.transfer.keys import generate_key, load_or_create_host_key, public_openssh
@@ -53,7 +53,7 @@ def make_disk(path: Path, size: int) -> str:
         f.truncate(size)
         f.seek(MiB)
         f.write(os.urandom(64 * 1024))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_disk_checksum(path)
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -70,8 +70,7 @@ async def test_sends_within_the_prepared_bound(
     got = transfer.received("t1")
     assert got is not None
     assert got.complete
-    assert hashlib.sha256((root / "instances/ns/vm/1/disk.qcow2").read_bytes()
-                          ).hexdigest() == sha
+    assert file_disk_checksum(root / "instances/ns/vm/1/disk.qcow2") == sha
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -11,7 +11,6 @@ serves a good transfer afterwards.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+from tests.support.checksum import reference_disk_checksum
 
 from vmresize.agent.transfer.client import send_disk
 from vmresize.agent.transfer.protocol import (
@@ -29,6 +29,7 @@ from vmresize.agent.transfer.protocol import (
     HEADER,
     HELLO,
     MAX_CONTROL,
+    PROTOCOL_VERSION,
     RESULT,
     STATE,
     SUBSYSTEM,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 DISK = "instances/ns/vm/abcd1234/disk.qcow2"
 SIZE = 4096
 BODY = bytes(range(256)) * (SIZE // 256)
-SHA = hashlib.sha256(BODY).hexdigest()
+SHA = reference_disk_checksum(BODY)
 #: Bookkeeping of a registered transfer: the sidecar, and the partial once HELLO opened it.
 SIDECAR, PARTIAL = DISK + ".xfer", DISK + ".partial"
 WAIT = 20.0  # seconds; a refusal is immediate, this only bounds a hang
@@ -57,7 +58,7 @@ def ctl(kind: int, payload: bytes | dict[str, Any] | list[Any] | int) -> bytes:
     return hdr(kind, 0, len(body)) + body
 
 
-def hello(tid: Any = "t-1", size: Any = SIZE, version: Any = 1) -> bytes:
+def hello(tid: Any = "t-1", size: Any = SIZE, version: Any = PROTOCOL_VERSION) -> bytes:
     return ctl(HELLO, {"version": version, "transfer_id": tid, "size": size})
 
 
@@ -154,8 +155,11 @@ FRAMES: list[tuple[str, str, list[bytes], list[int], str | None, str]] = [
     ("not-json", "exact", [ctl(HELLO, b"HELLO t-1 4096")], [ERROR], ERR, "Expecting value"),
     ("json-array", "exact", [ctl(HELLO, [1, "t-1", SIZE])], [ERROR], ERR, "a JSON object"),
     ("json-number", "exact", [ctl(HELLO, 42)], [ERROR], ERR, "a JSON object"),
-    ("hello-wrong-version", "exact", [hello(version=2)], [ERROR], "refused",
-     "unsupported protocol version 2"),
+    ("hello-wrong-version", "exact", [hello(version=1)], [ERROR], "refused",
+     "unsupported protocol version 1"),  # 1: a sender from before the disk checksum
+    # 2: a sender whose disk checksum is over sha256: the refusal says what this one speaks
+    ("hello-sha256-version", "exact", [hello(version=2)], [ERROR], "refused",
+     "unsupported protocol version 2: this receiver speaks 3 (disk checksum xxh3-128)"),
     ("hello-no-version", "exact", [ctl(HELLO, {"transfer_id": "t-1", "size": SIZE})], [ERROR],
      "refused", "unsupported protocol version None"),
     ("tid-never-registered", "exact", [hello("never-expected")], [ERROR], "refused",

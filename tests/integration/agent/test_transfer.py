@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+from tests.support.checksum import reference_disk_checksum
 
 from vmresize.agent.errors import (
     AuthRejected,
@@ -20,7 +20,7 @@ from vmresize.agent.errors import (
 )
 from vmresize.agent.transfer.client import SendResult, send_disk
 from vmresize.agent.transfer.server import SUBSYSTEM, MigrationServer
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.sparse import disk_checksum
 
 from .conftest import MiB, XferCutProxy, XferKeys, xfer_start
 
@@ -53,7 +53,7 @@ async def test_sparse_gib_sends_only_its_data(xfer_server: MigrationServer, xfer
     result = await send(xfer_server, xfer_keys, src,
                         progress=lambda d, t, r: reports.append((d, t, r)))
     dest = xfer_root / DISK
-    assert result.checksum == sha256_file(src) == sha256_file(dest)
+    assert result.checksum == disk_checksum(src) == disk_checksum(dest)
     assert dest.stat().st_size == src.stat().st_size == GiB == result.size_bytes
     assert 64 * MiB <= result.bytes_sent <= 64 * MiB + 16 * 8192  # block-rounded extents
     assert dest.stat().st_blocks * 512 < 80 * MiB  # the destination is sparse too
@@ -75,7 +75,7 @@ async def test_dense_unaligned_file_round_trips(xfer_server: MigrationServer,
     result = await send(xfer_server, xfer_keys, src)
     dest = xfer_root / DISK
     assert dest.read_bytes() == src.read_bytes()
-    assert result.checksum == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert result.checksum == reference_disk_checksum(src.read_bytes())
     assert result.bytes_sent == size
     assert result.legs == (size,)
     # Sending again is idempotent: the receiver reports the verified copy, nothing moves.
@@ -94,7 +94,7 @@ async def test_empty_and_all_hole_disks(xfer_server: MigrationServer, xfer_keys:
     dest = xfer_root / DISK
     assert result.bytes_sent == 0
     assert dest.stat().st_size == size
-    assert result.checksum == hashlib.sha256(bytes(size)).hexdigest() == sha256_file(dest)
+    assert result.checksum == reference_disk_checksum(bytes(size)) == disk_checksum(dest)
 
 
 async def test_allocated_zeros_are_not_sent(xfer_server: MigrationServer, xfer_keys: XferKeys,
@@ -107,7 +107,7 @@ async def test_allocated_zeros_are_not_sent(xfer_server: MigrationServer, xfer_k
     result = await send(xfer_server, xfer_keys, src)
     assert result.bytes_sent == MiB
     dest = xfer_root / DISK
-    assert result.checksum == sha256_file(src) == sha256_file(dest)
+    assert result.checksum == disk_checksum(src) == disk_checksum(dest)
     assert dest.stat().st_blocks * 512 < 4 * MiB
 
 
@@ -162,7 +162,7 @@ async def test_size_bound_is_fixed_by_the_first_hello(xfer_server: MigrationServ
         await send(xfer_server, xfer_keys, xfer_file("big.img", 9 * MiB, {0: MiB}))
     src = xfer_file("ok.img", 3 * MiB + 1, {0: MiB})
     result = await send(xfer_server, xfer_keys, src)
-    assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+    assert result.checksum == disk_checksum(src) == disk_checksum(xfer_root / DISK)
     status = xfer_server.status("t-1")
     assert status is not None
     assert status.size == 3 * MiB + 1
@@ -233,7 +233,7 @@ async def test_resume_after_cut_connection(xfer_server: MigrationServer, xfer_ke
     assert proxy.connections == 2
     assert len(result.legs) == 2
     assert 0 < result.legs[1] < size
-    assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+    assert result.checksum == disk_checksum(src) == disk_checksum(xfer_root / DISK)
 
 
 async def test_resume_after_receiver_restart(xfer_root: Path, xfer_keys: XferKeys,
@@ -261,7 +261,7 @@ async def test_resume_after_receiver_restart(xfer_root: Path, xfer_keys: XferKey
         second.expect("t-1", DISK, size)  # the Prepare step re-running is harmless
         result = await send(second, xfer_keys, src)
         assert result.bytes_sent + status.received == size // 2 + MiB
-        assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+        assert result.checksum == disk_checksum(src) == disk_checksum(xfer_root / DISK)
     finally:
         await second.close()
 
@@ -286,7 +286,7 @@ async def test_receiver_restarted_mid_send_resumes(xfer_root: Path, xfer_keys: X
         assert len(servers) == 2
         assert len(result.legs) == 2
         assert 0 < result.legs[1] < size
-        assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+        assert result.checksum == disk_checksum(src) == disk_checksum(xfer_root / DISK)
         status = servers[1].status("t-1")
         assert status is not None
         assert status.complete
@@ -317,4 +317,4 @@ async def test_corrupted_partial_is_caught_and_resent(xfer_server: MigrationServ
     # First leg: the rest, then the receiver's checksum differs, it resets, all is resent.
     assert len(result.legs) == 2
     assert result.legs[1] == size
-    assert result.checksum == sha256_file(src) == sha256_file(xfer_root / DISK)
+    assert result.checksum == disk_checksum(src) == disk_checksum(xfer_root / DISK)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from tests.support.op_harness import Fulfiller, Operator, World, wait_for
 
 from vmresize.api.meta import API_VERSION, GROUP, VERSION
@@ -205,14 +206,19 @@ def test_second_resize_of_a_busy_instance_is_rejected(world: World, agents: Fulf
     assert world.status("instances", "vm1")["activeResize"] == "r1"
 
 
-def test_disk_shrink_is_refused(world: World, agents: Fulfiller, operator: Operator) -> None:
+@pytest.mark.parametrize(("old", "new", "reason"), [("small", "tiny-disk", "DiskShrink"),
+                                                  ("eph-2", "eph-1", "EphemeralShrink")])
+def test_disk_shrink_is_refused(world: World, agents: Fulfiller, operator: Operator,
+                                old: str, new: str, reason: str) -> None:
     world.make_host("a")
     world.make_host("b")
-    world.instance("vm1", "small", host="a")
-    world.resize("r1", "vm1", "tiny-disk")
+    world.instance("vm1", old, host="a")
+    actions = agents.actions()
+    world.resize("r1", "vm1", new)
     st = world.wait_phase("r1", "Failed")
-    assert st["reason"] == "DiskShrink"
+    assert st["reason"] == reason
     assert "never shrinks" in st["message"]
+    assert agents.actions() == actions, "no step on any host: the VM is untouched"
     assert "activeResize" not in world.status("instances", "vm1")
     assert world.allocations("b") == {}
 

@@ -11,6 +11,7 @@ from tests.support.agent_steps import LocalNetwork, allow_all
 
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.settings import probe_networks
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +30,8 @@ def agent_pair(agent_hv: LibvirtHypervisor, tmp_path: Path) -> tuple[Executor, E
         root = tmp_path / host
         root.mkdir()
         out.append(Executor(host=host, hypervisor=agent_hv, storage_root=root,
-                            transfer=net.endpoint(host, root.resolve()), fence=allow_all))
+                            transfer=net.endpoint(host, root.resolve()), fence=allow_all,
+                            probe_networks=probe_networks("127.0.0.0/8")))
     return out[0], out[1]
 
 

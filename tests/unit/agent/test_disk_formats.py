@@ -97,3 +97,24 @@ def test_unknown_formats_are_refused(root: Path) -> None:
     (root / "vm" / "x").write_bytes(b"\0" * 512)
     with pytest.raises(DiskError, match="unsupported disk format 'vmdk'"):
         disks.info(root, "vm/x", "vmdk")
+
+
+def test_a_raw_base_image_with_a_qcow2_header_is_copied_as_raw(root: Path,
+                                                              tmp_path: Path) -> None:
+    hostile = hostile_raw_disk(root, tmp_path)
+    (root / "images").mkdir()
+    hostile.rename(root / "images" / "base.raw")
+    disks.create_from_base(root, "vm/disk.qcow2", "images/base.raw", 1)
+    # Its bytes, header included, are the guest's data; nothing of the host file came in.
+    assert disks.read_head(root, "vm/disk.qcow2", 4) == b"QFI\xfb"
+    assert disks.info(root, "vm/disk.qcow2", "qcow2").virtual_size == disks.GIB
+    assert disks.backing_chain(root, "vm/disk.qcow2", "qcow2") == []
+
+
+def test_a_base_image_must_declare_its_format_by_name(root: Path) -> None:
+    (root / "images").mkdir()
+    (root / "images" / "debian.img").write_bytes(b"\0" * MIB)
+    with pytest.raises(DiskError, match=r"name it \*\.qcow2 or \*\.raw") as err:
+        disks.create_from_base(root, "vm/disk.qcow2", "images/debian.img", 1)
+    assert not err.value.retryable
+    assert not (root / "vm" / "disk.qcow2").exists()

@@ -25,7 +25,7 @@ from vmresize.agent.errors import (
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
-from vmresize.agent.transfer.sparse import sha256_file
+from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
@@ -85,7 +85,7 @@ async def test_migrate_disk_checks_the_fence_right_before_the_power_off(
     owner.current = "uid-migratedisk-0"
     out = await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
                            peer=PEER, transfer_id=agent_uid), task_name="uid-migratedisk-0")
-    assert out.result.checksum == sha256_file(b.root / new_rel)
+    assert out.result.checksum == disk_checksum(b.root / new_rel)
     await destroy_all((a, dom, rel), (b, "unused", new_rel))
 
 
@@ -140,7 +140,7 @@ async def test_held_source_cannot_start_and_revert_restores_its_exact_definition
                            flavor=SMALL))
     assert out.result.power_state == PowerState.RUNNING.value
     assert a.hv.definition(dom) == before  # UUID, devices, everything
-    assert sha256_file(a.root / rel) == checksum
+    assert disk_checksum(a.root / rel) == checksum
     assert not (a.root / (rel + ".held.xml")).exists()
     await destroy_all((a, dom, rel))
 
@@ -226,3 +226,17 @@ async def test_a_hung_hypervisor_call_ends_the_step(
     finally:
         stuck.release.set()
     await destroy_all((a, dom, rel))
+
+
+async def test_a_finish_its_owner_gave_up_on_never_starts_a_second_copy(
+        agent_pair: tuple[Executor, Executor], agent_uid: str) -> None:
+    # Its agent was frozen while the operator's step watchdog rolled the resize back.
+    a, b = agent_pair
+    _, _, new_dom, new_rel = names(agent_uid)
+    checksum = await move(a, b, agent_uid, [])
+    b.fence = Owner("uid-cleanupdest-0")
+    finish = spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel, flavor=BIG,
+                  expected_checksum=checksum, transfer_id=agent_uid)
+    with pytest.raises(Fenced):
+        await b.run(finish, task_name="uid-finish-0")
+    assert b.hv.state(new_dom) != PowerState.RUNNING

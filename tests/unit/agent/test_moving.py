@@ -8,7 +8,6 @@ asyncssh service is tested in tests/integration/agent).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.agent_steps import LocalNetwork
+from tests.support.checksum import file_disk_checksum
 
 from vmresize.agent import moving
 from vmresize.agent.errors import TaskRefused, Unmovable
@@ -38,7 +38,8 @@ def qemu_img(*args: str) -> None:
 
 
 def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The disk checksum the agents report (an independent implementation)."""
+    return file_disk_checksum(path)
 
 
 def build_source(root: Path, tmp_path: Path) -> None:

@@ -20,7 +20,18 @@ def test_flavor_round_trips_camel_case() -> None:
     flavor = Flavor.from_body(body)
     assert flavor.spec.memory_mib == 256
     assert flavor.spec.resources() == Resources(vcpus=2, memory_mib=256, disk_gib=3)
-    assert flavor.wire()["spec"] == {**body["spec"], "extraSpecs": {}}
+    assert flavor.wire()["spec"] == {**body["spec"], "swapMiB": 0, "extraSpecs": {}}
+
+
+def test_swap_counts_against_host_disk_rounded_up_to_a_gib() -> None:
+    body = {"apiVersion": API_VERSION, "kind": "Flavor", "metadata": {"name": "m1.swap"},
+            "spec": {"vcpus": 1, "memoryMiB": 256, "diskGiB": 2, "ephemeralGiB": 1,
+                     "swapMiB": 1536}}
+    flavor = Flavor.from_body(body)
+    assert flavor.spec.resources() == Resources(vcpus=1, memory_mib=256, disk_gib=5)
+    assert flavor.wire()["spec"]["swapMiB"] == 1536
+    with pytest.raises(ValueError, match="swapMiB"):
+        Flavor.from_body({**body, "spec": {**body["spec"], "swapMiB": -1}})
 
 
 def test_unknown_spec_field_is_refused() -> None:

@@ -92,14 +92,18 @@ def test_happy_path_resize_then_confirm() -> None:
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.MIGRATING
     assert out.actions == (CreateTask(A.MIGRATE_DISK, "src"),)
-    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
-                                       downtime_seconds=0.8, progress=(10, 10, 0)), NOW)
+    checksum = "xxh3-128:" + "ab" * 16  # the agents' string; the operator only copies it
+    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum=checksum,
+                                       downtime_seconds=0.8, progress=(10, 10, 0),
+                                       power_off="Graceful"), NOW)
     assert out.phase is P.FINISHING
+    assert out.message.startswith("Powered off gracefully (ACPI); disk copied "
+                                  "(checksum xxh3-128:abababababab); starting on dst")
     assert out.actions[0] == CreateTask(A.FINISH, "dst")
     off = out.actions[1]
     assert isinstance(off, UpdateInstance)
     assert off.power is PowerState.SHUTOFF
-    assert out.updates["source_checksum"] == "ab" * 32
+    assert out.updates["source_checksum"] == checksum
     assert out.updates["downtime_seconds"] == 0.8
     out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.VERIFY_RESIZE
@@ -191,7 +195,10 @@ def test_failure_before_verify_rolls_back(phase: P) -> None:
     out = step(state(phase), obs(Kind.TASK_FAILED, message="boom"), NOW)
     assert out.phase is P.ROLLING_BACK
     assert out.updates["rollback_from"] == phase.value
-    assert out.actions == (CreateTask(A.CLEANUP_DEST, "dst"),)
+    # From Migrating no domain exists on the destination: the source starts first.
+    first = (CreateTask(A.RESTORE_SOURCE, "src") if phase is P.MIGRATING
+             else CreateTask(A.CLEANUP_DEST, "dst"))
+    assert out.actions == (first,)
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from=phase.value)
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.ROLLED_BACK

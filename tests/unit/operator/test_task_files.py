@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from vmresize.api import nics, vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host, HostStatus, MigrationEndpoint
 from vmresize.api.hosttask import TaskAction, TaskFlavor
 from vmresize.api.instance import Instance, InstanceSpec, InstanceStatus
-from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
-from vmresize.api.vmdisks import DiskRole, VMDisk
+from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
+from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk
 from vmresize.operator.decisions.tasks import instance_task, resize_task
+from vmresize.operator.reconcile import effects
 
 A = TaskAction
 SRC = "legacy/web"
@@ -86,3 +89,37 @@ def test_spawn_defines_the_nics_with_macs_generated_once() -> None:
     destroy = instance_task(A.DESTROY, "a", namespace="sys", inst=inst, flavor=None).spec
     assert destroy.disks == FILES
     assert vmdisks.bound(FILES[0]) > 10
+
+
+def test_flavor_disks_reach_spawn_finish_cleanup_and_the_instance_after_confirm() -> None:
+    swap = VMDisk(path=f"{SRC}/disk.swap", target="vdc", use=DiskUse.SWAP)
+    r, inst, dest = world()
+    assert inst.status is not None
+    inst.status.disks = [*FILES, swap]
+    new = FlavorSpec(vcpus=2, memory_mib=2048, disk_gib=2, ephemeral_gib=3, swap_mib=256)
+    spawn = instance_task(A.SPAWN, "a", namespace="sys", inst=inst, flavor=new).spec
+    assert spawn.flavor is not None
+    assert (spawn.flavor.ephemeral_gib, spawn.flavor.swap_mib) == (3, 256)
+
+    def files(action: TaskAction, sent: list[VMDisk] | None = None) -> list[VMDisk]:
+        r.status = (r.status or VMResizeStatus()).model_copy(update={"source_disks": sent})
+        return resize_task(action, "b", 0, namespace="sys", resize=r, inst=inst, new=new,
+                           old=None, dest=dest).spec.disks
+
+    prep = files(A.PREPARE)
+    assert [f.use for f in prep] == [None, None, None, DiskUse.SWAP, None]
+    cleanup = files(A.CLEANUP_DEST)
+    # A revert deletes the ephemeral disk Finish may have made for the new flavor, too.
+    assert cleanup[:-1] == prep
+    assert (cleanup[-1].path, cleanup[-1].use) == (
+        "instances/ns/vm/aaaaaaaa/disk.local", DiskUse.EPHEMERAL)
+    assert files(A.FINISH, files(A.MIGRATE_DISK))[0].transfer_id == "aaaaaaaa-1111-0"
+
+    # After Confirm the Instance lists the files the destination has: the new ephemeral
+    # disk too (a later resize would otherwise refuse the VM's changed file list).
+    assert r.status is not None
+    r.status.source_disks = files(A.MIGRATE_DISK)
+    change = effects.instance_change(Effect(kind="UpdateInstance", placement="dest"),
+                                     r.status, new, datetime.now(UTC))
+    after = change(inst.status).disks
+    assert [f.path for f in after] == [f.path for f in cleanup]

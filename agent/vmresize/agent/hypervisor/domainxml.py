@@ -11,6 +11,7 @@ the agent reads from it and the one change it makes to it:
   NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
   name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
   metadata and UUID are kept (the topology and NUMA arithmetic is in :mod:`.topology`);
+* :func:`edit_disks`: a flavor's swap disk dropped, its new ephemeral or swap disk added;
 * :func:`diff`: the set of changed paths between two definitions, so a test can say the
   changed set is exactly the expected one.
 
@@ -58,6 +59,7 @@ class DiskInfo:
     format: str | None
     readonly: bool
     backing: tuple[Backing, ...] = ()
+    serial: str | None = None
 
     @property
     def is_media(self) -> bool:
@@ -117,7 +119,7 @@ def inventory(xml: str | ET.Element) -> list[DiskInfo]:
             target=target.get("dev", "?") if target is not None else "?",
             device=d.get("device", "disk"), type=kind, source=_source_of(kind, d),
             format=_format_of(d), readonly=d.find("readonly") is not None,
-            backing=_chain(d)))
+            backing=_chain(d), serial=(d.findtext("serial") or "").strip() or None))
     return out
 
 
@@ -268,6 +270,48 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
                     _set_path(child, attr, disk_paths, False, device.tag)
     for prefix, uri in namespaces.items():
         ET.register_namespace(prefix, uri)  # metadata keeps its own prefixes (nova:, …)
+    return ET.tostring(dom, encoding="unicode")
+
+
+@dataclass(frozen=True)
+class NewDisk:
+    """A file-backed virtio disk to add to a definition."""
+
+    path: str
+    format: str
+    target: str
+    serial: str | None = None
+
+
+def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
+               add: tuple[NewDisk, ...] = ()) -> str:
+    """``xml`` without the file disks whose source is in ``drop`` and with ``add`` after
+    the last disk (a flavor's swap and ephemeral disks); everything else is kept."""
+    if not drop and not add:
+        return xml
+    namespaces = _namespaces(xml)
+    dom = parse(xml)
+    devices = dom.find("devices")
+    if devices is None:
+        raise InvalidDomainConfig("definition has no <devices>")
+    for disk in list(devices.iterfind("disk")):
+        src = disk.find("source")
+        if disk.get("type", "file") == "file" and src is not None and src.get("file") in drop:
+            devices.remove(disk)
+    taken = {d.target for d in inventory(dom)}
+    where = max((i for i, el in enumerate(devices) if el.tag == "disk"), default=-1) + 1
+    for n, new in enumerate(add):
+        if new.target in taken:
+            raise InvalidDomainConfig(f"disk target {new.target} is taken already")
+        el = ET.Element("disk", {"type": "file", "device": "disk"})
+        ET.SubElement(el, "driver", {"name": "qemu", "type": new.format})
+        ET.SubElement(el, "source", {"file": new.path})
+        ET.SubElement(el, "target", {"dev": new.target, "bus": "virtio"})
+        if new.serial:
+            ET.SubElement(el, "serial").text = new.serial
+        devices.insert(where + n, el)
+    for prefix, uri in namespaces.items():
+        ET.register_namespace(prefix, uri)
     return ET.tostring(dom, encoding="unicode")
 
 

@@ -4,11 +4,12 @@ libvirt errors are translated here and nowhere else (``raise … from e``); whet
 can help is decided from the libvirt error code, as KubeVirt's wrapper does: a dead
 connection or an operation refused in the current state is retryable, a bad definition
 or a missing domain is not. Domain XML is built here from a :class:`DomainSpec`: TCG
-(``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, one
-qcow2 disk, the spec's NICs (user-mode, a libvirt network or a bridge, each with its MAC
-and model), no graphics (the embedded driver refuses ``<graphics type='none'>``), and the
-serial console to a log file. A resized VM is not built here: it is defined from its
-source's own definition (``domainxml.rewrite``).
+(``type='qemu'``) on a q35 machine for QEMU, ``type='test'`` for the test driver, a
+qcow2 root disk and the flavor's ephemeral and swap disks, the spec's NICs (user-mode, a
+libvirt network or a bridge, each with its MAC and model), no graphics (the embedded
+driver refuses ``<graphics type='none'>``), and the serial console to a log file. A
+resized VM is not built here: it is defined from its source's own definition
+(``domainxml.rewrite``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TypeVar
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+import libvirt_qemu
 
 from vmresize.agent.errors import (
     DomainExists,
@@ -28,6 +30,7 @@ from vmresize.agent.errors import (
     HypervisorError,
     HypervisorUnreachable,
     InvalidDomainConfig,
+    NoGuestAgent,
     OperationInvalid,
 )
 from vmresize.agent.hypervisor import embedded
@@ -38,6 +41,8 @@ T = TypeVar("T")
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 OWNER_XMLNS = "https://vmresize.io/xmlns/owner/1"
 """Namespace of the ``<metadata>`` element naming the Instance that owns a domain."""
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+"""The virtio-serial port name libvirt talks to the QEMU guest agent on."""
 
 _RETRYABLE_CODES = {
     libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
@@ -99,6 +104,11 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
     machine = " machine='q35'" if domain_type == "qemu" else ""
     kib = spec.memory_mib * 1024
     nics = "".join(interface_xml(i) for i in spec.interfaces)
+    extra = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(d.format)}/>"
+        f"<source file={quoteattr(d.path)}/><target dev={quoteattr(d.target)} bus='virtio'/>"
+        + (f"<serial>{_esc(d.serial)}</serial>" if d.serial else "") + "</disk>"
+        for d in spec.extra_disks)
     return (
         f"<domain type={quoteattr(domain_type)}>"
         f"<name>{_esc(spec.name)}</name>"
@@ -109,7 +119,7 @@ def domain_xml(spec: DomainSpec, *, domain_type: str) -> str:
         "<devices>"
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file={quoteattr(str(spec.disk))}/><target dev='vda' bus='virtio'/></disk>"
-        f"{nics}{serial}</devices></domain>"
+        f"{extra}{nics}{serial}</devices></domain>"
     )
 
 
@@ -314,6 +324,18 @@ class LibvirtHypervisor:
         with self._lock:
             self._call(f"set owner of {name}", lambda: dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "vmresize", OWNER_XMLNS, flags))
+
+    def guest_ping(self, name: str, timeout_seconds: int) -> None:
+        """``guest-ping`` through libvirt's qemu-agent-command, if the live definition has the
+        ``org.qemu.guest_agent.0`` channel (without it QEMU has nobody to ask)."""
+        dom = self._dom(name)
+        root = ET.fromstring(self._call(f"xml of {name}", lambda: dom.XMLDesc(0)))  # noqa: S314
+        if not any(t.get("name") == GUEST_AGENT_CHANNEL
+                   for t in root.findall("./devices/channel/target")):
+            raise NoGuestAgent(f"domain {name} has no guest agent channel "
+                               f"({GUEST_AGENT_CHANNEL}) in its definition")
+        self._call(f"guest-ping {name}", lambda: libvirt_qemu.qemuAgentCommand(
+            dom, '{"execute": "guest-ping"}', timeout_seconds, 0))
 
     def capacity(self) -> HostCapacity:
         """Host CPUs and memory from libvirt's node info."""

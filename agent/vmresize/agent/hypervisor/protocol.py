@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.api.nics import Interface
 
 
@@ -39,8 +40,8 @@ class DomainSize:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Everything needed to define a new VM: name, size, its one disk (absolute path) and
-    its NICs (MACs filled in)."""
+    """Everything needed to define a new VM: name, size, its root disk (absolute path), the
+    flavor's ephemeral and swap disks, and its NICs (MACs filled in)."""
 
     name: str
     vcpus: int
@@ -48,6 +49,7 @@ class DomainSpec:
     disk: Path
     serial_log: Path | None = None
     interfaces: tuple[Interface, ...] = ()
+    extra_disks: tuple[NewDisk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ class Hypervisor(Protocol):
 
     def set_owner(self, name: str, owner_uid: str) -> None:
         """Record in the domain's persistent definition that ``owner_uid`` owns it."""
+        ...
+
+    def guest_ping(self, name: str, timeout_seconds: int) -> None:
+        """Ask the QEMU guest agent in the running domain for ``guest-ping``. NoGuestAgent if
+        the domain has no agent channel; another HypervisorError if the agent is silent."""
         ...
 
     def capacity(self) -> HostCapacity:

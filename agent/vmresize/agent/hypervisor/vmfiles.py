@@ -4,8 +4,9 @@ From the domain's own definition: every file-backed disk (root first, then ephem
 and volumes in definition order), every read-only medium that has an image, the layers of
 each qcow2's backing chain (from ``<backingStore>`` when the definition carries it, else
 from ``chain``: the caller's reading of the headers, with recorded formats only), and the
-UEFI variables file. Paths become relative to the storage root; a shared backing file is
-listed once. Sizes are left to the caller (they need a ``stat``).
+UEFI variables file. A flavor's ephemeral and swap disks are known by their serial
+(:data:`vmresize.api.flavordisks.SERIALS`). Paths become relative to the storage root; a
+shared backing file is listed once. Sizes are left to the caller (they need a ``stat``).
 
 Call :func:`~vmresize.agent.hypervisor.domainxml.unmovable` first: this module assumes
 every file it meets lies under the root and has a format.
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from vmresize.agent.errors import InvalidDomainConfig
 from vmresize.agent.hypervisor import domainxml
+from vmresize.api import flavordisks
 from vmresize.api.vmdisks import DiskRole, VMDisk
 
 ChainFn = Callable[[str, str], Sequence[tuple[str, str]]]
@@ -54,7 +56,9 @@ def files(xml: str, root: str, chain: ChainFn | None = None) -> list[VMDisk]:
             layers = list(chain(d.source, d.format))
         rel = relative(root, d.source)
         below = relative(root, layers[0][0]) if layers else None
-        add(VMDisk(path=rel, role=DiskRole.MEDIA if d.is_media else DiskRole.DISK,
+        media = d.is_media
+        add(VMDisk(path=rel, role=DiskRole.MEDIA if media else DiskRole.DISK,
+                   use=None if media else flavordisks.use_of_serial(d.serial),
                    format=d.format, target=d.target, backing=below, source_path=d.source))
         for i, (path, fmt) in enumerate(layers):
             if fmt is None:

@@ -189,10 +189,14 @@ class TaskStatusWriter:
         agent stops beating, which is how the operator tells it from a slow step."""
         while True:
             await asyncio.sleep(interval)
-            try:
-                await self._patch({"heartbeat": utcnow().isoformat()})
-            except KubeError as e:  # the next beat may get through
-                log.warning("heartbeat of %s/%s failed: %s", self.namespace, self.name, e)
+            await self.beat()
+
+    async def beat(self) -> None:
+        """One heartbeat; a failed one is logged (the next may get through)."""
+        try:
+            await self._patch({"heartbeat": utcnow().isoformat()})
+        except KubeError as e:
+            log.warning("heartbeat of %s/%s failed: %s", self.namespace, self.name, e)
 
     def progress(self, done: int, total: int, rate: float) -> None:
         """Progress callback (called on the event loop); patches at a bounded rate."""

@@ -6,6 +6,11 @@ annotations. It handles only HostTasks labelled ``vmresize.io/host=<this host>``
 task namespace. A step runs when its phase is Pending, or Running from an attempt that is
 dead — which after an agent restart is every Running task of this host, since only this
 agent runs them: the restarted agent resumes it with ``attempt + 1``.
+
+A resize's steps on this host run one at a time, and only while the owner still names
+them: a step the operator has given up on (its step watchdog saw this agent, or its peer,
+silent: frozen, then woken by SIGCONT) is not started, and a running one is cancelled at
+its next heartbeat, ending Failed ("superseded"), before the owner's next step here runs.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import kopf
 
 from vmresize.agent import metrics
 from vmresize.agent.errors import KubeError, KubeNotFound, StepError
-from vmresize.agent.executor import Executor
+from vmresize.agent.executor import Executor, StepOutcome
 from vmresize.agent.kube.client import AgentKube, TaskStatusWriter
+from vmresize.agent.kube.fence import INSTANCE_ACTIONS
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.meta import GROUP, VERSION
@@ -42,6 +48,7 @@ class TaskRunner:
         self.host, self.executor, self.kube = host, executor, kube
         self.heartbeat_seconds = heartbeat_seconds
         self._running: set[tuple[str, str]] = set()
+        self._owners: dict[str, tuple[asyncio.Lock, int]] = {}   # lock, steps using it
 
     async def handle(self, namespace: str, name: str) -> None:
         """Run the task if it is due (see the module docstring); a no-op otherwise."""
@@ -67,15 +74,68 @@ class TaskRunner:
             await writer.failed(f"refused: task is for host {task.spec.host!r}, this agent "
                                 f"is {self.host!r}", retryable=False)
             return
+        if task.spec.action in INSTANCE_ACTIONS:   # their own fences guard them
+            await self._run(task, writer)
+            return
+        owner = task.spec.owner_uid or name
+        lock, users = self._owners.get(owner, (asyncio.Lock(), 0))
+        self._owners[owner] = (lock, users + 1)
+        try:
+            async with lock:   # after any older step of this resize here has ended
+                why = await self._superseded(task)
+                if why is not None:
+                    log.warning("%s/%s superseded: %s", namespace, name, why)
+                    await writer.failed(f"superseded: {why}", retryable=False)
+                    return
+                await self._run(task, writer)
+        finally:
+            lock, users = self._owners[owner]
+            if users > 1:
+                self._owners[owner] = (lock, users - 1)
+            else:
+                del self._owners[owner]
+
+    async def _superseded(self, task: HostTask) -> str | None:
+        """Why the owner no longer asks for ``task`` (None: it does, or cannot tell now)."""
+        try:
+            return await self.executor.fence(task.spec, task.name)
+        except StepError:
+            return None   # unreadable owner: the destructive acts check again themselves
+
+    async def _watch(self, task: HostTask, writer: TaskStatusWriter,
+                     step: asyncio.Task[StepOutcome], why: list[str]) -> None:
+        """Beat while ``step`` runs; cancel it once the owner names another task."""
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            await writer.beat()
+            if task.spec.action in INSTANCE_ACTIONS:
+                continue
+            reason = await self._superseded(task)
+            if reason is not None:
+                why.append(reason)
+                step.cancel()
+                return
+
+    async def _run(self, task: HostTask, writer: TaskStatusWriter) -> None:
+        namespace, name, status = task.namespace, task.name, task.status
         attempt = (status.attempt if status is not None else 0) + 1
         resumed = status is not None and status.phase == TaskPhase.RUNNING
         await writer.running(attempt, "resuming after an agent restart" if resumed else "")
         log.info("%s/%s: %s attempt %d", namespace, name, task.spec.action.value, attempt)
-        beat = asyncio.create_task(writer.beat_forever(self.heartbeat_seconds))
+        superseded: list[str] = []
+        tasks: list[asyncio.Task[Any]] = []
         try:
             with metrics.step(task.spec.action.value) as rec:
-                outcome = await self.executor.run(task.spec, task_name=name,
-                                                  progress=rec.progress(writer.progress))
+                step = asyncio.create_task(self.executor.run(
+                    task.spec, task_name=name, progress=rec.progress(writer.progress)))
+                tasks += [step, asyncio.create_task(self._watch(task, writer, step, superseded))]
+                outcome = await step
+        except asyncio.CancelledError:
+            if not superseded:   # the agent itself is stopping
+                raise
+            log.warning("%s/%s cancelled, superseded: %s", namespace, name, superseded[0])
+            await writer.failed(f"superseded while running: {superseded[0]}", retryable=False)
+            return
         except StepError as e:
             log.warning("%s/%s failed (retryable=%s): %s", namespace, name, e.retryable, e)
             await writer.failed(str(e), retryable=e.retryable)
@@ -85,8 +145,9 @@ class TaskRunner:
             await writer.failed(f"agent error: {e!r}", retryable=True)
             return
         finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         await writer.succeeded(outcome.result, outcome.message)
         log.info("%s/%s succeeded: %s", namespace, name, outcome.message)
 

@@ -9,7 +9,8 @@ progress is reported at most ``PROGRESS_HZ`` times a second plus once at the end
 
 After a dropped connection the sender reconnects (``reconnect_attempts`` times, backoff
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
-receiver's sha256 of the file it wrote must equal the source's, or the send fails
+receiver's disk checksum (:mod:`vmresize.agent.transfer.sparse`) of the file it wrote must
+equal the source's, which the sender computes while reading, or the send fails
 (:class:`TransferChecksumMismatch` is retried once from scratch by the receiver's reset).
 Every wait is bounded: a leg that moves no byte for ``stall_timeout`` seconds (a frozen
 receiver, a link that swallows packets) is dropped as :class:`ConnectionLost` and resumed;
@@ -40,6 +41,7 @@ from vmresize.agent.errors import (
     TransferError,
     TransferRefused,
 )
+from vmresize.agent.transfer import gcm
 from vmresize.agent.transfer.keys import load_client_key, parse_public_key
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
@@ -56,18 +58,14 @@ from vmresize.agent.transfer.protocol import (
     STATE,
     SUBSYSTEM,
 )
-from vmresize.agent.transfer.sparse import (
-    READ_CHUNK,
-    Extent,
-    iter_extents,
-    sha256_file,
-    split_extents,
-)
+from vmresize.agent.transfer.source import SourceChecksum, is_zero, read_into
+from vmresize.agent.transfer.sparse import READ_CHUNK, Extent, iter_extents, split_extents
 from vmresize.agent.transfer.translate import translate
 
 __all__ = ["ProgressFn", "SendResult", "send_disk"]
 
 log = logging.getLogger(__name__)
+gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
 
 ProgressFn = Callable[[int, int, float], None]
 """(bytes_done, bytes_total, rate in bytes/s)."""
@@ -82,33 +80,13 @@ REASON_GRACE_SECONDS = 2.0
 """How long a sender whose channel broke waits for the receiver's ERROR frame."""
 VERIFY_FLOOR_BYTES_PER_SECOND = 32 * 1024 * 1024
 """The slowest read-back the receiver's checksum is allowed, to bound the wait for RESULT."""
-_ZEROS = bytes(READ_CHUNK)
-
-
-def _is_zero(buf: bytearray, n: int) -> bool:
-    """Whether ``buf[:n]`` is all zeros, at memcmp speed (bytes-like compare, no memoryview)."""
-    if n == READ_CHUNK:
-        return buf == _ZEROS
-    return buf[:n] == _ZEROS[:n]
-
-
-def _read_into(fd: int, buf: bytearray, piece: Extent) -> int:
-    """Fill ``buf[:piece.length]`` from the source (on a worker thread)."""
-    view = memoryview(buf)[: piece.length]
-    done = 0
-    while done < piece.length:
-        n = os.preadv(fd, [view[done:]], piece.offset + done)
-        if n == 0:
-            raise TransferError(f"source shrank while reading at {piece.offset + done}")
-        done += n
-    return done
 
 
 @dataclass(frozen=True)
 class SendResult:
     """Outcome of a verified send."""
 
-    checksum: str                 # sha256 hex, equal on both sides
+    checksum: str                 # disk checksum (sparse.DiskDigest), equal on both sides
     size_bytes: int               # apparent size of the disk
     bytes_sent: int               # data bytes put on the wire, all legs together
     legs: tuple[int, ...] = ()    # data bytes sent per connection
@@ -192,11 +170,13 @@ class _Leg:
         if kind == ERROR:
             code, msg = doc.get("code"), doc.get("message", "")
             if code == "checksum-mismatch":
-                raise TransferChecksumMismatch(f"receiver sha256 {doc.get('sha256')}: {msg}")
+                raise TransferChecksumMismatch(f"receiver checksum {doc.get('sha256')}: {msg}")
             if code == "busy":
                 raise ConnectionLost(f"receiver busy: {msg}")
             if code == "write-error":
                 raise TransferRefused(f"receiver failed writing: {msg}", retryable=False)
+            if str(msg).startswith("unsupported protocol version"):  # an older receiver
+                msg = f"{msg} (this sender speaks {PROTOCOL_VERSION}: the agents' releases differ)"
             raise TransferRefused(f"receiver refused ({code}): {msg}")
         return kind, doc
 
@@ -206,7 +186,7 @@ class _Leg:
 
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
-                    extents: list[Extent], transfer_id: str, source_sha: asyncio.Future[str],
+                    extents: list[Extent], transfer_id: str, source_sha: SourceChecksum,
                     progress: _Progress, sent: list[int], stall: float) -> str:
     writer, reader, _ = await conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
@@ -219,12 +199,15 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     have = [[int(s), int(e)] for s, e in state.get("have", [])]
     if state.get("complete"):
         progress.start_leg(progress.total)
-        checksum = await source_sha
+        checksum = await source_sha.full()
         if state.get("sha256") != checksum:
-            raise TransferChecksumMismatch(f"receiver holds a completed copy with sha256 "
+            raise TransferChecksumMismatch(f"receiver holds a completed copy with checksum "
                                    f"{state.get('sha256')}, source is {checksum}")
         return checksum
     progress.start_leg(_covered(extents, have))
+    # Every extent goes out in order: hash while reading. A resumed leg skips what the
+    # receiver has, so its checksum comes from a separate read of the source.
+    digest = source_sha.streaming(size, resumed=bool(have))
     loop = asyncio.get_running_loop()
     # Two reused buffers: the next chunk is read on a worker thread while this one is
     # handed to asyncssh (which copies it), so reads overlap encryption and no 4 MiB
@@ -232,7 +215,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     bufs = (bytearray(READ_CHUNK), bytearray(READ_CHUNK))
     pieces = split_extents(_subtract(extents, have), READ_CHUNK)
     piece = next(pieces, None)
-    pending = (loop.run_in_executor(None, _read_into, fd, bufs[0], piece)
+    pending = (loop.run_in_executor(None, read_into, fd, bufs[0], piece, digest)
                if piece is not None else None)
     turn = 0
     # From here the receiver speaks only to end the leg: RESULT after DONE, or ERROR early.
@@ -243,16 +226,16 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
             buf, current = bufs[turn], piece
             piece = next(pieces, None)
             turn ^= 1
-            pending = (loop.run_in_executor(None, _read_into, fd, bufs[turn], piece)
+            pending = (loop.run_in_executor(None, read_into, fd, bufs[turn], piece, digest)
                        if piece is not None else None)
-            if not _is_zero(buf, current.length):  # an all-zero chunk stays a hole there
+            if not is_zero(buf, current.length):  # an all-zero chunk stays a hole there
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
                 writer.write(memoryview(buf)[: current.length])
                 sent[-1] += current.length
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)
             progress.add(current.length)
-        checksum = await source_sha
+        checksum = await source_sha.result(digest)
         leg.send(DONE, {"sha256": checksum})
         verify = stall + size / VERIFY_FLOOR_BYTES_PER_SECOND
         kind, result = await _bounded(asyncio.shield(incoming), verify, "the receiver's RESULT")
@@ -325,14 +308,13 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise TransferError(f"cannot open source disk {src}: {e}") from e
-    source_sha: asyncio.Future[str] | None = None
+    source_sha = SourceChecksum(src)
     try:
         size = os.fstat(fd).st_size
         try:
             extents = list(iter_extents(fd, size))
         except OSError as e:
             raise TransferError(f"cannot map extents of {src}: {e}") from e
-        source_sha = asyncio.ensure_future(asyncio.to_thread(sha256_file, src))
         prog = _Progress(progress, sum(e.length for e in extents))
         sent: list[int] = []
         mismatches = 0
@@ -369,8 +351,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                 await asyncio.sleep(delay)
     finally:
         os.close(fd)
-        if source_sha is not None and not source_sha.done():
-            source_sha.cancel()
+        source_sha.cancel()
 
 
 def _raise(err: TransferError, cause: BaseException) -> None:

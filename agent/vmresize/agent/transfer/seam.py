@@ -22,7 +22,7 @@ class Received:
     """What the receiving side knows about an incoming disk."""
 
     complete: bool
-    sha256: str | None
+    sha256: str | None  # the disk checksum (transfer.sparse); the name is historical
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ data is ``pwrite``-n, so holes stay holes. Received ranges are kept in ``<final>
 (JSON, written atomically by rename) about once a second, on disconnect and on
 completion; a reconnecting sender reads them in ``STATE`` and sends the rest. Writes go
 through a :class:`~vmresize.agent.transfer.sparse.SparseSink` (writer thread; reading the channel
-pauses when 8 MiB are queued). On ``DONE`` the receiver takes the sha256 of what it wrote
+pauses when 8 MiB are queued). On ``DONE`` the receiver takes the disk checksum of what it wrote
 (streamed while writing when the transfer ran in order from scratch, else a read-back of
 the partial file), and after ``fsync`` renames the partial into place only if it equals
 the sender's; otherwise the ranges are reset so a retry re-sends everything. Sidecars are
@@ -38,6 +38,7 @@ import asyncssh
 
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferRefused
 from vmresize.agent.paths import confine
+from vmresize.agent.transfer import gcm
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
 
 
 
@@ -67,6 +69,7 @@ class _SSHPolicy(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        gcm.deliver_views(conn)  # our only channels, DiskSessions, take memoryviews
         self._server._conns.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:

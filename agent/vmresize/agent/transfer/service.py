@@ -41,8 +41,8 @@ class SshTransfer:
                            at_most=True)
 
     def received(self, transfer_id: str) -> Received | None:
-        """Whether the disk of ``transfer_id`` arrived complete, and its sha256; None if the server
-        does not know the transfer."""
+        """Whether the disk of ``transfer_id`` arrived complete, and its checksum; None if the
+        server does not know the transfer."""
         status = self.server.status(transfer_id)
         if status is None:
             return None

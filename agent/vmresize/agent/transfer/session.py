@@ -3,7 +3,7 @@
 A :class:`DiskSession` parses the frames of :mod:`vmresize.agent.transfer.protocol`, writes
 DATA straight into ``<final>.partial`` through a
 :class:`~vmresize.agent.transfer.sparse.SparseSink`,
-checkpoints received ranges into the sidecar, and on DONE verifies the sha256 and commits the
+checkpoints received ranges into the sidecar, and on DONE verifies the checksum and commits the
 file. Which transfers exist, and which session owns one, is the
 :class:`~vmresize.agent.transfer.server.MigrationServer`'s business.
 """
@@ -11,6 +11,7 @@ file. Which transfers exist, and which session owns one, is the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import json
@@ -25,7 +26,7 @@ import asyncssh
 from vmresize.agent import metrics
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
 from vmresize.agent.paths import open_nofollow
-from vmresize.agent.transfer.sparse import SparseSink, sha256_fd
+from vmresize.agent.transfer.sparse import CHECKSUM_ALGORITHM, SparseSink, disk_checksum_fd
 
 if TYPE_CHECKING:
     from vmresize.agent.transfer.server import MigrationServer
@@ -72,7 +73,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         self._closed = False
         self._releasing = False
         self.finishing = False
-        self._declared: str | None = None  # DONE's sha256, until the finish starts
+        self._declared: str | None = None  # DONE's checksum, until the finish starts
         self._loop = asyncio.get_running_loop()
         self.released: asyncio.Future[None] = self._loop.create_future()
 
@@ -154,7 +155,9 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._xfer is not None:
             raise ValueError("HELLO sent twice")
         if doc.get("version") != PROTOCOL_VERSION:
-            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}")
+            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}: this "
+                                  f"receiver speaks {PROTOCOL_VERSION} (disk checksum "
+                                  f"{CHECKSUM_ALGORITHM}); run one agent release on both hosts")
         tid, size = doc.get("transfer_id"), doc.get("size")
         if not isinstance(tid, str):
             raise TransferRefused(f"transfer_id must be a string, not {tid!r}")
@@ -179,15 +182,22 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             raise
         loop = self._loop
 
+        done: collections.deque[tuple[int, int]] = collections.deque()
+
         def written(offset: int, length: int) -> None:  # on the writer thread
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._written, xfer, offset, length)
+            # One wake-up of the loop per batch, not per packet (each costs a self-pipe
+            # write and a loop turn). Safe without a lock: append/popleft are atomic and
+            # the loop drains until empty, so an append to an empty deque always schedules.
+            done.append((offset, length))
+            if len(done) == 1:
+                with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                    loop.call_soon_threadsafe(self._written, xfer, done)
 
         def failed(e: OSError) -> None:  # on the writer thread
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._write_failed, xfer, e)
 
-        # A fresh transfer arrives in order, so the sha256 can be streamed as it is
+        # A fresh transfer arrives in order, so the checksum can be streamed as it is
         # written; after a resume the receiver re-reads the file instead.
         self._sink = SparseSink(fd, xfer.size, stream_hash=fresh, on_written=written,
                                 on_error=failed)
@@ -214,11 +224,14 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             self._paused = True
             self._chan.pause_reading()
 
-    def _written(self, xfer: ReceiveState, offset: int, length: int) -> None:
-        """On the loop: ``[offset, +length)`` is in the partial file."""
-        xfer.add_range(offset, offset + length)
-        metrics.BYTES_RECEIVED.inc(length)
-        self._pending -= length
+    def _written(self, xfer: ReceiveState, done: collections.deque[tuple[int, int]]) -> None:
+        """On the loop: the ranges in ``done`` are in the partial file."""
+        while done:
+            offset, length = done[0]
+            xfer.add_range(offset, offset + length)
+            metrics.BYTES_RECEIVED.inc(length)
+            self._pending -= length
+            done.popleft()  # only now: a writer seeing it empty schedules the next batch
         if self._paused and self._pending < PENDING_LOW and not self._closed \
                 and not self.finishing:
             self._paused = False
@@ -266,7 +279,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                 sink = self._sink
                 assert sink is not None
                 streamed = await asyncio.wrap_future(sink.digest())
-                actual = streamed or await asyncio.wrap_future(sink.call(sha256_fd))
+                actual = streamed or await asyncio.wrap_future(sink.call(disk_checksum_fd))
                 ok = actual == declared
                 if ok:  # commit even if the sender vanished: it will see STATE complete
                     partial, final = xfer.partial, xfer.final
@@ -288,7 +301,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
             self._send(RESULT, {"ok": True, "sha256": actual})
         else:
             self._send(ERROR, {"code": "checksum-mismatch", "sha256": actual,
-                               "message": "receiver sha256 differs from the sender's"})
+                               "message": "receiver checksum differs from the sender's"})
         self._close()
 
     def _fail(self, code: str, message: str) -> None:

@@ -19,6 +19,7 @@ from vmresize.api.host import Host
 from vmresize.api.instance import Instance
 from vmresize.api.meta import API_VERSION
 from vmresize.api.resize import VMResize
+from vmresize.operator.cli.autoconfirm import auto_confirm
 from vmresize.operator.cli.exitcodes import Exit
 from vmresize.operator.cli.follow import Until, follow
 from vmresize.operator.cli.kube import Kube, PluginApiError
@@ -39,6 +40,9 @@ def _create(kube: Kube, out: Out, args: argparse.Namespace, flavor: str | None) 
         spec["flavor"] = flavor
     if args.to:
         spec["targetHost"] = args.to
+    auto = auto_confirm(args)
+    if auto is not None:
+        spec["autoConfirm"] = auto
     meta = ({"name": args.name} if args.name
             else {"generateName": f"{args.instance[:_NAME_ROOM].rstrip('-')}-resize-"})
     made = kube.create_resize({"apiVersion": API_VERSION, "kind": "VMResize",
@@ -49,7 +53,9 @@ def _create(kube: Kube, out: Out, args: argparse.Namespace, flavor: str | None) 
     if not args.wait:
         out.line(f"follow it: kubectl vmresize watch {name}")
         return Exit.OK
-    return follow(kube, out, name, Until.VERIFY, args.timeout)
+    # With a check the verdict is the operator's: follow it to Confirmed or Reverted.
+    until = Until.END if auto and "check" in auto else Until.VERIFY
+    return follow(kube, out, name, until, args.timeout)
 
 
 def start(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from vmresize.api.resize import ResizePhase
+from vmresize.operator.decisions.conditions import HEALTH_FAILED
 
 
 class Exit(IntEnum):
@@ -29,8 +30,9 @@ MEANING: dict[Exit, str] = {
              "(confirm, revert), a host fits (plan), or nothing to wait for",
     Exit.ERROR: "the API server could not be reached, or another unexpected error",
     Exit.USAGE: "bad arguments, or no usable kubeconfig",
-    Exit.FAILED: "the resize failed or rolled back: the instance runs on its old host, "
-                 "unchanged (plan: the operator would refuse this resize)",
+    Exit.FAILED: "the resize failed, rolled back, or was reverted because its health check "
+                 "did not pass: the instance runs on its old host, unchanged (plan: the "
+                 "operator would refuse this resize)",
     Exit.NO_VALID_HOST: "no host fits (the resize failed with NoValidHost, or plan found none)",
     Exit.REFUSED: "the API server refused the request (not found, invalid, forbidden, "
                   "already exists); its message is printed as it is",
@@ -52,5 +54,7 @@ def for_phase(phase: ResizePhase, reason: str) -> Exit:
     if phase is ResizePhase.FAILED and reason == "NoValidHost":
         return Exit.NO_VALID_HOST
     if phase in (ResizePhase.FAILED, ResizePhase.ROLLED_BACK, ResizePhase.ROLLING_BACK):
+        return Exit.FAILED
+    if phase is ResizePhase.REVERTED and reason in HEALTH_FAILED:   # not the user's revert
         return Exit.FAILED
     return Exit.OK

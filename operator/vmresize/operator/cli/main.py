@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from vmresize.api.apierrors import ApiErrorKind
 from vmresize.api.envsettings import SettingsError
-from vmresize.operator.cli import commands
+from vmresize.operator.cli import autoconfirm, commands
 from vmresize.operator.cli.exitcodes import Exit, help_table
 from vmresize.operator.cli.kube import Kube, KubeconfigError, PluginApiError
 from vmresize.operator.cli.output import Out
@@ -72,11 +72,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="HOST", help="force this destination host (admins)")
     p.add_argument("--name", help="VMResize name (default: INSTANCE-resize-<random>)")
     _wait_options(p, "VerifyResize or a final phase")
+    autoconfirm.add_options(p)
     p = add("migrate", commands.migrate, "cold-migrate INSTANCE, same flavor")
     p.add_argument("instance", metavar="INSTANCE")
     p.add_argument("--to", metavar="HOST", help="force this destination host (admins)")
     p.add_argument("--name", help="VMResize name (default: INSTANCE-resize-<random>)")
     _wait_options(p, "VerifyResize or a final phase")
+    autoconfirm.add_options(p)
     p = add("watch", commands.watch, "follow a VMResize: progress, phases, downtime")
     p.add_argument("resize", metavar="NAME")
     p.add_argument("--timeout", type=duration, default=600.0,

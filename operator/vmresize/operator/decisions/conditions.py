@@ -1,7 +1,8 @@
 """Conditions (pure): what ``kubectl wait --for=condition=...`` sees for each phase.
 
 VMResize: ``Ready`` (finished: Confirmed, Reverted or RolledBack), ``VerifyResize`` (waiting
-for the user), ``Failed`` (Failed or RollbackFailed), ``RolledBack``. Instance: ``Ready``.
+for the user), ``Failed`` (Failed or RollbackFailed), ``RolledBack``, and ``Healthy``
+once a health check has given its verdict (kept through the phases after it). Instance: ``Ready``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from vmresize.api.resize import ResizePhase
 P = ResizePhase
 _READY = {P.CONFIRMED, P.REVERTED, P.ROLLED_BACK}
 _FAILED = {P.FAILED, P.ROLLBACK_FAILED}
+HEALTH_PASSED = "HealthCheckPassed"
+#: Reasons of an automatic revert: the check failed, or gave no verdict in its window.
+HEALTH_FAILED = frozenset({"HealthCheckFailed", "HealthCheckTimedOut"})
 
 
 def _c(kind: str, on: bool, reason: str, message: str, generation: int | None) -> Condition:
@@ -34,6 +38,11 @@ def resize_conditions(existing: list[Condition], phase: ResizePhase, reason: str
                      ("VerifyResize", phase is P.VERIFY_RESIZE),
                      ("Failed", phase in _FAILED), ("RolledBack", phase is P.ROLLED_BACK)):
         out = set_condition(out, _c(kind, on, reason or phase.value, message if on else "",
+                                    generation), now)
+    # The check's verdict, set once: the steps after it keep the reason, not its message.
+    verdict = reason == HEALTH_PASSED or reason in HEALTH_FAILED
+    if verdict and not any(c.type == "Healthy" and c.reason == reason for c in out):
+        out = set_condition(out, _c("Healthy", reason == HEALTH_PASSED, reason, message,
                                     generation), now)
     return out
 

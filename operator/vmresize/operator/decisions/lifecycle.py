@@ -7,7 +7,10 @@ VerifyResize, a plain ``TICK`` otherwise), calls :func:`step`, carries out the a
 persists the status. Every action is idempotent, so running a step twice after a crash is
 harmless.
 
-Task phases and who acts (see DESIGN.md):
+Task phases and who acts (see DESIGN.md; a step whose agent falls silent is stalled, see
+:mod:`vmresize.operator.decisions.watchdog`: Preparing, Migrating and Finishing treat it as
+a failure, the later phases report it and wait, since retrying on the same silent agent
+cannot help and giving up would strand the copies):
 
 =============  ==========================================  =============================
 phase          HostTask (host)                             on failure
@@ -18,7 +21,11 @@ Finishing      Finish (dest)                               RollingBack
 Confirming     Confirm (source)                            retry, then wait for an admin
 Reverting      CleanupDest (dest), then RestoreSource (src)  retry, then wait for an admin
 RollingBack    CleanupDest (dest), then RestoreSource (src)  RollbackFailed
+               (from Migrating: RestoreSource first)
 =============  ==========================================  =============================
+
+VerifyResize waits for the user; with a health check in ``spec.autoConfirm`` it also runs
+HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
+from vmresize.operator.decisions.health import (
+    health_failed,
+    health_missing,
+    health_passed,
+    health_waiting,
+)
 from vmresize.operator.decisions.transitions import (
     back_step_done,
     chosen,
@@ -48,6 +61,7 @@ from vmresize.operator.decisions.transitions import (
     scheduled,
     scheduling_refused,
     scheduling_tick,
+    stalled_wait,
     stay,
     step_failed,
     verify_tick,
@@ -86,29 +100,39 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.PREPARING, K.TASK_MISSING): recreate,
     (P.PREPARING, K.TASK_SUCCEEDED): prepared,
     (P.PREPARING, K.TASK_FAILED): prepare_failed,
+    (P.PREPARING, K.TASK_STALLED): prepare_failed,
     (P.MIGRATING, K.TASK_WAITING): waiting,
     (P.MIGRATING, K.TASK_MISSING): recreate,
     (P.MIGRATING, K.TASK_SUCCEEDED): migrated,
     (P.MIGRATING, K.TASK_FAILED): step_failed,
+    (P.MIGRATING, K.TASK_STALLED): step_failed,
     (P.FINISHING, K.TASK_WAITING): waiting,
     (P.FINISHING, K.TASK_MISSING): recreate,
     (P.FINISHING, K.TASK_SUCCEEDED): finished,
     (P.FINISHING, K.TASK_FAILED): step_failed,
+    (P.FINISHING, K.TASK_STALLED): step_failed,
     (P.VERIFY_RESIZE, K.CONFIRM): confirm,
     (P.VERIFY_RESIZE, K.REVERT): revert,
     (P.VERIFY_RESIZE, K.TICK): verify_tick,
+    (P.VERIFY_RESIZE, K.TASK_WAITING): health_waiting,
+    (P.VERIFY_RESIZE, K.TASK_MISSING): health_missing,
+    (P.VERIFY_RESIZE, K.TASK_SUCCEEDED): health_passed,
+    (P.VERIFY_RESIZE, K.TASK_FAILED): health_failed,
     (P.CONFIRMING, K.TASK_WAITING): waiting,
     (P.CONFIRMING, K.TASK_MISSING): recreate,
     (P.CONFIRMING, K.TASK_SUCCEEDED): confirmed,
     (P.CONFIRMING, K.TASK_FAILED): retry_or_wait,
+    (P.CONFIRMING, K.TASK_STALLED): stalled_wait,
     (P.REVERTING, K.TASK_WAITING): waiting,
     (P.REVERTING, K.TASK_MISSING): recreate,
     (P.REVERTING, K.TASK_SUCCEEDED): back_step_done,
     (P.REVERTING, K.TASK_FAILED): retry_or_wait,
+    (P.REVERTING, K.TASK_STALLED): stalled_wait,
     (P.ROLLING_BACK, K.TASK_WAITING): waiting,
     (P.ROLLING_BACK, K.TASK_MISSING): recreate,
     (P.ROLLING_BACK, K.TASK_SUCCEEDED): back_step_done,
     (P.ROLLING_BACK, K.TASK_FAILED): rollback_failed,
+    (P.ROLLING_BACK, K.TASK_STALLED): stalled_wait,
     (P.ROLLBACK_FAILED, K.TICK): rollback_failed_deleted,
 }
 """Every (phase, observation) the resize reacts to. Anything else leaves it unchanged."""

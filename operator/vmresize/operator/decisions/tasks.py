@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 
-from vmresize.api import naming, nics, vmdisks
+from vmresize.api import flavordisks, naming, nics, vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, HostTaskSpec, PeerHost, TaskAction, TaskFlavor
@@ -28,7 +28,8 @@ __all__ = ["envelope", "instance_task", "parse_task_name", "peer", "resize_task"
 
 def task_flavor(f: FlavorSpec) -> TaskFlavor:
     """The size fields of a Flavor, as a HostTask carries them."""
-    return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib)
+    return TaskFlavor(vcpus=f.vcpus, memory_mib=f.memory_mib, disk_gib=f.disk_gib,
+                      ephemeral_gib=f.ephemeral_gib, swap_mib=f.swap_mib)
 
 
 def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -> HostTask:
@@ -64,7 +65,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
                         owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
     transfer = resize.uid
-    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks)
+    files = _files(action, ist.disks, st.dest_disk_path, transfer, st.source_disks, new)
     if files:
         spec = spec.model_copy(update={"disks": files})
     if action is A.PREPARE:
@@ -88,6 +89,14 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
         spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
                                        "disk_path": st.dest_disk_path,
                                        "transfer_id": transfer})   # and forget it
+    elif action is A.HEALTH_CHECK:
+        ac = resize.spec.auto_confirm
+        if ac is None or ac.check is None:
+            raise NotReady(f"{resize.name} names no health check")
+        spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
+                                       "health_check": ac.check,
+                                       "deadline": st.health_deadline,
+                                       "period_seconds": ac.period_seconds})
     elif action in (A.CONFIRM, A.RESTORE_SOURCE):
         spec = spec.model_copy(update={"domain_name": src_dom, "disk_path": src_disk,
                                        "flavor": old if action is A.RESTORE_SOURCE else None})
@@ -95,7 +104,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
 
 
 def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, transfer: str,
-           sent: list[VMDisk] | None) -> list[VMDisk]:
+           sent: list[VMDisk] | None, new: FlavorSpec) -> list[VMDisk]:
     """The VM's files as each step needs them (none: the single-disk tasks of before)."""
     if not source or not dest_disk:
         return []
@@ -106,8 +115,11 @@ def _files(action: TaskAction, source: list[VMDisk], dest_disk: str | None, tran
         return moved
     if action is A.FINISH:
         return vmdisks.arrived(sent) if sent else []
-    if action in (A.PREPARE, A.CLEANUP_DEST):
+    if action is A.PREPARE:
         return vmdisks.arrived(moved)
+    if action is A.CLEANUP_DEST:  # and the disks Finish may have made for the new flavor
+        landed = vmdisks.arrived(moved)
+        return landed + flavordisks.plan(landed, new).added
     return []
 
 

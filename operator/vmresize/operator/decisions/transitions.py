@@ -12,6 +12,7 @@ from typing import Any
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
+from vmresize.operator.decisions.conditions import HEALTH_FAILED
 from vmresize.operator.decisions.vocabulary import (
     Action,
     ClaimDest,
@@ -63,13 +64,19 @@ def _progress(o: Observation) -> dict[str, Any]:
 
 
 def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
-    """Start a rollback: delete the dest copy (if there is a dest), then start the source."""
+    """Start a rollback: delete the dest copy (if there is a dest), then start the source.
+
+    From Migrating the source starts first: no Finish was ever created, so no domain
+    exists on the destination (at most a partial disk), and the destination may be the
+    very agent that is frozen; waiting for its cleanup would keep the VM off."""
     frm = updates.pop("rollback_from", None) or s.phase.value
-    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host
+    source_first = bool(s.dest_host) and frm == P.MIGRATING.value
+    first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host and not source_first
              else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
     return Step(P.ROLLING_BACK, (first,),
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
-                updates={"rollback_from": frm, **updates})
+                updates={"rollback_from": frm, "rollback_reason": why,
+                         "restore_source_first": source_first, **updates})
 
 
 def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
@@ -176,6 +183,13 @@ def prepare_failed(s: State, o: Observation, now: datetime) -> Step:
                 updates={"rollback_from": P.PREPARING.value})
 
 
+def _short(checksum: str | None) -> str:
+    """A checksum for a message: its algorithm (``xxh3-128:``) and 12 hex digits. Only shown;
+    the operator never computes a checksum, it copies and compares the agents' strings."""
+    algorithm, sep, digits = (checksum or "").rpartition(":")
+    return algorithm + sep + digits[:12]
+
+
 def migrated(s: State, o: Observation, now: datetime) -> Step:
     """The disk is copied and the source is off: record checksum and downtime and create Finish on
     the destination."""
@@ -186,15 +200,29 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
     off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF, unlock=False,
                          message=f"Powered off on {s.source_host}; disk copied to {s.dest_host}")
+    how = {"Graceful": "Powered off gracefully (ACPI); ",
+           "Forced": "Forced off after the power-off timeout; "}.get(o.power_off or "", "")
     return Step(P.FINISHING, (CreateTask(A.FINISH, s.dest_host or "", 0), off),
                 reason="Finishing",
-                message=f"Disk copied (checksum {(o.checksum or '')[:12]}); starting on "
-                f"{s.dest_host}", updates=up)
+                message=f"{how}{'disk' if how else 'Disk'} copied (checksum "
+                f"{_short(o.checksum)}); starting on {s.dest_host}", updates=up)
 
 
 def step_failed(s: State, o: Observation, now: datetime) -> Step:
-    """MigrateDisk or Finish failed: roll back to the source."""
-    return _rollback(s, f"{s.phase.value}Failed", f"{s.phase.value} failed: {o.message}")
+    """MigrateDisk or Finish failed (or stalled: ``o.reason``): roll back to the source."""
+    how = "stalled" if o.kind is Kind.TASK_STALLED else "failed"
+    return _rollback(s, o.reason or f"{s.phase.value}Failed",
+                     f"{s.phase.value} {how}: {o.message}")
+
+
+def stalled_wait(s: State, o: Observation, now: datetime) -> Step:
+    """A confirm/revert/rollback step stalled: say so and keep waiting for its agent (a new
+    attempt would go to the same silent agent; giving up would strand both copies). The
+    message is stable, so a long freeze costs one status write, not one per poll."""
+    return Step(s.phase, reason="StepStalled", message=(
+        f"{s.current_action} on {o.host} stalled: its agent (or a peer) has been silent "
+        "longer than the step window; waiting for it to come back. Nothing else is done "
+        "meanwhile; an admin may fix the host or restart its agent."))
 
 
 def finished(s: State, o: Observation, now: datetime) -> Step:
@@ -202,9 +230,11 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
     if a window is set."""
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while finishing")
+    # With a health check the timer only delays its first probe (0: at once).
     deadline = (now + timedelta(seconds=s.confirm_window_seconds)
-                if s.confirm_window_seconds > 0 else None)
-    tail = f"; auto-confirm at {deadline.isoformat()}" if deadline else ""
+                if s.confirm_window_seconds > 0 or s.health_check else None)
+    what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
+    tail = f"; {what} {deadline.isoformat()}" if deadline else ""
     return Step(P.VERIFY_RESIZE, (UpdateInstance(
         "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
         message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
@@ -231,6 +261,12 @@ def verify_tick(s: State, o: Observation, now: datetime) -> Step:
         step = revert(s, o, now)
         return Step(step.phase, step.actions, reason="Deleted",
                     message=f"Deleted before confirm: reverting. {step.message}")
+    if s.verify_deadline is not None and now >= s.verify_deadline and s.health_check:
+        until = now + timedelta(seconds=s.health_window_seconds)
+        return Step(s.phase, (CreateTask(A.HEALTH_CHECK, s.dest_host or "", 0),),
+                    reason="HealthChecking", message=f"Running on {s.dest_host}; probing "
+                    f"{s.health_check} until {until.isoformat()} (confirm if it passes, "
+                    "revert if not)", updates={"health_deadline": until})
     if s.verify_deadline is not None and now >= s.verify_deadline:
         step = confirm(s, o, now)
         return Step(step.phase, step.actions, reason="AutoConfirmed",
@@ -261,16 +297,32 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
 
 
 def back_step_done(s: State, o: Observation, now: datetime) -> Step:
-    """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end."""
-    if s.current_action is A.CLEANUP_DEST:
+    """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end.
+    A rollback from Migrating runs them the other way round (see :func:`_rollback`)."""
+    source_first = s.phase is P.ROLLING_BACK and s.restore_source_first
+    if s.current_action is A.RESTORE_SOURCE and source_first:
+        return Step(s.phase, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),
+                              UpdateInstance("source", InstancePhase.RESIZING,
+                                             PowerState.RUNNING, unlock=False,
+                                             message=f"Running on {s.source_host} again; "
+                                             f"cleaning up {s.dest_host}")),
+                    message=f"The instance runs on {s.source_host} again; deleting the "
+                    f"partial copy on {s.dest_host}")
+    if s.current_action is A.CLEANUP_DEST and not source_first:
         return Step(s.phase, (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),),
                     message=f"New copy deleted; starting the instance on {s.source_host}")
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
-    why = (f"Rolled back after {s.rollback_from} failed" if end is P.ROLLED_BACK
+    cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
+    why = (f"Rolled back after {s.rollback_from} failed{cause}" if end is P.ROLLED_BACK
            else "Reverted")
+    # An automatic revert keeps its reason to the end: the health check said no.
+    health = end is P.REVERTED and s.reason in HEALTH_FAILED
+    if health:
+        why = "Reverted because the health check did not pass"
     return Step(end, (ReleaseDestClaim(), UpdateInstance(
         "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
-        reason=end.value, message=f"{why}: the instance runs on {s.source_host} again, unchanged")
+        reason=s.reason if health else end.value,
+        message=f"{why}: the instance runs on {s.source_host} again, unchanged")
 
 
 def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
@@ -280,6 +332,16 @@ def rollback_failed(s: State, o: Observation, now: datetime) -> Step:
         return retry_or_wait(s, o, now)
     # Nothing retries a RollbackFailed resize (it is final): the message names the only way
     # on, so that an admin never waits for a retry that will not come.
+    if s.restore_source_first and s.current_action is A.CLEANUP_DEST:   # the VM runs again
+        msg = (f"Rollback failed at {s.current_action} ({o.message}). The instance runs on "
+               f"{s.source_host} again; the partial copy on {s.dest_host} is kept and its "
+               f"claim held. Nothing will retry it. An admin must fix {s.dest_host} and remove "
+               "that copy, then delete this VMResize: that releases the claim and the "
+               "instance lock (see the runbook in the docs).")
+        return Step(P.ROLLBACK_FAILED, (UpdateInstance("source", InstancePhase.ACTIVE,
+                                                       PowerState.RUNNING, unlock=False,
+                                                       message=msg),),
+                    reason="RollbackFailed", message=msg)
     broken = s.source_host if s.current_action is A.RESTORE_SOURCE else s.dest_host
     msg = (f"Rollback failed at {s.current_action} ({o.message}). Both copies are kept and "
            f"both claims held: source on {s.source_host}, new copy on {s.dest_host}. Nothing "
@@ -296,6 +358,10 @@ def rollback_failed_deleted(s: State, o: Observation, now: datetime) -> Step:
     """Deleting a RollbackFailed resize is the admin saying "I have cleaned up"."""
     if not s.deleting:
         return Step(s.phase)
+    if s.restore_source_first and s.current_action is A.CLEANUP_DEST:   # it ran again
+        return Step(s.phase, (ReleaseDestClaim(), UpdateInstance(
+            "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True,
+            message="Released by deleting the failed VMResize")))
     return Step(s.phase, (ReleaseDestClaim(), UpdateInstance(
         "source", InstancePhase.ERROR, PowerState.UNKNOWN, unlock=True,
         message="Released by deleting the failed VMResize; check the instance")))

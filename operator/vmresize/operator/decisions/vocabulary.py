@@ -30,6 +30,7 @@ class Kind(StrEnum):
     TASK_WAITING = "TaskWaiting"     # current HostTask pending or running (``progress``)
     TASK_SUCCEEDED = "TaskSucceeded"
     TASK_FAILED = "TaskFailed"
+    TASK_STALLED = "TaskStalled"     # current HostTask shows no sign of life (``watchdog``)
     TASK_MISSING = "TaskMissing"     # current HostTask does not exist (deleted by an admin)
     CONFIRM = "Confirm"              # spec.confirm is set
     REVERT = "Revert"                # spec.revert is set
@@ -50,11 +51,12 @@ class Observation:
     progress: tuple[int, int, int] | None = None   # bytes done, total, rate
     checksum: str | None = None
     downtime_seconds: float | None = None
+    power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
     retryable: bool = True
-    disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its sha256
+    disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
     deadline: datetime | None = None
-    """When what was seen goes stale by itself though no object changes (e.g. a task's
-    heartbeat window): the engine wakes the resize then (:func:`lifecycle.next_deadline`)."""
+    """When what was seen goes stale by itself though no object changes: the engine wakes
+    the resize then (:func:`lifecycle.next_deadline`; the step watchdog has its own)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ class State:
     task_retries: int = 5
     deleting: bool = False
     rollback_from: str | None = None
+    reason: str = ""                      # status.reason as it stands
+    health_check: str = ""                # the check named by spec.autoConfirm, described
+    health_window_seconds: int = 0        # how long it may take to pass, from its start
+    health_deadline: datetime | None = None
+    rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
+    restore_source_first: bool = False    # this rollback restarts the source before cleanup
 
 
 # ---------------------------------------------------------------- actions

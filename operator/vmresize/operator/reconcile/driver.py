@@ -4,7 +4,8 @@ Why a daemon per active VMResize/Instance (rather than only watch handlers): a r
 a long conversation with agents and with time (auto-confirm). The daemon runs the
 engine's step until nothing changes, then sleeps until woken by an event (a HostTask of
 this owner changed, the user changed the spec, the Instance a Pending resize waits for
-changed) or until the step's deadline (``Outcome.wake_at``: auto-confirm, ...). It never
+changed) or until the step's deadline (``Outcome.wake_at``: auto-confirm, the step
+watchdog's next look, since a frozen agent sends no event). It never
 polls: a resize waiting in VerifyResize costs no request between its events and its
 deadline, which is what lets thousands of them wait. Events are not missed: kopf's watch
 resumes from the last resourceVersion it saw, and after a re-list the handlers compare

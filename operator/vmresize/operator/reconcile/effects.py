@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from vmresize.api import vmdisks
+from vmresize.api import flavordisks, vmdisks
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.instance import InstanceStatus
 from vmresize.api.resize import Effect, VMResize, VMResizeStatus
@@ -89,6 +89,8 @@ def instance_change(e: Effect, st: VMResizeStatus, f: FlavorSpec | None,
             upd.update(active_resize=None, active_resize_uid=None)
         if e.placement == "dest":
             moved = vmdisks.arrived(st.source_disks) if st.source_disks else []
+            if moved and f is not None:  # what Finish made of them (flavordisks)
+                moved = flavordisks.plan(moved, f).files
             upd.update(host=st.dest_host, flavor=st.new_flavor, domain_name=st.dest_domain_name,
                        disk_path=moved[0].path if moved else st.dest_disk_path, disks=moved,
                        message=e.message or f"Resized by {s.active_resize}")

@@ -5,7 +5,8 @@ handlers run it in a thread, one step of one resize at a time. Each step:
 
 1. reads the resize (``deleting`` is its ``metadata.deletionTimestamp``) and first carries
    out what the recorded status still asks for (``status.pending``: claims, the Instance);
-2. observes the world for the phase and decides, purely;
+2. observes the world for the phase (in a task phase: the task, and the step watchdog's
+   clocks, whose earliest expiry the daemon wakes up for) and decides, purely;
 3. writes the status that names the decision (phase, ``currentTask``: the deterministic
    name of the one task that may run, and the effects) guarded by the resourceVersion read
    in 1. A 409 here means nothing happened: the next step decides again;
@@ -24,11 +25,11 @@ from typing import Any
 
 from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
-from vmresize.api.hosttask import TaskPhase
+from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import InstancePhase, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator import metrics
-from vmresize.operator.decisions import conditions, lifecycle
+from vmresize.operator.decisions import conditions, lifecycle, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
 from vmresize.operator.decisions.tasks import resize_task, task_flavor
 from vmresize.operator.errors import NotReady
@@ -49,19 +50,26 @@ class Outcome:
     done: bool = False
     changed: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)   # type, reason, text
-    wake_at: datetime | None = None
+    wake_at: datetime | None = None   # look again by then at the latest (watchdog, deadlines)
 
 
 def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) -> State:
     action, attempt = naming.parse_task_name(st.current_task)
+    ac = r.spec.auto_confirm
     window = (r.spec.auto_confirm_seconds if r.spec.auto_confirm_seconds is not None
               else settings.auto_confirm_seconds)
+    if ac is not None and (ac.after_seconds is not None or ac.check is not None):
+        window = ac.after_seconds or 0
+    check = ac.check.describe() if ac is not None and ac.check is not None else ""
     return State(phase=st.phase, source_host=st.source_host, dest_host=st.dest_host,
                  attempts=st.attempts, alternates=tuple(st.alternates),
                  current_action=action, current_attempt=attempt,
                  verify_deadline=st.verify_deadline, confirm_window_seconds=window,
                  max_attempts=settings.max_attempts, task_retries=settings.task_retries,
-                 deleting=deleting, rollback_from=st.rollback_from)
+                 deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
+                 health_check=check, health_window_seconds=ac.window() if ac else 0,
+                 health_deadline=st.health_deadline, rollback_reason=st.rollback_reason,
+                 restore_source_first=st.restore_source_first)
 
 
 def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
@@ -96,44 +104,83 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
             return Observation(Kind.INVALID, "DiskShrink", f"Flavor {r.spec.flavor} has a "
                                f"{new.disk_gib} GiB disk but the instance has "
                                f"{ist.disk_gib} GiB; a resize never shrinks a disk"), {}
+        if new.ephemeral_gib < old.ephemeral_gib:   # Nova refuses this too
+            return Observation(Kind.INVALID, "EphemeralShrink", f"Flavor {r.spec.flavor} "
+                               f"has a {new.ephemeral_gib} GiB ephemeral disk but the instance "
+                               f"has {old.ephemeral_gib} GiB; a resize never shrinks a disk"), {}
     return Observation(Kind.VALID), {
         "source_host": ist.host, "instance_uid": inst.uid, "old_flavor": ist.flavor,
         "new_flavor": r.spec.flavor or ist.flavor, "old_flavor_spec": old,
         "new_flavor_spec": new}
 
 
-def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus) -> Observation:
+def _clock(storage: Storage, task: HostTask) -> watchdog.TaskClock:
+    """The watchdog's view of ``task``: its own clocks and its agents' Host heartbeats."""
+    ts = task.status
+
+    def beat(host: str | None) -> datetime | None:
+        h = storage.host(host) if host else None
+        return h.status.heartbeat if h is not None and h.status is not None else None
+
+    created = task.metadata.get("creationTimestamp")
+    peer = task.spec.peer.name if task.spec.peer is not None else None
+    running = ts is not None and ts.phase is TaskPhase.RUNNING
+    return watchdog.TaskClock(
+        task=task.name, host=task.spec.host, running=running,
+        created=datetime.fromisoformat(created) if isinstance(created, str) else created,
+        started=ts.started_at if ts else None, heartbeat=ts.heartbeat if ts else None,
+        host_heartbeat=None if running else beat(task.spec.host),
+        peer=peer, peer_heartbeat=beat(peer))
+
+
+def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now: datetime,
+                  *, watchdog_on: bool = True) -> tuple[Observation, datetime | None]:
+    """The current task's observation, and when the watchdog should look again."""
     task = storage.task(settings.namespace, st.current_task) if st.current_task else None
     if task is None:
-        return Observation(Kind.TASK_MISSING)
+        return Observation(Kind.TASK_MISSING), None
     ts = task.status
     if ts is None or ts.phase in (TaskPhase.PENDING, TaskPhase.RUNNING):
+        clock = _clock(storage, task)
+        stall = watchdog.stalled(clock, now, settings.step_stale_seconds)
+        if stall is not None and watchdog_on:
+            return stall, None
         p = ts.progress if ts else None
         return Observation(Kind.TASK_WAITING, progress=(
-            p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total else None)
+            p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total
+            else None), watchdog.next_check(clock, settings.step_stale_seconds)
     if ts.phase is TaskPhase.SUCCEEDED:
         p = ts.progress
-        return Observation(Kind.TASK_SUCCEEDED, checksum=ts.result.checksum,
+        return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
+                           checksum=ts.result.checksum,
                            downtime_seconds=ts.result.downtime_seconds,
+                           power_off=ts.result.power_off,
                            disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
-                           if p.bytes_total else None)
-    return Observation(Kind.TASK_FAILED, message=ts.message or "failed", retryable=ts.retryable)
+                           if p.bytes_total else None), None
+    return Observation(Kind.TASK_FAILED, message=ts.message or "failed",
+                       retryable=ts.retryable), None
 
 
 def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
-             deleting: bool, now: datetime) -> tuple[Observation, dict[str, Any]]:
+             deleting: bool, now: datetime, wake: list[datetime]
+             ) -> tuple[Observation, dict[str, Any]]:
+    """What the phase looks at; a task phase adds the watchdog's next look to ``wake``."""
     if st.phase is P.PENDING and not deleting:
         return _validate(storage, r)
     if st.phase is P.SCHEDULING and not deleting:
         return scheduling.schedule(storage, settings, r, st, now)
     if st.phase in lifecycle.TASK_PHASES:
-        return _observe_task(storage, settings, st), {}
+        obs, at = _observe_task(storage, settings, st, now)
+        wake.extend([at] if at is not None else [])
+        return obs, {}
     if st.phase is P.VERIFY_RESIZE:
         if r.spec.revert:
             return Observation(Kind.REVERT), {}
         if r.spec.confirm:
             return Observation(Kind.CONFIRM), {}
+        if st.current_task:   # the health check of spec.autoConfirm runs (own deadline)
+            return _observe_task(storage, settings, st, now, watchdog_on=False)[0], {}
     return Observation(Kind.TICK), {}
 
 
@@ -182,7 +229,7 @@ def _decide(r: VMResize, st: VMResizeStatus, step: lifecycle.Step, updates: dict
     task = next((a for a in step.actions if isinstance(a, CreateTask)), None)
     if task is not None:
         new.current_task = naming.task_name(r.uid, task.action, task.attempt)
-    elif step.phase not in lifecycle.TASK_PHASES:
+    elif step.phase not in lifecycle.TASK_PHASES and step.phase is not st.phase:
         new.current_task = None   # no task may run now: agents refuse the last one
     new.pending = [effects.record(a, st) for a in step.actions
                    if not isinstance(a, CreateTask)]
@@ -208,21 +255,25 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     terminal = lifecycle.is_terminal(st.phase)
     if terminal and not (deleting and st.phase is P.ROLLBACK_FAILED):
         return Outcome(phase=st.phase, done=True)
-    obs, extra = _observe(storage, settings, r, st, deleting, now)
+    wake: list[datetime] = []
+    obs, extra = _observe(storage, settings, r, st, deleting, now, wake)
     state = _state(r, st, settings, deleting)
+    # Between events only time moves a waiting resize: the step watchdog's next look and
+    # the lifecycle's own deadlines (auto-confirm); nothing polls it.
+    deadline = lifecycle.next_deadline(state, obs)
+    wake_at = min([*wake, *([deadline] if deadline else [])], default=None)
     step = lifecycle.step(state, obs, now)
     updates = {**extra, **step.updates}
-    # Nothing to write: wait for the next event, or for the deadline, if any.
-    idle = Outcome(phase=st.phase, done=terminal, wake_at=lifecycle.next_deadline(state, obs))
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
-        return idle
+        return Outcome(phase=st.phase, done=terminal, wake_at=wake_at)
     new, task = _decide(r, st, step, updates, now)
     if task is None and not new.pending and new.model_dump(exclude={"conditions"}) == \
             st.model_dump(exclude={"conditions"}):
-        return idle   # e.g. the same progress again
+        return Outcome(phase=st.phase, done=terminal,   # e.g. the same progress again
+                       wake_at=wake_at)
     events: list[tuple[str, str, str]] = []
     bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
-        step.reason or "").endswith("Stuck")
+        step.reason or "").endswith("Stuck") or step.reason in conditions.HEALTH_FAILED
     if step.phase is not st.phase or (step.actions and new.message != st.message):
         reason = new.reason if step.phase is not st.phase else step.reason or step.phase.value
         events.append(("Warning" if bad else "Normal", reason or step.phase.value,
@@ -241,5 +292,5 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     # must not let the resize go before; found by the model test).
     held = deleting and new.phase is P.ROLLBACK_FAILED and st.phase is not P.ROLLBACK_FAILED
     return Outcome(phase=new.phase, done=lifecycle.is_terminal(new.phase) and not held,
-                   changed=True, events=events)
+                   changed=True, events=events, wake_at=wake_at)
 
