@@ -71,11 +71,14 @@ demo: deps
 	bash hack/demo.sh
 
 # Benchmarks, on demand (never part of `make test`). The transfer benchmark needs OpenSSH's
-# sshd binary for its scp/rsync baselines; it starts its own on 127.0.0.1.
-bench: venv
+# sshd binary for its scp/rsync baselines; it starts its own on 127.0.0.1. The fleet and
+# end-to-end ones start their own control plane (and agents); results in bench/results/.
+bench: deps
 	bash hack/install-sshd.sh
-	$(PY) bench/scheduler.py
+	$(PY) -m bench.scheduler
 	$(PY) bench/transfer.py
+	$(PY) -m bench.fleet
+	$(PY) -m bench.endtoend
 	$(PY) -m bench.downtime   # real QEMU guests: offline vs pre-copy, 256 MiB to 4 GiB
 
 clean:

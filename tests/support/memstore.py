@@ -24,6 +24,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.meta import Resource
 from vmresize.api.resize import VMResize
 from vmresize.operator.errors import ApiConflict, ApiNotFound
+from vmresize.operator.persistence.hostview import WatchedHost, watched
 from vmresize.operator.persistence.storage import check_same_task
 
 R = TypeVar("R", bound=Resource)
@@ -101,6 +102,14 @@ class MemStorage:
     def hosts(self) -> list[Host]:
         return [Host.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
                 if k[0] == Host.plural]
+
+    def watched_hosts(self) -> list[WatchedHost]:
+        """A view that never lags (the real one may, which only costs refused claims)."""
+        return [watched(h) for h in self.hosts()]
+
+    def resizes(self) -> list[VMResize]:
+        return [VMResize.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
+                if k[0] == VMResize.plural]
 
     def replace_status(self, obj: R) -> R:
         key = self._key(obj)

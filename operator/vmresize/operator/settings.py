@@ -69,9 +69,11 @@ class Settings(EnvSettings):
         0.0, allow_inf_nan=False, validation_alias="VMRESIZE_DISK_WEIGHT_MULTIPLIER",
         description="Free-disk weigher multiplier, like Nova's disk_weight_multiplier.")
     poll_seconds: float = Field(
-        5.0, ge=0.1,  # below this the re-check loop only burns CPU and API requests
+        5.0, ge=0.1,  # below this the retries only burn CPU and API requests
         validation_alias="VMRESIZE_POLL_SECONDS",
-        description="Seconds between re-checks of in-flight resizes when no event arrives.")
+        description="Retry delay of a failed step, in units of four: a step that failed "
+                    "unexpectedly is tried again after 4x this. In-flight resizes are not "
+                    "polled: events and deadlines wake them.")
     power_off_timeout_seconds: int = Field(
         60, ge=0, le=3600,  # the bound of HostTask spec.powerOffTimeoutSeconds
         validation_alias="VMRESIZE_POWER_OFF_TIMEOUT_SECONDS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -87,3 +87,43 @@ async def test_steps_of_one_owner_never_overlap() -> None:
     await asyncio.gather(*(driver.step(locks, uid, stepper(uid))
                            for uid in ("a", "a", "a", "b", "b")))
     assert most == {"a": 1, "b": 1}
+
+
+async def _steps_within(seconds: float, outcome: Outcome, wake_after: float | None = None,
+                        ) -> list[float]:
+    """Run the loop for ``seconds`` over a step that always returns ``outcome``; the times
+    (from the start) at which it stepped. ``wake_after``: wake the daemon then."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    times: list[float] = []
+
+    def reconcile(now: datetime) -> Outcome:
+        times.append(loop.time() - t0)
+        return outcome
+
+    wakeups, stopped = driver.Wakeups(), _Stopped()
+    daemon = asyncio.ensure_future(driver.run({}, "uid-w", reconcile, wakeups, stopped,
+                                              poll_seconds=0.01, locks=driver.Locks()))
+    if wake_after is not None:
+        await asyncio.sleep(wake_after)
+        wakeups.wake("uid-w")
+    await asyncio.sleep(seconds - (wake_after or 0))
+    stopped._event.set()
+    await asyncio.wait_for(daemon, timeout=5)
+    return times
+
+
+async def test_a_waiting_step_is_not_polled_only_woken() -> None:
+    """Nothing changed and no deadline: the loop sleeps until woken, however short the
+    retry interval (a thousand resizes waiting cost nothing)."""
+    times = await _steps_within(0.6, Outcome(), wake_after=0.3)
+    assert len(times) == 2, times
+    assert times[1] >= 0.3
+
+
+async def test_a_deadline_wakes_the_step_without_an_event() -> None:
+    """The auto-confirm deadline (Outcome.wake_at) wakes the loop by itself, not before."""
+    at = driver.now() + timedelta(seconds=0.3)
+    times = await _steps_within(0.5, Outcome(wake_at=at))
+    assert len(times) >= 2, times
+    assert times[1] >= 0.29

@@ -98,8 +98,9 @@ def test_a_silent_source_agent_stalls_its_own_step() -> None:
 
 
 def test_the_daemon_sleeps_until_the_watchdog_deadline_if_sooner() -> None:
+    # The daemon does not poll (fleet branch): it sleeps until an event or the deadline.
     soon = driver.now() + timedelta(seconds=2)
-    assert 1.5 < driver._until(soon, 5.0) < 2.5
-    assert driver._until(soon + timedelta(seconds=60), 5.0) == 5.0
-    assert driver._until(None, 5.0) == 5.0
-    assert driver._until(driver.now() - timedelta(seconds=9), 5.0) == 0.1
+    assert 1.5 < (driver.until(soon) or 0) < 2.5
+    assert 61 < (driver.until(soon + timedelta(seconds=60)) or 0) < 63
+    assert driver.until(None) is None
+    assert driver.until(driver.now() - timedelta(seconds=9)) == 0.01

@@ -148,6 +148,18 @@ def step(state: State, obs: Observation, now: datetime) -> Step:
     return rule(state, obs, now)
 
 
+def next_deadline(state: State, obs: Observation) -> datetime | None:
+    """When a resize that is waiting must be looked at again though nothing changed.
+
+    Between its events (its HostTasks, its spec, its Instance) a waiting resize costs
+    nothing; time alone moves it only at these moments: the auto-confirm deadline in
+    VerifyResize, and whatever deadline the observation carries. None: only events."""
+    times = [obs.deadline] if obs.deadline is not None else []
+    if state.phase is P.VERIFY_RESIZE and state.verify_deadline is not None:
+        times.append(state.verify_deadline)
+    return min(times, default=None)
+
+
 def is_terminal(phase: ResizePhase) -> bool:
     """Whether a resize in ``phase`` is finished: no rule moves it on and its daemon stops."""
     return phase in TERMINAL_PHASES
@@ -155,4 +167,4 @@ def is_terminal(phase: ResizePhase) -> bool:
 
 __all__ = ["TABLE", "TASK_PHASES", "Action", "ClaimDest", "CommitClaims", "CreateTask", "Kind",
            "LockInstance", "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
-           "is_terminal", "progress_display", "step"]
+           "is_terminal", "next_deadline", "progress_display", "step"]

@@ -56,6 +56,9 @@ class Observation:
     started_at: datetime | None = None       # Finish: the downtime's end
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
+    deadline: datetime | None = None
+    """When what was seen goes stale by itself though no object changes: the engine wakes
+    the resize then (:func:`lifecycle.next_deadline`; the step watchdog has its own)."""
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,8 @@ SWEEP_SECONDS = 30.0
 
 
 def _sweep_claims(storage: Storage) -> None:
-    for host in storage.hosts():
-        if host.status is not None and host.status.allocations:
-            gone = sweep.sweep_host(storage, host.name)
-            if gone:
-                log.warning("host %s: released claims of gone holders: %s", host.name,
-                            ", ".join(gone))
+    for host, gone in sweep.sweep_claims(storage):
+        log.warning("host %s: released claims of gone holders: %s", host, ", ".join(gone))
 
 
 async def _watch(memo: kopf.Memo) -> None:

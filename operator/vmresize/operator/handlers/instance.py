@@ -1,4 +1,5 @@
-"""kopf handlers for Instance: a daemon places and builds it; deletion destroys it."""
+"""kopf handlers for Instance: a daemon places and builds it; deletion destroys it; a change
+wakes the resizes that wait for it in Pending."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import kopf
 
 from vmresize.api.instance import InstancePhase
 from vmresize.api.meta import GROUP, VERSION
-from vmresize.operator.handlers.memo import shared
+from vmresize.operator.handlers.memo import shared, shared_or_none
 from vmresize.operator.reconcile import driver, instances
 
 _BUILDING = {InstancePhase.PENDING.value, InstancePhase.BUILDING.value}
@@ -27,6 +28,19 @@ async def build(body: kopf.Body, uid: str, name: str, namespace: str | None,
     op = shared(memo)
     step = partial(instances.reconcile, op.storage, op.settings, namespace or "", name)
     await driver.run(body, uid, step, op.wakeups, stopped, op.settings.poll_seconds, op.locks)
+
+
+@kopf.on.event(GROUP, VERSION, "instances")
+async def wake_pending_resizes(name: str, namespace: str | None, memo: kopf.Memo,
+                               **kwargs: Any) -> None:
+    """The Instance changed: wake the resizes that wait in Pending for it (to be built, or
+    gone: they fail then). The others do not read the Instance while they wait."""
+    op = shared_or_none(memo)
+    if op is None:
+        return
+    pending: kopf.Index[tuple[str, str], str] = kwargs["pending_resizes"]  # .resize's index
+    for uid in pending.get((namespace or "", name), ()):
+        op.wakeups.wake(uid)
 
 
 @kopf.on.delete(GROUP, VERSION, "instances", id="destroy")

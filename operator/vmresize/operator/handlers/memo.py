@@ -8,12 +8,13 @@ gets a clear temporary error instead of an ``AttributeError``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import kopf
 
+from vmresize.operator.persistence.hostview import HostView
 from vmresize.operator.persistence.storage import Storage
-from vmresize.operator.reconcile.driver import Locks, Wakeups
+from vmresize.operator.reconcile.driver import Locks, Seen, Wakeups
 from vmresize.operator.settings import Settings
 
 KEY = "vmresize"
@@ -27,6 +28,12 @@ class Shared:
     storage: Storage
     wakeups: Wakeups
     locks: Locks
+    #: The watch-fed Hosts (the storage reads the same view); fed by :mod:`.host`.
+    hosts: HostView
+    #: resourceVersions of HostTasks and generations of VMResizes last seen by the handlers
+    #: that wake daemons (only a change wakes one).
+    seen_tasks: Seen = field(default_factory=Seen)
+    seen_specs: Seen = field(default_factory=Seen)
 
 
 def put(memo: kopf.Memo, state: Shared) -> None:

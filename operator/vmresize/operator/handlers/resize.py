@@ -1,7 +1,9 @@
 """kopf handlers for VMResize: load, call :mod:`engine`, persist (the engine persists).
 
 A daemon drives each unfinished resize; a delete handler (behind the finalizer) rolls a
-resize back before letting it go, so deleting it never leaves the instance half-moved.
+resize back before letting it go, so deleting it never leaves the instance half-moved. A
+spec change wakes the daemon; an index of all resizes lets the Instance handlers find the
+resizes of an instance (:mod:`.instance`, :mod:`.sweep`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import kopf
 
 from vmresize.api.meta import GROUP, VERSION
-from vmresize.api.resize import TERMINAL_PHASES
+from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 from vmresize.operator.handlers.memo import shared
 from vmresize.operator.reconcile import driver, engine
 
@@ -37,10 +39,31 @@ async def drive(body: kopf.Body, uid: str, name: str, namespace: str | None,
 
 
 @kopf.on.event(GROUP, VERSION, "vmresizes")
-def user_acted(spec: kopf.Spec, uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """confirm/revert set: wake the daemon now instead of at its next poll."""
-    if spec.get("confirm") or spec.get("revert"):
-        shared(memo).wakeups.wake(uid)
+async def user_acted(type: str, uid: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """The spec changed (confirm or revert set, ...): wake the daemon now. Its own status
+    writes change no generation and wake nothing (the daemon steps again after a write)."""
+    op = shared(memo)
+    if type == "DELETED":
+        op.seen_specs.forget(uid)
+    elif op.seen_specs.changed(uid, str(meta.get("generation", ""))):
+        op.wakeups.wake(uid)
+
+
+@kopf.index(GROUP, VERSION, "vmresizes", id="resize_uids")
+async def resize_uids(uid: str, **_: Any) -> dict[str, bool]:
+    """Every VMResize's UID: :mod:`.sweep` sees without a request that a lock's holder is
+    there."""
+    return {uid: True}
+
+
+@kopf.index(GROUP, VERSION, "vmresizes", id="pending_resizes")
+async def pending_resizes(uid: str, namespace: str | None, spec: kopf.Spec,
+                          status: kopf.Status, **_: Any) -> dict[tuple[str, str], str] | None:
+    """The UIDs of Pending resizes by ``(namespace, instanceName)``: a resize applied with its
+    Instance waits in Pending until the instance is built, and :mod:`.instance` wakes it."""
+    if status.get("phase", ResizePhase.PENDING.value) != ResizePhase.PENDING.value:
+        return None
+    return {(namespace or "", str(spec.get("instanceName", ""))): uid}
 
 
 @kopf.on.delete(GROUP, VERSION, "vmresizes", id="rollback-before-delete")

@@ -15,6 +15,7 @@ import kopf
 from vmresize.api.envsettings import SettingsError
 from vmresize.operator import metrics
 from vmresize.operator.handlers.memo import Shared, put
+from vmresize.operator.persistence.hostview import HostView
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile.driver import Locks, Wakeups
 from vmresize.operator.settings import Settings
@@ -27,8 +28,8 @@ PEERING = "vmresize-operator"
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Set kopf's identity (finalizer, annotations, peering) and tuning, read the settings
-    (PermanentError if invalid) and put Storage, Wakeups and settings into the memo; start the
-    metrics server."""
+    (PermanentError if invalid) and put Storage (with its Host view), Wakeups and settings
+    into the memo; start the metrics server."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -46,5 +47,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     except SettingsError as e:  # permanent: kopf stops instead of retrying the start-up
         raise kopf.PermanentError(str(e)) from None
     settings.peering.lifetime = conf.peering_lifetime_seconds
-    put(memo, Shared(settings=conf, storage=Storage(), wakeups=Wakeups(), locks=Locks()))
+    view = HostView()
+    put(memo, Shared(settings=conf, storage=Storage(view=view), wakeups=Wakeups(),
+                     locks=Locks(), hosts=view))
     metrics.serve(conf.metrics_port, conf.metrics_address)

@@ -29,9 +29,15 @@ def _locked(status: kopf.Status, **_: Any) -> bool:
 @kopf.timer(GROUP, VERSION, "instances", id="sweep-lock", interval=INTERVAL,
             initial_delay=INTERVAL, when=_locked)
 async def sweep_lock(body: kopf.Body, uid: str, name: str, namespace: str | None,
-                     memo: kopf.Memo, **_: Any) -> None:
+                     status: kopf.Status, memo: kopf.Memo, **kwargs: Any) -> None:
     """Release this Instance's lock if its VMResize no longer exists (serialized with
     the instance's own steps)."""
+    resize_uids: kopf.Index[str, bool] = kwargs["resize_uids"]   # .resize's index
+    if status.get("activeResizeUid") in resize_uids:
+        # The watch sees the holder: no request (a thousand locked instances cost none).
+        # Only a holder the watch does not see is looked up, and only the API's answer
+        # releases the lock.
+        return
     op = shared(memo)
 
     def release(_now: Any) -> engine.Outcome:

@@ -21,6 +21,7 @@ from vmresize.api.meta import Resources
 from vmresize.operator.decisions.scheduler import fits
 from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import ApiConflict
+from vmresize.operator.persistence.hostview import WatchedHost
 from vmresize.operator.persistence.storage import Storage
 
 #: Re-reads after a 409 before giving up for now (kopf retries later). Under the test's
@@ -116,9 +117,9 @@ def transfer(storage: Storage, host_name: str, from_key: str, to_key: str, consu
     _update_host(storage, host_name, change)
 
 
-def find_claim(hosts: list[Host], claim_key: str) -> str | None:
+def find_claim(hosts: list[WatchedHost], claim_key: str) -> str | None:
     """The host holding ``claim_key``, if any (a claim made just before a crash)."""
-    for h in hosts:
+    for h, _ in hosts:
         if h.status and claim_key in h.status.allocations:
             return h.name
     return None

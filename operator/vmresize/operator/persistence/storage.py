@@ -8,10 +8,12 @@ agent (:func:`vmresize.api.apierrors.classify`).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -32,12 +34,16 @@ from vmresize.operator.errors import (
     ForeignTask,
     OperatorError,
 )
+from vmresize.operator.persistence.hostview import HostView, WatchedHost, watched
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
 
 #: Seconds for one API call; the API server is local or in-cluster.
 REQUEST_TIMEOUT = 30
+#: Seconds one Host watch request lasts before the server ends it (it is resumed).
+WATCH_SECONDS = 300
+log = logging.getLogger(__name__)
 
 
 _KINDS: dict[ApiErrorKind, Callable[[str], OperatorError]] = {
@@ -62,7 +68,10 @@ def _call(what: str, fn: Callable[[], T]) -> T:
 class Storage:
     """Typed access to Flavors, Hosts, Instances, VMResizes and HostTasks."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, view: HostView | None = None,
+                 ) -> None:
+        #: The watch-fed Hosts (the operator's handlers feed it); None: list them each time.
+        self.view = view
         if api is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -117,6 +126,68 @@ class Storage:
         body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
             GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT)))
         return [Host.from_body(item) for item in body.get("items", [])]
+
+    def watched_hosts(self) -> list[WatchedHost]:
+        """Every Host as the operator's watch last saw it (:mod:`.hostview`; a list from the
+        API server without a view, or before its first list). For decisions only: claims
+        re-read their Host."""
+        if self.view is None or not self.view.ready.is_set():
+            return [watched(h) for h in self.hosts()]
+        return self.view.hosts()
+
+    def watch_hosts(self, view: HostView, changed: Callable[[str, WatchedHost | None], None],
+                    stop: threading.Event) -> None:
+        """Keep ``view`` equal to the API server's Hosts until ``stop`` is set: one list,
+        then a watch from its resourceVersion, resumed from the last one seen when the
+        server ends it, listed again only when that is too old (410) or after an error.
+        ``changed(name, entry)`` follows every change (None: the Host is gone). Blocks: the
+        operator runs it in a thread."""
+        version = ""
+        while not stop.is_set():
+            try:
+                if not version:
+                    body = cast(dict[str, Any], self._co.list_cluster_custom_object(
+                        GROUP, VERSION, Host.plural, _request_timeout=REQUEST_TIMEOUT))
+                    for name in view.replace(body.get("items", [])):
+                        changed(name, None)
+                    for h in view.hosts():
+                        changed(h.host.name, h)
+                    version = str(body["metadata"]["resourceVersion"])
+                w = watch.Watch()  # type: ignore[no-untyped-call]
+                events = w.stream(  # type: ignore[no-untyped-call]
+                    self._co.list_cluster_custom_object, GROUP, VERSION, Host.plural,
+                    resource_version=version, allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_SECONDS,
+                    _request_timeout=WATCH_SECONDS + REQUEST_TIMEOUT)
+                for ev in events:
+                    kind, obj = ev["type"], ev["object"]
+                    if kind == "ERROR":   # 410 Gone, as an event: list again
+                        version = ""
+                        break
+                    meta = obj.get("metadata") or {}
+                    version = str(meta.get("resourceVersion") or version)
+                    if kind == "DELETED":
+                        view.remove(str(meta.get("name", "")))
+                        changed(str(meta.get("name", "")), None)
+                    elif kind in ("ADDED", "MODIFIED"):
+                        changed(str(meta.get("name", "")), view.put(obj))
+                    if stop.is_set():
+                        w.stop()  # type: ignore[no-untyped-call]
+            except ApiException as e:
+                version = "" if e.status == 410 else version
+                log.warning("Host watch: HTTP %s %s; watching again", e.status, e.reason)
+                stop.wait(1.0)
+            except (HTTPError, OSError, ValueError) as e:
+                log.warning("Host watch: %s; watching again", e)
+                stop.wait(1.0)
+
+    def resizes(self) -> list[VMResize]:
+        """Every VMResize in every namespace (the claim sweep's one read of their holders)."""
+        body = cast(dict[str, Any], _call("list vmresizes",
+                                          lambda: self._co.list_cluster_custom_object(
+                                              GROUP, VERSION, VMResize.plural,
+                                              _request_timeout=REQUEST_TIMEOUT)))
+        return [VMResize.from_body(item) for item in body.get("items", [])]
 
     def instances(self) -> list[Instance]:
         """Every Instance in every namespace (the adopt check needs them all)."""

@@ -2,12 +2,18 @@
 
 Why a daemon per active VMResize/Instance (rather than only watch handlers): a resize is
 a long conversation with agents and with time (auto-confirm). The daemon runs the
-engine's step until nothing changes, then sleeps until woken (a HostTask of this owner
-changed, or the user set confirm/revert) or until ``poll_seconds`` pass, which also
-covers any missed event (or until the step watchdog's deadline, if sooner: a frozen agent
-sends no event). kopf starts the daemon again for every live object after a restart, and
-with peering only the active operator runs daemons. All state is in the API, so the
-daemon keeps nothing that a kill -9 could lose.
+engine's step until nothing changes, then sleeps until woken by an event (a HostTask of
+this owner changed, the user changed the spec, the Instance a Pending resize waits for
+changed) or until the step's deadline (``Outcome.wake_at``: auto-confirm, the step
+watchdog's next look, since a frozen agent sends no event). It never
+polls: a resize waiting in VerifyResize costs no request between its events and its
+deadline, which is what lets thousands of them wait. Events are not missed: kopf's watch
+resumes from the last resourceVersion it saw, and after a re-list the handlers compare
+resourceVersions (:class:`Seen`), so a change made while the watch was down still wakes its
+owner. Only a failed step is retried after a delay. kopf starts the daemon again for every
+live object after a restart (its first step runs at once), and with peering only the
+active operator runs daemons. All state is in the API, so the daemon keeps nothing that a
+kill -9 could lose.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from datetime import UTC, datetime
 
 import kopf
 
+from vmresize.operator.errors import ApiConflict
 from vmresize.operator.reconcile.engine import Outcome
 
 log = logging.getLogger(__name__)
@@ -50,8 +57,30 @@ async def step(locks: Locks, uid: str, reconcile: Reconcile) -> Outcome:
         return await asyncio.to_thread(reconcile, now())
 
 
+class Seen:
+    """The last resourceVersion (or generation) seen per object, for event handlers that
+    wake an owner only when something changed: kopf hands over every object again after a
+    re-list, and waking every owner then would cost one step each."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, str] = {}
+
+    def changed(self, uid: str, version: str) -> bool:
+        """Whether ``version`` is new for ``uid`` (and remember it)."""
+        if self._versions.get(uid) == version:
+            return False
+        self._versions[uid] = version
+        return True
+
+    def forget(self, uid: str) -> None:
+        """Drop a deleted object."""
+        self._versions.pop(uid, None)
+
+
 class Wakeups:
-    """In-memory events keyed by owner UID; losing them only costs a poll interval."""
+    """In-memory events keyed by owner UID. A wake-up stays set until the daemon's next
+    sleep (so one that comes during a step is not lost); one that comes before the daemon
+    runs is not needed: its first step reads everything."""
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -90,8 +119,10 @@ async def _step_and_post(body: kopf.Body, uid: str, reconcile: Reconcile, locks:
 
 async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
               stopped: kopf.DaemonStopped, poll_seconds: float, locks: Locks) -> None:
-    """Step until done (or stopped), sleeping between steps until woken or polled."""
+    """Step until done (or stopped), sleeping between steps until woken or until the step's
+    deadline; a step that failed unexpectedly is retried after ``4 * poll_seconds``."""
     wake = wakeups.event(uid)
+    conflicts = 0
     try:
         while not stopped:
             wake.clear()
@@ -99,6 +130,16 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
                 # kopf cancels the daemon once the step it runs writes a final phase; the
                 # shield lets that step's events still be posted (they were lost before).
                 out = await asyncio.shield(_step_and_post(body, uid, reconcile, locks))
+                conflicts = 0
+            except ApiConflict as e:
+                # Someone wrote in between (kopf's own finalizer patch races the first
+                # step of every new object): step again from a fresh read at once; back
+                # off only when it happens again and again.
+                conflicts += 1
+                if conflicts > 1:
+                    log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
+                    await _sleep(wake, stopped, e.delay or 1.0)
+                continue
             except kopf.TemporaryError as e:
                 log.info("%s: %s (retrying in %ss)", uid, e, e.delay)
                 await _sleep(wake, stopped, e.delay or 1.0)
@@ -116,20 +157,25 @@ async def run(body: kopf.Body, uid: str, reconcile: Reconcile, wakeups: Wakeups,
             if out.done:
                 return
             if not out.changed:
-                await _sleep(wake, stopped, _until(out.wake_at, poll_seconds))
+                seconds = until(out.wake_at)
+                if out.wake_at is not None and out.wake_at <= now():
+                    # Past, yet the step did nothing about it: no hot loop, a retry.
+                    seconds = poll_seconds
+                await _sleep(wake, stopped, seconds)
     finally:
         wakeups.forget(uid)
 
 
-def _until(wake_at: datetime | None, poll_seconds: float) -> float:
-    """Seconds to sleep: the poll interval, or less if the step watchdog's deadline (a
-    frozen agent writes nothing, so no event would wake us) comes sooner."""
-    if wake_at is None:
-        return poll_seconds
-    return min(poll_seconds, max(0.1, (wake_at - now()).total_seconds() + 0.1))
+def until(deadline: datetime | None) -> float | None:
+    """Seconds from now to ``deadline`` (at least 0; a little after it, so the step sees it
+    passed); None without one."""
+    if deadline is None:
+        return None
+    return max(0.0, (deadline - now()).total_seconds()) + 0.01
 
 
-async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped,
+                 seconds: float | None) -> None:
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)

@@ -63,7 +63,7 @@ def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> N
                              consumer=f"{ns}/{r.name}")
         elif e.kind == "ReleaseDestClaim":
             # No host recorded: a claim taken just before a crash may still be somewhere.
-            holder = e.host or claims.find_claim(storage.hosts(), rkey)
+            holder = e.host or claims.find_claim(storage.watched_hosts(), rkey)
             claims.release(storage, holder, rkey)
         elif e.kind == "CommitClaims":
             assert st.dest_host is not None

@@ -43,13 +43,14 @@ P = ResizePhase
 @dataclass
 class Outcome:
     """The result of one reconcile step: the phase reached, whether the object is finished, whether
-    anything was written (else the daemon sleeps), and the events to post."""
+    anything was written (else the daemon sleeps until an event wakes it, or until
+    ``wake_at`` if that is set), and the events to post."""
 
     phase: ResizePhase | None = None
     done: bool = False
     changed: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)   # type, reason, text
-    wake_at: datetime | None = None   # look again by then at the latest (the step watchdog)
+    wake_at: datetime | None = None   # look again by then at the latest (watchdog, deadlines)
 
 
 def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) -> State:
@@ -258,8 +259,12 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
         return Outcome(phase=st.phase, done=True)
     wake: list[datetime] = []
     obs, extra = _observe(storage, settings, r, st, deleting, now, wake)
-    wake_at = min(wake, default=None)
-    step = lifecycle.step(_state(r, st, settings, deleting), obs, now)
+    state = _state(r, st, settings, deleting)
+    # Between events only time moves a waiting resize: the step watchdog's next look and
+    # the lifecycle's own deadlines (auto-confirm); nothing polls it.
+    deadline = lifecycle.next_deadline(state, obs)
+    wake_at = min([*wake, *([deadline] if deadline else [])], default=None)
+    step = lifecycle.step(state, obs, now)
     updates = {**extra, **step.updates}
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
         return Outcome(phase=st.phase, done=terminal, wake_at=wake_at)

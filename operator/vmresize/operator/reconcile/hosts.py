@@ -44,7 +44,7 @@ def stale_update(host: Host, now: datetime, window_seconds: float) -> Host | Non
 def mark_stale(storage: Storage, now: datetime, window_seconds: float) -> list[str]:
     """Mark every Host with a stale heartbeat not ready; the names of those marked."""
     marked = []
-    for host in storage.hosts():
+    for host, _ in storage.watched_hosts():
         update = stale_update(host, now, window_seconds)
         if update is None:
             continue

@@ -25,7 +25,6 @@ from vmresize.operator.decisions.scheduler import (
     selector_from_extra_specs,
 )
 from vmresize.operator.decisions.tasks import instance_task
-from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import NotReady
 from vmresize.operator.persistence import claims
 from vmresize.operator.persistence.storage import Storage
@@ -65,7 +64,7 @@ def _choose(storage: Storage, settings: Settings, inst: Instance,
                   now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
                   selector=selector_from_extra_specs(flavor.spec.extra_specs),
                   max_alternates=0)
-    out = select([host_state(h) for h in storage.hosts()], req,
+    out = select([state for _, state in storage.watched_hosts()], req,
                  Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
                          settings.disk_weight_multiplier))
     return out if isinstance(out, NoValidHost) else out.host
@@ -249,7 +248,7 @@ def _destroy(storage: Storage, settings: Settings, inst: Instance, now: datetime
                                "must delete the failed HostTask to retry", delay=30)
             return Outcome()
     key = _key(inst)
-    holder = st.host or claims.find_claim(storage.hosts(), key)
+    holder = st.host or claims.find_claim(storage.watched_hosts(), key)
     claims.release(storage, holder, key)
     return Outcome(done=True, changed=True)
 

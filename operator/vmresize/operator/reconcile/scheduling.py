@@ -1,11 +1,14 @@
 """Scheduling a VMResize: check the lock is ours, choose a host, then claim it.
 
-Decide, record, then act: a host is chosen from a fresh read of all Hosts by the pure
-scheduler and recorded in the status (``destHost``, with the alternates) before the
-claim is made (an effect of that write, :mod:`vmresize.operator.reconcile.effects`). The
-next step finds the claim held (Scheduled) or refused after a fresh read by a concurrent
-claim, and then chooses again without that host. Claims of this resize on any other host
-are left from an earlier choice (a crash, a failed Prepare) and are released here.
+Decide, record, then act: a host is chosen by the pure scheduler from the operator's
+watch-fed view of all Hosts (:mod:`vmresize.operator.persistence.hostview`) and recorded in
+the status (``destHost``, with the alternates) before the claim is made (an effect of that
+write, :mod:`vmresize.operator.reconcile.effects`). The claim re-reads the Host and is fit
+checked and written guarded by its resourceVersion: it is the only authority, so a view
+that lags can only cost a refused claim. The next step reads the chosen Host itself (one
+GET, not the view) and finds the claim held (Scheduled) or refused, and then chooses again
+without that host. Claims of this resize on any other host are left from an earlier
+choice (a crash, a failed Prepare) and are released here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from vmresize.operator.decisions.scheduler import (
     select,
     selector_from_extra_specs,
 )
-from vmresize.operator.decisions.views import host_state
 from vmresize.operator.persistence import claims
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.settings import Settings
@@ -63,8 +65,8 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     if refused is not None:
         return refused, {}
     key = claims.key("VMResize", r.uid)
-    hosts = storage.hosts()
-    for h in hosts:
+    hosts = storage.watched_hosts()
+    for h, _ in hosts:
         if h.status and key in h.status.allocations and h.name != st.dest_host:
             claims.release(storage, h.name, key)
     spec = st.new_flavor_spec
@@ -72,7 +74,7 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
         return Observation(Kind.NO_VALID_HOST, message="no flavor snapshot"), {}
     tried: set[str] = set()
     if st.dest_host:
-        dest = next((h for h in hosts if h.name == st.dest_host), None)
+        dest = storage.host(st.dest_host)   # the claim itself, not the view's copy of it
         if dest is not None and dest.status and key in dest.status.allocations:
             return (Observation(Kind.SCHEDULED, host=st.dest_host,
                                 alternates=tuple(st.alternates)),
@@ -97,7 +99,7 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
                   max_alternates=settings.max_attempts - 1)
     weights = Weights(ram=settings.ram_weight_multiplier, cpu=settings.cpu_weight_multiplier,
                       disk=settings.disk_weight_multiplier)
-    out = select([host_state(h) for h in hosts], req, weights)
+    out = select([state for _, state in hosts], req, weights)
     if isinstance(out, NoValidHost):
         return Observation(Kind.NO_VALID_HOST, counts=out.counts), {}
     return (Observation(Kind.CHOSEN, host=out.host, alternates=out.alternates),

@@ -1,0 +1,170 @@
+"""The watch-fed Host view: what it keeps, and that a view that lags never over-commits.
+
+Scheduling chooses from the view; the claim re-reads the Host and is written guarded by
+its resourceVersion. These tests give the engine a view frozen before another resize took
+the last slot: the stale choice must be refused by the claim and chosen again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.support.memstore import MemStorage
+
+from vmresize.api.flavor import Flavor, FlavorSpec
+from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
+from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
+from vmresize.api.meta import Resources
+from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec
+from vmresize.operator.decisions.lifecycle import next_deadline
+from vmresize.operator.decisions.vocabulary import Kind, Observation, State
+from vmresize.operator.persistence.hostview import HostView, WatchedHost
+from vmresize.operator.reconcile import engine
+from vmresize.operator.settings import Settings
+
+NS = "tenant"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+S = Settings(namespace="sys", heartbeat_stale_seconds=1e9)
+
+
+def _host(name: str, rv: str = "1", mib: int = 8704, **status: Any) -> dict[str, Any]:
+    body = Host(metadata={"name": name, "resourceVersion": rv}, spec=HostSpec(),
+                status=HostStatus(capacity=Resources(vcpus=8, memory_mib=mib, disk_gib=100),
+                                  ready=True, heartbeat=T0, **status)).model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    return body
+
+
+def test_the_view_keeps_the_latest_version_of_each_host_in_name_order() -> None:
+    v = HostView()
+    v.put(_host("b"))
+    v.put(_host("a"))
+    first = v.hosts()
+    assert [h.host.name for h in first] == ["a", "b"]
+    same = v.put(_host("a"))   # the same version again: the same entry, not parsed again
+    assert same is first[0]
+    v.put(_host("a", rv="2", mib=4096))
+    a = v.hosts()[0]
+    assert a.host.resource_version == "2"
+    assert a.state.memory_mib == 4096
+    assert first[0].state.memory_mib == 8704, "a snapshot does not change afterwards"
+    v.remove("b")
+    assert [h.host.name for h in v.hosts()] == ["a"]
+
+
+def test_a_host_that_does_not_parse_leaves_the_view() -> None:
+    v = HostView()
+    v.put(_host("a"))
+    bad = _host("a", rv="2")
+    bad["status"]["capacity"]["vcpus"] = "many"
+    assert v.put(bad) is None
+    assert len(v) == 0
+
+
+class LaggingStorage(MemStorage):
+    """A MemStorage whose Host view is a snapshot taken when ``freeze`` was called."""
+
+    frozen: list[WatchedHost] | None = None
+
+    def freeze(self) -> None:
+        self.frozen = super().watched_hosts()
+
+    def watched_hosts(self) -> list[WatchedHost]:
+        return self.frozen if self.frozen is not None else super().watched_hosts()
+
+
+def _world() -> LaggingStorage:
+    s = LaggingStorage()
+    for name in ("h1", "h2", "h3"):
+        s.put(Host(metadata={"name": name}, spec=HostSpec(), status=HostStatus(
+            # 8704 MiB less the 512 reserved: room for exactly one 8 GiB flavor each
+            capacity=Resources(vcpus=8, memory_mib=8704, disk_gib=100), ready=True,
+            heartbeat=T0, migration_endpoint=MigrationEndpoint(address="127.0.0.1", port=22),
+            host_key="ssh-ed25519 AAAA")))
+    s.put(Flavor(metadata={"name": "small"},
+                 spec=FlavorSpec(vcpus=1, memory_mib=1024, disk_gib=10)))
+    s.put(Flavor(metadata={"name": "big"}, spec=FlavorSpec(vcpus=2, memory_mib=8192,
+                                                           disk_gib=20)))
+    s.put(Instance(metadata={"name": "vm", "namespace": NS}, spec=InstanceSpec(flavor="small"),
+                   status=InstanceStatus(phase=InstancePhase.ACTIVE, host="h1", flavor="small",
+                                         vcpus=1, memory_mib=1024, disk_gib=10,
+                                         domain_name="tenant.vm", disk_path="a/disk.qcow2")))
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="big")))
+    return s
+
+
+def _phase(s: MemStorage) -> ResizePhase:
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    return r.status.phase
+
+
+def _used_mib(s: MemStorage, host: str) -> int:
+    h = s.host(host)
+    assert h is not None
+    return h.allocated().memory_mib
+
+
+def test_a_stale_view_costs_a_refused_claim_never_an_overcommit() -> None:
+    s = _world()
+    s.freeze()   # the view as it was before somebody else filled h2 and h3
+    for name in ("h2", "h3"):
+        s.patch("hosts", "", name, lambda b: b["status"].setdefault("allocations", {}).update(
+            {"VMResize/other": Allocation(consumer="x/y", kind="VMResize", resources=Resources(
+                vcpus=2, memory_mib=8192, disk_gib=20)).model_dump(mode="json",
+                                                                   by_alias=True)}))
+    now = T0
+    for _ in range(12):   # while the view lags, each choice is refused and chosen again
+        engine.reconcile(s, S, NS, "r", now)
+        now += timedelta(seconds=1)
+        assert _used_mib(s, "h2") == 8192, "claims are fit-checked on a fresh read"
+        assert _used_mib(s, "h3") == 8192
+    assert _phase(s) is ResizePhase.SCHEDULING
+    s.frozen = None   # caught up: nothing fits (no same-host resize by default)
+    for _ in range(3):
+        engine.reconcile(s, S, NS, "r", now)
+    assert _phase(s) is ResizePhase.FAILED
+    assert _used_mib(s, "h2") == 8192
+    assert _used_mib(s, "h3") == 8192
+
+
+def test_a_view_that_catches_up_schedules_on_the_freed_host() -> None:
+    s = _world()
+    s.patch("hosts", "", "h2", lambda b: b["status"].setdefault("allocations", {}).update(
+        {"VMResize/other": Allocation(consumer="x/y", kind="VMResize", resources=Resources(
+            vcpus=2, memory_mib=8192, disk_gib=20)).model_dump(mode="json", by_alias=True)}))
+    s.freeze()   # the view shows h2 full; h3 is free in both
+    now = T0
+    for _ in range(12):
+        out = engine.reconcile(s, S, NS, "r", now)
+        now += timedelta(seconds=1)
+        if not out.changed:
+            break
+    assert _phase(s) is ResizePhase.PREPARING
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.dest_host == "h3"
+    assert _used_mib(s, "h3") == 8192
+
+
+def test_next_deadline_is_the_auto_confirm_time_or_the_observations() -> None:
+    verify = State(phase=ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+    assert next_deadline(verify, Observation(Kind.TICK)) == T0
+    assert next_deadline(State(phase=ResizePhase.VERIFY_RESIZE), Observation(Kind.TICK)) is None
+    soon = T0 - timedelta(seconds=5)
+    assert next_deadline(verify, Observation(Kind.TICK, deadline=soon)) == soon
+    migrating = State(phase=ResizePhase.MIGRATING, verify_deadline=T0)
+    assert next_deadline(migrating, Observation(Kind.TASK_WAITING)) is None
+
+
+def test_a_full_list_replaces_the_view_and_makes_it_ready() -> None:
+    v = HostView()
+    v.put(_host("gone"))
+    assert not v.ready.is_set()
+    assert v.replace([_host("a"), _host("b")]) == ["gone"]
+    assert v.ready.is_set()
+    assert [h.host.name for h in v.hosts()] == ["a", "b"]
