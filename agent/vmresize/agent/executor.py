@@ -45,7 +45,7 @@ from vmresize.agent.errors import (
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
 from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
@@ -66,6 +66,7 @@ class _Call:
     task_name: str
     progress: ProgressFn | None
     fence: Callable[[], Awaitable[None]]   # the executor's fence check for this attempt
+    files: StepProgress   # the same progress, added up over the files the step sends
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
-        call = _Call(task_name, progress, lambda: self._check_fence(spec, call))
+        call = _Call(task_name, progress, lambda: self._check_fence(spec, call),
+                     StepProgress(progress))
         steps: dict[TaskAction, Callable[[HostTaskSpec, _Call], Awaitable[StepOutcome]]] = {
             TaskAction.SPAWN: self._spawn,
             TaskAction.ADOPT: self._adopt,
@@ -288,7 +290,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         if files or live:
             moved = live + await wholevm.send(self.root, files, transfer=self.transfer,
-                                              peer=peer, shared=shared, progress=call.progress)
+                                              peer=peer, shared=shared, progress=call.files)
             checksum, size = wholevm.root_disk(moved).checksum, sum(f.size_bytes for f in moved)
         else:
             sent = await self.transfer.send(src=self._abs(rel), peer=peer, transfer_id=tid,

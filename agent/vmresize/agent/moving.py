@@ -34,7 +34,7 @@ from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused, 
 from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Received, Transfer
+from vmresize.agent.transfer.seam import Received, StepProgress, Transfer
 from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
@@ -123,7 +123,7 @@ def _match(xml: str, root: Path, wanted: Sequence[VMDisk], name: str) -> Capture
 
 
 async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
-               shared: bool, progress: ProgressFn | None = None) -> list[VMDisk]:
+               shared: bool, progress: StepProgress | None = None) -> list[VMDisk]:
     """Source, powered off: copy every file; return them with checksum and size."""
     out = []
     for f in files:
@@ -142,7 +142,7 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
             size = dst.stat().st_size
         else:
             sent = await transfer.send(src=src, peer=peer, transfer_id=f.transfer_id,
-                                       progress=progress)
+                                       progress=progress.next_send() if progress else None)
             checksum, size = sent.checksum, sent.size_bytes
         out.append(f.model_copy(update={"checksum": checksum, "size_bytes": size,
                                         "source_path": f.source_path}))

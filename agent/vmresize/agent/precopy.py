@@ -126,7 +126,7 @@ class PreCopySteps:
         live = [f for f in files if f.role not in AFTER_POWER_OFF]
         if not sent and running:
             sent = await wholevm.send(self.root, live, transfer=self.transfer, peer=peer,
-                                      shared=shared, progress=call.progress)
+                                      shared=shared, progress=call.files)
             record["sent"] = [f.model_dump(mode="json", by_alias=True) for f in sent]
             await asyncio.to_thread(_write_record, self.root, rel, record)
         made = [o for o in wanted(spec) if confine(self.root, o.path).exists()]

@@ -37,7 +37,7 @@ from vmresize.agent.errors import (
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Transfer
+from vmresize.agent.transfer.seam import StepProgress, Transfer
 from vmresize.api import flavordisks, vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
@@ -151,8 +151,8 @@ def capture(hv: Hypervisor, root: Path, spec: HostTaskSpec, *, defined: bool
 
 
 async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
-               shared: bool, progress: ProgressFn | None) -> list[VMDisk]:
-    """Source, powered off: every file, checksummed."""
+               shared: bool, progress: StepProgress | None) -> list[VMDisk]:
+    """Source: every file, checksummed."""
     return await moving.send(root, files, transfer=transfer, peer=peer, shared=shared,
                              progress=progress)
 

@@ -21,6 +21,7 @@ from vmresize.agent import moving
 from vmresize.agent.errors import TaskRefused, Unmovable
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.transfer.seam import StepProgress
 from vmresize.api import vmdisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk
@@ -110,9 +111,14 @@ def test_every_file_moves_verified_relinked_and_the_definition_keeps_all_else(
     before = {f.path: sha(a / f.path) for f in wanted if f.role is not DiskRole.DEFINITION}
 
     captured = moving.capture(hv, name, a, wanted)
-    sent = asyncio.run(moving.send(a, captured.files, transfer=src_xfer,
-                                                 peer=PEER, shared=False))
+    seen: list[tuple[int, int]] = []
+    sent = asyncio.run(moving.send(a, captured.files, transfer=src_xfer, peer=PEER,
+                                   shared=False, progress=StepProgress(
+                                       lambda done, total, rate: seen.append((done, total)))))
     assert {f.path: f.checksum for f in sent if f.role is not DiskRole.DEFINITION} == before
+    # one count for the whole move, not each file's own
+    assert seen[-1] == (sum(f.size_bytes for f in sent),) * 2
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     hv.undefine(name)  # the source is held aside while the copy runs on the destination
 
     landed = vmdisks.arrived(sent)

@@ -17,6 +17,31 @@ ProgressFn = Callable[[int, int, float], None]
 """(bytes_done, bytes_total, rate in bytes/s)."""
 
 
+class StepProgress:
+    """One step's progress over every file it sends. Each send reports only its own
+    (done, total), but a VM has several files and pre-copy sends some before the power-off
+    and the rest after: this adds the finished sends' figures to the running one, so that
+    whoever watches sees one count for the whole move (and ``plan`` learns its real size)."""
+
+    def __init__(self, report: ProgressFn | None) -> None:
+        self._report = report
+        self._base = (0, 0)
+        self._last = (0, 0)
+
+    def next_send(self) -> ProgressFn | None:
+        """The callback for the next send (the previous one's last figures are final)."""
+        report = self._report
+        if report is None:
+            return None
+        self._base = (self._base[0] + self._last[0], self._base[1] + self._last[1])
+        self._last = (0, 0)
+
+        def one_send(done: int, total: int, rate: float) -> None:
+            self._last = (done, total)
+            report(self._base[0] + done, self._base[1] + total, rate)
+        return one_send
+
+
 @dataclass(frozen=True)
 class Received:
     """What the receiving side knows about an incoming disk."""
