@@ -106,7 +106,8 @@ _count = iter(range(1, 1000))  # instance and resize names, unique in the module
 
 def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = None,
              verdict: str = "confirm", expect: tuple[str, ...] = ("Confirmed",),
-             before: Callable[[FaultStack, str], None] | None = None) -> Row:
+             before: Callable[[FaultStack, str], None] | None = None,
+             mode: str = "PreCopy") -> Row:
     """Boot, resize hv1 -> hv2 with ``fault`` injected, decide, judge; see the docstring."""
     n = next(_count)
     instance, resize = f"vm{n}", f"rs{n}"
@@ -120,7 +121,7 @@ def run_cell(s: FaultStack, cell: str, fault: Fault, *, rate: float | None = Non
     w = Watcher(s, resize, inst0)
     w.start()
     t0 = time.monotonic()
-    s.create_resize(resize, instance, dst.name)
+    s.create_resize(resize, instance, dst.name, mode)
     ctx = Ctx(s, w, resize, src, dst, verdict=verdict)
     try:
         fault(ctx)
@@ -233,8 +234,10 @@ def test_destination_agent_sigstop_mid_copy(stack: FaultStack) -> None:
         c.dst.send(signal.SIGCONT)  # woken: it must not finish, start or copy anything
         c.after.append(lambda: c.problems.extend(stall_evidence(c.s, c.resize)))
 
-    run_cell(stack, "destination agent SIGSTOP mid-copy", fault, rate=SLOW,
-             expect=("RolledBack",))
+    # Offline: the VM is off while the copy runs, the case the step watchdog is for (with
+    # pre-copy the freeze would fall in the live copy, the VM still running).
+    run_cell(stack, "destination agent SIGSTOP mid-copy (offline)", fault, rate=SLOW,
+             expect=("RolledBack",), mode="Offline")
 
 
 def test_link_cut_mid_copy(stack: FaultStack) -> None:

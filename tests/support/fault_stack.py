@@ -215,11 +215,12 @@ class FaultStack:
         return dict(wait_for(lambda: (s := self.status("instances", name)).get(
             "phase") == "Active" and s, timeout=WAIT, what=f"Instance {name} Active"))
 
-    def create_resize(self, name: str, instance: str, dest: str) -> None:
+    def create_resize(self, name: str, instance: str, dest: str,
+                      mode: str = "PreCopy") -> None:
         self.co.create_namespaced_custom_object(G, V, self.ns, "vmresizes", {
             "apiVersion": f"{G}/{V}", "kind": "VMResize", "metadata": {"name": name},
             "spec": {"instanceName": instance, "flavor": self.flavor("big"),
-                     "targetHost": dest}})
+                     "targetHost": dest, "migrationMode": mode}})
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.co.patch_namespaced_custom_object(G, V, self.ns, "vmresizes", name,
