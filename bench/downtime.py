@@ -71,7 +71,7 @@ async def one(hv: LibvirtHypervisor, image: Path, mib: int, mode: str, n: int
 
 
 async def bench(sizes: list[int], work: Path) -> list[dict[str, Any]]:
-    hv = hypervisor(work)
+    hv = hypervisor(work / "lv")
     rows = []
     try:
         for i, mib in enumerate(sizes):

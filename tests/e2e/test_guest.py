@@ -10,9 +10,7 @@ without any destroy.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,18 +39,13 @@ def guest() -> Guest:
 
 
 @pytest.fixture
-def embed_conn() -> Iterator[libvirt.virConnect]:
-    """A ``qemu:///embed`` connection on a short private root (monitor socket paths)."""
-    embedded.become_subreaper()
-    embedded.start_reaper(only="qemu-system")  # never our own Popen children (qemu-img)
-    embedded.start_event_loop()
-    root = embedded.prepare_root(Path(tempfile.mkdtemp(prefix="vg-", dir="/tmp")))
-    conn = libvirt.open(embedded.embed_uri(root))
+def embed_conn(embedded_root: Path) -> Iterator[libvirt.virConnect]:
+    """A ``qemu:///embed`` connection on the process's embedded root."""
+    conn = libvirt.open(embedded.embed_uri(embedded_root))
     try:
         yield conn
     finally:
         conn.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,8 +58,8 @@ def guest() -> Guest:
 
 
 @pytest.fixture(scope="module")
-def hv() -> Iterator[LibvirtHypervisor]:
-    h = hypervisor(Path(tempfile.mkdtemp(prefix="pcl", dir="/tmp")))
+def hv(embedded_root: Path) -> Iterator[LibvirtHypervisor]:
+    h = hypervisor(embedded_root)
     yield h
     h.close()
 

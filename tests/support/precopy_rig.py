@@ -224,11 +224,11 @@ def root_disk(path: Path, data_mib: int) -> Path:
     return path
 
 
-def hypervisor(base: Path) -> LibvirtHypervisor:
-    """The one embedded libvirt of the process (QEMU reaped by us), under ``base``."""
+def hypervisor(root: Path) -> LibvirtHypervisor:
+    """The one embedded libvirt of the process (QEMU reaped by us), at ``root``."""
     embedded.become_subreaper()
     embedded.start_reaper(only="qemu-system")
-    return LibvirtHypervisor(f"qemu:///embed?root={base}/lv")
+    return LibvirtHypervisor(embedded.embed_uri(root))
 
 
 @contextlib.asynccontextmanager
