@@ -1,54 +1,17 @@
 """Where the fleet benchmarks write: ``bench/results/<name>.json`` and ``<name>.md``, each
 stamped with the machine (CPU model, cores, memory, kernel, Python, load, date, commit).
 
-Kept apart from the transfer benchmark's writer (another branch adds ``bench/report.py``);
-the stamp has the same fields so the two can merge.
+The stamp is :func:`bench.report.machine`, as for the transfer benchmark; the layout of
+the Markdown header is this writer's own.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mem_gib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 1024 / 1024, 1)
-    return 0.0
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=RESULTS.parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict[str, object]:
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _mem_gib(),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": _commit()}
+from bench.report import RESULTS, machine
 
 
 def write(name: str, doc: dict[str, Any], markdown: str) -> tuple[Path, Path]:

@@ -1,5 +1,5 @@
 """Where benchmark results go: ``bench/results/<name>.json`` and ``<name>.md``, each stamped
-with the machine (CPU model, cores, kernel, Python, load, date, commit).
+with the machine (CPU model, cores, memory, kernel, Python, load, date, commit).
 
     machine() -> dict[str, object]
     write(name: str, doc: dict[str, object], markdown: str) -> tuple[Path, Path]
@@ -54,9 +54,18 @@ def self_cpu(who: int = resource.RUSAGE_SELF) -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _mem_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return 0.0
+
+
 def machine() -> dict[str, object]:
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(),
+    """The stamp every result carries (the fleet benchmarks' writer uses it too)."""
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _mem_gib(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg": loadavg(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": _commit()}
 
 
