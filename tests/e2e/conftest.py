@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hack.guest import Guest, ensure_guest
 
 from vmresize.agent.hypervisor import embedded
 
@@ -21,6 +22,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def guest() -> Guest:
+    """The booting test guest (``make guest`` builds it into the cache; this builds it if
+    it is missing). A guest that cannot be built is an error, never a skip: ``make test``
+    installs what it needs, so a skip here would hide a broken install step."""
+    return ensure_guest()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import libvirt
 import pytest
 from hack import guest_domain as gd
 from hack import guest_init
-from hack.guest import Guest, ensure_guest
+from hack.guest import Guest
 
 from vmresize.agent.hypervisor import embedded
 
@@ -28,14 +28,6 @@ BOOT_TIMEOUT = 240.0  # TCG on 2 shared cores boots in ~10-20 s; a bound, not a 
 SHUTDOWN_TIMEOUT = 60.0
 MACS = ("52:54:00:7e:57:01", "52:54:00:7e:57:02")
 BASE_SEED = b"vmresize test guest: backing file data\n"
-
-
-@pytest.fixture(scope="module")
-def guest() -> Guest:
-    try:
-        return ensure_guest()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot build the test guest from Debian packages: {e}")
 
 
 @pytest.fixture

@@ -21,14 +21,13 @@ numbered records until the ACPI power-off), one embedded libvirt. What is checke
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hack import guest_domain as gd
-from hack.guest import Guest, ensure_guest
+from hack.guest import Guest
 from tests.support.checksum import file_disk_checksum
 from tests.support.precopy_rig import (
     INSTANCE_DIR,
@@ -47,14 +46,6 @@ from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.api.vmdisks import OVERLAY_SUFFIX, DiskRole, VMDisk
 
 OV = OVERLAY_SUFFIX
-
-
-@pytest.fixture(scope="module")
-def guest() -> Guest:
-    try:
-        return ensure_guest()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot build the test guest from Debian packages: {e}")
 
 
 @pytest.fixture(scope="module")

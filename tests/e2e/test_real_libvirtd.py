@@ -20,19 +20,11 @@ from pathlib import Path
 import libvirt
 import pytest
 from hack import guest_domain as gd
-from hack.guest import Guest, ensure_guest
+from hack.guest import Guest
 from hack.libvirtd import LibvirtdUnavailableError, PrivateLibvirtd
 
 BOOT_TIMEOUT = 240.0  # TCG on 2 shared cores; a bound, not a benchmark
 SHUTDOWN_TIMEOUT = 60.0
-
-
-@pytest.fixture(scope="module")
-def guest() -> Guest:
-    try:
-        return ensure_guest()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot build the test guest from Debian packages: {e}")
 
 
 @contextlib.contextmanager

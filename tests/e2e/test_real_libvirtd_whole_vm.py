@@ -18,10 +18,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
 from hack import guest_domain as gd
 from hack import guest_init
-from hack.guest import Guest, ensure_guest
+from hack.guest import Guest
 from tests.e2e.test_real_libvirtd import daemon
 from tests.e2e.test_whole_vm import CHANGED, INSTANCE_DIR, MACS, make_vm, sha
 from tests.support.full_stack_harness import FLAVORS, Stack
@@ -33,14 +32,6 @@ from vmresize.api.meta import API_VERSION
 
 BOOT = 240.0  # TCG on 2 shared cores; a bound, not a benchmark
 BIG = FLAVORS["big"]
-
-
-@pytest.fixture(scope="module")
-def guest() -> Guest:
-    try:
-        return ensure_guest()
-    except (RuntimeError, OSError) as e:
-        pytest.skip(f"cannot build the test guest from Debian packages: {e}")
 
 
 def same_but_marker(a: Path, b: Path) -> bool:

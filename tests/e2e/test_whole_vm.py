@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hack import guest_domain as gd
 from hack import guest_init
-from hack.guest import Guest, ensure_guest
+from hack.guest import Guest
 from tests.e2e.test_qemu_agents import ready_status, run_task
 from tests.support.agent_harness import AgentProcess, write_migration_key
 from tests.support.checksum import file_disk_checksum
@@ -40,14 +40,6 @@ INSTANCE_DIR = "legacy/web-2"  # an admin's layout, not vmresize's
 DEFINE = ("import sys; from vmresize.agent.hypervisor.libvirt_adapter import "
           "LibvirtHypervisor as H; h = H(sys.argv[1]); h.define_xml(open(sys.argv[2]).read());"
           " h.close()")
-
-
-@pytest.fixture(scope="module")
-def guest() -> Guest:
-    try:
-        return ensure_guest()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot build the test guest from Debian packages: {e}")
 
 
 def sha(path: Path) -> str:
