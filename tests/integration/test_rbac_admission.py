@@ -9,6 +9,7 @@ policy.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,14 @@ def test_node_bound_agent_writes_only_its_own_host_and_tasks(
     assert whoami["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"] == [own]
 
     # Registering another node's Host is denied by the policy (RBAC alone would allow it).
-    denied = eventually(
-        lambda: kubectl(agent, "create", "-f", "-", stdin=HOST.format(name=other), check=False),
-        lambda r: r.returncode != 0 and "agent-host-scope" in r.stderr)
+    def register_other() -> subprocess.CompletedProcess[str]:
+        r = kubectl(agent, "create", "-f", "-", stdin=HOST.format(name=other), check=False)
+        if r.returncode == 0:  # the policy was not in force yet: undo it, and try again
+            kubectl(admin, "delete", "host", other, "--wait=true")
+        return r
+
+    denied = eventually(register_other,
+                        lambda r: r.returncode != 0 and "agent-host-scope" in r.stderr)
     assert denied.returncode != 0
     assert f'the agent on node "{own}" may not write Host "{other}"' in denied.stderr
     kubectl(agent, "create", "-f", "-", stdin=HOST.format(name=own))
