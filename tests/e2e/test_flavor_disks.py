@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.test_qemu_agents import qemu_args, ready_status, run_task
-from tests.support.agent_harness import AgentProcess, write_migration_key
-from tests.support.kube import kubectl
+from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 
 from vmresize.agent import disks
 from vmresize.agent.hypervisor import domainxml, embedded
@@ -46,12 +45,7 @@ def agents(kubeconfig: Path, namespace: str,
     try:
         yield started[0], started[1]
     finally:
-        for a in started:
-            a.stop()
-            a.kill_vms()
-            a.remove_libvirt_root()
-            kubectl(kubeconfig, "delete", "hosts.vmresize.io", a.name, "--ignore-not-found",
-                    "--wait=false", check=False)
+        stop_agents(started, kubeconfig)
 
 
 def sha(path: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 from tests.support.checksum import file_disk_checksum
 from tests.support.kube import kubectl, kubectl_json
 from tests.support.owners import create_owner
@@ -48,12 +48,7 @@ def agent_hosts(kubeconfig: Path, namespace: str,
     try:
         yield agents[0], agents[1]
     finally:
-        for agent in agents:
-            agent.stop()
-            agent.kill_vms()
-            agent.remove_libvirt_root()
-            kubectl(kubeconfig, "delete", "hosts.vmresize.io", agent.name,
-                    "--ignore-not-found", "--wait=false", check=False)
+        stop_agents(agents, kubeconfig)
 
 
 def ready_status(agent: AgentProcess, kubeconfig: Path) -> dict[str, Any]:

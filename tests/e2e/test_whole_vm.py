@@ -24,9 +24,8 @@ from hack import guest_domain as gd
 from hack import guest_init
 from hack.guest import Guest
 from tests.e2e.test_qemu_agents import ready_status, run_task
-from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 from tests.support.checksum import file_disk_checksum
-from tests.support.kube import kubectl
 
 from vmresize.agent import disks
 from vmresize.agent.hypervisor import domainxml, embedded
@@ -105,12 +104,7 @@ def hosts(request: pytest.FixtureRequest, kubeconfig: Path, namespace: str, tmp_
             ready_status(a, kubeconfig)
         yield src, agents[1], name, disks
     finally:
-        for a in agents:
-            a.stop()
-            a.kill_vms()
-            a.remove_libvirt_root()
-            kubectl(kubeconfig, "delete", "hosts.vmresize.io", a.name, "--ignore-not-found",
-                    "--wait=false", check=False)
+        stop_agents(agents, kubeconfig)
 
 
 def persistent_xml(agent: AgentProcess, name: str) -> str:

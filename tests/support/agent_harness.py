@@ -18,10 +18,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import REPO
+from tests.support.kube import kubectl
 
 
 def free_port(address: str) -> int:
@@ -165,3 +167,16 @@ class AgentProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def stop_agents(agents: Iterable[AgentProcess], kubeconfig: Path | None = None) -> None:
+    """The teardown every multi-agent fixture needs: stop each agent (by PID), kill the
+    QEMUs it leaves behind, delete its embedded root; with ``kubeconfig``, delete its Host
+    too (cluster-scoped, so no namespace deletion takes it away)."""
+    for agent in agents:
+        agent.stop()
+        agent.kill_vms()
+        agent.remove_libvirt_root()
+        if kubeconfig is not None:
+            kubectl(kubeconfig, "delete", "hosts.vmresize.io", agent.name,
+                    "--ignore-not-found", "--wait=false", check=False)

@@ -32,7 +32,12 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.support.agent_harness import AgentProcess, free_port, write_migration_key
+from tests.support.agent_harness import (
+    AgentProcess,
+    free_port,
+    stop_agents,
+    write_migration_key,
+)
 from tests.support.fault_proxy import Proxy
 from tests.support.full_stack_harness import FLAVORS, SELECTOR_LABEL, file_sha256, qemu_pid
 from tests.support.kube import kubectl
@@ -169,10 +174,8 @@ class FaultStack:
         self.heal()
         if self.operator is not None:
             self.operator.stop()
+        stop_agents(self.agents.values())
         for agent in self.agents.values():
-            agent.stop()
-            agent.kill_vms()
-            agent.remove_libvirt_root()
             if agent.proxy is not None:
                 agent.proxy.stop()
         for plural in ("vmresizes", "instances", "hosttasks"):

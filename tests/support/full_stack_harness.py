@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 from tests.support.kube import kubectl, kubectl_json
 from tests.support.op_harness import Operator
 from tests.support.polling import wait_for
@@ -172,10 +172,7 @@ class Stack:
         """Stop the operator, the agents and their QEMUs (by PID); delete what we created."""
         if self.operator is not None:
             self.operator.stop()
-        for agent in self.agents.values():
-            agent.stop()
-            agent.kill_vms()
-            agent.remove_libvirt_root()
+        stop_agents(self.agents.values(), self.kubeconfig)
         # Nobody is left to remove the finalizers: strip them, so the namespace can go.
         for kind in ("vmresizes.vmresize.io", "instances.vmresize.io", "hosttasks.vmresize.io"):
             for obj in (kubectl_json(self.kubeconfig, "-n", self.ns, "get", kind) or {}).get(
@@ -184,9 +181,6 @@ class Stack:
                         obj["metadata"]["name"], "--type=merge",
                         "-p", '{"metadata":{"finalizers":null}}', check=False)
         kubectl(self.kubeconfig, "delete", "namespace", self.ns, "--wait=false", check=False)
-        for name in self.agents:
-            kubectl(self.kubeconfig, "delete", "hosts.vmresize.io", name, "--ignore-not-found",
-                    "--wait=false", check=False)
         for name in self.flavors:
             kubectl(self.kubeconfig, "delete", "flavors.vmresize.io", name,
                     "--ignore-not-found", "--wait=false", check=False)
