@@ -17,17 +17,18 @@ survives until Confirmed; claims on every Host equal what the resize and the ins
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kopf
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from tests.support.engine_world import NS, T0, ready_host
 from tests.support.memstore import MemStorage
 
 from vmresize.api.flavor import Flavor, FlavorSpec
-from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
+from vmresize.api.host import Allocation
 from vmresize.api.hosttask import HostTask, TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
 from vmresize.api.meta import Resources
@@ -37,8 +38,7 @@ from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
 A, P = TaskAction, ResizePhase
-NS, SYS = "tenant", "sys"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SYS = "sys"
 SETTINGS = Settings(namespace=SYS, auto_confirm_seconds=0, max_attempts=2, task_retries=2)
 DESTRUCTIVE = {A.MIGRATE_DISK, A.CONFIRM, A.CLEANUP_DEST}
 HOLDS_DEST = {P.PREPARING, P.MIGRATING, P.FINISHING, P.VERIFY_RESIZE, P.CONFIRMING,
@@ -51,20 +51,13 @@ class CrashError(Exception):
     """The operator process dies here: the rest of the step never happens."""
 
 
-def _host(name: str) -> Host:
-    return Host(metadata={"name": name}, spec=HostSpec(), status=HostStatus(
-        capacity=Resources(vcpus=8, memory_mib=8192 + 512, disk_gib=100), ready=True,
-        heartbeat=T0, migration_endpoint=MigrationEndpoint(address="127.0.0.1", port=2222),
-        host_key="ssh-ed25519 AAAA"))
-
-
 class ResizeModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.s = MemStorage()
         self.now = T0
         for h in ("h1", "h2", "h3"):
-            self.s.put(_host(h))
+            self.s.put(ready_host(h))
         self.s.put(Flavor(metadata={"name": "small"},
                           spec=FlavorSpec(vcpus=1, memory_mib=1024, disk_gib=10)))
         self.s.put(Flavor(metadata={"name": "medium"},

@@ -6,49 +6,29 @@ the engine's writes, and checks what the API (here: :class:`MemStorage`) holds a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kopf
 import pytest
+from tests.support.engine_world import NS, T0, build_world
 from tests.support.memstore import MemStorage
 
 from vmresize.api import naming
-from vmresize.api.flavor import Flavor, FlavorSpec
-from vmresize.api.host import Host, HostSpec, HostStatus, MigrationEndpoint
 from vmresize.api.hosttask import HostTask, HostTaskSpec, TaskAction
-from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
-from vmresize.api.meta import Resources
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
 from vmresize.operator.errors import ForeignTask
 from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
-NS, SYS = "tenant", "sys"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SYS = "sys"
 S = Settings(namespace=SYS)
 
 
 def _world(phase: ResizePhase, **status: Any) -> MemStorage:
-    s = MemStorage()
-    for h in ("h1", "h2"):
-        s.put(Host(metadata={"name": h}, spec=HostSpec(), status=HostStatus(
-            capacity=Resources(vcpus=8, memory_mib=8704, disk_gib=100), ready=True,
-            heartbeat=T0, migration_endpoint=MigrationEndpoint(address="127.0.0.1", port=22),
-            host_key="ssh-ed25519 AAAA")))
-    s.put(Flavor(metadata={"name": "small"},
-                 spec=FlavorSpec(vcpus=1, memory_mib=1024, disk_gib=10)))
-    s.put(Flavor(metadata={"name": "medium"},
-                 spec=FlavorSpec(vcpus=2, memory_mib=2048, disk_gib=20)))
-    s.put(Instance(metadata={"name": "vm", "namespace": NS}, spec=InstanceSpec(flavor="small"),
-                   status=InstanceStatus(phase=InstancePhase.ACTIVE, host="h1", flavor="small",
-                                         vcpus=1, memory_mib=1024, disk_gib=10,
-                                         domain_name="tenant.vm", disk_path="a/disk.qcow2")))
-    s.put(VMResize(metadata={"name": "r", "namespace": NS},
-                   spec=VMResizeSpec(instance_name="vm", flavor="medium"),
-                   status=VMResizeStatus(phase=phase, source_host="h1", dest_host="h2",
-                                         old_flavor="small", new_flavor="medium", **status)))
-    return s
+    return build_world(MemStorage(), new_flavor="medium", status=VMResizeStatus(
+        phase=phase, source_host="h1", dest_host="h2", old_flavor="small",
+        new_flavor="medium", **status))
 
 
 def _actions(s: MemStorage) -> set[TaskAction]:

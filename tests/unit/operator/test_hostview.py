@@ -7,24 +7,21 @@ the last slot: the stale choice must be refused by the claim and chosen again.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from tests.support.engine_world import NS, T0, build_world, ready_host, resize_phase
 from tests.support.memstore import MemStorage
 
-from vmresize.api.flavor import Flavor, FlavorSpec
-from vmresize.api.host import Allocation, Host, HostSpec, HostStatus, MigrationEndpoint
-from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
+from vmresize.api.host import Allocation, Host, HostSpec, HostStatus
 from vmresize.api.meta import Resources
-from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec
+from vmresize.api.resize import ResizePhase
 from vmresize.operator.decisions.lifecycle import next_deadline
 from vmresize.operator.decisions.vocabulary import Kind, Observation, State
 from vmresize.operator.persistence.hostview import HostView, WatchedHost
 from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
-NS = "tenant"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = Settings(namespace="sys", heartbeat_stale_seconds=1e9)
 
 
@@ -75,31 +72,10 @@ class LaggingStorage(MemStorage):
 
 
 def _world() -> LaggingStorage:
-    s = LaggingStorage()
-    for name in ("h1", "h2", "h3"):
-        s.put(Host(metadata={"name": name}, spec=HostSpec(), status=HostStatus(
-            # 8704 MiB less the 512 reserved: room for exactly one 8 GiB flavor each
-            capacity=Resources(vcpus=8, memory_mib=8704, disk_gib=100), ready=True,
-            heartbeat=T0, migration_endpoint=MigrationEndpoint(address="127.0.0.1", port=22),
-            host_key="ssh-ed25519 AAAA")))
-    s.put(Flavor(metadata={"name": "small"},
-                 spec=FlavorSpec(vcpus=1, memory_mib=1024, disk_gib=10)))
-    s.put(Flavor(metadata={"name": "big"}, spec=FlavorSpec(vcpus=2, memory_mib=8192,
-                                                           disk_gib=20)))
-    s.put(Instance(metadata={"name": "vm", "namespace": NS}, spec=InstanceSpec(flavor="small"),
-                   status=InstanceStatus(phase=InstancePhase.ACTIVE, host="h1", flavor="small",
-                                         vcpus=1, memory_mib=1024, disk_gib=10,
-                                         domain_name="tenant.vm", disk_path="a/disk.qcow2")))
-    s.put(VMResize(metadata={"name": "r", "namespace": NS},
-                   spec=VMResizeSpec(instance_name="vm", flavor="big")))
-    return s
-
-
-def _phase(s: MemStorage) -> ResizePhase:
-    r = s.resize(NS, "r")
-    assert r is not None
-    assert r.status is not None
-    return r.status.phase
+    # Each host has room for exactly one "big" (8 GiB) flavor.
+    return build_world(LaggingStorage(), new_flavor="big",
+                       hosts=[ready_host(h) for h in ("h1", "h2", "h3")],
+                       flavors={"small": (1, 1024, 10), "big": (2, 8192, 20)})
 
 
 def _used_mib(s: MemStorage, host: str) -> int:
@@ -122,11 +98,11 @@ def test_a_stale_view_costs_a_refused_claim_never_an_overcommit() -> None:
         now += timedelta(seconds=1)
         assert _used_mib(s, "h2") == 8192, "claims are fit-checked on a fresh read"
         assert _used_mib(s, "h3") == 8192
-    assert _phase(s) is ResizePhase.SCHEDULING
+    assert resize_phase(s) is ResizePhase.SCHEDULING
     s.frozen = None   # caught up: nothing fits (no same-host resize by default)
     for _ in range(3):
         engine.reconcile(s, S, NS, "r", now)
-    assert _phase(s) is ResizePhase.FAILED
+    assert resize_phase(s) is ResizePhase.FAILED
     assert _used_mib(s, "h2") == 8192
     assert _used_mib(s, "h3") == 8192
 
@@ -143,7 +119,7 @@ def test_a_view_that_catches_up_schedules_on_the_freed_host() -> None:
         now += timedelta(seconds=1)
         if not out.changed:
             break
-    assert _phase(s) is ResizePhase.PREPARING
+    assert resize_phase(s) is ResizePhase.PREPARING
     r = s.resize(NS, "r")
     assert r is not None
     assert r.status is not None

@@ -3,49 +3,31 @@ silent rolls back by itself, the source first; the daemon is told when to look a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from tests.support.engine_world import NS, T0, build_world, ready_host, resize_phase
 from tests.support.memstore import MemStorage
 
 from vmresize.api import naming
-from vmresize.api.flavor import Flavor, FlavorSpec
-from vmresize.api.host import Host, HostSpec, HostStatus, MigrationEndpoint
 from vmresize.api.hosttask import HostTask, HostTaskSpec, HostTaskStatus, PeerHost, TaskPhase
 from vmresize.api.hosttask import TaskAction as A
-from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
-from vmresize.api.meta import Resources
-from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
+from vmresize.api.instance import InstancePhase
+from vmresize.api.resize import ResizePhase, VMResizeStatus
 from vmresize.operator.reconcile import driver, engine
 from vmresize.operator.settings import Settings
 
-NS, SYS = "tenant", "sys"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SYS = "sys"
 S = Settings(namespace=SYS, step_stale_seconds=30)
 
 
 def _migrating(peer_heartbeat: datetime, task_heartbeat: datetime) -> tuple[MemStorage, str]:
     """A resize in Migrating whose MigrateDisk runs on h1, sending to h2."""
-    s = MemStorage()
-    for h, beat in (("h1", T0), ("h2", peer_heartbeat)):
-        s.put(Host(metadata={"name": h}, spec=HostSpec(), status=HostStatus(
-            capacity=Resources(vcpus=8, memory_mib=8704, disk_gib=100), ready=True,
-            heartbeat=beat, migration_endpoint=MigrationEndpoint(address="127.0.0.1",
-                                                                 port=22),
-            host_key="ssh-ed25519 AAAA")))
-    for f, n in (("small", 1), ("medium", 2)):
-        s.put(Flavor(metadata={"name": f}, spec=FlavorSpec(vcpus=n, memory_mib=1024 * n,
-                                                           disk_gib=10 * n)))
-    s.put(Instance(metadata={"name": "vm", "namespace": NS}, spec=InstanceSpec(flavor="small"),
-                   status=InstanceStatus(phase=InstancePhase.RESIZING, host="h1",
-                                         flavor="small", vcpus=1, memory_mib=1024,
-                                         disk_gib=10, domain_name="tenant.vm",
-                                         disk_path="a/disk.qcow2")))
-    s.put(VMResize(metadata={"name": "r", "namespace": NS},
-                   spec=VMResizeSpec(instance_name="vm", flavor="medium"),
-                   status=VMResizeStatus(phase=ResizePhase.MIGRATING, source_host="h1",
-                                         dest_host="h2", old_flavor="small",
-                                         new_flavor="medium", dest_disk_path="b/disk.qcow2",
-                                         dest_domain_name="tenant.vm")))
+    s = build_world(
+        MemStorage(), new_flavor="medium", instance_phase=InstancePhase.RESIZING,
+        hosts=[ready_host("h1"), ready_host("h2", heartbeat=peer_heartbeat)],
+        status=VMResizeStatus(phase=ResizePhase.MIGRATING, source_host="h1", dest_host="h2",
+                              old_flavor="small", new_flavor="medium",
+                              dest_disk_path="b/disk.qcow2", dest_domain_name="tenant.vm"))
     r = s.resize(NS, "r")
     assert r is not None
     name = naming.task_name(r.uid, A.MIGRATE_DISK, 0)
@@ -62,22 +44,15 @@ def _migrating(peer_heartbeat: datetime, task_heartbeat: datetime) -> tuple[MemS
     return s, r.uid
 
 
-def _phase(s: MemStorage) -> ResizePhase:
-    r = s.resize(NS, "r")
-    assert r is not None
-    assert r.status is not None
-    return r.status.phase
-
-
 def test_a_frozen_destination_rolls_the_copy_back_and_restarts_the_source_first() -> None:
     s, uid = _migrating(peer_heartbeat=T0, task_heartbeat=T0 + timedelta(seconds=60))
     now = T0 + timedelta(seconds=20)
     out = engine.reconcile(s, S, NS, "r", now)
-    assert _phase(s) is ResizePhase.MIGRATING
+    assert resize_phase(s) is ResizePhase.MIGRATING
     # Nothing changed and no event will come from a frozen agent: wake at the expiry.
     assert out.wake_at == T0 + timedelta(seconds=30)
     out = engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=31))
-    assert _phase(s) is ResizePhase.ROLLING_BACK
+    assert resize_phase(s) is ResizePhase.ROLLING_BACK
     r = s.resize(NS, "r")
     assert r is not None
     assert r.status is not None
@@ -92,9 +67,9 @@ def test_a_frozen_destination_rolls_the_copy_back_and_restarts_the_source_first(
 def test_a_silent_source_agent_stalls_its_own_step() -> None:
     s, _ = _migrating(peer_heartbeat=T0 + timedelta(seconds=60), task_heartbeat=T0)
     engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=25))
-    assert _phase(s) is ResizePhase.MIGRATING
+    assert resize_phase(s) is ResizePhase.MIGRATING
     engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=35))
-    assert _phase(s) is ResizePhase.ROLLING_BACK
+    assert resize_phase(s) is ResizePhase.ROLLING_BACK
 
 
 def test_the_daemon_sleeps_until_the_watchdog_deadline_if_sooner() -> None:
