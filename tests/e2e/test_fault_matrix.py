@@ -266,8 +266,10 @@ def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
                 f.write(b"\0" * (1 << 20))
         c.notes.append("tmpfs filled at 30%")
 
+    # 160 MiB: room for what Prepare counts (~60 MiB of files, 64 MiB reserved for the
+    # pre-copy overlay), so the filesystem fills during the copy, not before it.
     run_cell(stack, "destination write fails mid-copy (tmpfs fills)", fault, rate=SLOW,
-             before=lambda s, i: mount.append(s.tmpfs(i, "64m")),
+             before=lambda s, i: mount.append(s.tmpfs(i, "160m")),
              expect=("RolledBack", "Failed"))
 
 

@@ -6,8 +6,8 @@ bounded libvirt calls, the result); this module does the per-file work of each s
 single-disk path of older operators and never comes here.
 
 * Adopt: :func:`adopted` lists the files (with sizes) or says why the VM cannot move.
-* Prepare: :func:`prepare` checks space for all of them, accepts each under its transfer
-  id, and writes the shared-storage marker.
+* Prepare: :func:`prepare` checks space for all that will land (:func:`landing`), accepts
+  each file under its transfer id, and writes the shared-storage marker.
 * MigrateDisk: :func:`capture` before the power-off (refusing what cannot move), then
   :func:`send` after it.
 * Finish: :func:`arrive` verifies once, re-links, merges pre-copy's overlays, applies the
@@ -43,6 +43,12 @@ from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, VMDisk, bound
 
 TRANSFER_SUFFIXES = (".partial", ".xfer")
+MIB = 1024 * 1024
+OVERLAY_SHARE = 8
+"""Pre-copy: Prepare reserves for an overlay 1/OVERLAY_SHARE of the disk below it (at least
+OVERLAY_FLOOR, at most the overlay's own bound). The guest's writes during the live copy
+grow with the copy's duration, which grows with the disk: a share of it, not a constant."""
+OVERLAY_FLOOR = 32 * MIB
 
 
 def at(wall_clock: float) -> datetime:
@@ -97,34 +103,74 @@ def root_format(xml: str, root: Path, rel: str) -> str:
     return "qcow2"
 
 
+def overlay_reserve(overlay: VMDisk, below: VMDisk | None) -> int:
+    """What Prepare reserves for a pre-copy overlay: a share of the disk below it (see
+    OVERLAY_SHARE), twice: Finish commits the overlay into that disk before deleting it, so
+    for a moment its data is on the filesystem two times. An overlay that outgrows this
+    fails its transfer (which is bounded by the overlay's own bound) or its commit, and the
+    VM restarts on its source."""
+    share = max(OVERLAY_FLOOR, (bound(below) if below is not None else 0) // OVERLAY_SHARE)
+    return 2 * min(bound(overlay), share)
+
+
+def made_by_flavor(files: Sequence[VMDisk], flavor: TaskFlavor | None) -> int:
+    """Bytes Finish writes here for ``flavor`` (:func:`flavordisks.plan`), by the rule of
+    :func:`vmdisks.bound`: a raw file at its full size, a qcow2 at the data it holds. So a
+    new or recreated swap (raw) counts its size, a new ephemeral disk (a blank qcow2) its
+    metadata; a raw disk that grows counts the growth, a qcow2 that grows nothing (its new
+    space is filled later, lazily, like any VM's; the Host's diskGiB claim that the
+    scheduler checks covers it)."""
+    if flavor is None:
+        return 0
+    plan = flavordisks.plan([f for f in files if f.role is not DiskRole.OVERLAY], flavor)
+    made = sum(bound(c.disk.model_copy(update={"size_bytes": c.size_bytes if c.disk.format
+                                               == "raw" else 0})) for c in plan.create)
+    return made + sum(max(0, g.size_bytes - g.disk.size_bytes) for g in plan.grow
+                      if g.disk.format == "raw")
+
+
+def landing(files: Sequence[VMDisk], waiting: Sequence[VMDisk], flavor: TaskFlavor | None
+            ) -> tuple[int, int, int]:
+    """What the move will write on the destination's filesystem by the end of Finish:
+    (the ``waiting`` files as they are sent, the overlays' reserve, what the flavor makes).
+    ``waiting``: the files of ``files`` neither received nor already promised."""
+    by_path = {f.path: f for f in files}
+    sent = sum(bound(f) for f in waiting if f.role is not DiskRole.OVERLAY)
+    reserve = sum(overlay_reserve(f, by_path.get(f.backing or "")) for f in waiting
+                  if f.role is DiskRole.OVERLAY)
+    return sent, reserve, made_by_flavor(files, flavor)
+
+
 def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0
             ) -> tuple[list[VMDisk], int]:
-    """Destination: accept every file (idempotent). Returns the list and the bytes needed.
+    """Destination: accept every file (idempotent) if all that will land fits, else
+    InsufficientSpace before anything is accepted. Returns the list and the bytes needed.
     ``promised``: what transfers already in flight here may still write."""
     files = spec.disks
     dest_dir = posixpath.dirname(root_disk(files).path)
-    todo, need = [], 0
+    todo, waiting = [], []
     for f in files:
         if flavordisks.not_copied(f):
-            continue  # swap never crosses: Finish makes it anew (sparse)
+            continue  # swap never crosses: Finish makes it anew (counted in landing())
         if not f.transfer_id:
             raise TaskRefused(f"{f.path} has no transfer id")
         known = transfer.received(f.transfer_id) is not None
         if not known and confine(root, f.path).exists():
             continue  # received, verified and its bookkeeping dropped: a resumed Prepare
         todo.append(f)
-        # A pre-copy overlay holds what the guest writes during the copy, usually little;
-        # reserving a whole disk for it would double every resize's space. Its transfer is
-        # bounded all the same; if it does not fit, the delta fails and the VM restarts on
-        # its source.
-        need += 0 if known or f.role is DiskRole.OVERLAY else bound(f)
+        if not known:  # an accepted transfer's bytes are in ``promised`` already
+            waiting.append(f)
+    sent, reserve, made = landing(files, waiting, spec.flavor)
+    need = sent + reserve + made
     target = confine(root, dest_dir)
     target.mkdir(parents=True, exist_ok=True)
     st = os.statvfs(target)
     free = st.f_bavail * st.f_frsize
     if free - promised < need:
-        raise InsufficientSpace(f"{free} bytes free where the VM lands, {promised} of them "
-                                f"promised to transfers in flight; {need} needed")
+        raise InsufficientSpace(
+            f"{free} bytes free where the VM lands, {promised} of them promised to transfers "
+            f"in flight; {need} needed: {sent} for the files sent, {reserve} reserved for "
+            f"pre-copy overlays, {made} for the disks the new flavor makes")
     for f in todo:
         try:
             transfer.expect(f.transfer_id or "", f.path, bound(f))
