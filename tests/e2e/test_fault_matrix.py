@@ -21,20 +21,26 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hack.localcluster import LocalCluster
 from kubernetes import client
-from tests.support.fault_checks import Row, judge, stall_evidence, write_report
+from tests.support.fault_checks import (
+    Row,
+    judge,
+    live_rollback_evidence,
+    source_overlays,
+    stall_evidence,
+    task_ends,
+    write_report,
+)
 from tests.support.fault_stack import (
-    DATA_MIB,
     HEARTBEAT_STALE,
     STEP_STALE,
     TERMINAL,
     WAIT,
-    FaultAgent,
+    Ctx,
     FaultStack,
     Watcher,
     until,
@@ -70,34 +76,6 @@ def stack(kubeconfig: Path, api_client: client.ApiClient,
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # printed even when captured
                 reporter.write_line(f"\nfault matrix report: {path}\n{text}")
-
-
-@dataclass
-class Ctx:
-    """What a cell's fault can reach."""
-
-    s: FaultStack
-    w: Watcher
-    resize: str
-    src: FaultAgent
-    dst: FaultAgent
-    verdict: str | None = "confirm"  # what to patch in VerifyResize; None: the fault did
-    notes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)
-
-    def mid_copy(self, fraction: float = 0.3) -> None:
-        assert self.dst.proxy is not None
-        assert self.dst.proxy.wait_bytes(int((DATA_MIB << 20) * fraction), WAIT), \
-            f"the copy never reached {fraction:.0%}; phases {self.w.seen()}\n{self.s.tail()}"
-
-    def decide_now(self, verdict: str) -> None:
-        assert self.w.wait("VerifyResize") == "VerifyResize", self.w.seen()
-        self.s.patch_spec(self.resize, {verdict: True})
-        self.verdict = None
-
-    def host_ready(self, agent: FaultAgent) -> bool:  # what `kubectl get hosts` shows
-        return bool(self.s.status("hosts", agent.name).get("ready"))
 
 
 Fault = Callable[[Ctx], None]
@@ -240,6 +218,35 @@ def test_destination_agent_sigstop_mid_copy(stack: FaultStack) -> None:
              expect=("RolledBack",), mode="Offline")
 
 
+def test_destination_agent_sigstop_in_live_copy(stack: FaultStack) -> None:
+    # Pre-copy: frozen in the live copy, held past the step window (live_rollback_evidence)
+    bound = STEP_STALE + 60.0  # the step watchdog, then RestoreSource, when loaded
+
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        rel = c.s.status("vmresizes", c.resize).get("destDiskPath")
+        at_freeze = source_overlays(c.w)  # the live copy's: the VM runs on them
+        c.dst.send(signal.SIGSTOP)
+        began = time.monotonic()
+        if until(lambda: "RestoreSource Succeeded" in task_ends(c.s, c.resize, c.src.name),
+                 bound) is None:
+            c.problems.append(f"no RestoreSource {bound:.0f} s into the freeze")
+        c.notes.append(f"destination frozen {time.monotonic() - began:.0f} s (window "
+                       f"{STEP_STALE} s), until the source was restored")
+        c.dst.send(signal.SIGCONT)  # woken: it must not finish, start or keep anything
+
+        def end() -> None:
+            problems, note = live_rollback_evidence(
+                c.s, c.w, c.resize, c.dst.storage_root / Path(rel).parent if rel else None,
+                at_freeze)
+            c.problems.extend(problems)
+            c.notes.append(note)
+        c.after.append(end)
+
+    run_cell(stack, "destination agent SIGSTOP in the live copy (pre-copy)", fault, rate=SLOW,
+             expect=("RolledBack",))
+
+
 def test_link_cut_mid_copy(stack: FaultStack) -> None:
     def fault(c: Ctx) -> None:
         c.mid_copy(0.4)
@@ -266,8 +273,8 @@ def test_destination_write_fails_mid_copy(stack: FaultStack) -> None:
                 f.write(b"\0" * (1 << 20))
         c.notes.append("tmpfs filled at 30%")
 
-    # 160 MiB: room for what Prepare counts (~60 MiB of files, 64 MiB reserved for the
-    # pre-copy overlay), so the filesystem fills during the copy, not before it.
+    # 160 MiB: room for what Prepare counts (~106 MiB, 64 of them the pre-copy overlay's
+    # reserve), so the filesystem fills during the copy, not before it.
     run_cell(stack, "destination write fails mid-copy (tmpfs fills)", fault, rate=SLOW,
              before=lambda s, i: mount.append(s.tmpfs(i, "160m")),
              expect=("RolledBack", "Failed"))

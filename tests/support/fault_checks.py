@@ -18,6 +18,7 @@ invariants of docs DESIGN.md against the ground truth, not against what the stat
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.support.checksum import file_disk_checksum
 from tests.support.fault_stack import DATA_MIB, WAIT, FaultStack, Watcher
 from tests.support.full_stack_harness import content_sha256, file_sha256
 from tests.support.polling import wait_for
+from vmresize.api.vmdisks import OVERLAY_SUFFIX
 
 
 @dataclass
@@ -146,6 +148,55 @@ def stall_evidence(s: FaultStack, resize: str) -> list[str]:
     except AssertionError:
         p.append(f"no StepStalled Event on {resize}")
     return p
+
+
+def task_ends(s: FaultStack, resize: str, host: str) -> list[str]:
+    """``Action Phase[: message]`` of each HostTask of ``resize`` on ``host``."""
+    uid = (s.get("vmresizes", resize) or {}).get("metadata", {}).get("uid")
+    return [f"{t['spec']['action']} {st.get('phase')}" + (
+        f": {st['message']}" if "superseded" in st.get("message", "") else "")
+        for t in s._items("hosttasks") if t["spec"].get("ownerUid") == uid
+        and t["spec"]["host"] == host for st in [t.get("status") or {}]]
+
+
+def source_overlays(w: Watcher) -> list[str]:
+    """The pre-copy overlay files beside the source's disk now."""
+    return sorted(x.name for x in w.src_disk.parent.glob(f"*{OVERLAY_SUFFIX}"))
+
+
+def live_rollback_evidence(s: FaultStack, w: Watcher, resize: str, dest_dir: Path | None,
+                           at_freeze: list[str]) -> tuple[list[str], str]:
+    """Problems with a pre-copy resize stalled and rolled back in its live copy (empty:
+    none), and a note for the row. Besides :func:`stall_evidence`: the source merged its
+    overlays back live (no ``*.vmresize-overlay.qcow2`` beside its disk, and the running
+    domain's disks are the original files again, as its live definition in the embedded
+    driver's ``run/qemu/<domain>.xml`` says), and the destination keeps no file of the VM in
+    ``dest_dir`` (its instance directory there). ``at_freeze``: the overlays seen when the
+    fault began; none means the copy was not a live one."""
+    p = stall_evidence(s, resize)
+    if not at_freeze:
+        p.append("no overlay on the source when the fault began: no live copy")
+    left = source_overlays(w)
+    if left:
+        p.append(f"overlays left on the source: {left}")
+    live = w.src.libvirt_root / "run" / "qemu" / f"{w.src_dom}.xml"
+    try:
+        doc = ET.fromstring(live.read_text())  # noqa: S314 - libvirt wrote it
+    except (OSError, ET.ParseError) as e:
+        p.append(f"no live definition of {w.src_dom}: {e}")
+    else:
+        tops = [str(Path(src.get("file", "")).resolve()) for d in doc.iter("disk")
+                if d.get("device") == "disk" and (src := d.find("source")) is not None]
+        if str(w.src_disk.resolve()) not in tops or any(
+                x.endswith(OVERLAY_SUFFIX) for x in tops):
+            p.append(f"the running source's disks are {tops}, not {w.src_disk}")
+    kept = [str(x) for x in dest_dir.rglob("*") if x.is_file()] if dest_dir else ["?"]
+    if kept:
+        p.append(f"the destination keeps files of the VM in {dest_dir}: {kept}")
+    dest = w.dest[0].name if w.dest else ""
+    return p, (f"overlays at the freeze {at_freeze}; "
+               + ("VM never off" if w.t_off is None else "VM was powered off")
+               + "; destination tasks: " + ", ".join(task_ends(s, resize, dest)))
 
 
 def write_report(rows: list[Row], path: Path, runtime: float) -> str:

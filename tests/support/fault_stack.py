@@ -12,6 +12,9 @@ or restart any of these; :meth:`heal` brings every part back before the next cel
 processes of both copies and the VMResize status, and records the phases seen, the moment
 no copy ran (power-off) with the source disk's sha256 taken then, the moment a copy ran
 again, and whether both copies ever ran at once.
+
+:class:`Ctx` is what one cell's fault can reach: the stack, the watcher, both agents, and
+the notes, problems and after-checks that go into the cell's row.
 """
 
 from __future__ import annotations
@@ -335,6 +338,34 @@ class Watcher(threading.Thread):
         if self.t_off is None:
             return 0.0
         return None if self.t_on is None else self.t_on - self.t_off
+
+
+@dataclass
+class Ctx:
+    """What a cell's fault can reach."""
+
+    s: FaultStack
+    w: Watcher
+    resize: str
+    src: FaultAgent
+    dst: FaultAgent
+    verdict: str | None = "confirm"  # what to patch in VerifyResize; None: the fault did
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def mid_copy(self, fraction: float = 0.3) -> None:
+        assert self.dst.proxy is not None
+        assert self.dst.proxy.wait_bytes(int((DATA_MIB << 20) * fraction), WAIT), \
+            f"the copy never reached {fraction:.0%}; phases {self.w.seen()}\n{self.s.tail()}"
+
+    def decide_now(self, verdict: str) -> None:
+        assert self.w.wait("VerifyResize") == "VerifyResize", self.w.seen()
+        self.s.patch_spec(self.resize, {verdict: True})
+        self.verdict = None
+
+    def host_ready(self, agent: FaultAgent) -> bool:  # what `kubectl get hosts` shows
+        return bool(self.s.status("hosts", agent.name).get("ready"))
 
 
 def until(probe: Callable[[], bool], timeout: float) -> float | None:
