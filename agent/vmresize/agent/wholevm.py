@@ -40,7 +40,7 @@ from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import StepProgress, Transfer
 from vmresize.api import flavordisks, vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
-from vmresize.api.vmdisks import DiskRole, VMDisk, bound
+from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk, bound
 
 TRANSFER_SUFFIXES = (".partial", ".xfer")
 MIB = 1024 * 1024
@@ -80,6 +80,15 @@ def adopted(hv: Hypervisor, root: Path, name: str
         first = [d for d in domainxml.inventory(hv.export(name))
                  if d.device == "disk" and d.type == "file"]
         return [], str(e), (first[0].format or "raw") if first else "raw"
+    swap = [f.path for f in files if flavordisks.not_copied(f)]
+    if swap:
+        # The serial is how vmresize knows the swap disk it made, whose content is never
+        # sent. A domain defined elsewhere with that serial on a disk would lose its data.
+        return [], (f"{', '.join(swap)} carries the disk serial "
+                    f"'{flavordisks.SERIALS[DiskUse.SWAP]}', which vmresize reserves for "
+                    "the swap disk a flavor makes (never copied, made anew on the "
+                    "destination); give that disk another serial to move it"), \
+            root_disk(files).format
     return [f.model_copy(update={"size_bytes": confine(root, f.path).stat().st_size})
             for f in files], None, root_disk(files).format
 

@@ -1,4 +1,5 @@
-"""The Adopt step records its Instance in the domain and refuses a second owner.
+"""The Adopt step records its Instance in the domain, refuses a second owner, and refuses
+to list a data disk that carries vmresize's reserved swap serial.
 
 libvirt ``test:///default`` and a qcow2 file under a temp storage root: the ownership lives
 in the domain's persistent ``<metadata>``, so it is read back through real libvirt.
@@ -15,6 +16,7 @@ from tests.support.agent_steps import allow_all
 
 from vmresize.agent import disks
 from vmresize.agent.executor import Executor, TaskRefused
+from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec
 from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
@@ -101,3 +103,24 @@ async def test_owner_survives_a_running_domain(executor: Executor, legacy: str) 
         assert executor.hv.owner(legacy) == uid
     finally:
         executor.hv.destroy(legacy)
+
+
+async def test_adopt_refuses_to_move_a_data_disk_with_the_swap_serial(
+        executor: Executor) -> None:
+    """A swap disk is never sent; a disk defined outside vmresize that happens to carry the
+    serial vmresize gives its swap disks would arrive empty. Adopt says so instead."""
+    name = f"legacy-{uuid.uuid4().hex[:8]}"
+    rel, data = f"legacy/{name}/disk.qcow2", f"legacy/{name}/data.qcow2"
+    disks.create_blank(executor.root, rel, 1)
+    disks.create_blank(executor.root, data, 1)
+    executor.hv.define(DomainSpec(name=name, vcpus=1, memory_mib=64, disk=executor.root / rel,
+                                  extra_disks=(NewDisk(str(executor.root / data), "qcow2",
+                                                       "vdb", "vmresize-swap"),)))
+    try:
+        out = await executor.run(adopt(name, str(uuid.uuid4())))
+        assert out.result.disks is None
+        assert out.result.unmovable
+        assert "vmresize-swap" in out.result.unmovable[0]
+        assert data in out.result.unmovable[0]
+    finally:
+        executor.hv.undefine(name)
