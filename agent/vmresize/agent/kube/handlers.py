@@ -16,7 +16,9 @@ its next heartbeat, ending Failed ("superseded"), before the owner's next step h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -50,14 +52,20 @@ class TaskRunner:
         self._running: set[tuple[str, str]] = set()
         self._owners: dict[str, tuple[asyncio.Lock, int]] = {}   # lock, steps using it
 
-    async def handle(self, namespace: str, name: str) -> None:
-        """Run the task if it is due (see the module docstring); a no-op otherwise."""
+    async def handle(self, namespace: str, name: str, seen: HostTask | None = None) -> None:
+        """Run the task if it is due (see the module docstring); a no-op otherwise.
+        ``seen``: the task as kopf handed it over (its spec is immutable; its status may be
+        old, so the task is read again all the same)."""
         key = (namespace, name)
         if key in self._running:
             return
         self._running.add(key)
         try:
-            await self._handle(namespace, name)
+            if seen is not None and seen.spec.host == self.host \
+                    and seen.spec.action not in INSTANCE_ACTIONS:
+                await self._handle_step(namespace, name, seen)
+            else:
+                await self._handle(namespace, name)
         finally:
             self._running.discard(key)
 
@@ -77,23 +85,55 @@ class TaskRunner:
         if task.spec.action in INSTANCE_ACTIONS:   # their own fences guard them
             await self._run(task, writer)
             return
-        owner = task.spec.owner_uid or name
+        async with self._owner(task):   # after any older step of this resize here has ended
+            why = await self._superseded(task)
+            await self._run_unless(task, writer, why)
+
+    async def _handle_step(self, namespace: str, name: str, seen: HostTask) -> None:
+        """A resize step, its spec known from kopf: the fresh read of the task and the
+        fence's read of its owner go out together (one round trip before the step starts,
+        not two). The fence's answer counts only for the very task read (same UID)."""
+        async with self._owner(seen):   # after any older step of this resize here has ended
+            got, why = await asyncio.gather(
+                asyncio.to_thread(self.kube.get_task, namespace, name),
+                self._superseded(seen), return_exceptions=True)
+            if isinstance(got, KubeNotFound):
+                return
+            if isinstance(got, BaseException):
+                raise got
+            if isinstance(why, BaseException):
+                raise why
+            status = got.status
+            if status is not None and status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+                return
+            if got.uid != seen.uid or got.spec != seen.spec:   # another object by that name
+                why = await self._superseded(got)
+            await self._run_unless(got, TaskStatusWriter(self.kube, namespace, name), why)
+
+    @contextlib.asynccontextmanager
+    async def _owner(self, task: HostTask) -> AsyncIterator[None]:
+        """Hold the lock of the task's owner: its steps here run one at a time."""
+        owner = task.spec.owner_uid or task.name
         lock, users = self._owners.get(owner, (asyncio.Lock(), 0))
         self._owners[owner] = (lock, users + 1)
         try:
-            async with lock:   # after any older step of this resize here has ended
-                why = await self._superseded(task)
-                if why is not None:
-                    log.warning("%s/%s superseded: %s", namespace, name, why)
-                    await writer.failed(f"superseded: {why}", retryable=False)
-                    return
-                await self._run(task, writer)
+            async with lock:
+                yield
         finally:
             lock, users = self._owners[owner]
             if users > 1:
                 self._owners[owner] = (lock, users - 1)
             else:
                 del self._owners[owner]
+
+    async def _run_unless(self, task: HostTask, writer: TaskStatusWriter,
+                          why: str | None) -> None:
+        """Run ``task``, or end it Failed if its owner no longer asks for it (``why``)."""
+        if why is not None:
+            log.warning("%s/%s superseded: %s", task.namespace, task.name, why)
+            await writer.failed(f"superseded: {why}", retryable=False)
+            return
+        await self._run(task, writer)
 
     async def _superseded(self, task: HostTask) -> str | None:
         """Why the owner no longer asks for ``task`` (None: it does, or cannot tell now)."""
@@ -176,11 +216,16 @@ def build_registry(runner: TaskRunner) -> kopf.OperatorRegistry:
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
         return info or kopf.login_with_kubeconfig(**kwargs)
 
-    async def run(namespace: str | None, name: str | None, **_: Any) -> None:
+    async def run(namespace: str | None, name: str | None, body: kopf.Body,
+                  **_: Any) -> None:
         assert namespace is not None
         assert name is not None
         try:
-            await runner.handle(namespace, name)
+            seen = HostTask.from_body(body)
+        except ValueError:   # pydantic's ValidationError: read it fresh the ordinary way
+            seen = None
+        try:
+            await runner.handle(namespace, name, seen)
         except KubeError as e:
             if e.retryable:
                 raise kopf.TemporaryError(str(e), delay=KUBE_RETRY_SECONDS) from e

@@ -3,12 +3,17 @@
 The operator never changes a HostTask after creating it (its spec is immutable and its
 status is the agent's), so this handler only reads the owner label. It is what moves a
 waiting resize or instance on when its task progresses, ends or disappears (the daemons do
-not poll). Only a new resourceVersion wakes: after a re-list kopf hands over every task
-again, and the unchanged ones must not cost their owners a step each.
+not poll). Only a change of what the owner's step reads wakes it: after a re-list kopf
+hands over every task again, and the unchanged ones must not cost their owners a step
+each; and a change of the metadata alone (the agent's kopf records that it handled the
+task, one patch per task) or of the heartbeat alone changes no decision (the step
+watchdog looks at the heartbeat at its own deadline), so it costs no step either.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import kopf
@@ -18,8 +23,16 @@ from vmresize.api.naming import OWNER_UID_LABEL
 from vmresize.operator.handlers.memo import shared_or_none
 
 
+def _decisive(status: kopf.Status) -> str:
+    """A digest of what of the task's status the owner's step decides from: all of it but
+    the heartbeat (a digest: the handler keeps one per task)."""
+    text = json.dumps({k: v for k, v in dict(status).items() if k != "heartbeat"},
+                      sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 @kopf.on.event(GROUP, VERSION, "hosttasks")
-async def task_changed(type: str, uid: str, labels: kopf.Labels, meta: kopf.Meta,
+async def task_changed(type: str, uid: str, labels: kopf.Labels, status: kopf.Status,
                        memo: kopf.Memo, **_: Any) -> None:
     """Wake the daemon of the task's owner (by its UID label) so it reads the task now."""
     op = shared_or_none(memo)   # events may arrive before start-up stored the state
@@ -28,7 +41,7 @@ async def task_changed(type: str, uid: str, labels: kopf.Labels, meta: kopf.Meta
     owner = labels.get(OWNER_UID_LABEL)
     if type == "DELETED":
         op.seen_tasks.forget(uid)
-    elif not op.seen_tasks.changed(uid, str(meta.get("resourceVersion", ""))):
+    elif not op.seen_tasks.changed(uid, _decisive(status)):
         return
     if owner:
         op.wakeups.wake(owner)

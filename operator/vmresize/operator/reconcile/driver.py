@@ -9,7 +9,7 @@ watchdog's next look, since a frozen agent sends no event). It never
 polls: a resize waiting in VerifyResize costs no request between its events and its
 deadline, which is what lets thousands of them wait. Events are not missed: kopf's watch
 resumes from the last resourceVersion it saw, and after a re-list the handlers compare
-resourceVersions (:class:`Seen`), so a change made while the watch was down still wakes its
+what they saw last (:class:`Seen`), so a change made while the watch was down still wakes its
 owner. Only a failed step is retried after a delay. kopf starts the daemon again for every
 live object after a restart (its first step runs at once), and with peering only the
 active operator runs daemons. All state is in the API, so the daemon keeps nothing that a
@@ -58,9 +58,9 @@ async def step(locks: Locks, uid: str, reconcile: Reconcile) -> Outcome:
 
 
 class Seen:
-    """The last resourceVersion (or generation) seen per object, for event handlers that
-    wake an owner only when something changed: kopf hands over every object again after a
-    re-list, and waking every owner then would cost one step each."""
+    """The last version (a generation, or a digest of a status) seen per object, for event
+    handlers that wake an owner only when something changed: kopf hands over every object
+    again after a re-list, and waking every owner then would cost one step each."""
 
     def __init__(self) -> None:
         self._versions: dict[str, str] = {}
