@@ -19,15 +19,17 @@ agent that checks ``currentTask`` before a destructive step never runs a superse
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
+from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask, TaskPhase
-from vmresize.api.instance import InstancePhase, InstanceStatus
-from vmresize.api.resize import ResizePhase, VMResize, VMResizeStatus
+from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
+from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator import metrics
 from vmresize.operator.decisions import conditions, lifecycle, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
@@ -186,12 +188,31 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     return Observation(Kind.TICK), {}
 
 
-def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTask) -> None:
-    """Create the task that the written status of ``r`` names (and no other)."""
+#: Reads for the task a step is about to create go out while its status is written.
+_READS = ThreadPoolExecutor(8, thread_name_prefix="task-inputs")
+Inputs = tuple[Instance | None, Host | None]
+
+
+def _task_inputs(storage: Storage, namespace: str, instance: str, dest: str | None) -> Inputs:
+    """What a task is built from: the Instance and the destination Host, as they are now."""
+    return storage.instance(namespace, instance), storage.host(dest) if dest else None
+
+
+def _beside_task(e: Effect) -> bool:
+    """An effect that changes nothing a task is built from: an Instance update that keeps
+    its placement (power state, phase, message)."""
+    return e.kind == "UpdateInstance" and e.placement in (None, "keep")
+
+
+def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTask,
+                 inputs: Inputs | None = None) -> None:
+    """Create the task that the written status of ``r`` names (and no other); ``inputs``:
+    the Instance and destination Host if already read (else they are read here)."""
     st = r.status
     assert st is not None
     assert st.current_task == naming.task_name(r.uid, a.action, a.attempt)
-    inst = storage.instance(r.namespace, r.spec.instance_name)
+    inst, dest = inputs or _task_inputs(storage, r.namespace, r.spec.instance_name,
+                                        st.dest_host)
     if inst is None or inst.status is None:
         raise NotReady(f"instance {r.spec.instance_name} is gone; cannot build {a.action}")
     new, old = st.new_flavor_spec, st.old_flavor_spec
@@ -202,7 +223,6 @@ def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTas
         target = storage.flavor(st.new_flavor) if st.new_flavor else None
         new = new or (target.spec if target else running)
         old = old or running
-    dest = storage.host(st.dest_host) if st.dest_host else None
     task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace, resize=r,
                        inst=inst, new=new, old=task_flavor(old), dest=dest,
                        power_off_timeout_seconds=settings.power_off_timeout_seconds)
@@ -280,11 +300,19 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
         reason = new.reason if step.phase is not st.phase else step.reason or step.phase.value
         events.append(("Warning" if bad else "Normal", reason or step.phase.value,
                        new.message))
+    # The task does not wait for effects that change nothing it is built from (the
+    # Instance's power state and message): its inputs are read while the decision is
+    # written (reads only), and it is created right after the write, before those effects.
+    first = task is not None and all(_beside_task(e) for e in new.pending)
+    inputs = _READS.submit(_task_inputs, storage, r.namespace, r.spec.instance_name,
+                           new.dest_host) if first else None
     r.status = new
     r = storage.replace_status(r)                       # record ...
+    if task is not None and inputs is not None:
+        _create_task(storage, settings, r, task, inputs.result())   # ... then act
     if new.pending:
-        r = _settle(storage, r, now)                    # ... then act
-    if task is not None:
+        r = _settle(storage, r, now)
+    if task is not None and inputs is None:
         _create_task(storage, settings, r, task)
     if step.phase is not st.phase:
         metrics.transition(st.phase, step.phase, st.phase_timestamps.get(st.phase.value), now,
