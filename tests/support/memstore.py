@@ -23,6 +23,7 @@ from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import Resource
 from vmresize.api.resize import VMResize
+from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import ApiConflict, ApiNotFound
 from vmresize.operator.persistence.hostview import WatchedHost, watched
 from vmresize.operator.persistence.storage import check_same_task
@@ -40,6 +41,8 @@ class MemStorage:
         self.before_write: Callable[[str, Key], None] = lambda what, key: None
         self._rv = itertools.count(1)
         self.created_tasks: list[HostTask] = []
+        # What the real Storage remembers for the next writer (each taken once).
+        self.recent: dict[Key, dict[str, Any]] = {}
 
     # -- the test's own access
 
@@ -91,10 +94,23 @@ class MemStorage:
         return self._get(Host, name)
 
     def instance(self, namespace: str, name: str) -> Instance | None:
-        return self._get(Instance, name, namespace)
+        inst = self._get(Instance, name, namespace)
+        if inst is not None:
+            self.recent[(Instance.plural, namespace, name)] = inst.model_dump(
+                mode="json", by_alias=True, exclude_none=True)
+        return inst
 
     def resize(self, namespace: str, name: str) -> VMResize | None:
+        self.recent.pop((VMResize.plural, namespace, name), None)
         return self._get(VMResize, name, namespace)
+
+    def written_resize(self, namespace: str, name: str) -> VMResize | None:
+        body = self.recent.pop((VMResize.plural, namespace, name), None)
+        return None if body is None else VMResize.from_body(body)
+
+    def recent_instance(self, namespace: str, name: str) -> Instance | None:
+        body = self.recent.pop((Instance.plural, namespace, name), None)
+        return None if body is None else Instance.from_body(body)
 
     def task(self, namespace: str, name: str) -> HostTask | None:
         return self._get(HostTask, name, namespace)
@@ -106,6 +122,18 @@ class MemStorage:
     def watched_hosts(self) -> list[WatchedHost]:
         """A view that never lags (the real one may, which only costs refused claims)."""
         return [watched(h) for h in self.hosts()]
+
+    def host_states(self) -> tuple[HostState, ...]:
+        return tuple(w.state for w in self.watched_hosts())
+
+    def claim_holders(self, claim_key: str) -> list[str]:
+        return [w.host.name for w in self.watched_hosts()
+                if w.host.status and claim_key in w.host.status.allocations]
+
+    def host_for_update(self, name: str) -> Host | None:
+        """The view's copy (which may lag, in a test's subclass)."""
+        return next((w.host.model_copy(deep=True) for w in self.watched_hosts()
+                     if w.host.name == name), None)
 
     def resizes(self) -> list[VMResize]:
         return [VMResize.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
@@ -122,6 +150,8 @@ class MemStorage:
         body = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
         cur["status"] = body.get("status")
         cur["metadata"]["resourceVersion"] = str(next(self._rv))
+        if isinstance(obj, (VMResize, Instance)):
+            self.recent[key] = copy.deepcopy(cur)
         return type(obj).from_body(copy.deepcopy(cur))
 
     def create_task(self, task: HostTask) -> None:

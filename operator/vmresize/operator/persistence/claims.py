@@ -8,6 +8,13 @@ read; a 409 means someone else wrote in between, so we read again and decide aga
 (re-running the fit check). Two operators (or two resizes) can therefore never both take
 the last free slot. All functions are idempotent: a claim that exists is not taken twice,
 a release of a missing claim is a no-op.
+
+The first try may start from a copy instead of a read: a Host from the operator's view
+(:meth:`~vmresize.operator.persistence.storage.Storage.host_for_update`), the Instance as
+this process last read or wrote it. Only a write may follow from such a copy, and it is
+guarded by the copy's resourceVersion, so an outdated copy costs a 409 and the fresh read
+that would have come first anyway. Every outcome that writes nothing (already claimed,
+does not fit, busy) is decided on a fresh read.
 """
 
 from __future__ import annotations
@@ -40,13 +47,16 @@ def _update_host(storage: Storage, host_name: str,
                  change: Callable[[Host], bool | None]) -> bool:
     """Read-decide-write loop. ``change`` mutates the host and returns True to write, False
     to refuse (nothing written), None when there is nothing to do."""
+    copy = storage.host_for_update(host_name)
     for _ in range(MAX_CONFLICT_RETRIES):
-        host = storage.host(host_name)
+        host, copied, copy = copy or storage.host(host_name), copy is not None, None
         if host is None:
             return False
         if host.status is None:
             host.status = HostStatus()
         decision = change(host)
+        if decision is not True and copied:
+            continue   # nothing to write, says the copy: ask the Host itself
         if decision is None:
             return True
         if decision is False:
@@ -129,19 +139,17 @@ def lock_instance(storage: Storage, namespace: str, name: str, resize: str, resi
                   ) -> Instance | Literal["missing", "busy", "notready", "deleting"]:
     """Take the instance's lock for the resize ``resize_uid``; idempotent for the holder.
     An instance being deleted is never locked (its Destroy would wait for ever)."""
+    copy = storage.recent_instance(namespace, name)
     for _ in range(MAX_CONFLICT_RETRIES):
-        inst = storage.instance(namespace, name)
+        inst, copied, copy = copy or storage.instance(namespace, name), copy is not None, None
         if inst is None:
             return "missing"
         st = inst.status or InstanceStatus()
-        if st.active_resize_uid == resize_uid:
-            return inst
-        if st.active_resize_uid or st.active_resize:
-            return "busy"
-        if inst.metadata.get("deletionTimestamp"):
-            return "deleting"
-        if st.phase.value != "Active" or not st.host:
-            return "notready"
+        refused = _lock_refused(inst, st, resize_uid)
+        if refused is not None and copied:
+            continue   # nothing to write, says the copy: read the Instance itself
+        if refused is not None:
+            return inst if refused == "held" else refused
         inst.status = st.model_copy(update={"active_resize": resize,
                                             "active_resize_uid": resize_uid,
                                             "phase": InstancePhase.RESIZING,
@@ -151,6 +159,19 @@ def lock_instance(storage: Storage, namespace: str, name: str, resize: str, resi
         except ApiConflict:
             continue
     raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")
+
+
+def _lock_refused(inst: Instance, st: InstanceStatus, resize_uid: str,
+                  ) -> Literal["held", "busy", "notready", "deleting"] | None:
+    if st.active_resize_uid == resize_uid:
+        return "held"
+    if st.active_resize_uid or st.active_resize:
+        return "busy"
+    if inst.metadata.get("deletionTimestamp"):
+        return "deleting"
+    if st.phase.value != "Active" or not st.host:
+        return "notready"
+    return None
 
 
 def update_instance(storage: Storage, namespace: str, name: str, resize_uid: str,

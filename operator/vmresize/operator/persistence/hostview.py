@@ -14,8 +14,12 @@ authority: a claim re-reads its Host and writes guarded by that resourceVersion
 refused and chosen again, never over-commit a host. Whether a claim is held is likewise read
 from the Host itself, not from here.
 
-Fed by the watch thread, read by the worker threads that run the steps: a lock guards it.
-Hosts are shared, never copied: readers must not change them.
+Fed by the watch thread (and by the operator's own Host writes, see
+:meth:`HostView.put`), read by the worker threads that run the steps: a lock guards it.
+Hosts are shared, never copied: readers must not change them (:meth:`HostView.copy` gives
+one to change). Per decision the scheduler needs every Host's plain state and the holders
+of one claim key: both are kept ready here (:meth:`HostView.states`, :meth:`HostView.holders`)
+rather than rebuilt from 10,000 entries each time.
 """
 
 from __future__ import annotations
@@ -52,10 +56,17 @@ class HostView:
         self._lock = threading.Lock()
         self._hosts: dict[str, WatchedHost] = {}
         self._order: list[str] | None = []   # names sorted; None after a Host came or went
+        self._states: tuple[HostState, ...] | None = ()   # in name order; None after a change
+        self._holders: dict[str, set[str]] = {}   # claim key -> names of the Hosts holding it
 
     def put(self, body: Mapping[str, Any]) -> WatchedHost | None:
-        """Take a Host's body from a watch event (the same version again costs nothing); the
-        entry. A Host that does not parse leaves the view: nothing is scheduled on it."""
+        """Take a Host's body from a watch event, or from the answer to the operator's own
+        write of it (the same version again costs nothing); the entry. A Host that does not
+        parse leaves the view: nothing is scheduled on it.
+
+        Versions are not compared: an event older than a write taken in just before may
+        still arrive and briefly show the Host as it was (until the write's own event). That
+        only makes the view lag, which is allowed (see above)."""
         meta = body.get("metadata") or {}
         name, version = str(meta.get("name", "")), str(meta.get("resourceVersion", ""))
         with self._lock:
@@ -68,10 +79,25 @@ class HostView:
             self.remove(name)
             return None
         with self._lock:
-            if name not in self._hosts:
+            old = self._hosts.get(name)
+            if old is None:
                 self._order = None
+            else:
+                self._unindex(old)
             self._hosts[name] = entry
+            self._states = None
+            for k in entry.host.status.allocations if entry.host.status else ():
+                self._holders.setdefault(k, set()).add(name)
         return entry
+
+    def _unindex(self, entry: WatchedHost) -> None:
+        name = entry.host.name
+        for k in entry.host.status.allocations if entry.host.status else ():
+            names = self._holders.get(k)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._holders[k]
 
     def replace(self, bodies: list[Mapping[str, Any]]) -> list[str]:
         """Take in a full list (after a start or a lost watch): Hosts missing from it leave;
@@ -89,8 +115,11 @@ class HostView:
     def remove(self, name: str) -> None:
         """Forget a deleted Host."""
         with self._lock:
-            if self._hosts.pop(name, None) is not None:
+            old = self._hosts.pop(name, None)
+            if old is not None:
+                self._unindex(old)
                 self._order = None
+                self._states = None
 
     def hosts(self) -> list[WatchedHost]:
         """Every Host now, in name order (a snapshot: later events do not change it)."""
@@ -98,6 +127,27 @@ class HostView:
             if self._order is None:
                 self._order = sorted(self._hosts)
             return [self._hosts[n] for n in self._order]
+
+    def states(self) -> tuple[HostState, ...]:
+        """Every Host's scheduler state, in name order; built once per change of the view."""
+        with self._lock:
+            if self._states is None:
+                if self._order is None:
+                    self._order = sorted(self._hosts)
+                self._states = tuple(self._hosts[n].state for n in self._order)
+            return self._states
+
+    def holders(self, claim_key: str) -> list[str]:
+        """The Hosts whose allocations hold ``claim_key``, as last seen (sorted)."""
+        with self._lock:
+            return sorted(self._holders.get(claim_key, ()))
+
+    def copy(self, name: str) -> Host | None:
+        """A copy of the Host ``name`` as last seen that the caller may change (for a write
+        guarded by its resourceVersion), or None if the view has none."""
+        with self._lock:
+            entry = self._hosts.get(name)
+        return None if entry is None else entry.host.model_copy(deep=True)
 
     def __len__(self) -> int:
         with self._lock:

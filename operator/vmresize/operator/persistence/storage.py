@@ -4,12 +4,19 @@ It reads and writes the vmresize custom resources as pydantic models, guards eve
 write with the resourceVersion it read (optimistic concurrency), and converts client
 exceptions into :mod:`vmresize.operator.errors` by the classification it shares with the
 agent (:func:`vmresize.api.apierrors.classify`).
+
+It also remembers what it last read or wrote of some objects, for the writer that comes
+next (:meth:`Storage.written_resize`, :meth:`Storage.recent_instance`,
+:meth:`Storage.host_for_update`): a request saved per use. Such a copy may be outdated,
+so it may only start a write guarded by its resourceVersion (a 409 then sends the writer
+to a fresh read), or be checked against one; never decide alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -25,6 +32,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
 from vmresize.api.naming import OWNER_UID_LABEL
 from vmresize.api.resize import VMResize
+from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import (
     ApiAlreadyExists,
     ApiConflict,
@@ -43,6 +51,8 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = 30
 #: Seconds one Host watch request lasts before the server ends it (it is resumed).
 WATCH_SECONDS = 300
+#: Objects remembered for the next writer (each is taken at most once).
+RECENT = 1024
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +75,26 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         raise ApiUnavailable(f"{what}: {e}") from e
 
 
+class Recent:
+    """The last copy of some objects, each taken at most once; the oldest are dropped."""
+
+    def __init__(self, size: int = RECENT) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def put(self, key: tuple[str, str], value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def take(self, key: tuple[str, str]) -> Any:
+        with self._lock:
+            return self._items.pop(key, None)
+
+
 class Storage:
     """Typed access to Flavors, Hosts, Instances, VMResizes and HostTasks."""
 
@@ -81,10 +111,16 @@ class Storage:
             conf.connection_pool_maxsize = 64
             api = client.ApiClient(conf)
         self._co = client.CustomObjectsApi(api)
+        self._written = Recent()     # VMResizes as this process last wrote them
+        self._instances = Recent()   # Instances as last read or written
 
     # -- reads
 
     def _get(self, model: type[R], name: str, namespace: str | None = None) -> R | None:
+        body = self._body(model, name, namespace)
+        return None if body is None else model.from_body(body)
+
+    def _body(self, model: type[R], name: str, namespace: str | None = None) -> Any:
         what = f"get {model.plural}/{name}"
 
         def get() -> Any:
@@ -96,10 +132,9 @@ class Storage:
                 _request_timeout=REQUEST_TIMEOUT)
 
         try:
-            body = _call(what, get)
+            return _call(what, get)
         except ApiNotFound:
             return None
-        return model.from_body(body)
 
     def flavor(self, name: str) -> Flavor | None:
         """The Flavor ``name``, or None if it does not exist."""
@@ -111,10 +146,28 @@ class Storage:
 
     def instance(self, namespace: str, name: str) -> Instance | None:
         """The Instance ``namespace/name``, or None if it does not exist."""
-        return self._get(Instance, name, namespace)
+        body = self._body(Instance, name, namespace)
+        if body is None:
+            return None
+        self._instances.put((namespace, name), body)   # bodies are never changed here
+        return Instance.from_body(body)
+
+    def recent_instance(self, namespace: str, name: str) -> Instance | None:
+        """The Instance as this process last read or wrote it (once), if remembered: only
+        to start a guarded write of it."""
+        body = self._instances.take((namespace, name))
+        return None if body is None else Instance.from_body(body)
+
+    def written_resize(self, namespace: str, name: str) -> VMResize | None:
+        """The VMResize as this process last wrote it (once), if that was its last read or
+        write here: the next step may start from it instead of a read, since its write is
+        guarded by this version and a step that writes nothing checks it (engine)."""
+        body = self._written.take((namespace, name))
+        return None if body is None else VMResize.from_body(body)
 
     def resize(self, namespace: str, name: str) -> VMResize | None:
         """The VMResize ``namespace/name``, or None if it does not exist."""
+        self._written.take((namespace, name))   # this read is newer than our last write
         return self._get(VMResize, name, namespace)
 
     def task(self, namespace: str, name: str) -> HostTask | None:
@@ -134,6 +187,27 @@ class Storage:
         if self.view is None or not self.view.ready.is_set():
             return [watched(h) for h in self.hosts()]
         return self.view.hosts()
+
+    def host_states(self) -> tuple[HostState, ...]:
+        """Every Host's scheduler state, from the view (one list without it)."""
+        if self.view is None or not self.view.ready.is_set():
+            return tuple(w.state for w in self.watched_hosts())
+        return self.view.states()
+
+    def claim_holders(self, claim_key: str) -> list[str]:
+        """The Hosts holding ``claim_key`` as the view last saw them (one list without it):
+        a lagging view may miss a claim just made, or show one just released."""
+        if self.view is None or not self.view.ready.is_set():
+            return [w.host.name for w in self.watched_hosts()
+                    if w.host.status and claim_key in w.host.status.allocations]
+        return self.view.holders(claim_key)
+
+    def host_for_update(self, name: str) -> Host | None:
+        """The view's copy of Host ``name`` (the caller may change it), to start a write
+        guarded by its resourceVersion; None without one."""
+        if self.view is None or not self.view.ready.is_set():
+            return None
+        return self.view.copy(name)
 
     def watch_hosts(self, view: HostView, changed: Callable[[str, WatchedHost | None], None],
                     stop: threading.Event) -> None:
@@ -210,6 +284,12 @@ class Storage:
             out = _call(what, lambda: self._co.replace_namespaced_custom_object_status(
                 GROUP, VERSION, obj.namespace, obj.plural, obj.name, body,
                 _request_timeout=REQUEST_TIMEOUT))
+        if isinstance(obj, Host) and self.view is not None and self.view.ready.is_set():
+            self.view.put(cast(dict[str, Any], out))   # our own write is in the view before its watch event
+        elif isinstance(obj, VMResize):
+            self._written.put((obj.namespace, obj.name), out)
+        elif isinstance(obj, Instance):
+            self._instances.put((obj.namespace, obj.name), out)
         return type(obj).from_body(out)
 
     def create_task(self, task: HostTask) -> None:

@@ -5,10 +5,13 @@ watch-fed view of all Hosts (:mod:`vmresize.operator.persistence.hostview`) and 
 the status (``destHost``, with the alternates) before the claim is made (an effect of that
 write, :mod:`vmresize.operator.reconcile.effects`). The claim re-reads the Host and is fit
 checked and written guarded by its resourceVersion: it is the only authority, so a view
-that lags can only cost a refused claim. The next step reads the chosen Host itself (one
-GET, not the view) and finds the claim held (Scheduled) or refused, and then chooses again
-without that host. Claims of this resize on any other host are left from an earlier
-choice (a crash, a failed Prepare) and are released here.
+that lags can only cost a refused claim. The next step finds the claim held (Scheduled)
+or refused, and then chooses again without that host. Held: the view shows it (the claim's
+own write goes into the view at once; a claim shown there was written, and nothing but
+this resize's later steps releases it while the resize exists, so it is still held); not
+shown: the chosen Host itself is read (one GET, the authority). Claims of this resize on
+any other host are left from an earlier choice (a crash, a failed Prepare) and are
+released here.
 """
 
 from __future__ import annotations
@@ -65,17 +68,22 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     if refused is not None:
         return refused, {}
     key = claims.key("VMResize", r.uid)
-    hosts = storage.watched_hosts()
-    for h, _ in hosts:
-        if h.status and key in h.status.allocations and h.name != st.dest_host:
-            claims.release(storage, h.name, key)
+    holders = storage.claim_holders(key)
+    for holder in holders:
+        if holder != st.dest_host:
+            claims.release(storage, holder, key)
     spec = st.new_flavor_spec
     if spec is None:
         return Observation(Kind.NO_VALID_HOST, message="no flavor snapshot"), {}
     tried: set[str] = set()
     if st.dest_host:
-        dest = storage.host(st.dest_host)   # the claim itself, not the view's copy of it
-        if dest is not None and dest.status and key in dest.status.allocations:
+        if st.dest_host in holders:
+            held = True
+        else:   # maybe just not in the view yet: the Host itself says
+            dest = storage.host(st.dest_host)
+            held = dest is not None and dest.status is not None and \
+                key in dest.status.allocations
+        if held:
             return (Observation(Kind.SCHEDULED, host=st.dest_host,
                                 alternates=tuple(st.alternates)),
                     _dest_names(r, st, st.dest_host))
@@ -99,7 +107,7 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
                   max_alternates=settings.max_attempts - 1)
     weights = Weights(ram=settings.ram_weight_multiplier, cpu=settings.cpu_weight_multiplier,
                       disk=settings.disk_weight_multiplier)
-    out = select([state for _, state in hosts], req, weights)
+    out = select(storage.host_states(), req, weights)
     if isinstance(out, NoValidHost):
         return Observation(Kind.NO_VALID_HOST, counts=out.counts), {}
     return (Observation(Kind.CHOSEN, host=out.host, alternates=out.alternates),
