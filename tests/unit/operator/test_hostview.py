@@ -144,3 +144,41 @@ def test_a_full_list_replaces_the_view_and_makes_it_ready() -> None:
     assert v.replace([_host("a"), _host("b")]) == ["gone"]
     assert v.ready.is_set()
     assert [h.host.name for h in v.hosts()] == ["a", "b"]
+
+
+def test_the_view_keeps_scheduler_states_and_claim_holders_per_version() -> None:
+    v = HostView()
+    claim = {"VMResize/u1": Allocation(consumer="t/r", kind="VMResize", resources=Resources(
+        vcpus=1, memory_mib=1024, disk_gib=1)).model_dump(mode="json", by_alias=True)}
+    v.put(_host("b", allocations=claim))
+    v.put(_host("a"))
+    states = v.states()
+    assert [s.name for s in states] == ["a", "b"]
+    assert states[1].used_memory_mib == 1024
+    assert v.states() is states, "built once per version of the view"
+    assert v.holders("VMResize/u1") == ["b"]
+    copy = v.copy("b")
+    assert copy is not None and copy.status is not None
+    copy.status.allocations.clear()   # a copy to change: the view's entry stays as it was
+    assert v.holders("VMResize/u1") == ["b"]
+    v.put(_host("b", rv="2"))   # the claim released
+    assert v.holders("VMResize/u1") == []
+    assert v.states() is not states
+    assert v.states()[1].used_memory_mib == 0
+    v.put(_host("a", rv="2", allocations=claim))
+    v.remove("a")
+    assert v.holders("VMResize/u1") == []
+    assert [s.name for s in v.states()] == ["b"]
+
+
+def test_a_step_after_a_write_that_was_overtaken_decides_again_on_a_read() -> None:
+    """The step after a write starts from that write's answer; if the resize changed in
+    between (here: deleted) and the step would write nothing, it reads and decides again."""
+    s = _world()
+    s.patch("instances", NS, "vm", lambda b: b["status"].update(phase="Building"))
+    r = s.resize(NS, "r")
+    assert r is not None
+    s.replace_status(r)   # the operator's own write: the next step starts from its answer
+    s.mark_deleted("vmresizes", NS, "r")
+    engine.reconcile(s, S, NS, "r", T0)
+    assert _phase(s) is ResizePhase.FAILED, "the deletion was seen, not the write's answer"
