@@ -17,9 +17,27 @@ import kopf
 from vmresize.api.meta import GROUP, VERSION
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 from vmresize.operator.handlers.memo import shared
+from vmresize.operator.handlers.startup import FINALIZER, PREFIX
 from vmresize.operator.reconcile import driver, engine
 
 _DONE = {p.value for p in TERMINAL_PHASES}
+#: kopf's record of the last handled spec, which it writes on a new object after its finalizer.
+_HANDLED = f"{PREFIX}/last-handled-configuration"
+
+
+async def _kopf_written(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
+    """Right after a resize is created kopf writes it twice (its finalizer, then its record
+    of the handled spec); a first step that writes the status in between meets a 409 and is
+    done again from the start (most new resizes did: five requests more each). A new resize
+    (no status yet) therefore waits until kopf's live body shows both, for a second at most."""
+    if body.get("status"):
+        return
+    for _ in range(200):
+        meta = body.get("metadata") or {}
+        if stopped or (FINALIZER in (meta.get("finalizers") or [])
+                       and _HANDLED in (meta.get("annotations") or {})):
+            return
+        await asyncio.sleep(0.005)
 
 
 def _active(status: kopf.Status, **_: Any) -> bool:
@@ -34,6 +52,7 @@ async def drive(body: kopf.Body, uid: str, name: str, namespace: str | None,
     """Daemon for an unfinished VMResize: runs the engine until the resize reaches a terminal
     phase."""
     op = shared(memo)
+    await _kopf_written(body, stopped)
     step = partial(engine.reconcile, op.storage, op.settings, namespace or "", name)
     await driver.run(body, uid, step, op.wakeups, stopped, op.settings.poll_seconds, op.locks)
 
