@@ -145,7 +145,11 @@ class OperatorProcess:
         self.cluster, self.log, self.root = cluster, log, root
         self.env = {"VMRESIZE_METRICS_PORT": "0", "VMRESIZE_METRICS_ADDRESS": "127.0.0.1",
                     # The seeded heartbeats are never refreshed (no agents): never stale.
-                    "VMRESIZE_HEARTBEAT_STALE_SECONDS": "86400", **env}
+                    "VMRESIZE_HEARTBEAT_STALE_SECONDS": "86400",
+                    # Nor are the Prepare tasks ever taken: without this, the resizes an
+                    # earlier run left in Preparing stall after 60 s and are scheduled again
+                    # (claims, tasks) while a later run measures.
+                    "VMRESIZE_STEP_STALE_SECONDS": "86400", **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
