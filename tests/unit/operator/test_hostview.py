@@ -158,7 +158,8 @@ def test_the_view_keeps_scheduler_states_and_claim_holders_per_version() -> None
     assert v.states() is states, "built once per version of the view"
     assert v.holders("VMResize/u1") == ["b"]
     copy = v.copy("b")
-    assert copy is not None and copy.status is not None
+    assert copy is not None
+    assert copy.status is not None
     copy.status.allocations.clear()   # a copy to change: the view's entry stays as it was
     assert v.holders("VMResize/u1") == ["b"]
     v.put(_host("b", rv="2"))   # the claim released

@@ -285,7 +285,8 @@ class Storage:
                 GROUP, VERSION, obj.namespace, obj.plural, obj.name, body,
                 _request_timeout=REQUEST_TIMEOUT))
         if isinstance(obj, Host) and self.view is not None and self.view.ready.is_set():
-            self.view.put(cast(dict[str, Any], out))   # our own write is in the view before its watch event
+            # Our own write is in the view at once, before its watch event.
+            self.view.put(cast(dict[str, Any], out))
         elif isinstance(obj, VMResize):
             self._written.put((obj.namespace, obj.name), out)
         elif isinstance(obj, Instance):
