@@ -151,8 +151,21 @@ def select(hosts: Sequence[HostState], req: Request, weights: Weights) -> Select
     stale_before = req.now - timedelta(seconds=req.heartbeat_stale_seconds)
     passed: list[HostState] = []
     free: list[tuple[float, float, float]] = []
+    # The common request (no forced host, no selector) skips those filters' per-host work.
+    simple = req.forced_host is None and not req.selector
     for h in hosts:
-        why = _rejected_before_resources(h, req, stale_before)
+        if simple:   # the same checks as _rejected_before_resources, inline
+            if not h.enabled:
+                why: str | None = "Enabled"
+            elif not h.ready or h.heartbeat is None or h.heartbeat < stale_before:
+                why = "Heartbeat"
+            elif h.name in req.exclude or (h.name == req.source_host
+                                           and not req.allow_same_host):
+                why = "SameHost"
+            else:
+                why = None
+        else:
+            why = _rejected_before_resources(h, req, stale_before)
         if why is None:
             f = h.free()
             why = _short(f, req.vcpus, req.memory_mib, req.disk_gib)
