@@ -104,6 +104,12 @@ class MemStorage:
         self.recent.pop((VMResize.plural, namespace, name), None)
         return self._get(VMResize, name, namespace)
 
+    def locked_instance(self, namespace: str, name: str, resize_uid: str) -> Instance | None:
+        body = self.recent.get((Instance.plural, namespace, name))
+        if body is None or (body.get("status") or {}).get("activeResizeUid") != resize_uid:
+            return None
+        return Instance.from_body(copy.deepcopy(body))
+
     def written_resize(self, namespace: str, name: str) -> VMResize | None:
         body = self.recent.pop((VMResize.plural, namespace, name), None)
         return None if body is None else VMResize.from_body(body)

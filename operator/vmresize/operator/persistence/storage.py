@@ -90,6 +90,10 @@ class Recent:
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
+    def peek(self, key: tuple[str, str]) -> Any:
+        with self._lock:
+            return self._items.get(key)
+
     def take(self, key: tuple[str, str]) -> Any:
         with self._lock:
             return self._items.pop(key, None)
@@ -157,6 +161,15 @@ class Storage:
         to start a guarded write of it."""
         body = self._instances.take((namespace, name))
         return None if body is None else Instance.from_body(body)
+
+    def locked_instance(self, namespace: str, name: str, resize_uid: str) -> Instance | None:
+        """The Instance as this process last read or wrote it, if that copy shows the lock
+        of ``resize_uid`` (kept for the next use): only the holder's own steps release it
+        (the lock sweep only a gone holder's), so a copy that shows it is as good as a read."""
+        body = self._instances.peek((namespace, name))
+        if body is None or ((body.get("status") or {}).get("activeResizeUid") != resize_uid):
+            return None
+        return Instance.from_body(body)
 
     def written_resize(self, namespace: str, name: str) -> VMResize | None:
         """The VMResize as this process last wrote it (once), if that was its last read or

@@ -9,9 +9,11 @@ that lags can only cost a refused claim. The next step finds the claim held (Sch
 or refused, and then chooses again without that host. Held: the view shows it (the claim's
 own write goes into the view at once; a claim shown there was written, and nothing but
 this resize's later steps releases it while the resize exists, so it is still held); not
-shown: the chosen Host itself is read (one GET, the authority). Claims of this resize on
-any other host are left from an earlier choice (a crash, a failed Prepare) and are
-released here.
+shown: the chosen Host itself is read (one GET, the authority). Likewise the lock: the
+Instance as this process last wrote (or read) it, when that shows the lock of this resize
+(:meth:`~vmresize.operator.persistence.storage.Storage.locked_instance`), else a read.
+Claims of this resize on any other host are left from an earlier choice (a crash, a
+failed Prepare) and are released here.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def lock_refused(inst: Instance | None, r: VMResize) -> Observation | None:
 def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
              now: datetime) -> tuple[Observation, dict[str, Any]]:
     """CHOSEN (claim it next), SCHEDULED (claim held), NO_VALID_HOST, or the lock refused."""
-    refused = lock_refused(storage.instance(r.namespace, r.spec.instance_name), r)
+    ns, inst = r.namespace, r.spec.instance_name
+    refused = lock_refused(storage.locked_instance(ns, inst, r.uid) or storage.instance(ns, inst),
+                           r)
     if refused is not None:
         return refused, {}
     key = claims.key("VMResize", r.uid)
