@@ -182,4 +182,4 @@ def test_a_step_after_a_write_that_was_overtaken_decides_again_on_a_read() -> No
     s.replace_status(r)   # the operator's own write: the next step starts from its answer
     s.mark_deleted("vmresizes", NS, "r")
     engine.reconcile(s, S, NS, "r", T0)
-    assert _phase(s) is ResizePhase.FAILED, "the deletion was seen, not the write's answer"
+    assert resize_phase(s) is ResizePhase.FAILED, "the deletion was seen, not the write's answer"
