@@ -29,6 +29,8 @@ from asyncssh.connection import SSHConnection
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vmresize.agent.transfer import gcmsend
+
 __all__ = ["install"]
 
 _TAG = 16
@@ -99,6 +101,7 @@ def install() -> bool:
     cls.encrypt_packet = _encrypt_packet  # type: ignore[method-assign]
     cls.decrypt_packet = _decrypt_packet  # type: ignore[method-assign]
     SSHConnection.data_received = _data_received  # type: ignore[method-assign]
+    gcmsend.install(asyncssh.__version__)  # the send side: one buffer, encrypted in place
     return True
 
 
