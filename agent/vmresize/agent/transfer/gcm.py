@@ -36,6 +36,7 @@ __all__ = ["install"]
 _TAG = 16
 _MSG_CHANNEL_DATA = 94
 _VIEWS = "_vmresize_views"
+_BASE = "_vmresize_packet"
 KNOWN_VERSIONS = ("2.21.", "2.22.", "2.23.", "2.24.")
 _ORIGINAL: dict[str, Any] = {}
 
@@ -57,15 +58,40 @@ def _encrypt_packet(self: Any, seq: int, header: bytes, packet: bytes) -> tuple[
 def _decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes, header_len: int,
                     mac: bytes) -> bytes | None:
     cipher = self._cipher
+    # The whole packet as one view of the input buffer, when _recv_pkthdr saw it complete
+    # (then first, rest and mac are its consecutive slices): no join of 256 KiB.
+    base: memoryview | None = self.__dict__.pop(_BASE, None)
+    size = len(first) + len(rest) + len(mac)
+    if base is not None and len(base) >= size and base[:len(first)] == first:
+        sealed, aad = base[header_len:size], base[:header_len]
+    else:
+        sealed, aad = b"".join((first[header_len:], rest, mac)), first[:header_len]
     try:
-        plain: bytes | None = _aead(cipher).decrypt(
-            cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+        plain: bytes | None = _aead(cipher).decrypt(cipher._iv, sealed, aad)
     except InvalidTag:
         plain = None
     cipher._update_iv()
     if plain is not None and self.__dict__.get(_VIEWS) and plain[1] == _MSG_CHANNEL_DATA:
         return memoryview(plain)  # type: ignore[return-value]  # [0] is the padding length
     return plain
+
+
+def _recv_pkthdr(self: Any) -> bool:
+    enc = self._recv_encryption
+    if type(enc) is encryption.GCMEncryption:
+        # The length is in clear with AES-GCM: parse a packet only once all of it is here,
+        # so that it is one contiguous view (see _decrypt_packet and _data_received).
+        buf = self._inpbuf
+        if len(buf) < 4:
+            return False
+        pktlen = int.from_bytes(buf[:4], "big")
+        if pktlen > self._max_recv_pktlen:
+            raise asyncssh.ProtocolError("Max packet size exceeded")
+        if len(buf) < 4 + pktlen + self._recv_macsize:
+            return False
+        enc.__dict__[_BASE] = buf[:4 + pktlen + self._recv_macsize]
+    result: bool = _ORIGINAL["_recv_pkthdr"](self)
+    return result
 
 
 def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
@@ -79,7 +105,16 @@ def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
     if self.__dict__.get(_VIEWS):  # the encryption object is new after every rekey
         self._recv_encryption.__dict__[_VIEWS] = True
     left = self._inpbuf
-    self._inpbuf = memoryview(b"".join((left, data)) if left else data)
+    view = memoryview(data)
+    if left and len(left) >= 4 and self._recv_handler == self._recv_pkthdr:
+        # A packet straddles two reads: join only its own missing bytes to what is left,
+        # parse it, and parse the rest of this read in place (not one more copy of it all).
+        lack = 4 + int.from_bytes(left[:4], "big") + self._recv_macsize - len(left)
+        if 0 < lack < len(view):
+            self._inpbuf = memoryview(b"".join((left, view[:lack])))
+            self._recv_data()
+            left, view = self._inpbuf, view[lack:]  # left: empty unless a handler waits
+    self._inpbuf = memoryview(b"".join((left, view))) if left else view
     self._recv_data()
 
 
@@ -98,9 +133,11 @@ def install() -> bool:
     _ORIGINAL["encrypt_packet"] = cls.encrypt_packet
     _ORIGINAL["decrypt_packet"] = cls.decrypt_packet
     _ORIGINAL["data_received"] = SSHConnection.data_received
+    _ORIGINAL["_recv_pkthdr"] = SSHConnection._recv_pkthdr
     cls.encrypt_packet = _encrypt_packet  # type: ignore[method-assign]
     cls.decrypt_packet = _decrypt_packet  # type: ignore[method-assign]
     SSHConnection.data_received = _data_received  # type: ignore[method-assign]
+    SSHConnection._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     gcmsend.install(asyncssh.__version__)  # the send side: one buffer, encrypted in place
     return True
 

@@ -37,6 +37,7 @@ them (``EINVAL``/``EOPNOTSUPP``), the whole file is one data extent: correct, ju
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import queue
@@ -67,6 +68,29 @@ _DIGEST_MAGIC = b"vmresize-disk-xxh3-128-v1\0"
 _U64 = struct.Struct(">Q")
 _ZERO_BLOCK = bytes(DIGEST_BLOCK)
 HASH_BACKLOG = 32  # writes (SSH packets of <= 256 KiB) waiting for the hasher: <= 8 MiB
+# The writer starts the writeback of what it wrote every WRITEBACK_BYTES (sync_file_range,
+# SYNC_FILE_RANGE_WRITE: it does not wait for it), so the disk writes during the copy and
+# the fsync before the rename finds little left (it took 0.2-0.25 s for 1 GiB here).
+WRITEBACK_BYTES = 32 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int], None]:
+    """``start(fd)``: begin writing the file's dirty pages back; a no-op where libc has no
+    ``sync_file_range``. Errors are ignored: the fsync before the rename reports them."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+
+    def start(fd: int) -> None:
+        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: the whole file; ctypes drops the GIL
+    return start
+
+
+_start_writeback = _writeback_starter()
 
 
 class Extent(NamedTuple):
@@ -264,6 +288,7 @@ class SparseSink:
 
     def _write_loop(self) -> None:
         failed: OSError | None = None
+        unflushed = 0  # bytes written since the writeback was last started
         while True:
             item = self._writes.get()
             if isinstance(item, _Call):
@@ -299,6 +324,10 @@ class SparseSink:
                     self._on_error(e)
                 continue
             self._on_written(offset, len(view))
+            unflushed += len(view)
+            if unflushed >= WRITEBACK_BYTES:
+                unflushed = 0
+                _start_writeback(self._fd)
             if self._hashes is not None:
                 self._hashes.put((offset, view))
 
