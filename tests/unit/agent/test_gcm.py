@@ -6,8 +6,9 @@ import os
 
 import pytest
 from asyncssh.encryption import GCMEncryption
+from asyncssh.packet import String, UInt32
 
-from vmresize.agent.transfer import gcm
+from vmresize.agent.transfer import gcm, gcmsend
 
 
 @pytest.mark.parametrize("name", ["aes128-gcm", "aes256-gcm"])
@@ -31,3 +32,74 @@ def test_patched_packets_match_the_originals(name: str) -> None:
             expected = None
         assert rx.decrypt_packet(seq, first, rest, hl, mac) == expected
         assert dec_orig(rx_orig, seq, first, rest, hl, mac) == expected
+
+
+class _Conn:
+    """The state asyncssh's ``SSHConnection.send_packet`` reads, keys and auth settled; what
+    it sends is collected. ``impl`` is the send_packet it runs (asyncssh's or ours)."""
+
+    def __init__(self, impl: object, enc: GCMEncryption) -> None:
+        self._impl = impl
+        self._auth_complete = self._kex_complete = True
+        self._auth_in_progress = self._strict_kex = False
+        self._rekey_bytes_sent, self._rekey_bytes = 0, 1 << 30
+        self._rekey_seconds, self._rekey_time = 3600, float("inf")
+        self._deferred_packets: list[object] = []
+        self._send_encryption, self._compressor = enc, None
+        self._compress_after_auth = False
+        self._send_enchdrlen, self._send_blocksize = 1, 16  # as asyncssh sets them for GCM
+        self._send_seq = 7
+        self._transport = None
+        self.sent: list[bytes] = []
+        self.logged: list[tuple[int, int, bytes]] = []
+
+    def send_packet(self, pkttype: int, *args: bytes, handler: object = None) -> None:
+        self._impl(self, pkttype, *args, handler=handler)  # type: ignore[operator]
+
+    def _send(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def log_sent_packet(self, pkttype: int, seq: int, payload: bytes) -> None:
+        self.logged.append((pkttype, seq, bytes(payload)))
+
+
+def test_send_path_sends_what_asyncssh_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gcm.install()
+    original = gcmsend.original("send_packet")
+    assert original is not None  # asyncssh 2.24 here: the send path is patched
+    key, iv = os.urandom(16), os.urandom(12)
+    data = memoryview(bytearray(os.urandom(300_000)))
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x5a" * n)  # the same padding for both
+    ours = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", key, iv))
+    theirs = _Conn(original, GCMEncryption.new("aes128-gcm", key, iv))
+    packets: list[tuple[int, tuple[bytes | memoryview, ...]]] = [
+        (94, (UInt32(3), UInt32(256 * 1024), data[:256 * 1024])),  # channel data, as flushed
+        (94, (UInt32(3), UInt32(17), data[1000:1017])),
+        (2, (String(b""),)),                                       # below KEX_LAST: no ignore
+        (98, (UInt32(3), String(b"exit-status"), b"\0", UInt32(0))),
+    ]
+    for pkttype, args in packets:
+        ours.send_packet(pkttype, *args)
+        joined = tuple(bytes(a) for a in args)  # asyncssh's own callers pass bytes
+        theirs.send_packet(pkttype, *joined)
+    assert ours.sent == theirs.sent  # same bytes, same nonces, an ignore before each > 49
+    assert len(ours.sent) == 7
+    assert ours.logged == theirs.logged
+    assert (ours._send_seq, ours._rekey_bytes_sent) == (theirs._send_seq,
+                                                        theirs._rekey_bytes_sent)
+
+
+def test_send_path_leaves_a_due_rekey_to_asyncssh() -> None:
+    assert gcm.install()
+    conn = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
+                                                         os.urandom(12)))
+    conn._rekey_bytes_sent = conn._rekey_bytes  # due: asyncssh's method starts the kex
+    calls: list[int] = []
+    orig = gcmsend.original("send_packet")
+    gcmsend._ORIGINAL["send_packet"] = lambda self, t, *a, handler=None: calls.append(t)
+    try:
+        conn.send_packet(94, UInt32(3), UInt32(1), b"x")
+    finally:
+        gcmsend._ORIGINAL["send_packet"] = orig
+    assert calls == [94]
+    assert conn.sent == []

@@ -62,6 +62,8 @@ def _decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes, header_len: 
     # (then first, rest and mac are its consecutive slices): no join of 256 KiB.
     base: memoryview | None = self.__dict__.pop(_BASE, None)
     size = len(first) + len(rest) + len(mac)
+    sealed: bytes | memoryview
+    aad: bytes | memoryview
     if base is not None and len(base) >= size and base[:len(first)] == first:
         sealed, aad = base[header_len:size], base[:header_len]
     else:

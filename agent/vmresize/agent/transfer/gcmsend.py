@@ -56,6 +56,8 @@ _BUF = "_vmresize_sendbuf"
 _IGNORE = String(b"")
 _ORIGINAL: dict[str, Any] = {}
 _pool = memoryview(b"")
+# asyncio's socket transports: write() sends, or copies what it could not send, before it returns
+_COPYING: type = getattr(asyncio.selector_events, "_SelectorTransport", type(None))
 
 
 def _padding(n: int) -> memoryview:
@@ -70,7 +72,7 @@ def _padding(n: int) -> memoryview:
 def _buffer(conn: Any, size: int) -> memoryview:
     """A writable buffer of ``size`` bytes; the connection's own one when its transport
     copies what it does not send at once (asyncio's socket transport), else a fresh one."""
-    if not isinstance(conn._transport, asyncio.selector_events._SelectorTransport):
+    if not isinstance(conn._transport, _COPYING) or conn._transport is None:
         return memoryview(bytearray(size))
     buf: bytearray | None = conn.__dict__.get(_BUF)
     if buf is None or len(buf) < size:
@@ -111,17 +113,18 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
         view[pos:end] = arg
         pos = end
     view[pos:pos + padlen] = _padding(padlen)
+    seq = self._send_seq
+    # Logged before, not after the send as asyncssh does: the plaintext is encrypted in place.
+    (handler or self).log_sent_packet(pkttype, seq, view[5:5 + paylen])
     cipher = enc._cipher
     _aead(cipher).encrypt_into(cipher._iv, view[4:4 + pktlen], view[:4], view[4:])
     cipher._update_iv()
-    seq = self._send_seq
     self._send(view)
     if pkttype == MSG_NEWKEYS and self._strict_kex:  # never after kex, kept as asyncssh has it
         self._send_seq = 0
     else:
         self._send_seq = (seq + 1) & 0xffffffff
     self._rekey_bytes_sent += pktlen
-    (handler or self).log_sent_packet(pkttype, seq, view[5:5 + paylen])
 
 
 def _flush_send_buf(self: Any) -> None:
