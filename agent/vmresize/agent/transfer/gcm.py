@@ -7,13 +7,18 @@ input buffer is a ``bytes`` that every received chunk is appended to and every p
 header and packet is sliced off (each a copy of all that is buffered). :func:`install`
 replaces :class:`asyncssh.encryption.GCMEncryption`'s two packet methods with versions that
 make one copy fewer each way and keep one ``AESGCM`` per key, and, once a connection
-receives with AES-GCM, keeps its input buffer as a ``memoryview`` (slicing it off is free;
-a chunk is joined to what is left of a partial packet, one copy). On connections marked
+receives with AES-GCM, keeps its input buffer as a ``memoryview`` (slicing it off is free).
+A packet is parsed only once all of it is buffered (the length is in clear with GCM), so it
+is decrypted straight from one view of the buffer; a packet straddling two socket reads is
+the only thing joined (its own bytes, not the rest of the read), and :func:`read_size` lets
+the receiver read 1 MiB at a time so that few do. On connections marked
 with :func:`deliver_views` (the migration server's: its only channels are disk sessions,
 which take any buffer), a decrypted ``CHANNEL_DATA`` packet stays a ``memoryview`` too, so
 the payload reaches the session without the two more slices asyncssh would copy. The
-bytes on the wire, the nonce sequence and the tag check are exactly those of the originals
-(RFC 5647 as OpenSSH does it), which ``tests/unit/agent/test_gcm.py`` checks.
+sending side (:mod:`~vmresize.agent.transfer.gcmsend`) builds each packet in one buffer and
+encrypts it in place. The bytes on the wire, the nonce sequence and the tag check are
+exactly those of the originals (RFC 5647 as OpenSSH does it), which
+``tests/unit/agent/test_gcm.py`` checks.
 
 It only patches the asyncssh versions it was written against (the methods' contract is
 private), and is a no-op otherwise. Installed by the migration client and server modules.
@@ -118,6 +123,14 @@ def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
             left, view = self._inpbuf, view[lack:]  # left: empty unless a handler waits
     self._inpbuf = memoryview(b"".join((left, view))) if left else view
     self._recv_data()
+
+
+def read_size(conn: Any, size: int) -> None:
+    """Let ``conn``'s socket transport read up to ``size`` bytes at a time (asyncio's
+    ``_SelectorSocketTransport`` reads ``max_size``, 256 KiB); other transports are left be."""
+    transport = getattr(conn, "_transport", None)
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = size  # type: ignore[union-attr]
 
 
 def deliver_views(conn: Any) -> None:

@@ -34,7 +34,7 @@ from vmresize.agent.paths import confine, open_nofollow
 __all__ = [
     "CHANNEL_MAX_PKTSIZE", "CHANNEL_WINDOW", "DATA", "DONE", "ENCRYPTION_ALGS", "ERROR",
     "HEADER", "HELLO", "MAX_CONTROL", "PARTIAL_SUFFIX", "PROTOCOL_VERSION", "RESULT",
-    "SIDECAR_SUFFIX", "STATE", "SUBSYSTEM", "ReceiveState", "ReceiverSession",
+    "SIDECAR_SUFFIX", "SOCKET_READ", "STATE", "SUBSYSTEM", "ReceiveState", "ReceiverSession",
     "TransferStatus",
 ]
 
@@ -51,6 +51,10 @@ MAX_CONTROL = 1 << 20  # a JSON control frame is tiny; cap what we buffer for on
 # 256 KiB at a time, so a larger packet is joined from more pieces before it is decrypted.
 CHANNEL_WINDOW = 16 * 1024 * 1024
 CHANNEL_MAX_PKTSIZE = 256 * 1024
+# The receiver reads its socket up to 1 MiB at a time (asyncio's default is 256 KiB, less than
+# one packet, so nearly every packet straddled two reads and was joined: a copy of all data).
+# Measured for 1 GiB: receiver CPU 1.21-1.59 s -> 1.12-1.22 s (4 MiB: no better).
+SOCKET_READ = 1024 * 1024
 # Preferred ciphers: AES-GCM runs on AES-NI through `cryptography`.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                    "chacha20-poly1305@openssh.com")

@@ -45,6 +45,7 @@ from vmresize.agent.transfer.protocol import (
     ENCRYPTION_ALGS,
     PARTIAL_SUFFIX,
     SIDECAR_SUFFIX,
+    SOCKET_READ,
     SUBSYSTEM,
     ReceiveState,
     TransferStatus,
@@ -70,6 +71,7 @@ class _SSHPolicy(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         gcm.deliver_views(conn)  # our only channels, DiskSessions, take memoryviews
+        gcm.read_size(conn, SOCKET_READ)
         self._server._conns.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
