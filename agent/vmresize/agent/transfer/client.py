@@ -41,7 +41,7 @@ from vmresize.agent.errors import (
     TransferError,
     TransferRefused,
 )
-from vmresize.agent.transfer import gcm
+from vmresize.agent.transfer import gcm, gcmsend
 from vmresize.agent.transfer.keys import load_client_key, parse_public_key
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
@@ -191,6 +191,9 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     writer, reader, _ = await conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
         max_pktsize=CHANNEL_MAX_PKTSIZE)
+    # drain() returns only once the channel holds none of a chunk: then its buffer can be
+    # read into again (the chunks go out without a copy, gcmsend.write_view).
+    writer.channel.set_write_buffer_limits(high=0, low=0)
     leg = _Leg(reader, writer)
     leg.send(HELLO, {"version": PROTOCOL_VERSION, "transfer_id": transfer_id, "size": size})
     kind, state = await _bounded(leg.recv(), stall, "the receiver's STATE")
@@ -210,8 +213,8 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     digest = source_sha.streaming(size, resumed=bool(have))
     loop = asyncio.get_running_loop()
     # Two reused buffers: the next chunk is read on a worker thread while this one is
-    # handed to asyncssh (which copies it), so reads overlap encryption and no 4 MiB
-    # buffer is allocated per chunk.
+    # encrypted and sent (straight from the buffer), so reads overlap encryption and no
+    # 4 MiB buffer is allocated per chunk.
     bufs = (bytearray(READ_CHUNK), bytearray(READ_CHUNK))
     pieces = split_extents(_subtract(extents, have), READ_CHUNK)
     piece = next(pieces, None)
@@ -230,7 +233,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                        if piece is not None else None)
             if not is_zero(buf, current.length):  # an all-zero chunk stays a hole there
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
-                writer.write(memoryview(buf)[: current.length])
+                gcmsend.write_view(writer.channel, memoryview(buf)[: current.length])
                 sent[-1] += current.length
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)
