@@ -20,8 +20,9 @@ every packet; 0.19 s per GiB). Here:
 * padding comes from a pool of ``os.urandom`` bytes refilled every 64 KiB.
 
 Anything else (key exchange, auth, a rekey falling due, compression, another cipher) goes
-through asyncssh's own method, and so does the ``MSG_IGNORE`` asyncssh puts in front of every
-packet (kept: the bytes on the wire are what asyncssh would send, with other random padding).
+through asyncssh's own method. The ``MSG_IGNORE`` asyncssh puts in front of every packet is
+kept, written into the same buffer and sent with the packet in one write (half the send
+syscalls): the bytes on the wire are what asyncssh would send, with other random padding.
 ``tests/unit/agent/test_gcm.py`` checks the packets against asyncssh's, byte for byte.
 Installed by :func:`vmresize.agent.transfer.gcm.install` for the asyncssh versions below.
 """
@@ -97,14 +98,35 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
             or (self._rekey_seconds and time.monotonic() >= self._rekey_time)):
         _ORIGINAL["send_packet"](self, pkttype, *args, handler=handler)
         return
-    if pkttype > MSG_KEX_LAST:  # as asyncssh does: an ignore packet in front of each
-        _send_packet(self, MSG_IGNORE, _IGNORE)
+    # asyncssh puts an ignore packet in front of each packet after the key exchange; here
+    # both go out in one write (one send syscall, one wake-up of the receiver, not two).
+    ignore = pkttype > MSG_KEX_LAST
     paylen = 1 + sum(len(a) for a in args)
-    padlen = -(self._send_enchdrlen + paylen) % self._send_blocksize
-    if padlen < 4:
-        padlen += self._send_blocksize
+    size = (_wire_size(self, 1 + len(_IGNORE)) if ignore else 0) + _wire_size(self, paylen)
+    view = _buffer(self, size)
+    pos = _seal(self, view, MSG_IGNORE, (_IGNORE,), None) if ignore else 0
+    pos += _seal(self, view[pos:], pkttype, args, handler)
+    self._send(view[:pos])
+
+
+def _wire_size(conn: Any, paylen: int) -> int:
+    """Bytes on the wire of a packet with a payload of ``paylen`` bytes: length, padding
+    length, payload, padding, tag."""
+    return 4 + 1 + paylen + _padlen(conn, paylen) + _TAG
+
+
+def _padlen(conn: Any, paylen: int) -> int:
+    padlen: int = -(conn._send_enchdrlen + paylen) % conn._send_blocksize
+    return padlen + conn._send_blocksize if padlen < 4 else padlen
+
+
+def _seal(self: Any, view: memoryview, pkttype: int, args: tuple[Any, ...],
+          handler: Any) -> int:
+    """Write one packet, encrypted, at the start of ``view`` and account for it as asyncssh's
+    send_packet does (sequence number, rekey bytes, log); return its size on the wire."""
+    paylen = 1 + sum(len(a) for a in args)
+    padlen = _padlen(self, paylen)
     pktlen = 1 + paylen + padlen
-    view = _buffer(self, 4 + pktlen + _TAG)
     view[:4] = pktlen.to_bytes(4, "big")
     view[4] = padlen
     view[5] = pkttype
@@ -117,15 +139,16 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
     seq = self._send_seq
     # Logged before, not after the send as asyncssh does: the plaintext is encrypted in place.
     (handler or self).log_sent_packet(pkttype, seq, view[5:5 + paylen])
-    cipher = enc._cipher
-    _aead(cipher).encrypt_into(cipher._iv, view[4:4 + pktlen], view[:4], view[4:])
+    cipher = self._send_encryption._cipher
+    _aead(cipher).encrypt_into(cipher._iv, view[4:4 + pktlen], view[:4],
+                               view[4:4 + pktlen + _TAG])
     cipher._update_iv()
-    self._send(view)
     if pkttype == MSG_NEWKEYS and self._strict_kex:  # never after kex, kept as asyncssh has it
         self._send_seq = 0
     else:
         self._send_seq = (seq + 1) & 0xffffffff
     self._rekey_bytes_sent += pktlen
+    return 4 + pktlen + _TAG
 
 
 def _flush_send_buf(self: Any) -> None:
