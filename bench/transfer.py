@@ -323,12 +323,15 @@ def summarize(args: argparse.Namespace, size: int,
     fsync = os.environ.get("BENCH_NO_FSYNC") != "1"
     load1 = report.loadavg()
     print(f"file size {size // MiB} MiB; median of {args.repeat} (min..max); "
-          f"fsync={'on' if fsync else 'off'}; loadavg before {load0} after {load1}; "
+          f"ours fsync={'on' if fsync else 'off'} (scp/rsync never fsync); "
+          f"loadavg before {load0} after {load1}; "
           f"cpus {os.cpu_count()}")
     lines = ["# Transfer: ours vs scp vs rsync --sparse", "",
              f"{size // MiB} MiB files (dense: random data; sparse: 64 MiB of data in 16 "
              f"extents); median of {args.repeat} interleaved runs; MB/s = apparent size / "
-             f"median wall time; fsync {'on' if fsync else 'off'}; cipher {CIPHER}; "
+             f"median wall time; our receiver's fsync before it reports success "
+             f"{'on' if fsync else 'off'} (scp and rsync never fsync: their writeback is not "
+             f"timed, each run starts after a sync); cipher {CIPHER}; "
              f"loadavg before {load0}, after {load1}.", "",
              "| file | tool | median s | min s | max s | MB/s | sender CPU s | receiver CPU s |",
              "|---|---|---|---|---|---|---|---|"]
