@@ -84,6 +84,7 @@ class Recent:
         self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def put(self, key: tuple[str, str], value: Any) -> None:
+        """Keep ``value`` as the last copy under ``key`` (dropping the oldest beyond size)."""
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -91,10 +92,12 @@ class Recent:
                 self._items.popitem(last=False)
 
     def peek(self, key: tuple[str, str]) -> Any:
+        """The last copy under ``key`` (``None`` if none), kept for later."""
         with self._lock:
             return self._items.get(key)
 
     def take(self, key: tuple[str, str]) -> Any:
+        """The last copy under ``key`` (``None`` if none), removed: used at most once."""
         with self._lock:
             return self._items.pop(key, None)
 
