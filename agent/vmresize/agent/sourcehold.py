@@ -63,6 +63,7 @@ class SourceSteps:
                                   held: Path) -> PowerOff:
         how = await self._power_off(name, grace, requested_at)
         await self._hold(name, held)
+        log.info("%s held: its definition set aside", name)
         return how
 
     async def _hold(self, name: str, held: Path) -> None:

@@ -19,6 +19,7 @@ single-disk path of older operators and never comes here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import posixpath
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,7 @@ from vmresize.api import flavordisks, vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk, bound
 
+log = logging.getLogger(__name__)
 TRANSFER_SUFFIXES = (".partial", ".xfer")
 MIB = 1024 * 1024
 OVERLAY_SHARE = 8
@@ -208,8 +210,10 @@ def capture(hv: Hypervisor, root: Path, spec: HostTaskSpec, *, defined: bool
 async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
                shared: bool, progress: StepProgress | None) -> list[VMDisk]:
     """Source: every file, checksummed."""
-    return await moving.send(root, files, transfer=transfer, peer=peer, shared=shared,
+    sent = await moving.send(root, files, transfer=transfer, peer=peer, shared=shared,
                              progress=progress)
+    log.info("sent %d file(s), %d bytes", len(sent), sum(f.size_bytes for f in sent))
+    return sent
 
 
 async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: TaskFlavor
@@ -221,11 +225,14 @@ async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: Tas
     if not moving.verified(root, files):
         await moving.verify(root, files, transfer)
         await asyncio.to_thread(moving.mark_verified, root, files)
+    log.info("%s: %d file(s) verified", spec.domain_name, len(files))
     await asyncio.to_thread(moving.relink, root, files)
     await asyncio.to_thread(overlays.merge_arrived, root, files)
+    log.info("%s: chains re-linked, overlays merged", spec.domain_name)
     files = [f for f in files if f.role is not DiskRole.OVERLAY]  # merged into their disks
     plan = flavordisks.plan(files, flavor)
     await asyncio.to_thread(flavorfiles.make, root, plan)
+    log.info("%s: flavor's disks sized", spec.domain_name)
     xml = moving.definition(root, files, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
                             name=spec.domain_name or "", drop=plan.drop,
                             add=flavorfiles.devices(root, plan))
@@ -310,8 +317,10 @@ class WholeVMSteps:
         rd = root_disk(spec.disks)
         await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
         await fence()
+        log.info("%s: defined, fence checked; starting", name)
         await self._hv(self.hv.start, name)
         started = at(self._now())
+        log.info("%s: started", name)
         await asyncio.to_thread(settle, self.root, self.transfer, spec)
         result = await self._describe(name, rd.path, rd.format)
         result.checksum, result.disks, result.started_at = rd.checksum, files, started
