@@ -8,6 +8,7 @@ given, never probed; every path is confined to the storage root.
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vmresize.agent import disks
@@ -31,19 +32,27 @@ def commit_offline(root: Path, overlay_rel: str) -> None:
     Idempotent: a commit cut short is redone with the same data."""
     path = confine(root, overlay_rel)
     if path.exists():
-        _qemu_img(["commit", "-q", "-f", "qcow2", str(path)])
+        # -d: the overlay is deleted next, so emptying it first would be writes (and a
+        # flush) for nothing; a commit redone after a crash writes the same data again.
+        _qemu_img(["commit", "-q", "-d", "-f", "qcow2", str(path)])
         path.unlink()
 
 
 def merge_arrived(root: Path, files: list[VMDisk]) -> None:
     """Destination, after verification: re-link each overlay onto its received disk
-    (``rebase -u``: the same data, moved) and commit it into it. Blocking."""
+    (``rebase -u``: the same data, moved) and commit it into it. Blocking. Each overlay
+    has its own disk below it, so they are merged at once (the VM is down meanwhile)."""
     fmt = {f.path: f.format for f in files}
-    for f in files:
-        if f.role is not DiskRole.OVERLAY or not confine(root, f.path).exists():
-            continue
+    todo = [f for f in files
+            if f.role is DiskRole.OVERLAY and confine(root, f.path).exists()]
+    for f in todo:
         if not f.backing or f.backing not in fmt:
             raise StepError(f"overlay {f.path} has no disk below it in the list",
                             retryable=False)
-        disks.rebase(root, f.path, "qcow2", f.backing, fmt[f.backing])
+
+    def merge(f: VMDisk) -> None:
+        disks.rebase(root, f.path, "qcow2", f.backing or "", fmt[f.backing or ""])
         commit_offline(root, f.path)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+        list(pool.map(merge, todo))   # the first failure is raised, after all ended

@@ -21,7 +21,9 @@ from vmresize.api.hosttask import PowerOff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-POWER_POLL_SECONDS = 0.2  # libvirt itself polls a dying QEMU every 0.2 s
+POWER_POLL_SECONDS = 0.05
+"""How often a shutting-down VM's state is read: every poll past its end is downtime,
+and a state read is one cheap libvirt call."""
 
 
 def said(how: PowerOff | None) -> str:

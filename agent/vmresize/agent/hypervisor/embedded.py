@@ -21,6 +21,14 @@ The reaper must not steal libvirt's *own* children (it ``waitpid``s the QEMU par
 daemonizes, and fails with ECHILD if we got there first). It therefore only reaps a child
 that has been a zombie for two consecutive scans: libvirt waits for its direct children at
 once, so a zombie that lingers is an orphan nobody else will collect.
+
+The daemonized QEMU itself is reaped the moment it exits: libvirt treats a zombie as
+alive and, once it sees the monitor close, checks every 0.2 s until the process is gone
+before it reports the domain shut off (measured: 0.16-0.40 s after QEMU's exit with the
+scans alone, a cost every power-off paid while the VM was down). QEMU's ``-daemonize``
+forks twice with a ``setsid`` in between, so the daemon is the one ``qemu-system`` child
+in a session of its own that it does not lead; libvirt's direct child (session leader or
+in ours) is never that. A thread per such daemon blocks in ``waitid`` on its pidfd.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import libvirt
@@ -37,7 +46,7 @@ import libvirt
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
-REAP_INTERVAL_SECONDS = 0.1  # orphans wait at most two scans; libvirt polls every 0.2 s
+REAP_INTERVAL_SECONDS = 0.1  # other orphans wait at most two scans
 QEMU_CONF = """\
 # Written by vmresize-agent for the embedded QEMU driver.
 user = "root"
@@ -78,8 +87,11 @@ def become_subreaper() -> None:
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
-def _zombie_children(me: int, only: str | None) -> set[int]:
-    found: set[int] = set()
+def _children(me: int, only: str | None) -> tuple[set[int], set[int]]:
+    """(zombie children whose name starts with ``only``, running daemonized QEMUs)."""
+    zombies: set[int] = set()
+    daemons: set[int] = set()
+    my_sid = os.getsid(0)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -90,10 +102,25 @@ def _zombie_children(me: int, only: str | None) -> set[int]:
             continue
         comm = stat[stat.find("(") + 1:stat.rfind(")")]
         fields = stat[stat.rfind(")") + 2:].split()
-        if (len(fields) > 1 and fields[0] == "Z" and int(fields[1]) == me
-                and (only is None or comm.startswith(only))):
-            found.add(int(entry))
-    return found
+        if len(fields) < 4 or int(fields[1]) != me:
+            continue
+        if fields[0] == "Z":
+            if only is None or comm.startswith(only):
+                zombies.add(int(entry))
+        elif comm.startswith("qemu-system") and int(fields[3]) not in (int(entry), my_sid):
+            daemons.add(int(entry))
+    return zombies, daemons
+
+
+def _reap_when_it_exits(fd: int) -> None:
+    """Block in ``waitid`` on a daemonized QEMU's pidfd: the kernel reaps it as it exits,
+    before this thread runs Python again (a woken thread that then had to reap would
+    lose the race against libvirt's check more often than not)."""
+    try:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, fd, os.WEXITED)
+    finally:
+        os.close(fd)
 
 
 def start_reaper(*, only: str | None = None) -> None:
@@ -108,17 +135,27 @@ def start_reaper(*, only: str | None = None) -> None:
         if _reaper_started:
             return
         _reaper_started = True
-    stop = threading.Event()
 
     def run() -> None:
         me = os.getpid()
         previous: set[int] = set()
-        while not stop.wait(REAP_INTERVAL_SECONDS):
-            current = _zombie_children(me, only)
+        watched: set[int] = set()   # daemonized QEMUs a thread waits for
+        while True:
+            time.sleep(REAP_INTERVAL_SECONDS)
+            current, daemons = _children(me, only)
             for pid in current & previous:
                 with contextlib.suppress(ChildProcessError):  # libvirt got it after all
                     os.waitpid(pid, os.WNOHANG)
             previous = current
+            watched &= daemons | current
+            for pid in daemons - watched:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue  # gone since the scan: a zombie the next scans reap
+                watched.add(pid)
+                threading.Thread(target=_reap_when_it_exits, args=(fd,), daemon=True,
+                                 name=f"qemu-reaper-{pid}").start()
 
     threading.Thread(target=run, name="qemu-reaper", daemon=True).start()
 
