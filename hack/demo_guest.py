@@ -12,7 +12,11 @@ VM would be and then adopted by an Instance. This module makes it and reads its 
 which the guest never writes) and a 16 MiB raw data disk under ``legacy/<name>/``, then
 defines and starts the domain (one user-mode virtio NIC with the given MAC). With
 ``qemu:///embed`` it must run before the host's agent opens the same root; the QEMU it
-starts outlives this process, as a VM outlives an agent restart. ``booted`` waits until the
+starts outlives this process, as a VM outlives an agent restart. Its parent is then a small
+process left behind for it (:func:`create_kept`), which reaps it the moment it exits, as a
+hypervisor's init does: left to this sandbox's init, an exited QEMU stayed a zombie for
+1.7 s, and libvirt reports a domain shut off only once its QEMU is gone (measured: that
+much more downtime for the demo's first resize). ``booted`` waits until the
 guest reports boot ``N`` on its root disk and prints what it saw (NIC, MAC, disks);
 ``stopped`` prints whether the guest answered the ACPI power button and shut down cleanly.
 """
@@ -20,7 +24,9 @@ guest reports boot ``N`` on its root disk and prints what it saw (NIC, MAC, disk
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
+import traceback
 from pathlib import Path
 
 from hack import guest_domain as gd
@@ -54,6 +60,40 @@ def create(uri: str, storage_root: Path, name: str, mac: str) -> None:
         hv.start(name)
     finally:
         hv.close()
+
+
+def create_kept(uri: str, storage_root: Path, name: str, mac: str) -> None:
+    """:func:`create` in a child of a keeper process that stays (detached) as long as the
+    VM's QEMU does, reaping it as it exits; returns once the VM runs."""
+    r, w = os.pipe()
+    if os.fork() == 0:   # the keeper: QEMU is re-parented to it (a subreaper)
+        os.close(r)
+        from vmresize.agent.hypervisor import embedded
+        embedded.become_subreaper()
+        child = os.fork()
+        if child == 0:  # opens libvirt, starts QEMU, exits: the root is free for the agent
+            code = 0
+            try:
+                create(uri, storage_root, name, mac)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        os.write(w, bytes([os.waitstatus_to_exitcode(status) & 0xFF]))
+        os.close(w)
+        os.setsid()   # neither the demo's Ctrl-C nor its output pipes reach it
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:   # QEMU is gone (the demo's cleanup): so is the keeper
+                os._exit(0)
+    os.close(w)
+    if os.read(r, 1) != b"\0":
+        raise SystemExit(f"creating {name} failed")
 
 
 def booted(serial: Path, boot: int, host: str, timeout: float) -> None:
@@ -94,7 +134,7 @@ def main() -> int:
     s.add_argument("--host", required=True)
     args = parser.parse_args()
     if args.command == "create":
-        create(args.uri, args.storage_root, args.name, args.mac)
+        create_kept(args.uri, args.storage_root, args.name, args.mac)
     elif args.command == "booted":
         booted(args.serial, args.boot, args.host, args.timeout)
     else:
