@@ -5,6 +5,7 @@ a real small tmpfs mounted under the test's temp dir (the tests run as root)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -107,6 +108,7 @@ class FreezingRelay:
         self.upstream_port, self.after = upstream_port, after
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self.frozen = asyncio.Event()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -122,6 +124,7 @@ class FreezingRelay:
             moved = 0
             while data := await r.read(64 * 1024):
                 if limit is not None and moved + len(data) > limit:
+                    self.frozen.set()
                     await asyncio.sleep(3600)  # frozen: nothing read, nothing forwarded
                 moved += len(data)
                 w.write(data)
@@ -152,3 +155,35 @@ async def test_a_receiver_that_stops_taking_data_ends_the_send(
         assert err.value.retryable  # the step may resume once the receiver is back
     finally:
         await relay.close()
+
+
+async def test_a_cancelled_send_leaves_no_unretrieved_task_error(
+        xfer_server: MigrationServer, xfer_keys: XferKeys, xfer_file: MakeFile) -> None:
+    # A superseded MigrateDisk cancels its send while the sender waits for the channel to
+    # drain; the connection then closes under that drain (BrokenPipeError), which used to
+    # be logged as "Task exception was never retrieved".
+    src = xfer_file("cancelled.img", 64 * MiB, {0: 64 * MiB})
+    xfer_server.expect("t-cancel", DISK, 64 * MiB)
+    relay = FreezingRelay(xfer_server.port, after=4 * MiB)
+    port = await relay.start()
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, ctx: seen.append(ctx))
+    try:
+        task = asyncio.create_task(send_disk(
+            src=src, address="127.0.0.1", port=port, host_key=xfer_keys.host_pub,
+            client_key=xfer_keys.client, transfer_id="t-cancel"))
+        await asyncio.wait_for(relay.frozen.wait(), BOUND)
+        await asyncio.sleep(1.0)  # the sender fills the window, then sits in its drain
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await relay.close()
+        for _ in range(3):  # let the torn-down channel fail what waited on it, then collect
+            await asyncio.sleep(0.2)
+            gc.collect()
+    finally:
+        loop.set_exception_handler(handler)
+        await relay.close()
+    assert [f"{c.get('message')}: {c.get('exception')!r}" for c in seen] == []

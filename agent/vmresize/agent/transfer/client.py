@@ -284,13 +284,20 @@ async def _drain(writer: asyncssh.SSHWriter[bytes],
     receiver meanwhile (its ERROR) ends the leg with the receiver's reason."""
     if not incoming.done():
         drain: asyncio.Future[Any] = asyncio.ensure_future(writer.drain())
+        # Retrieved whatever happens: when the send is cancelled (a superseded step) the
+        # connection is torn down under this drain, which then fails with BrokenPipeError
+        # that nobody would await ("Task exception was never retrieved").
+        drain.add_done_callback(_retrieve)
         waiters: set[asyncio.Future[Any]] = {drain, incoming}
-        done, _ = await asyncio.wait(waiters, timeout=stall,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=stall,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not drain.done():
+                drain.cancel()
         if drain in done:
             drain.result()
             return
-        drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
         if not done:
             raise ConnectionLost(f"the receiver took no data for {stall:.0f}s")
@@ -355,6 +362,12 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
     finally:
         os.close(fd)
         source_sha.cancel()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a helper future's outcome as seen (its error is reported another way)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _raise(err: TransferError, cause: BaseException) -> None:
