@@ -4,6 +4,7 @@ is tested in tests/integration/agent), task specs, and the spawn/move sequences.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class LocalTransfer:
 
     def pending_bytes(self, directory: Path) -> int:
         return 0
+
+    def step(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:

@@ -122,7 +122,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             TaskAction.HEALTH_CHECK: self._health,
         }
         try:
-            return await steps[spec.action](spec, call)
+            async with self.transfer.step():  # one connection to the peer per step
+                return await steps[spec.action](spec, call)
         except StepError:
             raise
         except AgentError as e:

@@ -7,6 +7,7 @@ in the domain's persistent ``<metadata>``, so it is read back through real libvi
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,9 @@ class NoTransfer:
 
     def forget(self, transfer_id: str) -> None:
         raise AssertionError("Adopt must not forget transfers")
+
+    def step(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:

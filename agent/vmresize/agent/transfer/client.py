@@ -18,7 +18,12 @@ the receiver's verification gets that plus the time to read the disk at a slow d
 While data flows the receiver's frames are read too, so a receiver that cannot write
 (its disk full or failing) ends the send at once with its reason (not retryable).
 Errors are :mod:`vmresize.agent.errors` types; ``retryable`` tells the caller
-whether a later attempt of the step can help. ``legs`` lists the bytes sent per connection.
+whether a later attempt of the step can help. ``legs`` lists the bytes sent per leg.
+
+Connections: a :class:`Connections` passed by the caller is shared by its sends (one step
+sends several files to one peer: a handshake each cost 30-50 ms under load). A connection
+is opened on first use, dropped (aborted) on any error of a leg, so the next leg opens a
+new one, and closed by :meth:`Connections.close`. Without one, a send uses its own.
 """
 
 from __future__ import annotations
@@ -42,13 +47,13 @@ from vmresize.agent.errors import (
     TransferRefused,
 )
 from vmresize.agent.transfer import gcm, gcmsend
-from vmresize.agent.transfer.keys import load_client_key, parse_public_key
+from vmresize.agent.transfer.connections import Connections, known_hosts
+from vmresize.agent.transfer.keys import load_client_key
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
     DATA,
     DONE,
-    ENCRYPTION_ALGS,
     ERROR,
     HEADER,
     HELLO,
@@ -62,7 +67,7 @@ from vmresize.agent.transfer.source import SourceChecksum, is_zero, read_into
 from vmresize.agent.transfer.sparse import READ_CHUNK, Extent, iter_extents, split_extents
 from vmresize.agent.transfer.translate import translate
 
-__all__ = ["ProgressFn", "SendResult", "send_disk"]
+__all__ = ["Connections", "ProgressFn", "SendResult", "send_disk"]
 
 log = logging.getLogger(__name__)
 gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
@@ -71,8 +76,6 @@ ProgressFn = Callable[[int, int, float], None]
 """(bytes_done, bytes_total, rate in bytes/s)."""
 T = TypeVar("T")
 PROGRESS_HZ = 2.0
-SSH_USER = "vmresize"
-CONNECT_TIMEOUT = 30.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
 STALL_SECONDS = 60.0
 """No byte accepted for this long: the leg is dead (keepalives alone miss a frozen peer)."""
@@ -148,13 +151,6 @@ def _covered(extents: list[Extent], have: list[list[int]]) -> int:
     return total - sum(e.length for e in _subtract(extents, have))
 
 
-def _known_hosts(address: str, port: int, host_key: str) -> asyncssh.SSHKnownHosts:
-    key = parse_public_key(host_key)  # raises HostKeyError on garbage
-    pattern = address if port == 22 else f"[{address}]:{port}"
-    line = pattern + " " + key.export_public_key("openssh").decode("ascii").strip()
-    return asyncssh.import_known_hosts(line + "\n")
-
-
 class _Leg:
     """One connection: handshake, data, verification."""
 
@@ -188,9 +184,9 @@ class _Leg:
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                     extents: list[Extent], transfer_id: str, source_sha: SourceChecksum,
                     progress: _Progress, sent: list[int], stall: float) -> str:
-    writer, reader, _ = await conn.open_session(
+    writer, reader, _ = await _bounded(conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
-        max_pktsize=CHANNEL_MAX_PKTSIZE)
+        max_pktsize=CHANNEL_MAX_PKTSIZE), stall, "a channel")  # a reused connection may be dead
     # drain() returns only once the channel holds none of a chunk: then its buffer can be
     # read into again (the chunks go out without a copy, gcmsend.write_view).
     writer.channel.set_write_buffer_limits(high=0, low=0)
@@ -309,11 +305,22 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                     client_key: asyncssh.SSHKey | Path, transfer_id: str,
                     progress: ProgressFn | None = None,
                     reconnect_attempts: int = 5,
-                    stall_timeout: float = STALL_SECONDS) -> SendResult:
+                    stall_timeout: float = STALL_SECONDS,
+                    connections: Connections | None = None) -> SendResult:
     """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``, resuming
-    after dropped connections; the verified result, or a :mod:`vmresize.agent.errors` type."""
-    known_hosts = _known_hosts(address, port, host_key)
+    after dropped connections; the verified result, or a :mod:`vmresize.agent.errors` type.
+    ``connections``: the caller's (shared, it closes them); else this send's own."""
+    known_hosts(address, port, host_key)  # a garbage key fails here, not as a retry
     key = load_client_key(client_key) if isinstance(client_key, Path) else client_key
+    if connections is None:
+        own = Connections()
+        try:
+            return await send_disk(src=src, address=address, port=port, host_key=host_key,
+                                   client_key=key, transfer_id=transfer_id,
+                                   progress=progress, reconnect_attempts=reconnect_attempts,
+                                   stall_timeout=stall_timeout, connections=own)
+        finally:
+            await own.close()
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -332,17 +339,15 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         while True:
             sent.append(0)
             try:
-                async with asyncssh.connect(
-                        address, port, known_hosts=known_hosts, client_keys=[key],
-                        username=SSH_USER, config=[], agent_path=None, password=None,
-                        kbdint_auth=False, gss_host=None, preferred_auth="publickey",
-                        encryption_algs=list(ENCRYPTION_ALGS), compression_algs=["none"],
-                        connect_timeout=CONNECT_TIMEOUT, keepalive_interval=15,
-                        keepalive_count_max=4) as conn:
+                conn = await connections.get(address, port, host_key, key)
+                try:
                     checksum = await _send_leg(conn, fd=fd, size=size, extents=extents,
                                                transfer_id=transfer_id, source_sha=source_sha,
                                                progress=prog, sent=sent,
                                                stall=stall_timeout)
+                except BaseException:  # cancelled too: what the channel holds is unknown
+                    connections.drop(conn)
+                    raise
                 prog.finish()
                 return SendResult(checksum, size, sum(sent), tuple(sent))
             except (asyncssh.Error, OSError, EOFError, TimeoutError, ValueError,

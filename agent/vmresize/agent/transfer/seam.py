@@ -7,6 +7,7 @@ one real adapter (asyncssh), and tests may pass their own.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -81,4 +82,9 @@ class Transfer(Protocol):
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
                    progress: ProgressFn | None) -> Sent:
         """Source: send ``src`` to ``peer``; returns the verified checksum."""
+        ...
+
+    def step(self) -> AbstractAsyncContextManager[None]:
+        """The scope of one step: its sends to a peer may share one connection, which
+        ends with the scope (the executor enters it around every step)."""
         ...

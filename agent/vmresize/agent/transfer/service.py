@@ -10,15 +10,22 @@ size of the qcow2 file that will arrive (the guest may still grow it); the opera
 an upper bound, the flavor's disk size, in ``expectedBytes``. The transfer is therefore
 registered with ``at_most=True`` (the sender's first hello fixes the exact size, and the
 server persists it), with room for qcow2's own metadata on top of the virtual size.
+
+The sends of one step (:meth:`SshTransfer.step`, per asyncio task: steps of other tasks
+running meanwhile have their own) share one connection to the peer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
 
 from vmresize.agent.transfer.client import send_disk
+from vmresize.agent.transfer.connections import Connections
 from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
 from vmresize.agent.transfer.server import MigrationServer
 from vmresize.api.hosttask import PeerHost
@@ -26,6 +33,8 @@ from vmresize.api.hosttask import PeerHost
 QCOW2_SLACK_BYTES = 64 * 1024 * 1024
 """qcow2 metadata (header, L1/L2 tables, refcounts) on top of the virtual size; 64 MiB
 covers the tables of a multi-TiB image with 64 KiB clusters."""
+_STEP: contextvars.ContextVar[Connections | None] = contextvars.ContextVar(
+    "vmresize_transfer_step", default=None)
 
 
 class SshTransfer:
@@ -62,5 +71,17 @@ class SshTransfer:
         returns the checksum both sides agreed on."""
         result = await send_disk(src=src, address=peer.address, port=peer.port,
                                  host_key=peer.host_key, client_key=self._client_key,
-                                 transfer_id=transfer_id, progress=progress)
+                                 transfer_id=transfer_id, progress=progress,
+                                 connections=_STEP.get())
         return Sent(checksum=result.checksum, size_bytes=result.size_bytes)
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[None]:
+        """Sends inside share their connections (opened lazily), all closed on exit."""
+        conns = Connections()
+        token = _STEP.set(conns)
+        try:
+            yield
+        finally:
+            _STEP.reset(token)
+            await conns.close()
