@@ -35,7 +35,8 @@ class LocalTransfer:
     def __init__(self, net: LocalNetwork, host: str) -> None:
         self.net, self.host = net, host
 
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
+               promised: int | None = None) -> None:
         self.net.expected[self.host][transfer_id] = rel_path
 
     def received(self, transfer_id: str) -> Received | None:

@@ -140,15 +140,22 @@ def made_by_flavor(files: Sequence[VMDisk], flavor: TaskFlavor | None) -> int:
                       if g.disk.format == "raw")
 
 
+def promise(f: VMDisk, files: Sequence[VMDisk]) -> int:
+    """What Prepare counts for the file ``f`` of ``files`` until it arrives: its bound, or
+    an overlay's reserve. The transfer is accepted with this as its promise, so a later
+    Prepare on the filesystem sees the same (``Transfer.pending_bytes``)."""
+    if f.role is not DiskRole.OVERLAY:
+        return bound(f)
+    return overlay_reserve(f, next((b for b in files if b.path == f.backing), None))
+
+
 def landing(files: Sequence[VMDisk], waiting: Sequence[VMDisk], flavor: TaskFlavor | None
             ) -> tuple[int, int, int]:
     """What the move will write on the destination's filesystem by the end of Finish:
     (the ``waiting`` files as they are sent, the overlays' reserve, what the flavor makes).
     ``waiting``: the files of ``files`` neither received nor already promised."""
-    by_path = {f.path: f for f in files}
-    sent = sum(bound(f) for f in waiting if f.role is not DiskRole.OVERLAY)
-    reserve = sum(overlay_reserve(f, by_path.get(f.backing or "")) for f in waiting
-                  if f.role is DiskRole.OVERLAY)
+    sent = sum(promise(f, files) for f in waiting if f.role is not DiskRole.OVERLAY)
+    reserve = sum(promise(f, files) for f in waiting if f.role is DiskRole.OVERLAY)
     return sent, reserve, made_by_flavor(files, flavor)
 
 
@@ -184,7 +191,7 @@ def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int
             f"pre-copy overlays, {made} for the disks the new flavor makes")
     for f in todo:
         try:
-            transfer.expect(f.transfer_id or "", f.path, bound(f))
+            transfer.expect(f.transfer_id or "", f.path, bound(f), promised=promise(f, files))
         except TransferRefused as e:
             raise TaskRefused(f"cannot accept {f.path}: {e}") from e
     sharedstore.mark(root, dest_dir, _marker_id(spec))
@@ -303,7 +310,9 @@ class WholeVMSteps:
 
     async def _prepare_whole(self, spec: HostTaskSpec) -> tuple[TaskResult, str]:
         dest = confine(self.root, root_disk(spec.disks).path).parent
-        promised = self.transfer.pending_bytes(dest) if dest.exists() else 0
+        while not dest.exists() and dest != self.root:  # a new move's directory: not yet,
+            dest = dest.parent  # but the filesystem it will be made on holds promises too
+        promised = self.transfer.pending_bytes(dest)
         files, need = await asyncio.to_thread(prepare, self.root, self.transfer, spec,
                                               promised=promised)
         return (TaskResult(disks=files, size_bytes=need),

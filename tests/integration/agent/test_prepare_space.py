@@ -11,6 +11,7 @@ filesystem the instance directory lands on (the tests run as root).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,19 +41,31 @@ SOURCE = [VMDisk(path="instances/ns/vm/src/disk.qcow2", format="qcow2", target="
                  size_bytes=8 * MiB)]
 
 
-@pytest.fixture
-def small_fs(xfer_root: Path) -> Iterator[Path]:
-    """``<root>/instances`` is a tmpfs of FS_MIB: where the VM lands, a filesystem of its own."""
+def _tmpfs(xfer_root: Path, mib: int) -> Iterator[Path]:
+    """``<root>/instances`` as a tmpfs of ``mib``: where the VM lands, a filesystem of its
+    own."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
     mnt = xfer_root / "instances"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_MIB}m", "tmpfs", str(mnt)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
                    check=True)
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(xfer_root: Path) -> Iterator[Path]:
+    yield from _tmpfs(xfer_root, FS_MIB)
+
+
+@pytest.fixture
+def two_moves_fs(xfer_root: Path) -> Iterator[Path]:
+    """Room for two pre-copy moves of SOURCE (about 89 MiB each, a 64 MiB overlay reserve
+    included), not three; nor for one beside an overlay counted at its 1 GiB bound."""
+    yield from _tmpfs(xfer_root, 192)
 
 
 def prepare(tid: str, *, pre_copy: bool = False, disk_gib: int = 1, ephemeral_gib: int = 0,
@@ -99,5 +112,46 @@ async def test_prepare_counts_overlays_and_the_new_flavor_disks(
         for f in prepare("t-grow").disks:
             xfer_server.forget(f.transfer_id or "")
         assert (await ex.run(prepare("t-off"))).result.size_bytes is not None
+    finally:
+        hv.close()
+
+
+async def test_an_accepted_overlay_is_promised_at_its_reserve_not_its_bound(
+        two_moves_fs: Path, xfer_server: MigrationServer, xfer_keys: XferKeys,
+        xfer_root: Path) -> None:
+    hv = LibvirtHypervisor("test:///default")
+
+    async def allow(spec: HostTaskSpec, name: str) -> str | None:
+        return None
+
+    ex = Executor(host="b", hypervisor=hv, storage_root=xfer_root, fence=allow,
+                  transfer=SshTransfer(xfer_server, xfer_keys.client))
+    try:
+        first = await ex.run(prepare("t-a", pre_copy=True))
+        need = first.result.size_bytes or 0
+        # What the transfers still promise is what Prepare counted for them: the 1 GiB
+        # overlay (its bound) at its 64 MiB reserve.
+        assert 85 * MiB < need < 95 * MiB
+        assert xfer_server.pending_bytes(two_moves_fs) == need
+        await ex.run(prepare("t-a", pre_copy=True))  # a resumed Prepare promises nothing twice
+        assert xfer_server.pending_bytes(two_moves_fs) == need
+        await ex.run(prepare("t-b", pre_copy=True))  # another move fits beside it
+        assert xfer_server.pending_bytes(two_moves_fs) == 2 * need
+        with pytest.raises(InsufficientSpace, match=rf"{2 * need} of them promised"):
+            await ex.run(prepare("t-c", pre_copy=True))  # a third does not
+        # The promise is in the sidecars: an agent restarted counts the same.
+        again = MigrationServer(xfer_root)
+        assert again.recover() == 2 * len(prepare("t-a", pre_copy=True).disks)
+        assert again.pending_bytes(two_moves_fs) == 2 * need
+        # A sidecar of an older agent, without the promise, counts the bound as before.
+        ov = next(f for f in prepare("t-a", pre_copy=True).disks if f.transfer_id
+                  and f.transfer_id.endswith("-ov"))
+        sidecar = xfer_root / (ov.path + ".xfer")
+        doc = json.loads(sidecar.read_text())
+        del doc["promised"]
+        sidecar.write_text(json.dumps(doc))
+        old = MigrationServer(xfer_root)
+        old.recover()
+        assert old.pending_bytes(two_moves_fs) > need + GiB
     finally:
         hv.close()

@@ -27,7 +27,8 @@ from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 class NoTransfer:
     """Adopt moves no disk; any use of the transfer seam is a bug here."""
 
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
+               promised: int | None = None) -> None:
         raise AssertionError("Adopt must not expect a transfer")
 
     def received(self, transfer_id: str) -> Received | None:

@@ -98,6 +98,7 @@ class ReceiveState:
     bound: int = -1          # the size given to expect() (an upper bound if at_most)
     at_most: bool = False
     fixed: bool = True       # False until the first HELLO fixes ``size`` (at_most only)
+    promised: int | None = None  # at_most: bytes counted as promised (None: the bound)
     session: ReceiverSession | None = None
 
     @property
@@ -109,6 +110,16 @@ class ReceiveState:
     def sidecar(self) -> Path:
         """``<final>.xfer``: where this state is saved as JSON."""
         return self.final.with_name(self.final.name + SIDECAR_SUFFIX)
+
+    def pending(self) -> int:
+        """Bytes this transfer may still write, as Prepare counted them, less what it holds:
+        an ``at_most`` one given a promise counts that (a pre-copy overlay's reserve, not
+        the bound it may not exceed), any other its size (the bound until HELLO fixed it)."""
+        if self.complete:
+            return 0
+        if self.at_most and self.promised is not None:
+            return max(0, self.promised - self.received())
+        return max(0, (self.size if self.fixed else self.bound) - self.received())
 
     def received(self) -> int:
         """Data bytes held: the total length of the received ranges."""
@@ -135,7 +146,7 @@ class ReceiveState:
         doc = {"version": PROTOCOL_VERSION, "transfer_id": self.transfer_id,
                "rel_path": self.rel_path, "size": self.size, "ranges": self.ranges,
                "complete": self.complete, "sha256": self.sha256, "bound": self.bound,
-               "at_most": self.at_most, "fixed": self.fixed}
+               "at_most": self.at_most, "fixed": self.fixed, "promised": self.promised}
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
@@ -162,4 +173,5 @@ class ReceiveState:
                    [[int(s), int(e)] for s, e in doc["ranges"]],
                    bool(doc["complete"]), doc.get("sha256"),
                    bound=int(doc.get("bound", size)), at_most=bool(doc.get("at_most", False)),
-                   fixed=bool(doc.get("fixed", True)))
+                   fixed=bool(doc.get("fixed", True)),
+                   promised=None if doc.get("promised") is None else int(doc["promised"]))

@@ -62,8 +62,11 @@ class Sent:
 class Transfer(Protocol):
     """The disk copy seam (real adapter: :mod:`vmresize.agent.transfer.service`)."""
 
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
-        """Destination: accept an incoming disk at ``rel_path`` (idempotent)."""
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
+               promised: int | None = None) -> None:
+        """Destination: accept an incoming disk at ``rel_path`` of at most
+        ``apparent_size`` bytes (idempotent); ``promised``: what ``pending_bytes`` counts
+        for it until it arrives, if less (a pre-copy overlay's reserve)."""
         ...
 
     def received(self, transfer_id: str) -> Received | None:

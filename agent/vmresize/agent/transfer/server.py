@@ -131,16 +131,21 @@ class MigrationServer:
         return self._acceptor.get_port()
 
     def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
-               at_most: bool = False) -> None:
+               at_most: bool = False, promised: int | None = None) -> None:
         """Register a transfer (idempotent for identical arguments; progress is kept).
 
         With ``at_most`` the sender may declare any size up to ``apparent_size``; its first
         HELLO fixes the size for the rest of the transfer (resumes must match it).
+        ``promised`` (``at_most`` only): the bytes :meth:`pending_bytes` counts for it
+        instead of that bound (what Prepare reserved: a pre-copy overlay's reserve); the
+        latest value given wins.
         """
         if not transfer_id or len(transfer_id) > 253:
             raise TransferRefused(f"bad transfer id {transfer_id!r}")
-        if apparent_size < 0:
-            raise TransferRefused(f"bad size {apparent_size}")
+        if apparent_size < 0 or (promised is not None and promised < 0):
+            raise TransferRefused(f"bad size {apparent_size} (promised {promised})")
+        if promised is not None and not at_most:
+            raise TransferRefused("only an at_most transfer can be promised less than its size")
         final = confine(self.root, rel_path)
         confine(self.root, rel_path + PARTIAL_SUFFIX)
         confine(self.root, rel_path + SIDECAR_SUFFIX)
@@ -149,6 +154,9 @@ class MigrationServer:
             if (known.rel_path, known.bound, known.at_most) != (rel_path, apparent_size,
                                                                  at_most):
                 raise TransferRefused(f"transfer {transfer_id} already registered differently")
+            if promised is not None and known.promised != promised:
+                known.promised = promised  # e.g. a sidecar of an older agent: it had none
+                known.save()
             return
         for other in self._transfers.values():
             if other.final == final:
@@ -157,7 +165,7 @@ class MigrationServer:
             raise TransferRefused(f"destination already exists: {rel_path}")
         final.parent.mkdir(parents=True, exist_ok=True)
         xfer = ReceiveState(transfer_id, rel_path, apparent_size, final, bound=apparent_size,
-                         at_most=at_most, fixed=not at_most)
+                            at_most=at_most, fixed=not at_most, promised=promised)
         xfer.save()
         self._transfers[transfer_id] = xfer
 
@@ -167,7 +175,8 @@ class MigrationServer:
         return xfer.status() if xfer is not None else None
 
     def pending_bytes(self, directory: Path) -> int:
-        """Bytes that unfinished transfers on ``directory``'s filesystem may still write."""
+        """Bytes that unfinished transfers on ``directory``'s filesystem may still write, as
+        Prepare promised them (:meth:`ReceiveState.pending`)."""
         dev = os.stat(directory).st_dev
         total = 0
         for xfer in self._transfers.values():
@@ -178,7 +187,7 @@ class MigrationServer:
             except FileNotFoundError:
                 continue
             if same:
-                total += max(0, (xfer.size if xfer.fixed else xfer.bound) - xfer.received())
+                total += xfer.pending()
         return total
 
     def forget(self, transfer_id: str) -> None:

@@ -44,10 +44,12 @@ class SshTransfer:
         self.server = server
         self._client_key = client_key
 
-    def expect(self, transfer_id: str, rel_path: str, apparent_size: int) -> None:
-        """Accept a disk of at most ``apparent_size`` bytes plus qcow2 metadata."""
+    def expect(self, transfer_id: str, rel_path: str, apparent_size: int, *,
+               promised: int | None = None) -> None:
+        """Accept a disk of at most ``apparent_size`` bytes plus qcow2 metadata, counted as
+        ``promised`` bytes (default: that bound) in :meth:`pending_bytes`."""
         self.server.expect(transfer_id, rel_path, apparent_size + QCOW2_SLACK_BYTES,
-                           at_most=True)
+                           at_most=True, promised=promised)
 
     def received(self, transfer_id: str) -> Received | None:
         """Whether the disk of ``transfer_id`` arrived complete, and its checksum; None if the
