@@ -10,7 +10,6 @@ it fails, closed when the step ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import asyncssh
 
@@ -21,6 +20,8 @@ __all__ = ["CONNECT_TIMEOUT", "SSH_USER", "Connections", "known_hosts"]
 
 SSH_USER = "vmresize"
 CONNECT_TIMEOUT = 30.0
+CLOSE_SECONDS = 5.0
+"""How long closing a connection may wait for the peer before it is aborted."""
 
 
 def known_hosts(address: str, port: int, host_key: str) -> asyncssh.SSHKnownHosts:
@@ -29,7 +30,6 @@ def known_hosts(address: str, port: int, host_key: str) -> asyncssh.SSHKnownHost
     pattern = address if port == 22 else f"[{address}]:{port}"
     line = pattern + " " + key.export_public_key("openssh").decode("ascii").strip()
     return asyncssh.import_known_hosts(line + "\n")
-
 
 
 class Connections:
@@ -41,7 +41,6 @@ class Connections:
     def __init__(self) -> None:
         self._conns: dict[tuple[str, int, str], asyncssh.SSHClientConnection] = {}
         self._lock = asyncio.Lock()
-        self.opened = 0  # connections opened so far (tests, logs)
 
     async def get(self, address: str, port: int, host_key: str, key: asyncssh.SSHKey
                   ) -> asyncssh.SSHClientConnection:
@@ -58,7 +57,6 @@ class Connections:
                 connect_timeout=CONNECT_TIMEOUT, keepalive_interval=15,
                 keepalive_count_max=4)
             self._conns[(address, port, host_key)] = conn
-            self.opened += 1
             return conn
 
     def drop(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -74,5 +72,10 @@ class Connections:
         for conn in conns:
             conn.close()
         for conn in conns:
-            with contextlib.suppress(asyncssh.Error, OSError):
-                await conn.wait_closed()
+            try:  # a frozen peer never confirms: the step must end all the same
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await conn.wait_closed()
+            except TimeoutError:
+                conn.abort()
+            except (asyncssh.Error, OSError):
+                pass
