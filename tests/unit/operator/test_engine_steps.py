@@ -143,8 +143,18 @@ def test_deleted_while_scheduling_releases_lock_and_claim() -> None:
     s.remove("vmresizes", NS, "r")
     s.put(VMResize(metadata={"name": "r", "namespace": NS},
                    spec=VMResizeSpec(instance_name="vm", flavor="medium")))
-    for _ in range(2):     # Scheduling (and lock), chosen (and claim)
-        engine.reconcile(s, S, NS, "r", T0)
+    writes: list[tuple[str, Any]] = []
+
+    def stop_before_preparing(what: str, key: Any) -> None:
+        writes.append((what, key))
+        if len(writes) == 5:   # Scheduling (and lock), chosen (and claim), then Preparing
+            raise RuntimeError("the operator dies after the claim")
+
+    s.before_write = stop_before_preparing
+    engine.reconcile(s, S, NS, "r", T0)   # the steps before it stand
+    s.before_write = lambda what, key: None
+    assert [k[0] for _, k in writes] == ["vmresizes", "instances", "vmresizes", "hosts",
+                                         "vmresizes"]
     r = s.resize(NS, "r")
     assert r is not None
     assert r.status is not None
@@ -159,6 +169,28 @@ def test_deleted_while_scheduling_releases_lock_and_claim() -> None:
     assert inst.status.active_resize_uid is None
     assert all(not (h.status and any(k.startswith("VMResize/") for k in h.status.allocations))
                for h in s.hosts())
+
+
+def test_apply_to_preparing_writes_each_decision_once() -> None:
+    """Carrying out the lock and the claim costs no status write of its own: the next
+    decision's write clears them. Three status writes (each before what it names), the
+    lock, the claim and the Prepare task."""
+    s = _world(ResizePhase.PENDING)
+    s.remove("vmresizes", NS, "r")
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="medium")))
+    s.writes.clear()
+    out = engine.reconcile(s, S, NS, "r", T0)
+    assert out.phase is ResizePhase.PREPARING
+    assert [(w, k[0]) for w, k in s.writes] == [
+        ("status", "vmresizes"), ("status", "instances"),   # Scheduling, then the lock
+        ("status", "vmresizes"), ("status", "hosts"),       # dest chosen, then the claim
+        ("status", "vmresizes"), ("create", "hosttasks")]   # Preparing, then Prepare
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.pending == []
+    assert [t for t, _, _ in out.events] == ["Normal"] * 3
 
 
 def test_an_instance_being_deleted_is_never_locked() -> None:

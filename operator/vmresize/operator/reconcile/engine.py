@@ -11,7 +11,8 @@ handlers run it in a thread, one step of one resize at a time. Each step:
    name of the one task that may run, and the effects) guarded by the resourceVersion read
    in 1. A 409 here means nothing happened: the next step decides again;
 4. only then acts: creates the task named in the written status and carries out the
-   effects, then clears them. A crash or 409 after 3 makes the next step redo 4.
+   effects. A crash or 409 after 3 makes the next step redo 4. The effects are cleared
+   by the write of the next step, taken at once in the same call (no write of its own).
 
 So no HostTask exists, and no claim changes, before the status that asks for it; and an
 agent that checks ``currentTask`` before a destructive step never runs a superseded one.
@@ -19,6 +20,7 @@ agent that checks ``currentTask`` before a destructive step never runs a superse
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +42,7 @@ from vmresize.operator.reconcile import effects, scheduling
 from vmresize.operator.settings import Settings
 
 P = ResizePhase
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,15 +232,23 @@ def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTas
     storage.create_task(task)
 
 
-def _settle(storage: Storage, r: VMResize, now: datetime) -> VMResize:
-    """Carry out ``status.pending`` and clear it (a 409 on the clearing write is harmless:
-    the effects are done and idempotent, the next step just does them once more)."""
+def _carry_out(storage: Storage, r: VMResize, now: datetime) -> VMResize:
+    """Carry out ``status.pending``; ``r`` with it cleared in memory only. The clearing
+    needs no write of its own: the step's next decision write carries it (folded), or, when
+    no decision follows, :func:`_clear` writes it. Until then the status still asks for
+    the effects, which are idempotent, so a crash or 409 meanwhile just redoes them."""
     st = r.status
     assert st is not None
     effects.apply(storage, r, st, now)
-    r.status = st.model_copy(update={"pending": [], "conditions": conditions.resize_conditions(
-        st.conditions, st.phase, st.reason, st.message, now, st.observed_generation)})
-    return storage.replace_status(r)
+    return r.model_copy(update={"status": st.model_copy(update={
+        "pending": [], "conditions": conditions.resize_conditions(
+            st.conditions, st.phase, st.reason, st.message, now, st.observed_generation)})})
+
+
+def _clear(storage: Storage, r: VMResize) -> None:
+    """Write the clearing of ``pending`` that :func:`_carry_out` left to a decision that
+    did not come (a 409 here is harmless: the effects are done and idempotent)."""
+    storage.replace_status(r)
 
 
 def _decide(r: VMResize, st: VMResizeStatus, step: lifecycle.Step, updates: dict[str, Any],
@@ -287,14 +298,57 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     return _reconcile(storage, settings, r, now)
 
 
+#: Decisions one call takes in a row, each right after the effects of the one before.
+FOLDED_STEPS = 4
+
+
 def _reconcile(storage: Storage, settings: Settings, r: VMResize, now: datetime) -> Outcome:
+    """Steps of ``r`` in a row. A step whose write recorded effects (``pending``) carries
+    them out, and the next step follows at once from that write: its decision write also
+    clears them, so carrying out costs no status write of its own (Pending's lock and
+    Scheduling's claim: two writes fewer before Preparing). The order stays decide,
+    record, then act: every effect and task is named by a status already written; only
+    the clearing of effects already done waits for the next write (a crash or 409 before
+    it just makes the next step carry them out once more, all being idempotent)."""
+    owed = bool(r.status is not None and r.status.pending)
+    if owed:
+        r = _carry_out(storage, r, now)
+    out: Outcome | None = None
+    for n in range(FOLDED_STEPS):
+        try:
+            more, written, carried = _step(storage, settings, r, now)
+            if written is None and owed:
+                _clear(storage, r)   # no decision came to carry the clearing
+            elif written is not None and carried and n == FOLDED_STEPS - 1:
+                _clear(storage, written)   # enough in a row: let the driver step again
+        except Exception:
+            if out is None:
+                raise
+            # The steps before are written and carried out; the driver's next step meets
+            # this again from the recorded status and handles it (retry, back-off).
+            log.info("%s/%s: the step after a folded one failed; the next step redoes it",
+                     r.namespace, r.name, exc_info=True)
+            return out
+        out = more if out is None else Outcome(
+            phase=more.phase, done=more.done, changed=True, events=out.events + more.events,
+            wake_at=more.wake_at)
+        if written is None or not carried:
+            return out
+        r, owed = written, True
+    assert out is not None
+    return out
+
+
+def _step(storage: Storage, settings: Settings, r: VMResize, now: datetime
+          ) -> tuple[Outcome, VMResize | None, bool]:
+    """One decision of ``r`` (whose ``pending`` is carried out): its outcome, the resize as
+    written (None: nothing was), and whether that write recorded effects, now carried out
+    but not yet cleared in the API."""
     deleting = bool(r.metadata.get("deletionTimestamp"))
-    if r.status is not None and r.status.pending:
-        r = _settle(storage, r, now)
     st = r.status or VMResizeStatus()
     terminal = lifecycle.is_terminal(st.phase)
     if terminal and not (deleting and st.phase is P.ROLLBACK_FAILED):
-        return Outcome(phase=st.phase, done=True)
+        return Outcome(phase=st.phase, done=True), None, False
     wake: list[datetime] = []
     obs, extra = _observe(storage, settings, r, st, deleting, now, wake)
     state = _state(r, st, settings, deleting)
@@ -305,12 +359,12 @@ def _reconcile(storage: Storage, settings: Settings, r: VMResize, now: datetime)
     step = lifecycle.step(state, obs, now)
     updates = {**extra, **step.updates}
     if step.phase is st.phase and not step.actions and not updates and step.message is None:
-        return Outcome(phase=st.phase, done=terminal, wake_at=wake_at)
+        return Outcome(phase=st.phase, done=terminal, wake_at=wake_at), None, False
     new, task = _decide(r, st, step, updates, now)
     if task is None and not new.pending and new.model_dump(exclude={"conditions"}) == \
             st.model_dump(exclude={"conditions"}):
         return Outcome(phase=st.phase, done=terminal,   # e.g. the same progress again
-                       wake_at=wake_at)
+                       wake_at=wake_at), None, False
     events: list[tuple[str, str, str]] = []
     bad = step.phase in (P.FAILED, P.ROLLBACK_FAILED, P.ROLLING_BACK) or (
         step.reason or "").endswith("Stuck") or step.reason in conditions.HEALTH_FAILED
@@ -329,7 +383,7 @@ def _reconcile(storage: Storage, settings: Settings, r: VMResize, now: datetime)
     if task is not None and inputs is not None:
         _create_task(storage, settings, r, task, inputs.result())   # ... then act
     if new.pending:
-        r = _settle(storage, r, now)
+        r = _carry_out(storage, r, now)   # the next decision's write clears them
     if task is not None and inputs is None:
         _create_task(storage, settings, r, task)
     if step.phase is not st.phase:
@@ -340,5 +394,5 @@ def _reconcile(storage: Storage, settings: Settings, r: VMResize, now: datetime)
     # must not let the resize go before; found by the model test).
     held = deleting and new.phase is P.ROLLBACK_FAILED and st.phase is not P.ROLLBACK_FAILED
     return Outcome(phase=new.phase, done=lifecycle.is_terminal(new.phase) and not held,
-                   changed=True, events=events, wake_at=wake_at)
+                   changed=True, events=events, wake_at=wake_at), r, bool(new.pending)
 
