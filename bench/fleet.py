@@ -103,6 +103,8 @@ def preparing(cluster: Cluster, hosts: int, root: Path, tag: str) -> dict[str, A
         startup = time.monotonic() - t0
         lat: list[float] = []
         to_sched: list[float] = []
+        time.sleep(1.0)   # the warm-up's last steps are not counted below
+        req0 = cluster.requests()
         for n in names[1:]:
             t0 = time.monotonic()
             _resize(cluster, f"{n}-r", n)
@@ -111,16 +113,24 @@ def preparing(cluster: Cluster, hosts: int, root: Path, tag: str) -> dict[str, A
             lat.append((t1 - t0) * 1000)
             sched = pw.first(f"{n}-r", {"Scheduling"} | AFTER_PREPARING)
             to_sched.append(((sched or t1) - t0) * 1000)
+        time.sleep(1.0)   # the steps after Preparing (the task is seen waiting) counted too
+        req1 = cluster.requests()
         cpu = op.cpu_seconds()
     finally:
         pw.stop()
         op.stop()
+    # Everything the API server served while the measured resizes ran, a resize each (the
+    # bench's own create and watch included, the same for every operator).
+    per = {f"{v} {r}".strip(): round((n - req0.get((v, r), 0.0)) / len(lat), 2)
+           for (v, r), n in req1.items() if n - req0.get((v, r), 0.0) > 0}
     out = {"hosts": hosts, "samples": len(lat), "p50_ms": round(statistics.median(lat), 1),
            "p95_ms": round(_pct(lat, 0.95), 1), "min_ms": round(min(lat), 1),
            "max_ms": round(max(lat), 1),
            "to_scheduling_p50_ms": round(statistics.median(to_sched), 1),
            "first_resize_after_start_s": round(startup, 2),
-           "operator_cpu_s": round(cpu, 1)}
+           "operator_cpu_s": round(cpu, 1),
+           "requests_per_resize": round(sum(per.values()), 1),
+           "requests_per_resize_by": dict(sorted(per.items(), key=lambda kv: -kv[1]))}
     print(f"[{tag}] apply->Preparing at {hosts} Hosts: {out}", flush=True)
     return out
 

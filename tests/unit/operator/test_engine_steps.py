@@ -17,7 +17,7 @@ from tests.support.memstore import MemStorage
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTask, HostTaskSpec, TaskAction
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
-from vmresize.operator.errors import ForeignTask
+from vmresize.operator.errors import ApiConflict, ForeignTask
 from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
@@ -151,7 +151,8 @@ def test_deleted_while_scheduling_releases_lock_and_claim() -> None:
             raise RuntimeError("the operator dies after the claim")
 
     s.before_write = stop_before_preparing
-    engine.reconcile(s, S, NS, "r", T0)   # the steps before it stand
+    with pytest.raises(RuntimeError):
+        engine.reconcile(s, S, NS, "r", T0)
     s.before_write = lambda what, key: None
     assert [k[0] for _, k in writes] == ["vmresizes", "instances", "vmresizes", "hosts",
                                          "vmresizes"]
@@ -191,6 +192,40 @@ def test_apply_to_preparing_writes_each_decision_once() -> None:
     assert r.status is not None
     assert r.status.pending == []
     assert [t for t, _, _ in out.events] == ["Normal"] * 3
+
+
+def test_a_409_on_a_folded_write_keeps_the_steps_before() -> None:
+    """The user's patch lands before the write that would clear the lock: the Scheduling
+    step stands (its event too), and the next step carries the lock out again and goes on."""
+    s = _world(ResizePhase.PENDING)
+    s.remove("vmresizes", NS, "r")
+    s.put(VMResize(metadata={"name": "r", "namespace": NS},
+                   spec=VMResizeSpec(instance_name="vm", flavor="medium")))
+    count = [0]
+
+    def conflict_on_third(what: str, key: Any) -> None:
+        count[0] += 1
+        if count[0] == 3:   # Scheduling, the lock, then the write that chooses a host
+            raise ApiConflict("injected 409")
+
+    s.before_write = conflict_on_third
+    out = engine.reconcile(s, S, NS, "r", T0)
+    s.before_write = lambda what, key: None
+    assert (out.phase, out.changed, len(out.events)) == (ResizePhase.SCHEDULING, True, 1)
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert [e.kind for e in r.status.pending] == ["LockInstance"]   # done, not yet cleared
+    out = engine.reconcile(s, S, NS, "r", T0)
+    assert out.phase is ResizePhase.PREPARING
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.pending == []
+    inst = s.instance(NS, "vm")
+    assert inst is not None
+    assert inst.status is not None
+    assert inst.status.active_resize_uid == r.uid
 
 
 def test_an_instance_being_deleted_is_never_locked() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from vmresize.operator import metrics
 from vmresize.operator.decisions import conditions, lifecycle, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
 from vmresize.operator.decisions.tasks import resize_task, task_flavor
-from vmresize.operator.errors import NotReady
+from vmresize.operator.errors import ApiConflict, ApiUnavailable, NotReady
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile import effects, scheduling
 from vmresize.operator.settings import Settings
@@ -321,14 +321,16 @@ def _reconcile(storage: Storage, settings: Settings, r: VMResize, now: datetime)
                 _clear(storage, r)   # no decision came to carry the clearing
             elif written is not None and carried and n == FOLDED_STEPS - 1:
                 _clear(storage, written)   # enough in a row: let the driver step again
-        except Exception:
+        except (ApiConflict, ApiUnavailable, NotReady):
             if out is None:
                 raise
-            # The steps before are written and carried out; the driver's next step meets
-            # this again from the recorded status and handles it (retry, back-off).
+            # The steps before are written and carried out (their events still go out);
+            # the driver's next step meets this again from a read. Not done, whatever the
+            # steps before decided: a 409 says the resize changed (e.g. it is being
+            # deleted, which a finished RollbackFailed must still see; the model test).
             log.info("%s/%s: the step after a folded one failed; the next step redoes it",
                      r.namespace, r.name, exc_info=True)
-            return out
+            return replace(out, done=False)
         out = more if out is None else Outcome(
             phase=more.phase, done=more.done, changed=True, events=out.events + more.events,
             wake_at=more.wake_at)
