@@ -17,6 +17,7 @@ temporary directory), for comparison. Results: ``bench/results/fleet.{json,md}``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ from vmresize.api.meta import API_VERSION
 SAMPLES = 20
 SMALL, MEDIUM = (1, 1024, 10), (2, 2048, 20)
 AFTER_PREPARING = {"Preparing", "Migrating", "Finishing", "VerifyResize"}
+_ROUNDS = itertools.count()
 
 
 class PhaseWatch:
@@ -90,7 +92,8 @@ def preparing(cluster: Cluster, hosts: int, root: Path, tag: str) -> dict[str, A
     t0 = time.monotonic()
     cluster.parallel(lambda i: cluster.make_host(f"fh-{i:06d}"), range(have, hosts))
     print(f"[{tag}] {hosts - have} Hosts created in {time.monotonic() - t0:.0f}s", flush=True)
-    names = [f"p{hosts}-{tag}-{i:02d}" for i in range(SAMPLES + 1)]
+    # A round number in the names: the same size may be measured again (A/B/A/B).
+    names = [f"p{hosts}-{tag}{next(_ROUNDS)}-{i:02d}" for i in range(SAMPLES + 1)]
     cluster.parallel(lambda i: cluster.make_instance(names[i], f"fh-{i:06d}", "bench-small",
                                                      SMALL), range(len(names)))
     op = OperatorProcess(cluster, cluster.dir / f"operator-{tag}-{hosts}.log", root).start()
