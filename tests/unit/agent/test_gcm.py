@@ -107,3 +107,20 @@ def test_send_path_leaves_a_due_rekey_to_asyncssh() -> None:
         gcmsend._ORIGINAL["send_packet"] = orig
     assert calls == [94]
     assert conn.sent == []
+
+
+def test_data_deferred_during_a_key_exchange_is_a_copy() -> None:
+    """While a re-key runs asyncssh keeps data packets for later; the sender refills its
+    buffer as soon as the channel is drained, so what is kept must not be a view of it
+    (a 4 GiB transfer, re-keyed every GiB, arrived with another checksum)."""
+    assert gcm.install()
+    conn = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
+                                                         os.urandom(12)))
+    conn._kex_complete = False  # a re-key in progress
+    buf = bytearray(b"A" * 64)
+    conn.send_packet(94, UInt32(3), UInt32(64), memoryview(buf)[:64])
+    buf[:] = b"B" * 64  # the next chunk read into the same buffer
+    ((pkttype, args),) = conn._deferred_packets  # type: ignore[misc]
+    assert pkttype == 94
+    assert bytes(args[-1]) == b"A" * 64
+    assert conn.sent == []

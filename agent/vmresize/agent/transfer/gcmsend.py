@@ -96,6 +96,10 @@ def _send_packet(self: Any, pkttype: int, *args: Any, handler: Any = None) -> No
             or not (self._auth_complete and self._kex_complete)
             or self._rekey_bytes_sent >= self._rekey_bytes
             or (self._rekey_seconds and time.monotonic() >= self._rekey_time)):
+        # asyncssh's method may keep the arguments for later (it defers every data packet
+        # while a key exchange runs), but a view's bytes belong to a buffer the sender
+        # refills once the channel is drained: hand it a copy.
+        args = tuple(a.tobytes() if isinstance(a, memoryview) else a for a in args)
         _ORIGINAL["send_packet"](self, pkttype, *args, handler=handler)
         return
     # asyncssh puts an ignore packet in front of each packet after the key exchange; here
