@@ -22,14 +22,12 @@ import json
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import fleetreport
-from bench.fleetkit import NS, Cluster, G, OperatorProcess, V, now_iso, wait
-from kubernetes import watch
+from bench.fleetkit import NS, Cluster, G, NamespaceWatch, OperatorProcess, V, now_iso, wait
 from tests.support import REPO
 
 from vmresize.api.meta import API_VERSION
@@ -40,39 +38,20 @@ AFTER_PREPARING = {"Preparing", "Migrating", "Finishing", "VerifyResize"}
 _ROUNDS = itertools.count()
 
 
-class PhaseWatch:
+class PhaseWatch(NamespaceWatch):
     """When each VMResize of the namespace was first seen in a phase (monotonic clock)."""
 
     def __init__(self, cluster: Cluster, namespace: str = NS) -> None:
-        self.co = cluster.co
-        self.ns = namespace
         self.seen: dict[tuple[str, str], float] = {}
-        self._w = watch.Watch()
-        self._stopping = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__(cluster.co, namespace, "vmresizes")
 
-    def _run(self) -> None:
-        rv = ""
-        while not self._stopping:
-            try:
-                for ev in self._w.stream(self.co.list_namespaced_custom_object, G, V,
-                                         self.ns, "vmresizes", resource_version=rv):
-                    obj = ev["object"]
-                    rv = obj["metadata"]["resourceVersion"]
-                    phase = (obj.get("status") or {}).get("phase", "")
-                    self.seen.setdefault((obj["metadata"]["name"], phase), time.monotonic())
-            except Exception:   # a dropped stream (or 410): watch again, from a new list
-                rv = ""
-                self._w = watch.Watch()
+    def seen_object(self, obj: dict[str, Any], t: float) -> None:
+        phase = (obj.get("status") or {}).get("phase", "")
+        self.seen.setdefault((obj["metadata"]["name"], phase), t)
 
     def first(self, name: str, phases: set[str]) -> float | None:
         times = [t for (n, p), t in list(self.seen.items()) if n == name and p in phases]
         return min(times) if times else None
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._w.stop()
 
 
 def _pct(xs: list[float], q: float) -> float:

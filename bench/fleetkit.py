@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hack.localcluster import LocalCluster
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from tests.support import REPO
 from tests.support.kube import kubectl
 
@@ -187,3 +188,41 @@ def wait(what: str, probe: Callable[[], Any], timeout: float, interval: float = 
             return out
         time.sleep(interval)
     raise TimeoutError(f"{what}: not after {timeout:.0f}s")
+
+
+class NamespaceWatch:
+    """Watches one kind of the bench's objects in a namespace on a thread, from a fresh list
+    after a dropped stream or a 410; :meth:`seen_object` gets each object with the bench's
+    monotonic time of its event."""
+
+    def __init__(self, co: client.CustomObjectsApi, namespace: str, plural: str) -> None:
+        self.co = co
+        self.ns = namespace
+        self._plural = plural
+        self._w = watch.Watch()  # type: ignore[no-untyped-call]
+        self._stopping = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def seen_object(self, obj: dict[str, Any], t: float) -> None:
+        """Record one object (subclasses)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        rv = ""
+        while not self._stopping:
+            try:
+                for ev in self._w.stream(self.co.list_namespaced_custom_object, G, V,
+                                         self.ns, self._plural, resource_version=rv):
+                    t = time.monotonic()
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    self.seen_object(obj, t)
+            except Exception:   # a dropped stream (or 410): watch again, from a new list
+                rv = ""
+                self._w = watch.Watch()  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        """End the watch (its thread is a daemon: it ends with the stream)."""
+        self._stopping = True
+        self._w.stop()  # type: ignore[no-untyped-call]

@@ -28,58 +28,35 @@ watch's delivery latency (the same for all hops, a few ms on loopback).
 from __future__ import annotations
 
 import statistics
-import threading
-import time
 from datetime import datetime
 from typing import Any
 
-from kubernetes import client, watch
-
-from vmresize.api.meta import GROUP, VERSION
+from bench.fleetkit import NamespaceWatch
+from kubernetes import client
 
 TASKS = (("Prepare", "Preparing", "Migrating"), ("MigrateDisk", "Migrating", "Finishing"),
          ("Finish", "Finishing", "VerifyResize"))
 
 
-class TaskWatch:
+class TaskWatch(NamespaceWatch):
     """When each HostTask of the namespace was first seen in each phase (monotonic)."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.co = client.CustomObjectsApi(api)
-        self.ns = namespace
         #: (owner name, action, phase) -> first seen; phase "Created" for the first event.
         self.seen: dict[tuple[str, str, str], float] = {}
         #: (owner name, action) -> the status the agent last wrote (its own timestamps).
         self.last: dict[tuple[str, str], dict[str, Any]] = {}
-        self._w = watch.Watch()  # type: ignore[no-untyped-call]
-        self._stopping = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__(client.CustomObjectsApi(api), namespace, "hosttasks")
 
-    def _run(self) -> None:
-        rv = ""
-        while not self._stopping:
-            try:
-                for ev in self._w.stream(self.co.list_namespaced_custom_object, GROUP,
-                                         VERSION, self.ns, "hosttasks", resource_version=rv):
-                    t = time.monotonic()
-                    obj = ev["object"]
-                    rv = obj["metadata"]["resourceVersion"]
-                    spec = obj.get("spec") or {}
-                    owner = str(spec.get("owner", "")).rpartition("/")[2]
-                    action = str(spec.get("action", ""))
-                    st = obj.get("status") or {}
-                    self.seen.setdefault((owner, action, "Created"), t)
-                    if st.get("phase"):
-                        self.seen.setdefault((owner, action, st["phase"]), t)
-                    self.last[(owner, action)] = st
-            except Exception:   # a dropped stream (or 410): watch again, from a new list
-                rv = ""
-                self._w = watch.Watch()  # type: ignore[no-untyped-call]
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._w.stop()  # type: ignore[no-untyped-call]
+    def seen_object(self, obj: dict[str, Any], t: float) -> None:
+        spec = obj.get("spec") or {}
+        owner = str(spec.get("owner", "")).rpartition("/")[2]
+        action = str(spec.get("action", ""))
+        st = obj.get("status") or {}
+        self.seen.setdefault((owner, action, "Created"), t)
+        if st.get("phase"):
+            self.seen.setdefault((owner, action, st["phase"]), t)
+        self.last[(owner, action)] = st
 
 
 def hops(name: str, t0: float, phase_at: Any, tw: TaskWatch) -> dict[str, float]:
