@@ -10,21 +10,31 @@ export VMRESIZE_CACHE ?= $(HOME)/.cache/vmresize
 # A system kubectl comes first; the one built with the control plane is the fallback.
 export PATH := $(PATH):$(VMRESIZE_CACHE)/k8s-$(K8S_VERSION)/bin
 
-.PHONY: all deps venv control-plane guest lint test test-unit test-integration test-e2e test-images demo bench crds clean
+.PHONY: all deps venv lock test-latest control-plane guest lint test test-unit test-integration test-e2e test-images demo bench crds clean
 
 all: test
 
 deps: venv control-plane guest
 
-# System packages (libvirt, QEMU, qemu-utils, ...) and the venv; re-run when pyproject changes.
-$(STAMP): pyproject.toml hack/install-deps.sh
+# System packages (libvirt, QEMU, qemu-utils, ...) and the venv, from the lock
+# (requirements/dev.txt, hashes required: hack/venv.sh); re-run when the lock changes.
+$(STAMP): pyproject.toml requirements/dev.txt requirements/build.txt hack/venv.sh hack/install-deps.sh
 	bash hack/install-deps.sh
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
-	$(PY) -m pip install -q -e '.[agent,dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	PYTHON=$(PYTHON) bash hack/venv.sh $(VENV) requirements/dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Refresh the lock files from pyproject.toml's ranges (uv, pinned, in a tool venv under
+# $(VMRESIZE_CACHE)); UPGRADE=1 takes the newest allowed versions, else pins are kept.
+lock:
+	bash hack/lock.sh
+
+# The newest versions pyproject.toml's ranges allow, in a scratch venv (not the lock):
+# the unit tests and the transfer tests. Not part of `make test`; run it before a release
+# or a lock refresh to learn what a fresh unpinned install would meet.
+test-latest: deps
+	bash hack/test-latest.sh
 
 # kube-apiserver, kube-controller-manager, etcd and helm, built once into ~/.cache/vmresize.
 control-plane:

@@ -13,10 +13,12 @@ every packet; 0.19 s per GiB). Here:
   (the copy ``write`` made, or the caller's own buffer with :func:`write_view`) to the
   connection as separate fields: no copy;
 * ``SSHConnection.send_packet``, once keys and auth are settled, writes the length,
-  padding length, type, fields and padding into one buffer (the only copy of the data),
-  encrypts it in place with ``AESGCM.encrypt_into`` (the tag lands right behind it) and
-  hands that buffer to the transport in one write. The buffer is reused when the transport
-  is asyncio's socket transport (its ``write`` sends or copies before it returns);
+  padding length, type, fields and padding into one plaintext buffer (the only copy of
+  the data in Python), encrypts it with ``AESGCM.encrypt_into`` into the packet buffer
+  behind the length (the tag lands right behind it; the two buffers never overlap, which
+  is all the library promises) and hands that buffer to the transport in one write. The
+  buffers are reused when the transport is asyncio's socket transport (its ``write`` sends
+  or copies before it returns);
 * padding comes from a pool of ``os.urandom`` bytes refilled every 64 KiB.
 
 Anything else (key exchange, auth, a rekey falling due, compression, another cipher) goes
@@ -55,6 +57,7 @@ KNOWN_VERSIONS = ("2.24.",)
 _TAG = 16
 _POOL_BYTES = 64 * 1024
 _BUF = "_vmresize_sendbuf"
+_PLAIN = "_vmresize_plainbuf"
 _IGNORE = String(b"")
 _ORIGINAL: dict[str, Any] = {}
 _pool = memoryview(b"")
@@ -80,6 +83,15 @@ def _buffer(conn: Any, size: int) -> memoryview:
     if buf is None or len(buf) < size:
         buf = bytearray(max(size, 256 * 1024 + 64))
         conn.__dict__[_BUF] = buf
+    return memoryview(buf)[:size]
+
+
+def _scratch(conn: Any, size: int) -> memoryview:
+    """The connection's plaintext buffer, ``size`` bytes of it (grown when too small)."""
+    buf: bytearray | None = conn.__dict__.get(_PLAIN)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 256 * 1024 + 64))
+        conn.__dict__[_PLAIN] = buf
     return memoryview(buf)[:size]
 
 
@@ -132,20 +144,22 @@ def _seal(self: Any, view: memoryview, pkttype: int, args: tuple[Any, ...],
     padlen = _padlen(self, paylen)
     pktlen = 1 + paylen + padlen
     view[:4] = pktlen.to_bytes(4, "big")
-    view[4] = padlen
-    view[5] = pkttype
-    pos = 6
+    # The plaintext goes into a scratch buffer of its own and is encrypted from there into
+    # the packet: AESGCM.encrypt_into does not promise to accept overlapping buffers
+    # (cryptography 51 refuses them).
+    plain = _scratch(self, pktlen)
+    plain[0] = padlen
+    plain[1] = pkttype
+    pos = 2
     for arg in args:
         end = pos + len(arg)
-        view[pos:end] = arg
+        plain[pos:end] = arg
         pos = end
-    view[pos:pos + padlen] = _padding(padlen)
+    plain[pos:pos + padlen] = _padding(padlen)
     seq = self._send_seq
-    # Logged before, not after the send as asyncssh does: the plaintext is encrypted in place.
-    (handler or self).log_sent_packet(pkttype, seq, view[5:5 + paylen])
+    (handler or self).log_sent_packet(pkttype, seq, plain[1:1 + paylen])
     cipher = self._send_encryption._cipher
-    _aead(cipher).encrypt_into(cipher._iv, view[4:4 + pktlen], view[:4],
-                               view[4:4 + pktlen + _TAG])
+    _aead(cipher).encrypt_into(cipher._iv, plain, view[:4], view[4:4 + pktlen + _TAG])
     cipher._update_iv()
     if pkttype == MSG_NEWKEYS and self._strict_kex:  # never after kex, kept as asyncssh has it
         self._send_seq = 0
