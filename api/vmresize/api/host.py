@@ -82,7 +82,8 @@ class HostStatus(Model):
     allocations: dict[str, Allocation] = Field(default_factory=dict)
     """Claims on this host, keyed ``<Kind>/<namespace>/<name>``. Written only by the operator."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``."""
+    """``Ready``, and ``TransferFastPath`` (which packet path the agent's transfer runs on,
+    and why)."""
 
 
 class Host(Resource):
