@@ -298,3 +298,56 @@ def test_path_map_feeds_the_rewrite() -> None:
     after = dx.rewrite(FULL, vcpus=2, memory_mib=2048, disk_paths=mapping)
     assert dx.inventory(after)[1].source == "/srv/dest-root/instances/x/1"
     assert dx.nvram(after) == "/srv/dest-root/instances/x/5"
+
+
+FOREIGN = FULL.replace("<domain type='kvm'>", "<domain type='kvm' xmlns:qemu="
+                       "'http://libvirt.org/schemas/domain/qemu/1.0'>").replace(
+    "</metadata>",
+    "<ns0:app xmlns:ns0='http://example.org/app/1'><ns0:owner ns0:team='db'>x</ns0:owner>"
+    "</ns0:app><ns1:tag xmlns:ns1='http://example.org/tag'/>"
+    "<info xmlns='http://example.org/default'><item xml:lang='en'>a</item></info>"
+    "<nova:instance xmlns:nova='http://example.org/other-nova'/></metadata>").replace(
+    "</domain>", "<qemu:commandline><qemu:arg value='-no-hpet'/></qemu:commandline>"
+                 "</domain>")
+"""Foreign metadata as Python tools write it (ElementTree's own ``ns0``/``ns1``), a default
+namespace, ``xml:lang``, a prefix bound to two URIs in two places, and ``qemu:`` on the
+root."""
+
+
+def test_foreign_namespace_prefixes_survive_rewrite_and_edit_disks() -> None:
+    after = dx.rewrite(FOREIGN, vcpus=4, memory_mib=4096, disk_paths=ALL_FILES)
+    edited = dx.edit_disks(after, add=(dx.NewDisk(f"{NEW}/swap", "raw", "vdd"),))
+    for xml in (after, edited):
+        for text in ("<ns0:app xmlns:ns0=\"http://example.org/app/1\">",
+                     "<ns0:owner ns0:team=\"db\">x</ns0:owner>",
+                     "<ns1:tag xmlns:ns1=\"http://example.org/tag\"",
+                     "<info xmlns=\"http://example.org/default\"><item xml:lang=\"en\">",
+                     "<nova:instance xmlns:nova=\"http://example.org/other-nova\"",
+                     "<nova:name>web-1</nova:name>",
+                     "<qemu:commandline><qemu:arg value=\"-no-hpet\" />"):
+            assert text in xml
+    assert dx.diff(FOREIGN, after) == dx.diff(FULL, dx.rewrite(
+        FULL, vcpus=4, memory_mib=4096, disk_paths=ALL_FILES))
+    assert dx.diff(after, edited) >= {"devices/disk[vdd]"}
+    metadata = dx.parse(after).find("metadata")
+    assert metadata is not None
+    assert [el.tag for el in metadata] == ["nova:instance", "ns0:app", "ns1:tag", "info",
+                                           "nova:instance"]
+
+
+def test_libvirt_takes_foreign_namespaces_back_unchanged() -> None:
+    libvirt = pytest.importorskip("libvirt")
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open("test:///default")
+    try:
+        xml = dx.rewrite(FOREIGN.replace("<domain type='kvm'", "<domain type='test'"),
+                         vcpus=4, memory_mib=4096, disk_paths=ALL_FILES)
+        dom = conn.defineXML(xml)
+        try:
+            back = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "http://example.org/app/1",
+                                libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            assert "team=\"db\"" in back
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()

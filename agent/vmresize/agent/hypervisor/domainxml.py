@@ -17,16 +17,19 @@ the agent reads from it and the one change it makes to it:
 
 The input is libvirt's own output (``XMLDesc``), parsed with the standard library. Formats
 are never guessed: a file disk without ``<driver type>`` is refused by :func:`unmovable`.
+Elements in other namespaces (metadata other tools wrote, ``<qemu:commandline>``) come
+out with the prefixes and declarations they went in with, whatever the prefix (``ns0``
+included): :func:`parse` keeps them as literal names, see there.
 """
 
 from __future__ import annotations
 
-import io
 import posixpath
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from vmresize.agent.errors import InvalidDomainConfig
 from vmresize.agent.hypervisor import topology
@@ -67,12 +70,72 @@ class DiskInfo:
         return self.device in MEDIA_DEVICES
 
 
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
 def parse(xml: str) -> ET.Element:
-    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`."""
+    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`.
+
+    Names in a namespace (metadata written by other tools, ``<qemu:commandline>``) are
+    kept exactly as written, prefix and declarations included: each becomes the literal
+    name ``prefix:local``, and each ``xmlns`` declaration an attribute of the element that
+    made it, so serializing needs no global prefix registry. ElementTree's own registry
+    refuses prefixes such as ``ns0`` (the ones ElementTree itself writes) and is shared
+    by every thread of the process.
+    """
+    parser: ET.XMLPullParser[ET.Element | tuple[str, str]] = ET.XMLPullParser(
+        events=("start-ns", "start", "end"))
     try:
-        return ET.fromstring(xml)  # noqa: S314 - libvirt's own output, never a user's string
+        parser.feed(xml)
+        parser.close()
     except ET.ParseError as e:
         raise InvalidDomainConfig(f"domain definition is not XML: {e}") from e
+    root: ET.Element | None = None
+    scopes: list[list[tuple[str, str]]] = []  # declarations in force, innermost last
+    declared: list[tuple[str, str]] = []
+    for event in parser.read_events():
+        kind, item = cast("tuple[str, object]", event)  # start-ns, start and end carry one
+        if kind == "start-ns":
+            declared.append(cast("tuple[str, str]", item))
+        elif kind == "start":
+            el = cast("ET.Element", item)
+            root = el if root is None else root
+            scopes.append(declared)
+            for prefix, uri in declared:
+                el.set(f"xmlns:{prefix}" if prefix else "xmlns", uri)
+            declared = []
+            el.tag = _qname(el.tag, scopes, attribute=False)
+            for key in [k for k in el.attrib if k.startswith("{")]:
+                el.set(_qname(key, scopes, attribute=True), el.attrib.pop(key))
+        else:
+            scopes.pop()
+    if root is None:
+        raise InvalidDomainConfig("domain definition is empty")
+    return root
+
+
+def _qname(name: str, scopes: list[list[tuple[str, str]]], *, attribute: bool) -> str:
+    """``{uri}local`` as the source wrote it, with the innermost prefix bound to ``uri``
+    (an attribute needs a prefix: unprefixed attributes are in no namespace)."""
+    if not name.startswith("{"):
+        return name
+    uri, local = name[1:].split("}", 1)
+    if uri == XML_NS:
+        return f"xml:{local}"
+    seen: set[str] = set()
+    for scope in reversed(scopes):
+        for prefix, bound in reversed(scope):
+            if prefix in seen:
+                continue  # shadowed by an inner declaration of the same prefix
+            seen.add(prefix)
+            if bound == uri and (prefix or not attribute):
+                return f"{prefix}:{local}" if prefix else local
+    raise InvalidDomainConfig(f"no namespace prefix in scope for {name}")
+
+
+def serialize(dom: ET.Element) -> str:
+    """A tree from :func:`parse` as XML text, prefixes and declarations as they were."""
+    return ET.tostring(dom, encoding="unicode")
 
 
 def _source_of(kind: str, el: ET.Element) -> str | None:
@@ -235,7 +298,6 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
     Other host file paths (serial and console logs) are mapped when present in it, kept
     otherwise. Raises :class:`InvalidDomainConfig` for what cannot be honoured.
     """
-    namespaces = _namespaces(xml)
     dom = parse(xml)
     if name is not None:
         el = dom.find("name")
@@ -268,9 +330,7 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
             if child is not None:
                 for attr in ("path", "file"):
                     _set_path(child, attr, disk_paths, False, device.tag)
-    for prefix, uri in namespaces.items():
-        ET.register_namespace(prefix, uri)  # metadata keeps its own prefixes (nova:, …)
-    return ET.tostring(dom, encoding="unicode")
+    return serialize(dom)
 
 
 @dataclass(frozen=True)
@@ -289,7 +349,6 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
     the last disk (a flavor's swap and ephemeral disks); everything else is kept."""
     if not drop and not add:
         return xml
-    namespaces = _namespaces(xml)
     dom = parse(xml)
     devices = dom.find("devices")
     if devices is None:
@@ -310,18 +369,7 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
         if new.serial:
             ET.SubElement(el, "serial").text = new.serial
         devices.insert(where + n, el)
-    for prefix, uri in namespaces.items():
-        ET.register_namespace(prefix, uri)
-    return ET.tostring(dom, encoding="unicode")
-
-
-def _namespaces(xml: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    events = ET.iterparse(io.StringIO(xml), events=("start-ns",))  # noqa: S314 - as parse()
-    for _event, (prefix, uri) in events:
-        if prefix:
-            found[prefix] = uri
-    return found
+    return serialize(dom)
 
 
 # --- comparison -----------------------------------------------------------------------------
