@@ -181,18 +181,20 @@ NUMA = FULL.replace(
 
 
 def test_numa_cells_share_vcpus_and_memory_and_add_up() -> None:
+    """The flavor's 6 vCPUs are the ones online at boot (``current``); the 2 the domain
+    kept for hot-plug stay on top, and cells and topology cover all 8."""
     after = dx.rewrite(NUMA, vcpus=6, memory_mib=3000, disk_paths=ALL_FILES)
     flat = dx.flatten(after)
-    assert flat["vcpu"] == "6"
-    assert "vcpu@current" not in flat
+    assert (flat["vcpu"], flat["vcpu@current"]) == ("8", "6")
     assert (flat["cpu/topology@sockets"], flat["cpu/topology@cores"],
-            flat["cpu/topology@threads"]) == ("3", "1", "2")
-    assert (flat["cpu/numa/cell[0]@cpus"], flat["cpu/numa/cell[1]@cpus"]) == ("0-2", "3-5")
+            flat["cpu/topology@threads"]) == ("4", "1", "2")
+    assert (flat["cpu/numa/cell[0]@cpus"], flat["cpu/numa/cell[1]@cpus"]) == ("0-3", "4-7")
     cells = [int(flat[f"cpu/numa/cell[{i}]@memory"]) for i in (0, 1)]
     assert sum(cells) == 3000 * 1024
     assert all(c % 1024 == 0 for c in cells)
+    all_online = NUMA.replace(" current='2'>4<", ">4<")
     with pytest.raises(InvalidDomainConfig, match="cannot spread 1 vCPUs over 2 NUMA cells"):
-        dx.rewrite(NUMA, vcpus=1, memory_mib=1024, disk_paths=ALL_FILES)
+        dx.rewrite(all_online, vcpus=1, memory_mib=1024, disk_paths=ALL_FILES)
 
 
 @pytest.mark.parametrize(("vcpus", "before", "after"), [
