@@ -210,13 +210,13 @@ def test_topology_always_multiplies_to_the_vcpu_count(
     assert got[0] * got[1] * got[2] * got[3] == vcpus
 
 
-def test_max_memory_is_raised_only_when_too_low() -> None:
+def test_max_memory_is_raised_only_when_too_low_keeping_the_room_for_hotplug() -> None:
     xml = FULL.replace("<memory unit='KiB'>", "<maxMemory slots='4' unit='GiB'>8</maxMemory>"
                                               "<memory unit='KiB'>")
     assert "maxMemory" not in dx.diff(xml, dx.rewrite(xml, vcpus=2, memory_mib=4096,
                                                       disk_paths=ALL_FILES))
     big = dx.rewrite(xml, vcpus=2, memory_mib=16384, disk_paths=ALL_FILES)
-    assert dx.flatten(big)["maxMemory"] == str(16384 * 1024)
+    assert dx.flatten(big)["maxMemory"] == str((16 + 6) * 1024**2)  # 8 GiB - 2 GiB room
 
 
 def test_diff_sees_added_removed_and_reordered_devices() -> None:
