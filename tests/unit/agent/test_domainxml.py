@@ -95,6 +95,21 @@ def _with_device(device: str) -> str:
     ("<filesystem type='mount' accessmode='passthrough'><source dir='/srv/share'/>"
      "<target dir='share'/></filesystem>",
      "host directory shared into the guest (<filesystem> /srv/share)"),
+    ("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>",
+     "emulated TPM (<tpm> backend 'emulator'): its state (swtpm's, in libvirt's state "
+     "directory under the domain's UUID) does not move yet"),
+    ("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend>"
+     "</tpm>", "host TPM passed through (<tpm> backend 'passthrough' /dev/tpm0)"),
+    ("<memory model='nvdimm'><source><path>" + OLD + "/nv.img</path></source><target><size "
+     "unit='KiB'>524288</size><node>0</node></target></memory>",
+     f"nvdimm memory device backed by the host file {OLD}/nv.img: its content does not "
+     "move yet"),
+    ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='" + OLD
+     + "/enc.qcow2'><encryption format='luks'><secret type='passphrase' "
+     "uuid='f52a81b2-424e-490c-823d-6bd4235bc572'/></encryption></source>"
+     "<target dev='vdd' bus='virtio'/></disk>",
+     "disk vdd is encrypted with the libvirt secret f52a81b2-424e-490c-823d-6bd4235bc572, "
+     "kept in this host's secret store: it does not move"),
 ])
 def test_what_cannot_move_is_named(device: str, reason: str) -> None:
     assert dx.unmovable(_with_device(device), ROOT) == [reason]
@@ -353,3 +368,36 @@ def test_libvirt_takes_foreign_namespaces_back_unchanged() -> None:
             dom.undefine()
     finally:
         conn.close()
+
+
+NVRAM_SOURCE = FULL.replace(
+    f"<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{OLD}/nvram.fd</nvram>",
+    "<nvram type='file' template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"
+    f"<source file='{OLD}/nvram.fd'/></nvram>")
+
+
+def test_nvram_written_the_newer_way_moves_like_the_older() -> None:
+    assert NVRAM_SOURCE != FULL
+    assert dx.nvram(NVRAM_SOURCE) == f"{OLD}/nvram.fd"
+    assert vmfiles.files(NVRAM_SOURCE, ROOT)[-1].role.value == "NVRAM"
+    after = dx.rewrite(NVRAM_SOURCE, vcpus=2, memory_mib=2048, disk_paths=ALL_FILES)
+    assert dx.flatten(after)["os/nvram/source@file"] == f"{NEW}/nvram.fd"
+    without = dict(ALL_FILES)
+    del without[f"{OLD}/nvram.fd"]
+    with pytest.raises(InvalidDomainConfig, match="no destination path for NVRAM"):
+        dx.rewrite(NVRAM_SOURCE, vcpus=2, memory_mib=2048, disk_paths=without)
+    outside = NVRAM_SOURCE.replace(f"{OLD}/nvram.fd", "/var/lib/libvirt/qemu/nvram/x.fd")
+    assert dx.unmovable(outside, ROOT) == [
+        "firmware variables (NVRAM /var/lib/libvirt/qemu/nvram/x.fd) are outside the storage "
+        f"root {ROOT}"]
+
+
+def test_nvram_that_is_not_a_file_is_refused() -> None:
+    xml = FULL.replace(
+        f"<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{OLD}/nvram.fd</nvram>",
+        "<nvram type='network'><source protocol='iscsi' name='iqn.2013-07.com.example:nv/0'>"
+        "<host name='10.0.0.7' port='3260'/></source></nvram>")
+    assert dx.nvram(xml) is None
+    assert dx.unmovable(xml, ROOT) == [
+        "firmware variables (NVRAM) are a 'network' source "
+        "(iscsi:iqn.2013-07.com.example:nv/0); only a file moves"]

@@ -6,7 +6,9 @@ the agent reads from it and the one change it makes to it:
 * :func:`inventory`: every disk (target, type, device, source file, format from
   ``<driver type>``, read-only, the ``<backingStore>`` chain if the XML carries one);
 * :func:`unmovable`: why a domain cannot move (passthrough, disks outside the storage root,
-  disk types it cannot copy, a disk without a recorded format): checked before power-off;
+  disk types it cannot copy, a disk without a recorded format, state beside the disks
+  that does not move yet: an emulated TPM's, NVDIMM and virtio-pmem backing files, disk
+  encryption secrets): checked before power-off;
 * :func:`rewrite`: the destination's definition: vCPUs (``<vcpu>``, ``<cpu><topology>``,
   NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
   name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
@@ -186,11 +188,25 @@ def inventory(xml: str | ET.Element) -> list[DiskInfo]:
     return out
 
 
+def _nvram_file(root: ET.Element) -> ET.Element | None:
+    """The element holding the NVRAM file's path: ``<nvram>`` itself (its text), or its
+    ``<source file>`` when written the newer way (``<nvram type='file'>``)."""
+    el = root.find("os/nvram")
+    if el is None or el.get("type", "file") != "file":
+        return None
+    src = el.find("source")
+    return src if el.get("type") and src is not None else el
+
+
 def nvram(xml: str | ET.Element) -> str | None:
-    """The per-VM firmware variables file (``<os><nvram>``), which moves with the VM."""
+    """The per-VM firmware variables file (``<os><nvram>PATH`` or ``<nvram type='file'>
+    <source file=PATH>``), which moves with the VM."""
     root = parse(xml) if isinstance(xml, str) else xml
-    text = (root.findtext("os/nvram") or "").strip()
-    return text or None
+    el = _nvram_file(root)
+    if el is None:
+        return None
+    path = (el.get("file") if el.tag == "source" else el.text) or ""
+    return path.strip() or None
 
 
 def host_files(xml: str | ET.Element) -> list[str]:
@@ -271,6 +287,40 @@ def unmovable(xml: str | ET.Element, root: str) -> list[str]:
     path = nvram(dom)
     if path is not None and not under(root, path):
         reasons.append(f"firmware variables (NVRAM {path}) are outside the storage root {root}")
+    nv = dom.find("os/nvram")
+    if nv is not None and nv.get("type", "file") != "file":
+        reasons.append(f"firmware variables (NVRAM) are a {nv.get('type')!r} source "
+                       f"({_source_of(nv.get('type', ''), nv)}); only a file moves")
+    return reasons + _state_beside(dom)
+
+
+def _state_beside(dom: ET.Element) -> list[str]:
+    """State the definition points at that lives outside the disks and does not move yet
+    (DESIGN.md invariant 9: it moves, or the resize is refused with the reason)."""
+    reasons = []
+    for tpm in dom.iterfind("devices/tpm"):
+        backend = tpm.find("backend")
+        kind = backend.get("type", "?") if backend is not None else "?"
+        if kind == "emulator":
+            reasons.append("emulated TPM (<tpm> backend 'emulator'): its state (swtpm's, in "
+                           "libvirt's state directory under the domain's UUID) does not move "
+                           "yet")
+        else:
+            node = backend.find("device") if backend is not None else None
+            where = f" {node.get('path')}" if node is not None and node.get("path") else ""
+            reasons.append(f"host TPM passed through (<tpm> backend {kind!r}{where})")
+    for mem in dom.iterfind("devices/memory"):
+        path = (mem.findtext("source/path") or "").strip()
+        if path:
+            reasons.append(f"{mem.get('model', '?')} memory device backed by the host file "
+                           f"{path}: its content does not move yet")
+    for disk in dom.iterfind("devices/disk"):
+        tgt = disk.find("target")
+        dev = tgt.get("dev", "?") if tgt is not None else "?"
+        for secret in disk.iterfind(".//encryption/secret"):
+            reasons.append(f"disk {dev} is encrypted with the libvirt secret "
+                           f"{secret.get('uuid') or secret.get('usage')}, kept in this host's "
+                           "secret store: it does not move")
     return reasons
 
 
@@ -320,9 +370,9 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
             if node.get("type") == "file" and bsrc is not None:
                 _set_path(bsrc, "file", disk_paths, True, f"backing file of {dev}")
             node = node.find("backingStore")
-    nv = dom.find("os/nvram")
+    nv = _nvram_file(dom)
     if nv is not None:
-        _set_path(nv, None, disk_paths, True, "NVRAM")
+        _set_path(nv, "file" if nv.tag == "source" else None, disk_paths, True, "NVRAM")
     for device in dom.iterfind("devices/*"):
         if device.tag == "disk":
             continue
