@@ -67,7 +67,7 @@ TUNED = domain(head=(
     "<vcpusched vcpus='2-3' scheduler='batch'/>"
     "<cachetune vcpus='0'><cache id='0' level='3' type='both' size='3' unit='MiB'/>"
     "</cachetune><cachetune vcpus='1-2'><cache id='0' level='3' type='both' size='2' "
-    "unit='MiB'/></cachetune>"
+    "unit='MiB'/><monitor level='3' vcpus='1-2'/><monitor level='3' vcpus='2'/></cachetune>"
     "<memorytune vcpus='1-2'><node id='0' bandwidth='60'/></memorytune>"
     "<memorytune vcpus='3'><node id='0' bandwidth='40'/></memorytune></cputune>"))
 
@@ -77,6 +77,7 @@ def test_fewer_vcpus_leave_no_reference_to_a_vcpu_that_is_gone(define) -> None:
     tune = {k: v for k, v in got.items() if k.startswith("cputune/") and "@vcpu" in k}
     assert tune == {"cputune/vcpupin@vcpu": "0", "cputune/vcpusched@vcpus": "0-1",
                     "cputune/cachetune[0]@vcpus": "0", "cputune/cachetune[1]@vcpus": "1",
+                    "cputune/cachetune[1]/monitor@vcpus": "1",  # the one of vCPU 2 went
                     "cputune/memorytune@vcpus": "1"}
     assert got["cputune/emulatorpin@cpuset"] == "0"
     back = define(dx.rewrite(TUNED, vcpus=2, memory_mib=4096, disk_paths={}))

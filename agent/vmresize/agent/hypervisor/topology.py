@@ -176,21 +176,25 @@ def _spread_vcpus(cells: list[ET.Element], vcpus: int) -> None:
         first += count
 
 
-def _prune_vcpu_references(tune: ET.Element, vcpus: int) -> None:
+def _prune_vcpu_references(parent: ET.Element, vcpus: int) -> None:
     """Tuning of vCPUs that are gone: ``<vcpupin vcpu>`` goes; ``vcpus`` sets
-    (``<vcpusched>``, ``<cachetune>``, ``<memorytune>``, …) lose the missing ids, and go
-    when none is left. New vCPUs join no set (they float, as an unpinned vCPU does)."""
-    for child in list(tune):
+    (``<vcpusched>``, ``<cachetune>`` and its ``<monitor>``s, ``<memorytune>``, …) lose the
+    missing ids, and go when none is left. New vCPUs join no set (they float, as an
+    unpinned vCPU does)."""
+    for child in list(parent):
         if "vcpu" in child.attrib:
             if not (child.get("vcpu") or "").isdigit() or int(child.get("vcpu", "0")) >= vcpus:
-                tune.remove(child)
+                parent.remove(child)
+                continue
         elif "vcpus" in child.attrib:
             old = parse_cpuset(child.get("vcpus", ""))
             kept = {i for i in old if i < vcpus}
             if not kept:
-                tune.remove(child)
-            elif kept != old:
+                parent.remove(child)
+                continue
+            if kept != old:
                 child.set("vcpus", format_cpuset(kept))
+        _prune_vcpu_references(child, vcpus)
 
 
 def set_memory(dom: ET.Element, kib: int) -> None:
