@@ -8,7 +8,8 @@ the agent reads from it and the one change it makes to it:
 * :func:`unmovable`: why a domain cannot move (passthrough, disks outside the storage root,
   disk types it cannot copy, a disk without a recorded format, state beside the disks
   that does not move yet: an emulated TPM's, NVDIMM and virtio-pmem backing files, disk
-  encryption secrets): checked before power-off;
+  encryption secrets, a kernel or initrd for direct boot kept with the VM's files under
+  the storage root): checked before power-off;
 * :func:`rewrite`: the destination's definition: vCPUs (``<vcpu>``, ``<cpu><topology>``,
   NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
   name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
@@ -291,6 +292,11 @@ def unmovable(xml: str | ET.Element, root: str) -> list[str]:
     if nv is not None and nv.get("type", "file") != "file":
         reasons.append(f"firmware variables (NVRAM) are a {nv.get('type')!r} source "
                        f"({_source_of(nv.get('type', ''), nv)}); only a file moves")
+    for tag in ("kernel", "initrd", "dtb"):
+        boot = (dom.findtext(f"os/{tag}") or "").strip()
+        if boot and under(root, boot):  # outside the root: a host's file, like the firmware
+            reasons.append(f"direct kernel boot: <{tag}> {boot} lies in the storage root, "
+                           "with the VM's files, but does not move with them")
     return reasons + _state_beside(dom)
 
 
