@@ -146,3 +146,15 @@ def test_libvirt_validates_the_source_and_every_rewrite(test_driver: Any,
         ours = dx.flatten(xml)
         assert back["vcpu"] == ours["vcpu"]
         assert int(back["memory"]) == topology.memory_kib(dx.parse(xml))
+
+
+@pytest.mark.parametrize(("case", "flavor"), REWRITTEN,
+                         ids=[f"{c.name}-{f.label}" for c, f in REWRITTEN])
+def test_a_size_the_rewrite_refuses_is_known_before_the_power_off(
+        case: dc.Case, flavor: dc.Flavor) -> None:
+    got = dx.size_refusal(case.xml, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
+    if flavor.refused:
+        assert got is not None
+        assert flavor.refused in got
+    else:
+        assert got is None

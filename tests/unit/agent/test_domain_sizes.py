@@ -232,3 +232,13 @@ def test_an_inflated_balloon_keeps_its_share(define) -> None:
     assert back["currentMemory"] == str(4 * GIB)
     untouched = domain(memory=4 * GIB)
     assert rewrite(untouched, 4, 8192)["currentMemory"] == str(8 * GIB)
+
+
+def test_size_refusal_names_what_rewrite_would_refuse_and_leaves_the_domain_alone() -> None:
+    xml = domain(cpu=cells(("0-1", 2 * GIB), ("2-3", 2 * GIB)))
+    assert dx.size_refusal(xml, vcpus=1, memory_mib=4096) == (
+        "cannot spread 1 vCPUs over 2 NUMA cells")
+    assert dx.size_refusal(xml, vcpus=2, memory_mib=4096) is None
+    tree = dx.parse(xml)
+    assert dx.size_refusal(tree, vcpus=8, memory_mib=8192) is None
+    assert dx.flatten(dx.serialize(tree)) == dx.flatten(xml)  # the caller's tree unchanged

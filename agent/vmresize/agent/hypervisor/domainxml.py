@@ -14,6 +14,7 @@ the agent reads from it and the one change it makes to it:
   NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
   name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
   metadata and UUID are kept (the topology and NUMA arithmetic is in :mod:`.topology`);
+* :func:`size_refusal`: why :func:`rewrite` would refuse a flavor, asked before power-off;
 * :func:`edit_disks`: a flavor's swap disk dropped, its new ephemeral or swap disk added;
 * :func:`diff`: the set of changed paths between two definitions, so a test can say the
   changed set is exactly the expected one.
@@ -27,6 +28,7 @@ included): :func:`parse` keeps them as literal names, see there.
 
 from __future__ import annotations
 
+import copy
 import posixpath
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -387,6 +389,19 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
                 for attr in ("path", "file"):
                     _set_path(child, attr, disk_paths, False, device.tag)
     return serialize(dom)
+
+
+def size_refusal(xml: str | ET.Element, *, vcpus: int, memory_mib: int) -> str | None:
+    """Why :func:`rewrite` would refuse this flavor for this domain (vCPUs it cannot spread
+    over the NUMA cells, memory below the memory devices' RAM or not in whole huge pages),
+    or None: for the source to ask while the VM still runs (invariant 10)."""
+    dom = copy.deepcopy(xml) if isinstance(xml, ET.Element) else parse(xml)
+    try:
+        topology.set_vcpus(dom, vcpus)
+        topology.set_memory(dom, memory_mib * KIB_PER_MIB)
+    except InvalidDomainConfig as e:
+        return str(e)
+    return None
 
 
 @dataclass(frozen=True)
