@@ -280,13 +280,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if defined:
             await self._check_fence(spec, call)
-            off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
-                                                self._now())
-            how: PowerOff | None = await self._power_off_and_hold(
+            tag = f"{spec.owner_uid or '-'}/{tid}"
+            off_since = markers.power_off_since(marker, tag, self._now())
+            off = await self._power_off_and_hold(
                 name, float(spec.power_off_timeout_seconds), off_since, held)
+            how: PowerOff | None = off.how
+            stopped = markers.stopped_since(marker, tag, off.at)
         elif markers.read(held) is not None:  # resumed: already off and held
-            how, off_since = None, (markers.PowerOff.parse(markers.read(marker))
-                                    or markers.PowerOff("", self._now())).requested_at
+            rec = markers.PowerOff.parse(markers.read(marker)) or markers.PowerOff("", self._now())
+            how, off_since = None, rec.requested_at
+            stopped = rec.stopped_at if rec.stopped_at is not None else rec.requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         if files or live:
@@ -299,7 +302,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             checksum, size = sent.checksum, sent.size_bytes
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
                             shared_storage=shared if moved else None, power_off=how,
-                            downtime_seconds=round(max(0.0, self._now() - off_since), 3),
+                            downtime_seconds=round(max(0.0, self._now() - stopped), 3),
+                            power_off_wait_seconds=round(max(0.0, stopped - off_since), 3),
+                            stopped_at=wholevm.at(stopped),
                             disk_path=rel, powered_off_at=wholevm.at(off_since), domain_name=name,
                             power_state=PowerState.SHUTOFF.value)
         to = "within the shared storage" if shared else f"to {peer.name}"

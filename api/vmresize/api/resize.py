@@ -14,6 +14,7 @@ from pydantic import Field
 
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.health import AutoConfirm
+from vmresize.api.hosttask import PowerOff
 from vmresize.api.instance import DNS_SUBDOMAIN, InstancePhase, PowerState
 from vmresize.api.meta import (
     DNS_LABEL,
@@ -199,10 +200,19 @@ class VMResizeStatus(Model):
     phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
     """When each phase was entered."""
     downtime_seconds: float | None = None
-    """How long the VM was powered off for the move: from the power-off request on the
-    source to the start on the destination (until then, to the end of the copy)."""
+    """How long the VM was powered off for the move: from the moment the source was seen
+    shut off (``stoppedAt``) to the start on the destination (until then, to the end of
+    the copy). The wait for the guest to shut down is not in it (``powerOffWaitSeconds``)."""
     powered_off_at: datetime | None = None
     """When MigrateDisk first asked the source to power off."""
+    stopped_at: datetime | None = None
+    """When the source was seen shut off: the downtime's start."""
+    power_off_wait_seconds: float | None = None
+    """From the power-off request to ``stoppedAt``: the VM still ran meanwhile (a guest
+    that ignores ACPI runs through the whole grace period, then is forced off)."""
+    power_off: PowerOff | None = None
+    """How the source went off: Graceful (ACPI), Forced (after the grace period) or
+    AlreadyOff."""
     source_disks: list[VMDisk] | None = None
     """Every file MigrateDisk sent (where it goes, its checksum); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)

@@ -286,3 +286,19 @@ def test_downtime_runs_from_the_power_off_request_to_the_destination_start() -> 
     assert out.updates["downtime_seconds"] == 2.25  # the whole of it, Finish included
     out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)  # an older agent
     assert "downtime_seconds" not in out.updates
+
+
+def test_downtime_runs_from_the_stop_and_the_grace_wait_is_reported_beside_it() -> None:
+    asked = NOW - timedelta(seconds=40)
+    stopped = asked + timedelta(seconds=30)   # a guest that ignores ACPI, forced at 30 s
+    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
+                                       downtime_seconds=1.5, powered_off_at=asked,
+                                       stopped_at=stopped, power_off_wait_seconds=30.0,
+                                       power_off="Forced"), NOW)
+    assert out.updates["powered_off_at"] == asked
+    assert out.updates["stopped_at"] == stopped
+    assert out.updates["power_off_wait_seconds"] == 30.0
+    assert out.updates["power_off"] == "Forced"
+    out = step(state(P.FINISHING, powered_off_at=asked, stopped_at=stopped),
+               obs(Kind.TASK_SUCCEEDED, started_at=stopped + timedelta(seconds=2.25)), NOW)
+    assert out.updates["downtime_seconds"] == 2.25  # not 32.25: the VM ran for 30 of them

@@ -195,7 +195,9 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
     the destination."""
     up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
                           "source_disks": list(o.disks) or None,
-                          "powered_off_at": o.powered_off_at}
+                          "powered_off_at": o.powered_off_at, "stopped_at": o.stopped_at,
+                          "power_off_wait_seconds": o.power_off_wait_seconds,
+                          "power_off": o.power_off}
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
@@ -237,9 +239,9 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
     what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
     tail = f"; {what} {deadline.isoformat()}" if deadline else ""
     up: dict[str, Any] = {"verify_deadline": deadline}
-    if o.started_at is not None and s.powered_off_at is not None:  # off -> on, whole
-        up["downtime_seconds"] = round(max(0.0, (o.started_at - s.powered_off_at)
-                                           .total_seconds()), 3)
+    off = s.stopped_at or s.powered_off_at   # an older agent reported only the request
+    if o.started_at is not None and off is not None:  # off -> on, whole
+        up["downtime_seconds"] = round(max(0.0, (o.started_at - off).total_seconds()), 3)
     return Step(P.VERIFY_RESIZE, (UpdateInstance(
         "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
         message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),

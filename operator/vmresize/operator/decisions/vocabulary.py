@@ -52,7 +52,9 @@ class Observation:
     checksum: str | None = None
     downtime_seconds: float | None = None
     power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
-    powered_off_at: datetime | None = None   # MigrateDisk: the downtime's start
+    powered_off_at: datetime | None = None   # MigrateDisk: the power-off request
+    stopped_at: datetime | None = None       # MigrateDisk: seen off, the downtime's start
+    power_off_wait_seconds: float | None = None   # MigrateDisk: request -> seen off
     started_at: datetime | None = None       # Finish: the downtime's end
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
@@ -85,6 +87,7 @@ class State:
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
     powered_off_at: datetime | None = None
+    stopped_at: datetime | None = None    # the source seen off: the downtime's start
 
 
 # ---------------------------------------------------------------- actions
