@@ -36,12 +36,14 @@ from vmresize.agent.errors import (
     AgentError,
     DomainNotFound,
     Fenced,
+    FlavorRefused,
     HypervisorError,
     InsufficientSpace,
     StepError,
     TaskRefused,
     TransferRefused,
 )
+from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
@@ -262,6 +264,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         return StepOutcome(TaskResult(disk_path=rel, size_bytes=size),
                            f"ready to receive {rel}")
 
+    async def _refuse_flavor(self, name: str, flavor: TaskFlavor) -> None:
+        """MigrateDisk, the VM still defined: refuse, before anything is done to it, a
+        flavor that Finish's rewrite of this very definition would refuse (invariant 10)."""
+        xml = await self._hv(self.hv.export, name)
+        why = domainxml.rewrite_refusal(xml, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
+        if why is not None:
+            raise FlavorRefused(f"{name} cannot take {flavor.vcpus} vCPU and "
+                                f"{flavor.memory_mib} MiB: {why}; refused before any "
+                                "power-off, the VM was not touched")
+
     async def _migrate_disk(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
@@ -272,6 +284,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         files, shared, live, moved = list[VMDisk](), False, list[VMDisk](), list[VMDisk]()
         if spec.disks:  # the whole VM: listed, checked, captured (pre-copied if it runs
             # and the task lists overlays) before any power-off
+            if defined and spec.flavor is not None:
+                await self._refuse_flavor(name, spec.flavor)
             files, shared, live = await self._before_power_off(spec, call, name, peer, defined)
             rel = wholevm.root_disk(live or files).path
         elif defined:

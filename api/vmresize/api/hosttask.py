@@ -117,7 +117,9 @@ class HostTaskSpec(Model):
     disk_path: str | None = None
     """Disk this step acts on, relative to the host's storage root."""
     flavor: TaskFlavor | None = None
-    """Size for Spawn, Finish and RestoreSource."""
+    """Size for Spawn, Finish and RestoreSource. MigrateDisk: the target size, which the
+    source checks against the VM's definition before any power-off (a flavor Finish's
+    rewrite would refuse fails the step with the VM untouched)."""
     base_image: str | None = None
     """Spawn: base image file name under the host's images directory."""
     seed_pattern: str | None = None
