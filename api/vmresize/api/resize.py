@@ -244,6 +244,9 @@ class VMResizeStatus(Model):
     """The phase that failed and caused the rollback."""
     rollback_reason: str | None = None
     """Why the rollback began, e.g. ``MigratingFailed``, ``StepStalled``, ``Deleted``."""
+    rollback_message: str | None = None
+    """Why the rollback began, in words (a failed step's message: a flavor the source
+    refused before the power-off says which and why); the RolledBack status repeats it."""
     restore_source_first: bool = False
     """The rollback restarts the source before it deletes the destination's copy (a rollback
     from Migrating: no domain exists on the destination, which may be the silent agent)."""

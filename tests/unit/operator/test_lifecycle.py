@@ -205,6 +205,25 @@ def test_failure_before_verify_rolls_back(phase: P) -> None:
     assert phase.value in (out.message or "")
 
 
+def test_a_flavor_refused_before_the_power_off_is_still_named_when_rolled_back() -> None:
+    refusal = ("ns.vm cannot take 2 vCPU and 1536 MiB: 1536 MiB of initial memory is not a "
+               "whole number of the 1024 MiB huge pages that back it; refused before any "
+               "power-off, the VM was not touched")
+    out = step(state(P.MIGRATING), obs(Kind.TASK_FAILED, message=refusal, retryable=False),
+               NOW)
+    assert out.phase is P.ROLLING_BACK
+    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    kept = out.updates["rollback_message"]
+    s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from="Migrating",
+              rollback_reason=out.updates["rollback_reason"], rollback_message=kept,
+              restore_source_first=True)
+    out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)   # the source runs (it never stopped)
+    assert out.actions[0] == CreateTask(A.CLEANUP_DEST, "dst")
+    out = step(replace(s, current_action=A.CLEANUP_DEST), obs(Kind.TASK_SUCCEEDED), NOW)
+    assert out.phase is P.ROLLED_BACK
+    assert refusal in (out.message or "")   # the end still says why
+
+
 def test_rollback_failure_keeps_both_copies_and_tells_the_admin() -> None:
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, current_attempt=2)
     out = step(s, obs(Kind.TASK_FAILED, message="disk gone"), NOW)

@@ -63,6 +63,10 @@ def _progress(o: Observation) -> dict[str, Any]:
                          "rate_bytes_per_second": rate, "percent": pct, "display": text}}
 
 
+MESSAGE_KEPT = 1024
+"""How much of the message that began a rollback the status keeps to the end."""
+
+
 def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     """Start a rollback: delete the dest copy (if there is a dest), then start the source.
 
@@ -76,6 +80,7 @@ def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     return Step(P.ROLLING_BACK, (first,),
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
                 updates={"rollback_from": frm, "rollback_reason": why,
+                         "rollback_message": message[:MESSAGE_KEPT],
                          "restore_source_first": source_first, **updates})
 
 
@@ -322,6 +327,8 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
     cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
     why = (f"Rolled back after {s.rollback_from} failed{cause}" if end is P.ROLLED_BACK
            else "Reverted")
+    if end is P.ROLLED_BACK and s.rollback_message:  # what failed, in its own words
+        why += f" ({s.rollback_message})"
     # An automatic revert keeps its reason to the end: the health check said no.
     health = end is P.REVERTED and s.reason in HEALTH_FAILED
     if health:

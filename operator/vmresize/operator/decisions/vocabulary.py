@@ -85,6 +85,7 @@ class State:
     health_window_seconds: int = 0        # how long it may take to pass, from its start
     health_deadline: datetime | None = None
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
+    rollback_message: str | None = None   # and in words, for the final status
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
     powered_off_at: datetime | None = None
     stopped_at: datetime | None = None    # the source seen off: the downtime's start
