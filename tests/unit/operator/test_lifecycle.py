@@ -293,7 +293,7 @@ def test_busy_and_invalid_touch_nothing() -> None:
         assert not out.actions
 
 
-def test_downtime_runs_from_the_power_off_request_to_the_destination_start() -> None:
+def test_downtime_runs_from_the_request_when_an_older_agent_reports_no_stop() -> None:
     off = NOW - timedelta(seconds=5)
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
                                        downtime_seconds=1.5, powered_off_at=off), NOW)
