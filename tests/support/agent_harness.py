@@ -11,6 +11,7 @@ it; ``kill_vms`` then ends those QEMUs by the PIDs the driver recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -150,21 +151,24 @@ class AgentProcess:
         self.proc = None
 
     def kill_vms(self) -> list[int]:
-        """SIGKILL the QEMU processes the embedded driver recorded (after the agent stopped)."""
+        """SIGKILL the QEMU processes of this agent's embedded root (after the agent stopped):
+        its guests and libvirt's capabilities probe, found by the root's own path (a fresh
+        mkdtemp of ours) on their command lines."""
         killed: list[int] = []
-        if not self.embedded:  # a daemon's QEMUs are the daemon's to stop
+        if not self.embedded or self.libvirt_dir is None:  # a daemon's QEMUs are the daemon's
             return killed
-        for pidfile in (self.libvirt_root / "run" / "qemu").glob("*.pid"):
-            if pidfile.name == "driver.pid":
+        root = str(self.libvirt_root).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
                 continue
             try:
-                pid = int(pidfile.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
                 continue
-            if b"qemu-system" in cmdline and str(self.libvirt_root).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and root + b"/" in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
         return killed
 
     def remove_libvirt_root(self) -> None:
