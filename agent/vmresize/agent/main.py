@@ -111,8 +111,13 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
 
 
 def _stop_vms(hv: LibvirtHypervisor) -> None:
+    """Power off the domains that record a vmresize owner (:mod:`vmresize.agent.ownership`);
+    the host's other domains are not ours to stop."""
     for name in hv.list_domains():
         try:
+            if hv.owner(name) is None:
+                log.info("left %s running: it records no vmresize owner", name)
+                continue
             hv.destroy(name)
             log.info("stopped %s (--stop-vms-on-exit)", name)
         except HypervisorError as e:

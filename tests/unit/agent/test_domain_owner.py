@@ -16,7 +16,9 @@ from tests.support.agent_steps import BIG, SMALL, move, names, spawn, spec
 from vmresize.agent import disks
 from vmresize.agent.errors import TaskRefused
 from vmresize.agent.executor import Executor
+from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
+from vmresize.agent.main import _stop_vms
 from vmresize.api.hosttask import PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
@@ -164,3 +166,19 @@ async def test_migrate_disk_stamps_an_unowned_source_and_the_hold_keeps_it(
         assert a.hv.owner(dom) == agent_uid   # the held definition carried it back
     finally:
         remove(a, dom)
+
+
+def test_stop_vms_on_exit_stops_only_domains_vmresize_owns(
+        agent_pair: tuple[Executor, Executor], agent_uid: str) -> None:
+    a, _ = agent_pair
+    ours, theirs = f"ours-{agent_uid[:8]}", f"theirs-{agent_uid[:8]}"
+    namesake(a, ours, agent_uid)
+    namesake(a, theirs, None)
+    try:
+        assert isinstance(a.hv, LibvirtHypervisor)
+        _stop_vms(a.hv)
+        assert a.hv.state(ours) == PowerState.SHUTOFF
+        assert a.hv.state(theirs) == PowerState.RUNNING
+    finally:
+        remove(a, ours)
+        remove(a, theirs)
