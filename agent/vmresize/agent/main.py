@@ -123,8 +123,13 @@ def fast_path_condition(state: fastpath_check.FastPathState) -> Condition:
 
 
 def _stop_vms(hv: LibvirtHypervisor) -> None:
+    """Power off the domains that record a vmresize owner (:mod:`vmresize.agent.ownership`);
+    the host's other domains are not ours to stop."""
     for name in hv.list_domains():
         try:
+            if hv.owner(name) is None:
+                log.info("left %s running: it records no vmresize owner", name)
+                continue
             hv.destroy(name)
             log.info("stopped %s (--stop-vms-on-exit)", name)
         except HypervisorError as e:
