@@ -39,6 +39,7 @@ from vmresize.agent import (
     markers,
     moving,
     orphans,
+    ownership,
     precopy,
     sourcehold,
     wholevm,
@@ -222,25 +223,28 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         result.disks = files
         return StepOutcome(result, f"spawned {name} with {len(files)} disk(s)")
 
-    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor,
-                          spec: HostTaskSpec | None = None, extra: tuple[NewDisk, ...] = ()
-                          ) -> None:
-        """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
-        started: redefined onto ours while off, refused while it runs (it is not ours)."""
+    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor, spec: HostTaskSpec,
+                          extra: tuple[NewDisk, ...] = ()) -> None:
+        """Define ``name`` on ``rel`` unless it exists on ``rel``, and record the Instance
+        as its owner; one on another disk is never started: redefined onto ours while off
+        if the Instance owns it, refused otherwise (it is not ours)."""
         if await self._hv(self.hv.exists, name):
             disk = await self._hv(self.hv.disk_path, name)
             disk = disk.resolve() if disk is not None else None
-            if disk == self._abs(rel):
+            if disk == self._abs(rel):   # our disk (its path carries the Instance's UID)
+                await ownership.stamp(self.hv, self._hv, spec, name)
                 return
             if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
                 raise TaskRefused(f"a domain named {name} already runs from {disk}, not "
                                   f"from {rel}; refusing to touch it")
+            await ownership.check(self.hv, self._hv, spec, name, "redefine")
             log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
             await self._hv(self.hv.undefine, name)
         await self._hv(self.hv.define, DomainSpec(
             name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk=self._abs(rel),
             serial_log=self._serial_log(rel), extra_disks=extra,
-            interfaces=tuple(spec.interfaces) if spec else ()))
+            interfaces=tuple(spec.interfaces)))
+        await ownership.stamp(self.hv, self._hv, spec, name)
 
     async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)
@@ -313,6 +317,10 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if defined:
             await self._check_fence(spec, call)
+            # The Instance's own domain since its Spawn or Adopt: one that records no
+            # owner (made before owners were recorded) is stamped, another's is refused.
+            await ownership.check(self.hv, self._hv, spec, name, "power off and hold",
+                                  stamp_unowned=True)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
                                                 self._now())
             how: PowerOff | None = await self._power_off_and_hold(
@@ -358,7 +366,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             await self._verify(spec, rel, expected)
             await asyncio.to_thread(markers.write_atomic, verified, expected + "\n")
         await asyncio.to_thread(disks.grow, self.root, rel, flavor.disk_gib)
-        await self._define_for(name, rel, flavor)
+        await self._define_for(name, rel, flavor, spec)
         size = await self._hv(self.hv.get_size, name)
         wanted = DomainSize(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
         if size != wanted:
@@ -389,6 +397,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                 "resize holds it, so both copies run; shut down the copy to drop, then "
                 "delete this HostTask so the operator creates it again", retryable=False)
         if name and exists:
+            # CleanupDest acts on a name it never checked before: only our own copy goes.
+            # Confirm and Destroy act on the Instance's own domain, which may predate
+            # recorded owners: unowned is taken as ours there, another owner never is.
+            await ownership.check(self.hv, self._hv, spec, name, spec.action.value,
+                                  stamp_unowned=spec.action is not TaskAction.CLEANUP_DEST)
             try:
                 await self._hv(self.hv.destroy, name)
                 await self._hv(self.hv.undefine, name)
@@ -417,10 +430,15 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         if xml is not None:  # the definition MigrateDisk moved aside, back exactly
             if not await self._hv(self.hv.exists, name):
                 await self._hv(self.hv.define_xml, xml)
+                await ownership.stamp(self.hv, self._hv, spec, name)
             markers.remove(held)
         elif not await self._hv(self.hv.exists, name):
             await self._merge_offline(rel)  # the captured definition names the disks below
             await self._define_captured(name, rel)
+            await ownership.stamp(self.hv, self._hv, spec, name)
+        # Resized and started below: only if it is ours (a namesake defined meanwhile is not;
+        # one that records no owner is a source held before owners were recorded).
+        await ownership.check(self.hv, self._hv, spec, name, "restore", stamp_unowned=True)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:

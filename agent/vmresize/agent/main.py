@@ -1,9 +1,11 @@
 """The agent process: settings and flags, wiring and lifetime.
 
 Order of start: become the child subreaper and open libvirt (``LibvirtHypervisor`` does both
-for ``qemu:///embed``), load the keys, start the migration SSH service, register the Host,
-then run kopf in-process with the agent's identity until SIGTERM/SIGINT; on a clean stop
-the Host is marked not ready and everything started here is stopped.
+for ``qemu:///embed``), install the transfer's fast path if it passes its self-test
+(:mod:`~vmresize.agent.transfer.fastpath_check`), load the keys, start the migration SSH
+service, register the Host, then run kopf in-process with the agent's identity until
+SIGTERM/SIGINT; on a clean stop the Host is marked not ready and everything started here
+is stopped.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from vmresize.agent.kube.fence import OwnerFence
 from vmresize.agent.kube.orphans import HostOrphans
 from vmresize.agent.kube.registration import Registrar, Registration
 from vmresize.agent.settings import AgentSettings
-from vmresize.agent.transfer import keys
+from vmresize.agent.transfer import fastpath_check, keys
 from vmresize.agent.transfer.server import start_migration_server
 from vmresize.agent.transfer.service import SshTransfer
 from vmresize.api.envsettings import SettingsError
+from vmresize.api.meta import Condition
 
 log = logging.getLogger("vmresize.agent")
 
@@ -67,6 +70,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
     hv = await asyncio.to_thread(LibvirtHypervisor, cfg.libvirt_uri)
     metrics_server = metrics.serve(cfg.metrics_port, cfg.metrics_address)
     try:
+        fast = await fastpath_check.enable(cfg.transfer_fast_path)
+        metrics.fast_path(fast.active, fast.reason)
         host_key = keys.load_or_create_host_key(cfg.state_dir)
         client_key = keys.load_client_key(cfg.migration_key_file)
         server = await start_migration_server(
@@ -85,7 +90,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             address, port = published_endpoint(cfg, server.port)
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=address, port=port,
-                host_key=keys.public_openssh(host_key)))
+                host_key=keys.public_openssh(host_key),
+                conditions=(fast_path_condition(fast),)))
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)
@@ -118,9 +124,20 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
         hv.close()
 
 
+def fast_path_condition(state: fastpath_check.FastPathState) -> Condition:
+    """The Host's TransferFastPath condition: which packet path the transfer runs on."""
+    return Condition(type="TransferFastPath", status="True" if state.active else "False",
+                     reason=state.reason, message=state.message)
+
+
 def _stop_vms(hv: LibvirtHypervisor) -> None:
+    """Power off the domains that record a vmresize owner (:mod:`vmresize.agent.ownership`);
+    the host's other domains are not ours to stop."""
     for name in hv.list_domains():
         try:
+            if hv.owner(name) is None:
+                log.info("left %s running: it records no vmresize owner", name)
+                continue
             hv.destroy(name)
             log.info("stopped %s (--stop-vms-on-exit)", name)
         except HypervisorError as e:

@@ -109,7 +109,8 @@ class HostStatus(Model):
     """Abandoned copies on this host, keyed by the UID of the VMResize that abandoned them.
     Written by the operator (the fence); the agent only sets ``cleanedAt``."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``."""
+    """``Ready``, and ``TransferFastPath`` (which packet path the agent's transfer runs on,
+    and why)."""
 
 
 class Host(Resource):

@@ -274,8 +274,10 @@ class VMResizeStatus(Model):
     observed_generation: int | None = None
     """The ``metadata.generation`` last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``, ``Healthy``
-    (the health check's verdict, once there is one)."""
+    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``,
+    ``RolledBack``, ``Healthy`` (the health check's verdict, once there is one), and the
+    kstatus conventions GitOps tools read: ``Reconciling`` (the operator is at work) and
+    ``Stalled`` (ended without the resize asked for: Failed, RollbackFailed, RolledBack)."""
 
 
 class VMResize(Resource):

@@ -187,12 +187,13 @@ def test_conditions_follow_the_phase() -> None:
                                          NOW, 1)
     by = {c.type: c.status for c in conds}
     assert by == {"Ready": "False", "VerifyResize": "True", "Failed": "False",
-                  "RolledBack": "False"}
+                  "RolledBack": "False", "Reconciling": "False", "Stalled": "False"}
     conds = conditions.resize_conditions(conds, ResizePhase.ROLLED_BACK, "RolledBack", "m",
                                          NOW, 1)
     by = {c.type: c.status for c in conds}
     assert by["Ready"] == "True"
     assert by["RolledBack"] == "True"
+    assert by["Stalled"] == "True"  # the resize asked for did not happen (kstatus: Failed)
 
 
 def test_host_state_counts_allocations_and_labels() -> None:

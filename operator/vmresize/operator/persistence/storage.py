@@ -190,6 +190,15 @@ class Storage:
         """The HostTask ``namespace/name``, or None if it does not exist."""
         return self._get(HostTask, name, namespace)
 
+    def tasks_of(self, namespace: str, owner_uid: str) -> list[HostTask]:
+        """Every HostTask in ``namespace`` of the owner with UID ``owner_uid`` (by label)."""
+        body = cast(dict[str, Any], _call(
+            f"list hosttasks of {owner_uid}", lambda: self._co.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, HostTask.plural,
+                label_selector=f"{OWNER_UID_LABEL}={owner_uid}",
+                _request_timeout=REQUEST_TIMEOUT)))
+        return [HostTask.from_body(item) for item in body.get("items", [])]
+
     def hosts(self) -> list[Host]:
         """Every Host in the cluster."""
         body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
