@@ -405,6 +405,55 @@ def test_two_operators_leader_killed(stack: FaultStack, kubeconfig: Path) -> Non
              before=before)
 
 
+def test_abandoning_a_dead_destination(stack: FaultStack) -> None:
+    """Issue 18, finding 6: the destination host is lost in Finishing (its agent frozen,
+    its QEMU killed: a dead host runs nothing), the source is off and held. An admin
+    abandons the destination: the VM runs again on its source with its data, the orphan is
+    recorded on the dead Host, and when that agent wakes (SIGCONT: a Finish in flight) it
+    destroys its copy and never starts it: one running copy, nothing lost."""
+
+    def fault(c: Ctx) -> None:
+        reached = c.w.wait("Finishing", "VerifyResize")
+        c.dst.send(signal.SIGSTOP)
+        dom = c.s.status("vmresizes", c.resize).get("destDomainName")
+        pid = qemu_pid(c.dst, dom) if dom else None
+        if pid is not None:   # the host is lost: nothing of it runs any more
+            os.kill(pid, signal.SIGKILL)
+        c.notes.append(f"destination lost in {c.w.phase()} (seen {reached}; its QEMU "
+                       f"{'killed' if pid else 'not started yet'})")
+        if until(lambda: not c.host_ready(c.dst), 4 * HEARTBEAT_STALE) is None:
+            c.problems.append(f"Host {c.dst.name} still shows ready into the freeze")
+        if c.w.phase() == "VerifyResize":   # Finish won the race: lost in Reverting instead
+            c.s.patch_spec(c.resize, {"revert": True})
+            c.w.wait("Reverting")
+        time.sleep(3)
+        assert c.w.phase() in ("Finishing", "Reverting", "RollingBack"), c.w.seen()
+        c.s.patch_spec(c.resize, {"abandonDestination": True})   # the admin's act
+        c.verdict = None
+        end = c.w.wait(*TERMINAL)
+        st = c.s.status("vmresizes", c.resize)
+        uid = (c.s.get("vmresizes", c.resize) or {}).get("metadata", {}).get("uid", "")
+        orphan = c.s.status("hosts", c.dst.name).get("orphans", {}).get(uid)
+        if st.get("reason") != "DestinationAbandoned" or not st.get("abandonedDestination"):
+            c.problems.append(f"ended {end} ({st.get('reason')}) without the abandonment")
+        if orphan is None or orphan.get("domainName") != dom:
+            c.problems.append(f"no orphan {dom} recorded on {c.dst.name}: {orphan}")
+        c.notes.append(f"abandoned: {end}, orphan {orphan and orphan.get('diskDir')}")
+        c.dst.send(signal.SIGCONT)   # the dead host's agent comes back
+        cleaned = until(lambda: bool(c.s.status("hosts", c.dst.name).get(
+            "orphans", {}).get(uid, {}).get("cleanedAt")), 60)
+        copy_dir = c.dst.storage_root / str((orphan or {}).get("diskDir", "-"))
+        if cleaned is None:
+            c.problems.append("the returning agent never marked the orphan cleaned")
+        elif dom and (qemu_pid(c.dst, dom) is not None or copy_dir.exists()):
+            c.problems.append(f"the orphan {dom} still runs or its {copy_dir} is there")
+        else:
+            c.notes.append(f"orphan destroyed {cleaned:.0f} s after the agent woke")
+
+    run_cell(stack, "abandoning a dead destination (lost in Finishing)", fault,
+             verdict="", expect=("RolledBack", "Reverted"))
+
+
 def test_tenant_finalizer_removal_then_a_second_resize(stack: FaultStack,
                                                        kubeconfig: Path) -> None:
     """Issue 18, finding 3: in VerifyResize (the VM on hv2, the source held on hv1) a tenant

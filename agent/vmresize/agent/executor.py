@@ -17,7 +17,8 @@ source's (invariant 2).
 Fencing (invariant 7): MigrateDisk's power-off, Finish's start, Confirm, CleanupDest and
 Destroy act only once the :data:`Fence` (the owner's status) names this very task, checked
 right before; HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call
-is bounded.
+is bounded. No domain starts that an admin abandoned on this host (:mod:`orphans`): the
+:data:`OrphanFence` is asked right before every start.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from vmresize.agent import (
     health,
     markers,
     moving,
+    orphans,
     ownership,
     precopy,
     sourcehold,
@@ -56,6 +58,7 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
+from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
@@ -67,6 +70,14 @@ HV_CALL_TIMEOUT = 120.0   # bound on one libvirt call; longer is a hung hypervis
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
 """``(spec, task name) -> None`` if the owner names this task, else why; StepError: unknown."""
+
+OrphanFence = Callable[[str], Awaitable[str | None]]
+"""``domain name -> None`` if it may start here, else why (a copy an admin abandoned on this
+host, :mod:`vmresize.agent.orphans`); StepError: unknown."""
+
+
+async def _no_orphans(name: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                  transfer: Transfer, fence: Fence,
                  wall_clock: Callable[[], float] = time.time,
                  call_timeout: float = HV_CALL_TIMEOUT,
-                 probe_networks: Sequence[health.Network] = ()) -> None:
+                 probe_networks: Sequence[health.Network] = (),
+                 orphaned: OrphanFence = _no_orphans) -> None:
         self.host = host
         self.hv = hypervisor
         self.root = storage_root.resolve(strict=True)
@@ -110,6 +122,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         self.call_timeout = call_timeout
         self._now = wall_clock
         self.probe_networks = probe_networks
+        self.orphaned = orphaned
 
     async def run(self, spec: HostTaskSpec, *, task_name: str = "",
                   progress: ProgressFn | None = None) -> StepOutcome:
@@ -157,6 +170,17 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         if why is not None:
             raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
 
+    async def _start(self, name: str) -> None:
+        """Start ``name``, unless it is a copy an admin abandoned on this host."""
+        why = await self.orphaned(name)
+        if why is not None:
+            raise StepError(f"refusing to start: {why}", retryable=False)
+        await self._hv(self.hv.start, name)
+
+    async def reap_orphan(self, orphan: OrphanCopy) -> str:
+        """Destroy an abandoned copy on this host and delete its directory (idempotent)."""
+        return await orphans.reap(self.hv, self._hv, self.root, orphan)
+
     async def _health(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         return StepOutcome(*await self._health_check(spec, call.task_name))
 
@@ -194,7 +218,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                                     seed=spec.seed_pattern)
         files, extra = await asyncio.to_thread(flavorfiles.spawn, self.root, rel, flavor)
         await self._define_for(name, rel, flavor, spec, extra)
-        await self._hv(self.hv.start, name)
+        await self._start(name)
         result = await self._describe(name, rel)
         result.disks = files
         return StepOutcome(result, f"spawned {name} with {len(files)} disk(s)")
@@ -327,7 +351,12 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         name = _need(spec.domain_name, "domainName", spec.action)
         flavor = _need(spec.flavor, "flavor", spec.action)
         if spec.disks:
-            return StepOutcome(*await self._finish_whole(spec, name, flavor, call.fence))
+            async def fence() -> None:
+                await call.fence()
+                why = await self.orphaned(name)
+                if why is not None:
+                    raise StepError(f"refusing to start: {why}", retryable=False)
+            return StepOutcome(*await self._finish_whole(spec, name, flavor, fence))
         rel = _need(spec.disk_path, "diskPath", spec.action)
         expected = _need(spec.expected_checksum, "expectedChecksum", spec.action)
         verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
@@ -343,7 +372,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         if size != wanted:
             await self._hv(self.hv.set_size, name, wanted)
         await self._check_fence(spec, call)   # a Finish frozen through a rollback: no 2nd copy
-        await self._hv(self.hv.start, name)
+        await self._start(name)
         started = wholevm.at(self._now())
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)
@@ -414,7 +443,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
-        await self._hv(self.hv.start, name)
+        await self._start(name)
         await self._merge_back(name, rel)  # pre-copy's overlays, once the VM runs again
         markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)

@@ -12,6 +12,7 @@ from typing import Any
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
+from vmresize.operator.decisions.abandon import abandoned_end
 from vmresize.operator.decisions.conditions import HEALTH_FAILED
 from vmresize.operator.decisions.vocabulary import (
     Action,
@@ -303,7 +304,10 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
 
 def back_step_done(s: State, o: Observation, now: datetime) -> Step:
     """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end.
-    A rollback from Migrating runs them the other way round (see :func:`_rollback`)."""
+    A rollback from Migrating runs them the other way round (see :func:`_rollback`); after
+    an abandoned destination RestoreSource is the last step (:mod:`.abandon`)."""
+    if s.abandoned and s.current_action is A.RESTORE_SOURCE:
+        return abandoned_end(s)
     source_first = s.phase is P.ROLLING_BACK and s.restore_source_first
     if s.current_action is A.RESTORE_SOURCE and source_first:
         return Step(s.phase, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),

@@ -21,6 +21,7 @@ agent that checks ``currentTask`` before a destructive step never runs a superse
 from __future__ import annotations
 
 import logging
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -28,10 +29,16 @@ from typing import Any
 
 from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
-from vmresize.api.host import Host
+from vmresize.api.host import Host, OrphanCopy
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
-from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeStatus
+from vmresize.api.resize import (
+    ABANDONABLE_PHASES,
+    Effect,
+    ResizePhase,
+    VMResize,
+    VMResizeStatus,
+)
 from vmresize.operator import metrics
 from vmresize.operator.decisions import conditions, lifecycle, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
@@ -74,7 +81,17 @@ def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) 
                  deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
                  health_check=check, health_window_seconds=ac.window() if ac else 0,
                  health_deadline=st.health_deadline, rollback_reason=st.rollback_reason,
-                 restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at)
+                 restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at,
+                 abandoned=st.abandoned_destination is not None)
+
+
+def _orphan(r: VMResize, st: VMResizeStatus, now: datetime) -> OrphanCopy | None:
+    """The destination's copy as an abandonment records it (None: no destination yet)."""
+    if not st.dest_host or not st.dest_domain_name or not st.dest_disk_path:
+        return None
+    return OrphanCopy(host=st.dest_host, owner=f"{r.namespace}/{r.name}", owner_uid=r.uid,
+                      domain_name=st.dest_domain_name, disk_path=st.dest_disk_path,
+                      disk_dir=posixpath.dirname(st.dest_disk_path), abandoned_at=now)
 
 
 def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
@@ -177,6 +194,9 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
         return _validate(storage, r)
     if st.phase is P.SCHEDULING and not deleting:
         return scheduling.schedule(storage, settings, r, st, now)
+    if (st.phase in ABANDONABLE_PHASES and r.spec.abandon_destination
+            and st.abandoned_destination is None):   # an admin's act; observed once
+        return Observation(Kind.ABANDON, orphan=_orphan(r, st, now)), {}
     if st.phase in lifecycle.TASK_PHASES:
         obs, at = _observe_task(storage, settings, st, now)
         wake.extend([at] if at is not None else [])
