@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from vmresize.api import naming
@@ -120,22 +120,20 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
 
 
 def _clock(storage: Storage, task: HostTask) -> watchdog.TaskClock:
-    """The watchdog's view of ``task``: its own clocks and its agents' Host heartbeats."""
+    """The watchdog's view of ``task``: when the operator saw it and its agents' Host
+    heartbeats change, on its own clock (never the agents' stamps: issue 18, finding 4)."""
     ts = task.status
-
-    def beat(host: str | None) -> datetime | None:
-        h = storage.host(host) if host else None
-        return h.status.heartbeat if h is not None and h.status is not None else None
-
-    created = task.metadata.get("creationTimestamp")
     peer = task.spec.peer.name if task.spec.peer is not None else None
     running = ts is not None and ts.phase is TaskPhase.RUNNING
     return watchdog.TaskClock(
-        task=task.name, host=task.spec.host, running=running,
-        created=datetime.fromisoformat(created) if isinstance(created, str) else created,
-        started=ts.started_at if ts else None, heartbeat=ts.heartbeat if ts else None,
-        host_heartbeat=None if running else beat(task.spec.host),
-        peer=peer, peer_heartbeat=beat(peer))
+        task=task.name, host=task.spec.host, running=running, heard=storage.task_heard(task),
+        host_heard=None if running else storage.host_heard(task.spec.host),
+        peer=peer, peer_heard=storage.host_heard(peer) if peer else None)
+
+
+def _wake(now: datetime, delay: float | None) -> datetime | None:
+    """The daemon's wake-up ``delay`` seconds from ``now`` (None: none)."""
+    return None if delay is None else now + timedelta(seconds=delay)
 
 
 def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now: datetime,
@@ -146,14 +144,14 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
         return Observation(Kind.TASK_MISSING), None
     ts = task.status
     if ts is None or ts.phase in (TaskPhase.PENDING, TaskPhase.RUNNING):
-        clock = _clock(storage, task)
-        stall = watchdog.stalled(clock, now, settings.step_stale_seconds)
+        clock, mono = _clock(storage, task), storage.clock()
+        stall = watchdog.stalled(clock, mono, settings.step_stale_seconds)
         if stall is not None and watchdog_on:
             return stall, None
         p = ts.progress if ts else None
         return Observation(Kind.TASK_WAITING, progress=(
             p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total
-            else None), watchdog.next_check(clock, settings.step_stale_seconds)
+            else None), _wake(now, watchdog.next_check(clock, mono, settings.step_stale_seconds))
     if ts.phase is TaskPhase.SUCCEEDED:
         p = ts.progress
         return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
