@@ -33,7 +33,7 @@ from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator import metrics
-from vmresize.operator.decisions import conditions, lifecycle, watchdog
+from vmresize.operator.decisions import conditions, lifecycle, liveness, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
 from vmresize.operator.decisions.tasks import resize_task, task_flavor
 from vmresize.operator.errors import ApiConflict, ApiUnavailable, NotReady
@@ -186,7 +186,33 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
             return Observation(Kind.CONFIRM), {}
         if st.current_task:   # the health check of spec.autoConfirm runs (own deadline)
             return _observe_task(storage, settings, st, now, watchdog_on=False)[0], {}
+        checked = r.spec.auto_confirm is not None and r.spec.auto_confirm.check is not None
+        if (not deleting and not checked and st.verify_deadline is not None
+                and now >= st.verify_deadline and st.dest_host):
+            why = _dest_unvouched(storage, settings, st.dest_host)
+            if why:   # the timer would delete the source: look again shortly
+                return Observation(Kind.TICK, dest_unvouched=why, deadline=now + timedelta(
+                    seconds=HOLD_RECHECK_SECONDS)), {}
     return Observation(Kind.TICK), {}
+
+
+HOLD_RECHECK_SECONDS = 5.0
+"""How often a held auto-confirm looks at the destination again."""
+
+
+def _dest_unvouched(storage: Storage, settings: Settings, dest: str) -> str:
+    """Why the destination's agent cannot vouch for the copy there now (empty: it can): its
+    Host gone or not ready, or no heartbeat seen within the stale window (on the operator's
+    clock, :mod:`~vmresize.operator.decisions.liveness`)."""
+    h = storage.host(dest)
+    if h is None:
+        return f"the destination host {dest} is gone"
+    if h.status is None or not h.status.ready:
+        return f"the destination host {dest} is not ready"
+    if liveness.stale(storage.host_heard(dest), storage.clock(),
+                      settings.heartbeat_stale_seconds):
+        return f"no heartbeat seen from the agent of the destination host {dest}"
+    return ""
 
 
 #: Reads for the task a step is about to create go out while its status is written.
