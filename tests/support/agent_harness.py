@@ -65,6 +65,8 @@ class AgentProcess:
     stop_vms_on_exit: bool = False
     #: The test servers its health checks probe listen on loopback.
     health_probe_networks: str = "127.0.0.0/8"
+    #: More environment for the process (e.g. libfaketime's, for an agent whose clock is off).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -110,7 +112,8 @@ class AgentProcess:
         self.storage_root.mkdir(exist_ok=True)
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=REPO)
+                                         cwd=REPO, env={**os.environ, **self.env} if self.env
+                                         else None)
         return self
 
     def alive(self) -> bool:
