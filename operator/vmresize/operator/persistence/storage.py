@@ -30,7 +30,7 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
-from vmresize.api.naming import OWNER_UID_LABEL
+from vmresize.api.naming import OWNER_UID_LABEL, WRITER_ANNOTATION, package_version
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import (
@@ -336,6 +336,9 @@ class Storage:
         (same owner UID, action and host), else :class:`ForeignTask`."""
         body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = HostTask.kind_name
+        meta = body.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}),
+                               WRITER_ANNOTATION: package_version()}
         try:
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,
