@@ -44,6 +44,7 @@ from tests.support.fault_stack import (
     TERMINAL,
     WAIT,
     Ctx,
+    FaultAgent,
     FaultStack,
     Watcher,
     until,
@@ -54,6 +55,7 @@ from tests.support.peering import install_peering_crd
 from tests.support.polling import wait_for
 
 from vmresize.agent.hypervisor import embedded
+from vmresize.agent.kube.client import CLOCK_SKEW_ENV
 from vmresize.api.meta import GROUP as G
 from vmresize.api.meta import VERSION as V
 
@@ -557,3 +559,58 @@ def test_tenant_finalizer_removal_then_a_second_resize(stack: FaultStack,
         s.delete("vmresizes", second)
         s.delete("instances", instance)
     assert not p, f"{row.cell}: {p}"
+
+
+# -- an agent whose clock is off (issue 18, finding 4)
+
+def _restart_with_clock(s: FaultStack, agent: FaultAgent, offset: int) -> None:
+    """Restart ``agent`` with every timestamp it writes ``offset`` seconds off (its
+    heartbeats, task stamps: ``kube.client.CLOCK_SKEW_ENV``). 0: its true clock again."""
+    agent.stop()
+    agent.env = {CLOCK_SKEW_ENV: str(offset)} if offset else {}
+    agent.start()
+    wait_for(lambda: s.status("hosts", agent.name).get("ready"), timeout=WAIT,
+             what=f"Host {agent.name} ready again (clock {offset:+d} s)")
+
+
+def _hosts_stay_ready(c: Ctx) -> None:
+    """Sample both Hosts' READY until the resize ended: a problem if either ever showed
+    not ready (their agents beat all along; only one clock is off)."""
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            for agent in (c.src, c.dst):
+                st = c.s.status("hosts", agent.name)
+                if st and not st.get("ready"):
+                    cond = next((x for x in st.get("conditions", []) if x.get("type") ==
+                                 "Ready"), {})
+                    seen.append(f"{agent.name} {cond.get('status')}/{cond.get('reason')}: "
+                                f"{cond.get('message')}")
+            stop.wait(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+
+    def end() -> None:
+        stop.set()
+        t.join(10)
+        if seen:
+            c.problems.append(f"a Host showed not ready {len(seen)} times: {seen[0]}")
+        else:
+            c.notes.append("both Hosts ready throughout")
+    c.after.append(end)
+
+
+@pytest.mark.parametrize("offset", [-120, 3600])
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_agent_clock_off(stack: FaultStack, side: str, offset: int) -> None:
+    """The operator judges heartbeats on its own clock: an agent 120 s behind (or an hour
+    ahead) keeps its Host ready and the resize goes through, one copy, nothing lost."""
+    agent = stack.agents[stack.host(1 if side == "source" else 2)]
+    _restart_with_clock(stack, agent, offset)
+    try:
+        run_cell(stack, f"{side} agent clock {offset:+d} s", _hosts_stay_ready, rate=SLOW)
+    finally:
+        _restart_with_clock(stack, agent, 0)

@@ -70,6 +70,8 @@ class AgentProcess:
     health_probe_networks: str = "127.0.0.0/8"
     #: Python run in the agent's process before its main (e.g. a fault to inject).
     prelude: str | None = None
+    #: More environment for the process (e.g. a clock skew for its stamps).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _vms_cleanup: int | None = field(default=None, repr=False)
 
@@ -118,7 +120,8 @@ class AgentProcess:
         self.storage_root.mkdir(exist_ok=True)
         with self.log_file.open("ab") as log:
             self.proc = children.track(subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env={**os.environ, **self.env} if self.env else None))
         if self.embedded and self._vms_cleanup is None:
             self._vms_cleanup = children.on_stop(f"QEMUs of agent {self.name}", self.kill_vms)
         return self

@@ -164,7 +164,9 @@ def next_deadline(state: State, obs: Observation) -> datetime | None:
     nothing; time alone moves it only at these moments: the auto-confirm deadline in
     VerifyResize, and whatever deadline the observation carries. None: only events."""
     times = [obs.deadline] if obs.deadline is not None else []
-    if state.phase is P.VERIFY_RESIZE and state.verify_deadline is not None:
+    # A held auto-confirm's window has passed: only its own recheck (obs.deadline) counts.
+    if state.phase is P.VERIFY_RESIZE and state.verify_deadline is not None \
+            and not obs.dest_unvouched:
         times.append(state.verify_deadline)
     return min(times, default=None)
 

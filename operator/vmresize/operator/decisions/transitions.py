@@ -261,6 +261,11 @@ def revert(s: State, o: Observation, now: datetime) -> Step:
                 reason="Reverting", message=f"Deleting the new copy on {s.dest_host}")
 
 
+AUTO_CONFIRM_HELD = "AutoConfirmHeld"
+"""VerifyResize past its window, but the destination's agent cannot vouch for the copy
+there (:attr:`Observation.dest_unvouched`): deleting the source now could lose the VM."""
+
+
 def verify_tick(s: State, o: Observation, now: datetime) -> Step:
     """In VerifyResize: revert if deleted, confirm once the deadline has passed, otherwise wait."""
     if s.deleting:
@@ -273,6 +278,10 @@ def verify_tick(s: State, o: Observation, now: datetime) -> Step:
                     reason="HealthChecking", message=f"Running on {s.dest_host}; probing "
                     f"{s.health_check} until {until.isoformat()} (confirm if it passes, "
                     "revert if not)", updates={"health_deadline": until})
+    if s.verify_deadline is not None and now >= s.verify_deadline and o.dest_unvouched:
+        return Step(s.phase, reason=AUTO_CONFIRM_HELD, message=(
+            f"Confirm window passed, but {o.dest_unvouched}: not confirming (the source copy "
+            "is kept) until the destination is seen alive again; confirm or revert by hand"))
     if s.verify_deadline is not None and now >= s.verify_deadline:
         step = confirm(s, o, now)
         return Step(step.phase, step.actions, reason="AutoConfirmed",

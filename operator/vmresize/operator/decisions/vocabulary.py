@@ -63,6 +63,10 @@ class Observation:
     deadline: datetime | None = None
     """When what was seen goes stale by itself though no object changes: the engine wakes
     the resize then (:func:`lifecycle.next_deadline`; the step watchdog has its own)."""
+    dest_unvouched: str = ""
+    """VerifyResize past its confirm window: why the destination cannot be vouched for now
+    (its agent silent or not ready, its Host gone); empty when it can. Auto-confirm deletes
+    the source, so it waits for this to clear (issue 18, finding 7)."""
 
 
 @dataclass(frozen=True)
