@@ -11,6 +11,7 @@ it; ``kill_vms`` then ends those QEMUs by the PIDs the driver recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -69,6 +70,8 @@ class AgentProcess:
     health_probe_networks: str = "127.0.0.0/8"
     #: Python run in the agent's process before its main (e.g. a fault to inject).
     prelude: str | None = None
+    #: More environment for the process (e.g. a clock skew for its stamps).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _vms_cleanup: int | None = field(default=None, repr=False)
 
@@ -117,7 +120,8 @@ class AgentProcess:
         self.storage_root.mkdir(exist_ok=True)
         with self.log_file.open("ab") as log:
             self.proc = children.track(subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env={**os.environ, **self.env} if self.env else None))
         if self.embedded and self._vms_cleanup is None:
             self._vms_cleanup = children.on_stop(f"QEMUs of agent {self.name}", self.kill_vms)
         return self
@@ -150,21 +154,24 @@ class AgentProcess:
         self.proc = None
 
     def kill_vms(self) -> list[int]:
-        """SIGKILL the QEMU processes the embedded driver recorded (after the agent stopped)."""
+        """SIGKILL the QEMU processes of this agent's embedded root (after the agent stopped):
+        its guests and libvirt's capabilities probe, found by the root's own path (a fresh
+        mkdtemp of ours) on their command lines."""
         killed: list[int] = []
-        if not self.embedded:  # a daemon's QEMUs are the daemon's to stop
+        if not self.embedded or self.libvirt_dir is None:  # a daemon's QEMUs are the daemon's
             return killed
-        for pidfile in (self.libvirt_root / "run" / "qemu").glob("*.pid"):
-            if pidfile.name == "driver.pid":
+        root = str(self.libvirt_root).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
                 continue
             try:
-                pid = int(pidfile.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
                 continue
-            if b"qemu-system" in cmdline and str(self.libvirt_root).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and root + b"/" in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
         return killed
 
     def remove_libvirt_root(self) -> None:

@@ -27,6 +27,7 @@ from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.kube import handlers
 from vmresize.agent.kube.client import AgentKube
 from vmresize.agent.kube.fence import OwnerFence
+from vmresize.agent.kube.orphans import HostOrphans
 from vmresize.agent.kube.registration import Registrar, Registration
 from vmresize.agent.settings import AgentSettings
 from vmresize.agent.transfer import fastpath_check, keys
@@ -80,10 +81,12 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             if cfg.kubeconfig is not None:  # kopf's login reads the same file
                 os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
             kube = AgentKube.from_kubeconfig(cfg.kubeconfig)
+            fenced = HostOrphans(kube, cfg.host_name)
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
                                 transfer=SshTransfer(server, client_key),
                                 fence=OwnerFence(kube),
-                                probe_networks=cfg.probe_networks())
+                                probe_networks=cfg.probe_networks(),
+                                orphaned=fenced.fenced)
             address, port = published_endpoint(cfg, server.port)
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=address, port=port,
@@ -92,7 +95,11 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)
+            # Copies an admin abandoned here go before any task is taken, and keep going.
+            await _reap_at_start(fenced, executor)
             heartbeat = asyncio.create_task(registrar.heartbeat_forever(cfg.heartbeat_seconds))
+            reaper = asyncio.create_task(fenced.reap_forever(executor.reap_orphan,
+                                                             cfg.heartbeat_seconds))
             runner = handlers.TaskRunner(host=cfg.host_name, executor=executor, kube=kube)
             settings = kopf.OperatorSettings()
             handlers.configure(settings)
@@ -102,9 +109,10 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
                                     namespaces=[cfg.namespace], stop_flag=stop_flag,
                                     ready_flag=ready_flag)
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for t in (heartbeat, reaper):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
                 await registrar.mark_stopped()
         finally:
             await server.close()
@@ -123,8 +131,13 @@ def fast_path_condition(state: fastpath_check.FastPathState) -> Condition:
 
 
 def _stop_vms(hv: LibvirtHypervisor) -> None:
+    """Power off the domains that record a vmresize owner (:mod:`vmresize.agent.ownership`);
+    the host's other domains are not ours to stop."""
     for name in hv.list_domains():
         try:
+            if hv.owner(name) is None:
+                log.info("left %s running: it records no vmresize owner", name)
+                continue
             hv.destroy(name)
             log.info("stopped %s (--stop-vms-on-exit)", name)
         except HypervisorError as e:
@@ -132,6 +145,25 @@ def _stop_vms(hv: LibvirtHypervisor) -> None:
 
 
 REGISTER_BACKOFF_MAX = 30.0
+
+
+async def _reap_at_start(fenced: HostOrphans, executor: Executor) -> None:
+    """Destroy the copies abandoned on this host before any task runs; retried while the
+    API server cannot be read (a copy that may be fenced must not get a chance to start)."""
+    delay = 1.0
+    while True:
+        try:
+            n = await fenced.reap_all(executor.reap_orphan)
+            if n:
+                log.warning("destroyed %d abandoned cop%s on this host", n,
+                            "y" if n == 1 else "ies")
+            return
+        except KubeError as e:
+            if not e.retryable:
+                raise
+            log.warning("reading abandoned copies failed (%s); retrying in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(REGISTER_BACKOFF_MAX, delay * 2)
 
 
 async def _register(registrar: Registrar) -> None:

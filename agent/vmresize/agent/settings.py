@@ -95,8 +95,9 @@ class AgentSettings(EnvSettings):
                     "path always. The Host's TransferFastPath condition says which runs.")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
-        description="On a clean stop, power off every domain (demos and tests only: by "
-                    "default VMs outlive the agent and a restarted agent adopts them).")
+        description="On a clean stop, power off every domain that records a vmresize "
+                    "owner (demos and tests only: by default VMs outlive the agent and a "
+                    "restarted agent adopts them).")
 
     @field_validator("health_probe_networks")
     @classmethod

@@ -211,6 +211,6 @@ def test_host_state_counts_allocations_and_labels() -> None:
                                        consumer="ns/a", kind="Instance",
                                        resources=Resources(vcpus=1, memory_mib=1024,
                                                            disk_gib=10))}))
-    hs = host_state(h)
+    hs = host_state(h, 7.0)
     assert hs.free() == (15.0, 3072.0, 90.0)
     assert hs.labels == {"ssd": "true"}

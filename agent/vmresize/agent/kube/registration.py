@@ -76,6 +76,7 @@ def host_status(reg: Registration, hv: Hypervisor, *, ready: bool,
         hypervisor=hv.uri, conditions=_with(conditions, (cond, *reg.conditions), now))
     doc = status.wire()
     doc.pop("allocations", None)  # the operator's
+    doc.pop("orphans", None)      # the operator's (the agent only marks one cleaned)
     return doc
 
 
