@@ -120,7 +120,7 @@ def test_resize_then_confirm(stack: Stack) -> None:
     assert st["sourceDisks"][2]["path"] == inst["diskPath"] + ".vmresize-overlay.qcow2"
     assert not dst_disk.with_name(dst_disk.name + ".vmresize-overlay.qcow2").exists()
     assert st["sourceDisks"][0]["checksum"] == st["sourceChecksum"]
-    assert 0 < st["downtimeSeconds"] < 60  # power-off request to the destination's start
+    assert 0 < st["downtimeSeconds"] < 60  # seen off to the destination's start
     assert s.status("instances", "vm-confirm")["phase"] == "Resizing"
     # This guest has no OS to answer ACPI: it was forced off after the operator's 1 s.
     assert s.task("grow", "MigrateDisk")["status"]["result"]["powerOff"] == "Forced"

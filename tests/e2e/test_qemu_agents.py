@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +231,14 @@ def test_source_agent_killed_during_power_off_resumes_the_migration(
     src.start()
     status = wait_succeeded(kubeconfig, namespace, src, name)
     assert status["attempt"] == 2
-    # Forced off `grace` seconds after the *first* attempt's request: downtime counts from it.
-    assert status["result"]["downtimeSeconds"] >= grace
+    # Forced off `grace` seconds after the *first* attempt's request: the wait counts from
+    # it; the VM ran meanwhile, so the downtime counts from the stop (issue 19 finding 8).
+    result = status["result"]
+    assert result["powerOff"] == "Forced"
+    assert result["powerOffWaitSeconds"] >= grace
+    assert (datetime.fromisoformat(result["stoppedAt"])
+            - datetime.fromisoformat(result["poweredOffAt"])).total_seconds() >= grace
+    assert result["downtimeSeconds"] >= 0
     assert qemu_args(src, dom) is None
     assert sha256(dst.storage_root / new_rel) == status["result"]["checksum"]
     assert sha256(src.storage_root / rel) == status["result"]["checksum"]

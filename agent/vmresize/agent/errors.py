@@ -39,6 +39,7 @@ Tree (``retryable`` default in brackets)::
         ├── TaskRefused                 not for this host / missing fields      [no]
         │   └── TaskUnreadable          a field or value this agent does not know [no]
         ├── Unmovable                   the VM has what cannot be copied        [no]
+        ├── FlavorRefused               the definition cannot take the flavor   [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
         ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
         ├── Fenced                      the owner no longer names this task     [no]
@@ -212,6 +213,12 @@ class Unmovable(StepError):  # noqa: N818 - reads as the condition it names
     """The VM has something that cannot be copied to another host (passthrough, a disk
     outside the storage root, a disk type or format it cannot copy); refused before any
     power-off, nothing was done."""
+
+
+class FlavorRefused(StepError):  # noqa: N818 - reads as the condition it names
+    """The target flavor cannot be applied to the VM's definition (vCPUs it cannot spread
+    over its NUMA cells, memory below its RAM devices or not in whole huge pages, ...);
+    refused before any power-off, nothing was done."""
 
 
 class CopyChecksumMismatch(StepError):  # noqa: N818

@@ -48,12 +48,14 @@ from vmresize.agent.errors import (
     AgentError,
     DomainNotFound,
     Fenced,
+    FlavorRefused,
     HypervisorError,
     InsufficientSpace,
     StepError,
     TaskRefused,
     TransferRefused,
 )
+from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
@@ -299,6 +301,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         return StepOutcome(TaskResult(disk_path=rel, size_bytes=size),
                            f"ready to receive {rel}")
 
+    async def _refuse_flavor(self, name: str, flavor: TaskFlavor) -> None:
+        """MigrateDisk, the VM still defined: refuse, before anything is done to it, a
+        flavor that Finish's rewrite of this very definition would refuse (invariant 10)."""
+        xml = await self._hv(self.hv.export, name)
+        why = domainxml.rewrite_refusal(xml, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
+        if why is not None:
+            raise FlavorRefused(f"{name} cannot take {flavor.vcpus} vCPU and "
+                                f"{flavor.memory_mib} MiB: {why}; refused before any "
+                                "power-off, the VM was not touched")
+
     async def _migrate_disk(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         a = spec.action
         name = _need(spec.domain_name, "domainName", a)
@@ -309,6 +321,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         files, shared, live, moved = list[VMDisk](), False, list[VMDisk](), list[VMDisk]()
         if spec.disks:  # the whole VM: listed, checked, captured (pre-copied if it runs
             # and the task lists overlays) before any power-off
+            if defined and spec.flavor is not None:
+                await self._refuse_flavor(name, spec.flavor)
             files, shared, live = await self._before_power_off(spec, call, name, peer, defined)
             rel = wholevm.root_disk(live or files).path
         elif defined:
@@ -321,13 +335,16 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             # owner (made before owners were recorded) is stamped, another's is refused.
             await ownership.check(self.hv, self._hv, spec, name, "power off and hold",
                                   stamp_unowned=True)
-            off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
-                                                self._now())
-            how: PowerOff | None = await self._power_off_and_hold(
+            tag = f"{spec.owner_uid or '-'}/{tid}"
+            off_since = markers.power_off_since(marker, tag, self._now())
+            off = await self._power_off_and_hold(
                 name, float(spec.power_off_timeout_seconds), off_since, held)
+            how: PowerOff | None = off.how
+            stopped = markers.stopped_since(marker, tag, off.at)
         elif markers.read(held) is not None:  # resumed: already off and held
-            how, off_since = None, (markers.PowerOff.parse(markers.read(marker))
-                                    or markers.PowerOff("", self._now())).requested_at
+            rec = markers.PowerOff.parse(markers.read(marker)) or markers.PowerOff("", self._now())
+            how, off_since = None, rec.requested_at
+            stopped = rec.stopped_at if rec.stopped_at is not None else rec.requested_at
         else:
             raise StepError(f"{a.value}: domain {name} not found", retryable=False)
         if files or live:
@@ -340,7 +357,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             checksum, size = sent.checksum, sent.size_bytes
         result = TaskResult(checksum=checksum, size_bytes=size, disks=moved or None,
                             shared_storage=shared if moved else None, power_off=how,
-                            downtime_seconds=round(max(0.0, self._now() - off_since), 3),
+                            downtime_seconds=round(max(0.0, self._now() - stopped), 3),
+                            power_off_wait_seconds=round(max(0.0, stopped - off_since), 3),
+                            stopped_at=wholevm.at(stopped),
                             disk_path=rel, powered_off_at=wholevm.at(off_since), domain_name=name,
                             power_state=PowerState.SHUTOFF.value)
         to = "within the shared storage" if shared else f"to {peer.name}"

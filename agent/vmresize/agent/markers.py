@@ -71,19 +71,23 @@ class PowerOff:
 
     tag: str
     requested_at: float
+    stopped_at: float | None = None
+    """When the domain was seen shut off (the downtime's start); None until then."""
 
     def text(self) -> str:
-        """The marker's file contents: ``<tag> <requested_at>``."""
-        return f"{self.tag} {self.requested_at:.6f}\n"
+        """The marker's file contents: ``<tag> <requested_at> [<stopped_at>]``."""
+        stopped = "" if self.stopped_at is None else f" {self.stopped_at:.6f}"
+        return f"{self.tag} {self.requested_at:.6f}{stopped}\n"
 
     @classmethod
     def parse(cls, text: str | None) -> PowerOff | None:
         """None for a missing or malformed marker (an untagged one is never trusted)."""
         parts = (text or "").split()
-        if len(parts) != 2:
+        if len(parts) not in (2, 3):
             return None
         try:
-            return cls(parts[0], float(parts[1]))
+            return cls(parts[0], float(parts[1]),
+                       float(parts[2]) if len(parts) == 3 else None)
         except ValueError:
             return None
 
@@ -96,6 +100,19 @@ def power_off_since(path: Path, tag: str, now: float) -> float:
         return mine.requested_at
     write_atomic(path, PowerOff(tag, now).text())
     return now
+
+
+def stopped_since(path: Path, tag: str, seen_off: float) -> float:
+    """When the domain of the power-off for ``tag`` stopped: the first recorded moment it
+    was seen shut off, else ``seen_off`` (recorded now). Kept across agent restarts, so a
+    resumed step reports the moment the VM really stopped, not when it looked again."""
+    mine = PowerOff.parse(read(path))
+    if mine is None or mine.tag != tag:
+        raise ValueError(f"{path}: no power-off requested for {tag}")
+    if mine.stopped_at is not None:
+        return mine.stopped_at
+    write_atomic(path, PowerOff(tag, mine.requested_at, seen_off).text())
+    return seen_off
 
 
 def verified_is(path: Path, checksum: str) -> bool:

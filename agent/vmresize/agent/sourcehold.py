@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from vmresize.agent import markers
 from vmresize.agent.errors import StepError
@@ -33,6 +33,14 @@ def said(how: PowerOff | None) -> str:
     return "forced off after the power-off timeout; " if how is PowerOff.FORCED else ""
 
 
+class Stopped(NamedTuple):
+    """How the VM went off and when it was seen off (wall clock): the downtime's start,
+    not the request's. A guest that ignores ACPI runs through the grace period."""
+
+    how: PowerOff
+    at: float
+
+
 class SourceSteps:
     """Power-off and hold, for the executor's MigrateDisk."""
 
@@ -42,12 +50,15 @@ class SourceSteps:
     async def _hv(self, fn: Callable[..., T], *args: object) -> T:
         raise NotImplementedError
 
-    async def _power_off(self, name: str, grace: float, requested_at: float) -> PowerOff:
+    async def _power_off(self, name: str, grace: float, requested_at: float) -> Stopped:
         """Graceful shutdown, then destroy once ``grace`` seconds have passed since the
         first request (``requested_at``, wall clock, kept across agent restarts).
-        Returns which of the two it took, for the task's result."""
+        Returns which of the two it took and when the domain was seen shut off (the poll
+        that saw it, or the end of destroy), for the task's result. A domain found off
+        already stopped at the latest when it was first asked (``requested_at``: a
+        resumed step never under-reports the downtime)."""
         if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
-            return PowerOff.ALREADY_OFF
+            return Stopped(PowerOff.ALREADY_OFF, min(requested_at, self._now()))
         await self._hv(self.hv.shutdown, name)
         loop = asyncio.get_running_loop()
         remaining = max(0.0, grace - max(0.0, self._now() - requested_at))
@@ -55,18 +66,18 @@ class SourceSteps:
         while loop.time() < deadline:
             if await self._hv(self.hv.state, name) == PowerState.SHUTOFF:
                 log.info("%s shut down gracefully (ACPI)", name)
-                return PowerOff.GRACEFUL
+                return Stopped(PowerOff.GRACEFUL, self._now())
             await asyncio.sleep(POWER_POLL_SECONDS)
         log.info("%s did not shut down within %.0fs; forcing it off", name, grace)
         await self._hv(self.hv.destroy, name)
-        return PowerOff.FORCED
+        return Stopped(PowerOff.FORCED, self._now())
 
     async def _power_off_and_hold(self, name: str, grace: float, requested_at: float,
-                                  held: Path) -> PowerOff:
-        how = await self._power_off(name, grace, requested_at)
+                                  held: Path) -> Stopped:
+        stopped = await self._power_off(name, grace, requested_at)
         await self._hold(name, held)
         log.info("%s held: its definition set aside", name)
-        return how
+        return stopped
 
     async def _hold(self, name: str, held: Path) -> None:
         """Keep the source from being started by accident: its definition moves aside

@@ -121,7 +121,9 @@ class HostTaskSpec(Model):
     disk_path: str | None = None
     """Disk this step acts on, relative to the host's storage root."""
     flavor: TaskFlavor | None = None
-    """Size for Spawn, Finish and RestoreSource."""
+    """Size for Spawn, Finish and RestoreSource. MigrateDisk: the target size, which the
+    source checks against the VM's definition before any power-off (a flavor Finish's
+    rewrite would refuse fails the step with the VM untouched)."""
     base_image: str | None = None
     """Spawn: base image file name under the host's images directory."""
     seed_pattern: str | None = None
@@ -173,11 +175,17 @@ class TaskResult(Model):
     size_bytes: int | None = None
     """Apparent size of the disk."""
     downtime_seconds: float | None = None
-    """MigrateDisk: how long the VM has been off when the step ended."""
+    """MigrateDisk: how long the VM has been off when the step ended (from ``stoppedAt``)."""
     power_off: PowerOff | None = None
     """MigrateDisk: how the VM went off; none when a resumed step found it off and held."""
     powered_off_at: datetime | None = None
-    """MigrateDisk: when the source's power-off was first requested (the downtime's start)."""
+    """MigrateDisk: when the source's power-off was first requested (the VM may run on
+    through the grace period after it)."""
+    stopped_at: datetime | None = None
+    """MigrateDisk: when the source domain was seen shut off (the downtime's start)."""
+    power_off_wait_seconds: float | None = None
+    """MigrateDisk: from the power-off request to ``stoppedAt``: the wait for the guest
+    (the grace period, if it was forced off), while it still ran; not downtime."""
     started_at: datetime | None = None
     """Finish: when the destination domain was started (the downtime's end)."""
     disk_path: str | None = None

@@ -15,6 +15,7 @@ from pydantic import Field
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.health import AutoConfirm
 from vmresize.api.host import OrphanCopy
+from vmresize.api.hosttask import PowerOff
 from vmresize.api.instance import DNS_SUBDOMAIN, InstancePhase, PowerState
 from vmresize.api.meta import (
     DNS_LABEL,
@@ -230,10 +231,19 @@ class VMResizeStatus(Model):
     phase_timestamps: dict[str, datetime] = Field(default_factory=dict)
     """When each phase was entered."""
     downtime_seconds: float | None = None
-    """How long the VM was powered off for the move: from the power-off request on the
-    source to the start on the destination (until then, to the end of the copy)."""
+    """How long the VM was powered off for the move: from the moment the source was seen
+    shut off (``stoppedAt``) to the start on the destination (until then, to the end of
+    the copy). The wait for the guest to shut down is not in it (``powerOffWaitSeconds``)."""
     powered_off_at: datetime | None = None
     """When MigrateDisk first asked the source to power off."""
+    stopped_at: datetime | None = None
+    """When the source was seen shut off: the downtime's start."""
+    power_off_wait_seconds: float | None = None
+    """From the power-off request to ``stoppedAt``: the VM still ran meanwhile (a guest
+    that ignores ACPI runs through the whole grace period, then is forced off)."""
+    power_off: PowerOff | None = None
+    """How the source went off: Graceful (ACPI), Forced (after the grace period) or
+    AlreadyOff."""
     source_disks: list[VMDisk] | None = None
     """Every file MigrateDisk sent (where it goes, its checksum); Finish verifies each."""
     candidates: list[Candidate] = Field(default_factory=list)
@@ -265,6 +275,9 @@ class VMResizeStatus(Model):
     """The phase that failed and caused the rollback."""
     rollback_reason: str | None = None
     """Why the rollback began, e.g. ``MigratingFailed``, ``StepStalled``, ``Deleted``."""
+    rollback_message: str | None = None
+    """Why the rollback began, in words (a failed step's message: a flavor the source
+    refused before the power-off says which and why); the RolledBack status repeats it."""
     restore_source_first: bool = False
     """The rollback restarts the source before it deletes the destination's copy (a rollback
     from Migrating: no domain exists on the destination, which may be the silent agent)."""

@@ -3,8 +3,9 @@
 - ``vmresize_resize_phase_transitions_total{phase}``: resizes entering each phase.
 - ``vmresize_resizes_finished_total{outcome}``: resizes reaching a terminal phase.
 - ``vmresize_resize_phase_duration_seconds{phase}``: time spent in each phase.
-- ``vmresize_resize_downtime_seconds``: VM powered-off time, power-off request to the
-  destination's start.
+- ``vmresize_resize_downtime_seconds``: VM powered-off time, from the moment the source
+  was seen shut off (not the power-off request: the wait for the guest is not in it) to
+  the destination's start.
 - ``vmresize_host_capacity{host,resource}``: what the scheduler may hand out on a Host,
   ``(capacity - reserved) * allocation ratio``, for ``resource`` ``vcpus``, ``memory_mib``
   and ``disk_gib``; ``vmresize_host_claimed{host,resource}``: the sum of its allocations.

@@ -50,6 +50,9 @@ def test_failure_mid_migration_rolls_back(world: World, agents: Fulfiller,
     st = world.wait_phase("r1", "RolledBack")
     assert st["rollbackFrom"] == "Migrating"
     assert "runs on" in st["message"]
+    # the end still says what failed, in the agent's words (kept through the API server)
+    assert "connection reset by peer" in st["rollbackMessage"]
+    assert "connection reset by peer" in st["message"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["RolledBack"] == "True"
     inst = world.status("instances", "vm1")
     assert inst["host"] == before["host"]

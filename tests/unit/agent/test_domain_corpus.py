@@ -158,3 +158,15 @@ def test_a_size_the_rewrite_refuses_is_known_before_the_power_off(
         assert flavor.refused in got
     else:
         assert got is None
+
+
+@pytest.mark.parametrize(("case", "flavor"), REWRITTEN,
+                         ids=[f"{c.name}-{f.label}" for c, f in REWRITTEN])
+def test_the_source_asks_the_rewrite_itself_and_gets_the_same_answer(
+        case: dc.Case, flavor: dc.Flavor) -> None:
+    got = dx.rewrite_refusal(case.xml, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
+    if flavor.refused:
+        assert got is not None
+        assert flavor.refused in got
+    else:
+        assert got is None

@@ -143,6 +143,44 @@ async def test_a_vm_with_a_passthrough_device_is_refused_while_it_runs(
     assert not (a.root / (files[0].path + ".poweroff")).exists()
 
 
+HUGE = "<memoryBacking><hugepages><page size='1' unit='G'/></hugepages></memoryBacking>"
+
+
+@pytest.mark.parametrize("pre_copy", [False, True], ids=["offline", "pre-copy"])
+async def test_a_flavor_the_rewrite_would_refuse_is_refused_before_the_power_off(
+        setup: tuple[Executor, Executor, str], pre_copy: bool) -> None:
+    a, b, name = setup
+    files = (await a.run(spec("a", A.ADOPT, domain_name=name))).result.disks or []
+    # The definition backs its memory with 1 GiB pages: 1536 MiB is not whole pages.
+    a.hv.define_xml(a.hv.export(name).replace("<vcpu", HUGE + "<vcpu", 1))
+    wanted = vmdisks.destination(files, DEST_DIR, "t1", pre_copy=pre_copy,
+                                 virtual_bytes=1 << 30 if pre_copy else 0)
+    await b.run(spec("b", A.PREPARE, disks=vmdisks.arrived(wanted), transfer_id="t1"))
+    before = {f.path: sha(a.root / f.path) for f in files}
+    odd = TaskFlavor(vcpus=2, memory_mib=1536, disk_gib=1)
+    with pytest.raises(StepError, match="1536 MiB of initial memory is not a whole number of "
+                       "the 1024 MiB huge pages") as err:
+        await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                         peer=PEER, transfer_id="t1", disks=wanted, flavor=odd,
+                         power_off_timeout_seconds=0))
+    assert "refused before any power-off" in str(err.value)
+    assert not err.value.retryable
+    # Untouched: running, defined, nothing beside its disks, no byte of them changed.
+    assert a.hv.state(name) == PowerState.RUNNING
+    assert not (a.root / (files[0].path + ".poweroff")).exists()
+    assert not (a.root / (files[0].path + ".precopy")).exists()
+    assert {f.path: sha(a.root / f.path) for f in files} == before
+    assert not any(p.name.endswith(".xfer") or p.name.endswith(".partial")
+                   for p in b.root.rglob("*"))
+    # A size in whole pages passes the check and moves.
+    fits = TaskFlavor(vcpus=2, memory_mib=2048, disk_gib=1)
+    moved = await a.run(spec("a", A.MIGRATE_DISK, domain_name=name, disk_path=files[0].path,
+                             peer=PEER, transfer_id="t1", disks=wanted, flavor=fits,
+                             power_off_timeout_seconds=0))
+    assert moved.result.checksum == before[files[0].path]
+    assert not a.hv.exists(name)
+
+
 async def test_revert_redefines_a_source_that_was_undefined_from_its_capture(
         setup: tuple[Executor, Executor, str]) -> None:
     a, b, name = setup

@@ -205,6 +205,25 @@ def test_failure_before_verify_rolls_back(phase: P) -> None:
     assert phase.value in (out.message or "")
 
 
+def test_a_flavor_refused_before_the_power_off_is_still_named_when_rolled_back() -> None:
+    refusal = ("ns.vm cannot take 2 vCPU and 1536 MiB: 1536 MiB of initial memory is not a "
+               "whole number of the 1024 MiB huge pages that back it; refused before any "
+               "power-off, the VM was not touched")
+    out = step(state(P.MIGRATING), obs(Kind.TASK_FAILED, message=refusal, retryable=False),
+               NOW)
+    assert out.phase is P.ROLLING_BACK
+    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    kept = out.updates["rollback_message"]
+    s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from="Migrating",
+              rollback_reason=out.updates["rollback_reason"], rollback_message=kept,
+              restore_source_first=True)
+    out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)   # the source runs (it never stopped)
+    assert out.actions[0] == CreateTask(A.CLEANUP_DEST, "dst")
+    out = step(replace(s, current_action=A.CLEANUP_DEST), obs(Kind.TASK_SUCCEEDED), NOW)
+    assert out.phase is P.ROLLED_BACK
+    assert refusal in (out.message or "")   # the end still says why
+
+
 def test_rollback_failure_keeps_both_copies_and_tells_the_admin() -> None:
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, current_attempt=2)
     out = step(s, obs(Kind.TASK_FAILED, message="disk gone"), NOW)
@@ -274,7 +293,7 @@ def test_busy_and_invalid_touch_nothing() -> None:
         assert not out.actions
 
 
-def test_downtime_runs_from_the_power_off_request_to_the_destination_start() -> None:
+def test_downtime_runs_from_the_request_when_an_older_agent_reports_no_stop() -> None:
     off = NOW - timedelta(seconds=5)
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
                                        downtime_seconds=1.5, powered_off_at=off), NOW)
@@ -286,3 +305,19 @@ def test_downtime_runs_from_the_power_off_request_to_the_destination_start() -> 
     assert out.updates["downtime_seconds"] == 2.25  # the whole of it, Finish included
     out = step(state(P.FINISHING), obs(Kind.TASK_SUCCEEDED), NOW)  # an older agent
     assert "downtime_seconds" not in out.updates
+
+
+def test_downtime_runs_from_the_stop_and_the_grace_wait_is_reported_beside_it() -> None:
+    asked = NOW - timedelta(seconds=40)
+    stopped = asked + timedelta(seconds=30)   # a guest that ignores ACPI, forced at 30 s
+    out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum="ab" * 32,
+                                       downtime_seconds=1.5, powered_off_at=asked,
+                                       stopped_at=stopped, power_off_wait_seconds=30.0,
+                                       power_off="Forced"), NOW)
+    assert out.updates["powered_off_at"] == asked
+    assert out.updates["stopped_at"] == stopped
+    assert out.updates["power_off_wait_seconds"] == 30.0
+    assert out.updates["power_off"] == "Forced"
+    out = step(state(P.FINISHING, powered_off_at=asked, stopped_at=stopped),
+               obs(Kind.TASK_SUCCEEDED, started_at=stopped + timedelta(seconds=2.25)), NOW)
+    assert out.updates["downtime_seconds"] == 2.25  # not 32.25: the VM ran for 30 of them

@@ -66,6 +66,27 @@ def test_history_is_the_median_of_the_newest_finished_copies() -> None:
     assert history([], last=10).count == 0
 
 
+def test_plan_predicts_the_downtime_without_the_grace_and_says_the_wait_apart(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def measured(name: str, minutes_ago: int, down: float, wait: float) -> VMResize:
+        r = finished(name, minutes_ago, 100 << 20, down, total=300 << 20, inst="web")
+        assert r.status is not None
+        return r.model_copy(update={"status": r.status.model_copy(update={
+            "stopped_at": NOW, "power_off_wait_seconds": wait})})
+    # Two moves of guests that ignored ACPI (forced after 30 s), one that answered, and an
+    # older operator's figure that counted the grace period as downtime.
+    moves = [measured("r3", 1, 1.5, 30.0), measured("r2", 2, 2.0, 30.0),
+             measured("r1", 3, 1.0, 0.4), finished("r0", 4, 100 << 20, 31.5, inst="web")]
+    h = history(moves, last=10)
+    assert h.downtime_seconds == 1.5        # not 16-31 s: the wait is not downtime
+    assert h.power_off_wait_seconds == 30.0
+    p = make_plan(instance(), flavor("medium", 2048), None, [host("b", 8192)], moves,
+                  settings(), NOW)
+    show_plan(Out(tty=False), p, "namespace ns", 10)
+    out = capsys.readouterr().out
+    assert "power-off wait about 30s (the VM still runs); downtime about 1.5s" in out
+
+
 def test_plan_picks_the_host_with_most_free_ram_and_says_why() -> None:
     hosts = [host("a", 16384), host("b", 4096), host("c", 8192)]
     p = make_plan(instance(), flavor("medium", 2048), None, hosts, [], settings(), NOW)

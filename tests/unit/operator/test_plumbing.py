@@ -123,6 +123,8 @@ def test_resize_tasks_act_on_the_right_copy() -> None:
     assert mig.spec.peer.address == "127.0.0.2"
     assert mig.spec.peer_disk_path == r.status.dest_disk_path
     assert mig.spec.power_off_timeout_seconds == 60
+    # the target size, for the source to refuse before the power-off what Finish would
+    assert mig.spec.flavor == fin_flavor(new)
     quick = resize_task(TaskAction.MIGRATE_DISK, "a", 0, namespace="sys", resize=r, inst=inst,
                         new=new, old=old, dest=dest, power_off_timeout_seconds=1)
     assert quick.spec.power_off_timeout_seconds == 1
@@ -138,6 +140,10 @@ def test_resize_tasks_act_on_the_right_copy() -> None:
     clean = build(TaskAction.CLEANUP_DEST, "b")
     assert clean.spec.disk_path == r.status.dest_disk_path
     assert clean.spec.transfer_id == prep.spec.transfer_id
+
+
+def fin_flavor(new: FlavorSpec) -> TaskFlavor:
+    return TaskFlavor(vcpus=new.vcpus, memory_mib=new.memory_mib, disk_gib=new.disk_gib)
 
 
 def test_migrate_needs_the_dest_endpoint() -> None:

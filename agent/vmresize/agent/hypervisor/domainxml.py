@@ -404,6 +404,31 @@ def size_refusal(xml: str | ET.Element, *, vcpus: int, memory_mib: int) -> str |
     return None
 
 
+def rewrite_refusal(xml: str, *, vcpus: int, memory_mib: int) -> str | None:
+    """Why :func:`rewrite` would refuse this flavor for this definition, or None: the sizes
+    (:func:`size_refusal`), then the rewrite itself with every file of the domain kept at
+    its path (where the files land is not what is asked here; the source's capture checks
+    that each file moves). For the source to ask while the VM still runs (invariant 10)."""
+    try:
+        why = size_refusal(xml, vcpus=vcpus, memory_mib=memory_mib)
+        if why is not None:
+            return why
+        dom = parse(xml)
+        paths: dict[str, str] = {}
+        for d in inventory(dom):
+            for f in (d.source if d.type == "file" else None,
+                      *(b.source for b in d.backing if b.type == "file")):
+                if f:
+                    paths[f] = f
+        nv = nvram(dom)
+        if nv:
+            paths[nv] = nv
+        rewrite(xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=paths)
+    except InvalidDomainConfig as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class NewDisk:
     """A file-backed virtio disk to add to a definition."""

@@ -199,6 +199,9 @@ def _show_data(out: Out, p: Plan, scope: str, last: int) -> None:
         parts.append(f"copy about {human_seconds(p.copy_seconds)}")
     if p.bound_seconds is not None:
         parts.append(f"at most {human_seconds(p.bound_seconds)} for the whole virtual size")
+    if h.power_off_wait_seconds is not None:
+        parts.append(f"power-off wait about {human_seconds(h.power_off_wait_seconds)} "
+                     "(the VM still runs)")
     if h.downtime_seconds is not None:
         parts.append(f"downtime about {human_seconds(h.downtime_seconds)}")
     out.line("prediction: " + ("; ".join(parts) if parts else "none (no rate recorded)"))

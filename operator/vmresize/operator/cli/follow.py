@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from enum import Enum
 
+from vmresize.api.hosttask import PowerOff
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase, VMResize
 from vmresize.operator.cli.exitcodes import Exit, for_phase
 from vmresize.operator.cli.kube import Kube
@@ -63,6 +64,10 @@ def summary(out: Out, r: VMResize) -> None:
         out.table(["phase", "entered", "took"], rows)
     if st.downtime_seconds is not None:
         out.line(f"downtime: {human_seconds(st.downtime_seconds)} (the VM was off for the move)")
+    if st.power_off_wait_seconds is not None:
+        forced = " then forced off" if st.power_off is PowerOff.FORCED else ""
+        out.line(f"power-off wait: {human_seconds(st.power_off_wait_seconds)} (the VM ran "
+                 f"until it stopped{forced}; not downtime)")
     phase = st.phase
     if phase is ResizePhase.VERIFY_RESIZE:
         deadline = (f"; auto-confirm at {_clock(st.verify_deadline)}"

@@ -51,6 +51,8 @@ class History:
     count: int
     rate_bytes_per_second: float | None
     downtime_seconds: float | None
+    power_off_wait_seconds: float | None = None
+    """How long the guests took to go off after the request (running meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,17 @@ def history(resizes: Sequence[VMResize], last: int) -> History:
     recent = copies(resizes)[:last]
     rates = [r.status.progress.rate_bytes_per_second for r in recent
              if r.status and r.status.progress.rate_bytes_per_second > 0]
-    downs = [r.status.downtime_seconds for r in recent
-             if r.status and r.status.downtime_seconds is not None]
+    downs = [r.status for r in recent if r.status and r.status.downtime_seconds is not None]
+    # An older operator counted the wait for the guest (the whole grace period of one that
+    # ignores ACPI) as downtime: its figure is used only when no copy measured the stop.
+    measured = [st for st in downs if st.stopped_at is not None] or downs
+    waits = [r.status.power_off_wait_seconds for r in recent
+             if r.status and r.status.power_off_wait_seconds is not None]
     return History(count=len(recent),
                    rate_bytes_per_second=statistics.median(rates) if rates else None,
-                   downtime_seconds=statistics.median(downs) if downs else None)
+                   downtime_seconds=statistics.median(
+                       [st.downtime_seconds or 0.0 for st in measured]) if measured else None,
+                   power_off_wait_seconds=statistics.median(waits) if waits else None)
 
 
 def _refusal(inst: Instance, flavor: Flavor) -> str | None:

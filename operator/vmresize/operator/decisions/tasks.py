@@ -83,7 +83,8 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
         spec = spec.model_copy(update={
             "domain_name": src_dom, "disk_path": src_disk, "peer": peer(dest),
             "peer_disk_path": st.dest_disk_path, "transfer_id": transfer,
-            "power_off_timeout_seconds": power_off_timeout_seconds})
+            "power_off_timeout_seconds": power_off_timeout_seconds,
+            "flavor": task_flavor(new)})   # checked against the definition before power-off
     elif action is A.FINISH:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,

@@ -64,6 +64,10 @@ def _progress(o: Observation) -> dict[str, Any]:
                          "rate_bytes_per_second": rate, "percent": pct, "display": text}}
 
 
+MESSAGE_KEPT = 1024
+"""How much of the message that began a rollback the status keeps to the end."""
+
+
 def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     """Start a rollback: delete the dest copy (if there is a dest), then start the source.
 
@@ -77,6 +81,7 @@ def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     return Step(P.ROLLING_BACK, (first,),
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
                 updates={"rollback_from": frm, "rollback_reason": why,
+                         "rollback_message": message[:MESSAGE_KEPT],
                          "restore_source_first": source_first, **updates})
 
 
@@ -196,7 +201,9 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
     the destination."""
     up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
                           "source_disks": list(o.disks) or None,
-                          "powered_off_at": o.powered_off_at}
+                          "powered_off_at": o.powered_off_at, "stopped_at": o.stopped_at,
+                          "power_off_wait_seconds": o.power_off_wait_seconds,
+                          "power_off": o.power_off}
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", **up)
@@ -238,9 +245,9 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
     what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
     tail = f"; {what} {deadline.isoformat()}" if deadline else ""
     up: dict[str, Any] = {"verify_deadline": deadline}
-    if o.started_at is not None and s.powered_off_at is not None:  # off -> on, whole
-        up["downtime_seconds"] = round(max(0.0, (o.started_at - s.powered_off_at)
-                                           .total_seconds()), 3)
+    off = s.stopped_at or s.powered_off_at   # an older agent reported only the request
+    if o.started_at is not None and off is not None:  # off -> on, whole
+        up["downtime_seconds"] = round(max(0.0, (o.started_at - off).total_seconds()), 3)
     return Step(P.VERIFY_RESIZE, (UpdateInstance(
         "keep", InstancePhase.RESIZING, PowerState.RUNNING, unlock=False,
         message=f"Running on {s.dest_host}; the copy on {s.source_host} is kept until confirm"),),
@@ -333,6 +340,8 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
     cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
     why = (f"Rolled back after {s.rollback_from} failed{cause}" if end is P.ROLLED_BACK
            else "Reverted")
+    if end is P.ROLLED_BACK and s.rollback_message:  # what failed, in its own words
+        why += f" ({s.rollback_message})"
     # An automatic revert keeps its reason to the end: the health check said no.
     health = end is P.REVERTED and s.reason in HEALTH_FAILED
     if health:

@@ -54,7 +54,9 @@ class Observation:
     checksum: str | None = None
     downtime_seconds: float | None = None
     power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff
-    powered_off_at: datetime | None = None   # MigrateDisk: the downtime's start
+    powered_off_at: datetime | None = None   # MigrateDisk: the power-off request
+    stopped_at: datetime | None = None       # MigrateDisk: seen off, the downtime's start
+    power_off_wait_seconds: float | None = None   # MigrateDisk: request -> seen off
     started_at: datetime | None = None       # Finish: the downtime's end
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
@@ -91,8 +93,10 @@ class State:
     health_window_seconds: int = 0        # how long it may take to pass, from its start
     health_deadline: datetime | None = None
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
+    rollback_message: str | None = None   # and in words, for the final status
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
     powered_off_at: datetime | None = None
+    stopped_at: datetime | None = None    # the source seen off: the downtime's start
     abandoned: bool = False               # an admin abandoned the destination (fenced)
 
 

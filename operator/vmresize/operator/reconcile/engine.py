@@ -81,8 +81,9 @@ def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) 
                  deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
                  health_check=check, health_window_seconds=ac.window() if ac else 0,
                  health_deadline=st.health_deadline, rollback_reason=st.rollback_reason,
+                 rollback_message=st.rollback_message,
                  restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at,
-                 abandoned=st.abandoned_destination is not None)
+                 stopped_at=st.stopped_at, abandoned=st.abandoned_destination is not None)
 
 
 def _orphan(r: VMResize, st: VMResizeStatus, now: datetime) -> OrphanCopy | None:
@@ -176,6 +177,8 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
                            downtime_seconds=ts.result.downtime_seconds,
                            power_off=ts.result.power_off,
                            powered_off_at=ts.result.powered_off_at,
+                           stopped_at=ts.result.stopped_at,
+                           power_off_wait_seconds=ts.result.power_off_wait_seconds,
                            started_at=ts.result.started_at,
                            disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
