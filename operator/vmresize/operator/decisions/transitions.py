@@ -63,7 +63,7 @@ def _progress(o: Observation) -> dict[str, Any]:
                          "rate_bytes_per_second": rate, "percent": pct, "display": text}}
 
 
-def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
+def _rollback(s: State, why: str, message: str, *, off: bool = False, **updates: Any) -> Step:
     """Start a rollback: delete the dest copy (if there is a dest), then start the source.
 
     From Migrating the source starts first: no Finish was ever created, so no domain
@@ -73,7 +73,17 @@ def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     source_first = bool(s.dest_host) and frm == P.MIGRATING.value
     first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host and not source_first
              else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
-    return Step(P.ROLLING_BACK, (first,),
+    acts: tuple[Action, ...] = (first,)
+    if frm == P.MIGRATING.value:
+        # MigrateDisk may have powered the source off before it failed or stalled (``off``:
+        # it did, its copy is done); the Instance must not go on saying Running until
+        # RestoreSource has run, however long its agent takes (invariant 11).
+        acts += (UpdateInstance("keep", InstancePhase.RESIZING,
+                                PowerState.SHUTOFF if off else PowerState.UNKNOWN,
+                                unlock=False, message=f"{message}; "
+                                f"{'powered off' if off else 'may be off'} on "
+                                f"{s.source_host} until it is started again there"),)
+    return Step(P.ROLLING_BACK, acts,
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
                 updates={"rollback_from": frm, "rollback_reason": why,
                          "restore_source_first": source_first, **updates})
@@ -198,7 +208,7 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
                           "powered_off_at": o.powered_off_at}
     up.update(_progress(o))
     if s.deleting:
-        return _rollback(s, "Deleted", "Deleted while migrating", **up)
+        return _rollback(s, "Deleted", "Deleted while migrating", off=True, **up)
     off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF, unlock=False,
                          message=f"Powered off on {s.source_host}; disk copied to {s.dest_host}")
     how = {"Graceful": "Powered off gracefully (ACPI); ",
