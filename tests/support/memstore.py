@@ -43,6 +43,8 @@ class MemStorage:
         self.created_tasks: list[HostTask] = []
         # What the real Storage remembers for the next writer (each taken once).
         self.recent: dict[Key, dict[str, Any]] = {}
+        #: The API server's clock for ``metadata.creationTimestamp`` (None: not set).
+        self.clock: Callable[[], datetime] | None = None
 
     # -- the test's own access
 
@@ -52,6 +54,8 @@ class MemStorage:
         body["kind"] = obj.kind_name
         body["metadata"] = {**body.get("metadata", {}), "uid": str(uuid.uuid4()),
                             "resourceVersion": str(next(self._rv))}
+        if self.clock is not None:
+            body["metadata"]["creationTimestamp"] = self.clock().isoformat()
         self.objects[self._key(obj)] = body
 
     def patch(self, plural: str, namespace: str, name: str,
@@ -144,6 +148,10 @@ class MemStorage:
     def resizes(self) -> list[VMResize]:
         return [VMResize.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
                 if k[0] == VMResize.plural]
+
+    def instances(self) -> list[Instance]:
+        return [Instance.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
+                if k[0] == Instance.plural]
 
     def replace_status(self, obj: R) -> R:
         key = self._key(obj)
