@@ -130,7 +130,10 @@ def test_revert_deletes_dest_then_restores_source() -> None:
     assert out.actions == (CreateTask(A.CLEANUP_DEST, "dst"),)
     out = step(state(P.REVERTING), obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.REVERTING
-    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    assert out.actions[0] == CreateTask(A.RESTORE_SOURCE, "src")
+    off = out.actions[1]   # the new copy, the only one that ran, is gone: the VM is off
+    assert isinstance(off, UpdateInstance)
+    assert off.power is PowerState.SHUTOFF
     out = step(state(P.REVERTING, current_action=A.RESTORE_SOURCE), obs(Kind.TASK_SUCCEEDED),
                NOW)
     assert out.phase is P.REVERTED

@@ -68,3 +68,32 @@ def test_a_rollback_from_migrating_does_not_say_running(
     assert r.status.phase is ResizePhase.ROLLING_BACK
     assert r.status.current_task == naming.task_name(r.uid, TaskAction.RESTORE_SOURCE, 0)
     assert _power(s) is power
+
+
+@pytest.mark.parametrize(("phase", "rollback_from", "power"), [
+    (ResizePhase.REVERTING, None, PowerState.SHUTOFF),
+    (ResizePhase.ROLLING_BACK, "Finishing", PowerState.SHUTOFF),
+    (ResizePhase.ROLLING_BACK, "Preparing", PowerState.RUNNING),   # never powered off
+], ids=["reverting", "rolling-back-from-finishing", "rolling-back-from-preparing"])
+def test_after_cleanup_dest_the_instance_is_off_until_restore_source(
+        phase: ResizePhase, rollback_from: str | None, power: PowerState) -> None:
+    """Found by the model test at 2,000 examples: a revert deleted the new copy (which ran
+    since Finish), then waited for RestoreSource with the Instance saying Running."""
+    s = build_world(MemStorage(), new_flavor="medium", status=VMResizeStatus(
+        phase=phase, rollback_from=rollback_from, **STATUS))
+    r = s.resize(NS, "r")
+    assert r is not None
+    name = naming.task_name(r.uid, TaskAction.CLEANUP_DEST, 0)
+    s.patch("vmresizes", NS, "r", lambda b: b["status"].update(currentTask=name))
+    s.patch("instances", NS, "vm", lambda b: b["status"].update(
+        powerState="Running", activeResize="r", activeResizeUid=r.uid, phase="Resizing"))
+    s.put(HostTask(metadata={"name": name, "namespace": "sys"}, spec=HostTaskSpec(
+        host="h2", action=TaskAction.CLEANUP_DEST, owner=f"{NS}/r", owner_uid=r.uid,
+        instance=f"{NS}/vm"), status=HostTaskStatus(phase=TaskPhase.SUCCEEDED)))
+    engine.reconcile(s, S, NS, "r", T0)
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is phase
+    assert r.status.current_task == naming.task_name(r.uid, TaskAction.RESTORE_SOURCE, 0)
+    assert _power(s) is power

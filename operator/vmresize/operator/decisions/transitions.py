@@ -324,7 +324,15 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
                     message=f"The instance runs on {s.source_host} again; deleting the "
                     f"partial copy on {s.dest_host}")
     if s.current_action is A.CLEANUP_DEST and not source_first:
-        return Step(s.phase, (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),),
+        acts: tuple[Action, ...] = (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),)
+        if s.phase is P.REVERTING or s.rollback_from != P.PREPARING.value:
+            # Past the power-off the copy just deleted was the only one that could run:
+            # until RestoreSource has run the VM is off, and the Instance says so
+            # (invariant 11; it said Running since Finish, in Reverting).
+            acts += (UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF,
+                                    unlock=False, message=f"New copy on {s.dest_host} "
+                                    f"deleted; starting the instance on {s.source_host}"),)
+        return Step(s.phase, acts,
                     message=f"New copy deleted; starting the instance on {s.source_host}")
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
     cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
