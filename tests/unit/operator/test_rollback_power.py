@@ -97,3 +97,28 @@ def test_after_cleanup_dest_the_instance_is_off_until_restore_source(
     assert r.status.phase is phase
     assert r.status.current_task == naming.task_name(r.uid, TaskAction.RESTORE_SOURCE, 0)
     assert _power(s) is power
+
+
+@pytest.mark.parametrize("retryable", [True, False], ids=["retried", "stuck"])
+def test_a_failed_cleanup_dest_of_a_revert_does_not_say_running(retryable: bool) -> None:
+    """Found by the model test at 2,000 examples: CleanupDest of a revert deleted the new
+    copy, its agent restarted, the resumed attempt failed; the resize waited
+    (CleanupDestStuck) with the Instance saying Running for a VM off on both hosts."""
+    s = build_world(MemStorage(), new_flavor="medium", status=VMResizeStatus(
+        phase=ResizePhase.REVERTING, **STATUS))
+    r = s.resize(NS, "r")
+    assert r is not None
+    name = naming.task_name(r.uid, TaskAction.CLEANUP_DEST, 0)
+    s.patch("vmresizes", NS, "r", lambda b: b["status"].update(currentTask=name))
+    s.patch("instances", NS, "vm", lambda b: b["status"].update(
+        powerState="Running", activeResize="r", activeResizeUid=r.uid, phase="Resizing"))
+    s.put(HostTask(metadata={"name": name, "namespace": "sys"}, spec=HostTaskSpec(
+        host="h2", action=TaskAction.CLEANUP_DEST, owner=f"{NS}/r", owner_uid=r.uid,
+        instance=f"{NS}/vm"), status=HostTaskStatus(phase=TaskPhase.FAILED, message="boom",
+                                                   retryable=retryable)))
+    engine.reconcile(s, S, NS, "r", T0)
+    r = s.resize(NS, "r")
+    assert r is not None
+    assert r.status is not None
+    assert r.status.phase is ResizePhase.REVERTING
+    assert _power(s) is PowerState.UNKNOWN

@@ -301,12 +301,21 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
     """Confirm/revert steps are retried; then the resize waits for an admin (never gives up
     the copy it must keep)."""
     nxt = s.current_attempt + 1
+    # A failed CleanupDest or RestoreSource past the power-off may have destroyed the copy
+    # that ran, or started the one that was off: the Instance no longer says either
+    # (invariant 11) until a later step knows.
+    unsure: tuple[Action, ...] = ((UpdateInstance(
+        "keep", InstancePhase.RESIZING, PowerState.UNKNOWN, unlock=False,
+        message=f"{s.current_action} failed ({o.message}); the instance may be off"),)
+        if s.current_action in (A.CLEANUP_DEST, A.RESTORE_SOURCE) and (
+            s.phase is P.REVERTING or s.rollback_from not in (None, P.PREPARING.value))
+        else ())
     if o.retryable and nxt < s.task_retries:
         host = s.source_host if s.current_action in _SOURCE_ACTIONS else s.dest_host
         assert s.current_action is not None
-        return Step(s.phase, (CreateTask(s.current_action, host or "", nxt),),
+        return Step(s.phase, (CreateTask(s.current_action, host or "", nxt), *unsure),
                     message=f"{s.current_action} failed ({o.message}); retry {nxt}")
-    return Step(s.phase, reason=f"{s.current_action}Stuck",
+    return Step(s.phase, unsure, reason=f"{s.current_action}Stuck",
                 message=f"{s.current_action} failed {nxt} times ({o.message}). An admin must "
                 "fix the host, then delete the failed HostTask; the operator recreates it.")
 
