@@ -47,6 +47,8 @@ class MemStorage:
         #: The operator's monotonic clock, moved by the test (``mono += seconds``).
         self.mono = 1000.0
         self.sightings = Sightings(lambda: self.mono)
+        #: The API server's clock for ``metadata.creationTimestamp`` (None: not set).
+        self.api_clock: Callable[[], datetime] | None = None
 
     # -- the test's own access
 
@@ -56,6 +58,8 @@ class MemStorage:
         body["kind"] = obj.kind_name
         body["metadata"] = {**body.get("metadata", {}), "uid": str(uuid.uuid4()),
                             "resourceVersion": str(next(self._rv))}
+        if self.api_clock is not None:
+            body["metadata"]["creationTimestamp"] = self.api_clock().isoformat()
         self.objects[self._key(obj)] = body
 
     def patch(self, plural: str, namespace: str, name: str,
@@ -125,6 +129,12 @@ class MemStorage:
     def task(self, namespace: str, name: str) -> HostTask | None:
         return self._get(HostTask, name, namespace)
 
+    def tasks_of(self, namespace: str, owner_uid: str) -> list[HostTask]:
+        """Every HostTask in ``namespace`` of the owner ``owner_uid`` (the real one lists by
+        the owner-UID label; here by the spec, which the operator writes the same)."""
+        return [t for t in self.tasks() if t.namespace == namespace
+                and t.spec.owner_uid == owner_uid]
+
     def hosts(self) -> list[Host]:
         return [Host.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
                 if k[0] == Host.plural]
@@ -158,6 +168,10 @@ class MemStorage:
     def resizes(self) -> list[VMResize]:
         return [VMResize.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
                 if k[0] == VMResize.plural]
+
+    def instances(self) -> list[Instance]:
+        return [Instance.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
+                if k[0] == Instance.plural]
 
     def replace_status(self, obj: R) -> R:
         key = self._key(obj)

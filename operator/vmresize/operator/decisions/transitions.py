@@ -68,7 +68,7 @@ MESSAGE_KEPT = 1024
 """How much of the message that began a rollback the status keeps to the end."""
 
 
-def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
+def _rollback(s: State, why: str, message: str, *, off: bool = False, **updates: Any) -> Step:
     """Start a rollback: delete the dest copy (if there is a dest), then start the source.
 
     From Migrating the source starts first: no Finish was ever created, so no domain
@@ -78,7 +78,17 @@ def _rollback(s: State, why: str, message: str, **updates: Any) -> Step:
     source_first = bool(s.dest_host) and frm == P.MIGRATING.value
     first = (CreateTask(A.CLEANUP_DEST, s.dest_host, 0) if s.dest_host and not source_first
              else CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0))
-    return Step(P.ROLLING_BACK, (first,),
+    acts: tuple[Action, ...] = (first,)
+    if frm == P.MIGRATING.value:
+        # MigrateDisk may have powered the source off before it failed or stalled (``off``:
+        # it did, its copy is done); the Instance must not go on saying Running until
+        # RestoreSource has run, however long its agent takes (invariant 11).
+        acts += (UpdateInstance("keep", InstancePhase.RESIZING,
+                                PowerState.SHUTOFF if off else PowerState.UNKNOWN,
+                                unlock=False, message=f"{message}; "
+                                f"{'powered off' if off else 'may be off'} on "
+                                f"{s.source_host} until it is started again there"),)
+    return Step(P.ROLLING_BACK, acts,
                 reason=why, message=f"{message}; rolling back to {s.source_host}",
                 updates={"rollback_from": frm, "rollback_reason": why,
                          "rollback_message": message[:MESSAGE_KEPT],
@@ -206,7 +216,7 @@ def migrated(s: State, o: Observation, now: datetime) -> Step:
                           "power_off": o.power_off}
     up.update(_progress(o))
     if s.deleting:
-        return _rollback(s, "Deleted", "Deleted while migrating", **up)
+        return _rollback(s, "Deleted", "Deleted while migrating", off=True, **up)
     off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF, unlock=False,
                          message=f"Powered off on {s.source_host}; disk copied to {s.dest_host}")
     how = {"Graceful": "Powered off gracefully (ACPI); ",
@@ -308,12 +318,21 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
     """Confirm/revert steps are retried; then the resize waits for an admin (never gives up
     the copy it must keep)."""
     nxt = s.current_attempt + 1
+    # A failed CleanupDest or RestoreSource past the power-off may have destroyed the copy
+    # that ran, or started the one that was off: the Instance no longer says either
+    # (invariant 11) until a later step knows.
+    unsure: tuple[Action, ...] = ((UpdateInstance(
+        "keep", InstancePhase.RESIZING, PowerState.UNKNOWN, unlock=False,
+        message=f"{s.current_action} failed ({o.message}); the instance may be off"),)
+        if s.current_action in (A.CLEANUP_DEST, A.RESTORE_SOURCE) and (
+            s.phase is P.REVERTING or s.rollback_from not in (None, P.PREPARING.value))
+        else ())
     if o.retryable and nxt < s.task_retries:
         host = s.source_host if s.current_action in _SOURCE_ACTIONS else s.dest_host
         assert s.current_action is not None
-        return Step(s.phase, (CreateTask(s.current_action, host or "", nxt),),
+        return Step(s.phase, (CreateTask(s.current_action, host or "", nxt), *unsure),
                     message=f"{s.current_action} failed ({o.message}); retry {nxt}")
-    return Step(s.phase, reason=f"{s.current_action}Stuck",
+    return Step(s.phase, unsure, reason=f"{s.current_action}Stuck",
                 message=f"{s.current_action} failed {nxt} times ({o.message}). An admin must "
                 "fix the host, then delete the failed HostTask; the operator recreates it.")
 
@@ -334,7 +353,15 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
                     message=f"The instance runs on {s.source_host} again; deleting the "
                     f"partial copy on {s.dest_host}")
     if s.current_action is A.CLEANUP_DEST and not source_first:
-        return Step(s.phase, (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),),
+        acts: tuple[Action, ...] = (CreateTask(A.RESTORE_SOURCE, s.source_host or "", 0),)
+        if s.phase is P.REVERTING or s.rollback_from != P.PREPARING.value:
+            # Past the power-off the copy just deleted was the only one that could run:
+            # until RestoreSource has run the VM is off, and the Instance says so
+            # (invariant 11; it said Running since Finish, in Reverting).
+            acts += (UpdateInstance("keep", InstancePhase.RESIZING, PowerState.SHUTOFF,
+                                    unlock=False, message=f"New copy on {s.dest_host} "
+                                    f"deleted; starting the instance on {s.source_host}"),)
+        return Step(s.phase, acts,
                     message=f"New copy deleted; starting the instance on {s.source_host}")
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
     cause = f" ({s.rollback_reason})" if s.rollback_reason else ""

@@ -331,6 +331,12 @@ def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
     this step's write is refused (409) and the step is done again from a read; a step that
     writes nothing reads the resize anyway and is done again if it had changed."""
     known = storage.written_resize(namespace, name)
+    if known is not None and known.status is not None and known.status.pending:
+        # Its effects are acts, which a remembered copy never starts alone: it is left by
+        # a step that failed after its write, and the name may be another resize's by now
+        # (the finalizer forced off, the same name applied again: its lock and claims
+        # were taken for the gone UID; the model test).
+        known = None
     if known is not None:
         out = _reconcile(storage, settings, known, now)
         if out.changed:
