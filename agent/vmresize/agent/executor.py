@@ -280,10 +280,10 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if defined:
             await self._check_fence(spec, call)
+            grace = float(spec.power_off_timeout_seconds)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
-                                                self._now())
-            how: PowerOff | None = await self._power_off_and_hold(
-                name, float(spec.power_off_timeout_seconds), off_since, held)
+                                                self._now(), grace)
+            how: PowerOff | None = await self._power_off_and_hold(name, grace, off_since, held)
         elif markers.read(held) is not None:  # resumed: already off and held
             how, off_since = None, (markers.PowerOff.parse(markers.read(marker))
                                     or markers.PowerOff("", self._now())).requested_at
@@ -383,13 +383,22 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         elif not await self._hv(self.hv.exists, name):
             await self._merge_offline(rel)  # the captured definition names the disks below
             await self._define_captured(name, rel)
+        # A power-off MigrateDisk asked for may still be under way in the guest (the step
+        # cancelled or failed after the request): finished first, or the start below would
+        # do nothing and the guest stop afterwards. Its record goes once the VM is off, so
+        # a retry after the start never powers the restarted VM off again.
+        marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
+        how = await self._finish_power_off(name, marker, spec.owner_uid,
+                                           float(spec.power_off_timeout_seconds))
+        markers.remove(marker)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
-        await self._hv(self.hv.start, name)
+        await self._start_seen_running(name)
         await self._merge_back(name, rel)  # pre-copy's overlays, once the VM runs again
-        markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)
+        done = ("" if how in (None, PowerOff.ALREADY_OFF) else
+                f"finished the power-off the move had begun ({how.value}); ")
         return StepOutcome(await self._describe(name, rel, fmt),
-                           f"restarted {name} on its source")
+                           f"{done}restarted {name} on its source")
