@@ -16,7 +16,8 @@ hash it: a change to any script gives a new cache entry. What the guest does:
   ``fsync``'d, until shutdown; it prints ``writer stopped seq=N`` (the last record written);
   ``vmresize.writer_slots=N`` makes the ring N records long (default
   :data:`WRITER_SLOTS`; 64 fit in one 64 KiB qcow2 cluster, so once the ring went round
-  the writer allocates nothing more);
+  the writer allocates nothing more); ``vmresize.writer_start_s=N``: its first record N
+  seconds after it printed ``writer start``;
 * answers an ACPI power button press (``virsh shutdown``) from the moment it printed
   ``ready``: busybox ``acpid`` runs
   ``poweroff``, busybox init runs the shutdown script, which stops the writer, syncs,
@@ -143,6 +144,8 @@ stop=
 # updated, so "stopped seq=N" always names the last record written and fsync'd.
 trap 'stop=1' TERM
 say "writer start dev=$dev"
+wait=$(arg writer_start_s)
+[ -n "$wait" ] && sleep "$wait"
 while [ -z "$stop" ]; do
   n=$((seq + 1))
   slot=$(( {WRITER_OFFSET} / {SECTOR} + (n - 1) % slots ))
