@@ -28,20 +28,22 @@ ENV VIRTUAL_ENV=/opt/vmresize \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/vmresize
 
-# --- deps: wheels of the dependencies, from pyproject.toml alone ---------------------------
+# --- deps: wheels of the operator's dependencies, from the lock ----------------------------
 # Only the build stages reach the network; the images install offline from their wheels.
-# The dependency wheels come first and from pyproject.toml only, so a change to the code
-# re-uses these layers (and the compiled libvirt-python below).
+# Every wheel comes from requirements/*.txt (made by `make lock`), pinned with hashes, so
+# an image holds the very versions CI tested. The dependency wheels come first and from the
+# lock only, so a change to the code re-uses these layers (and the compiled libvirt-python).
 FROM python AS deps
 WORKDIR /src
-COPY pyproject.toml ./
+COPY requirements/operator.txt requirements/build.txt ./requirements/
 # The optional build secret pip-cert is a CA bundle for builds behind a TLS-intercepting
 # proxy (hack/build-images.sh passes the host pip's); it is mounted for this step only.
 # Without it pip uses its own bundle.
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > base.txt \
-    && pip wheel --wheel-dir /wheels -r base.txt
+    && pip install --require-hashes -r requirements/build.txt \
+    && pip wheel --require-hashes --no-build-isolation --wheel-dir /wheels \
+       -r requirements/operator.txt
 
 # --- agent build: the agent extra's wheels; compiles libvirt-python against libvirt-dev ----
 # libvirt-python ships no wheels, and Debian's python3-libvirt is built for Debian's
@@ -59,30 +61,34 @@ RUN pkgs="gcc libc6-dev libvirt-dev pkg-config" \
     && apt-get install -y --no-install-recommends ${pkgs} \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml ./
-COPY --from=deps /wheels /wheels
+COPY requirements/agent.txt requirements/build.txt ./requirements/
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["agent"]))' > agent.txt \
-    && pip wheel --find-links=/wheels --wheel-dir /wheels -r agent.txt
+    && pip install --require-hashes -r requirements/build.txt \
+    && pip wheel --require-hashes --no-build-isolation --wheel-dir /wheels \
+       -r requirements/agent.txt
 
 # --- wheel: vmresize itself (pure Python: api + operator + agent code) ---------------------
 FROM python AS wheel
 WORKDIR /src
+COPY requirements/build.txt ./requirements/
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY agent ./agent
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip wheel --no-deps --wheel-dir /wheels .
+    && pip install --require-hashes -r requirements/build.txt \
+    && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------
 FROM python AS operator
 # Dependencies first and vmresize on its own, so a code change re-installs only vmresize.
 COPY --from=deps /wheels /tmp/deps
+# The wheels were built from the lock's hashed files (libvirt-python's own wheel is built
+# here, so it has no hash in the lock); pip check below sees that they fit together.
 # hadolint ignore=DL3013
-RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+RUN pip install --no-index --no-deps /tmp/deps/*.whl \
     && rm -rf /tmp/deps
 COPY --from=wheel /wheels /tmp/wheels
 # hadolint ignore=DL3013
@@ -102,8 +108,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # Dependencies first and vmresize on its own, as in the operator, all offline.
 COPY --from=agent-build /wheels /tmp/deps
+# The wheels were built from the lock's hashed files (libvirt-python's own wheel is built
+# here, so it has no hash in the lock); pip check below sees that they fit together.
 # hadolint ignore=DL3013
-RUN pip install --no-index --find-links=/tmp/deps /tmp/deps/*.whl \
+RUN pip install --no-index --no-deps /tmp/deps/*.whl \
     && rm -rf /tmp/deps
 COPY --from=wheel /wheels /tmp/wheels
 # hadolint ignore=DL3013

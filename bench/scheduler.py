@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from bench import fleetreport
@@ -22,9 +22,9 @@ from vmresize.operator.decisions.scheduler import HostState, Request, Weights, s
 from vmresize.operator.persistence.hostview import HostView
 
 
-def _hosts(n: int, now: datetime) -> list[HostState]:
+def _hosts(n: int, clock: float) -> list[HostState]:
     rnd = random.Random(1)
-    return [HostState(name=f"host-{i:06d}", heartbeat=now - timedelta(seconds=rnd.randint(0, 90)),
+    return [HostState(name=f"host-{i:06d}", heard=clock - rnd.randint(0, 90),
                       enabled=rnd.random() > 0.02, vcpus=64, memory_mib=262144, disk_gib=4000,
                       used_vcpus=rnd.randint(0, 300), used_memory_mib=rnd.randint(0, 262000),
                       used_disk_gib=rnd.randint(0, 4000), labels={"zone": rnd.choice("abc")})
@@ -50,8 +50,9 @@ def _ms(times: list[float]) -> dict[str, float]:
 
 def measure(n: int, runs: int) -> dict[str, Any]:
     now = datetime.now(UTC)
-    hosts = _hosts(n, now)
-    req = Request(vcpus=8, memory_mib=32768, disk_gib=80, now=now, source_host="host-000001",
+    hosts = _hosts(n, time.monotonic())
+    req = Request(vcpus=8, memory_mib=32768, disk_gib=80, clock=time.monotonic(),
+                  source_host="host-000001",
                   selector={"zone": "a"})
     times = []
     for _ in range(runs):

@@ -8,7 +8,11 @@ Builds a 1 GiB dense file and a 1 GiB file holding 64 MiB of data, then times, i
 ``--repeat`` (default 3) interleaved rounds of:
 
 * ours   ``send_disk`` to a migration server running in a separate Python process
-         (aes128-gcm, sparse-aware, end-to-end checksum verified, fsync before rename);
+         (aes128-gcm, sparse-aware, end-to-end checksum verified, fsync before rename),
+         both ends on the transfer's fast path (installed after its self-test passed, as
+         the agent does);
+* stock  the same, both ends on asyncssh's own packet path (the fallback an agent uses
+         when the fast path fails its self-test or is turned off);
 * scp    ``scp -c aes128-gcm@openssh.com`` to a throwaway ``sshd`` started here;
 * rsync  ``rsync --sparse`` over the same ``ssh -c aes128-gcm@openssh.com``.
 
@@ -19,9 +23,10 @@ writeback left over from the previous tool). For each tool and file it reports t
 wall time with its spread (min/max), the CPU seconds of both ends (sender: this process, or
 scp/rsync and ssh; receiver: our server process, or sshd's children) and the ratios
 other/ours of the medians (> 1 means ours is faster) against the targets of DESIGN.md
-(dense >= 1.2x, sparse >= 5x the best of scp/rsync). Results also go to
-``bench/results/transfer.{json,md}``, stamped with the machine and the load average (the
-numbers mean little on a busy machine; there the CPU seconds say more than wall time).
+(dense >= 1.2x, sparse >= 5x the best of scp/rsync; the fallback at least as fast as
+scp). Results also go to ``bench/results/transfer.{json,md}``, stamped with the machine
+and the load average (the numbers mean little on a busy machine; there the CPU seconds
+say more than wall time).
 
 Diagnostic: ``BENCH_NO_FSYNC=1`` makes our receiver skip the fsync before the rename (scp
 and rsync do not fsync either); the default measures the durable path.
@@ -169,8 +174,9 @@ def timed(argv: list[str], sshd: Sshd) -> Sample:
 class OurServer:
     """The migration server in its own process (as on a real destination host)."""
 
-    def __init__(self, work: Path, client_pub: str) -> None:
-        self.root = work / "ours-root"
+    def __init__(self, work: Path, client_pub: str, path: str) -> None:
+        self.path = path  # "fast" or "stock"
+        self.root = work / f"ours-root-{path}"
         self.root.mkdir()
         self.client_pub = client_pub
         self.proc: subprocess.Popen[str] | None = None
@@ -179,7 +185,7 @@ class OurServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.root), self.client_pub],
+            [sys.executable, __file__, "--serve", str(self.root), self.client_pub, self.path],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         port, self.host_pub = self.proc.stdout.readline().strip().split(" ", 1)
@@ -207,9 +213,9 @@ class OurServer:
             self.proc.wait(timeout=10)
 
 
-def serve(root: str, client_pub: str) -> None:
+def serve(root: str, client_pub: str, path: str) -> None:
     """Child process: run a MigrationServer; register transfers read from stdin."""
-    from vmresize.agent.transfer import session
+    from vmresize.agent.transfer import fastpath_check, session
     from vmresize.agent.transfer.keys import generate_key, public_openssh
     from vmresize.agent.transfer.server import start_migration_server
 
@@ -219,6 +225,9 @@ def serve(root: str, client_pub: str) -> None:
         session.commit = commit  # type: ignore[assignment]
 
     async def main() -> None:
+        state = await fastpath_check.enable(path == "fast")
+        if state.active != (path == "fast"):
+            raise SystemExit(f"server: wanted the {path} path: {state.message}")
         key = generate_key()
         server = await start_migration_server(root=Path(root), host_key=key,
                                               authorized_keys=[client_pub], host="127.0.0.1")
@@ -234,9 +243,14 @@ def serve(root: str, client_pub: str) -> None:
 
 
 def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[Sample, int]:
+    from vmresize.agent.transfer import fastpath
     from vmresize.agent.transfer.client import send_disk
 
     assert server.proc is not None
+    if server.path == "fast":  # self-tested once at the start of the run (run())
+        assert fastpath.install()
+    else:
+        fastpath.uninstall()
     rel = f"bench/{tid}/disk.img"
     server.expect(tid, rel, src.stat().st_size)
     settle()
@@ -262,7 +276,7 @@ def workdir(arg: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-TOOLS = ("ours", "scp", "rsync")
+TOOLS = ("ours", "stock", "scp", "rsync")
 KINDS = ("dense", "sparse")
 TARGETS = {"dense": 1.2, "sparse": 5.0}  # DESIGN.md: ours vs the best of scp/rsync
 
@@ -277,11 +291,17 @@ def run(args: argparse.Namespace) -> None:
         client_pub = keygen(client_key)
         dense, sparse = make_files(work, size)
         sshd = Sshd(work, client_pub) if Path(SSHD).exists() else None
-        server = OurServer(work, client_pub)
+        from vmresize.agent.transfer import fastpath_check
+        state = asyncio.run(fastpath_check.enable(True))
+        if not state.active:
+            raise SystemExit(f"the fast path is not usable here: {state.message}")
+        servers = {"ours": OurServer(work, client_pub, "fast"),
+                   "stock": OurServer(work, client_pub, "stock")}
         dest = work / "scp-dest"
         dest.mkdir()
         try:
-            server.start()
+            for server in servers.values():
+                server.start()
             if sshd is not None:
                 sshd.start()
                 opts = ssh_opts(work, sshd, client_key)
@@ -289,9 +309,10 @@ def run(args: argparse.Namespace) -> None:
                 print("sshd unavailable: only our numbers are printed")
             for i in range(args.repeat):
                 for name, src in (("dense", dense), ("sparse", sparse)):
-                    got, sent[name] = ours(server, client_key, src, f"{name}-{i}")
-                    samples.setdefault(("ours", name), []).append(got)
-                    print(f"run {i} {name}: ours {got.wall:.3f}s", flush=True)
+                    for tool, server in servers.items():
+                        got, sent[name] = ours(server, client_key, src, f"{tool}-{name}-{i}")
+                        samples.setdefault((tool, name), []).append(got)
+                        print(f"run {i} {name}: {tool} {got.wall:.3f}s", flush=True)
                     if sshd is None:
                         continue
                     target = dest / src.name
@@ -309,7 +330,8 @@ def run(args: argparse.Namespace) -> None:
                     print(f"run {i} {name}: rsync {got.wall:.3f}s", flush=True)
         finally:
             try:
-                server.stop()
+                for server in servers.values():
+                    server.stop()
             finally:
                 if sshd is not None:
                     sshd.stop()
@@ -326,7 +348,8 @@ def summarize(args: argparse.Namespace, size: int,
           f"ours fsync={'on' if fsync else 'off'} (scp/rsync never fsync); "
           f"loadavg before {load0} after {load1}; "
           f"cpus {os.cpu_count()}")
-    lines = ["# Transfer: ours vs scp vs rsync --sparse", "",
+    lines = ["# Transfer: ours (fast path), ours (asyncssh's own path) vs scp vs rsync --sparse",
+             "",
              f"{size // MiB} MiB files (dense: random data; sparse: 64 MiB of data in 16 "
              f"extents); median of {args.repeat} interleaved runs; MB/s = apparent size / "
              f"median wall time; our receiver's fsync before it reports success "
@@ -380,6 +403,27 @@ def summarize(args: argparse.Namespace, size: int,
                   f">= {TARGETS[name]}x: {'met' if met else 'NOT met'}")
             lines.append(f"| {name} | {row[0]} | {row[1]} | {best:.2f}x | "
                          f">= {TARGETS[name]}x | {'yes' if met else 'no'} |")
+    lines += ["", "asyncssh's own path (the fallback), same runs:", "",
+              "| file | scp/stock | rsync/stock | fast path/stock | target | met |",
+              "|---|---|---|---|---|---|"]
+    for name in KINDS:
+        if ("stock", name) not in medians:
+            continue
+        stock = medians[("stock", name)]
+        cells = []
+        for tool in ("scp", "rsync", "ours"):
+            if (tool, name) in medians:
+                ratio = ratios[f"{tool}/stock/{name}"] = medians[(tool, name)] / stock
+                cells.append(f"{ratio:.2f}x")
+            else:
+                cells.append("-")
+        if ("scp", name) in medians:
+            ratio = ratios[f"scp/stock/{name}"]
+            targets[f"stock/{name}"] = {"target": 1.0, "ratio": ratio, "met": ratio >= 1.0}
+            print(f"  {name}: asyncssh's own path vs scp = {ratio:.2f}x, target >= 1.0x: "
+                  f"{'met' if ratio >= 1.0 else 'NOT met'}")
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | >= 1.0x (scp) | "
+                         f"{'yes' if ratio >= 1.0 else 'no'} |")
     doc: dict[str, object] = {
         "benchmark": "transfer", "file_mib": size // MiB, "repeat": args.repeat,
         "fsync": fsync, "cipher": CIPHER, "loadavg_before": load0, "loadavg_after": load1,
@@ -394,7 +438,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="parent of the temporary workdir")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve)

@@ -49,7 +49,7 @@ cleanup() {
     [[ -f $f ]] && vms+=("$(cat "$f")")
   done
   stop_pids "${vms[@]}"
-  ((own_cluster)) && python3 hack/localcluster.py down --dir "$work/cluster"
+  ((own_cluster)) && python3 -m hack.localcluster down --dir "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -66,7 +66,7 @@ else
   bold "starting a local control plane (etcd + kube-apiserver + kube-controller-manager)"
   own_cluster=1
   export KUBECONFIG
-  KUBECONFIG=$(python3 hack/localcluster.py up --dir "$work/cluster")
+  KUBECONFIG=$(python3 -m hack.localcluster up --dir "$work/cluster")
   kubectl version
 fi
 

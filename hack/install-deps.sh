@@ -6,11 +6,12 @@
 # rsync are the baselines the transfer benchmarks compare against. The booting test guest
 # (`make guest`, hack/guest.py) is not installed: its kernel and busybox-static are fetched
 # with `apt-get download` and unpacked into the cache. hack/libvirtd.py runs libvirtd (from
-# libvirt-daemon) in a private mount namespace with util-linux's unshare.
+# libvirt-daemon) in a private mount namespace with util-linux's unshare; libvirt-clients'
+# virsh runs the runbook's commands in docs/operations.md (tests/e2e/test_real_libvirtd_runbook.py).
 set -euo pipefail
 
 pkgs=(libvirt-dev pkg-config gcc python3-dev libvirt-daemon libvirt-daemon-driver-qemu
-      qemu-system-x86 qemu-utils openssh-client rsync openssl)
+      qemu-system-x86 qemu-utils openssh-client rsync openssl libvirt-clients)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from hack import children
+
 LIBVIRTD = "/usr/sbin/libvirtd"
 READY_TIMEOUT = 60.0
 LOCK_TIMEOUT = 900.0  # another session's e2e run; a bound, then we give up
@@ -209,6 +211,8 @@ class PrivateLibvirtd:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
         self.pid = proc.pid
+        self._proc = children.track(proc)
+        self._cleanup = children.on_stop(f"QEMUs of libvirtd in {w}", self._kill_qemus)
         _OURS.add(proc.pid)
         (w / "pid.json").write_text(json.dumps({
             "libvirtd": proc.pid, "sockdir": str(self.sockdir),
@@ -242,6 +246,11 @@ class PrivateLibvirtd:
                     pids.append(pid)
         return pids
 
+    def _kill_qemus(self) -> None:
+        for pid in self.qemu_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def stop(self) -> None:
         """Destroy what still runs on this daemon, stop it by PID, drop the lock."""
         try:
@@ -253,9 +262,9 @@ class PrivateLibvirtd:
                     time.sleep(0.1)
                 if _alive(self.pid):
                     os.kill(self.pid, signal.SIGKILL)
-            for pid in self.qemu_pids():  # its QEMUs, should a destroy have failed
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_qemus()  # should a destroy have failed
+            children.untrack(getattr(self, "_proc", None))
+            children.done(getattr(self, "_cleanup", None))
             _OURS.discard(self.pid or 0)
             self.pid = None
             for mountpoint in reversed(self._mountpoints):

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hack import children
+
 K8S_VERSION = os.environ.get("K8S_VERSION", "v1.33.13")
 REPO = Path(__file__).resolve().parent.parent
 #: Bounded waits: a cold kube-apiserver on 2 shared cores is ready in ~5-15 s.
@@ -107,6 +109,7 @@ class LocalCluster:
     pids: dict[str, int] = field(default_factory=dict)
     server: str = ""
     argvs: dict[str, list[str]] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -118,8 +121,11 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = children.track(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL,
+                                               start_new_session=True))
+        children.untrack(self.procs.get(name))
+        self.procs[name] = proc
         self.pids[name] = proc.pid
         self.argvs[name] = argv
         (self.workdir / "pids.json").write_text(json.dumps(self.pids))
@@ -220,6 +226,10 @@ class LocalCluster:
     def stop(self) -> None:
         stop_pids(self.workdir)
         self.pids.clear()
+        for proc in self.procs.values():
+            children.untrack(proc)
+            proc.poll()  # reaped: its PID is not ours any more
+        self.procs.clear()
 
 
 def _alive(pid: int) -> bool:

@@ -104,6 +104,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
                                   "false"),
         Wire("metrics_address", note="not set: all addresses, as a pod's port should"),
         Wire("health_probe_networks", "agent.settings.healthProbeNetworks"),
+        Wire("transfer_fast_path", "agent.settings.transferFastPath"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

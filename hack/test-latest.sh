@@ -10,12 +10,24 @@ rm -rf "$venv"
 "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade '.[agent,dev]'
-echo "test-latest: versions that differ from requirements/dev.txt:"
-"$venv/bin/python" -m pip freeze --exclude vmresize | sort | while IFS= read -r pin; do
-  name="${pin%%==*}"
-  locked="$(grep -i -m1 "^${name}==" requirements/dev.txt | cut -d' ' -f1 || true)"
-  [[ "$locked" == "$pin" ]] || echo "  ${pin}   (lock: ${locked:-not in it})"
-done
+"$venv/bin/python" - <<'PY'
+import re
+import subprocess
+import sys
+
+def canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open("requirements/dev.txt").read(), re.M))
+locked = {canon(k): v for k, v in locked.items()}
+frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude", "vmresize"],
+                        capture_output=True, text=True, check=True).stdout.split()
+print("test-latest: versions that differ from requirements/dev.txt:")
+for line in sorted(frozen):
+    name, _, ver = line.partition("==")
+    if locked.get(canon(name)) != ver:
+        print(f"  {name} {ver}   (lock: {locked.get(canon(name), 'not in it')})")
+PY
 rc=0
 "$venv/bin/python" -m pytest -p no:cacheprovider -q tests/unit \
   tests/integration/agent/test_transfer.py tests/integration/agent/test_transfer_faults.py \

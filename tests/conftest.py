@@ -13,10 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hack import children
 from hack.localcluster import LocalCluster
 
 from tests.support import REPO
 from tests.support.kube import kubectl
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT or SIGTERM stops every daemon the run started, by PID, within seconds."""
+    children.install()
 
 
 @pytest.fixture(scope="session")

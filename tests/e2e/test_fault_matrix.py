@@ -30,8 +30,9 @@ import pytest
 from hack import guest_domain as gd
 from hack import guest_init
 from hack.guest import Guest
-from hack.localcluster import LocalCluster
+from hack.localcluster import LocalCluster, ensure_binaries
 from kubernetes import client
+from tests.support.chart import CHART, eventually
 from tests.support.fault_checks import (
     Row,
     judge,
@@ -42,22 +43,27 @@ from tests.support.fault_checks import (
     write_report,
 )
 from tests.support.fault_stack import (
+    DATA_MIB,
     HEARTBEAT_STALE,
     STEP_STALE,
     TERMINAL,
     WAIT,
     Ctx,
+    FaultAgent,
     FaultStack,
     Watcher,
     until,
 )
-from tests.support.full_stack_harness import file_sha256
+from tests.support.full_stack_harness import content_sha256, file_sha256, qemu_pid
 from tests.support.kube import kubectl
 from tests.support.peering import install_peering_crd
 from tests.support.polling import wait_for
 from tests.support.precopy_rig import writer_records
 
 from vmresize.agent.hypervisor import embedded
+from vmresize.agent.kube.client import CLOCK_SKEW_ENV
+from vmresize.api.meta import GROUP as G
+from vmresize.api.meta import VERSION as V
 from vmresize.api.vmdisks import OVERLAY_SUFFIX
 
 SLOW = 3 << 20  # bytes/s through a throttled link: the copy takes DATA_MIB / 3 s
@@ -549,3 +555,212 @@ def test_merge_back_on_a_full_source_filesystem(stack: FaultStack, guest: Guest)
 
     run_cell(stack, "merge-back on a full source filesystem (pre-copy)", fault, rate=SLOW,
              expect=("RolledBack",), make=make)
+
+
+def test_abandoning_a_dead_destination(stack: FaultStack) -> None:
+    """Issue 18, finding 6: the destination host is lost in Finishing (its agent frozen,
+    its QEMU killed: a dead host runs nothing), the source is off and held. An admin
+    abandons the destination: the VM runs again on its source with its data, the orphan is
+    recorded on the dead Host, and when that agent wakes (SIGCONT: a Finish in flight) it
+    destroys its copy and never starts it: one running copy, nothing lost."""
+
+    def fault(c: Ctx) -> None:
+        reached = c.w.wait("Finishing", "VerifyResize")
+        c.dst.send(signal.SIGSTOP)
+        dom = c.s.status("vmresizes", c.resize).get("destDomainName")
+        pid = qemu_pid(c.dst, dom) if dom else None
+        if pid is not None:   # the host is lost: nothing of it runs any more
+            os.kill(pid, signal.SIGKILL)
+        c.notes.append(f"destination lost in {c.w.phase()} (seen {reached}; its QEMU "
+                       f"{'killed' if pid else 'not started yet'})")
+        if until(lambda: not c.host_ready(c.dst), 4 * HEARTBEAT_STALE) is None:
+            c.problems.append(f"Host {c.dst.name} still shows ready into the freeze")
+        if c.w.phase() == "VerifyResize":   # Finish won the race: lost in Reverting instead
+            c.s.patch_spec(c.resize, {"revert": True})
+            c.w.wait("Reverting")
+        time.sleep(3)
+        assert c.w.phase() in ("Finishing", "Reverting", "RollingBack"), c.w.seen()
+        c.s.patch_spec(c.resize, {"abandonDestination": True})   # the admin's act
+        c.verdict = None
+        end = c.w.wait(*TERMINAL)
+        st = c.s.status("vmresizes", c.resize)
+        uid = (c.s.get("vmresizes", c.resize) or {}).get("metadata", {}).get("uid", "")
+        orphan = c.s.status("hosts", c.dst.name).get("orphans", {}).get(uid)
+        if st.get("reason") != "DestinationAbandoned" or not st.get("abandonedDestination"):
+            c.problems.append(f"ended {end} ({st.get('reason')}) without the abandonment")
+        if orphan is None or orphan.get("domainName") != dom:
+            c.problems.append(f"no orphan {dom} recorded on {c.dst.name}: {orphan}")
+        c.notes.append(f"abandoned: {end}, orphan {orphan and orphan.get('diskDir')}")
+        c.dst.send(signal.SIGCONT)   # the dead host's agent comes back
+        cleaned = until(lambda: bool(c.s.status("hosts", c.dst.name).get(
+            "orphans", {}).get(uid, {}).get("cleanedAt")), 60)
+        copy_dir = c.dst.storage_root / str((orphan or {}).get("diskDir", "-"))
+        if cleaned is None:
+            c.problems.append("the returning agent never marked the orphan cleaned")
+        elif dom and (qemu_pid(c.dst, dom) is not None or copy_dir.exists()):
+            c.problems.append(f"the orphan {dom} still runs or its {copy_dir} is there")
+        else:
+            c.notes.append(f"orphan destroyed {cleaned:.0f} s after the agent woke")
+
+    run_cell(stack, "abandoning a dead destination (lost in Finishing)", fault,
+             verdict="", expect=("RolledBack", "Reverted"))
+
+
+def test_tenant_finalizer_removal_then_a_second_resize(stack: FaultStack,
+                                                       kubeconfig: Path) -> None:
+    """Issue 18, finding 3: in VerifyResize (the VM on hv2, the source held on hv1) a tenant
+    deletes the resize and takes the operator's finalizer off it, then resizes again.
+
+    The chart's operator-finalizer policy (rendered by helm, applied here: the stack has
+    no chart) refuses the tenant. Then it is bypassed (an admin removes the finalizer while
+    the operator is down, so no rollback runs). The lock sweep must not call the instance
+    Active on hv1; the second resize must not start; one copy runs, on hv2, with the data.
+    """
+    s = stack
+    rendered = subprocess.run(
+        [str(ensure_binaries() / "helm"), "template", f"fm{s.ns[-6:]}", str(CHART),
+         "--show-only", "templates/admission-policy.yaml",
+         "--set", "admission.forcedHostPolicy=false", "--set", "admission.agentHostScope=false"],
+        check=True, capture_output=True, text=True, timeout=120).stdout
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=rendered)
+    kubectl(kubeconfig, "create", "role", "tenant-edit", "-n", s.ns,
+            "--verb=get,update,patch,delete",
+            "--resource=vmresizes.vmresize.io,instances.vmresize.io")
+    kubectl(kubeconfig, "create", "rolebinding", "alice-edit", "-n", s.ns, "--role=tenant-edit",
+            "--user=alice")
+    n = next(_count)
+    instance, resize = f"vm{n}", f"rs{n}"
+    src, dst = s.agents[s.host(1)], s.agents[s.host(2)]
+    assert dst.proxy is not None
+    dst.proxy.reset(None)
+    inst0 = s.create_instance(instance, src.name)
+    w = Watcher(s, resize, inst0)
+    w.start()
+    t0 = time.monotonic()
+    row = Row("tenant finalizer removal, then a second resize", "")
+    p = row.problems
+    second = f"{resize}-again"
+    try:
+        s.create_resize(resize, instance, dst.name, "PreCopy")
+        assert w.wait("VerifyResize") == "VerifyResize", w.seen()
+        dest_dom, dest_disk = w.st["destDomainName"], w.st["destDiskPath"]
+        assert s.operator is not None
+        s.operator.stop()   # nothing rolls back: the finalizer is all that would make it
+        as_alice = ("--as=alice", "-n", s.ns)
+        kubectl(kubeconfig, "delete", "vmresize", resize, *as_alice, "--wait=false")
+        strip = '{"metadata":{"finalizers":null}}'
+        refused = eventually(
+            lambda: kubectl(kubeconfig, "patch", "vmresize", resize, *as_alice, "--type=merge",
+                            "-p", strip, check=False),
+            lambda r: r.returncode != 0 and "operator-finalizer" in r.stderr)
+        if refused.returncode == 0 or "only the vmresize operator removes" not in refused.stderr:
+            p.append(f"the tenant's finalizer removal was not refused: {refused.stderr}")
+        row.notes.append("tenant refused: " + refused.stderr.strip().splitlines()[-1][-120:])
+        # Bypassed: an admin (system:masters) removes it.
+        kubectl(kubeconfig, "patch", "vmresize", resize, "-n", s.ns, "--type=merge", "-p", strip)
+        wait_for(lambda: s.get("vmresizes", resize) is None, timeout=30,
+                 what=f"{resize} gone")
+        s.operator.start()
+        inst = wait_for(lambda: (st := s.status("instances", instance)).get("phase") not in (
+            "Resizing",) and st, timeout=WAIT, what=f"{instance} settled by the lock sweep")
+        row.outcome = f"Instance {inst.get('phase')}"
+        row.notes.append(f"sweep: {str(inst.get('message'))[:300]}")
+        if inst.get("phase") == "Active" and inst.get("host") == src.name:
+            p.append(f"the sweep declared {instance} Active on {src.name}, where it is off")
+        # The second resize (a cold migration back) must not run.
+        s.co.create_namespaced_custom_object(G, V, s.ns, "vmresizes", {
+            "apiVersion": f"{G}/{V}", "kind": "VMResize", "metadata": {"name": second},
+            "spec": {"instanceName": instance, "targetHost": s.host(3)}})
+        end = wait_for(lambda: (st := s.status("vmresizes", second)).get("phase") in TERMINAL
+                       and st, timeout=WAIT, what=f"{second} ended")
+        row.notes.append(f"second resize {end.get('phase')}: {str(end.get('message'))[:120]}")
+        if end.get("phase") != "Failed":
+            p.append(f"the second resize ran: {end.get('phase')}")
+        # Ground truth: one copy runs, on hv2, with the data; the held source is untouched.
+        src_up = qemu_pid(src, inst0["domainName"]) is not None
+        dst_up = qemu_pid(dst, dest_dom) is not None
+        row.copies = (f"source {'running' if src_up else 'off'}, "
+                      f"dest {'running' if dst_up else 'off'}")
+        if src_up or not dst_up:
+            p.append(f"expected the one running copy on {dst.name}: {row.copies}")
+        got = content_sha256(dst.storage_root / dest_disk, DATA_MIB << 20)
+        row.data = "dest content = source" if got == s.base_sha else "DEST CONTENT DIFFERS"
+        if got != s.base_sha:
+            p.append(f"destination content {got} != {s.base_sha}")
+        if not (src.storage_root / inst0["diskPath"]).exists():
+            p.append("the held source disk is gone")
+        kept = s.allocations({f"{s.ns}/{instance}", f"{s.ns}/{resize}"})
+        row.claims = "kept" if f"VMResize/{s.ns}/{resize}" in kept.get(dst.name, {}) \
+            else "DEST CLAIM FREED"
+        if row.claims != "kept":
+            p.append(f"the destination's claim was freed while its copy runs: {kept}")
+    finally:
+        w.stop()
+        row.seconds = time.monotonic() - t0
+        ROWS.append(row)
+        kubectl(kubeconfig, "delete", "-f", "-", "--wait=false", stdin=rendered, check=False)
+        s.heal()
+        # The newest copy runs where no status says (that is the point): stop it by its PID,
+        # the QEMU this test's agent started; the instance then goes as any other.
+        for agent, dom in ((dst, w.st.get("destDomainName")), (src, inst0["domainName"])):
+            pid = qemu_pid(agent, str(dom))
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        s.delete("vmresizes", second)
+        s.delete("instances", instance)
+    assert not p, f"{row.cell}: {p}"
+
+
+# -- an agent whose clock is off (issue 18, finding 4)
+
+def _restart_with_clock(s: FaultStack, agent: FaultAgent, offset: int) -> None:
+    """Restart ``agent`` with every timestamp it writes ``offset`` seconds off (its
+    heartbeats, task stamps: ``kube.client.CLOCK_SKEW_ENV``). 0: its true clock again."""
+    agent.stop()
+    agent.env = {CLOCK_SKEW_ENV: str(offset)} if offset else {}
+    agent.start()
+    wait_for(lambda: s.status("hosts", agent.name).get("ready"), timeout=WAIT,
+             what=f"Host {agent.name} ready again (clock {offset:+d} s)")
+
+
+def _hosts_stay_ready(c: Ctx) -> None:
+    """Sample both Hosts' READY until the resize ended: a problem if either ever showed
+    not ready (their agents beat all along; only one clock is off)."""
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            for agent in (c.src, c.dst):
+                st = c.s.status("hosts", agent.name)
+                if st and not st.get("ready"):
+                    cond = next((x for x in st.get("conditions", []) if x.get("type") ==
+                                 "Ready"), {})
+                    seen.append(f"{agent.name} {cond.get('status')}/{cond.get('reason')}: "
+                                f"{cond.get('message')}")
+            stop.wait(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+
+    def end() -> None:
+        stop.set()
+        t.join(10)
+        if seen:
+            c.problems.append(f"a Host showed not ready {len(seen)} times: {seen[0]}")
+        else:
+            c.notes.append("both Hosts ready throughout")
+    c.after.append(end)
+
+
+@pytest.mark.parametrize("offset", [-120, 3600])
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_agent_clock_off(stack: FaultStack, side: str, offset: int) -> None:
+    """The operator judges heartbeats on its own clock: an agent 120 s behind (or an hour
+    ahead) keeps its Host ready and the resize goes through, one copy, nothing lost."""
+    agent = stack.agents[stack.host(1 if side == "source" else 2)]
+    _restart_with_clock(stack, agent, offset)
+    try:
+        run_cell(stack, f"{side} agent clock {offset:+d} s", _hosts_stay_ready, rate=SLOW)
+    finally:
+        _restart_with_clock(stack, agent, 0)

@@ -246,7 +246,7 @@ def forced_host_policy(kubeconfig: Path) -> Iterator[str]:
     rendered = subprocess.run(
         [str(ensure_binaries() / "helm"), "template", release,
          str(REPO / "deploy/helm/vmresize"), "--show-only", "templates/admission-policy.yaml",
-         "--set", "admission.agentHostScope=false"],
+         "--set", "admission.agentHostScope=false", "--set", "admission.operatorFinalizer=false"],
         check=True, capture_output=True, text=True, timeout=120).stdout
     kubectl(kubeconfig, "apply", "-f", "-", stdin=rendered)
     yield f"{release}-vmresize-forced-host"

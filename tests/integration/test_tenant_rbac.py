@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from hack.localcluster import ensure_binaries
-from tests.support.chart import CHART, Release
+from tests.support.chart import CHART, Release, eventually
 from tests.support.kube import kubectl
 
 TIMEOUT = 120  # seconds for one helm or kubectl call, as in the other chart tests
@@ -233,6 +233,63 @@ def test_neither_may_write_hosttasks_hosts_or_status(release: Release, namespace
         assert user.can("watch", f"flavors.{GROUP}")
         # A RoleBinding in one namespace reaches no other.
         assert not user.can("list", f"instances.{GROUP}", "-n", release.namespace)
+
+
+OPERATOR_FINALIZER = "operator.vmresize.io/finalizer"
+
+
+def test_only_the_operator_removes_its_finalizer(release: Release, namespace: str,
+                                                 tenant: Tenant) -> None:
+    """Issue 18, finding 3: an editor deleted a resize and then took the operator's
+    finalizer off it, so its rollback never ran. The chart's operator-finalizer policy
+    refuses that removal to everyone but the operator's ServiceAccount."""
+    alice, admin = tenant.alice, release.config
+    ns = ["-n", namespace]
+    alice.ok("create", "-f", "-", stdin=INSTANCE.format(name="vm1", namespace=namespace))
+    alice.ok("create", "-f", "-",
+             stdin=RESIZE.format(name="r1", namespace=namespace, instance="vm1"))
+    # No operator runs here: the admin puts its finalizer where kopf would.
+    fin = json.dumps({"metadata": {"finalizers": [OPERATOR_FINALIZER]}})
+    for kind in ("instance/vm1", "vmresize/r1"):
+        kubectl(admin, "patch", kind, *ns, "--type=merge", "-p", fin)
+    alice.ok("delete", "vmresize", "r1", *ns, "--wait=false")
+    strip = json.dumps({"metadata": {"finalizers": None}})
+
+    denied = eventually(lambda: alice.kubectl("patch", "vmresize", "r1", *ns, "--type=merge",
+                                              "-p", strip),
+                        lambda r: r.returncode != 0 and "operator-finalizer" in r.stderr)
+    assert denied.returncode != 0, "alice removed the operator's finalizer"
+    assert "ValidatingAdmissionPolicy" in denied.stderr
+    assert ("only the vmresize operator removes operator.vmresize.io/finalizer (it rolls "
+            'the resize back first): user "alice" may not') in denied.stderr
+    assert OPERATOR_FINALIZER in alice.ok("get", "vmresize", "r1", *ns, "-o",
+                                          "jsonpath={.metadata.finalizers}")
+    # Nor from an Instance, nor by a JSON patch that removes just that entry.
+    assert "operator-finalizer" in alice.kubectl(
+        "patch", "instance", "vm1", *ns, "--type=json",
+        "-p", '[{"op":"remove","path":"/metadata/finalizers/0"}]').stderr
+    # Another ServiceAccount of the cluster is no operator either.
+    other = f"--as=system:serviceaccount:{namespace}:default"
+    kubectl(admin, "create", "rolebinding", "default-edit", *ns, "--clusterrole=edit",
+            f"--serviceaccount={namespace}:default")
+    wait_until("default's edit binding", lambda: kubectl(
+        admin, "auth", "can-i", "patch", f"vmresizes.{GROUP}", *ns, other,
+        check=False).stdout.strip() == "yes")
+    sa = kubectl(admin, "patch", "vmresize", "r1", *ns, other, "--type=merge", "-p", strip,
+                 check=False)
+    assert sa.returncode != 0
+    assert "operator-finalizer" in sa.stderr
+    # Her other edits still go through, finalizers of her own included.
+    mine = json.dumps({"metadata": {"finalizers": [OPERATOR_FINALIZER, "example.com/mine"]}})
+    alice.ok("patch", "instance", "vm1", *ns, "--type=merge", "-p", mine)
+    alice.ok("patch", "instance", "vm1", *ns, "--type=merge", "-p", fin)
+    # The operator's ServiceAccount removes it, and the resize is gone...
+    operator = f"--as={release.sa_user(release.operator)}"
+    kubectl(admin, "patch", "vmresize", "r1", *ns, operator, "--type=merge", "-p", strip)
+    assert kubectl(admin, "get", "vmresize", "r1", *ns, check=False).returncode != 0
+    # ...and a cluster admin (system:masters, admission.operatorFinalizerGroups) may still
+    # break the glass.
+    kubectl(admin, "patch", "instance", "vm1", *ns, "--type=merge", "-p", strip)
 
 
 def test_namespace_admin_gets_the_edit_rules_too(release: Release, namespace: str) -> None:

@@ -11,6 +11,7 @@ it; ``kill_vms`` then ends those QEMUs by the PIDs the driver recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hack import children
 
 from tests.support import REPO
 from tests.support.kube import kubectl
@@ -65,7 +68,12 @@ class AgentProcess:
     stop_vms_on_exit: bool = False
     #: The test servers its health checks probe listen on loopback.
     health_probe_networks: str = "127.0.0.0/8"
+    #: Python run in the agent's process before its main (e.g. a fault to inject).
+    prelude: str | None = None
+    #: More environment for the process (e.g. a clock skew for its stamps).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _vms_cleanup: int | None = field(default=None, repr=False)
 
     @property
     def storage_root(self) -> Path:
@@ -90,7 +98,9 @@ class AgentProcess:
                 else "test:///default")
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "vmresize.agent", "--host-name", self.name,
+        start = (["-m", "vmresize.agent"] if self.prelude is None else
+                 ["-c", f"{self.prelude}\nfrom vmresize.agent.main import main\nmain()"])
+        return [sys.executable, *start, "--host-name", self.name,
                 "--libvirt-uri", self.uri, "--storage-root", str(self.storage_root),
                 "--state-dir", str(self.workdir / "state"),
                 "--migration-address", self.address, "--migration-port", str(self.port),
@@ -109,8 +119,11 @@ class AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_root.mkdir(exist_ok=True)
         with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=REPO)
+            self.proc = children.track(subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env={**os.environ, **self.env} if self.env else None))
+        if self.embedded and self._vms_cleanup is None:
+            self._vms_cleanup = children.on_stop(f"QEMUs of agent {self.name}", self.kill_vms)
         return self
 
     def alive(self) -> bool:
@@ -128,6 +141,7 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         code = self.proc.returncode
+        children.untrack(self.proc)
         self.proc = None
         return code
 
@@ -136,28 +150,34 @@ class AgentProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        children.untrack(self.proc)
         self.proc = None
 
     def kill_vms(self) -> list[int]:
-        """SIGKILL the QEMU processes the embedded driver recorded (after the agent stopped)."""
+        """SIGKILL the QEMU processes of this agent's embedded root (after the agent stopped):
+        its guests and libvirt's capabilities probe, found by the root's own path (a fresh
+        mkdtemp of ours) on their command lines."""
         killed: list[int] = []
-        if not self.embedded:  # a daemon's QEMUs are the daemon's to stop
+        if not self.embedded or self.libvirt_dir is None:  # a daemon's QEMUs are the daemon's
             return killed
-        for pidfile in (self.libvirt_root / "run" / "qemu").glob("*.pid"):
-            if pidfile.name == "driver.pid":
+        root = str(self.libvirt_root).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
                 continue
             try:
-                pid = int(pidfile.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
                 continue
-            if b"qemu-system" in cmdline and str(self.libvirt_root).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and root + b"/" in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
         return killed
 
     def remove_libvirt_root(self) -> None:
         """Delete the embedded root (after :meth:`stop` and :meth:`kill_vms`)."""
+        children.done(self._vms_cleanup)
+        self._vms_cleanup = None
         if self.libvirt_dir is not None:
             shutil.rmtree(self.libvirt_dir, ignore_errors=True)
             self.libvirt_dir = None

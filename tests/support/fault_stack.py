@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hack import children
 from hack import guest_domain as gd
 from hack.guest import Guest
 from kubernetes import client
@@ -120,6 +121,7 @@ class FaultStack:
     extra_operators: list[Operator] = field(default_factory=list)
     mounts: list[Path] = field(default_factory=list)
     source_mounts: list[Path] = field(default_factory=list)  # kept until close()
+    _unmounts: list[int] = field(default_factory=list)
     base_sha: str = ""
     flavors: list[str] = field(default_factory=list)
 
@@ -176,6 +178,9 @@ class FaultStack:
         for mount in self.mounts:
             subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
         self.mounts.clear()
+        for key in self._unmounts:
+            children.done(key)
+        self._unmounts.clear()
         for op in self.extra_operators:
             op.stop()
         self.extra_operators.clear()
@@ -308,6 +313,8 @@ class FaultStack:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                        check=True)
         self.mounts.append(mount)
+        self._unmounts.append(children.on_stop(f"tmpfs {mount}", lambda: subprocess.run(
+            ["umount", "-l", str(mount)], check=False, capture_output=True)))
         return mount
 
     def delete(self, plural: str, name: str) -> None:

@@ -26,6 +26,7 @@ from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import ApiConflict, ApiNotFound
 from vmresize.operator.persistence.hostview import WatchedHost, watched
+from vmresize.operator.persistence.sightings import Sightings
 from vmresize.operator.persistence.storage import check_same_task
 
 R = TypeVar("R", bound=Resource)
@@ -43,6 +44,9 @@ class MemStorage:
         self.created_tasks: list[HostTask] = []
         # What the real Storage remembers for the next writer (each taken once).
         self.recent: dict[Key, dict[str, Any]] = {}
+        #: The operator's monotonic clock, moved by the test (``mono += seconds``).
+        self.mono = 1000.0
+        self.sightings = Sightings(lambda: self.mono)
 
     # -- the test's own access
 
@@ -127,7 +131,17 @@ class MemStorage:
 
     def watched_hosts(self) -> list[WatchedHost]:
         """A view that never lags (the real one may, which only costs refused claims)."""
-        return [watched(h) for h in self.hosts()]
+        return [watched(h, self.sightings) for h in self.hosts()]
+
+    def clock(self) -> float:
+        return self.mono
+
+    def host_heard(self, name: str) -> float | None:
+        h = self.host(name)
+        return None if h is None else watched(h, self.sightings).state.heard
+
+    def task_heard(self, task: HostTask) -> float:
+        return self.sightings.see(("task", task.uid), task.resource_version)
 
     def host_states(self) -> tuple[HostState, ...]:
         return tuple(w.state for w in self.watched_hosts())

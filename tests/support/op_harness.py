@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hack import children
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -63,14 +64,15 @@ class Operator:
         env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("api", "operator", "agent"))
         with self.log.open("ab") as out:
             out.write(f"\n==== start {self.starts} ====\n".encode())
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env)
+            self.proc = children.track(subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env))
         return self
 
     def kill9(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        children.untrack(self.proc)
         self.proc = None
 
     def stop(self) -> None:
@@ -82,6 +84,7 @@ class Operator:
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+        children.untrack(self.proc)
         self.proc = None
 
     def tail(self, n: int = 60) -> str:

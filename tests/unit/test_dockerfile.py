@@ -105,10 +105,16 @@ def test_only_build_stages_reach_the_network() -> None:
         (download,) = [i["value"] for i in all_stages[stage]
                        if i["instruction"] == "RUN" and "pip wheel" in i["value"]]
         assert download.startswith("--mount=type=secret,id=pip-cert "), download
-    # The dependencies are built from pyproject.toml alone, before the code is copied in,
-    # so editing the code re-uses their layers.
-    assert [i["value"] for i in all_stages["deps"] if i["instruction"] == "COPY"] == [
-        "pyproject.toml ./"]
+    # The dependencies are built from the lock alone (hashes required), before the code is
+    # copied in, so editing the code re-uses their layers.
+    for stage, lock in (("deps", "operator"), ("agent-build", "agent")):
+        assert [i["value"] for i in all_stages[stage] if i["instruction"] == "COPY"
+                and "--from=" not in i["value"]] == [
+            f"requirements/{lock}.txt requirements/build.txt ./requirements/"]
+        (download,) = [i["value"] for i in all_stages[stage]
+                       if i["instruction"] == "RUN" and "pip wheel" in i["value"]]
+        assert "--require-hashes" in download, download
+        assert f"-r requirements/{lock}.txt" in download, download
     assert "PIP_CERT" not in " ".join(i["value"] for ins in all_stages.values() for i in ins
                                       if i["instruction"] in ("ARG", "ENV"))
 

@@ -37,6 +37,7 @@ Tree (``retryable`` default in brackets)::
     ├── ProbeFailed                     one health probe did not pass (health)  [yes]
     └── StepError                       a HostTask step failed (executor.py)    [no]
         ├── TaskRefused                 not for this host / missing fields      [no]
+        │   └── TaskUnreadable          a field or value this agent does not know [no]
         ├── Unmovable                   the VM has what cannot be copied        [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
         ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
@@ -194,6 +195,17 @@ class StepError(AgentError):
 
 class TaskRefused(StepError):  # noqa: N818 - the name says what happened
     """The task is not for this host, or is missing what its action needs."""
+
+
+class TaskUnreadable(TaskRefused):
+    """The task does not parse here: a newer operator wrote a field or value this agent
+    does not know (version skew). Never retried: the same agent would read it the same way;
+    the task fails at once so that the operator moves on (issue 18, finding 7)."""
+
+    def __init__(self, message: str, *, phase: str | None = None) -> None:
+        super().__init__(message, retryable=False)
+        #: The task's ``status.phase`` as far as it could be read (a finished task is left).
+        self.phase = phase
 
 
 class Unmovable(StepError):  # noqa: N818 - reads as the condition it names

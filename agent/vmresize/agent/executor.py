@@ -17,7 +17,8 @@ source's (invariant 2).
 Fencing (invariant 7): MigrateDisk's power-off, Finish's start, Confirm, CleanupDest and
 Destroy act only once the :data:`Fence` (the owner's status) names this very task, checked
 right before; HealthCheck (:mod:`health`) checks it before every probe. Every libvirt call
-is bounded.
+is bounded. No domain starts that an admin abandoned on this host (:mod:`orphans`): the
+:data:`OrphanFence` is asked right before every start.
 """
 
 from __future__ import annotations
@@ -31,7 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent import disks, flavorfiles, health, markers, moving, precopy, sourcehold, wholevm
+from vmresize.agent import (
+    disks,
+    flavorfiles,
+    health,
+    markers,
+    moving,
+    orphans,
+    ownership,
+    precopy,
+    sourcehold,
+    wholevm,
+)
 from vmresize.agent.errors import (
     AgentError,
     DomainNotFound,
@@ -46,6 +58,7 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
+from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk
 
@@ -57,6 +70,14 @@ HV_CALL_TIMEOUT = 120.0   # bound on one libvirt call; longer is a hung hypervis
 
 Fence = Callable[[HostTaskSpec, str], Awaitable[str | None]]
 """``(spec, task name) -> None`` if the owner names this task, else why; StepError: unknown."""
+
+OrphanFence = Callable[[str], Awaitable[str | None]]
+"""``domain name -> None`` if it may start here, else why (a copy an admin abandoned on this
+host, :mod:`vmresize.agent.orphans`); StepError: unknown."""
+
+
+async def _no_orphans(name: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                  transfer: Transfer, fence: Fence,
                  wall_clock: Callable[[], float] = time.time,
                  call_timeout: float = HV_CALL_TIMEOUT,
-                 probe_networks: Sequence[health.Network] = ()) -> None:
+                 probe_networks: Sequence[health.Network] = (),
+                 orphaned: OrphanFence = _no_orphans) -> None:
         self.host = host
         self.hv = hypervisor
         self.root = storage_root.resolve(strict=True)
@@ -100,6 +122,7 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         self.call_timeout = call_timeout
         self._now = wall_clock
         self.probe_networks = probe_networks
+        self.orphaned = orphaned
 
     async def run(self, spec: HostTaskSpec, *, task_name: str = "",
                   progress: ProgressFn | None = None) -> StepOutcome:
@@ -147,6 +170,17 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         if why is not None:
             raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
 
+    async def _start(self, name: str) -> None:
+        """Start ``name``, unless it is a copy an admin abandoned on this host."""
+        why = await self.orphaned(name)
+        if why is not None:
+            raise StepError(f"refusing to start: {why}", retryable=False)
+        await self._hv(self.hv.start, name)
+
+    async def reap_orphan(self, orphan: OrphanCopy) -> str:
+        """Destroy an abandoned copy on this host and delete its directory (idempotent)."""
+        return await orphans.reap(self.hv, self._hv, self.root, orphan)
+
     async def _health(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         return StepOutcome(*await self._health_check(spec, call.task_name))
 
@@ -184,30 +218,33 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                                     seed=spec.seed_pattern)
         files, extra = await asyncio.to_thread(flavorfiles.spawn, self.root, rel, flavor)
         await self._define_for(name, rel, flavor, spec, extra)
-        await self._hv(self.hv.start, name)
+        await self._start(name)
         result = await self._describe(name, rel)
         result.disks = files
         return StepOutcome(result, f"spawned {name} with {len(files)} disk(s)")
 
-    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor,
-                          spec: HostTaskSpec | None = None, extra: tuple[NewDisk, ...] = ()
-                          ) -> None:
-        """Define ``name`` on ``rel`` unless it exists on ``rel``; one on another disk is never
-        started: redefined onto ours while off, refused while it runs (it is not ours)."""
+    async def _define_for(self, name: str, rel: str, flavor: TaskFlavor, spec: HostTaskSpec,
+                          extra: tuple[NewDisk, ...] = ()) -> None:
+        """Define ``name`` on ``rel`` unless it exists on ``rel``, and record the Instance
+        as its owner; one on another disk is never started: redefined onto ours while off
+        if the Instance owns it, refused otherwise (it is not ours)."""
         if await self._hv(self.hv.exists, name):
             disk = await self._hv(self.hv.disk_path, name)
             disk = disk.resolve() if disk is not None else None
-            if disk == self._abs(rel):
+            if disk == self._abs(rel):   # our disk (its path carries the Instance's UID)
+                await ownership.stamp(self.hv, self._hv, spec, name)
                 return
             if await self._hv(self.hv.state, name) != PowerState.SHUTOFF:
                 raise TaskRefused(f"a domain named {name} already runs from {disk}, not "
                                   f"from {rel}; refusing to touch it")
+            await ownership.check(self.hv, self._hv, spec, name, "redefine")
             log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)
             await self._hv(self.hv.undefine, name)
         await self._hv(self.hv.define, DomainSpec(
             name=name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk=self._abs(rel),
             serial_log=self._serial_log(rel), extra_disks=extra,
-            interfaces=tuple(spec.interfaces) if spec else ()))
+            interfaces=tuple(spec.interfaces)))
+        await ownership.stamp(self.hv, self._hv, spec, name)
 
     async def _adopt(self, spec: HostTaskSpec, call: _Call) -> StepOutcome:
         name = _need(spec.domain_name, "domainName", spec.action)
@@ -280,6 +317,10 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
         if defined:
             await self._check_fence(spec, call)
+            # The Instance's own domain since its Spawn or Adopt: one that records no
+            # owner (made before owners were recorded) is stamped, another's is refused.
+            await ownership.check(self.hv, self._hv, spec, name, "power off and hold",
+                                  stamp_unowned=True)
             grace = float(spec.power_off_timeout_seconds)
             off_since = markers.power_off_since(marker, f"{spec.owner_uid or '-'}/{tid}",
                                                 self._now(), grace)
@@ -310,7 +351,12 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         name = _need(spec.domain_name, "domainName", spec.action)
         flavor = _need(spec.flavor, "flavor", spec.action)
         if spec.disks:
-            return StepOutcome(*await self._finish_whole(spec, name, flavor, call.fence))
+            async def fence() -> None:
+                await call.fence()
+                why = await self.orphaned(name)
+                if why is not None:
+                    raise StepError(f"refusing to start: {why}", retryable=False)
+            return StepOutcome(*await self._finish_whole(spec, name, flavor, fence))
         rel = _need(spec.disk_path, "diskPath", spec.action)
         expected = _need(spec.expected_checksum, "expectedChecksum", spec.action)
         verified = self._sidecar(rel, markers.VERIFIED_SUFFIX)
@@ -320,13 +366,13 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             await self._verify(spec, rel, expected)
             await asyncio.to_thread(markers.write_atomic, verified, expected + "\n")
         await asyncio.to_thread(disks.grow, self.root, rel, flavor.disk_gib)
-        await self._define_for(name, rel, flavor)
+        await self._define_for(name, rel, flavor, spec)
         size = await self._hv(self.hv.get_size, name)
         wanted = DomainSize(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
         if size != wanted:
             await self._hv(self.hv.set_size, name, wanted)
         await self._check_fence(spec, call)   # a Finish frozen through a rollback: no 2nd copy
-        await self._hv(self.hv.start, name)
+        await self._start(name)
         started = wholevm.at(self._now())
         if spec.transfer_id:
             self.transfer.forget(spec.transfer_id)
@@ -351,6 +397,11 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
                 "resize holds it, so both copies run; shut down the copy to drop, then "
                 "delete this HostTask so the operator creates it again", retryable=False)
         if name and exists:
+            # CleanupDest acts on a name it never checked before: only our own copy goes.
+            # Confirm and Destroy act on the Instance's own domain, which may predate
+            # recorded owners: unowned is taken as ours there, another owner never is.
+            await ownership.check(self.hv, self._hv, spec, name, spec.action.value,
+                                  stamp_unowned=spec.action is not TaskAction.CLEANUP_DEST)
             try:
                 await self._hv(self.hv.destroy, name)
                 await self._hv(self.hv.undefine, name)
@@ -379,10 +430,15 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         if xml is not None:  # the definition MigrateDisk moved aside, back exactly
             if not await self._hv(self.hv.exists, name):
                 await self._hv(self.hv.define_xml, xml)
+                await ownership.stamp(self.hv, self._hv, spec, name)
             markers.remove(held)
         elif not await self._hv(self.hv.exists, name):
             await self._merge_offline(rel)  # the captured definition names the disks below
             await self._define_captured(name, rel)
+            await ownership.stamp(self.hv, self._hv, spec, name)
+        # Resized and started below: only if it is ours (a namesake defined meanwhile is not;
+        # one that records no owner is a source held before owners were recorded).
+        await ownership.check(self.hv, self._hv, spec, name, "restore", stamp_unowned=True)
         # A power-off MigrateDisk asked for may still be under way in the guest (the step
         # cancelled or failed after the request): finished first, or the start below would
         # do nothing and the guest stop afterwards. Its record goes once the VM is off, so
@@ -395,7 +451,8 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
-        await self._start_seen_running(name)
+        await self._start(name)
+        await self._seen_running(name)
         await self._merge_back(name, rel)  # pre-copy's overlays, once the VM runs again
         fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)
         done = ("" if how in (None, PowerOff.ALREADY_OFF) else

@@ -1,9 +1,11 @@
 """The agent process: settings and flags, wiring and lifetime.
 
 Order of start: become the child subreaper and open libvirt (``LibvirtHypervisor`` does both
-for ``qemu:///embed``), load the keys, start the migration SSH service, register the Host,
-then run kopf in-process with the agent's identity until SIGTERM/SIGINT; on a clean stop
-the Host is marked not ready and everything started here is stopped.
+for ``qemu:///embed``), install the transfer's fast path if it passes its self-test
+(:mod:`~vmresize.agent.transfer.fastpath_check`), load the keys, start the migration SSH
+service, register the Host, then run kopf in-process with the agent's identity until
+SIGTERM/SIGINT; on a clean stop the Host is marked not ready and everything started here
+is stopped.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.kube import handlers
 from vmresize.agent.kube.client import AgentKube
 from vmresize.agent.kube.fence import OwnerFence
+from vmresize.agent.kube.orphans import HostOrphans
 from vmresize.agent.kube.registration import Registrar, Registration
 from vmresize.agent.settings import AgentSettings
-from vmresize.agent.transfer import keys
+from vmresize.agent.transfer import fastpath_check, keys
 from vmresize.agent.transfer.server import start_migration_server
 from vmresize.agent.transfer.service import SshTransfer
 from vmresize.api.envsettings import SettingsError
+from vmresize.api.meta import Condition
 
 log = logging.getLogger("vmresize.agent")
 
@@ -66,6 +70,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
     hv = await asyncio.to_thread(LibvirtHypervisor, cfg.libvirt_uri)
     metrics_server = metrics.serve(cfg.metrics_port, cfg.metrics_address)
     try:
+        fast = await fastpath_check.enable(cfg.transfer_fast_path)
+        metrics.fast_path(fast.active, fast.reason)
         host_key = keys.load_or_create_host_key(cfg.state_dir)
         client_key = keys.load_client_key(cfg.migration_key_file)
         server = await start_migration_server(
@@ -75,18 +81,25 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             if cfg.kubeconfig is not None:  # kopf's login reads the same file
                 os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
             kube = AgentKube.from_kubeconfig(cfg.kubeconfig)
+            fenced = HostOrphans(kube, cfg.host_name)
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
                                 transfer=SshTransfer(server, client_key),
                                 fence=OwnerFence(kube),
-                                probe_networks=cfg.probe_networks())
+                                probe_networks=cfg.probe_networks(),
+                                orphaned=fenced.fenced)
             address, port = published_endpoint(cfg, server.port)
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=address, port=port,
-                host_key=keys.public_openssh(host_key)))
+                host_key=keys.public_openssh(host_key),
+                conditions=(fast_path_condition(fast),)))
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)
+            # Copies an admin abandoned here go before any task is taken, and keep going.
+            await _reap_at_start(fenced, executor)
             heartbeat = asyncio.create_task(registrar.heartbeat_forever(cfg.heartbeat_seconds))
+            reaper = asyncio.create_task(fenced.reap_forever(executor.reap_orphan,
+                                                             cfg.heartbeat_seconds))
             runner = handlers.TaskRunner(host=cfg.host_name, executor=executor, kube=kube)
             settings = kopf.OperatorSettings()
             handlers.configure(settings)
@@ -96,9 +109,10 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
                                     namespaces=[cfg.namespace], stop_flag=stop_flag,
                                     ready_flag=ready_flag)
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for t in (heartbeat, reaper):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
                 await registrar.mark_stopped()
         finally:
             await server.close()
@@ -110,9 +124,20 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
         hv.close()
 
 
+def fast_path_condition(state: fastpath_check.FastPathState) -> Condition:
+    """The Host's TransferFastPath condition: which packet path the transfer runs on."""
+    return Condition(type="TransferFastPath", status="True" if state.active else "False",
+                     reason=state.reason, message=state.message)
+
+
 def _stop_vms(hv: LibvirtHypervisor) -> None:
+    """Power off the domains that record a vmresize owner (:mod:`vmresize.agent.ownership`);
+    the host's other domains are not ours to stop."""
     for name in hv.list_domains():
         try:
+            if hv.owner(name) is None:
+                log.info("left %s running: it records no vmresize owner", name)
+                continue
             hv.destroy(name)
             log.info("stopped %s (--stop-vms-on-exit)", name)
         except HypervisorError as e:
@@ -120,6 +145,25 @@ def _stop_vms(hv: LibvirtHypervisor) -> None:
 
 
 REGISTER_BACKOFF_MAX = 30.0
+
+
+async def _reap_at_start(fenced: HostOrphans, executor: Executor) -> None:
+    """Destroy the copies abandoned on this host before any task runs; retried while the
+    API server cannot be read (a copy that may be fenced must not get a chance to start)."""
+    delay = 1.0
+    while True:
+        try:
+            n = await fenced.reap_all(executor.reap_orphan)
+            if n:
+                log.warning("destroyed %d abandoned cop%s on this host", n,
+                            "y" if n == 1 else "ies")
+            return
+        except KubeError as e:
+            if not e.retryable:
+                raise
+            log.warning("reading abandoned copies failed (%s); retrying in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(REGISTER_BACKOFF_MAX, delay * 2)
 
 
 async def _register(registrar: Registrar) -> None:

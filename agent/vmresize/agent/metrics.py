@@ -12,6 +12,9 @@
   :mod:`vmresize.agent.errors` (the innermost one of a chain, so a ``StepError`` wrapping a
   ``ConnectionLost`` counts as ``ConnectionLost``); ``Unexpected`` for anything else (a bug).
 - ``vmresize_agent_tasks_in_flight{action}``: steps running now.
+- ``vmresize_agent_transfer_fast_path{reason}``: 1 when the transfer runs on its fast path,
+  0 when on asyncssh's own; ``reason`` is the Host's TransferFastPath condition's
+  (``SelfTestPassed``, ``SelfTestFailed``, ``Unsupported``, ``Disabled``).
 
 This module sits just above the bottom layer (errors, settings), so the transfer
 code, the executor and the kube layer can all record here without importing upward.
@@ -43,6 +46,9 @@ STEP_SECONDS = Histogram("vmresize_agent_step_duration_seconds",
                          # from a Confirm (well under a second) to a multi-TiB copy
                          buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400))
 ERRORS = Counter("vmresize_agent_errors", "Errors by vmresize.agent.errors class", ["reason"])
+FAST_PATH = Gauge("vmresize_agent_transfer_fast_path",
+                  "1 when the transfer runs on its self-tested fast path, 0 on asyncssh's own",
+                  ["reason"])
 IN_FLIGHT = Gauge("vmresize_agent_tasks_in_flight", "HostTask steps running now", ["action"])
 
 UNEXPECTED = "Unexpected"
@@ -124,6 +130,12 @@ def step(action: str, *, clock: Callable[[], float] = time.monotonic
         with _rates_lock:
             _rates.pop(record._key, None)
         STEP_SECONDS.labels(action, outcome).observe(max(0.0, clock() - start))
+
+
+def fast_path(active: bool, reason: str) -> None:
+    """Record which path the transfer runs on (one ``reason`` label set at a time)."""
+    FAST_PATH.clear()
+    FAST_PATH.labels(reason).set(1 if active else 0)
 
 
 def serve(port: int, address: str) -> Any:

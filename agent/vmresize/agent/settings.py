@@ -87,10 +87,17 @@ class AgentSettings(EnvSettings):
                     "check may probe from this host, e.g. the guests' networks; empty, "
                     "such checks are refused (a tenant could otherwise make the agent "
                     "reach any address its host can).")
+    transfer_fast_path: bool = Field(
+        True, validation_alias="VMRESIZE_TRANSFER_FAST_PATH",
+        description="Use the transfer's fast path (fewer copies in asyncssh's AES-GCM "
+                    "packet path) when it passes its self-test at startup against "
+                    "asyncssh's own path on the installed versions; false: asyncssh's own "
+                    "path always. The Host's TransferFastPath condition says which runs.")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
-        description="On a clean stop, power off every domain (demos and tests only: by "
-                    "default VMs outlive the agent and a restarted agent adopts them).")
+        description="On a clean stop, power off every domain that records a vmresize "
+                    "owner (demos and tests only: by default VMs outlive the agent and a "
+                    "restarted agent adopts them).")
 
     @field_validator("health_probe_networks")
     @classmethod

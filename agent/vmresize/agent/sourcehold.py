@@ -88,10 +88,9 @@ class SourceSteps:
             log.info("%s: finished the power-off its move had begun (%s)", name, how.value)
         return how
 
-    async def _start_seen_running(self, name: str) -> None:
-        """Start the domain and return once it is seen running (StepError, retryable, if it
-        is not within :data:`START_SEEN_SECONDS`)."""
-        await self._hv(self.hv.start, name)
+    async def _seen_running(self, name: str) -> None:
+        """After a start: return once the domain is seen running (StepError, retryable, if
+        it is not within :data:`START_SEEN_SECONDS`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_SEEN_SECONDS
         while (state := await self._hv(self.hv.state, name)) != PowerState.RUNNING:

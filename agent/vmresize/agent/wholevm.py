@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmresize.agent import flavorfiles, markers, moving, overlays, sharedstore
+from vmresize.agent import flavorfiles, markers, moving, overlays, ownership, sharedstore
 from vmresize.agent.errors import (
     InsufficientSpace,
     StepError,
@@ -250,19 +250,23 @@ HvCall = Callable[..., Awaitable[Any]]
 """The executor's bounded libvirt call: ``await hv_call(hv.method, *args)``."""
 
 
-async def define_on(hv: Hypervisor, hv_call: HvCall, root: Path, name: str, rel: str,
-                    xml: str) -> None:
-    """Define ``name`` from ``xml`` unless it exists on the root disk ``rel`` already; one
-    on another disk is redefined while off and refused while it runs (it is not ours)."""
+async def define_on(hv: Hypervisor, hv_call: HvCall, root: Path, spec: HostTaskSpec,
+                    name: str, rel: str, xml: str) -> None:
+    """Define ``name`` from ``xml`` unless it exists on the root disk ``rel`` already, and
+    record the Instance as its owner; one on another disk is redefined while off if the
+    Instance owns it, and refused otherwise (it is not ours)."""
     if await hv_call(hv.exists, name):
         disk = await hv_call(hv.disk_path, name)
         if disk is not None and disk.resolve() == confine(root, rel):
+            await ownership.stamp(hv, hv_call, spec, name)
             return
         if await hv_call(hv.state, name) != PowerState.SHUTOFF:
             raise TaskRefused(f"a domain named {name} already runs from {disk}, not from "
                               f"{rel}; refusing to touch it")
+        await ownership.check(hv, hv_call, spec, name, "redefine")
         await hv_call(hv.undefine, name)
     await hv_call(hv.define_xml, xml)
+    await ownership.stamp(hv, hv_call, spec, name)
 
 
 def settle(root: Path, transfer: Transfer, spec: HostTaskSpec) -> None:
@@ -324,7 +328,7 @@ class WholeVMSteps:
         ``fence`` is awaited right before the start."""
         xml, files = await arrive(self.root, self.transfer, spec, flavor)
         rd = root_disk(spec.disks)
-        await define_on(self.hv, self._hv, self.root, name, rd.path, xml)
+        await define_on(self.hv, self._hv, self.root, spec, name, rd.path, xml)
         await fence()
         log.info("%s: defined, fence checked; starting", name)
         await self._hv(self.hv.start, name)

@@ -60,6 +60,30 @@ class Allocation(Model):
     """How much."""
 
 
+class OrphanCopy(Model):
+    """A destination copy an admin abandoned (``VMResize.spec.abandonDestination``): its host
+    never answered, so the copy may still exist there. The record is the fence: the host's
+    agent never starts a domain named here, and destroys it (only when its disk lies in
+    ``diskDir``) and deletes ``diskDir`` as soon as it runs again, then sets ``cleanedAt``."""
+
+    host: str = Field(min_length=1)
+    """The host the copy was left on."""
+    owner: str = Field(min_length=1)
+    """``<namespace>/<name>`` of the VMResize that abandoned it."""
+    owner_uid: str = Field(min_length=1)
+    """UID of that VMResize."""
+    domain_name: str = Field(min_length=1)
+    """The copy's libvirt domain name on that host."""
+    disk_path: str = Field(min_length=1)
+    """The copy's root disk, relative to the host's storage root."""
+    disk_dir: str = Field(min_length=1)
+    """The copy's own directory, relative to the storage root: every file of the copy."""
+    abandoned_at: datetime
+    """When the operator recorded the abandonment (and fenced the copy)."""
+    cleaned_at: datetime | None = None
+    """When the host's agent had destroyed the copy and deleted its directory."""
+
+
 class HostStatus(Model):
     """What the agent reports, plus the operator's allocations."""
 
@@ -81,8 +105,12 @@ class HostStatus(Model):
     """The libvirt URI the agent drives."""
     allocations: dict[str, Allocation] = Field(default_factory=dict)
     """Claims on this host, keyed ``<Kind>/<namespace>/<name>``. Written only by the operator."""
+    orphans: dict[str, OrphanCopy] = Field(default_factory=dict)
+    """Abandoned copies on this host, keyed by the UID of the VMResize that abandoned them.
+    Written by the operator (the fence); the agent only sets ``cleanedAt``."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``."""
+    """``Ready``, and ``TransferFastPath`` (which packet path the agent's transfer runs on,
+    and why)."""
 
 
 class Host(Resource):

@@ -112,6 +112,10 @@ class HostTaskSpec(Model):
     """UID of that object, so a recreated namesake never inherits the task."""
     instance: str = Field(min_length=1)
     """``<namespace>/<name>`` of the Instance."""
+    instance_uid: str = ""
+    """UID of that Instance: the owner recorded in the ``<metadata>`` of every domain vmresize
+    defines or adopts. A step destroys, undefines or redefines only a domain that records
+    this UID. Empty (a task from an older operator): the domain name alone, as before."""
     domain_name: str | None = None
     """libvirt domain name this step acts on."""
     disk_path: str | None = None

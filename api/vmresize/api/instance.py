@@ -126,7 +126,8 @@ class InstanceStatus(Model):
     message: str = ""
     """Last notable event, for people."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``."""
+    """``Ready`` (Active), and the kstatus conventions GitOps tools read: ``Reconciling``
+    (being placed or built) and ``Stalled`` (in Error)."""
 
 
 class Instance(Resource):

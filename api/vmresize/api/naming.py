@@ -7,6 +7,8 @@ UIDs, so no user string can escape the root; the agent still checks every path.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from vmresize.api.hosttask import TaskAction
 
 HOST_LABEL = "vmresize.io/host"
@@ -15,6 +17,9 @@ OWNER_UID_LABEL = "vmresize.io/owner-uid"
 """On a HostTask: UID of the VMResize or Instance it belongs to."""
 ACTION_LABEL = "vmresize.io/action"
 """On a HostTask: its action, for ``kubectl get hosttasks -l``."""
+WRITER_ANNOTATION = "vmresize.io/written-by"
+"""On a HostTask: the vmresize version of the operator that wrote it, so that an agent
+that cannot read the task says which two versions differ (issue 18, finding 7)."""
 DEFAULT_NAMESPACE = "vmresize-system"
 """Where the operator keeps HostTasks and the migration key Secret."""
 MIGRATION_PORT = 2222
@@ -52,3 +57,12 @@ def domain_name(namespace: str, instance: str, suffix: str = "") -> str:
 def disk_path(namespace: str, instance: str, placement_uid: str) -> str:
     """Disk of one copy of an instance, relative to the storage root."""
     return f"instances/{namespace}/{instance}/{placement_uid}/{DISK_FILE}"
+
+
+def package_version() -> str:
+    """The installed vmresize version (operator and agent alike), or ``0.0.0+unknown``
+    when running from an uninstalled tree."""
+    try:
+        return version("vmresize")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

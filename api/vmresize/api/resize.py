@@ -14,6 +14,7 @@ from pydantic import Field
 
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.health import AutoConfirm
+from vmresize.api.host import OrphanCopy
 from vmresize.api.instance import DNS_SUBDOMAIN, InstancePhase, PowerState
 from vmresize.api.meta import (
     DNS_LABEL,
@@ -87,6 +88,30 @@ def _decided_only_in_verify_resize(flag: str) -> dict[str, Any]:
     }
 
 
+#: Phases that wait on the destination's agent, and so may abandon it.
+ABANDONABLE_PHASES = frozenset({ResizePhase.FINISHING, ResizePhase.REVERTING,
+                                ResizePhase.ROLLING_BACK})
+
+
+def _abandoned_only_when_waiting_on_dest() -> dict[str, Any]:
+    """CEL at the root: ``spec.abandonDestination`` may turn true only while the resize waits
+    on its destination (Finishing, Reverting, RollingBack); as the rule above, a transition
+    rule with an optional ``oldSelf`` that also refuses it on create."""
+    phase = "(has(self.status) && has(self.status.phase) ? self.status.phase : 'Pending')"
+    allowed = ", ".join(f"'{p.value}'" for p in sorted(ABANDONABLE_PHASES))
+    return {
+        "rule": "!self.spec.abandonDestination || (oldSelf.hasValue() && "
+        f"oldSelf.value().spec.abandonDestination) || {phase} in [{allowed}]",
+        "messageExpression": "'spec.abandonDestination is accepted only while the resize "
+        f"waits on its destination ({allowed.replace(chr(39), '')}); it is ' + {phase}",
+        "message": "spec.abandonDestination is accepted only while the resize waits on its "
+        "destination",
+        "optionalOldSelf": True,
+        "reason": "FieldValueForbidden",
+        "fieldPath": ".spec.abandonDestination",
+    }
+
+
 class MigrationMode(StrEnum):
     """How MigrateDisk moves the disks (see ``VMResizeSpec.migration_mode``)."""
 
@@ -118,6 +143,12 @@ class VMResizeSpec(Model):
     """Confirm on a timer or on evidence: a health check run by the destination agent in
     VerifyResize; passed, the resize is confirmed; failed or out of time, it is reverted.
     Immutable."""
+    abandon_destination: bool = False
+    """An admin's act, audited (only admins may set it, by the chart's admission policy):
+    give up a destination host that never comes back. Accepted only in Finishing,
+    Reverting or RollingBack; one-way. The operator fences the copy there (recorded in the
+    Host's ``status.orphans``: its agent destroys it and never starts it), starts the VM on
+    its source again and ends the resize with reason ``DestinationAbandoned``."""
     migration_mode: MigrationMode = MigrationMode.PRE_COPY
     """PreCopy: copy the disks while the VM runs, power off, send what changed (short
     downtime). Offline: power off, then copy everything (Nova's way). A VM that is
@@ -154,10 +185,10 @@ class Effect(Model):
     is idempotent), then clears it; a crash in between makes the next step redo it."""
 
     kind: Literal["LockInstance", "ClaimDest", "ReleaseDestClaim", "CommitClaims",
-                  "UpdateInstance"]
+                  "UpdateInstance", "FenceOrphan"]
     """What to change."""
     host: str | None = None
-    """ClaimDest: the host to claim on."""
+    """ClaimDest: the host to claim on; FenceOrphan: the host the copy is left on."""
     placement: Literal["source", "dest", "keep"] | None = None
     """UpdateInstance: where the Instance lives now (keep: unchanged)."""
     instance_phase: InstancePhase | None = None
@@ -237,11 +268,16 @@ class VMResizeStatus(Model):
     restore_source_first: bool = False
     """The rollback restarts the source before it deletes the destination's copy (a rollback
     from Migrating: no domain exists on the destination, which may be the silent agent)."""
+    abandoned_destination: OrphanCopy | None = None
+    """Set when an admin abandoned the destination (``spec.abandonDestination``): the copy
+    left there, fenced in that Host's ``status.orphans``."""
     observed_generation: int | None = None
     """The ``metadata.generation`` last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``, ``Healthy``
-    (the health check's verdict, once there is one)."""
+    """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``,
+    ``RolledBack``, ``Healthy`` (the health check's verdict, once there is one), and the
+    kstatus conventions GitOps tools read: ``Reconciling`` (the operator is at work) and
+    ``Stalled`` (ended without the resize asked for: Failed, RollbackFailed, RolledBack)."""
 
 
 class VMResize(Resource):
@@ -279,10 +315,13 @@ class VMResize(Resource):
         {"rule": "!has(self.autoConfirm) || !has(self.autoConfirmSeconds)",
          "message": "set autoConfirm.afterSeconds or autoConfirmSeconds, not both"},
         immutable("migrationMode"),
+        {"rule": "!oldSelf.abandonDestination || self.abandonDestination",
+         "message": "abandonDestination cannot be set back to false"},
     ]
     root_validations: ClassVar[list[dict[str, Any]]] = [
         _decided_only_in_verify_resize("confirm"),
         _decided_only_in_verify_resize("revert"),
+        _abandoned_only_when_waiting_on_dest(),
     ]
 
     spec: VMResizeSpec
@@ -291,5 +330,5 @@ class VMResize(Resource):
     """What has happened."""
 
 
-__all__ = ["TERMINAL_PHASES", "Candidate", "Effect", "Progress", "ResizePhase", "VMResize",
-           "VMResizeSpec", "VMResizeStatus"]
+__all__ = ["ABANDONABLE_PHASES", "TERMINAL_PHASES", "Candidate", "Effect", "Progress",
+           "ResizePhase", "VMResize", "VMResizeSpec", "VMResizeStatus"]

@@ -49,15 +49,18 @@ class Settings(EnvSettings):
                     "stops with both copies kept.")
     heartbeat_stale_seconds: float = Field(
         60.0, ge=1, validation_alias="VMRESIZE_HEARTBEAT_STALE_SECONDS",
-        description="A host whose agent heartbeat is older than this many seconds is "
-                    "filtered out by the scheduler (Nova's service_down_time).")
+        description="A host whose agent heartbeat the operator has not seen change for "
+                    "this many seconds (on the operator's own clock, whatever the agent's "
+                    "says) is filtered out by the scheduler and shown Ready=Unknown "
+                    "(Nova's service_down_time). After an operator start every host gets "
+                    "this long to show a heartbeat.")
     step_stale_seconds: float = Field(
         60.0, ge=10, le=24 * 3600,  # agents beat every 5 s (Hosts every 10 s): several beats
         validation_alias="VMRESIZE_STEP_STALE_SECONDS",
         description="Step watchdog: a resize step whose agent (or, for the disk copy, the "
-                    "destination's agent) has written no heartbeat for this many seconds "
-                    "counts as stalled. Preparing, Migrating and Finishing then fail and "
-                    "retry elsewhere or roll back; later steps report it and wait.")
+                    "destination's agent) has written no heartbeat the operator saw for this "
+                    "many seconds counts as stalled. Preparing, Migrating and Finishing then "
+                    "fail and retry elsewhere or roll back; later steps report it and wait.")
     ram_weight_multiplier: float = Field(
         1.0, allow_inf_nan=False, validation_alias="VMRESIZE_RAM_WEIGHT_MULTIPLIER",
         description="Free-RAM weigher multiplier, like Nova's ram_weight_multiplier: "

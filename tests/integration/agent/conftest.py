@@ -15,10 +15,18 @@ import asyncssh
 import pytest
 import pytest_asyncio
 
+from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.keys import generate_key, load_or_create_host_key, public_openssh
 from vmresize.agent.transfer.server import MigrationServer, start_migration_server
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True, scope="session")
+def xfer_fast_path() -> None:
+    """The transfer tests run on the fast path, as an agent does once its self-test passed
+    (test_fastpath_fallback.py covers asyncssh's own path)."""
+    assert fastpath.install()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from tests.support.agent_harness import AgentProcess, write_migration_key
+from tests.support.broken_fastpath import BREAK_IN_AGENT
 from tests.support.checksum import file_disk_checksum
 from tests.support.kube import kubectl, kubectl_json
 from tests.support.owners import create_owner
@@ -45,11 +46,12 @@ def agent_factory(kubeconfig: Path, namespace: str,
     key = write_migration_key(tmp_path / "migration_key")
     made: list[AgentProcess] = []
 
-    def make(address: str, *, embedded: bool = False) -> AgentProcess:
+    def make(address: str, *, embedded: bool = False,
+             prelude: str | None = None) -> AgentProcess:
         name = f"h-{uuid.uuid4().hex[:8]}"
         agent = AgentProcess(name=name, workdir=tmp_path / name, address=address,
                              kubeconfig=kubeconfig, namespace=namespace, key_file=key,
-                             embedded=embedded)
+                             embedded=embedded, prelude=prelude)
         made.append(agent)
         return agent
 
@@ -170,11 +172,23 @@ def test_agent_runs_spawn_and_refuses_other_hosts_tasks(
     assert (agent.storage_root / rel).is_file()
 
 
+@pytest.mark.parametrize("path", ["fast", "stock"])
 def test_two_agents_resize_over_ssh_then_confirm(
-        agent_factory: Any, kubeconfig: Path, namespace: str) -> None:
-    src: AgentProcess = agent_factory("127.0.0.2").start()
-    dst: AgentProcess = agent_factory("127.0.0.3").start()
-    wait_ready(src, kubeconfig)
+        agent_factory: Any, kubeconfig: Path, namespace: str, path: str) -> None:
+    """``stock``: both agents' fast path broken as cryptography 51 broke it; each fails its
+    self-test at startup, says so on its Host and in its metric, and the resize moves the
+    disk on asyncssh's own path."""
+    prelude = BREAK_IN_AGENT if path == "stock" else None
+    src: AgentProcess = agent_factory("127.0.0.2", prelude=prelude).start()
+    dst: AgentProcess = agent_factory("127.0.0.3", prelude=prelude).start()
+    for agent in (src, dst):
+        cond = next(c for c in wait_ready(agent, kubeconfig)["status"]["conditions"]
+                    if c["type"] == "TransferFastPath")
+        expected = (("True", "SelfTestPassed") if path == "fast" else
+                    ("False", "SelfTestFailed"))
+        assert (cond["status"], cond["reason"]) == expected, cond
+        assert scrape(agent)[("vmresize_agent_transfer_fast_path",
+                              (("reason", expected[1]),))] == (path == "fast")
     dst_host = wait_ready(dst, kubeconfig)["status"]
     dom, new_dom = (naming.domain_name(namespace, "vm"),
                     naming.domain_name(namespace, "vm", "r1"))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hack import children
 from tests.support.agent_steps import allow_all
 
 from vmresize.agent.errors import InsufficientSpace
@@ -51,10 +52,13 @@ def _tmpfs(xfer_root: Path, mib: int) -> Iterator[Path]:
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
                    check=True)
+    unmount = children.on_stop(f"tmpfs {mnt}", lambda: subprocess.run(
+        ["umount", "-l", str(mnt)], check=False))
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+        children.done(unmount)
 
 
 @pytest.fixture

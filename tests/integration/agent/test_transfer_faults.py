@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hack import children
 
 from vmresize.agent.errors import ConnectionLost, InsufficientSpace, TransferRefused
 from vmresize.agent.executor import Executor
@@ -41,10 +42,13 @@ def small_fs(xfer_root: Path) -> Iterator[Path]:
     mnt = xfer_root / "instances"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    unmount = children.on_stop(f"tmpfs {mnt}", lambda: subprocess.run(
+        ["umount", "-l", str(mnt)], check=False))
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+        children.done(unmount)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -95,6 +95,21 @@ def _with_device(device: str) -> str:
     ("<filesystem type='mount' accessmode='passthrough'><source dir='/srv/share'/>"
      "<target dir='share'/></filesystem>",
      "host directory shared into the guest (<filesystem> /srv/share)"),
+    ("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>",
+     "emulated TPM (<tpm> backend 'emulator'): its state (swtpm's, in libvirt's state "
+     "directory under the domain's UUID) does not move yet"),
+    ("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend>"
+     "</tpm>", "host TPM passed through (<tpm> backend 'passthrough' /dev/tpm0)"),
+    ("<memory model='nvdimm'><source><path>" + OLD + "/nv.img</path></source><target><size "
+     "unit='KiB'>524288</size><node>0</node></target></memory>",
+     f"nvdimm memory device backed by the host file {OLD}/nv.img: its content does not "
+     "move yet"),
+    ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='" + OLD
+     + "/enc.qcow2'><encryption format='luks'><secret type='passphrase' "
+     "uuid='f52a81b2-424e-490c-823d-6bd4235bc572'/></encryption></source>"
+     "<target dev='vdd' bus='virtio'/></disk>",
+     "disk vdd is encrypted with the libvirt secret f52a81b2-424e-490c-823d-6bd4235bc572, "
+     "kept in this host's secret store: it does not move"),
 ])
 def test_what_cannot_move_is_named(device: str, reason: str) -> None:
     assert dx.unmovable(_with_device(device), ROOT) == [reason]
@@ -181,18 +196,20 @@ NUMA = FULL.replace(
 
 
 def test_numa_cells_share_vcpus_and_memory_and_add_up() -> None:
+    """The flavor's 6 vCPUs are the ones online at boot (``current``); the 2 the domain
+    kept for hot-plug stay on top, and cells and topology cover all 8."""
     after = dx.rewrite(NUMA, vcpus=6, memory_mib=3000, disk_paths=ALL_FILES)
     flat = dx.flatten(after)
-    assert flat["vcpu"] == "6"
-    assert "vcpu@current" not in flat
+    assert (flat["vcpu"], flat["vcpu@current"]) == ("8", "6")
     assert (flat["cpu/topology@sockets"], flat["cpu/topology@cores"],
-            flat["cpu/topology@threads"]) == ("3", "1", "2")
-    assert (flat["cpu/numa/cell[0]@cpus"], flat["cpu/numa/cell[1]@cpus"]) == ("0-2", "3-5")
+            flat["cpu/topology@threads"]) == ("4", "1", "2")
+    assert (flat["cpu/numa/cell[0]@cpus"], flat["cpu/numa/cell[1]@cpus"]) == ("0-3", "4-7")
     cells = [int(flat[f"cpu/numa/cell[{i}]@memory"]) for i in (0, 1)]
     assert sum(cells) == 3000 * 1024
     assert all(c % 1024 == 0 for c in cells)
+    all_online = NUMA.replace(" current='2'>4<", ">4<")
     with pytest.raises(InvalidDomainConfig, match="cannot spread 1 vCPUs over 2 NUMA cells"):
-        dx.rewrite(NUMA, vcpus=1, memory_mib=1024, disk_paths=ALL_FILES)
+        dx.rewrite(all_online, vcpus=1, memory_mib=1024, disk_paths=ALL_FILES)
 
 
 @pytest.mark.parametrize(("vcpus", "before", "after"), [
@@ -208,13 +225,13 @@ def test_topology_always_multiplies_to_the_vcpu_count(
     assert got[0] * got[1] * got[2] * got[3] == vcpus
 
 
-def test_max_memory_is_raised_only_when_too_low() -> None:
+def test_max_memory_is_raised_only_when_too_low_keeping_the_room_for_hotplug() -> None:
     xml = FULL.replace("<memory unit='KiB'>", "<maxMemory slots='4' unit='GiB'>8</maxMemory>"
                                               "<memory unit='KiB'>")
     assert "maxMemory" not in dx.diff(xml, dx.rewrite(xml, vcpus=2, memory_mib=4096,
                                                       disk_paths=ALL_FILES))
     big = dx.rewrite(xml, vcpus=2, memory_mib=16384, disk_paths=ALL_FILES)
-    assert dx.flatten(big)["maxMemory"] == str(16384 * 1024)
+    assert dx.flatten(big)["maxMemory"] == str((16 + 6) * 1024**2)  # 8 GiB - 2 GiB room
 
 
 def test_diff_sees_added_removed_and_reordered_devices() -> None:
@@ -298,3 +315,89 @@ def test_path_map_feeds_the_rewrite() -> None:
     after = dx.rewrite(FULL, vcpus=2, memory_mib=2048, disk_paths=mapping)
     assert dx.inventory(after)[1].source == "/srv/dest-root/instances/x/1"
     assert dx.nvram(after) == "/srv/dest-root/instances/x/5"
+
+
+FOREIGN = FULL.replace("<domain type='kvm'>", "<domain type='kvm' xmlns:qemu="
+                       "'http://libvirt.org/schemas/domain/qemu/1.0'>").replace(
+    "</metadata>",
+    "<ns0:app xmlns:ns0='http://example.org/app/1'><ns0:owner ns0:team='db'>x</ns0:owner>"
+    "</ns0:app><ns1:tag xmlns:ns1='http://example.org/tag'/>"
+    "<info xmlns='http://example.org/default'><item xml:lang='en'>a</item></info>"
+    "<nova:instance xmlns:nova='http://example.org/other-nova'/></metadata>").replace(
+    "</domain>", "<qemu:commandline><qemu:arg value='-no-hpet'/></qemu:commandline>"
+                 "</domain>")
+"""Foreign metadata as Python tools write it (ElementTree's own ``ns0``/``ns1``), a default
+namespace, ``xml:lang``, a prefix bound to two URIs in two places, and ``qemu:`` on the
+root."""
+
+
+def test_foreign_namespace_prefixes_survive_rewrite_and_edit_disks() -> None:
+    after = dx.rewrite(FOREIGN, vcpus=4, memory_mib=4096, disk_paths=ALL_FILES)
+    edited = dx.edit_disks(after, add=(dx.NewDisk(f"{NEW}/swap", "raw", "vdd"),))
+    for xml in (after, edited):
+        for text in ("<ns0:app xmlns:ns0=\"http://example.org/app/1\">",
+                     "<ns0:owner ns0:team=\"db\">x</ns0:owner>",
+                     "<ns1:tag xmlns:ns1=\"http://example.org/tag\"",
+                     "<info xmlns=\"http://example.org/default\"><item xml:lang=\"en\">",
+                     "<nova:instance xmlns:nova=\"http://example.org/other-nova\"",
+                     "<nova:name>web-1</nova:name>",
+                     "<qemu:commandline><qemu:arg value=\"-no-hpet\" />"):
+            assert text in xml
+    assert dx.diff(FOREIGN, after) == dx.diff(FULL, dx.rewrite(
+        FULL, vcpus=4, memory_mib=4096, disk_paths=ALL_FILES))
+    assert dx.diff(after, edited) >= {"devices/disk[vdd]"}
+    metadata = dx.parse(after).find("metadata")
+    assert metadata is not None
+    assert [el.tag for el in metadata] == ["nova:instance", "ns0:app", "ns1:tag", "info",
+                                           "nova:instance"]
+
+
+def test_libvirt_takes_foreign_namespaces_back_unchanged() -> None:
+    libvirt = pytest.importorskip("libvirt")
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open("test:///default")
+    try:
+        xml = dx.rewrite(FOREIGN.replace("<domain type='kvm'", "<domain type='test'"),
+                         vcpus=4, memory_mib=4096, disk_paths=ALL_FILES)
+        dom = conn.defineXML(xml)
+        try:
+            back = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "http://example.org/app/1",
+                                libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            assert "team=\"db\"" in back
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+NVRAM_SOURCE = FULL.replace(
+    f"<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{OLD}/nvram.fd</nvram>",
+    "<nvram type='file' template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"
+    f"<source file='{OLD}/nvram.fd'/></nvram>")
+
+
+def test_nvram_written_the_newer_way_moves_like_the_older() -> None:
+    assert NVRAM_SOURCE != FULL
+    assert dx.nvram(NVRAM_SOURCE) == f"{OLD}/nvram.fd"
+    assert vmfiles.files(NVRAM_SOURCE, ROOT)[-1].role.value == "NVRAM"
+    after = dx.rewrite(NVRAM_SOURCE, vcpus=2, memory_mib=2048, disk_paths=ALL_FILES)
+    assert dx.flatten(after)["os/nvram/source@file"] == f"{NEW}/nvram.fd"
+    without = dict(ALL_FILES)
+    del without[f"{OLD}/nvram.fd"]
+    with pytest.raises(InvalidDomainConfig, match="no destination path for NVRAM"):
+        dx.rewrite(NVRAM_SOURCE, vcpus=2, memory_mib=2048, disk_paths=without)
+    outside = NVRAM_SOURCE.replace(f"{OLD}/nvram.fd", "/var/lib/libvirt/qemu/nvram/x.fd")
+    assert dx.unmovable(outside, ROOT) == [
+        "firmware variables (NVRAM /var/lib/libvirt/qemu/nvram/x.fd) are outside the storage "
+        f"root {ROOT}"]
+
+
+def test_nvram_that_is_not_a_file_is_refused() -> None:
+    xml = FULL.replace(
+        f"<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{OLD}/nvram.fd</nvram>",
+        "<nvram type='network'><source protocol='iscsi' name='iqn.2013-07.com.example:nv/0'>"
+        "<host name='10.0.0.7' port='3260'/></source></nvram>")
+    assert dx.nvram(xml) is None
+    assert dx.unmovable(xml, ROOT) == [
+        "firmware variables (NVRAM) are a 'network' source "
+        "(iscsi:iqn.2013-07.com.example:nv/0); only a file moves"]

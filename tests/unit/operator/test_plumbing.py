@@ -187,12 +187,13 @@ def test_conditions_follow_the_phase() -> None:
                                          NOW, 1)
     by = {c.type: c.status for c in conds}
     assert by == {"Ready": "False", "VerifyResize": "True", "Failed": "False",
-                  "RolledBack": "False"}
+                  "RolledBack": "False", "Reconciling": "False", "Stalled": "False"}
     conds = conditions.resize_conditions(conds, ResizePhase.ROLLED_BACK, "RolledBack", "m",
                                          NOW, 1)
     by = {c.type: c.status for c in conds}
     assert by["Ready"] == "True"
     assert by["RolledBack"] == "True"
+    assert by["Stalled"] == "True"  # the resize asked for did not happen (kstatus: Failed)
 
 
 def test_host_state_counts_allocations_and_labels() -> None:
@@ -204,6 +205,6 @@ def test_host_state_counts_allocations_and_labels() -> None:
                                        consumer="ns/a", kind="Instance",
                                        resources=Resources(vcpus=1, memory_mib=1024,
                                                            disk_gib=10))}))
-    hs = host_state(h)
+    hs = host_state(h, 7.0)
     assert hs.free() == (15.0, 3072.0, 90.0)
     assert hs.labels == {"ssd": "true"}

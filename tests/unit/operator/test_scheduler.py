@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 from vmresize.operator.decisions.scheduler import (
     HostState,
@@ -16,17 +15,17 @@ from vmresize.operator.decisions.scheduler import (
     selector_from_extra_specs,
 )
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = 5000.0   # the operator's monotonic clock
 
 
 def host(name: str, **kw: object) -> HostState:
-    base = HostState(name=name, heartbeat=NOW - timedelta(seconds=5), vcpus=8,
+    base = HostState(name=name, heard=NOW - 5, vcpus=8,
                      memory_mib=16384 + 512, disk_gib=100)
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def req(**kw: object) -> Request:
-    base = Request(vcpus=2, memory_mib=4096, disk_gib=20, now=NOW)
+    base = Request(vcpus=2, memory_mib=4096, disk_gib=20, clock=NOW)
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -44,8 +43,8 @@ def test_free_counts_ratios_reserved_and_allocations() -> None:
 def test_each_filter_is_counted() -> None:
     hosts = [
         host("disabled", enabled=False),
-        host("stale", heartbeat=NOW - timedelta(seconds=61)),
-        host("never", heartbeat=None),
+        host("stale", heard=NOW - 61),
+        host("never", heard=None),
         host("down", ready=False),
         host("src"),
         host("nolabel"),

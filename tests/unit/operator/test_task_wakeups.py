@@ -30,7 +30,7 @@ async def test_only_a_decisive_status_change_wakes_the_owner() -> None:
     async def event(status: dict[str, Any], type: str = "MODIFIED") -> bool:
         woken.clear()
         await hosttask.task_changed(type=type, uid="t1", labels={OWNER_UID_LABEL: OWNER},
-                                    status=status, memo=memo)
+                                    status=status, meta={"resourceVersion": "1"}, memo=memo)
         return woken.is_set()
 
     running = {"phase": "Running", "attempt": 1, "heartbeat": "2026-11-25T20:00:00+00:00"}

@@ -6,27 +6,35 @@ the agent reads from it and the one change it makes to it:
 * :func:`inventory`: every disk (target, type, device, source file, format from
   ``<driver type>``, read-only, the ``<backingStore>`` chain if the XML carries one);
 * :func:`unmovable`: why a domain cannot move (passthrough, disks outside the storage root,
-  disk types it cannot copy, a disk without a recorded format): checked before power-off;
+  disk types it cannot copy, a disk without a recorded format, state beside the disks
+  that does not move yet: an emulated TPM's, NVDIMM and virtio-pmem backing files, disk
+  encryption secrets, a kernel or initrd for direct boot kept with the VM's files under
+  the storage root): checked before power-off;
 * :func:`rewrite`: the destination's definition: vCPUs (``<vcpu>``, ``<cpu><topology>``,
   NUMA cells) and memory from the new flavor, file paths mapped to the destination, and the
   name when it must change. Nothing else: NICs and MACs, CPU model, firmware, devices,
   metadata and UUID are kept (the topology and NUMA arithmetic is in :mod:`.topology`);
+* :func:`size_refusal`: why :func:`rewrite` would refuse a flavor, asked before power-off;
 * :func:`edit_disks`: a flavor's swap disk dropped, its new ephemeral or swap disk added;
 * :func:`diff`: the set of changed paths between two definitions, so a test can say the
   changed set is exactly the expected one.
 
 The input is libvirt's own output (``XMLDesc``), parsed with the standard library. Formats
 are never guessed: a file disk without ``<driver type>`` is refused by :func:`unmovable`.
+Elements in other namespaces (metadata other tools wrote, ``<qemu:commandline>``) come
+out with the prefixes and declarations they went in with, whatever the prefix (``ns0``
+included): :func:`parse` keeps them as literal names, see there.
 """
 
 from __future__ import annotations
 
-import io
+import copy
 import posixpath
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from vmresize.agent.errors import InvalidDomainConfig
 from vmresize.agent.hypervisor import topology
@@ -67,12 +75,72 @@ class DiskInfo:
         return self.device in MEDIA_DEVICES
 
 
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
 def parse(xml: str) -> ET.Element:
-    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`."""
+    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`.
+
+    Names in a namespace (metadata written by other tools, ``<qemu:commandline>``) are
+    kept exactly as written, prefix and declarations included: each becomes the literal
+    name ``prefix:local``, and each ``xmlns`` declaration an attribute of the element that
+    made it, so serializing needs no global prefix registry. ElementTree's own registry
+    refuses prefixes such as ``ns0`` (the ones ElementTree itself writes) and is shared
+    by every thread of the process.
+    """
+    parser: ET.XMLPullParser[ET.Element | tuple[str, str]] = ET.XMLPullParser(
+        events=("start-ns", "start", "end"))
     try:
-        return ET.fromstring(xml)  # noqa: S314 - libvirt's own output, never a user's string
+        parser.feed(xml)
+        parser.close()
     except ET.ParseError as e:
         raise InvalidDomainConfig(f"domain definition is not XML: {e}") from e
+    root: ET.Element | None = None
+    scopes: list[list[tuple[str, str]]] = []  # declarations in force, innermost last
+    declared: list[tuple[str, str]] = []
+    for event in parser.read_events():
+        kind, item = cast("tuple[str, object]", event)  # start-ns, start and end carry one
+        if kind == "start-ns":
+            declared.append(cast("tuple[str, str]", item))
+        elif kind == "start":
+            el = cast("ET.Element", item)
+            root = el if root is None else root
+            scopes.append(declared)
+            for prefix, uri in declared:
+                el.set(f"xmlns:{prefix}" if prefix else "xmlns", uri)
+            declared = []
+            el.tag = _qname(el.tag, scopes, attribute=False)
+            for key in [k for k in el.attrib if k.startswith("{")]:
+                el.set(_qname(key, scopes, attribute=True), el.attrib.pop(key))
+        else:
+            scopes.pop()
+    if root is None:
+        raise InvalidDomainConfig("domain definition is empty")
+    return root
+
+
+def _qname(name: str, scopes: list[list[tuple[str, str]]], *, attribute: bool) -> str:
+    """``{uri}local`` as the source wrote it, with the innermost prefix bound to ``uri``
+    (an attribute needs a prefix: unprefixed attributes are in no namespace)."""
+    if not name.startswith("{"):
+        return name
+    uri, local = name[1:].split("}", 1)
+    if uri == XML_NS:
+        return f"xml:{local}"
+    seen: set[str] = set()
+    for scope in reversed(scopes):
+        for prefix, bound in reversed(scope):
+            if prefix in seen:
+                continue  # shadowed by an inner declaration of the same prefix
+            seen.add(prefix)
+            if bound == uri and (prefix or not attribute):
+                return f"{prefix}:{local}" if prefix else local
+    raise InvalidDomainConfig(f"no namespace prefix in scope for {name}")
+
+
+def serialize(dom: ET.Element) -> str:
+    """A tree from :func:`parse` as XML text, prefixes and declarations as they were."""
+    return ET.tostring(dom, encoding="unicode")
 
 
 def _source_of(kind: str, el: ET.Element) -> str | None:
@@ -123,11 +191,25 @@ def inventory(xml: str | ET.Element) -> list[DiskInfo]:
     return out
 
 
+def _nvram_file(root: ET.Element) -> ET.Element | None:
+    """The element holding the NVRAM file's path: ``<nvram>`` itself (its text), or its
+    ``<source file>`` when written the newer way (``<nvram type='file'>``)."""
+    el = root.find("os/nvram")
+    if el is None or el.get("type", "file") != "file":
+        return None
+    src = el.find("source")
+    return src if el.get("type") and src is not None else el
+
+
 def nvram(xml: str | ET.Element) -> str | None:
-    """The per-VM firmware variables file (``<os><nvram>``), which moves with the VM."""
+    """The per-VM firmware variables file (``<os><nvram>PATH`` or ``<nvram type='file'>
+    <source file=PATH>``), which moves with the VM."""
     root = parse(xml) if isinstance(xml, str) else xml
-    text = (root.findtext("os/nvram") or "").strip()
-    return text or None
+    el = _nvram_file(root)
+    if el is None:
+        return None
+    path = (el.get("file") if el.tag == "source" else el.text) or ""
+    return path.strip() or None
 
 
 def host_files(xml: str | ET.Element) -> list[str]:
@@ -208,6 +290,45 @@ def unmovable(xml: str | ET.Element, root: str) -> list[str]:
     path = nvram(dom)
     if path is not None and not under(root, path):
         reasons.append(f"firmware variables (NVRAM {path}) are outside the storage root {root}")
+    nv = dom.find("os/nvram")
+    if nv is not None and nv.get("type", "file") != "file":
+        reasons.append(f"firmware variables (NVRAM) are a {nv.get('type')!r} source "
+                       f"({_source_of(nv.get('type', ''), nv)}); only a file moves")
+    for tag in ("kernel", "initrd", "dtb"):
+        boot = (dom.findtext(f"os/{tag}") or "").strip()
+        if boot and under(root, boot):  # outside the root: a host's file, like the firmware
+            reasons.append(f"direct kernel boot: <{tag}> {boot} lies in the storage root, "
+                           "with the VM's files, but does not move with them")
+    return reasons + _state_beside(dom)
+
+
+def _state_beside(dom: ET.Element) -> list[str]:
+    """State the definition points at that lives outside the disks and does not move yet
+    (DESIGN.md invariant 9: it moves, or the resize is refused with the reason)."""
+    reasons = []
+    for tpm in dom.iterfind("devices/tpm"):
+        backend = tpm.find("backend")
+        kind = backend.get("type", "?") if backend is not None else "?"
+        if kind == "emulator":
+            reasons.append("emulated TPM (<tpm> backend 'emulator'): its state (swtpm's, in "
+                           "libvirt's state directory under the domain's UUID) does not move "
+                           "yet")
+        else:
+            node = backend.find("device") if backend is not None else None
+            where = f" {node.get('path')}" if node is not None and node.get("path") else ""
+            reasons.append(f"host TPM passed through (<tpm> backend {kind!r}{where})")
+    for mem in dom.iterfind("devices/memory"):
+        path = (mem.findtext("source/path") or "").strip()
+        if path:
+            reasons.append(f"{mem.get('model', '?')} memory device backed by the host file "
+                           f"{path}: its content does not move yet")
+    for disk in dom.iterfind("devices/disk"):
+        tgt = disk.find("target")
+        dev = tgt.get("dev", "?") if tgt is not None else "?"
+        for secret in disk.iterfind(".//encryption/secret"):
+            reasons.append(f"disk {dev} is encrypted with the libvirt secret "
+                           f"{secret.get('uuid') or secret.get('usage')}, kept in this host's "
+                           "secret store: it does not move")
     return reasons
 
 
@@ -235,7 +356,6 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
     Other host file paths (serial and console logs) are mapped when present in it, kept
     otherwise. Raises :class:`InvalidDomainConfig` for what cannot be honoured.
     """
-    namespaces = _namespaces(xml)
     dom = parse(xml)
     if name is not None:
         el = dom.find("name")
@@ -258,9 +378,9 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
             if node.get("type") == "file" and bsrc is not None:
                 _set_path(bsrc, "file", disk_paths, True, f"backing file of {dev}")
             node = node.find("backingStore")
-    nv = dom.find("os/nvram")
+    nv = _nvram_file(dom)
     if nv is not None:
-        _set_path(nv, None, disk_paths, True, "NVRAM")
+        _set_path(nv, "file" if nv.tag == "source" else None, disk_paths, True, "NVRAM")
     for device in dom.iterfind("devices/*"):
         if device.tag == "disk":
             continue
@@ -268,9 +388,20 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
             if child is not None:
                 for attr in ("path", "file"):
                     _set_path(child, attr, disk_paths, False, device.tag)
-    for prefix, uri in namespaces.items():
-        ET.register_namespace(prefix, uri)  # metadata keeps its own prefixes (nova:, …)
-    return ET.tostring(dom, encoding="unicode")
+    return serialize(dom)
+
+
+def size_refusal(xml: str | ET.Element, *, vcpus: int, memory_mib: int) -> str | None:
+    """Why :func:`rewrite` would refuse this flavor for this domain (vCPUs it cannot spread
+    over the NUMA cells, memory below the memory devices' RAM or not in whole huge pages),
+    or None: for the source to ask while the VM still runs (invariant 10)."""
+    dom = copy.deepcopy(xml) if isinstance(xml, ET.Element) else parse(xml)
+    try:
+        topology.set_vcpus(dom, vcpus)
+        topology.set_memory(dom, memory_mib * KIB_PER_MIB)
+    except InvalidDomainConfig as e:
+        return str(e)
+    return None
 
 
 @dataclass(frozen=True)
@@ -289,7 +420,6 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
     the last disk (a flavor's swap and ephemeral disks); everything else is kept."""
     if not drop and not add:
         return xml
-    namespaces = _namespaces(xml)
     dom = parse(xml)
     devices = dom.find("devices")
     if devices is None:
@@ -310,18 +440,7 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
         if new.serial:
             ET.SubElement(el, "serial").text = new.serial
         devices.insert(where + n, el)
-    for prefix, uri in namespaces.items():
-        ET.register_namespace(prefix, uri)
-    return ET.tostring(dom, encoding="unicode")
-
-
-def _namespaces(xml: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    events = ET.iterparse(io.StringIO(xml), events=("start-ns",))  # noqa: S314 - as parse()
-    for _event, (prefix, uri) in events:
-        if prefix:
-            found[prefix] = uri
-    return found
+    return serialize(dom)
 
 
 # --- comparison -----------------------------------------------------------------------------

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from vmresize.agent.errors import (
     KubeAlreadyExists,
@@ -30,11 +32,13 @@ from vmresize.agent.errors import (
     KubeNotFound,
     KubeRejected,
     KubeUnavailable,
+    TaskUnreadable,
 )
 from vmresize.api.apierrors import ApiErrorKind, classify, status_reason
 from vmresize.api.host import Host, HostSpec
 from vmresize.api.hosttask import HostTask, TaskPhase, TaskProgress, TaskResult
 from vmresize.api.meta import GROUP, VERSION
+from vmresize.api.naming import WRITER_ANNOTATION, package_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,9 +71,33 @@ def translate(e: Exception, context: str) -> KubeError:
     return KubeUnavailable(f"{context}: {e}")
 
 
+def unreadable(body: Mapping[str, Any], error: ValidationError, agent: str) -> TaskUnreadable:
+    """Why this agent (version ``agent``) refuses a task it cannot parse: which fields, and
+    the two versions when the operator that wrote it (its annotation) is another one."""
+    meta = body.get("metadata") or {}
+    writer = (meta.get("annotations") or {}).get(WRITER_ANNOTATION)
+    fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                       for e in error.errors()[:5])
+    if writer and writer != agent:
+        why = (f"version skew: this agent is vmresize {agent}, the operator that wrote the "
+               f"task is vmresize {writer}; upgrade the agent")
+    else:
+        why = f"this agent is vmresize {agent}, the task's writer {writer or 'unknown'}"
+    status = body.get("status") or {}
+    return TaskUnreadable(f"refused: this agent cannot read HostTask {meta.get('name')}: "
+                          f"{fields} ({why})", phase=status.get("phase"))
+
+
+CLOCK_SKEW_ENV = "VMRESIZE_TEST_CLOCK_SKEW_SECONDS"
+"""Tests only: shift every timestamp this agent writes by this many seconds, to play an agent
+whose machine's clock is wrong (the fault matrix's "agent clock" cells). libfaketime would
+be the real thing, but under it Python's ``time.sleep`` fails with EINVAL on this libc."""
+_SKEW = timedelta(seconds=float(os.environ.get(CLOCK_SKEW_ENV) or 0))
+
+
 def utcnow() -> datetime:
     """The current time in UTC, for the timestamps the agent writes."""
-    return datetime.now(UTC)
+    return datetime.now(UTC) + _SKEW
 
 
 class AgentKube:
@@ -136,12 +164,17 @@ class AgentKube:
     # --- HostTask -----------------------------------------------------------------------
 
     def get_task(self, namespace: str, name: str) -> HostTask:
-        """The HostTask ``namespace/name``; KubeNotFound if it does not exist."""
+        """The HostTask ``namespace/name``; KubeNotFound if it does not exist,
+        TaskUnreadable if this agent's model cannot read it (see :func:`unreadable`)."""
         body = self._call(f"get HostTask {namespace}/{name}",
                           lambda: self._api.get_namespaced_custom_object(
                               GROUP, VERSION, namespace, HostTask.plural, name,
                               _request_timeout=REQUEST_TIMEOUT))
-        return HostTask.from_body(body)
+        try:
+            return HostTask.from_body(body)
+        except ValidationError as e:
+            raise unreadable(body if isinstance(body, Mapping) else {}, e,
+                             package_version()) from e
 
     def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         """A namespaced vmresize.io object as the API returns it (the fence reads owners)."""

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 
 from vmresize.agent import metrics
-from vmresize.agent.errors import KubeError, KubeNotFound, StepError
+from vmresize.agent.errors import KubeError, KubeNotFound, StepError, TaskUnreadable
 from vmresize.agent.executor import Executor, StepOutcome
 from vmresize.agent.kube.client import AgentKube, TaskStatusWriter
 from vmresize.agent.kube.fence import INSTANCE_ACTIONS
@@ -69,10 +69,21 @@ class TaskRunner:
         finally:
             self._running.discard(key)
 
+    async def _refuse_unreadable(self, namespace: str, name: str, e: TaskUnreadable) -> None:
+        """End a task this agent cannot read Failed at once, saying why (a retry would read
+        it the same way, and its owner would wait for it: issue 18, finding 7)."""
+        if e.phase in (TaskPhase.SUCCEEDED.value, TaskPhase.FAILED.value):
+            return
+        log.error("%s/%s: %s", namespace, name, e)
+        await TaskStatusWriter(self.kube, namespace, name).failed(str(e), retryable=False)
+
     async def _handle(self, namespace: str, name: str) -> None:
         try:
             task = await asyncio.to_thread(self.kube.get_task, namespace, name)
         except KubeNotFound:
+            return
+        except TaskUnreadable as e:
+            await self._refuse_unreadable(namespace, name, e)
             return
         status = task.status
         if status is not None and status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
@@ -98,6 +109,9 @@ class TaskRunner:
                 asyncio.to_thread(self.kube.get_task, namespace, name),
                 self._superseded(seen), return_exceptions=True)
             if isinstance(got, KubeNotFound):
+                return
+            if isinstance(got, TaskUnreadable):
+                await self._refuse_unreadable(namespace, name, got)
                 return
             if isinstance(got, BaseException):
                 raise got

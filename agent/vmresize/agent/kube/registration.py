@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class Registration:
     address: str
     port: int
     host_key: str
+    conditions: tuple[Condition, ...] = ()
+    """Conditions of the agent's own, published with every heartbeat (TransferFastPath)."""
 
 
 def capacity(hv: Hypervisor, storage_root: Path) -> Resources:
@@ -70,10 +73,18 @@ def host_status(reg: Registration, hv: Hypervisor, *, ready: bool,
         storage_root=str(reg.storage_root),
         migration_endpoint=MigrationEndpoint(address=reg.address, port=reg.port),
         host_key=reg.host_key, heartbeat=now, ready=ready, agent_version=agent_version(),
-        hypervisor=hv.uri, conditions=set_condition(conditions, cond, now))
+        hypervisor=hv.uri, conditions=_with(conditions, (cond, *reg.conditions), now))
     doc = status.wire()
     doc.pop("allocations", None)  # the operator's
+    doc.pop("orphans", None)      # the operator's (the agent only marks one cleaned)
     return doc
+
+
+def _with(conditions: list[Condition], new: tuple[Condition, ...],
+          now: datetime) -> list[Condition]:
+    for cond in new:
+        conditions = set_condition(conditions, cond, now)
+    return conditions
 
 
 class Registrar:

@@ -46,7 +46,7 @@ from vmresize.agent.errors import (
     TransferError,
     TransferRefused,
 )
-from vmresize.agent.transfer import gcm, gcmsend
+from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.connections import Connections, known_hosts
 from vmresize.agent.transfer.keys import load_client_key
 from vmresize.agent.transfer.protocol import (
@@ -70,7 +70,6 @@ from vmresize.agent.transfer.translate import translate
 __all__ = ["Connections", "ProgressFn", "SendResult", "send_disk"]
 
 log = logging.getLogger(__name__)
-gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
 
 ProgressFn = Callable[[int, int, float], None]
 """(bytes_done, bytes_total, rate in bytes/s)."""
@@ -188,7 +187,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
         max_pktsize=CHANNEL_MAX_PKTSIZE), stall, "a channel")  # a reused connection may be dead
     # drain() returns only once the channel holds none of a chunk: then its buffer can be
-    # read into again (the chunks go out without a copy, gcmsend.write_view).
+    # read into again (the chunks go out without a copy, fastpath.write_view).
     writer.channel.set_write_buffer_limits(high=0, low=0)
     leg = _Leg(reader, writer)
     leg.send(HELLO, {"version": PROTOCOL_VERSION, "transfer_id": transfer_id, "size": size})
@@ -229,7 +228,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                        if piece is not None else None)
             if not is_zero(buf, current.length):  # an all-zero chunk stays a hole there
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
-                gcmsend.write_view(writer.channel, memoryview(buf)[: current.length])
+                fastpath.write_view(writer.channel, memoryview(buf)[: current.length])
                 sent[-1] += current.length
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)

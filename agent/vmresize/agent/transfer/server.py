@@ -38,7 +38,7 @@ import asyncssh
 
 from vmresize.agent.errors import PathEscape, TransferBusy, TransferRefused
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer import gcm
+from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.protocol import (
     CHANNEL_MAX_PKTSIZE,
     CHANNEL_WINDOW,
@@ -57,8 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-gcm.install()  # fewer copies per SSH packet (see gcm's docstring)
-
 
 
 class _SSHPolicy(asyncssh.SSHServer):
@@ -70,8 +68,8 @@ class _SSHPolicy(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        gcm.deliver_views(conn)  # our only channels, DiskSessions, take memoryviews
-        gcm.read_size(conn, SOCKET_READ)
+        fastpath.deliver_views(conn)  # our only channels, DiskSessions, take memoryviews
+        fastpath.read_size(conn, SOCKET_READ)
         self._server._conns.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:

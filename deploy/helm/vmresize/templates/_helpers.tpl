@@ -119,6 +119,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* The user name of the agent ServiceAccount, as admission sees it. */}}
+{{- define "vmresize.operator.userName" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "vmresize.operator.serviceAccountName" .) }}
+{{- end }}
+
 {{- define "vmresize.agent.userName" -}}
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "vmresize.agent.serviceAccountName" .) }}
 {{- end }}

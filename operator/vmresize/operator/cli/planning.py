@@ -147,8 +147,8 @@ def make_plan(inst: Instance, flavor: Flavor, forced: str | None, hosts: Sequenc
     ist = inst.status or InstanceStatus()
     cold = flavor.name == ist.flavor
     res = flavor.spec.resources()
-    req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib, now=now,
-                  source_host=ist.host,
+    req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
+                  clock=0.0, source_host=ist.host,
                   allow_same_host=settings.allow_resize_to_same_host and not cold,
                   forced_host=forced,
                   selector=selector_from_extra_specs(flavor.spec.extra_specs),
@@ -157,7 +157,10 @@ def make_plan(inst: Instance, flavor: Flavor, forced: str | None, hosts: Sequenc
                   max_alternates=settings.max_attempts - 1)
     weights = Weights(ram=settings.ram_weight_multiplier, cpu=settings.cpu_weight_multiplier,
                       disk=settings.disk_weight_multiplier)
-    states = [host_state(h) for h in hosts]
+    # A one-shot plan has watched no heartbeat change (issue 18, finding 4: never read an
+    # agent's stamp as a time): it trusts the Ready verdict the operator keeps, and a Host
+    # that has beaten at all counts as heard now.
+    states = [host_state(h, 0.0 if h.status and h.status.heartbeat else None) for h in hosts]
     outcome = select(states, req, weights)
     weighed = dict(outcome.weighed) if isinstance(outcome, Selection) else {}
     mine = [r for r in copies(resizes) if r.namespace == inst.namespace

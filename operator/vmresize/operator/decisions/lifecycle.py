@@ -26,6 +26,9 @@ RollingBack    CleanupDest (dest), then RestoreSource (src)  RollbackFailed
 
 VerifyResize waits for the user; with a health check in ``spec.autoConfirm`` it also runs
 HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`).
+
+Finishing, Reverting and RollingBack also take an admin's ``spec.abandonDestination``: the
+copy on a dead destination is fenced and the VM started on its source (:mod:`.abandon`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
+from vmresize.operator.decisions.abandon import abandon
 from vmresize.operator.decisions.health import (
     health_failed,
     health_missing,
@@ -72,6 +76,7 @@ from vmresize.operator.decisions.vocabulary import (
     ClaimDest,
     CommitClaims,
     CreateTask,
+    FenceOrphan,
     Kind,
     LockInstance,
     Observation,
@@ -134,6 +139,10 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.ROLLING_BACK, K.TASK_FAILED): rollback_failed,
     (P.ROLLING_BACK, K.TASK_STALLED): stalled_wait,
     (P.ROLLBACK_FAILED, K.TICK): rollback_failed_deleted,
+    # An admin gives up a destination that never comes back (:mod:`.abandon`).
+    (P.FINISHING, K.ABANDON): abandon,
+    (P.REVERTING, K.ABANDON): abandon,
+    (P.ROLLING_BACK, K.ABANDON): abandon,
 }
 """Every (phase, observation) the resize reacts to. Anything else leaves it unchanged."""
 
@@ -155,7 +164,9 @@ def next_deadline(state: State, obs: Observation) -> datetime | None:
     nothing; time alone moves it only at these moments: the auto-confirm deadline in
     VerifyResize, and whatever deadline the observation carries. None: only events."""
     times = [obs.deadline] if obs.deadline is not None else []
-    if state.phase is P.VERIFY_RESIZE and state.verify_deadline is not None:
+    # A held auto-confirm's window has passed: only its own recheck (obs.deadline) counts.
+    if state.phase is P.VERIFY_RESIZE and state.verify_deadline is not None \
+            and not obs.dest_unvouched:
         times.append(state.verify_deadline)
     return min(times, default=None)
 
@@ -165,6 +176,7 @@ def is_terminal(phase: ResizePhase) -> bool:
     return phase in TERMINAL_PHASES
 
 
-__all__ = ["TABLE", "TASK_PHASES", "Action", "ClaimDest", "CommitClaims", "CreateTask", "Kind",
+__all__ = ["TABLE", "TASK_PHASES", "Action", "ClaimDest", "CommitClaims", "CreateTask",
+           "FenceOrphan", "Kind",
            "LockInstance", "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
            "is_terminal", "next_deadline", "progress_display", "step"]

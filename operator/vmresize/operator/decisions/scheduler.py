@@ -5,7 +5,8 @@ Pure and fast: no Kubernetes, no pydantic in the hot loop. :func:`candidate_from
 decides. Free resources follow Placement: ``(total - reserved) * ratio - allocated``.
 
 Filters, in order (each removes hosts and is counted for ``NoValidHost``):
-``ForcedHost``, ``Enabled``, ``Heartbeat`` (agent ready and heard from recently),
+``ForcedHost``, ``Enabled``, ``Heartbeat`` (agent ready, and the operator saw its heartbeat
+change within the stale window, on the operator's own clock: :mod:`.liveness`),
 ``SameHost`` (the source is excluded unless same-host resize is allowed; a cold migration
 always excludes it), ``HostSelector`` (aggregate-style labels from the flavor's extra specs
 ``aggregate_instance_extra_specs:<label>=<value>``), ``VCPU``, ``RAM``, ``Disk``.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 FILTERS = ("ForcedHost", "Enabled", "Heartbeat", "SameHost", "HostSelector",
            "VCPU", "RAM", "Disk")
@@ -32,7 +32,9 @@ class HostState:
     name: str
     enabled: bool = True
     ready: bool = True
-    heartbeat: datetime | None = None
+    #: When the operator saw this host's heartbeat change, on its monotonic clock (None:
+    #: never); compared with :attr:`Request.clock`, never with the agent's own stamp.
+    heard: float | None = None
     vcpus: int = 0
     memory_mib: int = 0
     disk_gib: int = 0
@@ -68,7 +70,8 @@ class Request:
     vcpus: int
     memory_mib: int
     disk_gib: int
-    now: datetime
+    #: The operator's monotonic clock now (the one :attr:`HostState.heard` is on).
+    clock: float
     source_host: str | None = None
     allow_same_host: bool = False
     forced_host: str | None = None
@@ -122,12 +125,12 @@ def _short(free: tuple[float, float, float], vcpus: int, memory_mib: int,
     return None
 
 
-def _rejected_before_resources(h: HostState, r: Request, stale_before: datetime) -> str | None:
+def _rejected_before_resources(h: HostState, r: Request, stale_before: float) -> str | None:
     if r.forced_host is not None and h.name != r.forced_host:
         return "ForcedHost"
     if not h.enabled:
         return "Enabled"
-    if not h.ready or h.heartbeat is None or h.heartbeat < stale_before:
+    if not h.ready or h.heard is None or h.heard < stale_before:
         return "Heartbeat"
     if h.name in r.exclude or (h.name == r.source_host and not r.allow_same_host):
         return "SameHost"
@@ -152,8 +155,8 @@ def select(hosts: Sequence[HostState], req: Request, weights: Weights) -> Select
     best kept in order (not a sort of every candidate): at 100,000 hosts the time goes
     into touching that many objects, whose memory no longer fits the CPU's caches."""
     counts = dict.fromkeys(FILTERS, 0)
-    # A heartbeat older than this is stale: (now - heartbeat) > stale seconds.
-    stale_before = req.now - timedelta(seconds=req.heartbeat_stale_seconds)
+    # Heard before this is stale: (clock - heard) > stale seconds (liveness.stale, inline).
+    stale_before = req.clock - req.heartbeat_stale_seconds
     passed: list[HostState] = []
     free: list[tuple[float, float, float]] = []
     # The common request (no forced host, no selector) skips those filters' per-host work.
@@ -162,7 +165,7 @@ def select(hosts: Sequence[HostState], req: Request, weights: Weights) -> Select
         if simple:   # the same checks as _rejected_before_resources, inline
             if not h.enabled:
                 why: str | None = "Enabled"
-            elif not h.ready or h.heartbeat is None or h.heartbeat < stale_before:
+            elif not h.ready or h.heard is None or h.heard < stale_before:
                 why = "Heartbeat"
             elif h.name in req.exclude or (h.name == req.source_host
                                            and not req.allow_same_host):

@@ -63,7 +63,8 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     assert ist is not None
     src_dom, src_disk = ist.domain_name, ist.disk_path
     spec = HostTaskSpec(host=host, action=action, owner=f"{resize.namespace}/{resize.name}",
-                        owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}")
+                        owner_uid=resize.uid, instance=f"{inst.namespace}/{inst.name}",
+                        instance_uid=inst.uid)
     transfer = resize.uid
     pre_copy = resize.spec.migration_mode is MigrationMode.PRE_COPY
     virtual = (ist.disk_gib or new.disk_gib) * GIB
@@ -136,7 +137,8 @@ def instance_task(action: TaskAction, host: str, *, namespace: str, inst: Instan
     """Spawn, Adopt or Destroy for an Instance."""
     ist = inst.status
     spec = HostTaskSpec(host=host, action=action, owner=f"{inst.namespace}/{inst.name}",
-                        owner_uid=inst.uid, instance=f"{inst.namespace}/{inst.name}")
+                        owner_uid=inst.uid, instance=f"{inst.namespace}/{inst.name}",
+                        instance_uid=inst.uid)
     if action is A.SPAWN:
         assert flavor is not None
         spec = spec.model_copy(update={

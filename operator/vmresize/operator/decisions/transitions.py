@@ -12,6 +12,7 @@ from typing import Any
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
+from vmresize.operator.decisions.abandon import abandoned_end
 from vmresize.operator.decisions.conditions import HEALTH_FAILED
 from vmresize.operator.decisions.vocabulary import (
     Action,
@@ -260,6 +261,11 @@ def revert(s: State, o: Observation, now: datetime) -> Step:
                 reason="Reverting", message=f"Deleting the new copy on {s.dest_host}")
 
 
+AUTO_CONFIRM_HELD = "AutoConfirmHeld"
+"""VerifyResize past its window, but the destination's agent cannot vouch for the copy
+there (:attr:`Observation.dest_unvouched`): deleting the source now could lose the VM."""
+
+
 def verify_tick(s: State, o: Observation, now: datetime) -> Step:
     """In VerifyResize: revert if deleted, confirm once the deadline has passed, otherwise wait."""
     if s.deleting:
@@ -272,6 +278,10 @@ def verify_tick(s: State, o: Observation, now: datetime) -> Step:
                     reason="HealthChecking", message=f"Running on {s.dest_host}; probing "
                     f"{s.health_check} until {until.isoformat()} (confirm if it passes, "
                     "revert if not)", updates={"health_deadline": until})
+    if s.verify_deadline is not None and now >= s.verify_deadline and o.dest_unvouched:
+        return Step(s.phase, reason=AUTO_CONFIRM_HELD, message=(
+            f"Confirm window passed, but {o.dest_unvouched}: not confirming (the source copy "
+            "is kept) until the destination is seen alive again; confirm or revert by hand"))
     if s.verify_deadline is not None and now >= s.verify_deadline:
         step = confirm(s, o, now)
         return Step(step.phase, step.actions, reason="AutoConfirmed",
@@ -303,7 +313,10 @@ def retry_or_wait(s: State, o: Observation, now: datetime) -> Step:
 
 def back_step_done(s: State, o: Observation, now: datetime) -> Step:
     """Reverting/RollingBack: CleanupDest done -> RestoreSource; RestoreSource done -> end.
-    A rollback from Migrating runs them the other way round (see :func:`_rollback`)."""
+    A rollback from Migrating runs them the other way round (see :func:`_rollback`); after
+    an abandoned destination RestoreSource is the last step (:mod:`.abandon`)."""
+    if s.abandoned and s.current_action is A.RESTORE_SOURCE:
+        return abandoned_end(s)
     source_first = s.phase is P.ROLLING_BACK and s.restore_source_first
     if s.current_action is A.RESTORE_SOURCE and source_first:
         return Step(s.phase, (CreateTask(A.CLEANUP_DEST, s.dest_host or "", 0),

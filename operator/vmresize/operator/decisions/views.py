@@ -6,8 +6,9 @@ from vmresize.api.host import Host
 from vmresize.operator.decisions.scheduler import HostState
 
 
-def host_state(h: Host) -> HostState:
-    """What the scheduler needs to know about one Host."""
+def host_state(h: Host, heard: float | None) -> HostState:
+    """What the scheduler needs to know about one Host; ``heard``: when the operator saw its
+    heartbeat change, on its monotonic clock (:mod:`.liveness`)."""
     st = h.status
     cap = st.capacity if st and st.capacity else None
     used = h.allocated()
@@ -17,7 +18,7 @@ def host_state(h: Host) -> HostState:
         name=h.name,
         enabled=h.spec.enabled,
         ready=bool(st and st.ready),
-        heartbeat=st.heartbeat if st else None,
+        heard=heard,
         vcpus=cap.vcpus if cap else 0,
         memory_mib=cap.memory_mib if cap else 0,
         disk_gib=cap.disk_gib if cap else 0,

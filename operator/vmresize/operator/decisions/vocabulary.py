@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
 from vmresize.api.resize import ResizePhase
@@ -35,6 +36,7 @@ class Kind(StrEnum):
     CONFIRM = "Confirm"              # spec.confirm is set
     REVERT = "Revert"                # spec.revert is set
     TICK = "Tick"                    # nothing new; time passed
+    ABANDON = "AbandonDestination"   # spec.abandonDestination is set (``orphan``: the copy)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,15 @@ class Observation:
     started_at: datetime | None = None       # Finish: the downtime's end
     retryable: bool = True
     disks: tuple[VMDisk, ...] = ()   # MigrateDisk: every file sent, with its checksum
+    orphan: OrphanCopy | None = None
+    """ABANDON: the destination's copy as it would be recorded (None: none to abandon)."""
     deadline: datetime | None = None
     """When what was seen goes stale by itself though no object changes: the engine wakes
     the resize then (:func:`lifecycle.next_deadline`; the step watchdog has its own)."""
+    dest_unvouched: str = ""
+    """VerifyResize past its confirm window: why the destination cannot be vouched for now
+    (its agent silent or not ready, its Host gone); empty when it can. Auto-confirm deletes
+    the source, so it waits for this to clear (issue 18, finding 7)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class State:
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
     powered_off_at: datetime | None = None
+    abandoned: bool = False               # an admin abandoned the destination (fenced)
 
 
 # ---------------------------------------------------------------- actions
@@ -134,7 +143,16 @@ class UpdateInstance:
     message: str = ""
 
 
-Action = CreateTask | LockInstance | ClaimDest | ReleaseDestClaim | CommitClaims | UpdateInstance
+@dataclass(frozen=True)
+class FenceOrphan:
+    """Record the abandoned copy on its ``host`` (``status.orphans``): its agent destroys it
+    and never starts it."""
+
+    host: str
+
+
+Action = (CreateTask | LockInstance | ClaimDest | ReleaseDestClaim | CommitClaims
+          | UpdateInstance | FenceOrphan)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ async def _watch(memo: kopf.Memo) -> None:
             log.warning("host heartbeat check failed: %s", e)
             continue
         for name in marked:
-            log.warning("Host %s: heartbeat older than %.0fs; marked not ready", name, window)
+            log.warning("Host %s: no heartbeat seen for %.0fs; marked not ready", name, window)
         if loop.time() - last_sweep >= SWEEP_SECONDS:
             last_sweep = loop.time()
             try:

@@ -7,7 +7,9 @@ not poll). Only a change of what the owner's step reads wakes it: after a re-lis
 hands over every task again, and the unchanged ones must not cost their owners a step
 each; and a change of the metadata alone (the agent's kopf records that it handled the
 task, one patch per task) or of the heartbeat alone changes no decision (the step
-watchdog looks at the heartbeat at its own deadline), so it costs no step either.
+watchdog looks at the heartbeat at its own deadline), so it costs no step either. Every
+change is noted, though, as a sign of the agent's life on the operator's clock
+(:mod:`vmresize.operator.persistence.sightings`), which that watchdog judges.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _decisive(status: kopf.Status) -> str:
 
 @kopf.on.event(GROUP, VERSION, "hosttasks")
 async def task_changed(type: str, uid: str, labels: kopf.Labels, status: kopf.Status,
-                       memo: kopf.Memo, **_: Any) -> None:
+                       meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """Wake the daemon of the task's owner (by its UID label) so it reads the task now."""
     op = shared_or_none(memo)   # events may arrive before start-up stored the state
     if op is None:
@@ -41,7 +43,11 @@ async def task_changed(type: str, uid: str, labels: kopf.Labels, status: kopf.St
     owner = labels.get(OWNER_UID_LABEL)
     if type == "DELETED":
         op.seen_tasks.forget(uid)
-    elif not op.seen_tasks.changed(uid, _decisive(status)):
-        return
+        op.storage.sightings.forget(("task", uid))
+    else:
+        # The same note as the step's own read of the task (Storage.task_heard).
+        op.storage.sightings.see(("task", uid), str(meta.get("resourceVersion", "")))
+        if not op.seen_tasks.changed(uid, _decisive(status)):
+            return
     if owner:
         op.wakeups.wake(owner)

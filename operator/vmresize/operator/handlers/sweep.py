@@ -1,4 +1,5 @@
-"""kopf timer that releases an Instance lock whose holder is gone
+"""kopf timer that releases an Instance lock whose holder is gone (or sets Error when the
+holder's steps leave the VM's whereabouts unknown)
 (:mod:`vmresize.operator.reconcile.sweep`).
 
 Orphaned Host claims are swept by the one loop in :mod:`.host_health`, not by a timer per
@@ -30,8 +31,9 @@ def _locked(status: kopf.Status, **_: Any) -> bool:
             initial_delay=INTERVAL, when=_locked)
 async def sweep_lock(body: kopf.Body, uid: str, name: str, namespace: str | None,
                      status: kopf.Status, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Release this Instance's lock if its VMResize no longer exists (serialized with
-    the instance's own steps)."""
+    """Settle this Instance if its VMResize no longer exists: release the lock, or set Error
+    when that resize's steps leave its whereabouts unknown (serialized with the instance's
+    own steps)."""
     resize_uids: kopf.Index[str, bool] = kwargs["resize_uids"]   # .resize's index
     if status.get("activeResizeUid") in resize_uids:
         # The watch sees the holder: no request (a thousand locked instances cost none).
@@ -41,10 +43,9 @@ async def sweep_lock(body: kopf.Body, uid: str, name: str, namespace: str | None
     op = shared(memo)
 
     def release(_now: Any) -> engine.Outcome:
-        done = sweep.sweep_instance_lock(op.storage, namespace or "", name)
-        return engine.Outcome(changed=done)
+        event = sweep.sweep_instance_lock(op.storage, namespace or "", name,
+                                          op.settings.namespace)
+        return engine.Outcome(changed=event is not None, events=[event] if event else [])
 
     out = await driver.step(op.locks, uid, release)
-    if out.changed:
-        driver.post(body, [("Normal", "LockReleased",
-                            "Released the lock of a VMResize that no longer exists")])
+    driver.post(body, out.events)

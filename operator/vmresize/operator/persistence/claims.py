@@ -81,7 +81,7 @@ def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
         assert host.status is not None
         if claim_key in host.status.allocations:
             return None
-        if fits(host_state(host), resources.vcpus, resources.memory_mib,
+        if fits(host_state(host, None), resources.vcpus, resources.memory_mib,
                               resources.disk_gib) is not None:
             return False
         host.status.allocations[claim_key] = Allocation(

@@ -20,6 +20,10 @@ Hosts are shared, never copied: readers must not change them (:meth:`HostView.co
 one to change). Per decision the scheduler needs every Host's plain state and the holders
 of one claim key: both are kept ready here (:meth:`HostView.states`, :meth:`HostView.holders`)
 rather than rebuilt from 10,000 entries each time.
+
+Each entry also carries when the operator saw its heartbeat change
+(:mod:`.sightings`, on the operator's monotonic clock): the scheduler's ``Heartbeat``
+filter and the Host ``Ready`` watchdog judge that, never the agent's stamp itself.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pydantic import ValidationError
 from vmresize.api.host import Host
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.decisions.views import host_state
+from vmresize.operator.persistence.sightings import Sightings
 
 
 class WatchedHost(NamedTuple):
@@ -42,15 +47,20 @@ class WatchedHost(NamedTuple):
     state: HostState
 
 
-def watched(host: Host) -> WatchedHost:
-    """The view's entry for ``host``."""
-    return WatchedHost(host, host_state(host))
+def watched(host: Host, sightings: Sightings) -> WatchedHost:
+    """The view's entry for ``host``, its heartbeat noted in ``sightings`` (a Host that never
+    beat has no sighting: it is stale)."""
+    beat = host.status.heartbeat if host.status else None
+    heard = None if beat is None else sightings.see(("host", host.name), beat)
+    return WatchedHost(host, host_state(host, heard))
 
 
 class HostView:
     """Hosts by name, as the watch last delivered them."""
 
-    def __init__(self) -> None:
+    def __init__(self, sightings: Sightings | None = None) -> None:
+        #: When each Host's heartbeat was seen to change (shared with the storage).
+        self.sightings = sightings if sightings is not None else Sightings()
         #: Set once a full list has been taken in: until then readers list the API instead.
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -74,7 +84,7 @@ class HostView:
         if known is not None and version and known.host.resource_version == version:
             return known
         try:
-            entry = watched(Host.from_body(body))
+            entry = watched(Host.from_body(body), self.sightings)
         except ValidationError:
             self.remove(name)
             return None
@@ -114,6 +124,7 @@ class HostView:
 
     def remove(self, name: str) -> None:
         """Forget a deleted Host."""
+        self.sightings.forget(("host", name))
         with self._lock:
             old = self._hosts.pop(name, None)
             if old is not None:
@@ -127,6 +138,11 @@ class HostView:
             if self._order is None:
                 self._order = sorted(self._hosts)
             return [self._hosts[n] for n in self._order]
+
+    def entry(self, name: str) -> WatchedHost | None:
+        """The entry of Host ``name`` as last seen, if any."""
+        with self._lock:
+            return self._hosts.get(name)
 
     def states(self) -> tuple[HostState, ...]:
         """Every Host's scheduler state, in name order; built once per change of the view."""

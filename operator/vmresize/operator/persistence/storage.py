@@ -30,7 +30,7 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
-from vmresize.api.naming import OWNER_UID_LABEL
+from vmresize.api.naming import OWNER_UID_LABEL, WRITER_ANNOTATION, package_version
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import (
@@ -43,6 +43,7 @@ from vmresize.operator.errors import (
     OperatorError,
 )
 from vmresize.operator.persistence.hostview import HostView, WatchedHost, watched
+from vmresize.operator.persistence.sightings import Sightings
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
@@ -109,6 +110,9 @@ class Storage:
                  ) -> None:
         #: The watch-fed Hosts (the operator's handlers feed it); None: list them each time.
         self.view = view
+        #: When the operator saw each heartbeat and task change (:mod:`.sightings`): the
+        #: view's, so that the Host watch and the steps note them in one place.
+        self.sightings = view.sightings if view is not None else Sightings()
         if api is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -190,6 +194,15 @@ class Storage:
         """The HostTask ``namespace/name``, or None if it does not exist."""
         return self._get(HostTask, name, namespace)
 
+    def tasks_of(self, namespace: str, owner_uid: str) -> list[HostTask]:
+        """Every HostTask in ``namespace`` of the owner with UID ``owner_uid`` (by label)."""
+        body = cast(dict[str, Any], _call(
+            f"list hosttasks of {owner_uid}", lambda: self._co.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, HostTask.plural,
+                label_selector=f"{OWNER_UID_LABEL}={owner_uid}",
+                _request_timeout=REQUEST_TIMEOUT)))
+        return [HostTask.from_body(item) for item in body.get("items", [])]
+
     def hosts(self) -> list[Host]:
         """Every Host in the cluster."""
         body = cast(dict[str, Any], _call("list hosts", lambda: self._co.list_cluster_custom_object(
@@ -201,8 +214,26 @@ class Storage:
         API server without a view, or before its first list). For decisions only: claims
         re-read their Host."""
         if self.view is None or not self.view.ready.is_set():
-            return [watched(h) for h in self.hosts()]
+            return [watched(h, self.sightings) for h in self.hosts()]
         return self.view.hosts()
+
+    def clock(self) -> float:
+        """The operator's monotonic clock now: what the sightings are on."""
+        return self.sightings.clock()
+
+    def host_heard(self, name: str) -> float | None:
+        """When the operator saw Host ``name``'s heartbeat change (the view's entry, else
+        one read noted now); None for a Host that is gone or never beat."""
+        if self.view is not None and self.view.ready.is_set():
+            entry = self.view.entry(name)
+            return None if entry is None else entry.state.heard
+        h = self.host(name)
+        return None if h is None else watched(h, self.sightings).state.heard
+
+    def task_heard(self, task: HostTask) -> float:
+        """When the operator saw ``task`` change (its resourceVersion: every write of its
+        agent; the operator never writes a task after creating it), noted now."""
+        return self.sightings.see(("task", task.uid), task.resource_version)
 
     def host_states(self) -> tuple[HostState, ...]:
         """Every Host's scheduler state, from the view (one list without it)."""
@@ -314,6 +345,9 @@ class Storage:
         (same owner UID, action and host), else :class:`ForeignTask`."""
         body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = HostTask.kind_name
+        meta = body.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}),
+                               WRITER_ANNOTATION: package_version()}
         try:
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,

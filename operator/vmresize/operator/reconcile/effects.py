@@ -20,11 +20,12 @@ from vmresize.operator.decisions.lifecycle import (
     Action,
     ClaimDest,
     CommitClaims,
+    FenceOrphan,
     LockInstance,
     ReleaseDestClaim,
     UpdateInstance,
 )
-from vmresize.operator.persistence import claims
+from vmresize.operator.persistence import claims, orphans
 from vmresize.operator.persistence.storage import Storage
 
 
@@ -39,6 +40,8 @@ def record(a: Action, st: VMResizeStatus) -> Effect:
         return Effect(kind="ReleaseDestClaim", host=st.dest_host)
     if isinstance(a, CommitClaims):
         return Effect(kind="CommitClaims")
+    if isinstance(a, FenceOrphan):
+        return Effect(kind="FenceOrphan", host=a.host)
     assert isinstance(a, UpdateInstance)
     return Effect(kind="UpdateInstance", placement=a.placement, instance_phase=a.phase,
                   power_state=a.power, unlock=a.unlock, message=a.message)
@@ -74,6 +77,10 @@ def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> N
                             drop=ikey if same else None)
             if not same:
                 claims.release(storage, st.source_host, ikey)
+        elif e.kind == "FenceOrphan":
+            assert e.host is not None
+            assert st.abandoned_destination is not None   # recorded with the decision
+            orphans.fence(storage, e.host, r.uid, st.abandoned_destination)
         else:
             claims.update_instance(storage, ns, inst_name, r.uid,
                                    instance_change(e, st, st.new_flavor_spec, now))

@@ -21,19 +21,26 @@ agent that checks ``currentTask`` before a destructive step never runs a superse
 from __future__ import annotations
 
 import logging
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
-from vmresize.api.host import Host
+from vmresize.api.host import Host, OrphanCopy
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
-from vmresize.api.resize import Effect, ResizePhase, VMResize, VMResizeStatus
+from vmresize.api.resize import (
+    ABANDONABLE_PHASES,
+    Effect,
+    ResizePhase,
+    VMResize,
+    VMResizeStatus,
+)
 from vmresize.operator import metrics
-from vmresize.operator.decisions import conditions, lifecycle, watchdog
+from vmresize.operator.decisions import conditions, lifecycle, liveness, watchdog
 from vmresize.operator.decisions.lifecycle import CreateTask, Kind, Observation, State
 from vmresize.operator.decisions.tasks import resize_task, task_flavor
 from vmresize.operator.errors import ApiConflict, ApiUnavailable, NotReady
@@ -74,7 +81,17 @@ def _state(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool) 
                  deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
                  health_check=check, health_window_seconds=ac.window() if ac else 0,
                  health_deadline=st.health_deadline, rollback_reason=st.rollback_reason,
-                 restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at)
+                 restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at,
+                 abandoned=st.abandoned_destination is not None)
+
+
+def _orphan(r: VMResize, st: VMResizeStatus, now: datetime) -> OrphanCopy | None:
+    """The destination's copy as an abandonment records it (None: no destination yet)."""
+    if not st.dest_host or not st.dest_domain_name or not st.dest_disk_path:
+        return None
+    return OrphanCopy(host=st.dest_host, owner=f"{r.namespace}/{r.name}", owner_uid=r.uid,
+                      domain_name=st.dest_domain_name, disk_path=st.dest_disk_path,
+                      disk_dir=posixpath.dirname(st.dest_disk_path), abandoned_at=now)
 
 
 def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
@@ -120,22 +137,20 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
 
 
 def _clock(storage: Storage, task: HostTask) -> watchdog.TaskClock:
-    """The watchdog's view of ``task``: its own clocks and its agents' Host heartbeats."""
+    """The watchdog's view of ``task``: when the operator saw it and its agents' Host
+    heartbeats change, on its own clock (never the agents' stamps: issue 18, finding 4)."""
     ts = task.status
-
-    def beat(host: str | None) -> datetime | None:
-        h = storage.host(host) if host else None
-        return h.status.heartbeat if h is not None and h.status is not None else None
-
-    created = task.metadata.get("creationTimestamp")
     peer = task.spec.peer.name if task.spec.peer is not None else None
     running = ts is not None and ts.phase is TaskPhase.RUNNING
     return watchdog.TaskClock(
-        task=task.name, host=task.spec.host, running=running,
-        created=datetime.fromisoformat(created) if isinstance(created, str) else created,
-        started=ts.started_at if ts else None, heartbeat=ts.heartbeat if ts else None,
-        host_heartbeat=None if running else beat(task.spec.host),
-        peer=peer, peer_heartbeat=beat(peer))
+        task=task.name, host=task.spec.host, running=running, heard=storage.task_heard(task),
+        host_heard=None if running else storage.host_heard(task.spec.host),
+        peer=peer, peer_heard=storage.host_heard(peer) if peer else None)
+
+
+def _wake(now: datetime, delay: float | None) -> datetime | None:
+    """The daemon's wake-up ``delay`` seconds from ``now`` (None: none)."""
+    return None if delay is None else now + timedelta(seconds=delay)
 
 
 def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now: datetime,
@@ -146,14 +161,14 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
         return Observation(Kind.TASK_MISSING), None
     ts = task.status
     if ts is None or ts.phase in (TaskPhase.PENDING, TaskPhase.RUNNING):
-        clock = _clock(storage, task)
-        stall = watchdog.stalled(clock, now, settings.step_stale_seconds)
+        clock, mono = _clock(storage, task), storage.clock()
+        stall = watchdog.stalled(clock, mono, settings.step_stale_seconds)
         if stall is not None and watchdog_on:
             return stall, None
         p = ts.progress if ts else None
         return Observation(Kind.TASK_WAITING, progress=(
             p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total
-            else None), watchdog.next_check(clock, settings.step_stale_seconds)
+            else None), _wake(now, watchdog.next_check(clock, mono, settings.step_stale_seconds))
     if ts.phase is TaskPhase.SUCCEEDED:
         p = ts.progress
         return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
@@ -177,6 +192,9 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
         return _validate(storage, r)
     if st.phase is P.SCHEDULING and not deleting:
         return scheduling.schedule(storage, settings, r, st, now)
+    if (st.phase in ABANDONABLE_PHASES and r.spec.abandon_destination
+            and st.abandoned_destination is None):   # an admin's act; observed once
+        return Observation(Kind.ABANDON, orphan=_orphan(r, st, now)), {}
     if st.phase in lifecycle.TASK_PHASES:
         obs, at = _observe_task(storage, settings, st, now)
         wake.extend([at] if at is not None else [])
@@ -188,7 +206,33 @@ def _observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
             return Observation(Kind.CONFIRM), {}
         if st.current_task:   # the health check of spec.autoConfirm runs (own deadline)
             return _observe_task(storage, settings, st, now, watchdog_on=False)[0], {}
+        checked = r.spec.auto_confirm is not None and r.spec.auto_confirm.check is not None
+        if (not deleting and not checked and st.verify_deadline is not None
+                and now >= st.verify_deadline and st.dest_host):
+            why = _dest_unvouched(storage, settings, st.dest_host)
+            if why:   # the timer would delete the source: look again shortly
+                return Observation(Kind.TICK, dest_unvouched=why, deadline=now + timedelta(
+                    seconds=HOLD_RECHECK_SECONDS)), {}
     return Observation(Kind.TICK), {}
+
+
+HOLD_RECHECK_SECONDS = 5.0
+"""How often a held auto-confirm looks at the destination again."""
+
+
+def _dest_unvouched(storage: Storage, settings: Settings, dest: str) -> str:
+    """Why the destination's agent cannot vouch for the copy there now (empty: it can): its
+    Host gone or not ready, or no heartbeat seen within the stale window (on the operator's
+    clock, :mod:`~vmresize.operator.decisions.liveness`)."""
+    h = storage.host(dest)
+    if h is None:
+        return f"the destination host {dest} is gone"
+    if h.status is None or not h.status.ready:
+        return f"the destination host {dest} is not ready"
+    if liveness.stale(storage.host_heard(dest), storage.clock(),
+                      settings.heartbeat_stale_seconds):
+        return f"no heartbeat seen from the agent of the destination host {dest}"
+    return ""
 
 
 #: Reads for the task a step is about to create go out while its status is written.

@@ -61,7 +61,8 @@ def _choose(storage: Storage, settings: Settings, inst: Instance,
         return inst.spec.host   # a named host is an admin's act
     res = flavor.spec.resources()
     req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
-                  now=now, heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
+                  clock=storage.clock(),
+                  heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
                   selector=selector_from_extra_specs(flavor.spec.extra_specs),
                   max_alternates=0)
     out = select([state for _, state in storage.watched_hosts()], req,

@@ -101,8 +101,8 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     res = spec.resources()
     cold = r.spec.flavor is None or r.spec.flavor == st.old_flavor
     exclude = set(tried) | ({st.source_host} if cold and st.source_host else set())
-    req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib, now=now,
-                  source_host=st.source_host,
+    req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
+                  clock=storage.clock(), source_host=st.source_host,
                   allow_same_host=settings.allow_resize_to_same_host and not cold,
                   forced_host=r.spec.target_host,
                   selector=selector_from_extra_specs(spec.extra_specs),

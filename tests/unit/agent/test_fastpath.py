@@ -1,4 +1,4 @@
-"""The copy-saving AES-GCM packet methods produce exactly what asyncssh's originals do."""
+"""The fast path's AES-GCM packet methods produce exactly what asyncssh's originals do."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import pytest
 from asyncssh.encryption import GCMEncryption
 from asyncssh.packet import String, UInt32
 
-from vmresize.agent.transfer import gcm, gcmsend
+from vmresize.agent.transfer import fastpath
 
 
 @pytest.mark.parametrize("name", ["aes128-gcm", "aes256-gcm"])
 def test_patched_packets_match_the_originals(name: str) -> None:
-    assert gcm.install()
+    assert fastpath.install()
     key = os.urandom(16 if name.startswith("aes128") else 32)
     iv = os.urandom(12)
     # one object per direction and implementation, advancing their nonces in lockstep
     tx, tx_orig, rx, rx_orig = (GCMEncryption.new(name, key, iv) for _ in range(4))
-    enc_orig, dec_orig = gcm.original("encrypt_packet"), gcm.original("decrypt_packet")
+    enc_orig, dec_orig = fastpath.original("encrypt_packet"), fastpath.original("decrypt_packet")
     for seq, size in enumerate([16, 1000, 256 * 1024 + 48, 32]):
         # asyncssh's key files call it without a header (packet and tag used apart)
         header = b"" if seq == 0 else size.to_bytes(4, "big")
@@ -64,16 +64,16 @@ class _Conn:
 
 
 def test_send_path_sends_what_asyncssh_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert gcm.install()
-    original = gcmsend.original("send_packet")
+    assert fastpath.install()
+    original = fastpath.original("send_packet")
     assert original is not None  # asyncssh 2.24 here: the send path is patched
     key, iv = os.urandom(16), os.urandom(12)
     data = memoryview(bytearray(os.urandom(300_000)))
     monkeypatch.setattr(os, "urandom", lambda n: b"\x5a" * n)  # the same padding for both
     # An earlier send in this process may have filled the padding pool with real random
     # bytes: start from an empty one, so ours draws from the patched urandom too.
-    monkeypatch.setattr(gcmsend, "_pool", memoryview(b""))
-    ours = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", key, iv))
+    monkeypatch.setattr(fastpath, "_pool", memoryview(b""))
+    ours = _Conn(fastpath._send_packet, GCMEncryption.new("aes128-gcm", key, iv))
     theirs = _Conn(original, GCMEncryption.new("aes128-gcm", key, iv))
     packets: list[tuple[int, tuple[bytes | memoryview, ...]]] = [
         (94, (UInt32(3), UInt32(256 * 1024), data[:256 * 1024])),  # channel data, as flushed
@@ -94,17 +94,17 @@ def test_send_path_sends_what_asyncssh_sends(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_send_path_leaves_a_due_rekey_to_asyncssh() -> None:
-    assert gcm.install()
-    conn = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
+    assert fastpath.install()
+    conn = _Conn(fastpath._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
                                                          os.urandom(12)))
     conn._rekey_bytes_sent = conn._rekey_bytes  # due: asyncssh's method starts the kex
     calls: list[int] = []
-    orig = gcmsend.original("send_packet")
-    gcmsend._ORIGINAL["send_packet"] = lambda self, t, *a, handler=None: calls.append(t)
+    orig = fastpath.original("send_packet")
+    fastpath._ORIGINAL["send_packet"] = lambda self, t, *a, handler=None: calls.append(t)
     try:
         conn.send_packet(94, UInt32(3), UInt32(1), b"x")
     finally:
-        gcmsend._ORIGINAL["send_packet"] = orig
+        fastpath._ORIGINAL["send_packet"] = orig
     assert calls == [94]
     assert conn.sent == []
 
@@ -113,8 +113,8 @@ def test_data_deferred_during_a_key_exchange_is_a_copy() -> None:
     """While a re-key runs asyncssh keeps data packets for later; the sender refills its
     buffer as soon as the channel is drained, so what is kept must not be a view of it
     (a 4 GiB transfer, re-keyed every GiB, arrived with another checksum)."""
-    assert gcm.install()
-    conn = _Conn(gcmsend._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
+    assert fastpath.install()
+    conn = _Conn(fastpath._send_packet, GCMEncryption.new("aes128-gcm", os.urandom(16),
                                                          os.urandom(12)))
     conn._kex_complete = False  # a re-key in progress
     buf = bytearray(b"A" * 64)

@@ -1,4 +1,4 @@
-"""transfer/gcm.py's copy-saving AES-GCM path over a real asyncssh connection on 127.0.0.1,
+"""transfer/fastpath.py's copy-saving AES-GCM path over a real asyncssh connection on 127.0.0.1,
 through many key re-exchanges: the byte stream arrives intact both ways (the server's
 channel data as memoryviews, as on the migration server)."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from vmresize.agent.transfer import gcm
+from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.keys import generate_key, public_openssh
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -52,7 +52,7 @@ class _Digest(asyncssh.SSHServerSession[bytes]):
 class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        gcm.deliver_views(conn)
+        fastpath.deliver_views(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -68,7 +68,7 @@ async def test_stream_survives_rekeys_with_the_patched_path(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncssh")
     asyncssh.set_debug_level(1)
-    assert gcm.install()
+    assert fastpath.install()
     host, client = generate_key(), generate_key()
     acceptor = await asyncssh.listen(
         "127.0.0.1", 0, server_factory=_Server, server_host_keys=[host],
