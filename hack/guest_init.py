@@ -14,12 +14,18 @@ hash it: a change to any script gives a new cache entry. What the guest does:
 * with ``vmresize.writer=vdb`` on the kernel command line, keeps writing numbered records
   (``VMRESIZE-WRITER seq=N``) into a ring at :data:`WRITER_OFFSET` of that disk, each one
   ``fsync``'d, until shutdown; it prints ``writer stopped seq=N`` (the last record written);
+  ``vmresize.writer_slots=N`` makes the ring N records long (default
+  :data:`WRITER_SLOTS`; 64 fit in one 64 KiB qcow2 cluster, so once the ring went round
+  the writer allocates nothing more); ``vmresize.writer_start_s=N``: its first record N
+  seconds after it printed ``writer start``;
 * answers an ACPI power button press (``virsh shutdown``) from the moment it printed
   ``ready``: busybox ``acpid`` runs
   ``poweroff``, busybox init runs the shutdown script, which stops the writer, syncs,
   prints ``shutdown done`` and powers the machine off itself (``poweroff -f``: busybox
   init's own 2 s of pauses after the script are skipped, see :data:`RCK`).
-  ``vmresize.marker=off`` skips the marker writes.
+  ``vmresize.marker=off`` skips the marker writes. ``vmresize.acpi_delay_s=N``: a guest
+  slow to answer, which prints ``acpi power button`` at once and only begins its
+  shutdown N seconds later (the writer writes on meanwhile).
 """
 
 from __future__ import annotations
@@ -129,6 +135,8 @@ dev=$(arg writer)
 [ -n "$dev" ] || exit 0
 delay=$(arg writer_delay_ms)
 delay=$(( ${{delay:-10}} * 1000 ))
+slots=$(arg writer_slots)
+slots=${{slots:-{WRITER_SLOTS}}}
 echo $$ > /run/writer.pid
 seq=0
 stop=
@@ -136,9 +144,11 @@ stop=
 # updated, so "stopped seq=N" always names the last record written and fsync'd.
 trap 'stop=1' TERM
 say "writer start dev=$dev"
+wait=$(arg writer_start_s)
+[ -n "$wait" ] && sleep "$wait"
 while [ -z "$stop" ]; do
   n=$((seq + 1))
-  slot=$(( {WRITER_OFFSET} / {SECTOR} + (n - 1) % {WRITER_SLOTS} ))
+  slot=$(( {WRITER_OFFSET} / {SECTOR} + (n - 1) % slots ))
   if printf 'VMRESIZE-WRITER seq=%d\\n' $n |
       dd of=/dev/$dev bs={SECTOR} seek=$slot count=1 conv=sync,notrunc,fsync 2>/dev/null; then
     seq=$n
@@ -176,7 +186,10 @@ poweroff -f
 
 POWER_BUTTON = f"""\
 #!/bin/sh
+{_COMMON}
 echo "{PREFIX} acpi power button" > /dev/console
+wait=$(arg acpi_delay_s)
+[ -n "$wait" ] && sleep "$wait"
 exec /bin/poweroff
 """
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from hack import children
+from hack import guest_domain as gd
+from hack.guest import Guest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -47,11 +51,13 @@ from tests.support.full_stack_harness import FLAVORS, SELECTOR_LABEL, file_sha25
 from tests.support.kube import kubectl
 from tests.support.op_harness import Operator
 from tests.support.polling import wait_for
+from vmresize.agent.hypervisor import embedded
 
 G, V = "vmresize.io", "v1alpha1"
 WAIT = 240.0  # TCG on 2 shared, loaded cores; a bound on every wait, not a performance goal
 DATA_MIB = 24  # random data in every disk: ~8 s through a 3 MiB/s link, ~0.3 s unthrottled
 BASE_IMAGE = "faults-data.qcow2"
+GUEST = (1, 128, 1)  # vCPUs, MiB, GiB of the booting guest an Instance adopts
 TERMINAL = ("Confirmed", "Reverted", "RolledBack", "RollbackFailed", "Failed")
 HEARTBEAT_STALE = 5  # the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS in the matrix
 # The step watchdog's window: well above the source freeze (3 x HEARTBEAT_STALE) and a
@@ -61,6 +67,16 @@ OPERATOR_ENV = {"VMRESIZE_POWER_OFF_TIMEOUT_SECONDS": "1",
                 "VMRESIZE_HEARTBEAT_STALE_SECONDS": str(HEARTBEAT_STALE),
                 "VMRESIZE_STEP_STALE_SECONDS": str(STEP_STALE),
                 "VMRESIZE_AUTO_CONFIRM_SECONDS": "0"}
+
+_DEFINE_AND_START = """
+import os, sys
+import libvirt
+from vmresize.agent.hypervisor import embedded
+embedded.setup_for_uri(sys.argv[1])
+conn = libvirt.open(sys.argv[1])
+conn.defineXML(sys.argv[2]).create()
+os._exit(0)  # no clean close: the domain keeps running, as after a killed agent
+"""
 
 
 @dataclass
@@ -104,6 +120,7 @@ class FaultStack:
     operator: Operator | None = None
     extra_operators: list[Operator] = field(default_factory=list)
     mounts: list[Path] = field(default_factory=list)
+    source_mounts: list[Path] = field(default_factory=list)  # kept until close()
     _unmounts: list[int] = field(default_factory=list)
     base_sha: str = ""
     flavors: list[str] = field(default_factory=list)
@@ -180,6 +197,8 @@ class FaultStack:
 
     def close(self) -> None:
         self.heal()
+        for mount in self.source_mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
         if self.operator is not None:
             self.operator.stop()
         stop_agents(self.agents.values())
@@ -232,6 +251,56 @@ class FaultStack:
             "apiVersion": f"{G}/{V}", "kind": "VMResize", "metadata": {"name": name},
             "spec": {"instanceName": instance, "flavor": self.flavor("big"),
                      "targetHost": dest, "migrationMode": mode}})
+
+    def adopt_guest(self, name: str, host: str, guest: Guest, *, data_cluster: str = "64k",
+                    tmpfs: str | None = None, **options: str) -> dict[str, Any]:
+        """An Instance ``name`` that adopts the booting test guest (``hack/guest.py``) on
+        ``host``, of the Flavor ``guest`` (:data:`GUEST`: the guest does not boot in the
+        small flavor's 64 MiB, and the Instance's claim must be the domain's size): root
+        disk a copy of the base image, writer on ``vdb`` (qcow2 clusters of
+        ``data_cluster``), ``options`` its further ``vmresize.*`` kernel arguments; with
+        ``tmpfs`` (a size), its instance directory is a tmpfs of its own (unmounted by
+        :meth:`close`). The domain is defined and started in the agent's embedded root by
+        a short helper process while the agent is down (one process may hold the root);
+        QEMU outlives the helper, as it outlives a killed agent. Returns the status."""
+        if self.flavor("guest") not in self.flavors:
+            self.flavors.append(self.flavor("guest"))
+            self.co.create_cluster_custom_object(G, V, "flavors", {
+                "apiVersion": f"{G}/{V}", "kind": "Flavor",
+                "metadata": {"name": self.flavor("guest")},
+                "spec": {"vcpus": GUEST[0], "memoryMiB": GUEST[1], "diskGiB": GUEST[2],
+                         "extraSpecs": {
+                             f"aggregate_instance_extra_specs:{SELECTOR_LABEL}": self.ns}}})
+        agent = self.agents[host]
+        d = agent.storage_root / "instances" / self.ns / name
+        d.mkdir(parents=True)
+        if tmpfs is not None:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs}", "tmpfs", str(d)],
+                           check=True)
+            self.source_mounts.append(d)
+        shutil.copyfile(agent.storage_root / "images" / BASE_IMAGE, d / "root.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                        f"cluster_size={data_cluster}", str(d / "data.qcow2"), "16M"],
+                       check=True, timeout=60)
+        dom = f"{self.ns}.{name}"
+        xml = gd.domain_xml(dom, guest, disks=[gd.Disk(d / "root.qcow2", "vda"),
+                                               gd.Disk(d / "data.qcow2", "vdb")],
+                            macs=[], serial_log=d / "serial.log", memory_mib=GUEST[1],
+                            writer="vdb", writer_delay_ms="5", marker="off", **options)
+        agent.kill()
+        subprocess.run([sys.executable, "-c", _DEFINE_AND_START,
+                        embedded.embed_uri(agent.libvirt_root), xml],
+                       check=True, timeout=WAIT, capture_output=True)
+        agent.start()
+        self.co.create_namespaced_custom_object(G, V, self.ns, "instances", {
+            "apiVersion": f"{G}/{V}", "kind": "Instance", "metadata": {"name": name},
+            "spec": {"flavor": self.flavor("guest"), "host": host,
+                     "adopt": {"domainName": dom}}})
+        st = dict(wait_for(lambda: (s := self.status("instances", name)).get(
+            "phase") == "Active" and s, timeout=WAIT, what=f"Instance {name} Active"))
+        gd.wait_serial(d / "serial.log", lambda g: g.ready is not None, timeout=WAIT,
+                       what=f"{dom} booted")
+        return st
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.co.patch_namespaced_custom_object(G, V, self.ns, "vmresizes", name,

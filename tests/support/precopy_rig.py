@@ -137,22 +137,27 @@ class Rig:
 
     host_keys: dict[str, object] = field(default_factory=dict)
 
-    def make_vm(self, data_mib: int, root_image: Path | None = None) -> None:
+    def make_vm(self, data_mib: int, root_image: Path | None = None,
+                data_cluster: str = "64k", **options: str) -> None:
         """Root disk with ``data_mib`` MiB of random data (or a copy of ``root_image``, a
-        qcow2 :func:`root_disk` made); the writer's disk ``vdb``."""
+        qcow2 :func:`root_disk` made); the writer's disk ``vdb`` (qcow2 clusters of
+        ``data_cluster``); ``options``: more of the guest's ``vmresize.*`` kernel arguments
+        (``hack/guest_init.py``). The instance directory may exist already (a filesystem
+        of its own mounted there)."""
         d = self.root("a") / INSTANCE_DIR
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         if root_image is None:
             root_disk(d / "root.qcow2", data_mib)
         else:
             shutil.copyfile(root_image, d / "root.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "data.qcow2"),
-                        "16M"], check=True, timeout=60)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                        f"cluster_size={data_cluster}", str(d / "data.qcow2"), "16M"],
+                       check=True, timeout=60)
         xml = gd.domain_xml(self.name, self.guest, disks=[
             gd.Disk(d / "root.qcow2", "vda", "qcow2"), gd.Disk(d / "data.qcow2", "vdb",
                                                                "qcow2")],
             macs=[], serial_log=d / "serial.log", memory_mib=128, writer="vdb",
-            writer_delay_ms="5", marker="off")
+            writer_delay_ms="5", marker="off", **options)
         self.hv.define_xml(xml)
         self.hv.start(self.name)
         self.files = wholevm.adopted(self.hv, self.root("a"), self.name)[0]

@@ -336,9 +336,9 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
             await ownership.check(self.hv, self._hv, spec, name, "power off and hold",
                                   stamp_unowned=True)
             tag = f"{spec.owner_uid or '-'}/{tid}"
-            off_since = markers.power_off_since(marker, tag, self._now())
-            off = await self._power_off_and_hold(
-                name, float(spec.power_off_timeout_seconds), off_since, held)
+            grace = float(spec.power_off_timeout_seconds)
+            off_since = markers.power_off_since(marker, tag, self._now(), grace)
+            off = await self._power_off_and_hold(name, grace, off_since, held)
             how: PowerOff | None = off.how
             stopped = markers.stopped_since(marker, tag, off.at)
         elif markers.read(held) is not None:  # resumed: already off and held
@@ -458,13 +458,23 @@ class Executor(wholevm.WholeVMSteps, sourcehold.SourceSteps, health.HealthSteps,
         # Resized and started below: only if it is ours (a namesake defined meanwhile is not;
         # one that records no owner is a source held before owners were recorded).
         await ownership.check(self.hv, self._hv, spec, name, "restore", stamp_unowned=True)
+        # A power-off MigrateDisk asked for may still be under way in the guest (the step
+        # cancelled or failed after the request): finished first, or the start below would
+        # do nothing and the guest stop afterwards. Its record goes once the VM is off, so
+        # a retry after the start never powers the restarted VM off again.
+        marker = self._sidecar(rel, markers.POWEROFF_SUFFIX)
+        how = await self._finish_power_off(name, marker, spec.owner_uid,
+                                           float(spec.power_off_timeout_seconds))
+        markers.remove(marker)
         if spec.flavor is not None:
             old = DomainSize(vcpus=spec.flavor.vcpus, memory_mib=spec.flavor.memory_mib)
             if await self._hv(self.hv.get_size, name) != old:
                 await self._hv(self.hv.set_size, name, old)
         await self._start(name)
+        await self._seen_running(name)
         await self._merge_back(name, rel)  # pre-copy's overlays, once the VM runs again
-        markers.remove(self._sidecar(rel, markers.POWEROFF_SUFFIX))
         fmt = wholevm.root_format(await self._hv(self.hv.export, name), self.root, rel)
+        done = ("" if how in (None, PowerOff.ALREADY_OFF) else
+                f"finished the power-off the move had begun ({how.value}); ")
         return StepOutcome(await self._describe(name, rel, fmt),
-                           f"restarted {name} on its source")
+                           f"{done}restarted {name} on its source")

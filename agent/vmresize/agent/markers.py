@@ -1,9 +1,11 @@
 """Records the executor keeps on disk next to an instance disk, so a resumed step knows
 what an earlier attempt did (all under the storage root, written atomically).
 
-* ``<disk>.poweroff``: who asked the VM to power off, and when (wall clock). It is tagged
-  with the resize (owner UID and transfer id): a marker an earlier resize left behind is
-  someone else's and is replaced, so it can never make a new power-off immediate and hard.
+* ``<disk>.poweroff``: who asked the VM to power off, when (wall clock) and the grace it
+  was given. It is tagged with the resize (owner UID and transfer id): a marker an earlier
+  resize left behind is someone else's and is replaced, so it can never make a new
+  power-off immediate and hard. While it stands, a power-off may be under way in the
+  guest: RestoreSource finishes it before it starts the VM again.
 * ``<disk>.verified``: the checksums Finish verified before growing the disk. It stays while
   the copy lives on this host (deleted with the disk), so a resumed Finish or one that finds
   the domain already defined can tell the verified disk from any other.
@@ -71,34 +73,46 @@ class PowerOff:
 
     tag: str
     requested_at: float
+    grace: float | None = None
+    """Seconds the guest was given to shut down before it is forced off (None: a marker
+    written before the grace was recorded)."""
     stopped_at: float | None = None
     """When the domain was seen shut off (the downtime's start); None until then."""
 
     def text(self) -> str:
-        """The marker's file contents: ``<tag> <requested_at> [<stopped_at>]``."""
-        stopped = "" if self.stopped_at is None else f" {self.stopped_at:.6f}"
-        return f"{self.tag} {self.requested_at:.6f}{stopped}\n"
+        """The marker's file contents: ``<tag> <requested_at> [<grace>|- [<stopped_at>]]``."""
+        out = f"{self.tag} {self.requested_at:.6f}"
+        if self.grace is not None or self.stopped_at is not None:
+            out += " -" if self.grace is None else f" {self.grace:.3f}"
+        if self.stopped_at is not None:
+            out += f" {self.stopped_at:.6f}"
+        return out + "\n"
 
     @classmethod
     def parse(cls, text: str | None) -> PowerOff | None:
         """None for a missing or malformed marker (an untagged one is never trusted)."""
         parts = (text or "").split()
-        if len(parts) not in (2, 3):
+        if len(parts) not in (2, 3, 4):
             return None
         try:
-            return cls(parts[0], float(parts[1]),
-                       float(parts[2]) if len(parts) == 3 else None)
+            grace = float(parts[2]) if len(parts) > 2 and parts[2] != "-" else None
+            stopped = float(parts[3]) if len(parts) > 3 else None
+            return cls(parts[0], float(parts[1]), grace, stopped)
         except ValueError:
             return None
 
+    def of_owner(self, owner_uid: str | None) -> bool:
+        """Whether the resize with ``owner_uid`` wrote it (the tag is ``<uid>/<transfer>``)."""
+        return self.tag.startswith(f"{owner_uid or '-'}/")
 
-def power_off_since(path: Path, tag: str, now: float) -> float:
-    """When the power-off for ``tag`` was first requested; records ``now`` if it never was
-    (or only for another resize)."""
+
+def power_off_since(path: Path, tag: str, now: float, grace: float | None = None) -> float:
+    """When the power-off for ``tag`` was first requested; records ``now`` (and ``grace``)
+    if it never was (or only for another resize)."""
     mine = PowerOff.parse(read(path))
     if mine is not None and mine.tag == tag:
         return mine.requested_at
-    write_atomic(path, PowerOff(tag, now).text())
+    write_atomic(path, PowerOff(tag, now, grace).text())
     return now
 
 
@@ -111,7 +125,7 @@ def stopped_since(path: Path, tag: str, seen_off: float) -> float:
         raise ValueError(f"{path}: no power-off requested for {tag}")
     if mine.stopped_at is not None:
         return mine.stopped_at
-    write_atomic(path, PowerOff(tag, mine.requested_at, seen_off).text())
+    write_atomic(path, PowerOff(tag, mine.requested_at, mine.grace, seen_off).text())
     return seen_off
 
 

@@ -20,7 +20,11 @@ The mechanism is an external disk-only snapshot (:mod:`~vmresize.agent.hyperviso
 Rollback: RestoreSource (the VM running, or started again from the held definition)
 merges each overlay back with a live commit and deletes it (:meth:`PreCopySteps._merge_back`);
 if the domain is gone, the overlays are committed offline before the captured
-definition (which names the disks below) is defined again.
+definition (which names the disks below) is defined again. An overlay is deleted only
+once the guest's chains, read again after the commit, no longer name it; a commit that
+failed (no space or an I/O error on the disk below) leaves the overlay, which the guest
+goes on writing to, and the record, so RestoreSource fails (retryable) and its next
+attempt merges again.
 
 Decide, record, act: ``<root disk>.precopy`` (JSON) is written before the overlays are
 made and records the files sent live with their sha256, so an agent killed in any phase
@@ -33,12 +37,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vmresize.agent import markers, wholevm
-from vmresize.agent.errors import StepError
+from vmresize.agent.errors import HypervisorError, StepError
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.overlays import commit_offline
 from vmresize.agent.paths import confine
@@ -68,6 +73,15 @@ def read_record(root: Path, rel: str) -> dict[str, Any] | None:
 
 def _write_record(root: Path, rel: str, doc: dict[str, Any]) -> None:
     markers.write_atomic(_record(root, rel), json.dumps(doc, sort_keys=True) + "\n")
+
+
+def _free(path: Path) -> str:
+    """Free space on the filesystem of ``path``, for people."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return "unknown space"
+    return f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB"
 
 
 def wanted(spec: HostTaskSpec) -> list[VMDisk]:
@@ -152,15 +166,33 @@ class PreCopySteps:
 
     async def _merge_back(self, name: str, rel: str) -> None:
         """RestoreSource, the VM running: merge each pre-copy overlay back into its disk
-        (live commit) and forget the record."""
+        (live commit), delete each one the guest's chains no longer name, and forget the
+        record once all are gone. StepError (retryable) if any stays: the record too."""
         record = await asyncio.to_thread(read_record, self.root, rel)
         if record is None:
             return
-        tops = await self._hv(self.hv.disk_tops, name)
+        failed: list[str] = []
         for target, ov in record["overlays"].items():
-            if tops.get(target) == confine(self.root, ov):
-                await self._hv(self.hv.commit_top, name, target, self.call_timeout * 0.8)
-            markers.remove(confine(self.root, ov))
+            path = confine(self.root, ov)
+            chain = (await self._hv(self.hv.disk_chains, name)).get(target, [])
+            if chain and chain[0] == path:
+                try:
+                    await self._hv(self.hv.commit_top, name, target,
+                                   self.call_timeout * 0.8)
+                except HypervisorError as e:
+                    log.warning("%s: merging %s back failed: %s", name, ov, e)
+                chain = (await self._hv(self.hv.disk_chains, name)).get(target, [])
+            if path in chain:  # the guest still reads or writes it: it stays
+                below = chain[chain.index(path) + 1:] or [path]
+                failed.append(f"{target} still on {Path(ov).name} ({_free(below[0])} free "
+                              f"where {below[0].name} is)")
+                continue
+            markers.remove(path)
+        if failed:
+            raise StepError(f"{name} runs on its source again, but its pre-copy overlays "
+                            f"could not be merged back: {'; '.join(failed)}. They and their "
+                            "record stay (the guest writes there); the next attempt merges "
+                            "again", retryable=True)
         markers.remove(_record(self.root, rel))
 
     async def _merge_offline(self, rel: str) -> None:

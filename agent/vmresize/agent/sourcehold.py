@@ -4,6 +4,13 @@ A mixin of the executor (which provides the attributes and the bounded libvirt c
 The power-off grace counts from the first request, kept across agent restarts; a held
 source's definition moves aside (written next to its disk, then undefined) so nothing can
 start it by accident while its disk keeps its path and bytes (invariant 1).
+
+A power-off is never left half done. Once MigrateDisk has asked the guest to shut down,
+the guest may go on shutting down whatever happens to the step (cancelled because the
+resize rolls back, failed, its agent killed); libvirt cannot tell a guest about to stop
+from one that runs. The ``.poweroff`` marker, written before the request, says one may be
+under way: RestoreSource finishes it (the rest of the grace, then forced) before it starts
+the VM, and reports Running only once it has seen the domain run after that start.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ T = TypeVar("T")
 POWER_POLL_SECONDS = 0.05
 """How often a shutting-down VM's state is read: every poll past its end is downtime,
 and a state read is one cheap libvirt call."""
+START_SEEN_SECONDS = 30.0
+"""How long RestoreSource waits to see the domain running after its start. libvirt's
+start returns once QEMU runs the guest, so this only bounds a hypervisor that says
+otherwise (the step then fails, retryable)."""
 
 
 def said(how: PowerOff | None) -> str:
@@ -71,6 +82,33 @@ class SourceSteps:
         log.info("%s did not shut down within %.0fs; forcing it off", name, grace)
         await self._hv(self.hv.destroy, name)
         return Stopped(PowerOff.FORCED, self._now())
+
+    async def _finish_power_off(self, name: str, marker: Path, owner_uid: str | None,
+                                grace: float) -> PowerOff | None:
+        """RestoreSource, the domain defined: finish a power-off that this resize asked for
+        (``marker`` is its record) and that may still be under way in the guest, so the
+        start that follows is a real one. The guest gets what is left of the grace it was
+        given (``grace`` if the marker does not say), then it is forced off. None when this
+        resize asked for no power-off; else how it ended (``ALREADY_OFF``: it had)."""
+        mine = markers.PowerOff.parse(markers.read(marker))
+        if mine is None or not mine.of_owner(owner_uid):
+            return None
+        how = (await self._power_off(name, mine.grace if mine.grace is not None else grace,
+                                     mine.requested_at)).how
+        if how is not PowerOff.ALREADY_OFF:
+            log.info("%s: finished the power-off its move had begun (%s)", name, how.value)
+        return how
+
+    async def _seen_running(self, name: str) -> None:
+        """After a start: return once the domain is seen running (StepError, retryable, if
+        it is not within :data:`START_SEEN_SECONDS`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_SEEN_SECONDS
+        while (state := await self._hv(self.hv.state, name)) != PowerState.RUNNING:
+            if loop.time() > deadline:
+                raise StepError(f"{name} was started but is {state.value}, not running, "
+                                f"{START_SEEN_SECONDS:.0f} s later", retryable=True)
+            await asyncio.sleep(POWER_POLL_SECONDS)
 
     async def _power_off_and_hold(self, name: str, grace: float, requested_at: float,
                                   held: Path) -> Stopped:

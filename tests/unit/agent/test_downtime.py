@@ -70,9 +70,11 @@ async def test_a_guest_that_ignores_acpi_runs_through_the_grace_and_it_is_not_do
 def test_the_power_off_marker_keeps_the_stop_once_and_reads_the_old_form() -> None:
     old = markers.PowerOff.parse("r-uid/t 100.000000\n")
     assert old == markers.PowerOff("r-uid/t", 100.0, None)
-    both = markers.PowerOff("r-uid/t", 100.0, 130.5)
+    both = markers.PowerOff("r-uid/t", 100.0, stopped_at=130.5)  # no grace recorded: "-"
     assert markers.PowerOff.parse(both.text()) == both
-    assert markers.PowerOff.parse("r-uid/t 100 130 9") is None
+    every = markers.PowerOff("r-uid/t", 100.0, 60.0, 130.5)
+    assert markers.PowerOff.parse(every.text()) == every
+    assert markers.PowerOff.parse("r-uid/t 100 60 130 9") is None
 
 
 def test_stopped_since_records_the_first_sighting_only(tmp_path: Path) -> None:

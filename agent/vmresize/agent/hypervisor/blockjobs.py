@@ -13,6 +13,11 @@ provides the connection and error translation). Measured on libvirt 9.0 / QEMU 7
   switches the guest back to the lower file (live and persistent definition) and waits
   for the job's end. A job found running (an agent killed mid-way) is resumed, not
   started again.
+* A commit can fail (no space or an I/O error on the file below): QEMU ends the job, the
+  guest goes on writing to the top layer, and the job is simply gone. "No job" is
+  therefore never read as "pivoted": the guest's disks are read again, and a job that
+  vanished while the top layer is still the guest's is an error. So is a pivot libvirt
+  refuses for any reason but "not ready yet".
 """
 
 from __future__ import annotations
@@ -67,6 +72,24 @@ class BlockJobs:
         """Whether this driver runs real disks (the test driver has no block layer)."""
         return self._domain_type != "test"
 
+    def disk_chains(self, name: str) -> dict[str, list[Path]]:
+        """Each file-backed disk's target and its chain as the running guest has it (live
+        definition: the top first, then each ``backingStore`` below)."""
+        dom = self._dom(name)
+        xml = self._call(f"xml {name}", lambda: dom.XMLDesc(0))
+        out: dict[str, list[Path]] = {}
+        for disk in ET.fromstring(xml).iterfind("devices/disk"):  # noqa: S314 - libvirt's
+            src, tgt = disk.find("source"), disk.find("target")
+            if src is None or not src.get("file") or tgt is None or not tgt.get("dev"):
+                continue
+            chain, node = [Path(src.get("file") or "")], disk.find("backingStore")
+            while node is not None and (below := node.find("source")) is not None \
+                    and below.get("file"):
+                chain.append(Path(below.get("file") or ""))
+                node = node.find("backingStore")
+            out[tgt.get("dev") or ""] = chain
+        return out
+
     def disk_tops(self, name: str) -> dict[str, Path]:
         """Each file-backed disk's target and the file the running guest writes (live
         definition; the persistent one when the domain is off)."""
@@ -97,20 +120,30 @@ class BlockJobs:
         switch the guest to that file (see the module docstring); at most ``timeout``
         seconds of waiting for the job."""
         dom = self._dom(name)
+        top = self.disk_tops(name).get(target)
         if not self._call(f"job {name}/{target}", lambda: dom.blockJobInfo(target, 0)):
             self._call(f"commit {name}/{target}",
                        lambda: dom.blockCommit(target, None, None, 0, _COMMIT_FLAGS))
         deadline = time.monotonic() + timeout
         while True:
             info = self._call(f"job {name}/{target}", lambda: dom.blockJobInfo(target, 0))
-            if not info:
-                return  # the job ended (an earlier attempt pivoted)
+            if not info:  # the job ended: pivoted, or failed (module docstring)
+                now = self.disk_tops(name).get(target)
+                if now is not None and now != top:
+                    return
+                raise HypervisorError(
+                    f"committing {name}/{target}: the job ended without switching the "
+                    f"guest off {top} (the commit into the file below failed; QEMU's "
+                    "log says why, e.g. no space or an I/O error there)", retryable=True)
             if info.get("end", 0) and info.get("cur") == info.get("end"):
                 try:
                     dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
                     return
-                except libvirt.libvirtError:
-                    pass  # not ready yet: the mirror converges while the guest writes
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
+                        raise HypervisorError(f"pivot {name}/{target}: {e}",
+                                              retryable=True) from e
+                    # not ready yet: the mirror converges while the guest writes
             if time.monotonic() > deadline:
                 raise HypervisorError(f"committing {name}/{target} did not finish within "
                                       f"{timeout:.0f}s", retryable=True)

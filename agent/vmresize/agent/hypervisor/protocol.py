@@ -149,6 +149,11 @@ class Hypervisor(Protocol):
         """Each file-backed disk's target and the file the guest writes now."""
         ...
 
+    def disk_chains(self, name: str) -> dict[str, list[Path]]:
+        """Each file-backed disk's target and its chain as the guest has it now, the file
+        it writes first."""
+        ...
+
     def add_overlays(self, name: str, overlays: dict[str, Path]) -> None:
         """Running domain: a new qcow2 on top of each named disk (target -> file), all or
         none; the disks below no longer change."""
