@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import kopf
 
@@ -37,6 +39,7 @@ from vmresize.api.envsettings import SettingsError
 from vmresize.api.meta import Condition
 
 log = logging.getLogger("vmresize.agent")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
@@ -148,35 +151,30 @@ REGISTER_BACKOFF_MAX = 30.0
 
 
 async def _reap_at_start(fenced: HostOrphans, executor: Executor) -> None:
-    """Destroy the copies abandoned on this host before any task runs; retried while the
-    API server cannot be read (a copy that may be fenced must not get a chance to start)."""
-    delay = 1.0
-    while True:
-        try:
-            n = await fenced.reap_all(executor.reap_orphan)
-            if n:
-                log.warning("destroyed %d abandoned cop%s on this host", n,
-                            "y" if n == 1 else "ies")
-            return
-        except KubeError as e:
-            if not e.retryable:
-                raise
-            log.warning("reading abandoned copies failed (%s); retrying in %.0fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(REGISTER_BACKOFF_MAX, delay * 2)
+    """Destroy the copies abandoned on this host before any task runs (a copy that may be
+    fenced must not get a chance to start)."""
+    n = await _retrying("reading abandoned copies",
+                        lambda: fenced.reap_all(executor.reap_orphan))
+    if n:
+        log.warning("destroyed %d abandoned cop%s on this host", n, "y" if n == 1 else "ies")
 
 
 async def _register(registrar: Registrar) -> None:
-    """Register, retrying while the API server is unreachable or overloaded."""
+    """Register the Host."""
+    await _retrying("registration", registrar.register)
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, retried with a doubling delay while the API server is unreachable or
+    overloaded (a retryable KubeError); any other error is raised."""
     delay = 1.0
     while True:
         try:
-            await registrar.register()
-            return
+            return await call()
         except KubeError as e:
             if not e.retryable:
                 raise
-            log.warning("registration failed (%s); retrying in %.0fs", e, delay)
+            log.warning("%s failed (%s); retrying in %.0fs", what, e, delay)
             await asyncio.sleep(delay)
             delay = min(REGISTER_BACKOFF_MAX, delay * 2)
 
