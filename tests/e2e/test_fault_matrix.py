@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from hack import guest_init
 from hack.guest import Guest
 from hack.localcluster import LocalCluster, ensure_binaries
 from kubernetes import client
+from tests.support import skewed_clock
 from tests.support.chart import CHART, eventually
 from tests.support.fault_checks import (
     Row,
@@ -61,7 +63,6 @@ from tests.support.polling import wait_for
 from tests.support.precopy_rig import writer_records
 
 from vmresize.agent.hypervisor import embedded
-from vmresize.agent.kube.client import CLOCK_SKEW_ENV
 from vmresize.api.meta import GROUP as G
 from vmresize.api.meta import VERSION as V
 from vmresize.api.vmdisks import OVERLAY_SUFFIX
@@ -715,12 +716,17 @@ def test_tenant_finalizer_removal_then_a_second_resize(stack: FaultStack,
 
 def _restart_with_clock(s: FaultStack, agent: FaultAgent, offset: int) -> None:
     """Restart ``agent`` with every timestamp it writes ``offset`` seconds off (its
-    heartbeats, task stamps: ``kube.client.CLOCK_SKEW_ENV``). 0: its true clock again."""
+    heartbeats, task stamps: ``tests.support.skewed_clock``). 0: its true clock again."""
     agent.stop()
-    agent.env = {CLOCK_SKEW_ENV: str(offset)} if offset else {}
+    agent.prelude = skewed_clock.prelude(offset) if offset else None
     agent.start()
     wait_for(lambda: s.status("hosts", agent.name).get("ready"), timeout=WAIT,
              what=f"Host {agent.name} ready again (clock {offset:+d} s)")
+    # Its heartbeat really carries the offset (else the cell would prove nothing).
+    def skewed() -> bool:
+        beat = datetime.fromisoformat(s.status("hosts", agent.name)["heartbeat"])
+        return abs((beat - datetime.now(UTC)).total_seconds() - offset) < 30
+    wait_for(skewed, timeout=WAIT, what=f"Host {agent.name}'s heartbeat {offset:+d} s off")
 
 
 def _hosts_stay_ready(c: Ctx) -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,16 +87,9 @@ def unreadable(body: Mapping[str, Any], error: ValidationError, agent: str) -> T
                           f"{fields} ({why})", phase=status.get("phase"))
 
 
-CLOCK_SKEW_ENV = "VMRESIZE_TEST_CLOCK_SKEW_SECONDS"
-"""Tests only: shift every timestamp this agent writes by this many seconds, to play an agent
-whose machine's clock is wrong (the fault matrix's "agent clock" cells). libfaketime would
-be the real thing, but under it Python's ``time.sleep`` fails with EINVAL on this libc."""
-_SKEW = timedelta(seconds=float(os.environ.get(CLOCK_SKEW_ENV) or 0))
-
-
 def utcnow() -> datetime:
     """The current time in UTC, for the timestamps the agent writes."""
-    return datetime.now(UTC) + _SKEW
+    return datetime.now(UTC)
 
 
 class AgentKube:
