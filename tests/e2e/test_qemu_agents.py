@@ -253,8 +253,11 @@ def test_stop_vms_on_exit_leaves_no_qemu_behind(
     agent.start()
     ready_status(agent, kubeconfig)
     dom = naming.domain_name(namespace, "vm")
+    # As the operator sends it: the Instance's UID, which Spawn records as the domain's
+    # owner (the agent stops only domains vmresize owns).
     run_task(kubeconfig, namespace, agent, action="Spawn", domainName=dom, flavor=SMALL,
-             diskPath=naming.disk_path(namespace, "vm", uuid.uuid4().hex))
+             diskPath=naming.disk_path(namespace, "vm", uuid.uuid4().hex),
+             instanceUid=str(uuid.uuid4()))
     assert qemu_args(agent, dom) is not None
     assert agent.stop() == 0
     assert qemu_args(agent, dom) is None
