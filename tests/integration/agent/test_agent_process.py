@@ -140,7 +140,8 @@ def test_registration_heartbeat_and_admin_disable_survive_restarts(
             '{"spec":{"enabled":false,"disabledReason":"maintenance"}}')
     assert agent.stop() == 0
     stopped = wait_ready(agent, kubeconfig, ready=False)
-    assert [c["reason"] for c in stopped["status"]["conditions"]] == ["AgentStopped"]
+    assert {c["type"]: c["reason"] for c in stopped["status"]["conditions"]} == {
+        "Ready": "AgentStopped", "TransferFastPath": "SelfTestPassed"}
 
     agent.start()
     again = wait_ready(agent, kubeconfig)
