@@ -30,20 +30,20 @@ RUN python3 -m venv /opt/vmresize
 
 # --- deps: wheels of the operator's dependencies, from the lock ----------------------------
 # Only the build stages reach the network; the images install offline from their wheels.
-# Every wheel comes from requirements/*.txt (made by `make lock`), pinned with hashes, so
+# Every wheel comes from requirements*.lock (made by `make lock`), pinned with hashes, so
 # an image holds the very versions CI tested. The dependency wheels come first and from the
 # lock only, so a change to the code re-uses these layers (and the compiled libvirt-python).
 FROM python AS deps
 WORKDIR /src
-COPY requirements/operator.txt requirements/build.txt ./requirements/
+COPY requirements-operator.lock requirements-build.lock ./
 # The optional build secret pip-cert is a CA bundle for builds behind a TLS-intercepting
 # proxy (hack/build-images.sh passes the host pip's); it is mounted for this step only.
 # Without it pip uses its own bundle.
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip install --require-hashes -r requirements/build.txt \
+    && pip install --require-hashes -r requirements-build.lock \
     && pip wheel --require-hashes --no-build-isolation --wheel-dir /wheels \
-       -r requirements/operator.txt
+       -r requirements-operator.lock
 
 # --- agent build: the agent extra's wheels; compiles libvirt-python against libvirt-dev ----
 # libvirt-python ships no wheels, and Debian's python3-libvirt is built for Debian's
@@ -61,24 +61,24 @@ RUN pkgs="gcc libc6-dev libvirt-dev pkg-config" \
     && apt-get install -y --no-install-recommends ${pkgs} \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY requirements/agent.txt requirements/build.txt ./requirements/
+COPY requirements-agent.lock requirements-build.lock ./
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip install --require-hashes -r requirements/build.txt \
+    && pip install --require-hashes -r requirements-build.lock \
     && pip wheel --require-hashes --no-build-isolation --wheel-dir /wheels \
-       -r requirements/agent.txt
+       -r requirements-agent.lock
 
 # --- wheel: vmresize itself (pure Python: api + operator + agent code) ---------------------
 FROM python AS wheel
 WORKDIR /src
-COPY requirements/build.txt ./requirements/
+COPY requirements-build.lock ./
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY agent ./agent
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
-    && pip install --require-hashes -r requirements/build.txt \
+    && pip install --require-hashes -r requirements-build.lock \
     && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # --- operator: the base dependencies only, so no libvirt and no asyncssh ----------------

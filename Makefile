@@ -17,10 +17,10 @@ all: test
 deps: venv control-plane guest
 
 # System packages (libvirt, QEMU, qemu-utils, ...) and the venv, from the lock
-# (requirements/dev.txt, hashes required: hack/venv.sh); re-run when the lock changes.
-$(STAMP): pyproject.toml requirements/dev.txt requirements/build.txt hack/venv.sh hack/install-deps.sh
+# (requirements.lock, hashes required: hack/venv.sh); re-run when the lock changes.
+$(STAMP): pyproject.toml requirements.lock requirements-build.lock hack/venv.sh hack/install-deps.sh
 	bash hack/install-deps.sh
-	PYTHON=$(PYTHON) bash hack/venv.sh $(VENV) requirements/dev.txt
+	PYTHON=$(PYTHON) bash hack/venv.sh $(VENV) requirements.lock
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -18,11 +18,11 @@ import sys
 def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
-locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open("requirements/dev.txt").read(), re.M))
+locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open("requirements.lock").read(), re.M))
 locked = {canon(k): v for k, v in locked.items()}
 frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude", "vmresize"],
                         capture_output=True, text=True, check=True).stdout.split()
-print("test-latest: versions that differ from requirements/dev.txt:")
+print("test-latest: versions that differ from requirements.lock:")
 for line in sorted(frozen):
     name, _, ver = line.partition("==")
     if locked.get(canon(name)) != ver:

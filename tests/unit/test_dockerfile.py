@@ -110,11 +110,11 @@ def test_only_build_stages_reach_the_network() -> None:
     for stage, lock in (("deps", "operator"), ("agent-build", "agent")):
         assert [i["value"] for i in all_stages[stage] if i["instruction"] == "COPY"
                 and "--from=" not in i["value"]] == [
-            f"requirements/{lock}.txt requirements/build.txt ./requirements/"]
+            f"requirements-{lock}.lock requirements-build.lock ./"]
         (download,) = [i["value"] for i in all_stages[stage]
                        if i["instruction"] == "RUN" and "pip wheel" in i["value"]]
         assert "--require-hashes" in download, download
-        assert f"-r requirements/{lock}.txt" in download, download
+        assert f"-r requirements-{lock}.lock" in download, download
     assert "PIP_CERT" not in " ".join(i["value"] for ins in all_stages.values() for i in ins
                                       if i["instruction"] in ("ARG", "ENV"))
 
