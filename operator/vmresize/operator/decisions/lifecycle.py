@@ -43,6 +43,7 @@ from vmresize.operator.decisions.health import (
     health_passed,
     health_waiting,
 )
+from vmresize.operator.decisions.rollback_failed import rollback_failed, rollback_failed_deleted
 from vmresize.operator.decisions.transitions import (
     back_step_done,
     chosen,
@@ -60,8 +61,6 @@ from vmresize.operator.decisions.transitions import (
     recreate,
     retry_or_wait,
     revert,
-    rollback_failed,
-    rollback_failed_deleted,
     scheduled,
     scheduling_refused,
     scheduling_tick,
