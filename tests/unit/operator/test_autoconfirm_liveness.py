@@ -17,7 +17,7 @@ from vmresize.operator.settings import Settings
 
 S = Settings(namespace="sys", heartbeat_stale_seconds=60)
 AUTO_CONFIRM_HELD = "AutoConfirmHeld"   # transitions.AUTO_CONFIRM_HELD
-RECHECK = 5.0                           # engine.HOLD_RECHECK_SECONDS
+RECHECK = 5.0                           # observe.HOLD_RECHECK_SECONDS
 
 
 def _verify() -> MemStorage:
