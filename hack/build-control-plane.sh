@@ -22,6 +22,18 @@ if ((${#missing[@]} == 0)); then
   exit 0
 fi
 
+# Two builds at once (parallel checkouts, a test and `make deps`) would race on the .tmp
+# files and the module cache; the second waits for the first, then finds the binaries.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.control-plane.lock"
+flock 9
+missing=()
+for b in "${want[@]}"; do [[ -x $BIN/$b ]] || missing+=("$b"); done
+if ((${#missing[@]} == 0)); then
+  echo "control plane $K8S_VERSION cached in $BIN"
+  exit 0
+fi
+
 command -v go >/dev/null || { echo "go is required to build the control plane" >&2; exit 1; }
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$BIN" "$OUT/src"
