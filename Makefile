@@ -73,9 +73,10 @@ test-e2e: deps
 test-images: venv
 	bash hack/pytest.sh tests/images
 
-# Lint and type checks first, then all four tiers in one pytest session (one control plane).
+# Lint and type checks first, then all four tiers in one pytest session (one control plane);
+# the 40 slowest tests are listed at the end, to see where the minutes go.
 test: deps lint
-	bash hack/pytest.sh tests
+	bash hack/pytest.sh tests --durations=40
 
 demo: deps
 	bash hack/demo.sh
