@@ -33,11 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vmresize.agent import (
-    disks,
-    flavorfiles,
     health,
-    markers,
-    moving,
     orphans,
     ownership,
     precopy,
@@ -60,6 +56,7 @@ from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
+from vmresize.agent.vmfiles import disks, flavorfiles, markers, moving
 from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTaskSpec, PowerOff, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import VMDisk

@@ -14,7 +14,7 @@ The mechanism is an external disk-only snapshot (:mod:`~vmresize.agent.hyperviso
    overlays, so RestoreSource starts the VM on exactly that chain.
 5. Destination (Finish): every file, overlays included, is verified against the
    source's sha256 before anything changes (invariant 2); then each overlay is re-linked
-   onto the received disk and committed into it (:mod:`~vmresize.agent.overlays`), and
+   onto the received disk and committed into it (:mod:`~vmresize.agent.vmfiles.overlays`), and
    Finish goes on as in the offline mode.
 
 Rollback: RestoreSource (the VM running, or started again from the held definition)
@@ -42,12 +42,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmresize.agent import markers, wholevm
+from vmresize.agent import wholevm
 from vmresize.agent.errors import HypervisorError, StepError
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
-from vmresize.agent.overlays import commit_offline
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import Transfer
+from vmresize.agent.vmfiles import markers
+from vmresize.agent.vmfiles.overlays import commit_offline
 from vmresize.api.hosttask import HostTaskSpec, PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from vmresize.agent import markers
 from vmresize.agent.errors import StepError
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
+from vmresize.agent.vmfiles import markers
 from vmresize.api.hosttask import PowerOff
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vmresize.agent import flavorfiles, markers, moving, overlays, ownership, sharedstore
+from vmresize.agent import ownership
 from vmresize.agent.errors import (
     InsufficientSpace,
     StepError,
@@ -39,6 +39,7 @@ from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import StepProgress, Transfer
+from vmresize.agent.vmfiles import flavorfiles, markers, moving, overlays, sharedstore
 from vmresize.api import flavordisks, vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk, bound

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from tests.support.agent_steps import allow_all
 
-from vmresize.agent import disks
 from vmresize.agent.executor import Executor, TaskRefused
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec
 from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
 

@@ -13,12 +13,12 @@ import uuid
 import pytest
 from tests.support.agent_steps import BIG, SMALL, move, names, spawn, spec
 
-from vmresize.agent import disks
 from vmresize.agent.errors import TaskRefused
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
 from vmresize.agent.main import _stop_vms
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from tests.support.agent_steps import BIG, SEED, SMALL, move, names, spawn, spec
 
-from vmresize.agent import disks
 from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import PeerHost, TaskAction
 
 

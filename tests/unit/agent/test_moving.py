@@ -17,11 +17,11 @@ import pytest
 from tests.support.agent_steps import LocalNetwork
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent import moving
 from vmresize.agent.errors import TaskRefused, Unmovable
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.transfer.seam import StepProgress
+from vmresize.agent.vmfiles import moving
 from vmresize.api import vmdisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent import sharedstore
 from vmresize.agent.errors import PathEscape
+from vmresize.agent.vmfiles import sharedstore
 
 DEST_DIR = "instances/ns/web/9b0d7e44"
 

@@ -12,8 +12,8 @@ import pytest
 from tests.support.checksum import file_disk_checksum
 
 from vmresize.agent.errors import CopyChecksumMismatch, StepError
-from vmresize.agent.moving import verify_file
 from vmresize.agent.transfer.seam import Received
+from vmresize.agent.vmfiles.moving import verify_file
 
 REL = "instances/ns/vm/1/disk.qcow2"
 

@@ -29,13 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmresize.agent import disks
 from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused, Unmovable
 from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import Received, StepProgress, Transfer
 from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.agent.vmfiles import disks
 from vmresize.api import flavordisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DEFINITION_BOUND, DiskRole, VMDisk
