@@ -35,12 +35,13 @@ Tree (``retryable`` default in brackets)::
     │   ├── KubeUnavailable             no answer, 408, 429, 5xx                [yes]
     │   └── KubeRejected                any other 4xx                           [no]
     ├── ProbeFailed                     one health probe did not pass (health)  [yes]
-    └── StepError                       a HostTask step failed (executor.py)    [no]
+    └── StepError                       a HostTask step failed (steps/)         [no]
         ├── TaskRefused                 not for this host / missing fields      [no]
         │   └── TaskUnreadable          a field or value this agent does not know [no]
         ├── Unmovable                   the VM has what cannot be copied        [no]
         ├── FlavorRefused               the definition cannot take the flavor   [no]
         ├── CopyChecksumMismatch        received disk is not the source disk    [no]
+        ├── ChecksumStalledError        a checksum read nothing for too long    [yes]
         ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
         ├── Fenced                      the owner no longer names this task     [no]
         └── HealthCheckFailed           no probe passed by the deadline         [no]
@@ -223,6 +224,12 @@ class FlavorRefused(StepError):  # noqa: N818 - reads as the condition it names
 
 class CopyChecksumMismatch(StepError):  # noqa: N818
     """The received disk is not the source disk (Finish refuses to start it)."""
+
+
+class ChecksumStalledError(StepError):
+    """A checksum read nothing for too long (a failing or hung disk); the step ends."""
+
+    retryable = True
 
 
 class InsufficientSpace(StepError):  # noqa: N818

@@ -19,8 +19,8 @@ from tests.support.agent_steps import names, spawn, spec
 
 from vmresize.agent.errors import Fenced, HealthCheckFailed, ProbeFailed, StepError
 from vmresize.agent.executor import Executor
-from vmresize.agent.health import probe_http, probe_tcp
 from vmresize.agent.settings import probe_networks
+from vmresize.agent.steps.health import probe_http, probe_tcp
 from vmresize.api.hosttask import HostTaskSpec, TaskAction
 
 LOOPBACK = "127.0.0.1"
