@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from vmresize.agent import orphans
@@ -75,13 +74,20 @@ class Executor:
         self.transfer = transfer
         self.fence = fence
         self.call_timeout = call_timeout
+        self.checksum_stall = checksum_stall
         self.probe_networks = probe_networks
         self.orphaned = orphaned
-        self._timed = TimedHypervisor(hypervisor, call_timeout)
-        self._context = StepContext(
-            host=host, root=self.root, hv=self._timed, transfer=transfer, fence=fence,
-            orphaned=orphaned, now=wall_clock, checksum_stall=checksum_stall,
-            probe_networks=probe_networks)
+        self.wall_clock = wall_clock
+
+    def context(self, *, task_name: str = "", progress: ProgressFn | None = None
+                ) -> StepContext:
+        """One attempt's context, made of this host's parts as they are now."""
+        return StepContext(
+            host=self.host, root=self.root, hv=TimedHypervisor(self.hv, self.call_timeout),
+            transfer=self.transfer, fence=self.fence, orphaned=self.orphaned,
+            now=self.wall_clock, checksum_stall=self.checksum_stall,
+            probe_networks=self.probe_networks, task_name=task_name, progress=progress,
+            files=StepProgress(progress))
 
     async def run(self, spec: HostTaskSpec, *, task_name: str = "",
                   progress: ProgressFn | None = None) -> StepOutcome:
@@ -89,8 +95,7 @@ class Executor:
         other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
             raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
-        ctx = replace(self._context, task_name=task_name, progress=progress,
-                      files=StepProgress(progress))
+        ctx = self.context(task_name=task_name, progress=progress)
         try:
             async with self.transfer.step():  # one connection to the peer per step
                 return await STEPS[spec.action](ctx, spec)
@@ -103,4 +108,4 @@ class Executor:
 
     async def reap_orphan(self, orphan: OrphanCopy) -> str:
         """Destroy an abandoned copy on this host and delete its directory (idempotent)."""
-        return await orphans.reap(self._timed, self.root, orphan)
+        return await orphans.reap(self.context().hv, self.root, orphan)

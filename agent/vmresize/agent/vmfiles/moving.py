@@ -180,7 +180,7 @@ async def file_checksum(path: Path, *, stall: float = CHECKSUM_STALL_SECONDS) ->
                 return job.result()
             if read[0] == last:
                 raise ChecksumStalledError(
-                    f"the checksum of {path.name} read nothing for {stall:.0f} s "
+                    f"the checksum of {path.name} read nothing for {stall:g} s "
                     f"({read[0]} bytes read before); the disk may be failing")
             last = read[0]
     finally:
