@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmresize.agent import orphans
-from vmresize.agent.errors import AgentError, StepError, TaskRefused
+from vmresize.agent.errors import AgentError, StepError, TaskRefusedError
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.agent.steps.context import (
@@ -48,7 +48,7 @@ from vmresize.agent.vmfiles.moving import CHECKSUM_STALL_SECONDS
 from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTaskSpec
 
-__all__ = ["Executor", "Fence", "OrphanFence", "StepOutcome", "TaskRefused"]
+__all__ = ["Executor", "Fence", "OrphanFence", "StepOutcome", "TaskRefusedError"]
 
 HV_CALL_TIMEOUT = 120.0
 """Bound on one libvirt call (the settings' default); longer is a hung hypervisor."""
@@ -94,7 +94,7 @@ class Executor:
         """Carry out ``spec`` (the HostTask ``task_name``); raises :class:`StepError` (every
         other :class:`AgentError` is converted, keeping its retryability)."""
         if spec.host != self.host:
-            raise TaskRefused(f"task is for host {spec.host!r}, this agent is {self.host!r}")
+            raise TaskRefusedError(f"task is for host {spec.host!r}, this agent is {self.host!r}")
         ctx = self.context(task_name=task_name, progress=progress)
         try:
             async with self.transfer.step():  # one connection to the peer per step

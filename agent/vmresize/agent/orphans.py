@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from vmresize.agent.errors import DomainNotFound, PathEscape
+from vmresize.agent.errors import DomainNotFoundError, PathEscapeError
 from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.agent.paths import confine
 from vmresize.api.host import OrphanCopy
@@ -44,10 +44,10 @@ def fenced(orphans: Iterable[OrphanCopy], name: str) -> str | None:
 
 def copy_dir(root: Path, o: OrphanCopy) -> Path:
     """The copy's own directory, confined to the storage root and named after its resize's
-    UID (anything else is refused: :class:`PathEscape`)."""
+    UID (anything else is refused: :class:`PathEscapeError`)."""
     if PurePosixPath(o.disk_dir).name != o.owner_uid or \
             PurePosixPath(o.disk_path).parent != PurePosixPath(o.disk_dir):
-        raise PathEscape(f"orphan of {o.owner}: {o.disk_dir!r} is not the directory of one "
+        raise PathEscapeError(f"orphan of {o.owner}: {o.disk_dir!r} is not the directory of one "
                          f"placement of {o.owner_uid} holding {o.disk_path!r}")
     return confine(root, o.disk_dir)
 
@@ -64,7 +64,7 @@ async def reap(hv: TimedHypervisor, root: Path, o: OrphanCopy) -> str:
                 await hv.destroy(o.domain_name)
                 await hv.undefine(o.domain_name)
                 done.append(f"destroyed and undefined {o.domain_name}")
-            except DomainNotFound:
+            except DomainNotFoundError:
                 pass
         else:
             log.warning("domain %s runs from %s, not from the abandoned copy in %s: another "

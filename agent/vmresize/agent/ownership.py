@@ -27,7 +27,7 @@ A task with no ``instanceUid`` (an older operator's) is checked by name only, as
 
 from __future__ import annotations
 
-from vmresize.agent.errors import TaskRefused
+from vmresize.agent.errors import TaskRefusedError
 from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.api.hosttask import HostTaskSpec
 
@@ -35,7 +35,7 @@ from vmresize.api.hosttask import HostTaskSpec
 async def check(hv: TimedHypervisor, spec: HostTaskSpec, name: str, act: str,
                 *, stamp_unowned: bool = False) -> None:
     """Proceed only if the domain ``name`` records ``spec.instanceUid`` as its owner, else
-    :class:`TaskRefused` (permanent: nothing was done). ``stamp_unowned``: a domain that
+    :class:`TaskRefusedError` (permanent: nothing was done). ``stamp_unowned``: a domain that
     records no owner is this Instance's (the source at MigrateDisk) and gets its UID."""
     uid = spec.instance_uid
     if not uid:
@@ -48,7 +48,7 @@ async def check(hv: TimedHypervisor, spec: HostTaskSpec, name: str, act: str,
         return
     whose = ("records no vmresize owner, so vmresize did not make it" if owner is None
              else f"belongs to the Instance with UID {owner}")
-    raise TaskRefused(f"refusing to {act} domain {name}: it {whose}, not to {spec.instance} "
+    raise TaskRefusedError(f"refusing to {act} domain {name}: it {whose}, not to {spec.instance} "
                       f"(UID {uid}); nothing was done to it", retryable=False)
 
 

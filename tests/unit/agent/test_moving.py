@@ -17,7 +17,7 @@ import pytest
 from tests.support.agent_steps import LocalNetwork
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent.errors import TaskRefused, Unmovable
+from vmresize.agent.errors import TaskRefusedError, UnmovableError
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.transfer.seam import StepProgress
@@ -156,7 +156,7 @@ def test_what_cannot_move_is_refused_before_anything_happens(
         "domain='0x0000' bus='0x3b' slot='0x00' function='0x1'/></source></hostdev></devices>")
     hv.define_xml(xml)
     files = sorted(p for p in a.rglob("*"))
-    with pytest.raises(Unmovable, match="host device passed through"):
+    with pytest.raises(UnmovableError, match="host device passed through"):
         moving.capture(hv, name, a, plan_stub())
     assert sorted(p for p in a.rglob("*")) == files  # not even the definition was written
 
@@ -169,7 +169,7 @@ def test_a_disk_attached_since_it_was_recorded_is_refused(
         hv: LibvirtHypervisor, world: tuple[Path, Path, str]) -> None:
     a, _, name = world
     wanted = [f for f in plan(hv, a, name) if f.target != "vdc"]
-    with pytest.raises(TaskRefused, match=r"changed since they were recorded: new "
+    with pytest.raises(TaskRefusedError, match=r"changed since they were recorded: new "
                                           rf"\['{SRC_DIR}/disk.eph0'\]"):
         moving.capture(hv, name, a, wanted)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent.errors import CopyChecksumMismatch, StepError
+from vmresize.agent.errors import CopyChecksumMismatchError, StepError
 from vmresize.agent.transfer.seam import Received
 from vmresize.agent.vmfiles.moving import verify_file
 
@@ -48,7 +48,7 @@ async def test_a_changed_file_is_caught_unless_the_receiver_verified_that_checks
         f.write(b"X")
     for state in (None, Received(complete=False, checksum=None),
                   Received(complete=True, checksum="another checksum")):
-        with pytest.raises(CopyChecksumMismatch):
+        with pytest.raises(CopyChecksumMismatchError):
             await verify_file(path, REL, checksum, state)
     # The receiver hashed what it wrote before the commit: Finish takes its word.
     await verify_file(path, REL, checksum, Received(complete=True, checksum=checksum))

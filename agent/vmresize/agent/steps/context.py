@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from vmresize.agent.errors import Fenced, StepError, TaskRefused
+from vmresize.agent.errors import FencedError, StepError, TaskRefusedError
 from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
@@ -68,7 +68,7 @@ class StepContext:
         """Immediately before a destructive act: proceed only if the owner names the task."""
         why = await self.fence(spec, self.task_name)
         if why is not None:
-            raise Fenced(f"fenced: the owner no longer asks for this step ({why})")
+            raise FencedError(f"fenced: the owner no longer asks for this step ({why})")
 
     async def refuse_orphan(self, name: str) -> None:
         """StepError (permanent) if ``name`` is a copy an admin abandoned on this host."""
@@ -108,9 +108,9 @@ Step = Callable[[StepContext, HostTaskSpec], Awaitable[StepOutcome]]
 
 
 def need(value: T | None, what: str, action: TaskAction) -> T:
-    """``value``, or TaskRefused naming the field of the task that lacks it."""
+    """``value``, or TaskRefusedError naming the field of the task that lacks it."""
     if value is None or value == "":
-        raise TaskRefused(f"{action.value} needs spec.{what}")
+        raise TaskRefusedError(f"{action.value} needs spec.{what}")
     return value
 
 

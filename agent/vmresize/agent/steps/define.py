@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from vmresize.agent import ownership
-from vmresize.agent.errors import TaskRefused
+from vmresize.agent.errors import TaskRefusedError
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
 from vmresize.agent.steps.context import StepContext
@@ -57,7 +57,7 @@ async def _clear_the_name(ctx: StepContext, spec: HostTaskSpec, name: str, rel: 
         await ownership.stamp(ctx.hv, spec, name)
         return True
     if await ctx.hv.state(name) != PowerState.SHUTOFF:
-        raise TaskRefused(f"a domain named {name} already runs from {disk}, not "
+        raise TaskRefusedError(f"a domain named {name} already runs from {disk}, not "
                           f"from {rel}; refusing to touch it")
     await ownership.check(ctx.hv, spec, name, "redefine")
     log.warning("domain %s pointed at %s; redefining it on %s", name, disk, rel)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from vmresize.agent import ownership
-from vmresize.agent.errors import DomainNotFound, StepError
+from vmresize.agent.errors import DomainNotFoundError, StepError
 from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.agent.steps.context import StepContext, StepOutcome
 from vmresize.agent.vmfiles import disks, markers, wholevm
@@ -37,7 +37,7 @@ async def delete_copy(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
         try:
             await ctx.hv.destroy(name)
             await ctx.hv.undefine(name)
-        except DomainNotFound:
+        except DomainNotFoundError:
             pass
     if spec.transfer_id and spec.action == TaskAction.CLEANUP_DEST:
         ctx.transfer.forget(spec.transfer_id)

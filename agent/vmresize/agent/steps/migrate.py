@@ -14,7 +14,7 @@ downtime counts from there), with the checksums and sizes of what was sent.
 from __future__ import annotations
 
 from vmresize.agent import ownership
-from vmresize.agent.errors import FlavorRefused, StepError
+from vmresize.agent.errors import FlavorRefusedError, StepError
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.agent.steps import poweroff, precopy
@@ -30,7 +30,7 @@ async def refuse_flavor(ctx: StepContext, name: str, flavor: TaskFlavor) -> None
     xml = await ctx.hv.export(name)
     why = domainxml.rewrite_refusal(xml, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib)
     if why is not None:
-        raise FlavorRefused(f"{name} cannot take {flavor.vcpus} vCPU and "
+        raise FlavorRefusedError(f"{name} cannot take {flavor.vcpus} vCPU and "
                             f"{flavor.memory_mib} MiB: {why}; refused before any "
                             "power-off, the VM was not touched")
 

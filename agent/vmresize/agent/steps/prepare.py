@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vmresize.agent.errors import TaskRefused, TransferRefused
+from vmresize.agent.errors import TaskRefusedError, TransferRefusedError
 from vmresize.agent.steps.context import StepContext, StepOutcome, need
 from vmresize.agent.vmfiles import wholevm
 from vmresize.api.hosttask import HostTaskSpec, TaskResult
@@ -33,8 +33,8 @@ async def prepare(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
                              rel)
     try:
         ctx.transfer.expect(tid, rel, size)
-    except TransferRefused as e:
-        raise TaskRefused(f"cannot accept {rel}: {e}") from e
+    except TransferRefusedError as e:
+        raise TaskRefusedError(f"cannot accept {rel}: {e}") from e
     return StepOutcome(TaskResult(disk_path=rel, size_bytes=size),
                        f"ready to receive {rel}")
 

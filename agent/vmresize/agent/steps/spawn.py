@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from vmresize.agent.errors import TaskRefused
+from vmresize.agent.errors import TaskRefusedError
 from vmresize.agent.steps import define
 from vmresize.agent.steps.context import StepContext, StepOutcome, need
 from vmresize.agent.vmfiles import disks, flavorfiles, wholevm
@@ -49,10 +49,10 @@ async def adopt(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
     name = need(spec.domain_name, "domainName", spec.action)
     disk = await ctx.hv.disk_path(name)
     if disk is None:
-        raise TaskRefused(f"domain {name} has no file-backed disk")
+        raise TaskRefusedError(f"domain {name} has no file-backed disk")
     resolved = disk.resolve()
     if not resolved.is_relative_to(ctx.root):
-        raise TaskRefused(f"disk of {name} is outside the storage root: {disk}")
+        raise TaskRefusedError(f"disk of {name} is outside the storage root: {disk}")
     rel = str(resolved.relative_to(ctx.root))
     ctx.abs(rel)  # the same confinement every other step applies
     # The domain remembers who adopted it: a second Instance (another tenant's, or one
@@ -60,7 +60,7 @@ async def adopt(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
     # after a crash finds our UID and goes on.
     owner = await ctx.hv.owner(name)
     if owner and owner != spec.owner_uid:
-        raise TaskRefused(f"domain {name} is owned by the Instance with UID {owner}; "
+        raise TaskRefusedError(f"domain {name} is owned by the Instance with UID {owner}; "
                           "a domain that an Instance owns is never adopted again")
     if spec.owner_uid and owner != spec.owner_uid:
         await ctx.hv.set_owner(name, spec.owner_uid)

@@ -4,7 +4,7 @@ The executor's resize steps call these; each works on the :class:`VMDisk` lists 
 HostTask and is idempotent, so a resumed step redoes only what is missing.
 
 * Source, before power-off: :func:`capture` reads the domain's migratable definition,
-  refuses what cannot move (:class:`Unmovable`, the VM untouched), lists its files and
+  refuses what cannot move (:class:`UnmovableError`, the VM untouched), lists its files and
   checks them against the task's list (a disk attached since would otherwise stay behind).
   The definition is written next to the root disk and travels like a disk.
 * Source, after power-off: :func:`send` copies each file, over the migration service or,
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from vmresize.agent.errors import (
     ChecksumStalledError,
-    CopyChecksumMismatch,
+    CopyChecksumMismatchError,
     StepError,
-    TaskRefused,
-    Unmovable,
+    TaskRefusedError,
+    UnmovableError,
 )
 from vmresize.agent.hypervisor import domainxml, vmfiles
 from vmresize.agent.paths import confine
@@ -68,7 +68,7 @@ def root_disk(files: Sequence[VMDisk]) -> VMDisk:
     for f in files:
         if f.role is DiskRole.DISK:
             return f
-    raise TaskRefused("no file-backed disk is listed")
+    raise TaskRefusedError("no file-backed disk is listed")
 
 
 def _chain(root: Path) -> vmfiles.ChainFn:
@@ -82,10 +82,10 @@ def _chain(root: Path) -> vmfiles.ChainFn:
 
 
 def refuse_unmovable(xml: str, root: Path, name: str) -> None:
-    """Raise :class:`Unmovable` naming every reason the domain cannot move."""
+    """Raise :class:`UnmovableError` naming every reason the domain cannot move."""
     reasons = domainxml.unmovable(xml, str(root))
     if reasons:
-        raise Unmovable(f"{name} cannot move: " + "; ".join(reasons))
+        raise UnmovableError(f"{name} cannot move: " + "; ".join(reasons))
 
 
 def capture(xml: str, name: str, root: Path, wanted: Sequence[VMDisk]) -> Captured:
@@ -109,7 +109,7 @@ def recapture(root: Path, wanted: Sequence[VMDisk]) -> Captured:
     disk = root_disk([w for w in wanted if w.role is not DiskRole.DEFINITION])
     path = confine(root, disk.path + DEFINITION_SUFFIX)
     if not path.is_file():
-        raise TaskRefused(f"the domain is gone and no definition was captured at "
+        raise TaskRefusedError(f"the domain is gone and no definition was captured at "
                           f"{disk.path + DEFINITION_SUFFIX}")
     return _match(path.read_text(), root, wanted, "the domain")
 
@@ -123,7 +123,7 @@ def _match(xml: str, root: Path, wanted: Sequence[VMDisk], name: str) -> Capture
                if w.role not in (DiskRole.DEFINITION, DiskRole.OVERLAY)}  # pre-copy's own
     have = {f.path for f in found}
     if have != set(by_path):
-        raise TaskRefused(f"the files of {name} changed since they were recorded: new "
+        raise TaskRefusedError(f"the files of {name} changed since they were recorded: new "
                           f"{sorted(have - set(by_path))}, gone {sorted(set(by_path) - have)}")
     files = [f.model_copy(update={"peer_path": by_path[f.path].peer_path,
                                   "transfer_id": by_path[f.path].transfer_id}) for f in found]
@@ -139,7 +139,7 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
     out = []
     for f in files:
         if not f.peer_path or not f.transfer_id:
-            raise TaskRefused(f"{f.path} has no destination path or transfer id")
+            raise TaskRefusedError(f"{f.path} has no destination path or transfer id")
         if flavordisks.not_copied(f):  # swap (by our own definition's serial): made anew
             out.append(f.model_copy(update={"checksum": None, "size_bytes": 0}))
             continue
@@ -149,7 +149,7 @@ async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer:
             checksum = await file_checksum(dst, stall=stall)
             source = await file_checksum(src, stall=stall)
             if checksum != source:
-                raise CopyChecksumMismatch(f"local copy of {f.path} differs", retryable=True)
+                raise CopyChecksumMismatchError(f"local copy of {f.path} differs", retryable=True)
             size = dst.stat().st_size
         else:
             sent = await transfer.send(src=src, peer=peer, transfer_id=f.transfer_id,
@@ -205,7 +205,7 @@ async def verify(root: Path, files: Sequence[VMDisk], transfer: Transfer, *,
         if flavordisks.not_copied(f):
             continue  # never sent: Finish makes it anew
         if not f.checksum:
-            raise TaskRefused(f"no expected checksum for {f.path}")
+            raise TaskRefusedError(f"no expected checksum for {f.path}")
         state = transfer.received(f.transfer_id) if f.transfer_id else None
         await verify_file(confine(root, f.path), f.path, f.checksum, state, stall=stall)
 
@@ -214,12 +214,12 @@ async def verify_file(path: Path, rel: str, expected: str, state: Received | Non
                       stall: float = CHECKSUM_STALL_SECONDS) -> None:
     """Destination: ``path`` holds the content whose disk checksum
     (:mod:`vmresize.agent.transfer.sparse`) is ``expected``, or a retryable
-    :class:`StepError` (not there yet) or :class:`CopyChecksumMismatch`."""
+    :class:`StepError` (not there yet) or :class:`CopyChecksumMismatchError`."""
     if _verified_on_arrival(path, rel, expected, state):
         return
     actual = await file_checksum(path, stall=stall)
     if actual != expected:
-        raise CopyChecksumMismatch(f"{rel} has checksum {actual}, expected {expected}; "
+        raise CopyChecksumMismatchError(f"{rel} has checksum {actual}, expected {expected}; "
                                    "refusing to start it")
 
 
@@ -250,7 +250,7 @@ def relink(root: Path, files: Sequence[VMDisk]) -> None:
     for f in files:
         if f.backing and f.role is not DiskRole.OVERLAY:
             if f.backing not in fmt:
-                raise TaskRefused(f"backing file {f.backing} of {f.path} did not move")
+                raise TaskRefusedError(f"backing file {f.backing} of {f.path} did not move")
             disks.rebase(root, f.path, f.format, f.backing, fmt[f.backing])
 
 
@@ -261,10 +261,10 @@ def definition(root: Path, files: Sequence[VMDisk], *, vcpus: int, memory_mib: i
     ``drop`` (by their source path) left out and ``add`` added (a flavor's disks)."""
     defn = [f for f in files if f.role is DiskRole.DEFINITION]
     if len(defn) != 1:
-        raise TaskRefused("exactly one definition file must arrive with the disks")
+        raise TaskRefusedError("exactly one definition file must arrive with the disks")
     path = confine(root, defn[0].path)
     if path.stat().st_size > DEFINITION_BOUND:
-        raise TaskRefused(f"{defn[0].path} is larger than {DEFINITION_BOUND} bytes")
+        raise TaskRefusedError(f"{defn[0].path} is larger than {DEFINITION_BOUND} bytes")
     xml = domainxml.edit_disks(path.read_text(), drop=frozenset(
         d.source_path for d in drop if d.source_path))
     moved = [f for f in files if f.role is not DiskRole.DEFINITION]

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmresize.agent.errors import (
-    InsufficientSpace,
-    TaskRefused,
-    TransferRefused,
-    Unmovable,
+    InsufficientSpaceError,
+    TaskRefusedError,
+    TransferRefusedError,
+    UnmovableError,
 )
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.paths import confine
@@ -54,7 +54,7 @@ root_disk = moving.root_disk
 
 def _marker_id(spec: HostTaskSpec) -> str:
     if not spec.transfer_id:
-        raise TaskRefused(f"{spec.action.value} needs spec.transferId")
+        raise TaskRefusedError(f"{spec.action.value} needs spec.transferId")
     return spec.transfer_id
 
 
@@ -65,7 +65,7 @@ def adopted(xml: str, root: Path, name: str
     thread)."""
     try:
         files = moving.capture(xml, name, root, []).files
-    except Unmovable as e:
+    except UnmovableError as e:
         first = [d for d in domainxml.inventory(xml)
                  if d.device == "disk" and d.type == "file"]
         return [], str(e), (first[0].format or "raw") if first else "raw"
@@ -147,14 +147,14 @@ def bytes_to_land(files: Sequence[VMDisk], waiting: Sequence[VMDisk], flavor: Ta
 
 
 def ensure_space(where: Path, need: int, promised: int, what: str, detail: str = "") -> None:
-    """InsufficientSpace unless the filesystem of the directory ``where`` (the instance
+    """InsufficientSpaceError unless the filesystem of the directory ``where`` (the instance
     directory may be a mount of its own) holds ``need`` bytes beyond the ``promised`` ones
     that transfers already accepted there may still write. ``what`` lands there;
     ``detail`` says what ``need`` is made of."""
     st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
     if free - promised < need:
-        raise InsufficientSpace(
+        raise InsufficientSpaceError(
             f"{free} bytes free where {what} lands, {promised} of them promised to transfers "
             f"in flight; {need} needed{detail}")
 
@@ -162,7 +162,7 @@ def ensure_space(where: Path, need: int, promised: int, what: str, detail: str =
 def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0
             ) -> tuple[list[VMDisk], int]:
     """Destination: accept every file (idempotent) if all that will land fits, else
-    InsufficientSpace before anything is accepted. Returns the list and the bytes needed.
+    InsufficientSpaceError before anything is accepted. Returns the list and the bytes needed.
     ``promised``: what transfers already in flight here may still write."""
     files = spec.disks
     dest_dir = posixpath.dirname(root_disk(files).path)
@@ -171,7 +171,7 @@ def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int
         if flavordisks.not_copied(f):
             continue  # swap never crosses: Finish makes it anew (counted in bytes_to_land())
         if not f.transfer_id:
-            raise TaskRefused(f"{f.path} has no transfer id")
+            raise TaskRefusedError(f"{f.path} has no transfer id")
         known = transfer.received(f.transfer_id) is not None
         if not known and confine(root, f.path).exists():
             continue  # received, verified and its bookkeeping dropped: a resumed Prepare
@@ -189,8 +189,8 @@ def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int
         try:
             transfer.expect(f.transfer_id or "", f.path, bound(f),
                             promised=promised_bytes(f, files))
-        except TransferRefused as e:
-            raise TaskRefused(f"cannot accept {f.path}: {e}") from e
+        except TransferRefusedError as e:
+            raise TaskRefusedError(f"cannot accept {f.path}: {e}") from e
     sharedstore.mark(root, dest_dir, _marker_id(spec))
     return list(files), need
 
@@ -207,7 +207,7 @@ def capture(xml: str | None, root: Path, spec: HostTaskSpec) -> tuple[list[VMDis
         files = moving.recapture(root, spec.disks).files
     dest = root_disk(files).peer_path
     if not dest:
-        raise TaskRefused(f"no destination path for {root_disk(files).path}")
+        raise TaskRefusedError(f"no destination path for {root_disk(files).path}")
     return files, sharedstore.visible(root, posixpath.dirname(dest), _marker_id(spec))
 
 
