@@ -39,7 +39,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from vmresize.agent.errors import HypervisorError, StepError
 from vmresize.agent.hypervisor.protocol import PowerState
@@ -51,7 +51,6 @@ from vmresize.api.hosttask import HostTaskSpec, PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 PRECOPY_SUFFIX = markers.PRECOPY_SUFFIX
 AFTER_POWER_OFF = (DiskRole.OVERLAY, DiskRole.NVRAM)
 """What the guest may still write while it runs: sent once it is off."""
