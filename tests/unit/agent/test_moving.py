@@ -91,7 +91,7 @@ def world(hv: LibvirtHypervisor, tmp_path: Path) -> Iterator[tuple[Path, Path, s
 
 def plan(hv: LibvirtHypervisor, root: Path, name: str) -> list[VMDisk]:
     """What the operator would send: the recorded files mapped onto the destination."""
-    found = moving.capture(hv, name, root, []).files
+    found = moving.capture(hv.export(name), name, root, []).files
     for f in found:
         f.size_bytes = (root / f.path).stat().st_size
     return vmdisks.destination(found, DEST_DIR, "t1")
@@ -110,7 +110,7 @@ def test_every_file_moves_verified_relinked_and_the_definition_keeps_all_else(
         dst_xfer.expect(f.transfer_id or "", f.path, vmdisks.bound(f))
     before = {f.path: sha(a / f.path) for f in wanted if f.role is not DiskRole.DEFINITION}
 
-    captured = moving.capture(hv, name, a, wanted)
+    captured = moving.capture(hv.export(name), name, a, wanted)
     seen: list[tuple[int, int]] = []
     sent = asyncio.run(moving.send(a, captured.files, transfer=src_xfer, peer=PEER,
                                    shared=False, progress=StepProgress(
@@ -157,7 +157,7 @@ def test_what_cannot_move_is_refused_before_anything_happens(
     hv.define_xml(xml)
     files = sorted(p for p in a.rglob("*"))
     with pytest.raises(UnmovableError, match="host device passed through"):
-        moving.capture(hv, name, a, plan_stub())
+        moving.capture(hv.export(name), name, a, plan_stub())
     assert sorted(p for p in a.rglob("*")) == files  # not even the definition was written
 
 
@@ -171,7 +171,7 @@ def test_a_disk_attached_since_it_was_recorded_is_refused(
     wanted = [f for f in plan(hv, a, name) if f.target != "vdc"]
     with pytest.raises(TaskRefusedError, match=r"changed since they were recorded: new "
                                           rf"\['{SRC_DIR}/disk.eph0'\]"):
-        moving.capture(hv, name, a, wanted)
+        moving.capture(hv.export(name), name, a, wanted)
 
 
 def test_on_shared_storage_files_are_copied_within_it(
@@ -179,7 +179,7 @@ def test_on_shared_storage_files_are_copied_within_it(
     a, _, name = world
     net = LocalNetwork()
     wanted = plan(hv, a, name)
-    captured = moving.capture(hv, name, a, wanted)
+    captured = moving.capture(hv.export(name), name, a, wanted)
     sent = asyncio.run(moving.send(a, captured.files, transfer=net.endpoint(
         "a", a), peer=PEER, shared=True))
     landed = vmdisks.arrived(sent)
