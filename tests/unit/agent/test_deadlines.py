@@ -75,14 +75,16 @@ async def test_a_hung_capture_before_the_power_off_ends_migratedisk(
             transfer_id="t1", disks=wanted, power_off_timeout_seconds=0)), timeout=10)
     assert err.value.retryable
     assert a.hv.state(name) is PowerState.RUNNING   # refused before the power-off
+    hung.release.set()  # the abandoned thread's read returns before the loop closes
 
 
 async def test_a_hung_capture_ends_adopt(
         stuck: tuple[Executor, Executor, str, StuckExport]) -> None:
-    a, _, name, _ = stuck
+    a, _, name, hung = stuck
     with pytest.raises(StepError, match="libvirt export did not answer within") as err:
         await asyncio.wait_for(a.run(spec("a", A.ADOPT, domain_name=name)), timeout=10)
     assert err.value.retryable
+    hung.release.set()  # the abandoned thread's read returns before the loop closes
 
 
 @pytest.fixture
@@ -93,11 +95,12 @@ def fifo(tmp_path: Path) -> Path:
 
 
 async def test_a_checksum_that_reads_nothing_ends(fifo: Path) -> None:
-    with pytest.raises(ChecksumStalledError, match=r"read nothing for 0\.3 s") as err:
-        await asyncio.wait_for(moving.file_checksum(fifo, stall=0.3), timeout=10)
-    assert err.value.retryable
-    # The reading thread's open returns once a writer opens; it then fails and ends.
-    os.close(os.open(fifo, os.O_WRONLY))
+    try:
+        with pytest.raises(ChecksumStalledError, match=r"read nothing for 0\.3 s") as err:
+            await asyncio.wait_for(moving.file_checksum(fifo, stall=0.3), timeout=10)
+        assert err.value.retryable
+    finally:  # the reading thread's open returns once a writer opens; it then ends
+        os.close(os.open(fifo, os.O_WRONLY))
 
 
 async def test_a_checksum_that_reads_slowly_but_steadily_completes(tmp_path: Path) -> None:
