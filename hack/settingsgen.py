@@ -105,6 +105,8 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("metrics_address", note="not set: all addresses, as a pod's port should"),
         Wire("health_probe_networks", "agent.settings.healthProbeNetworks"),
         Wire("transfer_fast_path", "agent.settings.transferFastPath"),
+        Wire("libvirt_call_timeout_seconds", "agent.settings.libvirtCallTimeoutSeconds"),
+        Wire("checksum_stall_seconds", "agent.settings.checksumStallSeconds"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

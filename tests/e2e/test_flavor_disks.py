@@ -19,8 +19,8 @@ import pytest
 from tests.e2e.test_qemu_agents import qemu_args, ready_status, run_task
 from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 
-from vmresize.agent import disks
 from vmresize.agent.hypervisor import domainxml, embedded
+from vmresize.agent.vmfiles import disks
 from vmresize.api import naming, vmdisks
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk
 

@@ -28,9 +28,9 @@ from tests.support.full_stack_harness import (
     virtual_size,
 )
 
-from vmresize.agent import disks
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.agent.vmfiles import disks
 
 SMALL, BIG = FLAVORS["small"], FLAVORS["big"]
 

@@ -39,10 +39,10 @@ from tests.support.precopy_rig import (
     writer_records,
 )
 
-from vmresize.agent import markers
 from vmresize.agent.errors import StepError
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import PowerState
+from vmresize.agent.vmfiles import markers
 from vmresize.api.vmdisks import OVERLAY_SUFFIX, DiskRole, VMDisk
 
 OV = OVERLAY_SUFFIX

@@ -22,8 +22,8 @@ from tests.support.kube import kubectl, kubectl_json
 from tests.support.owners import create_owner
 from tests.support.polling import wait_for
 
-from vmresize.agent import disks
 from vmresize.agent.hypervisor import embedded
+from vmresize.agent.vmfiles import disks
 from vmresize.api import naming
 from vmresize.api.meta import API_VERSION
 

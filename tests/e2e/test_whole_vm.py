@@ -27,8 +27,8 @@ from tests.e2e.test_qemu_agents import ready_status, run_task
 from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent import disks
 from vmresize.agent.hypervisor import domainxml, embedded
+from vmresize.agent.vmfiles import disks
 from vmresize.api import vmdisks
 
 BOOT = 240.0  # TCG on 2 shared cores; a bound, not a benchmark

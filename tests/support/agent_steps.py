@@ -44,7 +44,7 @@ class LocalTransfer:
         if rel is None:
             return None
         path = confine(self.net.roots[self.host], rel)
-        return Received(complete=path.exists(), sha256=None)
+        return Received(complete=path.exists(), checksum=None)
 
     def forget(self, transfer_id: str) -> None:
         self.net.expected[self.host].pop(transfer_id, None)

@@ -41,7 +41,7 @@ class Flavor:
     memory_mib: int
     changes: frozenset[str] = frozenset()
     refused: str | None = None
-    """A piece of the :class:`InvalidDomainConfig` message, when the rewrite must refuse."""
+    """A piece of the :class:`InvalidDomainConfigError` message, when the rewrite must refuse."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from hack import guest_domain as gd
 from hack import guest_init
 from hack.guest import Guest
 
-from vmresize.agent import wholevm
 from vmresize.agent.executor import Executor, StepOutcome
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
@@ -38,6 +37,7 @@ from vmresize.agent.transfer.keys import generate_key, load_or_create_host_key, 
 from vmresize.agent.transfer.seam import ProgressFn, Sent, Transfer
 from vmresize.agent.transfer.server import MigrationServer, start_migration_server
 from vmresize.agent.transfer.service import SshTransfer
+from vmresize.agent.vmfiles import wholevm
 from vmresize.api import vmdisks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction, TaskFlavor
 from vmresize.api.vmdisks import VMDisk
@@ -160,7 +160,7 @@ class Rig:
             writer_delay_ms="5", marker="off", **options)
         self.hv.define_xml(xml)
         self.hv.start(self.name)
-        self.files = wholevm.adopted(self.hv, self.root("a"), self.name)[0]
+        self.files = wholevm.adopted(self.hv.export(self.name), self.root("a"), self.name)[0]
 
     def serial(self, host: str = "a", where: str | None = None) -> Path:
         return self.root(host) / (where or INSTANCE_DIR) / "serial.log"

@@ -37,6 +37,19 @@ def test_drift_is_detected(tmp_path: Path) -> None:
                                                      str(docsgen.CONCEPTS)])
 
 
+def test_the_agent_doc_names_every_module_and_no_other(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    for rel in (docsgen.REFERENCE, docsgen.CONCEPTS, docsgen.AGENT_DOC):
+        shutil.copy(REPO / rel, tmp_path / rel)
+    assert docsgen.drift(tmp_path) == []
+    doc = tmp_path / docsgen.AGENT_DOC
+    text = doc.read_text()
+    assert "| `steps/migrate.py` | MigrateDisk (source)" in text
+    assert "| `vmfiles/moving.py` |" in text
+    doc.write_text(text.replace("| `steps/migrate.py` |", "| `migrate.py` |", 1))
+    assert docsgen.drift(tmp_path) == [str(docsgen.AGENT_DOC)]
+
+
 def test_reference_lists_every_field_with_its_docstring() -> None:
     text = (REPO / docsgen.REFERENCE).read_text()
     for kind in KINDS:

@@ -75,9 +75,9 @@ def test_retryable_is_a_class_default_with_an_instance_override() -> None:
         assert isinstance(cls.retryable, bool), cls  # type: ignore[attr-defined]
     assert not AgentError("x").retryable
     assert AgentError("x", retryable=True).retryable
-    assert agent_errors.ConnectionLost("x").retryable
-    assert not agent_errors.ConnectionLost("x", retryable=False).retryable
-    assert agent_errors.ConnectionLost.retryable  # the override stayed on the instance
+    assert agent_errors.ConnectionLostError("x").retryable
+    assert not agent_errors.ConnectionLostError("x", retryable=False).retryable
+    assert agent_errors.ConnectionLostError.retryable  # the override stayed on the instance
 
 
 def test_the_drawn_tree_is_the_tree() -> None:

@@ -11,39 +11,40 @@ sees a foreign exception. Every error says whether retrying the same step can he
 
 Tree (``retryable`` default in brackets)::
 
-    AgentError                          base; retryable per instance            [no]
-    ├── TransferError                   moving a disk over SSH (transfer/)      [no]
-    │   ├── PathEscape                  a path would leave the storage root     [no]
-    │   ├── HostKeyError                pinned host key mismatch / bad key      [no]
-    │   ├── AuthRejected                our client key was refused              [no]
-    │   ├── TransferRefused             receiver refused the transfer           [no]
-    │   │   └── TransferBusy            receiver is verifying it; ask later     [no]
-    │   ├── TransferChecksumMismatch    receiver's checksum differs from ours   [yes]
-    │   └── ConnectionLost              network/SSH failure mid-transfer        [yes]
-    ├── HypervisorError                 a libvirt call failed (hypervisor/)     [no]
-    │   ├── DomainNotFound              no domain of that name                  [no]
-    │   ├── DomainExists                another domain holds the name/UUID      [no]
-    │   ├── InvalidDomainConfig         definition or size change refused       [no]
-    │   ├── OperationInvalid            not valid in the current state          [yes]
-    │   ├── HypervisorUnreachable       connection broken or not opened         [yes]
-    │   └── NoGuestAgent                the domain has no guest agent channel   [no]
+    AgentError                          base; retryable per instance             [no]
+    ├── TransferError                   moving a disk over SSH (transfer/)       [no]
+    │   ├── PathEscapeError             a path would leave the storage root      [no]
+    │   ├── HostKeyError                pinned host key mismatch / bad key       [no]
+    │   ├── AuthRejectedError           our client key was refused               [no]
+    │   ├── TransferRefusedError        receiver refused the transfer            [no]
+    │   │   └── TransferBusyError       receiver is verifying it; ask later      [no]
+    │   ├── TransferChecksumMismatchError receiver's checksum differs from ours  [yes]
+    │   └── ConnectionLostError         network/SSH failure mid-transfer         [yes]
+    ├── HypervisorError                 a libvirt call failed (hypervisor/)      [no]
+    │   ├── DomainNotFoundError         no domain of that name                   [no]
+    │   ├── DomainExistsError           another domain holds the name/UUID       [no]
+    │   ├── InvalidDomainConfigError    definition or size change refused        [no]
+    │   ├── OperationInvalidError       not valid in the current state           [yes]
+    │   ├── HypervisorUnreachableError  connection broken or not opened          [yes]
+    │   └── NoGuestAgentError           the domain has no guest agent channel    [no]
     ├── DiskError                       qemu-img or a disk file failed (disks)   [no]
-    ├── KubeError                       a Kubernetes API call failed (kube/)    [no]
-    │   ├── KubeNotFound                404                                     [no]
-    │   ├── KubeConflict                409, the object changed under us        [yes]
-    │   ├── KubeAlreadyExists           409 AlreadyExists on create             [no]
-    │   ├── KubeUnavailable             no answer, 408, 429, 5xx                [yes]
-    │   └── KubeRejected                any other 4xx                           [no]
-    ├── ProbeFailed                     one health probe did not pass (health)  [yes]
-    └── StepError                       a HostTask step failed (executor.py)    [no]
-        ├── TaskRefused                 not for this host / missing fields      [no]
-        │   └── TaskUnreadable          a field or value this agent does not know [no]
-        ├── Unmovable                   the VM has what cannot be copied        [no]
-        ├── FlavorRefused               the definition cannot take the flavor   [no]
-        ├── CopyChecksumMismatch        received disk is not the source disk    [no]
-        ├── InsufficientSpace           disk's filesystem cannot hold it        [yes]
-        ├── Fenced                      the owner no longer names this task     [no]
-        └── HealthCheckFailed           no probe passed by the deadline         [no]
+    ├── KubeError                       a Kubernetes API call failed (kube/)     [no]
+    │   ├── KubeNotFoundError           404                                      [no]
+    │   ├── KubeConflictError           409, the object changed under us         [yes]
+    │   ├── KubeAlreadyExistsError      409 AlreadyExists on create              [no]
+    │   ├── KubeUnavailableError        no answer, 408, 429, 5xx                 [yes]
+    │   └── KubeRejectedError           any other 4xx                            [no]
+    ├── ProbeFailedError                one health probe did not pass (health)   [yes]
+    └── StepError                       a HostTask step failed (steps/)          [no]
+        ├── TaskRefusedError            not for this host / missing fields       [no]
+        │   └── TaskUnreadableError     a field or value this agent does not know [no]
+        ├── UnmovableError              the VM has what cannot be copied         [no]
+        ├── FlavorRefusedError          the definition cannot take the flavor    [no]
+        ├── CopyChecksumMismatchError   received disk is not the source disk     [no]
+        ├── ChecksumStalledError        a checksum read nothing for too long     [yes]
+        ├── InsufficientSpaceError      disk's filesystem cannot hold it         [yes]
+        ├── FencedError                 the owner no longer names this task      [no]
+        └── HealthCheckFailedError      no probe passed by the deadline          [no]
 
 The ``Kube*`` leaves follow :class:`vmresize.api.apierrors.ApiErrorKind`, the one
 classification of Kubernetes API errors the operator shares.
@@ -70,7 +71,7 @@ class TransferError(AgentError):
     """A disk transfer (or the path, key and session handling around it) failed."""
 
 
-class PathEscape(TransferError):  # noqa: N818 - the name is the public contract
+class PathEscapeError(TransferError):
     """A relative path is absolute, contains ``..``/NUL, or resolves outside the root."""
 
 
@@ -78,33 +79,33 @@ class HostKeyError(TransferError):
     """The receiver's host key does not match the pinned one (or the pin is malformed)."""
 
 
-class AuthRejected(TransferError):  # noqa: N818 - reads better than AuthRejectedError
+class AuthRejectedError(TransferError):
     """The receiver refused our client key."""
 
 
-class TransferRefused(TransferError):  # noqa: N818
+class TransferRefusedError(TransferError):
     """The receiver refused the transfer (unknown id, size mismatch, bad request)."""
 
 
-class TransferBusy(TransferRefused):
+class TransferBusyError(TransferRefusedError):
     """The transfer is being verified right now; the sender should come back later."""
 
 
-class TransferChecksumMismatch(TransferError):  # noqa: N818
+class TransferChecksumMismatchError(TransferError):
     """The receiver's disk checksum of what it wrote differs from the source's (resent once)."""
 
     retryable = True
 
 
-class ConnectionLost(TransferError):  # noqa: N818
+class ConnectionLostError(TransferError):
     """The SSH connection failed or dropped; resuming from the receiver's state can help."""
 
     retryable = True
 
 
-class ProbeFailed(AgentError):  # noqa: N818
+class ProbeFailedError(AgentError):
     """One probe of a HealthCheck did not pass; the next one may (the message says what it
-    saw). Never leaves the HealthCheck step: the deadline turns it into HealthCheckFailed."""
+    saw). Never leaves the HealthCheck step: the deadline turns it into HealthCheckFailedError."""
 
     retryable = True
 
@@ -116,31 +117,31 @@ class HypervisorError(AgentError):
     """A hypervisor call failed; adapters decide ``retryable`` from the library's code."""
 
 
-class DomainNotFound(HypervisorError):  # noqa: N818 - reads as the condition it names
+class DomainNotFoundError(HypervisorError):
     """No domain of that name is defined."""
 
 
-class DomainExists(HypervisorError):  # noqa: N818
+class DomainExistsError(HypervisorError):
     """A different domain already holds that name or UUID."""
 
 
-class InvalidDomainConfig(HypervisorError):  # noqa: N818
+class InvalidDomainConfigError(HypervisorError):
     """The hypervisor refused the domain definition or a size change."""
 
 
-class OperationInvalid(HypervisorError):  # noqa: N818
+class OperationInvalidError(HypervisorError):
     """The operation is not valid in the domain's current state (e.g. start while running)."""
 
     retryable = True
 
 
-class HypervisorUnreachable(HypervisorError):  # noqa: N818
+class HypervisorUnreachableError(HypervisorError):
     """The connection to the hypervisor is broken or could not be opened."""
 
     retryable = True
 
 
-class NoGuestAgent(HypervisorError):  # noqa: N818
+class NoGuestAgentError(HypervisorError):
     """The domain defines no QEMU guest agent channel, so nothing can answer guest-ping."""
 
 
@@ -163,27 +164,27 @@ class KubeError(AgentError):
         self.status = status
 
 
-class KubeNotFound(KubeError):  # noqa: N818 - reads as the condition
+class KubeNotFoundError(KubeError):
     """The object does not exist (404)."""
 
 
-class KubeConflict(KubeError):  # noqa: N818
+class KubeConflictError(KubeError):
     """The object changed under us (409); re-read and try again."""
 
     retryable = True
 
 
-class KubeAlreadyExists(KubeError):  # noqa: N818
+class KubeAlreadyExistsError(KubeError):
     """A create found the object there already (409 ``AlreadyExists``)."""
 
 
-class KubeUnavailable(KubeError):  # noqa: N818
+class KubeUnavailableError(KubeError):
     """The API server did not answer, or answered 408, 429 or 5xx; try again later."""
 
     retryable = True
 
 
-class KubeRejected(KubeError):  # noqa: N818
+class KubeRejectedError(KubeError):
     """The API server refused the request as invalid or forbidden; retrying will not help."""
 
 
@@ -194,11 +195,11 @@ class StepError(AgentError):
     """A step failed; ``retryable`` says whether running it again can succeed."""
 
 
-class TaskRefused(StepError):  # noqa: N818 - the name says what happened
+class TaskRefusedError(StepError):
     """The task is not for this host, or is missing what its action needs."""
 
 
-class TaskUnreadable(TaskRefused):
+class TaskUnreadableError(TaskRefusedError):
     """The task does not parse here: a newer operator wrote a field or value this agent
     does not know (version skew). Never retried: the same agent would read it the same way;
     the task fails at once so that the operator moves on (issue 18, finding 7)."""
@@ -209,33 +210,39 @@ class TaskUnreadable(TaskRefused):
         self.phase = phase
 
 
-class Unmovable(StepError):  # noqa: N818 - reads as the condition it names
+class UnmovableError(StepError):
     """The VM has something that cannot be copied to another host (passthrough, a disk
     outside the storage root, a disk type or format it cannot copy); refused before any
     power-off, nothing was done."""
 
 
-class FlavorRefused(StepError):  # noqa: N818 - reads as the condition it names
+class FlavorRefusedError(StepError):
     """The target flavor cannot be applied to the VM's definition (vCPUs it cannot spread
     over its NUMA cells, memory below its RAM devices or not in whole huge pages, ...);
     refused before any power-off, nothing was done."""
 
 
-class CopyChecksumMismatch(StepError):  # noqa: N818
+class CopyChecksumMismatchError(StepError):
     """The received disk is not the source disk (Finish refuses to start it)."""
 
 
-class InsufficientSpace(StepError):  # noqa: N818
+class ChecksumStalledError(StepError):
+    """A checksum read nothing for too long (a failing or hung disk); the step ends."""
+
+    retryable = True
+
+
+class InsufficientSpaceError(StepError):
     """The filesystem the disk lands on cannot hold the incoming disk."""
 
     retryable = True
 
 
-class Fenced(StepError):  # noqa: N818
+class FencedError(StepError):
     """The owner's status no longer names this task: a destructive act is refused
     (permanent: a later decision is a new task)."""
 
 
-class HealthCheckFailed(StepError):  # noqa: N818
+class HealthCheckFailedError(StepError):
     """A HealthCheck saw no passing probe by its deadline (or cannot pass at all: no guest
     agent channel, the VM is not running); the message carries the last probe's error."""

@@ -88,6 +88,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             executor = Executor(host=cfg.host_name, hypervisor=hv, storage_root=root,
                                 transfer=SshTransfer(server, client_key),
                                 fence=OwnerFence(kube),
+                                call_timeout=cfg.libvirt_call_timeout_seconds,
+                                checksum_stall=cfg.checksum_stall_seconds,
                                 probe_networks=cfg.probe_networks(),
                                 orphaned=fenced.fenced)
             address, port = published_endpoint(cfg, server.port)

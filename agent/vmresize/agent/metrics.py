@@ -9,8 +9,9 @@
   outcome ``succeeded``, ``retryable`` (the operator may try again), ``failed``, or
   ``cancelled`` (the agent stopped mid-step; the next agent resumes it).
 - ``vmresize_agent_errors_total{reason}``: errors by class name from
-  :mod:`vmresize.agent.errors` (the innermost one of a chain, so a ``StepError`` wrapping a
-  ``ConnectionLost`` counts as ``ConnectionLost``); ``Unexpected`` for anything else (a bug).
+  :mod:`vmresize.agent.errors` (the innermost one of a chain, so a ``StepError`` wrapping
+  a ``ConnectionLostError`` counts as ``ConnectionLostError``); ``Unexpected`` for anything
+  else (a bug).
 - ``vmresize_agent_tasks_in_flight{action}``: steps running now.
 - ``vmresize_agent_transfer_fast_path{reason}``: 1 when the transfer runs on its fast path,
   0 when on asyncssh's own; ``reason`` is the Host's TransferFastPath condition's

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
 
-from vmresize.agent.errors import DomainNotFound, PathEscape
-from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.errors import DomainNotFoundError, PathEscapeError
+from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.agent.paths import confine
 from vmresize.api.host import OrphanCopy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-HvCall = Callable[..., Awaitable[T]]
 
 
 def fenced(orphans: Iterable[OrphanCopy], name: str) -> str | None:
@@ -47,28 +44,27 @@ def fenced(orphans: Iterable[OrphanCopy], name: str) -> str | None:
 
 def copy_dir(root: Path, o: OrphanCopy) -> Path:
     """The copy's own directory, confined to the storage root and named after its resize's
-    UID (anything else is refused: :class:`PathEscape`)."""
+    UID (anything else is refused: :class:`PathEscapeError`)."""
     if PurePosixPath(o.disk_dir).name != o.owner_uid or \
             PurePosixPath(o.disk_path).parent != PurePosixPath(o.disk_dir):
-        raise PathEscape(f"orphan of {o.owner}: {o.disk_dir!r} is not the directory of one "
+        raise PathEscapeError(f"orphan of {o.owner}: {o.disk_dir!r} is not the directory of one "
                          f"placement of {o.owner_uid} holding {o.disk_path!r}")
     return confine(root, o.disk_dir)
 
 
-async def reap(hv: Hypervisor, call: HvCall[object], root: Path, o: OrphanCopy) -> str:
+async def reap(hv: TimedHypervisor, root: Path, o: OrphanCopy) -> str:
     """Destroy and undefine the abandoned copy (if it is the one in its directory) and delete
-    that directory; idempotent. ``call`` runs a hypervisor call bounded (the executor's).
-    Returns what was done, for the log."""
+    that directory; idempotent. Returns what was done, for the log."""
     where = copy_dir(root, o)
     done = []
-    if await call(hv.exists, o.domain_name):
-        disk = await call(hv.disk_path, o.domain_name)
-        if isinstance(disk, Path) and disk.resolve().is_relative_to(where):
+    if await hv.exists(o.domain_name):
+        disk = await hv.disk_path(o.domain_name)
+        if disk is not None and disk.resolve().is_relative_to(where):
             try:
-                await call(hv.destroy, o.domain_name)
-                await call(hv.undefine, o.domain_name)
+                await hv.destroy(o.domain_name)
+                await hv.undefine(o.domain_name)
                 done.append(f"destroyed and undefined {o.domain_name}")
-            except DomainNotFound:
+            except DomainNotFoundError:
                 pass
         else:
             log.warning("domain %s runs from %s, not from the abandoned copy in %s: another "

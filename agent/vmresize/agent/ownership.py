@@ -27,38 +27,32 @@ A task with no ``instanceUid`` (an older operator's) is checked by name only, as
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from vmresize.agent.errors import TaskRefused
-from vmresize.agent.hypervisor.protocol import Hypervisor
+from vmresize.agent.errors import TaskRefusedError
+from vmresize.agent.hypervisor.timed import TimedHypervisor
 from vmresize.api.hosttask import HostTaskSpec
 
-HvCall = Callable[..., Awaitable[Any]]
-"""The executor's bounded libvirt call: ``await hv_call(hv.method, *args)``."""
 
-
-async def check(hv: Hypervisor, hv_call: HvCall, spec: HostTaskSpec, name: str, act: str,
+async def check(hv: TimedHypervisor, spec: HostTaskSpec, name: str, act: str,
                 *, stamp_unowned: bool = False) -> None:
     """Proceed only if the domain ``name`` records ``spec.instanceUid`` as its owner, else
-    :class:`TaskRefused` (permanent: nothing was done). ``stamp_unowned``: a domain that
+    :class:`TaskRefusedError` (permanent: nothing was done). ``stamp_unowned``: a domain that
     records no owner is this Instance's (the source at MigrateDisk) and gets its UID."""
     uid = spec.instance_uid
     if not uid:
         return
-    owner = await hv_call(hv.owner, name)
+    owner = await hv.owner(name)
     if owner == uid:
         return
     if owner is None and stamp_unowned:
-        await hv_call(hv.set_owner, name, uid)
+        await hv.set_owner(name, uid)
         return
     whose = ("records no vmresize owner, so vmresize did not make it" if owner is None
              else f"belongs to the Instance with UID {owner}")
-    raise TaskRefused(f"refusing to {act} domain {name}: it {whose}, not to {spec.instance} "
+    raise TaskRefusedError(f"refusing to {act} domain {name}: it {whose}, not to {spec.instance} "
                       f"(UID {uid}); nothing was done to it", retryable=False)
 
 
-async def stamp(hv: Hypervisor, hv_call: HvCall, spec: HostTaskSpec, name: str) -> None:
+async def stamp(hv: TimedHypervisor, spec: HostTaskSpec, name: str) -> None:
     """Record ``spec.instanceUid`` as the owner of the domain ``name`` vmresize just defined."""
-    if spec.instance_uid and await hv_call(hv.owner, name) != spec.instance_uid:
-        await hv_call(hv.set_owner, name, spec.instance_uid)
+    if spec.instance_uid and await hv.owner(name) != spec.instance_uid:
+        await hv.set_owner(name, spec.instance_uid)

@@ -16,36 +16,37 @@ import errno
 import os
 from pathlib import Path, PurePosixPath
 
-from vmresize.agent.errors import PathEscape
+from vmresize.agent.errors import PathEscapeError
 
-__all__ = ["PathEscape", "confine", "open_nofollow"]
+__all__ = ["PathEscapeError", "confine", "open_nofollow"]
 
 
 def confine(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` under ``root``; raise :class:`PathEscape` if it could leave the root."""
+    """Resolve ``rel`` under ``root``; raise :class:`PathEscapeError` if it could leave the root."""
     if not isinstance(rel, str) or not rel:
-        raise PathEscape(f"empty or non-string path: {rel!r}")
+        raise PathEscapeError(f"empty or non-string path: {rel!r}")
     if "\x00" in rel:
-        raise PathEscape("path contains a NUL byte")
+        raise PathEscapeError("path contains a NUL byte")
     pure = PurePosixPath(rel)
     if pure.is_absolute() or rel.startswith("/"):
-        raise PathEscape(f"absolute path refused: {rel!r}")
+        raise PathEscapeError(f"absolute path refused: {rel!r}")
     if any(part == ".." for part in rel.split("/")):
-        raise PathEscape(f"'..' component refused: {rel!r}")
+        raise PathEscapeError(f"'..' component refused: {rel!r}")
     real_root = root.resolve(strict=True)
     # resolve() follows every symlink that exists (also a dangling last one); the parts that
     # do not exist yet are kept literally and cannot climb, since '..' is refused above.
     target = (real_root / pure).resolve(strict=False)
     if target == real_root or not target.is_relative_to(real_root):
-        raise PathEscape(f"path resolves outside the storage root: {rel!r}")
+        raise PathEscapeError(f"path resolves outside the storage root: {rel!r}")
     return target
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` with ``O_NOFOLLOW | O_CLOEXEC``; raise PathEscape if ``path`` is a symlink."""
+    """``os.open`` with ``O_NOFOLLOW | O_CLOEXEC``; PathEscapeError if ``path`` is a
+    symlink."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as e:
         if e.errno == errno.ELOOP:  # the last component is a symlink
-            raise PathEscape(f"refusing to follow a symlink: {path}") from e
+            raise PathEscapeError(f"refusing to follow a symlink: {path}") from e
         raise

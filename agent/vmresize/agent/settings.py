@@ -93,6 +93,19 @@ class AgentSettings(EnvSettings):
                     "packet path) when it passes its self-test at startup against "
                     "asyncssh's own path on the installed versions; false: asyncssh's own "
                     "path always. The Host's TransferFastPath condition says which runs.")
+    libvirt_call_timeout_seconds: float = Field(
+        120.0, ge=1,  # a state read answers in milliseconds; a live commit is given 80 %
+        validation_alias="VMRESIZE_LIBVIRT_CALL_TIMEOUT_SECONDS",
+        description="Deadline of one libvirt call made by a step (a definition read, a "
+                    "power-off request, a live commit, ...); a call that does not answer "
+                    "by then fails the step, retryable, with the call's name, instead of "
+                    "holding it (and a VM that is off) while the heartbeat goes on.")
+    checksum_stall_seconds: float = Field(
+        120.0, ge=1,  # a healthy disk hands over its next 4 MiB within seconds
+        validation_alias="VMRESIZE_CHECKSUM_STALL_SECONDS",
+        description="A disk checksum (verifying a copy) that reads nothing for this long "
+                    "fails the step, retryable: the disk is failing or hung. The bound is "
+                    "on progress, so a large healthy disk takes as long as it needs.")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
         description="On a clean stop, power off every domain that records a vmresize "

@@ -274,7 +274,7 @@ def test_agents_serve_metrics_that_steps_change(
     assert count(after, "MigrateDisk", "succeeded") == 1
     assert count(after, "Spawn", "failed") == 1
     assert count(received, "Prepare", "succeeded") == 1
-    assert after[("vmresize_agent_errors_total", (("reason", "TaskRefused"),))] == 1
+    assert after[("vmresize_agent_errors_total", (("reason", "TaskRefusedError"),))] == 1
     assert after[("vmresize_agent_tasks_in_flight", (("action", "MigrateDisk"),))] == 0
     assert after[("vmresize_agent_transfer_rate_bytes_per_second", ())] == 0.0
 

@@ -22,7 +22,7 @@ import pytest
 from hack import children
 from tests.support.agent_steps import allow_all
 
-from vmresize.agent.errors import InsufficientSpace
+from vmresize.agent.errors import InsufficientSpaceError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.transfer.server import MigrationServer
@@ -99,11 +99,11 @@ async def test_prepare_counts_overlays_and_the_new_flavor_disks(
     # Pre-copy: the root disk's overlay is reserved 2 x 32 MiB (its floor; twice, as
     # Finish commits it into the disk below): 25 + 64 MiB do not fit in 64 MiB.
     spec = prepare("t-pre", pre_copy=True)
-    with pytest.raises(InsufficientSpace, match=r"67108864 reserved for pre-copy overlays"):
+    with pytest.raises(InsufficientSpaceError, match=r"67108864 reserved for pre-copy overlays"):
         await ex.run(spec)
     # A flavor that adds a 48 MiB swap disk (raw, counted in full): 25 + 48 MiB.
     swap = prepare("t-swap", swap_mib=48)
-    with pytest.raises(InsufficientSpace,
+    with pytest.raises(InsufficientSpaceError,
                        match=r"50331648 for the disks the new flavor makes"):
         await ex.run(swap)
     for refused in (spec, swap):   # nothing was accepted, so nothing is promised
@@ -133,7 +133,7 @@ async def test_an_accepted_overlay_is_promised_at_its_reserve_not_its_bound(
     assert xfer_server.pending_bytes(two_moves_fs) == need
     await ex.run(prepare("t-b", pre_copy=True))  # another move fits beside it
     assert xfer_server.pending_bytes(two_moves_fs) == 2 * need
-    with pytest.raises(InsufficientSpace, match=rf"{2 * need} of them promised"):
+    with pytest.raises(InsufficientSpaceError, match=rf"{2 * need} of them promised"):
         await ex.run(prepare("t-c", pre_copy=True))  # a third does not
     # The promise is in the sidecars: an agent restarted counts the same.
     again = MigrationServer(xfer_root)

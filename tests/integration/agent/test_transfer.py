@@ -12,11 +12,11 @@ import pytest
 from tests.support.checksum import reference_disk_checksum
 
 from vmresize.agent.errors import (
-    AuthRejected,
-    ConnectionLost,
+    AuthRejectedError,
+    ConnectionLostError,
     HostKeyError,
-    PathEscape,
-    TransferRefused,
+    PathEscapeError,
+    TransferRefusedError,
 )
 from vmresize.agent.transfer.client import SendResult, send_disk
 from vmresize.agent.transfer.server import SUBSYSTEM, MigrationServer
@@ -61,7 +61,7 @@ async def test_sparse_gib_sends_only_its_data(xfer_server: MigrationServer, xfer
     status = xfer_server.status("t-1")
     assert status is not None
     assert status.complete
-    assert status.sha256 == result.checksum
+    assert status.checksum == result.checksum
     assert reports
     assert reports[-1][0] == reports[-1][1] == result.bytes_sent
 
@@ -115,7 +115,7 @@ async def test_unknown_client_key_is_refused(xfer_server: MigrationServer, xfer_
                                              xfer_root: Path, xfer_file: MakeFile) -> None:
     src = xfer_file("a.img", MiB, {0: MiB})
     xfer_server.expect("t-1", DISK, MiB)
-    with pytest.raises(AuthRejected) as err:
+    with pytest.raises(AuthRejectedError) as err:
         await send(xfer_server, xfer_keys, src, client_key=xfer_keys.stranger)
     assert not err.value.retryable
     assert isinstance(err.value.__cause__, asyncssh.PermissionDenied)
@@ -144,10 +144,10 @@ async def test_unregistered_transfer_is_refused(xfer_server: MigrationServer,
                                                 xfer_keys: XferKeys, xfer_root: Path,
                                                 xfer_file: MakeFile) -> None:
     src = xfer_file("a.img", MiB, {0: MiB})
-    with pytest.raises(TransferRefused, match="unknown transfer"):
+    with pytest.raises(TransferRefusedError, match="unknown transfer"):
         await send(xfer_server, xfer_keys, src, transfer_id="never-expected")
     xfer_server.expect("t-1", DISK, 2 * MiB)  # registered, but with another size
-    with pytest.raises(TransferRefused, match="size"):
+    with pytest.raises(TransferRefusedError, match="size"):
         await send(xfer_server, xfer_keys, src)
     assert not partial_files(xfer_root)
 
@@ -158,7 +158,7 @@ async def test_size_bound_is_fixed_by_the_first_hello(xfer_server: MigrationServ
     # Prepare knows only an upper bound (the qcow2 may still grow before power-off).
     xfer_server.expect("t-1", DISK, 8 * MiB, at_most=True)
     xfer_server.expect("t-1", DISK, 8 * MiB, at_most=True)  # idempotent
-    with pytest.raises(TransferRefused, match="exceeds"):
+    with pytest.raises(TransferRefusedError, match="exceeds"):
         await send(xfer_server, xfer_keys, xfer_file("big.img", 9 * MiB, {0: MiB}))
     src = xfer_file("ok.img", 3 * MiB + 1, {0: MiB})
     result = await send(xfer_server, xfer_keys, src)
@@ -177,7 +177,7 @@ async def test_path_escapes_are_refused(xfer_server: MigrationServer, xfer_root:
     (xfer_root / "instances" / "evil").symlink_to(outside)
     for rel in ("../outside/disk", "/etc/vmresize-disk", "instances/evil/disk",
                 "instances/../../outside/disk", "a/\x00/disk"):
-        with pytest.raises(PathEscape):
+        with pytest.raises(PathEscapeError):
             xfer_server.expect("t-esc", rel, MiB)
         assert xfer_server.status("t-esc") is None
     # A symlink planted where the partial file will be is not followed either.
@@ -192,7 +192,7 @@ async def test_partial_symlink_is_not_followed(xfer_server: MigrationServer,
     victim.write_bytes(b"precious")
     xfer_server.expect("t-1", DISK, MiB)
     (xfer_root / (DISK + ".partial")).symlink_to(victim)
-    with pytest.raises(TransferRefused):
+    with pytest.raises(TransferRefusedError):
         await send(xfer_server, xfer_keys, xfer_file("a.img", MiB, {0: MiB}))
     assert victim.read_bytes() == b"precious"
 
@@ -245,7 +245,7 @@ async def test_resume_after_receiver_restart(xfer_root: Path, xfer_keys: XferKey
     proxy = XferCutProxy(first.port, cuts=[8 * MiB])
     port = await proxy.start()
     try:
-        with pytest.raises(ConnectionLost) as err:
+        with pytest.raises(ConnectionLostError) as err:
             await send(first, xfer_keys, src, port=port, reconnect_attempts=0)
         assert err.value.retryable
     finally:
@@ -305,7 +305,7 @@ async def test_corrupted_partial_is_caught_and_resent(xfer_server: MigrationServ
     proxy = XferCutProxy(xfer_server.port, cuts=[8 * MiB])
     port = await proxy.start()
     try:
-        with pytest.raises(ConnectionLost):
+        with pytest.raises(ConnectionLostError):
             await send(xfer_server, xfer_keys, src, port=port, reconnect_attempts=0)
     finally:
         await proxy.close()

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from hack import children
 
-from vmresize.agent.errors import ConnectionLost, InsufficientSpace, TransferRefused
+from vmresize.agent.errors import ConnectionLostError, InsufficientSpaceError, TransferRefusedError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.transfer.client import send_disk
@@ -66,7 +66,7 @@ async def test_a_full_destination_ends_the_send_with_its_reason(
     # 64 MiB disk, 24 MiB of data, into 8 MiB: the receiver runs out of space mid-way.
     src = xfer_file("big.img", 64 * MiB, {i * 8 * MiB: 3 * MiB for i in range(8)})
     small_server.expect("t-full", DISK, 64 * MiB)
-    with pytest.raises(TransferRefused) as err:
+    with pytest.raises(TransferRefusedError) as err:
         await asyncio.wait_for(send_disk(
             src=src, address="127.0.0.1", port=small_server.port, host_key=xfer_keys.host_pub,
             client_key=xfer_keys.client, transfer_id="t-full"), BOUND)
@@ -91,13 +91,13 @@ async def test_prepare_checks_the_filesystem_the_disk_lands_on_and_what_is_promi
                             expected_bytes=size)
     try:
         # The storage root has room; the instance directory's filesystem (8 MiB) has not.
-        with pytest.raises(InsufficientSpace, match=r"where .* lands"):
+        with pytest.raises(InsufficientSpaceError, match=r"where .* lands"):
             await ex.run(prepare("t-a", DISK, 16 * MiB))
         assert small_server.status("t-a") is None
         # A small tmpfs with the qcow2 slack the service adds cannot promise anything:
         # the same filesystem never takes two transfers whose bounds together exceed it.
         small_server.expect("t-b", "instances/ns/vm/1/disk.qcow2", 6 * MiB)
-        with pytest.raises(InsufficientSpace, match="promised"):
+        with pytest.raises(InsufficientSpaceError, match="promised"):
             await ex.run(prepare("t-c", "instances/ns/vm/2/disk.qcow2", 4 * MiB))
         assert 8 * MiB < QCOW2_SLACK_BYTES  # why the service-side bound is not used here
     finally:
@@ -151,7 +151,7 @@ async def test_a_receiver_that_stops_taking_data_ends_the_send(
     relay = FreezingRelay(xfer_server.port, after=4 * MiB)
     port = await relay.start()
     try:
-        with pytest.raises(ConnectionLost, match=r"took no data|no answer") as err:
+        with pytest.raises(ConnectionLostError, match=r"took no data|no answer") as err:
             await asyncio.wait_for(send_disk(
                 src=src, address="127.0.0.1", port=port, host_key=xfer_keys.host_pub,
                 client_key=xfer_keys.client, transfer_id="t-frozen", reconnect_attempts=1,

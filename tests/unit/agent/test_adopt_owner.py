@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from tests.support.agent_steps import allow_all
 
-from vmresize.agent import disks
-from vmresize.agent.executor import Executor, TaskRefused
+from vmresize.agent.executor import Executor, TaskRefusedError
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec
 from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
 
@@ -92,7 +92,7 @@ async def test_adopt_of_a_domain_another_instance_owns_is_refused(
         executor: Executor, legacy: str) -> None:
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     await executor.run(adopt(legacy, first))
-    with pytest.raises(TaskRefused, match=f"owned by the Instance with UID {first}") as err:
+    with pytest.raises(TaskRefusedError, match=f"owned by the Instance with UID {first}") as err:
         await executor.run(adopt(legacy, second))
     assert not err.value.retryable
     assert executor.hv.owner(legacy) == first  # the refusal changed nothing

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vmresize.agent.errors import DomainNotFound, InvalidDomainConfig
+from vmresize.agent.errors import DomainNotFoundError, InvalidDomainConfigError
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor, domain_xml
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
@@ -28,7 +28,7 @@ def agent_test_hv() -> LibvirtHypervisor:
 
 
 def test_missing_domain_is_translated_not_leaked(agent_test_hv: LibvirtHypervisor) -> None:
-    with pytest.raises(DomainNotFound) as err:
+    with pytest.raises(DomainNotFoundError) as err:
         agent_test_hv.state(f"nope-{uuid.uuid4().hex}")
     assert not err.value.retryable
     assert err.value.__cause__ is not None  # the libvirt error is chained, not exposed
@@ -38,7 +38,7 @@ def test_missing_domain_is_translated_not_leaked(agent_test_hv: LibvirtHyperviso
 def test_bad_definition_is_invalid_config(agent_test_hv: LibvirtHypervisor,
                                           tmp_path: Path) -> None:
     spec = DomainSpec(name="bad/name", vcpus=1, memory_mib=64, disk=tmp_path / "d.qcow2")
-    with pytest.raises(InvalidDomainConfig) as err:
+    with pytest.raises(InvalidDomainConfigError) as err:
         agent_test_hv.define(spec)
     assert not err.value.retryable
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent import disks
 from vmresize.agent.errors import DiskError
+from vmresize.agent.vmfiles import disks
 
 MIB = 1024 * 1024
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tests.support import domain_corpus as dc
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 from vmresize.agent.hypervisor import domainxml as dx
 from vmresize.agent.hypervisor import topology
 
@@ -117,7 +117,7 @@ def test_a_movable_domain_is_rewritten_with_exactly_the_expected_changes(
     xml = case.xml
     assert dx.unmovable(xml, dc.ROOT) == []
     if flavor.refused:
-        with pytest.raises(InvalidDomainConfig, match=re.escape(flavor.refused)):
+        with pytest.raises(InvalidDomainConfigError, match=re.escape(flavor.refused)):
             dc.rewrite(case, flavor)
         return
     after = dc.rewrite(case, flavor)

@@ -13,12 +13,12 @@ import uuid
 import pytest
 from tests.support.agent_steps import BIG, SMALL, move, names, spawn, spec
 
-from vmresize.agent import disks
-from vmresize.agent.errors import TaskRefused
+from vmresize.agent.errors import TaskRefusedError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
 from vmresize.agent.main import _stop_vms
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
@@ -63,7 +63,8 @@ async def test_cleanup_dest_leaves_a_namesake_it_does_not_own_running(
     cleanup = spec("b", TaskAction.CLEANUP_DEST, domain_name=new_dom, disk_path=new_rel,
                    instance_uid=agent_uid)
     try:
-        with pytest.raises(TaskRefused, match=f"refusing to CleanupDest domain {new_dom}") as e:
+        with pytest.raises(TaskRefusedError,
+                           match=f"refusing to CleanupDest domain {new_dom}") as e:
             await b.run(cleanup)
         assert not e.value.retryable
         assert b.hv.state(new_dom) == PowerState.RUNNING
@@ -89,7 +90,7 @@ async def test_confirm_and_destroy_refuse_another_instances_domain(
     dom, rel, _, _ = names(agent_uid)
     namesake(a, dom, "another-instance", start=False)
     try:
-        with pytest.raises(TaskRefused, match="belongs to the Instance with UID another"):
+        with pytest.raises(TaskRefusedError, match="belongs to the Instance with UID another"):
             await a.run(spec("a", action, domain_name=dom, disk_path=rel,
                              instance_uid=agent_uid))
         assert a.hv.exists(dom)
@@ -118,7 +119,7 @@ async def test_finish_never_redefines_a_shut_off_namesake_it_does_not_own(
     finish = spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel, flavor=BIG,
                   expected_checksum=checksum, transfer_id=agent_uid, instance_uid=agent_uid)
     try:
-        with pytest.raises(TaskRefused, match=f"refusing to redefine domain {new_dom}"):
+        with pytest.raises(TaskRefusedError, match=f"refusing to redefine domain {new_dom}"):
             await b.run(finish)
         assert b.hv.disk_path(new_dom) == (b.root / other).resolve()   # left as it was
         assert b.hv.owner(new_dom) is None
@@ -141,7 +142,7 @@ async def test_migrate_disk_refuses_another_instances_domain_before_the_power_of
     await b.run(spec("b", TaskAction.PREPARE, disk_path=new_rel, transfer_id=agent_uid,
                      expected_bytes=disks.GIB))
     try:
-        with pytest.raises(TaskRefused, match="refusing to power off and hold"):
+        with pytest.raises(TaskRefusedError, match="refusing to power off and hold"):
             await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
                              peer=PEER, transfer_id=agent_uid, instance_uid=agent_uid))
         assert a.hv.state(dom) == PowerState.RUNNING

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 from vmresize.agent.hypervisor import domainxml as dx
 from vmresize.agent.hypervisor import topology
 
@@ -150,7 +150,7 @@ def test_memory_devices_without_numa_add_up_in_memory(define) -> None:
 
 def test_a_flavor_smaller_than_the_memory_devices_is_refused() -> None:
     xml = domain(memory=3 * GIB, head=MAX, cpu=ONE_CELL, devices=dimm(512 * MIB) * 2)
-    with pytest.raises(InvalidDomainConfig, match=r"1024 MiB of memory does not cover the "
+    with pytest.raises(InvalidDomainConfigError, match=r"1024 MiB of memory does not cover the "
                        r"domain's RAM devices \(1024 MiB of DIMM and plugged virtio-mem\)"):
         rewrite(xml, 4, 1024)
 
@@ -191,12 +191,12 @@ def test_cells_are_whole_huge_pages(define, flavor_mib: int, parts: tuple[int, i
 
 def test_memory_that_cannot_be_cut_into_huge_pages_is_refused() -> None:
     xml = domain(head=HUGE_1G, cpu=cells(("0-1", 2 * GIB), ("2-3", 2 * GIB)))
-    with pytest.raises(InvalidDomainConfig, match=r"5000 MiB cannot be cut into 2 NUMA cells "
+    with pytest.raises(InvalidDomainConfigError, match=r"5000 MiB cannot be cut into 2 NUMA cells "
                        r"of whole pages \(1024 MiB\)"):
         rewrite(xml, 4, 5000)
     no_numa = domain(head="<memoryBacking><hugepages/></memoryBacking>")
     assert rewrite(no_numa, 4, 3000)["memory"] == str(3000 * MIB)
-    with pytest.raises(InvalidDomainConfig, match="3001 MiB of initial memory is not a whole "
+    with pytest.raises(InvalidDomainConfigError, match="3001 MiB of initial memory is not a whole "
                        "number of the 2 MiB huge pages"):
         rewrite(no_numa, 4, 3001)
 

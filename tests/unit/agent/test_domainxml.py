@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 from vmresize.agent.hypervisor import domainxml as dx
 from vmresize.agent.hypervisor import topology, vmfiles
 
@@ -165,7 +165,7 @@ def test_rewrite_for_a_same_host_resize_renames_and_moves_logs() -> None:
 def test_rewrite_refuses_a_file_it_has_no_destination_for() -> None:
     paths = dict(ALL_FILES)
     del paths[f"{OLD}/data.raw"]
-    with pytest.raises(InvalidDomainConfig, match="no destination path for disk vdb"):
+    with pytest.raises(InvalidDomainConfigError, match="no destination path for disk vdb"):
         dx.rewrite(FULL, vcpus=2, memory_mib=2048, disk_paths=paths)
 
 
@@ -208,7 +208,7 @@ def test_numa_cells_share_vcpus_and_memory_and_add_up() -> None:
     assert sum(cells) == 3000 * 1024
     assert all(c % 1024 == 0 for c in cells)
     all_online = NUMA.replace(" current='2'>4<", ">4<")
-    with pytest.raises(InvalidDomainConfig, match="cannot spread 1 vCPUs over 2 NUMA cells"):
+    with pytest.raises(InvalidDomainConfigError, match="cannot spread 1 vCPUs over 2 NUMA cells"):
         dx.rewrite(all_online, vcpus=1, memory_mib=1024, disk_paths=ALL_FILES)
 
 
@@ -247,7 +247,7 @@ def test_diff_sees_added_removed_and_reordered_devices() -> None:
 
 
 def test_garbage_is_an_invalid_definition() -> None:
-    with pytest.raises(InvalidDomainConfig, match="not XML"):
+    with pytest.raises(InvalidDomainConfigError, match="not XML"):
         dx.inventory("<domain>")
 
 
@@ -384,7 +384,7 @@ def test_nvram_written_the_newer_way_moves_like_the_older() -> None:
     assert dx.flatten(after)["os/nvram/source@file"] == f"{NEW}/nvram.fd"
     without = dict(ALL_FILES)
     del without[f"{OLD}/nvram.fd"]
-    with pytest.raises(InvalidDomainConfig, match="no destination path for NVRAM"):
+    with pytest.raises(InvalidDomainConfigError, match="no destination path for NVRAM"):
         dx.rewrite(NVRAM_SOURCE, vcpus=2, memory_mib=2048, disk_paths=without)
     outside = NVRAM_SOURCE.replace(f"{OLD}/nvram.fd", "/var/lib/libvirt/qemu/nvram/x.fd")
     assert dx.unmovable(outside, ROOT) == [

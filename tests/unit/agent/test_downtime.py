@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from tests.support.agent_steps import names, spawn, spec
 
-from vmresize.agent import disks, markers
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
+from vmresize.agent.vmfiles import disks, markers
 from vmresize.api.hosttask import PeerHost, PowerOff, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")

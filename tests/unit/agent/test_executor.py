@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from tests.support.agent_steps import BIG, SEED, SMALL, move, names, spawn, spec
 
-from vmresize.agent import disks
-from vmresize.agent.errors import CopyChecksumMismatch, StepError, TaskRefused
+from vmresize.agent.errors import CopyChecksumMismatchError, StepError, TaskRefusedError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
 from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import PeerHost, TaskAction
 
 
@@ -83,7 +83,7 @@ async def test_finish_refuses_a_disk_with_the_wrong_checksum(
     a, b = agent_pair
     dom, rel, new_dom, new_rel = names(agent_uid)
     await move(a, b, agent_uid, [])
-    with pytest.raises(CopyChecksumMismatch) as err:
+    with pytest.raises(CopyChecksumMismatchError) as err:
         await b.run(spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel,
                          flavor=BIG, expected_checksum="0" * 64, transfer_id=agent_uid))
     assert not err.value.retryable
@@ -137,7 +137,7 @@ async def test_refuses_a_task_for_another_host(agent_pair: tuple[Executor, Execu
                                                agent_uid: str) -> None:
     a, _ = agent_pair
     dom, rel, _, _ = names(agent_uid)
-    with pytest.raises(TaskRefused):
+    with pytest.raises(TaskRefusedError):
         await a.run(spec("b", TaskAction.SPAWN, domain_name=dom, disk_path=rel, flavor=SMALL))
     assert not a.hv.exists(dom)
 
@@ -157,7 +157,7 @@ async def test_refuses_paths_outside_the_storage_root(
 
 async def test_missing_fields_are_refused(agent_pair: tuple[Executor, Executor]) -> None:
     a, _ = agent_pair
-    with pytest.raises(TaskRefused, match="expectedChecksum"):
+    with pytest.raises(TaskRefusedError, match="expectedChecksum"):
         await a.run(spec("a", TaskAction.FINISH, domain_name="x", disk_path="d/disk.qcow2",
                          flavor=BIG))
 
@@ -181,7 +181,7 @@ async def test_adopt_refuses_a_disk_outside_the_storage_root(
     dom = f"adopt-{agent_uid[:8]}"
     a.hv.define(DomainSpec(name=dom, vcpus=1, memory_mib=64, disk=tmp_path / "elsewhere.qcow2"))
     try:
-        with pytest.raises(TaskRefused, match="outside the storage root"):
+        with pytest.raises(TaskRefusedError, match="outside the storage root"):
             await a.run(spec("a", TaskAction.ADOPT, domain_name=dom))
     finally:
         a.hv.undefine(dom)

@@ -14,18 +14,18 @@ import time
 import pytest
 from tests.support.agent_steps import BIG, SMALL, move, names, spawn, spec
 
-from vmresize.agent import disks
 from vmresize.agent.errors import (
-    CopyChecksumMismatch,
-    DomainNotFound,
-    Fenced,
+    CopyChecksumMismatchError,
+    DomainNotFoundError,
+    FencedError,
     StepError,
-    TaskRefused,
+    TaskRefusedError,
 )
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec, PowerState
 from vmresize.agent.transfer.sparse import disk_checksum
+from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
 PEER = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
@@ -58,7 +58,7 @@ async def test_a_destructive_step_the_owner_no_longer_names_is_fenced(
     dom, rel, _, _ = names(agent_uid)
     await spawn(a, dom, rel)
     a.fence = Owner("uid-revert-0")  # the owner moved on to another task
-    with pytest.raises(Fenced, match="fenced: the owner no longer asks") as err:
+    with pytest.raises(FencedError, match="fenced: the owner no longer asks") as err:
         await a.run(spec("a", action, domain_name=dom, disk_path=rel),
                     task_name="uid-confirm-0")
     assert not err.value.retryable
@@ -76,7 +76,7 @@ async def test_migrate_disk_checks_the_fence_right_before_the_power_off(
                      expected_bytes=disks.GIB))
     owner = Owner("uid-cleanupdest-0")
     a.fence = owner
-    with pytest.raises(Fenced):
+    with pytest.raises(FencedError):
         await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
                          peer=PEER, transfer_id=agent_uid), task_name="uid-migratedisk-0")
     assert owner.asked == [(TaskAction.MIGRATE_DISK, "uid-migratedisk-0")]
@@ -100,7 +100,7 @@ async def test_finish_never_starts_an_existing_domain_without_the_verified_disk(
     b.hv.define(DomainSpec(name=new_dom, vcpus=1, memory_mib=64, disk=b.root / other))
     finish = spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel, flavor=BIG,
                   expected_checksum="0" * 64, transfer_id=agent_uid)
-    with pytest.raises(CopyChecksumMismatch):  # the checksum is checked although it exists
+    with pytest.raises(CopyChecksumMismatchError):  # the checksum is checked although it exists
         await b.run(finish)
     assert b.hv.state(new_dom) == PowerState.SHUTOFF
     assert disks.info(b.root, new_rel).virtual_size == disks.GIB  # not grown
@@ -117,7 +117,7 @@ async def test_spawn_refuses_a_running_domain_of_that_name_on_another_disk(
     dom, rel, _, _ = names(agent_uid)
     other = "instances/ns/someone-else/disk.qcow2"
     await spawn(a, dom, other)
-    with pytest.raises(TaskRefused, match="already runs from"):
+    with pytest.raises(TaskRefusedError, match="already runs from"):
         await a.run(spec("a", TaskAction.SPAWN, domain_name=dom, disk_path=rel, flavor=SMALL))
     assert a.hv.disk_path(dom) == (a.root / other).resolve()
     await destroy_all((a, dom, other), (a, "unused", rel))
@@ -130,7 +130,7 @@ async def test_held_source_cannot_start_and_revert_restores_its_exact_definition
     await spawn(a, dom, rel)
     before = a.hv.definition(dom)
     checksum = await move(a, b, agent_uid, [])
-    with pytest.raises(DomainNotFound):  # `virsh start` finds nothing to start
+    with pytest.raises(DomainNotFoundError):  # `virsh start` finds nothing to start
         a.hv.start(dom)
     await b.run(spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel,
                      flavor=BIG, expected_checksum=checksum, transfer_id=agent_uid))
@@ -237,6 +237,6 @@ async def test_a_finish_its_owner_gave_up_on_never_starts_a_second_copy(
     b.fence = Owner("uid-cleanupdest-0")
     finish = spec("b", TaskAction.FINISH, domain_name=new_dom, disk_path=new_rel, flavor=BIG,
                   expected_checksum=checksum, transfer_id=agent_uid)
-    with pytest.raises(Fenced):
+    with pytest.raises(FencedError):
         await b.run(finish, task_name="uid-finish-0")
     assert b.hv.state(new_dom) != PowerState.RUNNING

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tests.support.agent_steps import names, spec
 
-from vmresize.agent import disks
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor import domainxml
+from vmresize.agent.vmfiles import disks
 from vmresize.api import vmdisks
 from vmresize.api.hosttask import PeerHost, TaskAction, TaskFlavor, TaskResult
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk

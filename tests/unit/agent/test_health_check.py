@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from tests.support.agent_steps import names, spawn, spec
 
-from vmresize.agent.errors import Fenced, HealthCheckFailed, ProbeFailed, StepError
+from vmresize.agent.errors import FencedError, HealthCheckFailedError, ProbeFailedError, StepError
 from vmresize.agent.executor import Executor
-from vmresize.agent.health import probe_http, probe_tcp
 from vmresize.agent.settings import probe_networks
+from vmresize.agent.steps.health import probe_http, probe_tcp
 from vmresize.api.hosttask import HostTaskSpec, TaskAction
 
 LOOPBACK = "127.0.0.1"
@@ -68,21 +68,21 @@ async def test_probes_pass_and_fail_for_real(http_port: int, closed_port: int) -
     assert "open" in await probe_tcp(LOOPBACK, http_port, 2, NETS)
     assert "answered 200" in await probe_http(LOOPBACK, http_port, "/ok", 2, NETS)
     assert "answered 204" in await probe_http(LOOPBACK, http_port, "/created", 2, NETS)
-    with pytest.raises(ProbeFailed, match="answered 503, not 2xx"):
+    with pytest.raises(ProbeFailedError, match="answered 503, not 2xx"):
         await probe_http(LOOPBACK, http_port, "/down", 2, NETS)
-    with pytest.raises(ProbeFailed, match="refused"):
+    with pytest.raises(ProbeFailedError, match="refused"):
         await probe_tcp(LOOPBACK, closed_port, 2, NETS)
-    with pytest.raises(ProbeFailed, match="refused"):
+    with pytest.raises(ProbeFailedError, match="refused"):
         await probe_http(LOOPBACK, closed_port, "/ok", 2, NETS)
 
 
 async def test_probes_reach_only_the_networks_the_agent_was_given(http_port: int) -> None:
-    with pytest.raises(HealthCheckFailed, match="probes no network"):
+    with pytest.raises(HealthCheckFailedError, match="probes no network"):
         await probe_tcp(LOOPBACK, http_port, 2, [])
-    with pytest.raises(HealthCheckFailed, match=r"127\.0\.0\.1 is outside .*10\.0\.0\.0/8"):
+    with pytest.raises(HealthCheckFailedError, match=r"127\.0\.0\.1 is outside .*10\.0\.0\.0/8"):
         await probe_http(LOOPBACK, http_port, "/ok", 2, probe_networks("10.0.0.0/8"))
     # a name is checked by what it resolves to, then probed at that address
-    with pytest.raises(HealthCheckFailed, match="is outside"):
+    with pytest.raises(HealthCheckFailedError, match="is outside"):
         await probe_tcp("localhost", http_port, 2, probe_networks("10.0.0.0/8,fd00::/8"))
 
 
@@ -116,7 +116,7 @@ async def test_a_failing_check_fails_at_the_deadline_with_the_last_error(
     a, dom = running
     loop = asyncio.get_running_loop()
     began = loop.time()
-    with pytest.raises(HealthCheckFailed, match="answered 503") as err:
+    with pytest.raises(HealthCheckFailedError, match="answered 503") as err:
         await a.run(check(dom, {"http": {"host": LOOPBACK, "port": http_port,
                                          "path": "/down"}}, seconds=2.5))
     assert not err.value.retryable
@@ -142,7 +142,7 @@ async def test_a_port_that_opens_later_passes(running: tuple[Executor, str],
 
 async def test_no_guest_agent_channel_fails_at_once(running: tuple[Executor, str]) -> None:
     a, dom = running
-    with pytest.raises(HealthCheckFailed, match="no guest agent channel") as err:
+    with pytest.raises(HealthCheckFailedError, match="no guest agent channel") as err:
         await asyncio.wait_for(a.run(check(dom, {"guestAgent": {}}, seconds=60)), 10)
     assert not err.value.retryable
 
@@ -151,7 +151,7 @@ async def test_a_stopped_vm_fails_at_once(running: tuple[Executor, str],
                                           http_port: int) -> None:
     a, dom = running
     a.hv.destroy(dom)
-    with pytest.raises(HealthCheckFailed, match="is Shutoff, not Running"):
+    with pytest.raises(HealthCheckFailedError, match="is Shutoff, not Running"):
         await a.run(check(dom, {"tcp": {"host": LOOPBACK, "port": http_port}}))
 
 
@@ -164,7 +164,7 @@ async def test_a_fenced_check_gives_no_verdict(running: tuple[Executor, str],
 
     fenced = Executor(host="a", hypervisor=a.hv, storage_root=a.root, transfer=a.transfer,
                       fence=superseded)
-    with pytest.raises(Fenced):
+    with pytest.raises(FencedError):
         await fenced.run(check(dom, {"tcp": {"host": LOOPBACK, "port": http_port}}),
                          task_name="hc-0")
 

@@ -15,12 +15,12 @@ from urllib3.exceptions import ProtocolError
 
 from vmresize.agent.errors import (
     AgentError,
-    KubeAlreadyExists,
-    KubeConflict,
+    KubeAlreadyExistsError,
+    KubeConflictError,
     KubeError,
-    KubeNotFound,
-    KubeRejected,
-    KubeUnavailable,
+    KubeNotFoundError,
+    KubeRejectedError,
+    KubeUnavailableError,
 )
 from vmresize.agent.kube.client import AgentKube
 from vmresize.api.apierrors import classify, status_reason
@@ -38,16 +38,16 @@ def kube() -> AgentKube:
 
 
 @pytest.mark.parametrize(("status", "reason", "error", "retryable"), [
-    (None, None, KubeUnavailable, True),      # no HTTP answer: connection-level
-    (0, None, KubeUnavailable, True),
-    (404, "NotFound", KubeNotFound, False),
-    (409, "Conflict", KubeConflict, True),
-    (409, "AlreadyExists", KubeAlreadyExists, False),
-    (408, None, KubeUnavailable, True),
-    (429, None, KubeUnavailable, True),
-    (503, None, KubeUnavailable, True),
-    (422, "Invalid", KubeRejected, False),
-    (403, "Forbidden", KubeRejected, False),
+    (None, None, KubeUnavailableError, True),      # no HTTP answer: connection-level
+    (0, None, KubeUnavailableError, True),
+    (404, "NotFound", KubeNotFoundError, False),
+    (409, "Conflict", KubeConflictError, True),
+    (409, "AlreadyExists", KubeAlreadyExistsError, False),
+    (408, None, KubeUnavailableError, True),
+    (429, None, KubeUnavailableError, True),
+    (503, None, KubeUnavailableError, True),
+    (422, "Invalid", KubeRejectedError, False),
+    (403, "Forbidden", KubeRejectedError, False),
 ])
 def test_api_errors_are_typed(kube: AgentKube, status: int | None, reason: str | None,
                               error: type[KubeError], retryable: bool) -> None:
@@ -70,7 +70,7 @@ def test_transport_errors_are_unavailable(kube: AgentKube) -> None:
     def fn() -> None:
         raise ProtocolError("reset")
 
-    with pytest.raises(KubeUnavailable) as info:
+    with pytest.raises(KubeUnavailableError) as info:
         kube._call("op", fn)
     assert info.value.retryable
     assert info.value.status is None

@@ -17,11 +17,11 @@ import pytest
 from tests.support.agent_steps import LocalNetwork
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent import moving
-from vmresize.agent.errors import TaskRefused, Unmovable
+from vmresize.agent.errors import TaskRefusedError, UnmovableError
 from vmresize.agent.hypervisor import domainxml
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.transfer.seam import StepProgress
+from vmresize.agent.vmfiles import moving
 from vmresize.api import vmdisks
 from vmresize.api.hosttask import PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk
@@ -91,7 +91,7 @@ def world(hv: LibvirtHypervisor, tmp_path: Path) -> Iterator[tuple[Path, Path, s
 
 def plan(hv: LibvirtHypervisor, root: Path, name: str) -> list[VMDisk]:
     """What the operator would send: the recorded files mapped onto the destination."""
-    found = moving.capture(hv, name, root, []).files
+    found = moving.capture(hv.export(name), name, root, []).files
     for f in found:
         f.size_bytes = (root / f.path).stat().st_size
     return vmdisks.destination(found, DEST_DIR, "t1")
@@ -110,7 +110,7 @@ def test_every_file_moves_verified_relinked_and_the_definition_keeps_all_else(
         dst_xfer.expect(f.transfer_id or "", f.path, vmdisks.bound(f))
     before = {f.path: sha(a / f.path) for f in wanted if f.role is not DiskRole.DEFINITION}
 
-    captured = moving.capture(hv, name, a, wanted)
+    captured = moving.capture(hv.export(name), name, a, wanted)
     seen: list[tuple[int, int]] = []
     sent = asyncio.run(moving.send(a, captured.files, transfer=src_xfer, peer=PEER,
                                    shared=False, progress=StepProgress(
@@ -156,8 +156,8 @@ def test_what_cannot_move_is_refused_before_anything_happens(
         "domain='0x0000' bus='0x3b' slot='0x00' function='0x1'/></source></hostdev></devices>")
     hv.define_xml(xml)
     files = sorted(p for p in a.rglob("*"))
-    with pytest.raises(Unmovable, match="host device passed through"):
-        moving.capture(hv, name, a, plan_stub())
+    with pytest.raises(UnmovableError, match="host device passed through"):
+        moving.capture(hv.export(name), name, a, plan_stub())
     assert sorted(p for p in a.rglob("*")) == files  # not even the definition was written
 
 
@@ -169,9 +169,9 @@ def test_a_disk_attached_since_it_was_recorded_is_refused(
         hv: LibvirtHypervisor, world: tuple[Path, Path, str]) -> None:
     a, _, name = world
     wanted = [f for f in plan(hv, a, name) if f.target != "vdc"]
-    with pytest.raises(TaskRefused, match=r"changed since they were recorded: new "
+    with pytest.raises(TaskRefusedError, match=r"changed since they were recorded: new "
                                           rf"\['{SRC_DIR}/disk.eph0'\]"):
-        moving.capture(hv, name, a, wanted)
+        moving.capture(hv.export(name), name, a, wanted)
 
 
 def test_on_shared_storage_files_are_copied_within_it(
@@ -179,7 +179,7 @@ def test_on_shared_storage_files_are_copied_within_it(
     a, _, name = world
     net = LocalNetwork()
     wanted = plan(hv, a, name)
-    captured = moving.capture(hv, name, a, wanted)
+    captured = moving.capture(hv.export(name), name, a, wanted)
     sent = asyncio.run(moving.send(a, captured.files, transfer=net.endpoint(
         "a", a), peer=PEER, shared=True))
     landed = vmdisks.arrived(sent)

@@ -10,7 +10,7 @@ import pytest
 from tests.support.agent_steps import BIG, move, names, spawn, spec
 
 from vmresize.agent import orphans
-from vmresize.agent.errors import PathEscape, StepError
+from vmresize.agent.errors import PathEscapeError, StepError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.api.host import OrphanCopy
@@ -111,6 +111,6 @@ async def test_a_record_can_only_name_one_placement_directory(
     (b.root / "instances").mkdir()
     o = OrphanCopy(host="b", owner="ns/r", owner_uid="UID", domain_name="ns.vm",
                    disk_path=disk_path, disk_dir=disk_dir, abandoned_at=NOW)
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         await b.reap_orphan(o)
     assert (b.root / "instances").exists()

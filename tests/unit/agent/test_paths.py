@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent.paths import PathEscape, confine, open_nofollow
+from vmresize.agent.paths import PathEscapeError, confine, open_nofollow
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_plain_relative_path_resolves_inside(root: Path) -> None:
     "instances/./..",
 ])
 def test_refused(root: Path, rel: str) -> None:
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         confine(root, rel)
 
 
@@ -35,13 +35,13 @@ def test_symlinked_directory_out_of_root_is_refused(root: Path, tmp_path: Path) 
     outside = tmp_path / "outside"
     outside.mkdir()
     (root / "instances" / "evil").symlink_to(outside)
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         confine(root, "instances/evil/disk.qcow2")
 
 
 def test_symlinked_last_component_out_of_root_is_refused(root: Path, tmp_path: Path) -> None:
     (root / "instances" / "disk.qcow2").symlink_to(tmp_path / "nowhere")  # dangling
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         confine(root, "instances/disk.qcow2")
 
 
@@ -55,6 +55,6 @@ def test_open_nofollow_refuses_symlink(root: Path) -> None:
     target.write_bytes(b"x")
     link = root / "instances" / "link"
     link.symlink_to(target)
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         open_nofollow(link, os.O_RDONLY)
     os.close(open_nofollow(target, os.O_RDONLY))

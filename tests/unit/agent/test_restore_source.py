@@ -15,9 +15,9 @@ import time
 
 from tests.support.agent_steps import SMALL, names, spawn, spec
 
-from vmresize.agent import markers
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import PowerState
+from vmresize.agent.vmfiles import markers
 from vmresize.api.hosttask import TaskAction
 
 

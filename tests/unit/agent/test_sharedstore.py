@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmresize.agent import sharedstore
-from vmresize.agent.errors import PathEscape
+from vmresize.agent.errors import PathEscapeError
+from vmresize.agent.vmfiles import sharedstore
 
 DEST_DIR = "instances/ns/web/9b0d7e44"
 
@@ -54,5 +54,5 @@ def test_a_symlink_is_not_a_marker(tmp_path: Path) -> None:
 
 def test_the_marker_stays_under_the_root(tmp_path: Path) -> None:
     src, _ = roots(tmp_path)
-    with pytest.raises(PathEscape):
+    with pytest.raises(PathEscapeError):
         sharedstore.mark(src, "../outside", "t1")

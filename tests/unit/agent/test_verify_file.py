@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from tests.support.checksum import file_disk_checksum
 
-from vmresize.agent.errors import CopyChecksumMismatch, StepError
-from vmresize.agent.moving import verify_file
+from vmresize.agent.errors import CopyChecksumMismatchError, StepError
 from vmresize.agent.transfer.seam import Received
+from vmresize.agent.vmfiles.moving import verify_file
 
 REL = "instances/ns/vm/1/disk.qcow2"
 
@@ -27,7 +27,7 @@ def disk(tmp_path: Path) -> tuple[Path, str]:
 
 async def test_a_missing_file_is_retryable(tmp_path: Path) -> None:
     for state, why in ((None, "is missing"),
-                       (Received(complete=False, sha256=None), "not completely received")):
+                       (Received(complete=False, checksum=None), "not completely received")):
         with pytest.raises(StepError, match=why) as err:
             await verify_file(tmp_path / "nope", REL, "0" * 64, state)
         assert err.value.retryable
@@ -35,8 +35,8 @@ async def test_a_missing_file_is_retryable(tmp_path: Path) -> None:
 
 async def test_a_right_file_passes_whichever_way_it_came(disk: tuple[Path, str]) -> None:
     path, checksum = disk
-    for state in (None, Received(complete=False, sha256=None),  # shared storage: state open
-                  Received(complete=True, sha256=checksum)):
+    for state in (None, Received(complete=False, checksum=None),  # shared storage: state open
+                  Received(complete=True, checksum=checksum)):
         await verify_file(path, REL, checksum, state)
 
 
@@ -46,9 +46,9 @@ async def test_a_changed_file_is_caught_unless_the_receiver_verified_that_checks
     with path.open("r+b") as f:
         f.seek(70000)
         f.write(b"X")
-    for state in (None, Received(complete=False, sha256=None),
-                  Received(complete=True, sha256="another checksum")):
-        with pytest.raises(CopyChecksumMismatch):
+    for state in (None, Received(complete=False, checksum=None),
+                  Received(complete=True, checksum="another checksum")):
+        with pytest.raises(CopyChecksumMismatchError):
             await verify_file(path, REL, checksum, state)
     # The receiver hashed what it wrote before the commit: Finish takes its word.
-    await verify_file(path, REL, checksum, Received(complete=True, sha256=checksum))
+    await verify_file(path, REL, checksum, Received(complete=True, checksum=checksum))

@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 from vmresize.agent.hypervisor import topology
 from vmresize.agent.hypervisor.xmltree import diff as diff
 from vmresize.agent.hypervisor.xmltree import flatten as flatten
@@ -274,7 +274,7 @@ def _set_path(el: ET.Element, attr: str | None, paths: Mapping[str, str],
         return
     if old not in paths:
         if required:
-            raise InvalidDomainConfig(f"no destination path for {what} ({old})")
+            raise InvalidDomainConfigError(f"no destination path for {what} ({old})")
         return
     if attr:
         el.set(attr, paths[old])
@@ -289,13 +289,13 @@ def rewrite(xml: str, *, vcpus: int, memory_mib: int, disk_paths: Mapping[str, s
     ``disk_paths`` maps every file the domain's own storage is made of (disk and backing
     sources, CD-ROM images, NVRAM) to its destination path; any of them missing is an error.
     Other host file paths (serial and console logs) are mapped when present in it, kept
-    otherwise. Raises :class:`InvalidDomainConfig` for what cannot be honoured.
+    otherwise. Raises :class:`InvalidDomainConfigError` for what cannot be honoured.
     """
     dom = parse(xml)
     if name is not None:
         el = dom.find("name")
         if el is None:
-            raise InvalidDomainConfig("definition has no <name>")
+            raise InvalidDomainConfigError("definition has no <name>")
         el.text = name
     topology.set_vcpus(dom, vcpus)
     topology.set_memory(dom, memory_mib * KIB_PER_MIB)
@@ -334,7 +334,7 @@ def size_refusal(xml: str | ET.Element, *, vcpus: int, memory_mib: int) -> str |
     try:
         topology.set_vcpus(dom, vcpus)
         topology.set_memory(dom, memory_mib * KIB_PER_MIB)
-    except InvalidDomainConfig as e:
+    except InvalidDomainConfigError as e:
         return str(e)
     return None
 
@@ -359,7 +359,7 @@ def rewrite_refusal(xml: str, *, vcpus: int, memory_mib: int) -> str | None:
         if nv:
             paths[nv] = nv
         rewrite(xml, vcpus=vcpus, memory_mib=memory_mib, disk_paths=paths)
-    except InvalidDomainConfig as e:
+    except InvalidDomainConfigError as e:
         return str(e)
     return None
 
@@ -383,7 +383,7 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
     dom = parse(xml)
     devices = dom.find("devices")
     if devices is None:
-        raise InvalidDomainConfig("definition has no <devices>")
+        raise InvalidDomainConfigError("definition has no <devices>")
     for disk in list(devices.iterfind("disk")):
         src = disk.find("source")
         if disk.get("type", "file") == "file" and src is not None and src.get("file") in drop:
@@ -392,7 +392,7 @@ def edit_disks(xml: str, *, drop: frozenset[str] = frozenset(),
     where = max((i for i, el in enumerate(devices) if el.tag == "disk"), default=-1) + 1
     for n, new in enumerate(add):
         if new.target in taken:
-            raise InvalidDomainConfig(f"disk target {new.target} is taken already")
+            raise InvalidDomainConfigError(f"disk target {new.target} is taken already")
         el = ET.Element("disk", {"type": "file", "device": "disk"})
         ET.SubElement(el, "driver", {"name": "qemu", "type": new.format})
         ET.SubElement(el, "source", {"file": new.path})

@@ -25,13 +25,13 @@ import libvirt
 import libvirt_qemu
 
 from vmresize.agent.errors import (
-    DomainExists,
-    DomainNotFound,
+    DomainExistsError,
+    DomainNotFoundError,
     HypervisorError,
-    HypervisorUnreachable,
-    InvalidDomainConfig,
-    NoGuestAgent,
-    OperationInvalid,
+    HypervisorUnreachableError,
+    InvalidDomainConfigError,
+    NoGuestAgentError,
+    OperationInvalidError,
 )
 from vmresize.agent.hypervisor import embedded
 from vmresize.agent.hypervisor.blockjobs import BlockJobs
@@ -71,17 +71,17 @@ def translate(e: libvirt.libvirtError, context: str) -> HypervisorError:
     code = e.get_error_code()
     msg = f"{context}: {e.get_error_message() or e}"
     if code == libvirt.VIR_ERR_NO_DOMAIN:
-        return DomainNotFound(msg)
+        return DomainNotFoundError(msg)
     if code in (libvirt.VIR_ERR_DOM_EXIST,):
-        return DomainExists(msg)
+        return DomainExistsError(msg)
     if code in (libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
                 libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_INVALID_ARG,
                 libvirt.VIR_ERR_NO_SUPPORT):
-        return InvalidDomainConfig(msg)
+        return InvalidDomainConfigError(msg)
     if code in _CONNECTION_CODES:
-        return HypervisorUnreachable(msg)
+        return HypervisorUnreachableError(msg)
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
-        return OperationInvalid(msg)
+        return OperationInvalidError(msg)
     return HypervisorError(msg, retryable=code in _RETRYABLE_CODES)
 
 
@@ -155,7 +155,7 @@ class LibvirtHypervisor(BlockJobs):
         try:
             self._conn: libvirt.virConnect = libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise HypervisorUnreachable(f"cannot open {uri}: {e}") from e
+            raise HypervisorUnreachableError(f"cannot open {uri}: {e}") from e
         if uri.startswith("qemu:///embed"):
             # The embedded driver probes QEMU's capabilities (seconds: it runs QEMU) at the
             # first define, not at open; on a fresh root that first define is a resize's
@@ -184,7 +184,7 @@ class LibvirtHypervisor(BlockJobs):
             self._call(f"define {spec.name}", lambda: self._conn.defineXML(xml))
 
     def undefine(self, name: str) -> None:
-        """Undefine the persistent domain; its disk stays. DomainNotFound if there is none."""
+        """Undefine the persistent domain; its disk stays. DomainNotFoundError if there is none."""
         dom = self._dom(name)
         # Keep UEFI variables: a held source is defined again from its saved definition.
         flags = 0 if self._domain_type == "test" else libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
@@ -338,7 +338,7 @@ class LibvirtHypervisor(BlockJobs):
         root = ET.fromstring(self._call(f"xml of {name}", lambda: dom.XMLDesc(0)))  # noqa: S314
         if not any(t.get("name") == GUEST_AGENT_CHANNEL
                    for t in root.findall("./devices/channel/target")):
-            raise NoGuestAgent(f"domain {name} has no guest agent channel "
+            raise NoGuestAgentError(f"domain {name} has no guest agent channel "
                                f"({GUEST_AGENT_CHANNEL}) in its definition")
         self._call(f"guest-ping {name}", lambda: libvirt_qemu.qemuAgentCommand(
             dom, '{"execute": "guest-ping"}', timeout_seconds, 0))

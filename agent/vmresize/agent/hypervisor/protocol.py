@@ -74,7 +74,7 @@ class Hypervisor(Protocol):
 
     def undefine(self, name: str) -> None:
         """Remove the persistent definition (the disk and firmware variables are not
-        touched). DomainNotFound if absent."""
+        touched). DomainNotFoundError if absent."""
         ...
 
     def definition(self, name: str) -> str:
@@ -136,7 +136,7 @@ class Hypervisor(Protocol):
         ...
 
     def guest_ping(self, name: str, timeout_seconds: int) -> None:
-        """Ask the QEMU guest agent in the running domain for ``guest-ping``. NoGuestAgent if
+        """Ask the QEMU guest agent in the running domain for ``guest-ping``. NoGuestAgentError if
         the domain has no agent channel; another HypervisorError if the agent is silent."""
         ...
 

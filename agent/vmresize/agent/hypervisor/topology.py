@@ -41,7 +41,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 
 MIB_IN_KIB = 1024
 
@@ -61,9 +61,9 @@ def _int(el: ET.Element, attr: str, default: int = 1) -> int:
     try:
         value = int(el.get(attr, default))
     except ValueError as e:
-        raise InvalidDomainConfig(f"<{el.tag} {attr}={el.get(attr)!r}> is not a number") from e
+        raise InvalidDomainConfigError(f"<{el.tag} {attr}={el.get(attr)!r}> is not a number") from e
     if value < 1:
-        raise InvalidDomainConfig(f"<{el.tag} {attr}={value}> must be positive")
+        raise InvalidDomainConfigError(f"<{el.tag} {attr}={value}> must be positive")
     return value
 
 
@@ -99,7 +99,7 @@ def parse_cpuset(text: str) -> set[int]:
             lo, _, hi = part.lstrip("^").partition("-")
             into.update(range(int(lo), int(hi or lo) + 1))
     except ValueError as e:
-        raise InvalidDomainConfig(f"{text!r} is not a cpuset") from e
+        raise InvalidDomainConfigError(f"{text!r} is not a cpuset") from e
     return ids - excluded
 
 
@@ -124,7 +124,7 @@ def vcpu_counts(dom: ET.Element) -> tuple[int, int]:
     try:
         top = int((el.text or "1").strip())
     except ValueError as e:
-        raise InvalidDomainConfig(f"<vcpu> is not a number: {el.text!r}") from e
+        raise InvalidDomainConfigError(f"<vcpu> is not a number: {el.text!r}") from e
     return (_int(el, "current", top) if "current" in el.attrib else top), top
 
 
@@ -135,7 +135,7 @@ def set_vcpus(dom: ET.Element, vcpus: int) -> None:
     vCPUs to hot-plug (``current`` below the maximum) keeps that many on top.
     """
     if vcpus < 1:
-        raise InvalidDomainConfig(f"{vcpus} vCPUs")
+        raise InvalidDomainConfigError(f"{vcpus} vCPUs")
     online, top = vcpu_counts(dom)
     el = dom.find("vcpu")
     if el is None:
@@ -168,7 +168,7 @@ def _spread_vcpus(cells: list[ET.Element], vcpus: int) -> None:
     if not with_cpus:
         return
     if vcpus < len(with_cpus):
-        raise InvalidDomainConfig(f"cannot spread {vcpus} vCPUs over {len(with_cpus)} "
+        raise InvalidDomainConfigError(f"cannot spread {vcpus} vCPUs over {len(with_cpus)} "
                                   "NUMA cells")
     first = 0
     for cell, count in zip(with_cpus, shares(vcpus, len(with_cpus)), strict=True):
@@ -202,13 +202,13 @@ def set_memory(dom: ET.Element, kib: int) -> None:
 
     ``<memory>`` is libvirt's total: the initial RAM (the NUMA cells' sum when there are
     cells) plus every memory device's size. Devices are kept as they are; the initial RAM
-    takes the change. Raises :class:`InvalidDomainConfig` when the flavor does not cover the
+    takes the change. Raises :class:`InvalidDomainConfigError` when the flavor does not cover the
     RAM devices, or cannot be cut into the huge pages that back the memory.
     """
     devices = memory_devices(dom)
     initial = kib - devices.ram_kib
     if initial < MIB_IN_KIB:
-        raise InvalidDomainConfig(
+        raise InvalidDomainConfigError(
             f"{kib // MIB_IN_KIB} MiB of memory does not cover the domain's RAM devices "
             f"({devices.ram_kib // MIB_IN_KIB} MiB of DIMM and plugged virtio-mem): a flavor's "
             "memory is the guest's RAM at boot, devices included")
@@ -224,7 +224,7 @@ def set_memory(dom: ET.Element, kib: int) -> None:
             cell.set("memory", str(part))
             cell.set("unit", "KiB")
     elif pages and initial % max(pages.values()):
-        raise InvalidDomainConfig(
+        raise InvalidDomainConfigError(
             f"{initial // MIB_IN_KIB} MiB of initial memory is not a whole number of the "
             f"{max(pages.values()) // MIB_IN_KIB} MiB huge pages that back it")
     el = dom.find("memory")
@@ -254,7 +254,7 @@ def _cell_id(cell: ET.Element, index: int) -> int:
     try:
         return int(cell.get("id", index))
     except ValueError as e:
-        raise InvalidDomainConfig(f"NUMA cell id {cell.get('id')!r} is not a number") from e
+        raise InvalidDomainConfigError(f"NUMA cell id {cell.get('id')!r} is not a number") from e
 
 
 def proportional(total: int, weights: list[int], quanta: list[int]) -> list[int]:
@@ -278,7 +278,7 @@ def proportional(total: int, weights: list[int], quanta: list[int]) -> list[int]
             rest += q
     if rest != 0:
         sizes = sorted({q // MIB_IN_KIB for q in quanta})
-        raise InvalidDomainConfig(
+        raise InvalidDomainConfigError(
             f"{total // MIB_IN_KIB} MiB cannot be cut into {len(parts)} NUMA cells of whole "
             f"pages ({', '.join(str(m) for m in sizes)} MiB): pick a memory size that is a "
             "multiple of the page size")
@@ -344,12 +344,12 @@ def _kib(el: ET.Element, *, attr: str | None = None) -> int:
     """An element's memory amount (its text, or ``attr`` with ``unit``) in KiB."""
     unit = el.get("unit", "KiB").lower()
     if unit not in _UNITS:
-        raise InvalidDomainConfig(f"<{el.tag}> has unknown unit {unit!r}")
+        raise InvalidDomainConfigError(f"<{el.tag}> has unknown unit {unit!r}")
     text = el.get(attr, "0") if attr else el.text
     try:
         return int(int((text or "0").strip()) * _UNITS[unit])
     except ValueError as e:
-        raise InvalidDomainConfig(f"<{el.tag}> is not a number: {el.text!r}") from e
+        raise InvalidDomainConfigError(f"<{el.tag}> is not a number: {el.text!r}") from e
 
 
 def memory_kib(dom: ET.Element) -> int:

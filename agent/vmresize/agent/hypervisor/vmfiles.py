@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Sequence
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 from vmresize.agent.hypervisor import domainxml
 from vmresize.api import flavordisks
 from vmresize.api.vmdisks import DiskRole, VMDisk
@@ -27,9 +27,9 @@ ChainFn = Callable[[str, str], Sequence[tuple[str, str]]]
 
 
 def relative(root: str, path: str) -> str:
-    """``path`` relative to ``root``; a path outside it is an :class:`InvalidDomainConfig`."""
+    """``path`` relative to ``root``; a path outside it is an :class:`InvalidDomainConfigError`."""
     if not domainxml.under(root, path):
-        raise InvalidDomainConfig(f"{path} is outside the storage root {root}")
+        raise InvalidDomainConfigError(f"{path} is outside the storage root {root}")
     return posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root))
 
 
@@ -49,7 +49,7 @@ def files(xml: str, root: str, chain: ChainFn | None = None) -> list[VMDisk]:
         if d.type != "file" or d.source is None:
             continue
         if d.format is None:
-            raise InvalidDomainConfig(f"disk {d.target} has no format")
+            raise InvalidDomainConfigError(f"disk {d.target} has no format")
         layers: Sequence[tuple[str, str | None]] = [(b.source or "", b.format)
                                                     for b in d.backing]
         if not layers and chain is not None and d.format == "qcow2":
@@ -62,7 +62,7 @@ def files(xml: str, root: str, chain: ChainFn | None = None) -> list[VMDisk]:
                    format=d.format, target=d.target, backing=below, source_path=d.source))
         for i, (path, fmt) in enumerate(layers):
             if fmt is None:
-                raise InvalidDomainConfig(f"backing file {path} of {d.target} has no format")
+                raise InvalidDomainConfigError(f"backing file {path} of {d.target} has no format")
             nxt = relative(root, layers[i + 1][0]) if i + 1 < len(layers) else None
             backings.append(VMDisk(path=relative(root, path), role=DiskRole.BACKING,
                                    format=fmt, backing=nxt, source_path=path))

@@ -13,13 +13,13 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import cast
 
-from vmresize.agent.errors import InvalidDomainConfig
+from vmresize.agent.errors import InvalidDomainConfigError
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 
 def parse(xml: str) -> ET.Element:
-    """The definition as an element tree; not XML is an :class:`InvalidDomainConfig`.
+    """The definition as an element tree; not XML is an :class:`InvalidDomainConfigError`.
 
     Names in a namespace (metadata written by other tools, ``<qemu:commandline>``) are
     kept exactly as written, prefix and declarations included: each becomes the literal
@@ -34,7 +34,7 @@ def parse(xml: str) -> ET.Element:
         parser.feed(xml)
         parser.close()
     except ET.ParseError as e:
-        raise InvalidDomainConfig(f"domain definition is not XML: {e}") from e
+        raise InvalidDomainConfigError(f"domain definition is not XML: {e}") from e
     root: ET.Element | None = None
     scopes: list[list[tuple[str, str]]] = []  # declarations in force, innermost last
     declared: list[tuple[str, str]] = []
@@ -55,7 +55,7 @@ def parse(xml: str) -> ET.Element:
         else:
             scopes.pop()
     if root is None:
-        raise InvalidDomainConfig("domain definition is empty")
+        raise InvalidDomainConfigError("domain definition is empty")
     return root
 
 
@@ -75,7 +75,7 @@ def _qname(name: str, scopes: list[list[tuple[str, str]]], *, attribute: bool) -
             seen.add(prefix)
             if bound == uri and (prefix or not attribute):
                 return f"{prefix}:{local}" if prefix else local
-    raise InvalidDomainConfig(f"no namespace prefix in scope for {name}")
+    raise InvalidDomainConfigError(f"no namespace prefix in scope for {name}")
 
 
 def serialize(dom: ET.Element) -> str:

@@ -25,13 +25,13 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from vmresize.agent.errors import (
-    KubeAlreadyExists,
-    KubeConflict,
+    KubeAlreadyExistsError,
+    KubeConflictError,
     KubeError,
-    KubeNotFound,
-    KubeRejected,
-    KubeUnavailable,
-    TaskUnreadable,
+    KubeNotFoundError,
+    KubeRejectedError,
+    KubeUnavailableError,
+    TaskUnreadableError,
 )
 from vmresize.api.apierrors import ApiErrorKind, classify, status_reason
 from vmresize.api.host import Host, HostSpec
@@ -49,28 +49,28 @@ REQUEST_TIMEOUT = 30.0
 
 
 _KINDS: dict[ApiErrorKind, type[KubeError]] = {
-    ApiErrorKind.NOT_FOUND: KubeNotFound,
-    ApiErrorKind.CONFLICT: KubeConflict,
-    ApiErrorKind.ALREADY_EXISTS: KubeAlreadyExists,
-    ApiErrorKind.UNAVAILABLE: KubeUnavailable,
-    ApiErrorKind.REJECTED: KubeRejected,
+    ApiErrorKind.NOT_FOUND: KubeNotFoundError,
+    ApiErrorKind.CONFLICT: KubeConflictError,
+    ApiErrorKind.ALREADY_EXISTS: KubeAlreadyExistsError,
+    ApiErrorKind.UNAVAILABLE: KubeUnavailableError,
+    ApiErrorKind.REJECTED: KubeRejectedError,
 }
 
 
 def translate(e: Exception, context: str) -> KubeError:
     """Map a Kubernetes client or transport error to our tree (caller does ``raise ... from``).
 
-    An error below HTTP (urllib3, a socket) never got an answer: ``KubeUnavailable``.
+    An error below HTTP (urllib3, a socket) never got an answer: ``KubeUnavailableError``.
     """
     if isinstance(e, ApiException):
         status = e.status or None
         msg = f"{context}: HTTP {status} {e.reason}"
         kind = classify(status, status_reason(e.body))
         return _KINDS[kind](msg, status=status)
-    return KubeUnavailable(f"{context}: {e}")
+    return KubeUnavailableError(f"{context}: {e}")
 
 
-def unreadable(body: Mapping[str, Any], error: ValidationError, agent: str) -> TaskUnreadable:
+def unreadable(body: Mapping[str, Any], error: ValidationError, agent: str) -> TaskUnreadableError:
     """Why this agent (version ``agent``) refuses a task it cannot parse: which fields, and
     the two versions when the operator that wrote it (its annotation) is another one."""
     meta = body.get("metadata") or {}
@@ -83,7 +83,7 @@ def unreadable(body: Mapping[str, Any], error: ValidationError, agent: str) -> T
     else:
         why = f"this agent is vmresize {agent}, the task's writer {writer or 'unknown'}"
     status = body.get("status") or {}
-    return TaskUnreadable(f"refused: this agent cannot read HostTask {meta.get('name')}: "
+    return TaskUnreadableError(f"refused: this agent cannot read HostTask {meta.get('name')}: "
                           f"{fields} ({why})", phase=status.get("phase"))
 
 
@@ -122,7 +122,7 @@ class AgentKube:
     # --- Host ---------------------------------------------------------------------------
 
     def get_host(self, name: str) -> Host:
-        """The Host ``name``; KubeNotFound if it does not exist."""
+        """The Host ``name``; KubeNotFoundError if it does not exist."""
         body = self._call(f"get Host {name}", lambda: self._api.get_cluster_custom_object(
             GROUP, VERSION, Host.plural, name, _request_timeout=REQUEST_TIMEOUT))
         return Host.from_body(body)
@@ -132,7 +132,7 @@ class AgentKube:
         otherwise)."""
         try:
             return self.get_host(name)
-        except KubeNotFound:
+        except KubeNotFoundError:
             pass
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": Host.kind_name,
                 "metadata": {"name": name}, "spec": HostSpec().wire()}
@@ -143,7 +143,7 @@ class AgentKube:
                                      _request_timeout=REQUEST_TIMEOUT))
             log.info("registered new Host %s", name)
             return Host.from_body(created)
-        except KubeAlreadyExists:  # created meanwhile by someone else: theirs wins
+        except KubeAlreadyExistsError:  # created meanwhile by someone else: theirs wins
             return self.get_host(name)
 
     def patch_host_status(self, name: str, status: dict[str, Any]) -> None:
@@ -156,8 +156,8 @@ class AgentKube:
     # --- HostTask -----------------------------------------------------------------------
 
     def get_task(self, namespace: str, name: str) -> HostTask:
-        """The HostTask ``namespace/name``; KubeNotFound if it does not exist,
-        TaskUnreadable if this agent's model cannot read it (see :func:`unreadable`)."""
+        """The HostTask ``namespace/name``; KubeNotFoundError if it does not exist,
+        TaskUnreadableError if this agent's model cannot read it (see :func:`unreadable`)."""
         body = self._call(f"get HostTask {namespace}/{name}",
                           lambda: self._api.get_namespaced_custom_object(
                               GROUP, VERSION, namespace, HostTask.plural, name,

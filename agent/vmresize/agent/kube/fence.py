@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vmresize.agent.errors import KubeError, KubeNotFound, StepError
+from vmresize.agent.errors import KubeError, KubeNotFoundError, StepError
 from vmresize.agent.kube.client import AgentKube
 from vmresize.api.hosttask import HostTaskSpec, TaskAction
 from vmresize.api.instance import Instance
@@ -46,7 +46,7 @@ class OwnerFence:
             return "the task has no name"
         try:
             body = await asyncio.to_thread(self.kube.get_object, plural, namespace, name)
-        except KubeNotFound:
+        except KubeNotFoundError:
             return f"{kind} {spec.owner} is gone"
         except KubeError as e:  # cannot tell: do nothing destructive now, try again later
             raise StepError(f"cannot read {kind} {spec.owner} to check the fence: {e}",

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 
 from vmresize.agent import metrics
-from vmresize.agent.errors import KubeError, KubeNotFound, StepError, TaskUnreadable
+from vmresize.agent.errors import KubeError, KubeNotFoundError, StepError, TaskUnreadableError
 from vmresize.agent.executor import Executor, StepOutcome
 from vmresize.agent.kube.client import AgentKube, TaskStatusWriter
 from vmresize.agent.kube.fence import INSTANCE_ACTIONS
@@ -69,7 +69,7 @@ class TaskRunner:
         finally:
             self._running.discard(key)
 
-    async def _refuse_unreadable(self, namespace: str, name: str, e: TaskUnreadable) -> None:
+    async def _refuse_unreadable(self, namespace: str, name: str, e: TaskUnreadableError) -> None:
         """End a task this agent cannot read Failed at once, saying why (a retry would read
         it the same way, and its owner would wait for it: issue 18, finding 7)."""
         if e.phase in (TaskPhase.SUCCEEDED.value, TaskPhase.FAILED.value):
@@ -80,9 +80,9 @@ class TaskRunner:
     async def _handle(self, namespace: str, name: str) -> None:
         try:
             task = await asyncio.to_thread(self.kube.get_task, namespace, name)
-        except KubeNotFound:
+        except KubeNotFoundError:
             return
-        except TaskUnreadable as e:
+        except TaskUnreadableError as e:
             await self._refuse_unreadable(namespace, name, e)
             return
         status = task.status
@@ -108,9 +108,9 @@ class TaskRunner:
             got, why = await asyncio.gather(
                 asyncio.to_thread(self.kube.get_task, namespace, name),
                 self._superseded(seen), return_exceptions=True)
-            if isinstance(got, KubeNotFound):
+            if isinstance(got, KubeNotFoundError):
                 return
-            if isinstance(got, TaskUnreadable):
+            if isinstance(got, TaskUnreadableError):
                 await self._refuse_unreadable(namespace, name, got)
                 return
             if isinstance(got, BaseException):

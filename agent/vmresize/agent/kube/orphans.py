@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from vmresize.agent import metrics, orphans
-from vmresize.agent.errors import AgentError, KubeError, KubeNotFound, StepError
+from vmresize.agent.errors import AgentError, KubeError, KubeNotFoundError, StepError
 from vmresize.agent.kube.client import AgentKube, utcnow
 from vmresize.api.host import OrphanCopy
 
@@ -31,7 +31,7 @@ class HostOrphans:
     def _read(self) -> dict[str, OrphanCopy]:
         try:
             h = self.kube.get_host(self.host)
-        except KubeNotFound:
+        except KubeNotFoundError:
             return {}
         return {k: o for k, o in (h.status.orphans if h.status else {}).items()
                 if o.cleaned_at is None}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmresize.agent import metrics
-from vmresize.agent.errors import AgentError, KubeNotFound
+from vmresize.agent.errors import AgentError, KubeNotFoundError
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.kube.client import AgentKube, utcnow
 from vmresize.api.host import HostStatus, MigrationEndpoint
@@ -114,7 +114,7 @@ class Registrar:
             await asyncio.sleep(interval)
             try:
                 await self._report(ready=True)
-            except KubeNotFound:  # an admin deleted the Host: register it again
+            except KubeNotFoundError:  # an admin deleted the Host: register it again
                 log.warning("Host %s is gone; registering it again", self.reg.host)
                 try:
                     await self.register()

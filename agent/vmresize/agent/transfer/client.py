@@ -11,9 +11,9 @@ After a dropped connection the sender reconnects (``reconnect_attempts`` times, 
 0.5 s doubling to 8 s), reads what the receiver already has and sends the rest. The
 receiver's disk checksum (:mod:`vmresize.agent.transfer.sparse`) of the file it wrote must
 equal the source's, which the sender computes while reading, or the send fails
-(:class:`TransferChecksumMismatch` is retried once from scratch by the receiver's reset).
+(:class:`TransferChecksumMismatchError` is retried once from scratch by the receiver's reset).
 Every wait is bounded: a leg that moves no byte for ``stall_timeout`` seconds (a frozen
-receiver, a link that swallows packets) is dropped as :class:`ConnectionLost` and resumed;
+receiver, a link that swallows packets) is dropped as :class:`ConnectionLostError` and resumed;
 the receiver's verification gets that plus the time to read the disk at a slow disk's rate.
 While data flows the receiver's frames are read too, so a receiver that cannot write
 (its disk full or failing) ends the send at once with its reason (not retryable).
@@ -41,10 +41,10 @@ import asyncssh
 
 from vmresize.agent import metrics
 from vmresize.agent.errors import (
-    ConnectionLost,
-    TransferChecksumMismatch,
+    ConnectionLostError,
+    TransferChecksumMismatchError,
     TransferError,
-    TransferRefused,
+    TransferRefusedError,
 )
 from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.connections import Connections, known_hosts
@@ -165,14 +165,14 @@ class _Leg:
         if kind == ERROR:
             code, msg = doc.get("code"), doc.get("message", "")
             if code == "checksum-mismatch":
-                raise TransferChecksumMismatch(f"receiver checksum {doc.get('sha256')}: {msg}")
+                raise TransferChecksumMismatchError(f"receiver checksum {doc.get('sha256')}: {msg}")
             if code == "busy":
-                raise ConnectionLost(f"receiver busy: {msg}")
+                raise ConnectionLostError(f"receiver busy: {msg}")
             if code == "write-error":
-                raise TransferRefused(f"receiver failed writing: {msg}", retryable=False)
+                raise TransferRefusedError(f"receiver failed writing: {msg}", retryable=False)
             if str(msg).startswith("unsupported protocol version"):  # an older receiver
                 msg = f"{msg} (this sender speaks {PROTOCOL_VERSION}: the agents' releases differ)"
-            raise TransferRefused(f"receiver refused ({code}): {msg}")
+            raise TransferRefusedError(f"receiver refused ({code}): {msg}")
         return kind, doc
 
     def send(self, kind: int, doc: dict[str, Any]) -> None:
@@ -181,7 +181,7 @@ class _Leg:
 
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
-                    extents: list[Extent], transfer_id: str, source_sha: SourceChecksum,
+                    extents: list[Extent], transfer_id: str, source_checksum: SourceChecksum,
                     progress: _Progress, sent: list[int], stall: float) -> str:
     writer, reader, _ = await _bounded(conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
@@ -197,15 +197,15 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
     have = [[int(s), int(e)] for s, e in state.get("have", [])]
     if state.get("complete"):
         progress.start_leg(progress.total)
-        checksum = await source_sha.full()
+        checksum = await source_checksum.full()
         if state.get("sha256") != checksum:
-            raise TransferChecksumMismatch(f"receiver holds a completed copy with checksum "
+            raise TransferChecksumMismatchError(f"receiver holds a completed copy with checksum "
                                    f"{state.get('sha256')}, source is {checksum}")
         return checksum
     progress.start_leg(_covered(extents, have))
     # Every extent goes out in order: hash while reading. A resumed leg skips what the
     # receiver has, so its checksum comes from a separate read of the source.
-    digest = source_sha.streaming(size, resumed=bool(have))
+    digest = source_checksum.streaming(size, resumed=bool(have))
     loop = asyncio.get_running_loop()
     # Two reused buffers: the next chunk is read on a worker thread while this one is
     # encrypted and sent (straight from the buffer), so reads overlap encryption and no
@@ -233,7 +233,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                 metrics.BYTES_SENT.inc(current.length)
                 await _drain(writer, incoming, stall)
             progress.add(current.length)
-        checksum = await source_sha.result(digest)
+        checksum = await source_checksum.result(digest)
         leg.send(DONE, {"sha256": checksum})
         verify = stall + size / VERIFY_FLOOR_BYTES_PER_SECOND
         kind, result = await _bounded(asyncio.shield(incoming), verify, "the receiver's RESULT")
@@ -249,7 +249,7 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
             incoming.cancel()
         await asyncio.gather(incoming, return_exceptions=True)
     if kind != RESULT or result.get("sha256") != checksum:
-        raise TransferChecksumMismatch(f"receiver reported {result.get('sha256')}, "
+        raise TransferChecksumMismatchError(f"receiver reported {result.get('sha256')}, "
                                        f"source {checksum}")
     writer.close()
     return checksum
@@ -260,7 +260,7 @@ async def _bounded(aw: Awaitable[T], seconds: float, what: str) -> T:
         async with asyncio.timeout(seconds):
             return await aw
     except TimeoutError as e:
-        raise ConnectionLost(f"no answer in {seconds:.0f}s waiting for {what}") from e
+        raise ConnectionLostError(f"no answer in {seconds:.0f}s waiting for {what}") from e
 
 
 async def _receiver_reason(incoming: asyncio.Future[Any]) -> TransferError | None:
@@ -295,7 +295,7 @@ async def _drain(writer: asyncssh.SSHWriter[bytes],
             return
         await asyncio.gather(drain, return_exceptions=True)
         if not done:
-            raise ConnectionLost(f"the receiver took no data for {stall:.0f}s")
+            raise ConnectionLostError(f"the receiver took no data for {stall:.0f}s")
     kind, _ = incoming.result()  # raises the receiver's ERROR
     raise TransferError(f"unexpected frame {kind} from the receiver while sending data")
 
@@ -324,7 +324,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise TransferError(f"cannot open source disk {src}: {e}") from e
-    source_sha = SourceChecksum(src)
+    source_checksum = SourceChecksum(src)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -341,7 +341,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                 conn = await connections.get(address, port, host_key, key)
                 try:
                     checksum = await _send_leg(conn, fd=fd, size=size, extents=extents,
-                                               transfer_id=transfer_id, source_sha=source_sha,
+                                               transfer_id=transfer_id,
+                                               source_checksum=source_checksum,
                                                progress=prog, sent=sent,
                                                stall=stall_timeout)
                 except BaseException:  # cancelled too: what the channel holds is unknown
@@ -352,7 +353,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
             except (asyncssh.Error, OSError, EOFError, TimeoutError, ValueError,
                     TransferError) as e:
                 err = translate(e, context=f"send {transfer_id} to {address}:{port}")
-                if isinstance(err, TransferChecksumMismatch):
+                if isinstance(err, TransferChecksumMismatchError):
                     mismatches += 1
                     if mismatches > 1:
                         _raise(err, e)
@@ -365,7 +366,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                 await asyncio.sleep(delay)
     finally:
         os.close(fd)
-        source_sha.cancel()
+        source_checksum.cancel()
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -81,7 +81,7 @@ class TransferStatus:
     size: int
     received: int          # data bytes held (sum of received ranges)
     complete: bool         # final file in place and verified
-    sha256: str | None     # verified disk checksum of the final file when complete
+    checksum: str | None   # verified disk checksum of the final file when complete
 
 
 @dataclass
@@ -94,7 +94,7 @@ class ReceiveState:
     final: Path
     ranges: list[list[int]] = field(default_factory=list)  # sorted, merged [start, end)
     complete: bool = False
-    sha256: str | None = None
+    checksum: str | None = None   # the disk checksum (``sha256`` in the state file)
     bound: int = -1          # the size given to expect() (an upper bound if at_most)
     at_most: bool = False
     fixed: bool = True       # False until the first HELLO fixes ``size`` (at_most only)
@@ -145,7 +145,7 @@ class ReceiveState:
         """Write the sidecar atomically (tmp + rename in the same directory)."""
         doc = {"version": PROTOCOL_VERSION, "transfer_id": self.transfer_id,
                "rel_path": self.rel_path, "size": self.size, "ranges": self.ranges,
-               "complete": self.complete, "sha256": self.sha256, "bound": self.bound,
+               "complete": self.complete, "sha256": self.checksum, "bound": self.bound,
                "at_most": self.at_most, "fixed": self.fixed, "promised": self.promised}
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -158,7 +158,7 @@ class ReceiveState:
     def status(self) -> TransferStatus:
         """A frozen snapshot for callers outside the server."""
         return TransferStatus(self.transfer_id, self.rel_path, self.size, self.received(),
-                              self.complete, self.sha256)
+                              self.complete, self.checksum)
 
     @classmethod
     def load(cls, root: Path, sidecar: Path) -> ReceiveState | None:

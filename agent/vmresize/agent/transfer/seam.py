@@ -48,7 +48,7 @@ class Received:
     """What the receiving side knows about an incoming disk."""
 
     complete: bool
-    sha256: str | None  # the disk checksum (transfer.sparse); the name is historical
+    checksum: str | None  # the disk checksum (transfer.sparse), once complete
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncssh
 
-from vmresize.agent.errors import PathEscape, TransferBusy, TransferRefused
+from vmresize.agent.errors import PathEscapeError, TransferBusyError, TransferRefusedError
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.protocol import (
@@ -139,11 +139,12 @@ class MigrationServer:
         latest value given wins.
         """
         if not transfer_id or len(transfer_id) > 253:
-            raise TransferRefused(f"bad transfer id {transfer_id!r}")
+            raise TransferRefusedError(f"bad transfer id {transfer_id!r}")
         if apparent_size < 0 or (promised is not None and promised < 0):
-            raise TransferRefused(f"bad size {apparent_size} (promised {promised})")
+            raise TransferRefusedError(f"bad size {apparent_size} (promised {promised})")
         if promised is not None and not at_most:
-            raise TransferRefused("only an at_most transfer can be promised less than its size")
+            raise TransferRefusedError(
+                "only an at_most transfer can be promised less than its size")
         final = confine(self.root, rel_path)
         confine(self.root, rel_path + PARTIAL_SUFFIX)
         confine(self.root, rel_path + SIDECAR_SUFFIX)
@@ -151,16 +152,16 @@ class MigrationServer:
         if known is not None:
             if (known.rel_path, known.bound, known.at_most) != (rel_path, apparent_size,
                                                                  at_most):
-                raise TransferRefused(f"transfer {transfer_id} already registered differently")
+                raise TransferRefusedError(f"transfer {transfer_id} already registered differently")
             if promised is not None and known.promised != promised:
                 known.promised = promised  # e.g. a sidecar of an older agent: it had none
                 known.save()
             return
         for other in self._transfers.values():
             if other.final == final:
-                raise TransferRefused(f"{rel_path} is the target of {other.transfer_id}")
+                raise TransferRefusedError(f"{rel_path} is the target of {other.transfer_id}")
         if final.exists() or final.is_symlink():
-            raise TransferRefused(f"destination already exists: {rel_path}")
+            raise TransferRefusedError(f"destination already exists: {rel_path}")
         final.parent.mkdir(parents=True, exist_ok=True)
         xfer = ReceiveState(transfer_id, rel_path, apparent_size, final, bound=apparent_size,
                             at_most=at_most, fixed=not at_most, promised=promised)
@@ -207,7 +208,7 @@ class MigrationServer:
                 xfer = ReceiveState.load(self.root, sidecar)
                 if xfer is None:
                     continue
-            except (OSError, ValueError, KeyError, TypeError, PathEscape) as e:
+            except (OSError, ValueError, KeyError, TypeError, PathEscapeError) as e:
                 log.warning("ignoring unreadable transfer state %s: %s", sidecar, e)
                 continue
             self._transfers.setdefault(xfer.transfer_id, xfer)
@@ -222,16 +223,16 @@ class MigrationServer:
     def _claim(self, transfer_id: str, size: object, session: DiskSession) -> ReceiveState:
         xfer = self._transfers.get(transfer_id)
         if xfer is None:
-            raise TransferRefused(f"unknown transfer id {transfer_id!r}")
+            raise TransferRefusedError(f"unknown transfer id {transfer_id!r}")
         if not xfer.fixed:
             if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= xfer.bound:
-                raise TransferRefused(f"size {size!r} exceeds the {xfer.bound} bytes expected")
+                raise TransferRefusedError(f"size {size!r} exceeds the {xfer.bound} bytes expected")
             xfer.size, xfer.fixed = size, True
             xfer.save()
         if size != xfer.size:
-            raise TransferRefused(f"size {size!r} != expected {xfer.size}")
+            raise TransferRefusedError(f"size {size!r} != expected {xfer.size}")
         if xfer.session is not None and xfer.session.finishing:
-            raise TransferBusy(f"transfer {transfer_id} is being verified; retry")
+            raise TransferBusyError(f"transfer {transfer_id} is being verified; retry")
         if xfer.session is not None and xfer.session is not session:
             xfer.session.supersede()  # a reconnecting sender replaces a half-dead session
         xfer.session = session

@@ -57,7 +57,7 @@ class SshTransfer:
         status = self.server.status(transfer_id)
         if status is None:
             return None
-        return Received(complete=status.complete, sha256=status.sha256)
+        return Received(complete=status.complete, checksum=status.checksum)
 
     def forget(self, transfer_id: str) -> None:
         """Drop the server's bookkeeping of ``transfer_id`` (and an incomplete partial file)."""

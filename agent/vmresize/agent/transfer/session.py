@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from vmresize.agent import metrics
-from vmresize.agent.errors import PathEscape, TransferBusy, TransferError, TransferRefused
+from vmresize.agent.errors import (
+    PathEscapeError,
+    TransferBusyError,
+    TransferError,
+    TransferRefusedError,
+)
 from vmresize.agent.paths import open_nofollow
 from vmresize.agent.transfer.sparse import CHECKSUM_ALGORITHM, SparseSink, disk_checksum_fd
 
@@ -116,9 +121,9 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                     self._frame_ready()
             if self._declared is not None and not self._closed:
                 self._start_finish()
-        except TransferBusy as e:
+        except TransferBusyError as e:
             self._fail("busy", str(e))
-        except (TransferRefused, PathEscape) as e:
+        except (TransferRefusedError, PathEscapeError) as e:
             self._fail("refused", str(e))
         except (ValueError, OSError) as e:
             self._fail("error", str(e))
@@ -155,19 +160,19 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._xfer is not None:
             raise ValueError("HELLO sent twice")
         if doc.get("version") != PROTOCOL_VERSION:
-            raise TransferRefused(f"unsupported protocol version {doc.get('version')!r}: this "
+            raise TransferRefusedError(f"unsupported protocol version {doc.get('version')!r}: this "
                                   f"receiver speaks {PROTOCOL_VERSION} (disk checksum "
                                   f"{CHECKSUM_ALGORITHM}); run one agent release on both hosts")
         tid, size = doc.get("transfer_id"), doc.get("size")
         if not isinstance(tid, str):
-            raise TransferRefused(f"transfer_id must be a string, not {tid!r}")
+            raise TransferRefusedError(f"transfer_id must be a string, not {tid!r}")
         # JSON has one number type: 4096.0 == 4096 in Python, but no file has a float size.
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise TransferRefused(f"size must be a non-negative integer, not {size!r}")
+            raise TransferRefusedError(f"size must be a non-negative integer, not {size!r}")
         xfer = self._server._claim(tid, size, self)
         self._xfer = xfer
         if xfer.complete:
-            self._send(STATE, {"complete": True, "sha256": xfer.sha256, "have": xfer.ranges})
+            self._send(STATE, {"complete": True, "sha256": xfer.checksum, "have": xfer.ranges})
             return
         if xfer.ranges and not xfer.partial.exists():
             xfer.ranges = []  # the partial file is gone: what the sidecar says is stale
@@ -274,7 +279,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         assert xfer is not None
         try:
             if xfer.complete:
-                ok, actual = xfer.sha256 == declared, xfer.sha256
+                ok, actual = xfer.checksum == declared, xfer.checksum
             else:
                 sink = self._sink
                 assert sink is not None
@@ -284,7 +289,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
                 if ok:  # commit even if the sender vanished: it will see STATE complete
                     partial, final = xfer.partial, xfer.final
                     await asyncio.wrap_future(sink.call(lambda fd: commit(fd, partial, final)))
-                    xfer.complete, xfer.sha256 = True, actual
+                    xfer.complete, xfer.checksum = True, actual
                 else:  # start over on the next attempt
                     xfer.ranges = []
                 xfer.save()
@@ -368,7 +373,7 @@ def commit(fd: int, partial: Path, final: Path) -> None:
     """Make the verified partial durable and move it into place."""
     os.fsync(fd)
     if final.is_symlink():
-        raise PathEscape(f"refusing to replace a symlink: {final}")
+        raise PathEscapeError(f"refusing to replace a symlink: {final}")
     os.rename(partial, final)
     dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

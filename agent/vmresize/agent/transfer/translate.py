@@ -12,11 +12,11 @@ import errno
 import asyncssh
 
 from vmresize.agent.errors import (
-    AuthRejected,
-    ConnectionLost,
+    AuthRejectedError,
+    ConnectionLostError,
     HostKeyError,
     TransferError,
-    TransferRefused,
+    TransferRefusedError,
 )
 
 # OS errors that describe a transient condition of the network or the peer.
@@ -33,21 +33,21 @@ def translate(exc: BaseException, *, context: str) -> TransferError:
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return HostKeyError(f"{context}: receiver host key does not match the pinned key")
     if isinstance(exc, asyncssh.PermissionDenied):
-        return AuthRejected(f"{context}: client key rejected by receiver")
+        return AuthRejectedError(f"{context}: client key rejected by receiver")
     if isinstance(exc, asyncssh.ChannelOpenError):
-        return TransferRefused(f"{context}: channel refused: {exc.reason}")
+        return TransferRefusedError(f"{context}: channel refused: {exc.reason}")
     if isinstance(exc, asyncssh.KeyImportError):
         return HostKeyError(f"{context}: cannot parse key: {exc}")
     if isinstance(exc, asyncssh.DisconnectError | asyncssh.ConnectionLost | EOFError
                   | asyncssh.BreakReceived | asyncssh.SignalReceived | TimeoutError):
-        return ConnectionLost(f"{context}: connection lost: {exc}")
+        return ConnectionLostError(f"{context}: connection lost: {exc}")
     if isinstance(exc, asyncssh.ChannelListenError | asyncssh.ProcessError):
         return TransferError(f"{context}: {exc}")
     if isinstance(exc, ConnectionError):
-        return ConnectionLost(f"{context}: {exc}")
+        return ConnectionLostError(f"{context}: {exc}")
     if isinstance(exc, OSError):
         transient = exc.errno in _TRANSIENT_ERRNOS
         if transient:
-            return ConnectionLost(f"{context}: {exc}")
+            return ConnectionLostError(f"{context}: {exc}")
         return TransferError(f"{context}: {exc}", retryable=False)
     return TransferError(f"{context}: {exc!r}")

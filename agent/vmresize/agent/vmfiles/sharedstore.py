@@ -21,7 +21,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from vmresize.agent.errors import PathEscape
+from vmresize.agent.errors import PathEscapeError
 from vmresize.agent.paths import confine, open_nofollow
 
 MARKER_PREFIX = ".vmresize-shared-"
@@ -36,7 +36,7 @@ def marker_rel(dest_dir: str, transfer_id: str) -> str:
 def _path(root: Path, dest_dir: str, transfer_id: str) -> Path:
     """The marker's path, its last component not resolved (a link there stays a link)."""
     if not _ID.fullmatch(transfer_id):
-        raise PathEscape(f"bad transfer id {transfer_id!r}")
+        raise PathEscapeError(f"bad transfer id {transfer_id!r}")
     confine(root, marker_rel(dest_dir, transfer_id))
     return confine(root, dest_dir) / (MARKER_PREFIX + transfer_id)
 

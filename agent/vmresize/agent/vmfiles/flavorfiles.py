@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmresize.agent import disks
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.paths import confine
+from vmresize.agent.vmfiles import disks
 from vmresize.api import flavordisks
 from vmresize.api.flavordisks import Plan, Sizes
 from vmresize.api.vmdisks import DiskUse, VMDisk

@@ -1,12 +1,12 @@
-"""The resize steps for a task that lists a VM's files (``HostTask.spec.disks``).
+"""The per-file work of each step on a task that lists a VM's files (``spec.disks``).
 
-The executor keeps what every step shares (fencing, power-off, holding the source, the
-bounded libvirt calls, the result); this module does the per-file work of each step with
-:mod:`moving`, so the executor stays one readable page. A task without a list is the
-single-disk path of older operators and never comes here.
+The steps (:mod:`vmresize.agent.steps`) keep what they share (fencing, power-off,
+holding the source, the bounded libvirt calls, the result); this module does the work on
+the files with :mod:`moving`. It makes no libvirt call: what it needs of a domain (its
+definition) the step reads through the time-limited hypervisor and passes in.
 
 * Adopt: :func:`adopted` lists the files (with sizes) or says why the VM cannot move.
-* Prepare: :func:`prepare` checks space for all that will land (:func:`landing`), accepts
+* Prepare: :func:`prepare` checks space for all that will land (:func:`bytes_to_land`), accepts
   each file under its transfer id, and writes the shared-storage marker.
 * MigrateDisk: :func:`capture` before the power-off (refusing what cannot move), then
   :func:`send` after it.
@@ -22,25 +22,21 @@ import asyncio
 import logging
 import os
 import posixpath
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
-from vmresize.agent import flavorfiles, markers, moving, overlays, ownership, sharedstore
 from vmresize.agent.errors import (
-    InsufficientSpace,
-    StepError,
-    TaskRefused,
-    TransferRefused,
-    Unmovable,
+    InsufficientSpaceError,
+    TaskRefusedError,
+    TransferRefusedError,
+    UnmovableError,
 )
 from vmresize.agent.hypervisor import domainxml
-from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
 from vmresize.agent.paths import confine
 from vmresize.agent.transfer.seam import StepProgress, Transfer
+from vmresize.agent.vmfiles import flavorfiles, moving, overlays, sharedstore
 from vmresize.api import flavordisks, vmdisks
-from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor, TaskResult
+from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskFlavor
 from vmresize.api.vmdisks import DiskRole, DiskUse, VMDisk, bound
 
 log = logging.getLogger(__name__)
@@ -53,33 +49,24 @@ grow with the copy's duration, which grows with the disk: a share of it, not a c
 OVERLAY_FLOOR = 32 * MIB
 
 
-def at(wall_clock: float) -> datetime:
-    """A wall-clock time as task results carry it (the downtime's ends)."""
-    return datetime.fromtimestamp(wall_clock, tz=UTC)
-
-
-def root_disk(files: Sequence[VMDisk]) -> VMDisk:
-    """The first guest disk of the list (the one a flavor's disk size is about)."""
-    for f in files:
-        if f.role is DiskRole.DISK:
-            return f
-    raise TaskRefused("the task lists no disk")
+root_disk = moving.root_disk
 
 
 def _marker_id(spec: HostTaskSpec) -> str:
     if not spec.transfer_id:
-        raise TaskRefused(f"{spec.action.value} needs spec.transferId")
+        raise TaskRefusedError(f"{spec.action.value} needs spec.transferId")
     return spec.transfer_id
 
 
-def adopted(hv: Hypervisor, root: Path, name: str
+def adopted(xml: str, root: Path, name: str
             ) -> tuple[list[VMDisk], str | None, str]:
-    """(files with sizes, None, root disk format), or ([], why it cannot move, format)
-    (blocking: run it in a thread)."""
+    """The domain ``name`` defined by ``xml`` (its exported definition): (files with sizes,
+    None, root disk format), or ([], why it cannot move, format) (blocking: run it in a
+    thread)."""
     try:
-        files = moving.capture(hv, name, root, []).files
-    except Unmovable as e:
-        first = [d for d in domainxml.inventory(hv.export(name))
+        files = moving.capture(xml, name, root, []).files
+    except UnmovableError as e:
+        first = [d for d in domainxml.inventory(xml)
                  if d.device == "disk" and d.type == "file"]
         return [], str(e), (first[0].format or "raw") if first else "raw"
     swap = [f.path for f in files if flavordisks.not_copied(f)]
@@ -140,7 +127,7 @@ def made_by_flavor(files: Sequence[VMDisk], flavor: TaskFlavor | None) -> int:
                       if g.disk.format == "raw")
 
 
-def promise(f: VMDisk, files: Sequence[VMDisk]) -> int:
+def promised_bytes(f: VMDisk, files: Sequence[VMDisk]) -> int:
     """What Prepare counts for the file ``f`` of ``files`` until it arrives: its bound, or
     an overlay's reserve. The transfer is accepted with this as its promise, so a later
     Prepare on the filesystem sees the same (``Transfer.pending_bytes``)."""
@@ -149,88 +136,98 @@ def promise(f: VMDisk, files: Sequence[VMDisk]) -> int:
     return overlay_reserve(f, next((b for b in files if b.path == f.backing), None))
 
 
-def landing(files: Sequence[VMDisk], waiting: Sequence[VMDisk], flavor: TaskFlavor | None
+def bytes_to_land(files: Sequence[VMDisk], waiting: Sequence[VMDisk], flavor: TaskFlavor | None
             ) -> tuple[int, int, int]:
     """What the move will write on the destination's filesystem by the end of Finish:
     (the ``waiting`` files as they are sent, the overlays' reserve, what the flavor makes).
     ``waiting``: the files of ``files`` neither received nor already promised."""
-    sent = sum(promise(f, files) for f in waiting if f.role is not DiskRole.OVERLAY)
-    reserve = sum(promise(f, files) for f in waiting if f.role is DiskRole.OVERLAY)
+    sent = sum(promised_bytes(f, files) for f in waiting if f.role is not DiskRole.OVERLAY)
+    reserve = sum(promised_bytes(f, files) for f in waiting if f.role is DiskRole.OVERLAY)
     return sent, reserve, made_by_flavor(files, flavor)
+
+
+def ensure_space(where: Path, need: int, promised: int, what: str, detail: str = "") -> None:
+    """InsufficientSpaceError unless the filesystem of the directory ``where`` (the instance
+    directory may be a mount of its own) holds ``need`` bytes beyond the ``promised`` ones
+    that transfers already accepted there may still write. ``what`` lands there;
+    ``detail`` says what ``need`` is made of."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if free - promised < need:
+        raise InsufficientSpaceError(
+            f"{free} bytes free where {what} lands, {promised} of them promised to transfers "
+            f"in flight; {need} needed{detail}")
 
 
 def prepare(root: Path, transfer: Transfer, spec: HostTaskSpec, *, promised: int = 0
             ) -> tuple[list[VMDisk], int]:
     """Destination: accept every file (idempotent) if all that will land fits, else
-    InsufficientSpace before anything is accepted. Returns the list and the bytes needed.
+    InsufficientSpaceError before anything is accepted. Returns the list and the bytes needed.
     ``promised``: what transfers already in flight here may still write."""
     files = spec.disks
     dest_dir = posixpath.dirname(root_disk(files).path)
     todo, waiting = [], []
     for f in files:
         if flavordisks.not_copied(f):
-            continue  # swap never crosses: Finish makes it anew (counted in landing())
+            continue  # swap never crosses: Finish makes it anew (counted in bytes_to_land())
         if not f.transfer_id:
-            raise TaskRefused(f"{f.path} has no transfer id")
+            raise TaskRefusedError(f"{f.path} has no transfer id")
         known = transfer.received(f.transfer_id) is not None
         if not known and confine(root, f.path).exists():
             continue  # received, verified and its bookkeeping dropped: a resumed Prepare
         todo.append(f)
         if not known:  # an accepted transfer's bytes are in ``promised`` already
             waiting.append(f)
-    sent, reserve, made = landing(files, waiting, spec.flavor)
+    sent, reserve, made = bytes_to_land(files, waiting, spec.flavor)
     need = sent + reserve + made
     target = confine(root, dest_dir)
     target.mkdir(parents=True, exist_ok=True)
-    st = os.statvfs(target)
-    free = st.f_bavail * st.f_frsize
-    if free - promised < need:
-        raise InsufficientSpace(
-            f"{free} bytes free where the VM lands, {promised} of them promised to transfers "
-            f"in flight; {need} needed: {sent} for the files sent, {reserve} reserved for "
-            f"pre-copy overlays, {made} for the disks the new flavor makes")
+    ensure_space(target, need, promised, "the VM",
+                 f": {sent} for the files sent, {reserve} reserved for pre-copy overlays, "
+                 f"{made} for the disks the new flavor makes")
     for f in todo:
         try:
-            transfer.expect(f.transfer_id or "", f.path, bound(f), promised=promise(f, files))
-        except TransferRefused as e:
-            raise TaskRefused(f"cannot accept {f.path}: {e}") from e
+            transfer.expect(f.transfer_id or "", f.path, bound(f),
+                            promised=promised_bytes(f, files))
+        except TransferRefusedError as e:
+            raise TaskRefusedError(f"cannot accept {f.path}: {e}") from e
     sharedstore.mark(root, dest_dir, _marker_id(spec))
     return list(files), need
 
 
-def capture(hv: Hypervisor, root: Path, spec: HostTaskSpec, *, defined: bool
-            ) -> tuple[list[VMDisk], bool]:
+def capture(xml: str | None, root: Path, spec: HostTaskSpec) -> tuple[list[VMDisk], bool]:
     """Source, before any power-off (blocking): the files to send, and whether the
-    destination shares our storage. ``defined``: the domain is still defined (else a
-    resumed step reads the definition it wrote next to the root disk)."""
+    destination shares our storage. ``xml``: the domain's exported definition while it is
+    still defined (None: a resumed step reads the definition it wrote next to the root
+    disk)."""
     name = spec.domain_name or ""
-    if defined:
-        files = moving.capture(hv, name, root, spec.disks).files
+    if xml is not None:
+        files = moving.capture(xml, name, root, spec.disks).files
     else:
         files = moving.recapture(root, spec.disks).files
     dest = root_disk(files).peer_path
     if not dest:
-        raise TaskRefused(f"no destination path for {root_disk(files).path}")
+        raise TaskRefusedError(f"no destination path for {root_disk(files).path}")
     return files, sharedstore.visible(root, posixpath.dirname(dest), _marker_id(spec))
 
 
 async def send(root: Path, files: Sequence[VMDisk], *, transfer: Transfer, peer: PeerHost,
-               shared: bool, progress: StepProgress | None) -> list[VMDisk]:
-    """Source: every file, checksummed."""
+               shared: bool, progress: StepProgress | None, stall: float) -> list[VMDisk]:
+    """Source: every file, checksummed (``stall``: see :func:`moving.checksum`)."""
     sent = await moving.send(root, files, transfer=transfer, peer=peer, shared=shared,
-                             progress=progress)
+                             progress=progress, stall=stall)
     log.info("sent %d file(s), %d bytes", len(sent), sum(f.size_bytes for f in sent))
     return sent
 
 
-async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: TaskFlavor
-                 ) -> tuple[str, list[VMDisk]]:
+async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: TaskFlavor, *,
+                 stall: float) -> tuple[str, list[VMDisk]]:
     """Destination: verify every file (once), re-link chains, grow the root and ephemeral
     disks, make the swap and new disks (:mod:`flavorfiles`); return the definition for this
     host and the VM's files here."""
     files = spec.disks
     if not moving.verified(root, files):
-        await moving.verify(root, files, transfer)
+        await moving.verify(root, files, transfer, stall=stall)
         await asyncio.to_thread(moving.mark_verified, root, files)
     log.info("%s: %d file(s) verified", spec.domain_name, len(files))
     await asyncio.to_thread(moving.relink, root, files)
@@ -244,29 +241,6 @@ async def arrive(root: Path, transfer: Transfer, spec: HostTaskSpec, flavor: Tas
                             name=spec.domain_name or "", drop=plan.drop,
                             add=flavorfiles.devices(root, plan))
     return xml, plan.files
-
-
-HvCall = Callable[..., Awaitable[Any]]
-"""The executor's bounded libvirt call: ``await hv_call(hv.method, *args)``."""
-
-
-async def define_on(hv: Hypervisor, hv_call: HvCall, root: Path, spec: HostTaskSpec,
-                    name: str, rel: str, xml: str) -> None:
-    """Define ``name`` from ``xml`` unless it exists on the root disk ``rel`` already, and
-    record the Instance as its owner; one on another disk is redefined while off if the
-    Instance owns it, and refused otherwise (it is not ours)."""
-    if await hv_call(hv.exists, name):
-        disk = await hv_call(hv.disk_path, name)
-        if disk is not None and disk.resolve() == confine(root, rel):
-            await ownership.stamp(hv, hv_call, spec, name)
-            return
-        if await hv_call(hv.state, name) != PowerState.SHUTOFF:
-            raise TaskRefused(f"a domain named {name} already runs from {disk}, not from "
-                              f"{rel}; refusing to touch it")
-        await ownership.check(hv, hv_call, spec, name, "redefine")
-        await hv_call(hv.undefine, name)
-    await hv_call(hv.define_xml, xml)
-    await ownership.stamp(hv, hv_call, spec, name)
 
 
 def settle(root: Path, transfer: Transfer, spec: HostTaskSpec) -> None:
@@ -289,65 +263,3 @@ def delete(root: Path, transfer: Transfer, spec: HostTaskSpec,
     if spec.transfer_id and any(f.role is DiskRole.DISK for f in files):
         sharedstore.clear(root, posixpath.dirname(root_disk(files).path), spec.transfer_id)
     moving.delete(root, files, (*sidecars, *TRANSFER_SUFFIXES))
-
-
-T = TypeVar("T")
-
-
-class WholeVMSteps:
-    """The executor's step bodies for tasks that list the VM's files (a mixin: the
-    executor provides the attributes and the three methods it overrides)."""
-
-    root: Path
-    hv: Hypervisor
-    transfer: Transfer
-    _now: Callable[[], float]
-
-    async def _hv(self, fn: Callable[..., T], *args: object) -> T:
-        raise NotImplementedError
-
-    async def _describe(self, name: str, rel: str, fmt: str = "qcow2") -> TaskResult:
-        raise NotImplementedError
-
-    def _serial_log(self, rel: str) -> Path:
-        raise NotImplementedError
-
-    async def _prepare_whole(self, spec: HostTaskSpec) -> tuple[TaskResult, str]:
-        dest = confine(self.root, root_disk(spec.disks).path).parent
-        while not dest.exists() and dest != self.root:  # a new move's directory: not yet,
-            dest = dest.parent  # but the filesystem it will be made on holds promises too
-        promised = self.transfer.pending_bytes(dest)
-        files, need = await asyncio.to_thread(prepare, self.root, self.transfer, spec,
-                                              promised=promised)
-        return (TaskResult(disks=files, size_bytes=need),
-                f"ready to receive {len(files)} files ({need} bytes at most)")
-
-    async def _finish_whole(self, spec: HostTaskSpec, name: str, flavor: TaskFlavor,
-                            fence: Callable[[], Awaitable[None]]) -> tuple[TaskResult, str]:
-        """Finish from the source's own definition (only size, paths and name change);
-        ``fence`` is awaited right before the start."""
-        xml, files = await arrive(self.root, self.transfer, spec, flavor)
-        rd = root_disk(spec.disks)
-        await define_on(self.hv, self._hv, self.root, spec, name, rd.path, xml)
-        await fence()
-        log.info("%s: defined, fence checked; starting", name)
-        await self._hv(self.hv.start, name)
-        started = at(self._now())
-        log.info("%s: started", name)
-        await asyncio.to_thread(settle, self.root, self.transfer, spec)
-        result = await self._describe(name, rd.path, rd.format)
-        result.checksum, result.disks, result.started_at = rd.checksum, files, started
-        return result, (f"started {name} with {flavor.vcpus} vCPU, {flavor.memory_mib} MiB "
-                        f"from {len(spec.disks)} files")
-
-    async def _delete_whole(self, spec: HostTaskSpec) -> None:
-        markers.remove(self._serial_log(root_disk(spec.disks).path))
-        await asyncio.to_thread(delete, self.root, self.transfer, spec, markers.ALL_SUFFIXES)
-
-    async def _define_captured(self, name: str, rel: str) -> None:
-        """A source domain that is gone is defined again from MigrateDisk's capture."""
-        xml = await asyncio.to_thread(captured, self.root, rel)
-        if xml is None:
-            raise StepError(f"domain {name} not found and no definition was captured next "
-                            "to its disk", retryable=False)
-        await self._hv(self.hv.define_xml, xml)

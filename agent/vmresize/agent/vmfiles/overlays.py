@@ -11,9 +11,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vmresize.agent import disks
 from vmresize.agent.errors import DiskError, StepError
 from vmresize.agent.paths import confine
+from vmresize.agent.vmfiles import disks
 from vmresize.api.vmdisks import DiskRole, VMDisk
 
 

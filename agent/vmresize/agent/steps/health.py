@@ -1,7 +1,6 @@
 """The destination's HealthCheck step: probe the running VM until it passes or time is up.
 
-A mixin of the executor (which provides the attributes, the bounded libvirt call and the
-fence). It changes nothing on the host; it only looks, so that the operator can confirm a
+It changes nothing on the host; it only looks, so that the operator can confirm a
 resize on evidence (a probe passed) or revert it on its own (none did by the deadline).
 
 Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API):
@@ -30,24 +29,22 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 from vmresize.agent.errors import (
-    Fenced,
-    HealthCheckFailed,
+    FencedError,
+    HealthCheckFailedError,
     HypervisorError,
-    NoGuestAgent,
-    ProbeFailed,
-    TaskRefused,
+    NoGuestAgentError,
+    ProbeFailedError,
+    TaskRefusedError,
 )
-from vmresize.agent.hypervisor.protocol import Hypervisor, PowerState
+from vmresize.agent.hypervisor.protocol import PowerState
+from vmresize.agent.steps.context import Network, StepContext, StepOutcome
 from vmresize.api.health import HealthCheck
 from vmresize.api.hosttask import HostTaskSpec, TaskResult
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROBE_TIMEOUT = 5.0
 """Bound on one probe (connect, or connect and read the status line), as a kubelet probe's
 default timeout is a second: generous for a TCG guest on a busy host."""
@@ -61,27 +58,27 @@ def _why(e: OSError) -> str:
 
 
 async def allowed_address(host: str, port: int, networks: Sequence[Network]) -> str:
-    """The one address of ``host`` to probe: :class:`HealthCheckFailed` unless every address
+    """The one address of ``host`` to probe: :class:`HealthCheckFailedError` unless every address
     it resolves to lies inside ``networks`` (none: no address is allowed);
-    :class:`ProbeFailed` if the name does not resolve now (it may later)."""
+    :class:`ProbeFailedError` if the name does not resolve now (it may later)."""
     if not networks:
-        raise HealthCheckFailed(
+        raise HealthCheckFailedError(
             f"{host}:{port}: this host probes no network (its agent has no "
             "VMRESIZE_HEALTH_PROBE_NETWORKS); use a guestAgent check or ask the admin")
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM)
     except OSError as e:
-        raise ProbeFailed(f"{host}: does not resolve ({e})") from e
+        raise ProbeFailedError(f"{host}: does not resolve ({e})") from e
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for a in addresses:
         ip = ipaddress.ip_address(a.split("%")[0])
         if not any(ip.version == n.version and ip in n for n in networks):
-            raise HealthCheckFailed(
+            raise HealthCheckFailedError(
                 f"{host}:{port}: {ip} is outside the networks this host probes "
                 f"({', '.join(map(str, networks))})")
     if not addresses:
-        raise ProbeFailed(f"{host}: resolves to no address")
+        raise ProbeFailedError(f"{host}: resolves to no address")
     return addresses[0]
 
 
@@ -92,9 +89,9 @@ async def probe_tcp(host: str, port: int, within: float,
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), within)
     except TimeoutError as e:
-        raise ProbeFailed(f"tcp {host}:{port}: no answer within {within:.0f}s") from e
+        raise ProbeFailedError(f"tcp {host}:{port}: no answer within {within:.0f}s") from e
     except OSError as e:
-        raise ProbeFailed(f"tcp {host}:{port}: {_why(e)}") from e
+        raise ProbeFailedError(f"tcp {host}:{port}: {_why(e)}") from e
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -125,76 +122,68 @@ async def probe_http(host: str, port: int, path: str, within: float,
     try:
         line = await asyncio.wait_for(ask(), within)
     except TimeoutError as e:
-        raise ProbeFailed(f"{url}: no answer within {within:.0f}s") from e
+        raise ProbeFailedError(f"{url}: no answer within {within:.0f}s") from e
     except OSError as e:
-        raise ProbeFailed(f"{url}: {_why(e)}") from e
+        raise ProbeFailedError(f"{url}: {_why(e)}") from e
     parts = line.decode("latin-1").split()
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ProbeFailed(f"{url}: not an HTTP answer ({line[:60]!r})")
+        raise ProbeFailedError(f"{url}: not an HTTP answer ({line[:60]!r})")
     if not 200 <= int(parts[1]) < 300:
-        raise ProbeFailed(f"{url}: answered {parts[1]}, not 2xx")
+        raise ProbeFailedError(f"{url}: answered {parts[1]}, not 2xx")
     return f"{url} answered {parts[1]}"
 
 
-class HealthSteps:
-    """HealthCheck, for the executor."""
+async def probe(ctx: StepContext, name: str, check: HealthCheck, within: float) -> str:
+    """One probe of ``check``: what passed, or ProbeFailedError (another may pass)."""
+    if check.tcp is not None:
+        return await probe_tcp(check.tcp.host, check.tcp.port, within,
+                               ctx.probe_networks)
+    if check.http is not None:
+        return await probe_http(check.http.host, check.http.port, check.http.path,
+                                within, ctx.probe_networks)
+    try:
+        await ctx.hv.guest_ping(name, max(1, int(within)))
+    except NoGuestAgentError as e:
+        raise HealthCheckFailedError(f"guest agent: {e}") from e
+    except HypervisorError as e:   # not answering (yet): another probe may pass
+        raise ProbeFailedError(f"guest agent: {e}") from e
+    return "guest agent answered guest-ping"
 
-    hv: Hypervisor
-    fence: Callable[[HostTaskSpec, str], Awaitable[str | None]]
-    _now: Callable[[], float]
-    probe_networks: Sequence[Network]
 
-    async def _hv(self, fn: Callable[..., T], *args: object) -> T:
-        raise NotImplementedError
-
-    async def _probe(self, name: str, check: HealthCheck, within: float) -> str:
-        if check.tcp is not None:
-            return await probe_tcp(check.tcp.host, check.tcp.port, within,
-                                   self.probe_networks)
-        if check.http is not None:
-            return await probe_http(check.http.host, check.http.port, check.http.path,
-                                    within, self.probe_networks)
+async def health_check(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
+    """HealthCheck: probe until one passes (the result and a sentence) or the deadline
+    passes (:class:`HealthCheckFailedError` with the last probe's error)."""
+    name, check = spec.domain_name, spec.health_check
+    if not name or check is None:
+        raise TaskRefusedError("HealthCheck needs spec.domainName and spec.healthCheck")
+    deadline = (spec.deadline.timestamp() if spec.deadline
+                else ctx.now() + DEFAULT_WINDOW)
+    probes, last = 0, "no probe ran before the deadline"
+    while True:
+        why = await ctx.fence(spec, ctx.task_name)
+        if why is not None:   # confirmed, reverted or deleted meanwhile: no verdict
+            raise FencedError(f"fenced: the owner no longer asks for this check ({why})")
+        state = await ctx.hv.state(name)
+        if state != PowerState.RUNNING:
+            raise HealthCheckFailedError(f"{check.describe()}: domain {name} is "
+                                    f"{state.value}, not Running")
+        left = deadline - ctx.now()
+        if left <= 0:
+            break
+        probes += 1
         try:
-            await self._hv(self.hv.guest_ping, name, max(1, int(within)))
-        except NoGuestAgent as e:
-            raise HealthCheckFailed(f"guest agent: {e}") from e
-        except HypervisorError as e:   # not answering (yet): another probe may pass
-            raise ProbeFailed(f"guest agent: {e}") from e
-        return "guest agent answered guest-ping"
+            detail = await probe(ctx, name, check, min(PROBE_TIMEOUT, max(left, 0.1)))
+        except ProbeFailedError as e:
+            last = str(e)
+            log.info("%s: probe %d failed: %s", name, probes, last)
+        else:
+            return StepOutcome(TaskResult(domain_name=name, probes=probes,
+                                          power_state=PowerState.RUNNING.value),
+                               f"{detail} (probe {probes})")
+        pause = min(float(spec.period_seconds), deadline - ctx.now())
+        if pause <= 0:
+            break
+        await asyncio.sleep(pause)
+    raise HealthCheckFailedError(f"no probe passed by the deadline ({probes} probes); "
+                            f"last: {last}")
 
-    async def _health_check(self, spec: HostTaskSpec, task_name: str) -> tuple[TaskResult, str]:
-        """Probe until one passes (the result and a sentence) or the deadline passes
-        (:class:`HealthCheckFailed` with the last probe's error)."""
-        name, check = spec.domain_name, spec.health_check
-        if not name or check is None:
-            raise TaskRefused("HealthCheck needs spec.domainName and spec.healthCheck")
-        deadline = (spec.deadline.timestamp() if spec.deadline
-                    else self._now() + DEFAULT_WINDOW)
-        probes, last = 0, "no probe ran before the deadline"
-        while True:
-            why = await self.fence(spec, task_name)
-            if why is not None:   # confirmed, reverted or deleted meanwhile: no verdict
-                raise Fenced(f"fenced: the owner no longer asks for this check ({why})")
-            state = await self._hv(self.hv.state, name)
-            if state != PowerState.RUNNING:
-                raise HealthCheckFailed(f"{check.describe()}: domain {name} is "
-                                        f"{state.value}, not Running")
-            left = deadline - self._now()
-            if left <= 0:
-                break
-            probes += 1
-            try:
-                detail = await self._probe(name, check, min(PROBE_TIMEOUT, max(left, 0.1)))
-            except ProbeFailed as e:
-                last = str(e)
-                log.info("%s: probe %d failed: %s", name, probes, last)
-            else:
-                return (TaskResult(domain_name=name, probes=probes,
-                                   power_state=PowerState.RUNNING.value),
-                        f"{detail} (probe {probes})")
-            pause = min(float(spec.period_seconds), deadline - self._now())
-            if pause <= 0:
-                break
-            await asyncio.sleep(pause)
-        raise HealthCheckFailed(f"no probe passed by the deadline ({probes} probes); "
-                                f"last: {last}")
