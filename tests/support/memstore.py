@@ -2,7 +2,7 @@
 
 Same methods and the same API-server semantics that the engine relies on: every object has
 a UID and a resourceVersion; a status write with a stale resourceVersion is a 409
-(:class:`ApiConflict`); a create of an existing name is AlreadyExists (then the owner check of
+(:class:`ApiConflictError`); a create of an existing name is AlreadyExists (then the owner check of
 the real storage); a write to a missing object is a 404. Every write is recorded, and a
 hook runs before each one, so a test can inject a 409, a user's write, or a "crash" (an
 exception that ends the step there) between any two writes.
@@ -24,7 +24,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.meta import Resource
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
-from vmresize.operator.errors import ApiConflict, ApiNotFound
+from vmresize.operator.errors import ApiConflictError, ApiNotFoundError
 from vmresize.operator.persistence.hostview import WatchedHost, watched
 from vmresize.operator.persistence.sightings import Sightings
 from vmresize.operator.persistence.storage import check_same_task
@@ -178,9 +178,9 @@ class MemStorage:
         self._write("status", key)
         cur = self.objects.get(key)
         if cur is None:
-            raise ApiNotFound(f"replace {key} status: HTTP 404")
+            raise ApiNotFoundError(f"replace {key} status: HTTP 404")
         if cur["metadata"]["resourceVersion"] != obj.resource_version:
-            raise ApiConflict(f"replace {key} status: conflict")
+            raise ApiConflictError(f"replace {key} status: conflict")
         body = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
         cur["status"] = body.get("status")
         cur["metadata"]["resourceVersion"] = str(next(self._rv))

@@ -22,7 +22,7 @@ from vmresize.agent import errors as agent_errors
 from vmresize.agent.errors import AgentError
 from vmresize.operator import cli
 from vmresize.operator.cli.kube import PluginError
-from vmresize.operator.errors import ApiAlreadyExists, OperatorError
+from vmresize.operator.errors import ApiAlreadyExistsError, OperatorError
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
@@ -67,7 +67,7 @@ def test_no_two_exceptions_share_a_name(classes: list[type[BaseException]]) -> N
 def test_every_operator_error_tells_kopf_whether_to_retry() -> None:
     undecided = {c for c in OPERATOR if c is not OperatorError
                  and not issubclass(c, kopf.TemporaryError | kopf.PermanentError)}
-    assert undecided == {ApiAlreadyExists}  # storage.create_task treats it as done
+    assert undecided == {ApiAlreadyExistsError}  # storage.create_task treats it as done
 
 
 def test_retryable_is_a_class_default_with_an_instance_override() -> None:

@@ -2,7 +2,7 @@
 
 Hypothesis drives resizes of one instance through the real engine over an in-memory
 storage (:mod:`tests.support.memstore`), with: the user's confirm, revert and delete; the
-operator "crashing" between any two writes of a step, a 409 (:class:`ApiConflict`) on any
+operator "crashing" between any two writes of a step, a 409 (:class:`ApiConflictError`) on any
 write, and the user's patch landing between a step's read and its write; duplicate
 deliveries (the same step run twice); the operator's delete handler (HostTasks deleted, then
 the finalizer); an admin removing the finalizer by force and deleting a HostTask, running or
@@ -59,7 +59,7 @@ from vmresize.api.hosttask import HostTask, TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus, PowerState
 from vmresize.api.meta import Resources
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec
-from vmresize.operator.errors import ApiConflict, ForeignTask
+from vmresize.operator.errors import ApiConflictError, ForeignTaskError
 from vmresize.operator.reconcile import engine, sweep
 from vmresize.operator.settings import Settings
 
@@ -172,7 +172,7 @@ class ResizeModel(RuleBasedStateMachine):
             if fault == "crash":
                 raise CrashError
             if fault == "409":
-                raise ApiConflict("injected 409")
+                raise ApiConflictError("injected 409")
             if fault == "user":
                 self._user(name, user)
 
@@ -181,7 +181,7 @@ class ResizeModel(RuleBasedStateMachine):
             out = engine.reconcile(self.s, SETTINGS, NS, name, self.now)
         except (CrashError, kopf.TemporaryError):
             return
-        except ForeignTask as e:   # pragma: no cover - the point of the check
+        except ForeignTaskError as e:   # pragma: no cover - the point of the check
             raise AssertionError(f"a task of ours was someone else's: {e}") from e
         finally:
             self.s.before_write = lambda what, key: None

@@ -17,7 +17,7 @@ from tests.support.engine_world import NS, T0, build_world
 from tests.support.memstore import MemStorage
 
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec
-from vmresize.operator.errors import ApiConflict
+from vmresize.operator.errors import ApiConflictError
 from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
@@ -31,10 +31,10 @@ def test_a_new_resize_of_the_same_name_never_carries_out_the_old_ones_effects() 
 
     def conflict_on_the_lock(what: str, key: Any) -> None:
         if key[0] == "instances":
-            raise ApiConflict("injected 409")
+            raise ApiConflictError("injected 409")
 
     s.before_write = conflict_on_the_lock
-    with pytest.raises(ApiConflict):
+    with pytest.raises(ApiConflictError):
         engine.reconcile(s, S, NS, "r", T0)
     s.before_write = lambda what, key: None
     s.remove("vmresizes", NS, "r")   # the finalizer forced off: no step of it follows
@@ -47,7 +47,7 @@ def test_a_new_resize_of_the_same_name_never_carries_out_the_old_ones_effects() 
         try:
             engine.reconcile(s, S, NS, "r", T0)
             break
-        except ApiConflict:
+        except ApiConflictError:
             continue
 
     inst = s.instance(NS, "vm")

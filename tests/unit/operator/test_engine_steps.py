@@ -17,7 +17,7 @@ from tests.support.memstore import MemStorage
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTask, HostTaskSpec, TaskAction
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
-from vmresize.operator.errors import ApiConflict, ForeignTask
+from vmresize.operator.errors import ApiConflictError, ForeignTaskError
 from vmresize.operator.reconcile import engine
 from vmresize.operator.settings import Settings
 
@@ -94,7 +94,7 @@ def test_a_task_of_the_same_name_but_another_owner_is_refused() -> None:
     s.put(HostTask(metadata={"name": name, "namespace": SYS}, spec=HostTaskSpec(
         host="h1", action=TaskAction.CONFIRM, owner="other/r", owner_uid="someone-else",
         instance="other/vm")))
-    with pytest.raises(ForeignTask):
+    with pytest.raises(ForeignTaskError):
         engine.reconcile(s, S, NS, "r", T0 + timedelta(seconds=1))
 
 
@@ -206,7 +206,7 @@ def test_a_409_on_a_folded_write_keeps_the_steps_before() -> None:
     def conflict_on_third(what: str, key: Any) -> None:
         count[0] += 1
         if count[0] == 3:   # Scheduling, the lock, then the write that chooses a host
-            raise ApiConflict("injected 409")
+            raise ApiConflictError("injected 409")
 
     s.before_write = conflict_on_third
     out = engine.reconcile(s, S, NS, "r", T0)

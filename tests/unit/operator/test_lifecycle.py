@@ -268,7 +268,7 @@ def test_missing_task_is_recreated() -> None:
 def test_progress_is_copied() -> None:
     out = step(state(P.MIGRATING), obs(Kind.TASK_WAITING,
                                        progress=(42, 100, 310 * 1024 * 1024)), NOW)
-    assert out.updates["progress"]["display"] == "42% 310MiB/s"
+    assert out.updates["progress"].display == "42% 310MiB/s"
     assert progress_display(0, 0, 0) == (0, "0% 0MiB/s")
 
 

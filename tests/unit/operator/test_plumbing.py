@@ -23,12 +23,12 @@ from vmresize.operator.decisions import conditions
 from vmresize.operator.decisions.tasks import parse_task_name, resize_task
 from vmresize.operator.decisions.views import host_state
 from vmresize.operator.errors import (
-    ApiAlreadyExists,
-    ApiConflict,
-    ApiNotFound,
-    ApiRejected,
-    ApiUnavailable,
-    NotReady,
+    ApiAlreadyExistsError,
+    ApiConflictError,
+    ApiNotFoundError,
+    ApiRejectedError,
+    ApiUnavailableError,
+    NotReadyError,
     OperatorError,
 )
 from vmresize.operator.persistence.storage import _call
@@ -47,16 +47,16 @@ def _raises(status: int | None, body: str = "") -> Callable[[], object]:
 
 # The same statuses as the agent's adapter test (tests/unit/agent/test_kube_errors.py).
 @pytest.mark.parametrize(("status", "body", "error", "kopf_kind"), [
-    (None, "", ApiUnavailable, kopf.TemporaryError),  # no HTTP answer: connection-level
-    (0, "", ApiUnavailable, kopf.TemporaryError),
-    (404, '{"reason":"NotFound"}', ApiNotFound, kopf.PermanentError),
-    (409, '{"reason":"Conflict"}', ApiConflict, kopf.TemporaryError),
-    (409, '{"reason":"AlreadyExists"}', ApiAlreadyExists, None),
-    (408, "", ApiUnavailable, kopf.TemporaryError),
-    (429, "", ApiUnavailable, kopf.TemporaryError),
-    (503, "", ApiUnavailable, kopf.TemporaryError),
-    (422, '{"reason":"Invalid"}', ApiRejected, kopf.PermanentError),
-    (403, "", ApiRejected, kopf.PermanentError),
+    (None, "", ApiUnavailableError, kopf.TemporaryError),  # no HTTP answer: connection-level
+    (0, "", ApiUnavailableError, kopf.TemporaryError),
+    (404, '{"reason":"NotFound"}', ApiNotFoundError, kopf.PermanentError),
+    (409, '{"reason":"Conflict"}', ApiConflictError, kopf.TemporaryError),
+    (409, '{"reason":"AlreadyExists"}', ApiAlreadyExistsError, None),
+    (408, "", ApiUnavailableError, kopf.TemporaryError),
+    (429, "", ApiUnavailableError, kopf.TemporaryError),
+    (503, "", ApiUnavailableError, kopf.TemporaryError),
+    (422, '{"reason":"Invalid"}', ApiRejectedError, kopf.PermanentError),
+    (403, "", ApiRejectedError, kopf.PermanentError),
 ])
 def test_api_errors_are_typed(status: int | None, body: str, error: type[OperatorError],
                               kopf_kind: type[Exception] | None) -> None:
@@ -74,7 +74,7 @@ def test_api_errors_are_typed(status: int | None, body: str, error: type[Operato
 def test_transport_errors_are_temporary() -> None:
     def fn() -> None:
         raise ProtocolError("reset")
-    with pytest.raises(ApiUnavailable):
+    with pytest.raises(ApiUnavailableError):
         _call("op", fn)
 
 
@@ -148,7 +148,7 @@ def fin_flavor(new: FlavorSpec) -> TaskFlavor:
 
 def test_migrate_needs_the_dest_endpoint() -> None:
     r, inst, _ = _world()
-    with pytest.raises(NotReady):
+    with pytest.raises(NotReadyError):
         resize_task(TaskAction.MIGRATE_DISK, "a", 0, namespace="sys", resize=r, inst=inst,
                     new=FlavorSpec(vcpus=1, memory_mib=64, disk_gib=1), old=None,
                     dest=Host(metadata={"name": "b"}))

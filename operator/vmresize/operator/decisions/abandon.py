@@ -39,6 +39,7 @@ from vmresize.operator.decisions.vocabulary import (
     Observation,
     ReleaseDestClaim,
     State,
+    StatusPatch,
     Step,
     UpdateInstance,
 )
@@ -75,7 +76,7 @@ def abandon(s: State, o: Observation, now: datetime) -> Step:
             f"spec.abandonDestination cannot be honoured: the destination {s.dest_host} is "
             f"the source's own host ({s.source_host}), so there is no other copy to fall "
             "back on; fix the host or its agent"))
-    up = {"abandoned_destination": o.orphan, "rollback_reason": REASON}
+    up: StatusPatch = {"abandoned_destination": o.orphan, "rollback_reason": REASON}
     fence = FenceOrphan(s.dest_host)
     source_runs = (s.phase is P.ROLLING_BACK and s.restore_source_first
                    and s.current_action is A.CLEANUP_DEST)

@@ -82,6 +82,7 @@ from vmresize.operator.decisions.vocabulary import (
     ReleaseDestClaim,
     Rule,
     State,
+    StatusPatch,
     Step,
     UpdateInstance,
 )
@@ -177,5 +178,6 @@ def is_terminal(phase: ResizePhase) -> bool:
 
 __all__ = ["TABLE", "TASK_PHASES", "Action", "ClaimDest", "CommitClaims", "CreateTask",
            "FenceOrphan", "Kind",
-           "LockInstance", "Observation", "ReleaseDestClaim", "State", "Step", "UpdateInstance",
+           "LockInstance", "Observation", "ReleaseDestClaim", "State", "StatusPatch", "Step",
+           "UpdateInstance",
            "is_terminal", "next_deadline", "progress_display", "step"]

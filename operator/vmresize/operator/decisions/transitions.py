@@ -7,11 +7,11 @@ in :mod:`vmresize.operator.decisions.lifecycle` says which rule answers which (p
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Unpack
 
-from vmresize.api.hosttask import TaskAction
+from vmresize.api.hosttask import PowerOff, TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
-from vmresize.api.resize import ResizePhase
+from vmresize.api.resize import Progress, ResizePhase
 from vmresize.operator.decisions.abandon import abandoned_end
 from vmresize.operator.decisions.conditions import HEALTH_FAILED
 from vmresize.operator.decisions.vocabulary import (
@@ -24,6 +24,7 @@ from vmresize.operator.decisions.vocabulary import (
     Observation,
     ReleaseDestClaim,
     State,
+    StatusPatch,
     Step,
     UpdateInstance,
 )
@@ -55,20 +56,21 @@ def progress_display(done: int, total: int, rate: int) -> tuple[int, str]:
     return pct, f"{pct}% {rate // (1024 * 1024)}MiB/s"
 
 
-def _progress(o: Observation) -> dict[str, Any]:
+def _progress(o: Observation) -> StatusPatch:
     if o.progress is None:
         return {}
     done, total, rate = o.progress
     pct, text = progress_display(done, total, rate)
-    return {"progress": {"bytes_done": done, "bytes_total": total,
-                         "rate_bytes_per_second": rate, "percent": pct, "display": text}}
+    return {"progress": Progress(bytes_done=done, bytes_total=total,
+                                 rate_bytes_per_second=rate, percent=pct, display=text)}
 
 
 MESSAGE_KEPT = 1024
 """How much of the message that began a rollback the status keeps to the end."""
 
 
-def _rollback(s: State, why: str, message: str, *, off: bool = False, **updates: Any) -> Step:
+def _rollback(s: State, why: str, message: str, *, off: bool = False,
+              **updates: Unpack[StatusPatch]) -> Step:
     """Start a rollback: delete the dest copy (if there is a dest), then start the source.
 
     From Migrating the source starts first: no Finish was ever created, so no domain
@@ -209,11 +211,11 @@ def _short(checksum: str | None) -> str:
 def migrated(s: State, o: Observation, now: datetime) -> Step:
     """The disk is copied and the source is off: record checksum and downtime and create Finish on
     the destination."""
-    up: dict[str, Any] = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
-                          "source_disks": list(o.disks) or None,
-                          "powered_off_at": o.powered_off_at, "stopped_at": o.stopped_at,
-                          "power_off_wait_seconds": o.power_off_wait_seconds,
-                          "power_off": o.power_off}
+    up: StatusPatch = {"source_checksum": o.checksum, "downtime_seconds": o.downtime_seconds,
+                       "source_disks": list(o.disks) or None,
+                       "powered_off_at": o.powered_off_at, "stopped_at": o.stopped_at,
+                       "power_off_wait_seconds": o.power_off_wait_seconds,
+                       "power_off": PowerOff(o.power_off) if o.power_off else None}
     up.update(_progress(o))
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while migrating", off=True, **up)
@@ -254,7 +256,7 @@ def finished(s: State, o: Observation, now: datetime) -> Step:
                 if s.confirm_window_seconds > 0 or s.health_check else None)
     what = f"health check ({s.health_check}) from" if s.health_check else "auto-confirm at"
     tail = f"; {what} {deadline.isoformat()}" if deadline else ""
-    up: dict[str, Any] = {"verify_deadline": deadline}
+    up: StatusPatch = {"verify_deadline": deadline}
     off = s.stopped_at or s.powered_off_at   # an older agent reported only the request
     if o.started_at is not None and off is not None:  # off -> on, whole
         up["downtime_seconds"] = round(max(0.0, (o.started_at - off).total_seconds()), 3)

@@ -10,13 +10,49 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
+from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import OrphanCopy
-from vmresize.api.hosttask import TaskAction
+from vmresize.api.hosttask import PowerOff, TaskAction
 from vmresize.api.instance import InstancePhase, PowerState
-from vmresize.api.resize import ResizePhase
+from vmresize.api.resize import Candidate, Progress, ResizePhase
 from vmresize.api.vmdisks import VMDisk
+
+
+class StatusPatch(TypedDict, total=False):
+    """The status fields a decision (or the look before it) sets, each with its model's
+    type: the rest of ``VMResizeStatus`` (phase, reason, message, the task, the effects,
+    the conditions) is the engine's to write. A test holds each key and type to the model."""
+
+    source_host: str | None
+    instance_uid: str | None
+    dest_host: str | None
+    old_flavor: str | None
+    new_flavor: str | None
+    old_flavor_spec: FlavorSpec | None
+    new_flavor_spec: FlavorSpec | None
+    progress: Progress
+    downtime_seconds: float | None
+    powered_off_at: datetime | None
+    stopped_at: datetime | None
+    power_off_wait_seconds: float | None
+    power_off: PowerOff | None
+    source_disks: list[VMDisk] | None
+    candidates: list[Candidate]
+    alternates: list[str]
+    attempts: int
+    filter_counts: dict[str, int]
+    dest_domain_name: str | None
+    dest_disk_path: str | None
+    source_checksum: str | None
+    verify_deadline: datetime | None
+    health_deadline: datetime | None
+    rollback_from: str | None
+    rollback_reason: str | None
+    rollback_message: str | None
+    restore_source_first: bool
+    abandoned_destination: OrphanCopy | None
 
 
 class Kind(StrEnum):
@@ -168,7 +204,7 @@ class Step:
     actions: tuple[Action, ...] = ()
     reason: str | None = None            # None keeps the current one
     message: str | None = None
-    updates: Mapping[str, Any] = field(default_factory=dict)   # other status fields
+    updates: StatusPatch = field(default_factory=lambda: StatusPatch())   # other fields
 
 
 Rule = Callable[[State, Observation, datetime], Step]

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from vmresize.operator.errors import ApiUnavailable
+from vmresize.operator.errors import ApiUnavailableError
 from vmresize.operator.handlers.memo import shared_or_none
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile import hosts, sweep
@@ -48,7 +48,7 @@ async def _watch(memo: kopf.Memo) -> None:
         try:
             marked = await asyncio.to_thread(hosts.mark_stale, storage, datetime.now(UTC),
                                              window)
-        except ApiUnavailable as e:
+        except ApiUnavailableError as e:
             log.warning("host heartbeat check failed: %s", e)
             continue
         for name in marked:
@@ -57,7 +57,7 @@ async def _watch(memo: kopf.Memo) -> None:
             last_sweep = loop.time()
             try:
                 await asyncio.to_thread(_sweep_claims, storage)
-            except ApiUnavailable as e:
+            except ApiUnavailableError as e:
                 log.warning("claim sweep failed: %s", e)
 
 

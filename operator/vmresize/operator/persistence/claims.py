@@ -27,7 +27,7 @@ from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.meta import Resources
 from vmresize.operator.decisions.scheduler import fits
 from vmresize.operator.decisions.views import host_state
-from vmresize.operator.errors import ApiConflict
+from vmresize.operator.errors import ApiConflictError
 from vmresize.operator.persistence.hostview import WatchedHost
 from vmresize.operator.persistence.storage import Storage
 
@@ -64,9 +64,9 @@ def _update_host(storage: Storage, host_name: str,
         try:
             storage.replace_status(host)
             return True
-        except ApiConflict:
+        except ApiConflictError:
             continue
-    raise ApiConflict(f"host {host_name}: too many concurrent writers")
+    raise ApiConflictError(f"host {host_name}: too many concurrent writers")
 
 
 def claim(storage: Storage, host_name: str, claim_key: str, kind: Kind,
@@ -156,9 +156,9 @@ def lock_instance(storage: Storage, namespace: str, name: str, resize: str, resi
                                             "message": f"Being resized by {resize}"})
         try:
             return storage.replace_status(inst)
-        except ApiConflict:
+        except ApiConflictError:
             continue
-    raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")
+    raise ApiConflictError(f"instance {namespace}/{name}: too many concurrent writers")
 
 
 def _lock_refused(inst: Instance, st: InstanceStatus, resize_uid: str,
@@ -190,6 +190,6 @@ def update_instance(storage: Storage, namespace: str, name: str, resize_uid: str
         try:
             storage.replace_status(inst)
             return
-        except ApiConflict:
+        except ApiConflictError:
             continue
-    raise ApiConflict(f"instance {namespace}/{name}: too many concurrent writers")
+    raise ApiConflictError(f"instance {namespace}/{name}: too many concurrent writers")

@@ -34,12 +34,12 @@ from vmresize.api.naming import OWNER_UID_LABEL, WRITER_ANNOTATION, package_vers
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import (
-    ApiAlreadyExists,
-    ApiConflict,
-    ApiNotFound,
-    ApiRejected,
-    ApiUnavailable,
-    ForeignTask,
+    ApiAlreadyExistsError,
+    ApiConflictError,
+    ApiNotFoundError,
+    ApiRejectedError,
+    ApiUnavailableError,
+    ForeignTaskError,
     OperatorError,
 )
 from vmresize.operator.persistence.hostview import HostView, WatchedHost, watched
@@ -58,11 +58,11 @@ log = logging.getLogger(__name__)
 
 
 _KINDS: dict[ApiErrorKind, Callable[[str], OperatorError]] = {
-    ApiErrorKind.NOT_FOUND: ApiNotFound,
-    ApiErrorKind.CONFLICT: ApiConflict,
-    ApiErrorKind.ALREADY_EXISTS: ApiAlreadyExists,
-    ApiErrorKind.UNAVAILABLE: ApiUnavailable,
-    ApiErrorKind.REJECTED: ApiRejected,
+    ApiErrorKind.NOT_FOUND: ApiNotFoundError,
+    ApiErrorKind.CONFLICT: ApiConflictError,
+    ApiErrorKind.ALREADY_EXISTS: ApiAlreadyExistsError,
+    ApiErrorKind.UNAVAILABLE: ApiUnavailableError,
+    ApiErrorKind.REJECTED: ApiRejectedError,
 }
 
 
@@ -73,11 +73,16 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         kind = classify(e.status, status_reason(e.body))
         raise _KINDS[kind](f"{what}: HTTP {e.status or 'no status'}: {e.reason}") from e
     except (HTTPError, OSError) as e:  # below HTTP: no answer at all
-        raise ApiUnavailable(f"{what}: {e}") from e
+        raise ApiUnavailableError(f"{what}: {e}") from e
 
 
 class Recent:
-    """The last copy of some objects, each taken at most once; the oldest are dropped."""
+    """The last copy of some objects, each taken at most once; the oldest are dropped.
+
+    A cache wrapped around the engine's beats, never part of a decision: it saves the GET
+    that a guarded write would otherwise start from (the resize a step wrote, for the next
+    step; the Instance last read or written, for the lock and the Instance's updates). A
+    copy that is outdated costs a 409 and a fresh read, never a wrong write."""
 
     def __init__(self, size: int = RECENT) -> None:
         self._size = size
@@ -144,7 +149,7 @@ class Storage:
 
         try:
             return _call(what, get)
-        except ApiNotFound:
+        except ApiNotFoundError:
             return None
 
     def flavor(self, name: str) -> Flavor | None:
@@ -165,14 +170,16 @@ class Storage:
 
     def recent_instance(self, namespace: str, name: str) -> Instance | None:
         """The Instance as this process last read or wrote it (once), if remembered: only
-        to start a guarded write of it."""
+        to start a guarded write of it. Saves the GET before each Instance write of a
+        resize's effects (the lock, the Instance's updates) that follows a read or a write."""
         body = self._instances.take((namespace, name))
         return None if body is None else Instance.from_body(body)
 
     def locked_instance(self, namespace: str, name: str, resize_uid: str) -> Instance | None:
         """The Instance as this process last read or wrote it, if that copy shows the lock
         of ``resize_uid`` (kept for the next use): only the holder's own steps release it
-        (the lock sweep only a gone holder's), so a copy that shows it is as good as a read."""
+        (the lock sweep only a gone holder's), so a copy that shows it is as good as a read.
+        Saves Scheduling's GET of the Instance after Pending took the lock."""
         body = self._instances.peek((namespace, name))
         if body is None or ((body.get("status") or {}).get("activeResizeUid") != resize_uid):
             return None
@@ -181,7 +188,8 @@ class Storage:
     def written_resize(self, namespace: str, name: str) -> VMResize | None:
         """The VMResize as this process last wrote it (once), if that was its last read or
         write here: the next step may start from it instead of a read, since its write is
-        guarded by this version and a step that writes nothing checks it (engine)."""
+        guarded by this version and a step that writes nothing checks it (engine). Saves
+        the GET of the resize at the start of each step that follows a step that wrote."""
         body = self._written.take((namespace, name))
         return None if body is None else VMResize.from_body(body)
 
@@ -321,7 +329,8 @@ class Storage:
     # -- writes
 
     def replace_status(self, obj: R) -> R:
-        """Write ``obj.status`` guarded by ``obj``'s resourceVersion; ApiConflict if it moved."""
+        """Write ``obj.status`` guarded by ``obj``'s resourceVersion; ApiConflictError if it
+        moved."""
         body: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
         what = f"replace {obj.plural}/{obj.name} status"
         if obj.scope == "Cluster":
@@ -342,7 +351,7 @@ class Storage:
 
     def create_task(self, task: HostTask) -> None:
         """Create a HostTask; one that exists already is fine only if it is this very task
-        (same owner UID, action and host), else :class:`ForeignTask`."""
+        (same owner UID, action and host), else :class:`ForeignTaskError`."""
         body = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = HostTask.kind_name
         meta = body.setdefault("metadata", {})
@@ -352,7 +361,7 @@ class Storage:
             _call(f"create hosttasks/{task.name}", lambda: self._co.create_namespaced_custom_object(
                 GROUP, VERSION, task.namespace, HostTask.plural, body,
                 _request_timeout=REQUEST_TIMEOUT))
-        except ApiAlreadyExists:
+        except ApiAlreadyExistsError:
             check_same_task(self.task(task.namespace, task.name), task)
 
     def delete_tasks(self, namespace: str, owner_uid: str) -> None:
@@ -373,6 +382,6 @@ def check_same_task(existing: HostTask | None, wanted: HostTask) -> None:
         return   # deleted in between: the next step sees it missing and creates it again
     e, w = existing.spec, wanted.spec
     if (e.owner_uid, e.action, e.host) != (w.owner_uid, w.action, w.host):
-        raise ForeignTask(f"HostTask {wanted.name} exists but is not ours: owner "
+        raise ForeignTaskError(f"HostTask {wanted.name} exists but is not ours: owner "
                           f"{e.owner} ({e.owner_uid}), {e.action} on {e.host}; wanted "
                           f"{w.owner} ({w.owner_uid}), {w.action} on {w.host}")

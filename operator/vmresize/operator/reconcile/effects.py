@@ -1,7 +1,9 @@
 """The effects of a VMResize decision on other objects: Host claims and the Instance.
 
 The engine writes them into ``status.pending`` together with the decision (decide, record,
-then act), carries them out here, and clears them. Each one is idempotent, so a crash or a
+then act: their status form is decided in
+:func:`vmresize.operator.decisions.resize_step.effect_of`), carries them out here, and
+clears them. Each one is idempotent, so a crash or a
 409 anywhere just makes the next step carry them out again from the recorded status.
 """
 
@@ -16,35 +18,8 @@ from vmresize.api.flavor import FlavorSpec
 from vmresize.api.instance import InstanceStatus
 from vmresize.api.resize import Effect, VMResize, VMResizeStatus
 from vmresize.operator.decisions import conditions
-from vmresize.operator.decisions.lifecycle import (
-    Action,
-    ClaimDest,
-    CommitClaims,
-    FenceOrphan,
-    LockInstance,
-    ReleaseDestClaim,
-    UpdateInstance,
-)
 from vmresize.operator.persistence import claims, orphans
 from vmresize.operator.persistence.storage import Storage
-
-
-def record(a: Action, st: VMResizeStatus) -> Effect:
-    """The status form of a (non-task) action, decided while the resize was in ``st``."""
-    if isinstance(a, LockInstance):
-        return Effect(kind="LockInstance")
-    if isinstance(a, ClaimDest):
-        return Effect(kind="ClaimDest", host=a.host)
-    if isinstance(a, ReleaseDestClaim):
-        # The host as it was when decided: the step may clear dest_host.
-        return Effect(kind="ReleaseDestClaim", host=st.dest_host)
-    if isinstance(a, CommitClaims):
-        return Effect(kind="CommitClaims")
-    if isinstance(a, FenceOrphan):
-        return Effect(kind="FenceOrphan", host=a.host)
-    assert isinstance(a, UpdateInstance)
-    return Effect(kind="UpdateInstance", placement=a.placement, instance_phase=a.phase,
-                  power_state=a.power, unlock=a.unlock, message=a.message)
 
 
 def resize_key(r: VMResize) -> str:

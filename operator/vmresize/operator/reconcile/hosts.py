@@ -17,7 +17,7 @@ from datetime import datetime
 from vmresize.api.host import Host
 from vmresize.api.meta import Condition, set_condition
 from vmresize.operator.decisions.liveness import silent_for, stale
-from vmresize.operator.errors import ApiConflict
+from vmresize.operator.errors import ApiConflictError
 from vmresize.operator.persistence.storage import Storage
 
 STALE_REASON = "HeartbeatStale"
@@ -57,7 +57,7 @@ def mark_stale(storage: Storage, now: datetime, window_seconds: float) -> list[s
             continue
         try:
             storage.replace_status(update)
-        except ApiConflict:  # the agent (or an admin) wrote meanwhile: look again next time
+        except ApiConflictError:  # the agent (or an admin) wrote meanwhile: look again next time
             continue
         marked.append(host.name)
     return marked

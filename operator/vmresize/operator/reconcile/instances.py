@@ -1,22 +1,31 @@
-"""Driving one Instance one step: place it, claim, Spawn/Adopt, then Destroy on delete.
+"""Driving one Instance one step: look, decide (:mod:`.instance_lifecycle`), record, act.
 
-Same shape as :mod:`vmresize.operator.reconcile.engine`: decide, record, then act. The
-chosen host is written (``status.host``) before it is claimed, and ``status.currentTask``
-before the Spawn, Adopt or Destroy task of that name is created; every act is idempotent,
-so a crash or a 409 anywhere makes the next step redo it. Phases: Pending -> (host chosen,
-claimed) -> Building -> Active, or Error; deletion -> Deleting (Destroy) -> claim released.
-An instance held by a resize waits, and says so; a lock whose resize is gone is released.
+Same beats as :mod:`vmresize.operator.reconcile.engine`. The chosen host is written
+(``status.host``) before it is claimed, and ``status.currentTask`` before the Spawn, Adopt
+or Destroy task of that name is created; every act is idempotent, so a crash or a 409
+anywhere makes the next step redo it. What an Instance does on each look is the pure
+table :data:`~vmresize.operator.decisions.instance_lifecycle.TABLE`; this module only
+looks, writes and acts.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from vmresize.api import naming
+from vmresize.api.flavor import FlavorSpec
 from vmresize.api.hosttask import TaskAction, TaskPhase
-from vmresize.api.instance import Instance, InstancePhase, InstanceStatus, PowerState
-from vmresize.operator.decisions import conditions
+from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
+from vmresize.operator.decisions import conditions, instance_lifecycle
+from vmresize.operator.decisions.instance_lifecycle import (
+    BuildTask,
+    Claim,
+    InstanceStep,
+    Look,
+    Release,
+    Seen,
+    Stage,
+)
 from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
@@ -25,105 +34,44 @@ from vmresize.operator.decisions.scheduler import (
     selector_from_extra_specs,
 )
 from vmresize.operator.decisions.tasks import instance_task
-from vmresize.operator.errors import NotReady
+from vmresize.operator.errors import NotReadyError
 from vmresize.operator.persistence import claims
 from vmresize.operator.persistence.storage import Storage
-from vmresize.operator.reconcile.engine import Outcome
+from vmresize.operator.reconcile.driver import Outcome
 from vmresize.operator.settings import Settings
 
 IP = InstancePhase
-ADOPT_REFUSED = "DomainAlreadyOwned"
-"""Reason (Ready condition and Event) of an Adopt refused because another Instance owns it."""
+#: Decisions one call takes at most: the host chosen (recorded, then claimed), the claim's
+#: answer (Building recorded, then the task created); a task's name recorded, then the task.
+DECISIONS = 3
 
 
 def _write(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
            reason: str = "") -> Instance:
     """Write ``st`` (with its Ready condition) as the Instance's status; the written object."""
-    st.conditions = conditions.instance_conditions(st.conditions, st.phase, st.message, now,
-                                                   reason)
-    inst.status = st
-    return storage.replace_status(inst)
+    st = st.model_copy(update={"conditions": conditions.instance_conditions(
+        st.conditions, st.phase, st.message, now, reason)})
+    return storage.replace_status(inst.model_copy(update={"status": st}))
 
 
 def _key(inst: Instance) -> str:
     return claims.key("Instance", inst.uid)
 
 
-def _build_action(inst: Instance) -> TaskAction:
-    return TaskAction.ADOPT if inst.spec.adopt else TaskAction.SPAWN
-
-
 def _choose(storage: Storage, settings: Settings, inst: Instance,
-            now: datetime) -> str | NoValidHost:
-    flavor = storage.flavor(inst.spec.flavor)
-    assert flavor is not None
+            flavor: FlavorSpec) -> str | NoValidHost:
     if inst.spec.host is not None:
         return inst.spec.host   # a named host is an admin's act
-    res = flavor.spec.resources()
+    res = flavor.resources()
     req = Request(vcpus=res.vcpus, memory_mib=res.memory_mib, disk_gib=res.disk_gib,
                   clock=storage.clock(),
                   heartbeat_stale_seconds=settings.heartbeat_stale_seconds,
-                  selector=selector_from_extra_specs(flavor.spec.extra_specs),
+                  selector=selector_from_extra_specs(flavor.extra_specs),
                   max_alternates=0)
     out = select([state for _, state in storage.watched_hosts()], req,
                  Weights(settings.ram_weight_multiplier, settings.cpu_weight_multiplier,
                          settings.disk_weight_multiplier))
     return out if isinstance(out, NoValidHost) else out.host
-
-
-def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
-           st: InstanceStatus) -> Outcome:
-    flavor = storage.flavor(inst.spec.flavor)
-    if flavor is None:
-        st.phase, st.message = IP.ERROR, f"Flavor {inst.spec.flavor} does not exist"
-        _write(storage, inst, st, now, reason="FlavorNotFound")
-        return Outcome(done=True, changed=True,
-                       events=[("Warning", "FlavorNotFound", st.message)])
-    if st.host is None:
-        if inst.spec.adopt is not None:
-            owner = _adopt_owner(storage, inst)
-            if owner is not None:
-                return _refuse_adopt(storage, inst, st, now, owner)
-        host = _choose(storage, settings, inst, now)
-        if isinstance(host, NoValidHost):
-            counts = ", ".join(f"{k}: {v}" for k, v in host.counts.items() if v) or "no hosts"
-            return _retry(storage, inst, st, now, "NoValidHost",
-                          f"No valid host was found ({counts} removed); retrying")
-        st.host, st.message = host, f"Claiming resources on {host}"
-        inst = _write(storage, inst, st, now)           # record the choice ...
-        assert inst.status is not None
-        st = inst.status
-    # ... then claim on the recorded host. An adopted VM is claimed like any other: its
-    # resources are in no allocation yet, so it must fit.
-    assert st.host is not None
-    if not claims.claim(storage, st.host, _key(inst), "Instance", flavor.spec.resources(),
-                        consumer=f"{inst.namespace}/{inst.name}"):
-        refused, st.host = st.host, None
-        if inst.spec.host is not None:
-            st.message = ""
-            return _retry(storage, inst, st, now, "DoesNotFit",
-                          f"Flavor {inst.spec.flavor} does not fit on host {refused} "
-                          "(or the host does not exist); retrying")
-        st.message = f"Could not claim on {refused}; choosing again"
-        _write(storage, inst, st, now)
-        return Outcome(changed=True)
-    action = _build_action(inst)
-    st.phase, st.message = IP.BUILDING, f"{action} on {st.host}"
-    st.current_task = naming.task_name(inst.uid, action, 0)
-    inst = _write(storage, inst, st, now)
-    storage.create_task(instance_task(action, st.host, namespace=settings.namespace, inst=inst,
-                                      flavor=flavor.spec))
-    return Outcome(changed=True, events=[("Normal", "Building", st.message)])
-
-
-def _retry(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
-           reason: str, msg: str) -> Outcome:
-    """Placement cannot happen yet: say so once (status and Event), then retry quietly."""
-    if st.message != msg:
-        st.message = msg
-        _write(storage, inst, st, now, reason=reason)
-        return Outcome(events=[("Warning", reason, msg)])
-    raise NotReady(f"{inst.namespace}/{inst.name}: {msg}", delay=10)
 
 
 def _owns(other: Instance, host: str, domain: str) -> bool:
@@ -151,120 +99,121 @@ def _adopt_owner(storage: Storage, inst: Instance) -> Instance | None:
     return None
 
 
-def _refuse_adopt(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime,
-                  owner: Instance) -> Outcome:
-    """Error, with nothing claimed and no host recorded: deleting this Instance then destroys
-    nothing (its Destroy step needs a host and a domain in its status)."""
-    assert inst.spec.adopt is not None
-    st.phase = IP.ERROR
-    st.message = (f"domain {inst.spec.adopt.domain_name} on host {inst.spec.host} is owned by "
-                  f"Instance {owner.namespace}/{owner.name}; a domain that an Instance owns "
-                  "is never adopted again")
-    _write(storage, inst, st, now, reason=ADOPT_REFUSED)
-    return Outcome(done=True, changed=True, events=[("Warning", ADOPT_REFUSED, st.message)])
+def _stage(inst: Instance, st: InstanceStatus) -> Stage:
+    if inst.metadata.get("deletionTimestamp"):
+        return Stage.DELETING
+    return {IP.PENDING: Stage.PLACING, IP.BUILDING: Stage.BUILDING}.get(st.phase,
+                                                                      Stage.SETTLED)
 
 
-def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
-           st: InstanceStatus) -> Outcome:
-    action = _build_action(inst)
-    name = naming.task_name(inst.uid, action, 0)
-    if st.current_task != name:   # made by an operator that did not record it
-        st.current_task = name
-        inst = _write(storage, inst, st, now)
+def _look_placing(storage: Storage, settings: Settings, inst: Instance,
+                  st: InstanceStatus) -> Seen:
+    flavor = storage.flavor(inst.spec.flavor)
+    if flavor is None:
+        return Seen(Look.FLAVOR_MISSING)
+    if st.host is not None:
+        return Seen(Look.HOST_RECORDED, flavor=flavor.spec)
+    if inst.spec.adopt is not None:
+        owner = _adopt_owner(storage, inst)
+        if owner is not None:
+            return Seen(Look.DOMAIN_OWNED, text=f"{owner.namespace}/{owner.name}")
+    host = _choose(storage, settings, inst, flavor.spec)
+    if isinstance(host, NoValidHost):
+        counts = ", ".join(f"{k}: {v}" for k, v in host.counts.items() if v) or "no hosts"
+        return Seen(Look.NO_VALID_HOST, text=counts)
+    return Seen(Look.CHOSEN, host=host, flavor=flavor.spec)
+
+
+def _look_task(storage: Storage, settings: Settings, name: str, st: InstanceStatus) -> Seen:
+    """The task ``name`` (recorded first), as the Instance's build or destroy sees it."""
+    if st.current_task != name:
+        return Seen(Look.TASK_UNRECORDED)
     task = storage.task(settings.namespace, name)
     if task is None:
-        flavor = storage.flavor(inst.spec.flavor)
-        storage.create_task(instance_task(action, st.host or "", namespace=settings.namespace,
-                                          inst=inst, flavor=flavor.spec if flavor else None))
-        return Outcome()
+        return Seen(Look.TASK_MISSING)
     ts = task.status
     if ts is None or ts.phase in (TaskPhase.PENDING, TaskPhase.RUNNING):
-        return Outcome()
+        return Seen(Look.TASK_WAITING, task=task)
     if ts.phase is TaskPhase.FAILED:
-        host = st.host
-        st.phase, st.message = IP.ERROR, f"{action} on {host} failed: {ts.message}"
-        st.host, st.current_task = None, None
-        _write(storage, inst, st, now)
-        claims.release(storage, host, _key(inst))
-        return Outcome(done=True, changed=True,
-                       events=[("Warning", f"{action}Failed", st.message)])
-    res = ts.result
-    flavor = storage.flavor(inst.spec.flavor)
-    f = flavor.spec if flavor else None
-    upd: dict[str, Any] = {
-        "phase": IP.ACTIVE, "flavor": inst.spec.flavor, "current_task": None,
-        "vcpus": res.vcpus or (f.vcpus if f else None),
-        "memory_mib": res.memory_mib or (f.memory_mib if f else None),
-        "disk_gib": res.disk_gib or (f.disk_gib if f else None),
-        "domain_name": res.domain_name or task.spec.domain_name,
-        "disk_path": res.disk_path or task.spec.disk_path,
-        "disks": res.disks or [],
-        "interfaces": task.spec.interfaces,
-        "power_state": PowerState(res.power_state) if res.power_state in set(PowerState)
-        else PowerState.RUNNING,
-        "message": f"{action} on {st.host} done"}
-    st = st.model_copy(update=upd)
-    _write(storage, inst, st, now)
-    return Outcome(done=True, changed=True, events=[("Normal", "Active", st.message)])
+        return Seen(Look.TASK_FAILED, text=ts.message, task=task)
+    return Seen(Look.TASK_SUCCEEDED, task=task)
 
 
-def _held(storage: Storage, inst: Instance, st: InstanceStatus, now: datetime) -> Outcome:
-    """Deleting an instance a resize holds: release a lock whose resize is gone, else wait
-    for the resize and say so (once) in the status and an Event."""
-    r = storage.resize(inst.namespace, st.active_resize or "")
-    uid = st.active_resize_uid
-    if r is None or (uid is not None and r.uid != uid):
-        st.active_resize, st.active_resize_uid = None, None
-        st.message = "Released the lock of a VMResize that no longer exists"
-        _write(storage, inst, st, now)
-        return Outcome(changed=True, events=[("Normal", "LockReleased", st.message)])
-    msg = (f"Deletion waits for VMResize {st.active_resize}, which holds this instance; it "
-           "goes on once that resize ends (or is deleted and rolled back)")
-    if st.message != msg:
-        st.message = msg
-        _write(storage, inst, st, now)
-        return Outcome(events=[("Warning", "DeletionWaitsForResize", msg)])
-    raise NotReady(f"instance {inst.name} is held by VMResize {st.active_resize}", delay=5)
+def _look(storage: Storage, settings: Settings, inst: Instance, st: InstanceStatus,
+          stage: Stage) -> Seen:
+    """What the Instance's ``stage`` looks at."""
+    if stage is Stage.PLACING:
+        return _look_placing(storage, settings, inst, st)
+    if stage is Stage.BUILDING:
+        seen = _look_task(storage, settings, instance_lifecycle.build_task_name(inst), st)
+        if seen.look is Look.TASK_SUCCEEDED:   # the flavor fills what the task did not say
+            flavor = storage.flavor(inst.spec.flavor)
+            return Seen(seen.look, task=seen.task, flavor=flavor.spec if flavor else None)
+        return seen
+    if stage is Stage.DELETING:
+        if st.active_resize_uid or st.active_resize:
+            r = storage.resize(inst.namespace, st.active_resize or "")
+            uid = st.active_resize_uid
+            gone = r is None or (uid is not None and r.uid != uid)
+            return Seen(Look.LOCK_ORPHANED if gone else Look.HELD)
+        if st.host and st.domain_name:
+            return _look_task(storage, settings, instance_lifecycle.destroy_task_name(inst), st)
+        return Seen(Look.NOTHING_BUILT)
+    return Seen(Look.TICK)
 
 
-def _destroy(storage: Storage, settings: Settings, inst: Instance, now: datetime,
-             st: InstanceStatus) -> Outcome:
-    if st.active_resize_uid or st.active_resize:
-        return _held(storage, inst, st, now)
-    if st.host and st.domain_name:
-        name = naming.task_name(inst.uid, TaskAction.DESTROY, 0)
-        if st.current_task != name:
-            st.phase, st.current_task = IP.DELETING, name
-            st.message = f"Destroying on {st.host}"
-            inst = _write(storage, inst, st, now)   # record, then create
-        task = storage.task(settings.namespace, name)
-        if task is None:
-            storage.create_task(instance_task(TaskAction.DESTROY, st.host,
-                                              namespace=settings.namespace, inst=inst,
-                                              flavor=None))
-            return Outcome(changed=True)
-        if task.status is None or task.status.phase is not TaskPhase.SUCCEEDED:
-            if task.status is not None and task.status.phase is TaskPhase.FAILED:
-                raise NotReady(f"Destroy on {st.host} failed: {task.status.message}; an admin "
-                               "must delete the failed HostTask to retry", delay=30)
-            return Outcome()
-    key = _key(inst)
-    holder = st.host or claims.find_claim(storage.watched_hosts(), key)
-    claims.release(storage, holder, key)
-    return Outcome(done=True, changed=True)
+def _act(storage: Storage, settings: Settings, inst: Instance,
+         act: Claim | BuildTask | Release, seen: Seen) -> Seen | None:
+    """Carry out ``act`` (after the write that names it); a claim's answer, to decide on."""
+    if isinstance(act, Claim):
+        assert seen.flavor is not None
+        ok = claims.claim(storage, act.host, _key(inst), "Instance", seen.flavor.resources(),
+                          consumer=f"{inst.namespace}/{inst.name}")
+        return Seen(Look.CLAIMED if ok else Look.CLAIM_REFUSED, host=act.host,
+                    flavor=seen.flavor)
+    if isinstance(act, BuildTask):
+        flavor: FlavorSpec | None = None
+        if act.action is not TaskAction.DESTROY:
+            if seen.flavor is None:
+                found = storage.flavor(inst.spec.flavor)
+                flavor = found.spec if found else None
+            else:
+                flavor = seen.flavor
+        storage.create_task(instance_task(act.action, act.host, namespace=settings.namespace,
+                                          inst=inst, flavor=flavor))
+        return None
+    holder = act.host or claims.find_claim(storage.watched_hosts(), _key(inst))
+    claims.release(storage, holder, _key(inst))
+    return None
 
 
 def reconcile(storage: Storage, settings: Settings, namespace: str, name: str,
               now: datetime) -> Outcome:
-    """One step of the Instance ``namespace/name``."""
+    """One step of the Instance ``namespace/name``: look, decide, record, act (a step that
+    records a choice, or a task's name, looks once more; a claim's answer is decided on)."""
     inst = storage.instance(namespace, name)
     if inst is None:
         return Outcome(done=True)
     st = inst.status or InstanceStatus()
-    if inst.metadata.get("deletionTimestamp"):
-        return _destroy(storage, settings, inst, now, st)
-    if st.phase is IP.PENDING:
-        return _place(storage, settings, inst, now, st)
-    if st.phase is IP.BUILDING:
-        return _built(storage, settings, inst, now, st)
-    return Outcome(done=True)
+    stage = _stage(inst, st)
+    seen: Seen | None = _look(storage, settings, inst, st, stage)
+    step = InstanceStep()
+    for _ in range(DECISIONS):
+        assert seen is not None
+        step = instance_lifecycle.step(inst, st, stage, seen)
+        if step.wait is not None:
+            raise NotReadyError(f"{inst.namespace}/{inst.name}: {step.text}"
+                                if stage is Stage.PLACING else step.text, delay=step.wait)
+        if step.status is not None:
+            inst = _write(storage, inst, step.status, now, step.reason)   # record ...
+            assert inst.status is not None
+        follow = (_act(storage, settings, inst, step.act, seen)      # ... then act
+                  if step.act is not None else None)
+        st = inst.status or InstanceStatus()
+        if follow is not None:
+            seen = follow
+        elif step.again:
+            seen = _look(storage, settings, inst, st, stage)
+        else:
+            break
+    return Outcome(done=step.done, changed=step.changed, events=list(step.events))

@@ -12,16 +12,16 @@ Reads only: nothing is written here (:mod:`.engine` records, then acts).
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from vmresize.api.flavor import FlavorSpec
 from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import InstancePhase, InstanceStatus
 from vmresize.api.resize import ABANDONABLE_PHASES, ResizePhase, VMResize, VMResizeStatus
 from vmresize.operator.decisions import lifecycle, liveness, watchdog
-from vmresize.operator.decisions.lifecycle import Kind, Observation
+from vmresize.operator.decisions.lifecycle import Kind, Observation, StatusPatch
+from vmresize.operator.decisions.resize_step import running_flavor
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile import scheduling
 from vmresize.operator.settings import Settings
@@ -38,7 +38,7 @@ def _orphan(r: VMResize, st: VMResizeStatus, now: datetime) -> OrphanCopy | None
                       disk_dir=posixpath.dirname(st.dest_disk_path), abandoned_at=now)
 
 
-def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any]]:
+def _validate(storage: Storage, r: VMResize) -> tuple[Observation, StatusPatch]:
     """Pending: the request is sound; snapshot both flavors (nothing is written here)."""
     inst = storage.instance(r.namespace, r.spec.instance_name)
     refused = scheduling.lock_refused(inst, r)
@@ -52,9 +52,7 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, dict[str, Any
         return Observation(Kind.INVALID, "InstanceNotReady",
                            f"Instance {inst.name} is not Active on a host"), {}
     running = storage.flavor(ist.flavor) if ist.flavor else None
-    base = running.spec if running else FlavorSpec(vcpus=ist.vcpus or 1,
-                                                   memory_mib=ist.memory_mib or 16,
-                                                   disk_gib=ist.disk_gib or 1)
+    base = running.spec if running else running_flavor(ist)
     # What the VM really runs with wins over what its flavor says today.
     old = base.model_copy(update={k: v for k, v in (
         ("vcpus", ist.vcpus), ("memory_mib", ist.memory_mib), ("disk_gib", ist.disk_gib))
@@ -130,21 +128,41 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
                        retryable=ts.retryable), None
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What one step saw: the ``observation`` the lifecycle decides on, the status
+    ``fields`` the look itself fills (the flavors validated, the chosen host's names), and
+    when the step watchdog looks again (``watchdog_at``, in a task phase)."""
+
+    observation: Observation
+    fields: StatusPatch = field(default_factory=lambda: StatusPatch())
+    watchdog_at: datetime | None = None
+
+
 def observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
-             deleting: bool, now: datetime, wake: list[datetime]
-             ) -> tuple[Observation, dict[str, Any]]:
-    """What the phase looks at; a task phase adds the watchdog's next look to ``wake``."""
+            deleting: bool, now: datetime) -> Observed:
+    """What the phase looks at."""
+    if st.phase in lifecycle.TASK_PHASES and not _abandoning(r, st):
+        obs, at = _observe_task(storage, settings, st, now)
+        return Observed(obs, watchdog_at=at)
+    return Observed(*_look(storage, settings, r, st, deleting, now))
+
+
+def _abandoning(r: VMResize, st: VMResizeStatus) -> bool:
+    """Whether an admin gave up the destination and that is not yet observed (once)."""
+    return bool(st.phase in ABANDONABLE_PHASES and r.spec.abandon_destination
+                and st.abandoned_destination is None)
+
+
+def _look(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
+          deleting: bool, now: datetime) -> tuple[Observation, StatusPatch]:
+    """What a phase other than a task's looks at (or an abandonment)."""
     if st.phase is P.PENDING and not deleting:
         return _validate(storage, r)
     if st.phase is P.SCHEDULING and not deleting:
         return scheduling.schedule(storage, settings, r, st, now)
-    if (st.phase in ABANDONABLE_PHASES and r.spec.abandon_destination
-            and st.abandoned_destination is None):   # an admin's act; observed once
+    if _abandoning(r, st):
         return Observation(Kind.ABANDON, orphan=_orphan(r, st, now)), {}
-    if st.phase in lifecycle.TASK_PHASES:
-        obs, at = _observe_task(storage, settings, st, now)
-        wake.extend([at] if at is not None else [])
-        return obs, {}
     if st.phase is P.VERIFY_RESIZE:
         if r.spec.revert:
             return Observation(Kind.REVERT), {}

@@ -19,12 +19,11 @@ failed Prepare) and are released here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from vmresize.api import naming
 from vmresize.api.instance import Instance
 from vmresize.api.resize import Candidate, VMResize, VMResizeStatus
-from vmresize.operator.decisions.lifecycle import Kind, Observation
+from vmresize.operator.decisions.lifecycle import Kind, Observation, StatusPatch
 from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
@@ -37,7 +36,7 @@ from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.settings import Settings
 
 
-def _dest_names(r: VMResize, st: VMResizeStatus, host: str) -> dict[str, Any]:
+def _dest_names(r: VMResize, st: VMResizeStatus, host: str) -> StatusPatch:
     """A new disk directory always; a new domain name too when it shares the host."""
     inst = r.spec.instance_name
     suffix = f"resize-{r.uid}" if host == st.source_host else ""
@@ -64,7 +63,7 @@ def lock_refused(inst: Instance | None, r: VMResize) -> Observation | None:
 
 
 def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
-             now: datetime) -> tuple[Observation, dict[str, Any]]:
+             now: datetime) -> tuple[Observation, StatusPatch]:
     """CHOSEN (claim it next), SCHEDULED (claim held), NO_VALID_HOST, or the lock refused."""
     ns, inst = r.namespace, r.spec.instance_name
     refused = lock_refused(storage.locked_instance(ns, inst, r.uid) or storage.instance(ns, inst),
