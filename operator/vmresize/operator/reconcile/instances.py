@@ -5,6 +5,8 @@ chosen host is written (``status.host``) before it is claimed, and ``status.curr
 before the Spawn, Adopt or Destroy task of that name is created; every act is idempotent,
 so a crash or a 409 anywhere makes the next step redo it. Phases: Pending -> (host chosen,
 claimed) -> Building -> Active, or Error; deletion -> Deleting (Destroy) -> claim released.
+Before any host is chosen, the namespace's VMQuota is charged (refused: Error,
+``QuotaExceeded``); the charge goes after the claim, on deletion.
 An instance held by a resize waits, and says so; a lock whose resize is gone is released.
 """
 
@@ -16,7 +18,9 @@ from typing import Any
 from vmresize.api import naming
 from vmresize.api.hosttask import TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus, PowerState
+from vmresize.api.quota import QuotaCharge
 from vmresize.operator.decisions import conditions
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
@@ -26,7 +30,7 @@ from vmresize.operator.decisions.scheduler import (
 )
 from vmresize.operator.decisions.tasks import instance_task
 from vmresize.operator.errors import NotReady
-from vmresize.operator.persistence import claims
+from vmresize.operator.persistence import claims, quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile.engine import Outcome
 from vmresize.operator.settings import Settings
@@ -79,6 +83,16 @@ def _place(storage: Storage, settings: Settings, inst: Instance, now: datetime,
         _write(storage, inst, st, now, reason="FlavorNotFound")
         return Outcome(done=True, changed=True,
                        events=[("Warning", "FlavorNotFound", st.message)])
+    # The namespace's quota first, before any host is chosen or claimed: refused, the
+    # Instance ends in Error with the numbers and nothing else happens.
+    refusal = quota.charge(storage, inst.namespace, _key(inst), QuotaCharge(
+        consumer=f"{inst.namespace}/{inst.name}", kind="Instance", instances=1,
+        resources=flavor.spec.resources()))
+    if refusal is not None:
+        st.phase, st.message, st.host = IP.ERROR, refusal, None
+        _write(storage, inst, st, now, reason=QUOTA_EXCEEDED)
+        return Outcome(done=True, changed=True,
+                       events=[("Warning", QUOTA_EXCEEDED, st.message)])
     if st.host is None:
         if inst.spec.adopt is not None:
             owner = _adopt_owner(storage, inst)
@@ -186,6 +200,7 @@ def _built(storage: Storage, settings: Settings, inst: Instance, now: datetime,
         st.host, st.current_task = None, None
         _write(storage, inst, st, now)
         claims.release(storage, host, _key(inst))
+        quota.release(storage, inst.namespace, _key(inst))
         return Outcome(done=True, changed=True,
                        events=[("Warning", f"{action}Failed", st.message)])
     res = ts.result
@@ -251,6 +266,7 @@ def _destroy(storage: Storage, settings: Settings, inst: Instance, now: datetime
     key = _key(inst)
     holder = st.host or claims.find_claim(storage.watched_hosts(), key)
     claims.release(storage, holder, key)
+    quota.release(storage, inst.namespace, key)   # after the host: never less than it
     return Outcome(done=True, changed=True)
 
 
