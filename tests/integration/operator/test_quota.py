@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.support.op_harness import G, V, Fulfiller, Operator, World, wait_for
+from tests.support.op_harness import Fulfiller, G, Operator, V, World, wait_for
 
 from vmresize.api.meta import API_VERSION
 

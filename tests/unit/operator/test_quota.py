@@ -3,11 +3,12 @@ pure rules, and the ledger on the in-memory storage whose 409s are the API serve
 
 from __future__ import annotations
 
+from tests.support.memstore import MemStorage
+
 from vmresize.api.meta import Resources
 from vmresize.api.quota import QuotaCharge, QuotaLimits, QuotaUsage, VMQuota, VMQuotaSpec
 from vmresize.operator.decisions import quota as rules
 from vmresize.operator.persistence import quota
-from tests.support.memstore import MemStorage
 
 NS = "team"
 
@@ -69,9 +70,11 @@ def test_a_charge_that_loses_the_race_is_decided_again_and_refused() -> None:
             assert quota.charge(s, NS, "Instance/other", inst("other", 2)) is None
     s.before_write = before_write
     refusal = quota.charge(s, NS, "Instance/mine", inst("mine", 1))
-    assert refusal is not None and "vCPUs: 2 used + 1 asked > 2 allowed" in refusal
+    assert refusal is not None
+    assert "vCPUs: 2 used + 1 asked > 2 allowed" in refusal
     q = s.quota(NS, "q")
-    assert q is not None and q.status is not None
+    assert q is not None
+    assert q.status is not None
     assert set(q.status.charges) == {"Instance/other"}
     assert q.status.used.vcpus == 2
     assert (q.status.reason, q.status.message) == ("QuotaExceeded", refusal)
@@ -85,12 +88,15 @@ def test_transfer_and_release_keep_the_usage_in_step_with_the_claims() -> None:
     assert quota.charge(s, NS, "Instance/2", inst("b", 1)) is not None   # full: 1 + 3
     quota.transfer(s, NS, "VMResize/9", "Instance/1", consumer=f"{NS}/a")
     q = s.quota(NS, "q")
-    assert q is not None and q.status is not None
+    assert q is not None
+    assert q.status is not None
     assert set(q.status.charges) == {"Instance/1"}
     assert q.status.used == QuotaUsage(instances=1, vcpus=3, memory_mib=2048, disk_gib=20)
     quota.release(s, NS, "Instance/1")
     q = s.quota(NS, "q")
-    assert q is not None and q.status is not None and q.status.used == QuotaUsage()
+    assert q is not None
+    assert q.status is not None
+    assert q.status.used == QuotaUsage()
 
 
 def test_no_quota_limits_nothing() -> None:

@@ -44,7 +44,7 @@ def cancel_scheduling(s: State, o: Observation, now: datetime) -> Step:
     return Step(P.CANCELLED, (ReleaseDestClaim(), UpdateInstance(
         "source", InstancePhase.ACTIVE, None, unlock=True)), reason=CANCELLED,
         message="Cancelled while scheduling; the destination claim is released and the "
-        "instance was not touched")
+        "instance runs on its host, unchanged")
 
 
 def cancel_moving(s: State, o: Observation, now: datetime) -> Step:

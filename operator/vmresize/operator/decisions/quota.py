@@ -12,7 +12,6 @@ in Scheduling, the instance unlocked and untouched (:func:`scheduling_refused`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-
 from datetime import datetime
 
 from vmresize.api.instance import InstancePhase

@@ -1,8 +1,9 @@
 """Host readiness watchdog and claim sweep: every few seconds, Hosts whose heartbeat is
 stale are marked not ready (:mod:`vmresize.operator.reconcile.hosts`); every
 ``SWEEP_SECONDS``, claims whose holder is gone are released
-(:func:`vmresize.operator.reconcile.sweep.sweep_host`), and then every VMQuota's charges
-are brought in line with the claims (:func:`vmresize.operator.persistence.quota.resync`). :mod:`.host` keeps the gauges.
+(:func:`vmresize.operator.reconcile.sweep.sweep_host`), and then every VMQuota's
+charges are brought in line with the claims
+(:func:`vmresize.operator.persistence.quota.resync`). :mod:`.host` keeps the gauges.
 
 One loop per operator process, started with the operator, rather than a kopf timer per
 Host: a timer would put a kopf finalizer on every Host (admins delete Hosts) and needs

@@ -29,6 +29,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.quota import QuotaCharge
 from vmresize.api.resize import Candidate, VMResize, VMResizeStatus
 from vmresize.operator.decisions.lifecycle import Kind, Observation
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
@@ -36,7 +37,6 @@ from vmresize.operator.decisions.scheduler import (
     select,
     selector_from_extra_specs,
 )
-from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.persistence import claims, quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.settings import Settings
