@@ -42,14 +42,14 @@ def test_a_cancelled_resize_rolls_back_and_ends_cancelled(
         assert not any(a.startswith("Finish@") for a in acts)
 
 
-def test_a_resize_created_cancelled_ends_at_once_touching_nothing(world: World, agents: Fulfiller,
-                                                operator: Operator) -> None:
+def test_a_resize_created_cancelled_ends_at_once_touching_nothing(
+        world: World, agents: Fulfiller, operator: Operator) -> None:
     world.make_host("a")
     world.instance("vm1", "small", host="a")
     world.resize("r1", "vm1", "medium", cancel=True)   # created cancelled: reads as Pending
     st = world.wait_phase("r1", "Cancelled")
     assert st["reason"] == "Cancelled"
-    assert not agents.actions()
+    assert agents.actions() == [f"Spawn@{world.host('a')}"]   # the instance's own, only
     inst = world.status("instances", "vm1")
     assert (inst["phase"], inst["powerState"]) == ("Active", "Running")
     assert "activeResize" not in inst
