@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from tests.integration.operator.test_plugin import run
 from tests.support.op_harness import Fulfiller, G, Operator, V, World, wait_for
 
 from vmresize.api.meta import API_VERSION
@@ -111,3 +113,24 @@ def test_concurrent_resizes_never_exceed_the_vcpu_limit(
     assert q["used"] == {"instances": 4, "vcpus": 5, "memoryMiB": 3 * 1024 + 2048,
                          "diskGiB": 3 * 10 + 20}, q
     assert not [k for k in q["charges"] if k.startswith("VMResize/")]
+
+
+def test_plan_shows_the_headroom_and_a_refusal(kubeconfig: Path, world: World,
+                                               agents: Fulfiller, operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    make_quota(world, vcpus=2)
+    world.instance("web", "small", host="a")
+    wait_for("the instance's charge", lambda: world.status("vmquotas", "q").get(
+        "used", {}).get("vcpus") == 1)
+    rc, out, err = run(kubeconfig, world.ns, "plan", "web", "--flavor", world.flavor("medium"))
+    assert "quota q: instances 1 used, no limit; vCPUs 1/2 (1 left)" in out, out + err
+    assert ("the operator would refuse it: QuotaExceeded: VMQuota q would be exceeded "
+            "(vCPUs: 1 used + 2 asked > 2 allowed)") in out, out
+    assert rc == 3, out + err
+    world.co.patch_namespaced_custom_object(G, V, world.ns, "vmquotas", "q",
+                                            {"spec": {"hard": {"vcpus": 3}}})
+    rc, out, err = run(kubeconfig, world.ns, "plan", "web", "--flavor", world.flavor("medium"))
+    assert "vCPUs 1/3 (2 left)" in out, out + err
+    assert "quota: the resize fits (+2 vCPUs" in out
+    assert rc == 0, out + err

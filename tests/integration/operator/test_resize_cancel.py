@@ -4,7 +4,10 @@ cancel lands while it runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from tests.integration.operator.test_plugin import run
 from tests.support.op_harness import Fulfiller, Operator, World
 
 
@@ -53,3 +56,24 @@ def test_a_resize_created_cancelled_ends_at_once_touching_nothing(
     inst = world.status("instances", "vm1")
     assert (inst["phase"], inst["powerState"]) == ("Active", "Running")
     assert "activeResize" not in inst
+
+
+def test_the_plugin_cancels_and_is_refused_from_verify_resize_on(
+        kubeconfig: Path, world: World, agents: Fulfiller, operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b")
+    world.instance("vm1", "small", host="a")
+    world.instance("vm2", "small", host="a")
+    agents.script.hold.add(("MigrateDisk", "inst:vm1"))
+    world.resize("r1", "vm1", "medium")
+    world.wait_phase("r1", "Migrating")
+    rc, out, err = run(kubeconfig, world.ns, "cancel", "r1", "--wait", "--timeout", "60s")
+    assert rc == 0, out + err
+    assert "spec.cancel=true (phase Migrating)" in out
+    assert f"r1 cancelled: vm1 runs on {world.host('a')}, unchanged" in out
+    world.resize("r2", "vm2", "medium")
+    world.wait_phase("r2", "VerifyResize")
+    rc, out, err = run(kubeconfig, world.ns, "cancel", "r2")
+    assert rc == 5, out + err   # refused by the API server, its words printed
+    assert "spec.cancel is accepted only before VerifyResize; it is VerifyResize: use " \
+        "spec.revert" in err
