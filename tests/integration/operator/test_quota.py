@@ -134,3 +134,20 @@ def test_plan_shows_the_headroom_and_a_refusal(kubeconfig: Path, world: World,
     assert "vCPUs 1/3 (2 left)" in out, out + err
     assert "quota: the resize fits (+2 vCPUs" in out
     assert rc == 0, out + err
+
+
+def test_a_quota_made_after_its_instances_counts_them(
+        world: World, agents: Fulfiller, operator: Operator) -> None:
+    world.make_host("a")
+    world.instance("vm1", "small", host="a")
+    world.instance("vm2", "medium", host="a")
+    make_quota(world, vcpus=3)   # already full: the hosts hold 1 + 2
+    used = wait_for("the new quota to count what the namespace holds", lambda: (
+        u := world.status("vmquotas", "q").get("used")) and u.get("vcpus") == 3 and u)
+    assert used == {"instances": 2, "vcpus": 3, "memoryMiB": 1024 + 2048, "diskGiB": 30}
+    conds = {c["type"]: c for c in world.status("vmquotas", "q")["conditions"]}
+    assert conds["Exhausted"]["status"] == "True"
+    world.instance("vm3", "small", wait=False)
+    st = _ended(world, "instances", "vm3", ("Active", "Error"))
+    assert st["phase"] == "Error"
+    assert "vCPUs: 3 used + 1 asked > 3 allowed" in st["message"]

@@ -103,5 +103,3 @@ def test_with_room_the_charge_comes_with_the_claim() -> None:
     assert q.status is not None
     assert set(q.status.charges) == {key, f"VMResize/{r.uid}"}
     assert _claims(s) == [f"VMResize/{r.uid}"]
-
-
