@@ -147,11 +147,12 @@ def _states(phase: ResizePhase) -> list[State]:
          TaskAction.HEALTH_CHECK),
         (0, 99),                                          # current_attempt
         (None, _NOW - timedelta(seconds=1)),              # verify_deadline
-        ("", "tcp guest:22"))                             # spec.autoConfirm.check
+        ("", "tcp guest:22"),                             # spec.autoConfirm.check
+        (None, "Cancelled"))                              # rollback_reason: spec.cancel
     return [State(phase=phase, source_host="src", dest_host="dst", deleting=d, attempts=a,
                   alternates=alt, current_action=act, current_attempt=n, verify_deadline=dl,
-                  health_check=hc, health_deadline=dl)
-            for d, a, alt, act, n, dl, hc in grid]
+                  health_check=hc, health_deadline=dl, rollback_reason=rr)
+            for d, a, alt, act, n, dl, hc, rr in grid]
 
 
 def edges() -> dict[tuple[ResizePhase, ResizePhase], list[str]]:

@@ -264,6 +264,37 @@ def test_destination_agent_sigstop_in_live_copy(stack: FaultStack) -> None:
              expect=("RolledBack",))
 
 
+def test_cancel_in_the_live_copy(stack: FaultStack) -> None:
+    """Issue 21, part 3: ``spec.cancel`` in the middle of the live copy. The VM never goes
+    off (RestoreSource supersedes MigrateDisk before its power-off), the overlays are merged
+    back live, the destination keeps nothing, and the resize ends Cancelled with one copy
+    running (``judge``: one copy, the source untouched, the claims as before)."""
+    def fault(c: Ctx) -> None:
+        c.mid_copy()
+        rel = c.s.status("vmresizes", c.resize).get("destDiskPath")
+        at_cancel = source_overlays(c.w)  # the live copy's: the VM runs on them
+        c.s.patch_spec(c.resize, {"cancel": True})
+        c.verdict = None
+        c.notes.append(f"cancelled at 30% in {c.w.phase()}")
+
+        def end() -> None:
+            problems, note = live_rollback_evidence(
+                c.s, c.w, c.resize, c.dst.storage_root / Path(rel).parent if rel else None,
+                at_cancel, stalled=False)
+            c.problems.extend(problems)
+            c.notes.append(note)
+            if c.w.t_off is not None:
+                c.problems.append("the VM went off during a cancel in the live copy")
+            st = c.s.status("vmresizes", c.resize)
+            if (st.get("reason"), st.get("rollbackFrom")) != ("Cancelled", "Migrating"):
+                c.problems.append(f"status {st.get('phase')} {st.get('reason')} from "
+                                  f"{st.get('rollbackFrom')}: not a cancel in Migrating")
+        c.after.append(end)
+
+    run_cell(stack, "cancel in the live copy (pre-copy)", fault, rate=SLOW,
+             expect=("Cancelled",))
+
+
 def test_link_cut_mid_copy(stack: FaultStack) -> None:
     def fault(c: Ctx) -> None:
         c.mid_copy(0.4)

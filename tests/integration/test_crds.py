@@ -12,6 +12,7 @@ import yaml
 from tests.support import REPO
 from tests.support.kube import kubectl
 
+from vmresize.api.crdgen import KINDS
 from vmresize.api.meta import API_VERSION, GROUP
 
 EXAMPLES = REPO / "examples"
@@ -27,8 +28,7 @@ def test_every_crd_is_established(kubeconfig: Path) -> None:
     out = kubectl(kubeconfig, "get", "crd", "-o", "json").stdout
     ours = {c["metadata"]["name"]: c for c in json.loads(out)["items"]
             if c["spec"]["group"] == GROUP}
-    assert set(ours) == {f"{p}.{GROUP}" for p in
-                         ("flavors", "hosts", "instances", "vmresizes", "hosttasks")}
+    assert set(ours) == {f"{k.plural}.{GROUP}" for k in KINDS}
     for name, crd in ours.items():
         established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
         assert [c["status"] for c in established] == ["True"], name

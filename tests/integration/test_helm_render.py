@@ -16,6 +16,8 @@ import yaml
 from tests.support import REPO
 from tests.support.chart import CHART, TEMPLATES, Helm, container_env, find
 
+from vmresize.api.crdgen import KINDS
+
 
 def sources(rendered_text: str) -> set[str]:
     return set(re.findall(r"^# Source: vmresize/(\S+)$", rendered_text, re.MULTILINE))
@@ -46,7 +48,7 @@ def test_every_template_renders(helm: Helm) -> None:
 def test_defaults_render_the_documented_objects(helm: Helm) -> None:
     docs = helm.template()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("CustomResourceDefinition") == 5
+    assert kinds.count("CustomResourceDefinition") == len(KINDS)   # one per kind
     for d in docs:
         if d["metadata"].get("namespace") is not None:
             assert d["metadata"]["namespace"] == "vmresize-system"
@@ -230,7 +232,7 @@ def test_crds_disabled_renders_no_crd(helm: Helm) -> None:
 def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
     docs = helm.template("--set", "crds.keep=false")
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 5
+    assert len(crds) == len(KINDS)
     assert all("annotations" not in c["metadata"] for c in crds)
 
 

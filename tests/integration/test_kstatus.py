@@ -4,7 +4,8 @@ Flux and Argo CD judge custom resources with ``sigs.k8s.io/cli-utils/pkg/kstatus
 ``hack/kstatus`` is a small command around that library (built once from the Go module
 proxy by ``hack/build-kstatus.sh``). Each phase's status is made by the operator's own
 condition functions and must read: in progress while the operator (or the user, in
-VerifyResize) still has to act, current once done, failed when the request will not be
+VerifyResize) still has to act, current once done (Cancelled too: what the user asked for),
+failed when the request will not be
 carried out (Failed, RollbackFailed, RolledBack, an Instance in Error).
 """
 
@@ -27,7 +28,7 @@ NOW = datetime(2026, 12, 7, tzinfo=UTC)
 P = ResizePhase
 EXPECTED_RESIZE = {
     **{p: "InProgress" for p in P},
-    P.CONFIRMED: "Current", P.REVERTED: "Current",
+    P.CONFIRMED: "Current", P.REVERTED: "Current", P.CANCELLED: "Current",
     P.FAILED: "Failed", P.ROLLBACK_FAILED: "Failed", P.ROLLED_BACK: "Failed",
 }
 EXPECTED_INSTANCE = {**{p: "InProgress" for p in InstancePhase},

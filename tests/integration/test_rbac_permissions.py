@@ -77,6 +77,14 @@ def test_operator_drives_resizes_and_owns_hosttasks(release: Release) -> None:
     assert release.can(release.operator, "create", "events", "-n", "default")
 
 
+def test_operator_keeps_the_quota_ledger_but_not_the_limits(release: Release) -> None:
+    op = release.operator
+    assert release.can(op, "watch", "vmquotas.vmresize.io", "-A")
+    assert release.can(op, "update", "vmquotas.vmresize.io", "--subresource=status", "-A")
+    for verb in ("create", "patch", "update", "delete"):   # spec.hard is the admin's
+        assert not release.can(op, verb, "vmquotas.vmresize.io", "-A")
+
+
 def test_agent_token_reads_the_migration_key_and_nothing_else(release: Release,
                                                                tmp_path: Path) -> None:
     token = kubectl(release.config, "create", "token", release.agent, "-n", release.namespace,

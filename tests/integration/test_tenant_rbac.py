@@ -235,6 +235,50 @@ def test_neither_may_write_hosttasks_hosts_or_status(release: Release, namespace
         assert not user.can("list", f"instances.{GROUP}", "-n", release.namespace)
 
 
+QUOTA = """apiVersion: vmresize.io/v1alpha1
+kind: VMQuota
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  hard:
+    instances: {instances}
+    vcpus: 8
+"""
+
+
+def test_tenants_read_their_quota_but_cannot_change_it(release: Release, namespace: str,
+                                                       tenant: Tenant) -> None:
+    admin, ns = release.config, ["-n", namespace]
+    kubectl(admin, "create", "-f", "-",
+            stdin=QUOTA.format(name="q", namespace=namespace, instances=0))
+    for user in (tenant.alice, tenant.bob):
+        assert user.ok("get", "vmquota", "q", *ns, "-o", "jsonpath={.spec.hard.vcpus}") == "8"
+        user.ok("get", "vmquotas", *ns)
+        user.denied("patch", "vmquota", "q", *ns, "--type=merge",
+                    "-p", '{"spec":{"hard":{"vcpus":800}}}')
+        user.denied("delete", "vmquota", "q", *ns)
+        user.denied("create", "-f", "-",
+                    stdin=QUOTA.format(name="mine", namespace=namespace, instances=99))
+        for verb in ("create", "update", "patch", "delete", "deletecollection"):
+            assert not user.can(verb, f"vmquotas.{GROUP}", *ns)
+        assert not user.can("patch", f"vmquotas.{GROUP}", "--subresource=status", *ns)
+    # The chart's admission policy judges the count alone: no instance left, refused at
+    # once, naming the limit (the operator refuses what it cannot judge).
+    refused = eventually(
+        lambda: tenant.alice.kubectl("create", "-f", "-",
+                                     stdin=INSTANCE.format(name="vm1", namespace=namespace)),
+        lambda r: r.returncode != 0 and "QuotaExceeded" in r.stderr)
+    assert "VMQuota q would be exceeded (instances: 0 used + 1 asked > 0 allowed)" \
+        in refused.stderr, refused.stderr
+    kubectl(admin, "patch", "vmquota", "q", *ns, "--type=merge",
+            "-p", '{"spec":{"hard":{"instances":1}}}')
+    made = eventually(lambda: tenant.alice.kubectl(
+        "create", "-f", "-", stdin=INSTANCE.format(name="vm1", namespace=namespace)),
+        lambda r: r.returncode == 0)
+    assert made.returncode == 0, made.stderr
+
+
 OPERATOR_FINALIZER = "operator.vmresize.io/finalizer"
 
 

@@ -124,6 +124,18 @@ def judge(s: FaultStack, row: Row, w: Watcher, inst0: dict[str, Any], instance: 
     return row
 
 
+def superseded_evidence(s: FaultStack, resize: str) -> list[str]:
+    """Problems with a MigrateDisk that a rollback cut short (empty: none): it ended
+    superseded, and no Finish was ever created (no step could start a second copy)."""
+    uid = (s.get("vmresizes", resize) or {}).get("metadata", {}).get("uid")
+    tasks = {t["spec"]["action"]: t.get("status") or {} for t in s._items("hosttasks")
+             if t["spec"].get("ownerUid") == uid}
+    p = ["a Finish task was created"] if "Finish" in tasks else []
+    if "superseded" not in tasks.get("MigrateDisk", {}).get("message", ""):
+        p.append(f"the stale MigrateDisk did not end superseded: {tasks.get('MigrateDisk')}")
+    return p
+
+
 def stall_evidence(s: FaultStack, resize: str) -> list[str]:
     """Problems with how the step watchdog handled a stalled copy (empty: none): the status
     and an Event give the reason; the stale MigrateDisk ended superseded; no Finish, so the
@@ -132,12 +144,7 @@ def stall_evidence(s: FaultStack, resize: str) -> list[str]:
     uid, st = r.get("metadata", {}).get("uid"), r.get("status") or {}
     p = [] if st.get("rollbackReason") == "StepStalled" else [
         f"status gives no stall as the rollback's reason: {st.get('rollbackReason')}"]
-    tasks = {t["spec"]["action"]: t.get("status") or {} for t in s._items("hosttasks")
-             if t["spec"].get("ownerUid") == uid}
-    if "Finish" in tasks:
-        p.append("a Finish task was created")
-    if "superseded" not in tasks.get("MigrateDisk", {}).get("message", ""):
-        p.append(f"the stale MigrateDisk did not end superseded: {tasks.get('MigrateDisk')}")
+    p += superseded_evidence(s, resize)
     events = client.CoreV1Api(s.api)
 
     def stalled_event() -> bool:
@@ -165,15 +172,17 @@ def source_overlays(w: Watcher) -> list[str]:
 
 
 def live_rollback_evidence(s: FaultStack, w: Watcher, resize: str, dest_dir: Path | None,
-                           at_freeze: list[str]) -> tuple[list[str], str]:
+                           at_freeze: list[str], *, stalled: bool = True
+                           ) -> tuple[list[str], str]:
     """Problems with a pre-copy resize stalled and rolled back in its live copy (empty:
     none), and a note for the row. Besides :func:`stall_evidence`: the source merged its
     overlays back live (no ``*.vmresize-overlay.qcow2`` beside its disk, and the running
     domain's disks are the original files again, as its live definition in the embedded
     driver's ``run/qemu/<domain>.xml`` says), and the destination keeps no file of the VM in
     ``dest_dir`` (its instance directory there). ``at_freeze``: the overlays seen when the
-    fault began; none means the copy was not a live one."""
-    p = stall_evidence(s, resize)
+    fault began; none means the copy was not a live one. ``stalled`` False: the rollback
+    was asked for (a cancel), so only the superseded MigrateDisk is checked, not the stall."""
+    p = stall_evidence(s, resize) if stalled else superseded_evidence(s, resize)
     if not at_freeze:
         p.append("no overlay on the source when the fault began: no live copy")
     left = source_overlays(w)

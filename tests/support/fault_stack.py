@@ -58,7 +58,7 @@ WAIT = 240.0  # TCG on 2 shared, loaded cores; a bound on every wait, not a perf
 DATA_MIB = 24  # random data in every disk: ~8 s through a 3 MiB/s link, ~0.3 s unthrottled
 BASE_IMAGE = "faults-data.qcow2"
 GUEST = (1, 128, 1)  # vCPUs, MiB, GiB of the booting guest an Instance adopts
-TERMINAL = ("Confirmed", "Reverted", "RolledBack", "RollbackFailed", "Failed")
+TERMINAL = ("Confirmed", "Reverted", "RolledBack", "RollbackFailed", "Failed", "Cancelled")
 HEARTBEAT_STALE = 5  # the operator's VMRESIZE_HEARTBEAT_STALE_SECONDS in the matrix
 # The step watchdog's window: well above the source freeze (3 x HEARTBEAT_STALE) and a
 # kube-apiserver restart, during which no heartbeat can be written.

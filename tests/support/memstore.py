@@ -22,6 +22,7 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import Resource
+from vmresize.api.quota import VMQuota
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import ApiConflictError, ApiNotFoundError
@@ -168,6 +169,13 @@ class MemStorage:
     def resizes(self) -> list[VMResize]:
         return [VMResize.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
                 if k[0] == VMResize.plural]
+
+    def quota(self, namespace: str, name: str) -> VMQuota | None:
+        return self._get(VMQuota, name, namespace)
+
+    def quotas(self, namespace: str | None) -> list[VMQuota]:
+        return [VMQuota.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())
+                if k[0] == VMQuota.plural and namespace in (None, k[1])]
 
     def instances(self) -> list[Instance]:
         return [Instance.from_body(copy.deepcopy(b)) for k, b in sorted(self.objects.items())

@@ -18,9 +18,10 @@ from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
+from vmresize.api.quota import VMQuota
 from vmresize.api.resize import VMResize
 
-KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask)
+KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask, VMQuota)
 CATEGORY = "vmresize-all"
 CHART_CRD_DIR = Path("deploy/helm/vmresize/templates/crds")
 CRD_DIR = Path("crds")

@@ -60,13 +60,22 @@ class ResizePhase(StrEnum):
     """The rollback failed: both copies are kept for an admin."""
     FAILED = "Failed"
     """Refused, not schedulable, or deleted before scheduling; nothing was moved."""
+    CANCELLED = "Cancelled"
+    """Done: cancelled (``spec.cancel``) before VerifyResize and rolled back as a failure
+    would be; the instance runs on the source, unchanged. The whole story is kept."""
 
 
 #: Phases a resize never leaves.
 TERMINAL_PHASES = frozenset({
     ResizePhase.CONFIRMED, ResizePhase.REVERTED, ResizePhase.ROLLED_BACK,
-    ResizePhase.ROLLBACK_FAILED, ResizePhase.FAILED,
+    ResizePhase.ROLLBACK_FAILED, ResizePhase.FAILED, ResizePhase.CANCELLED,
 })
+
+#: Phases ``spec.cancel`` is accepted in: everything before VerifyResize (from there on
+#: the way back is revert).
+CANCELLABLE_PHASES = frozenset({ResizePhase.PENDING, ResizePhase.SCHEDULING,
+                                ResizePhase.PREPARING, ResizePhase.MIGRATING,
+                                ResizePhase.FINISHING})
 
 
 def _decided_only_in_verify_resize(flag: str) -> dict[str, Any]:
@@ -113,6 +122,27 @@ def _abandoned_only_when_waiting_on_dest() -> dict[str, Any]:
     }
 
 
+def _cancelled_only_before_verify_resize() -> dict[str, Any]:
+    """CEL at the root: ``spec.cancel`` may turn true only before VerifyResize (a transition
+    rule with an optional ``oldSelf``, as the rules above; a resize created cancelled reads
+    as Pending and ends Cancelled at once, having touched nothing). From VerifyResize on the
+    way back is revert, and the message says so."""
+    phase = "(has(self.status) && has(self.status.phase) ? self.status.phase : 'Pending')"
+    allowed = ", ".join(f"'{p.value}'" for p in sorted(CANCELLABLE_PHASES))
+    return {
+        "rule": "!self.spec.cancel || (oldSelf.hasValue() && oldSelf.value().spec.cancel) "
+        f"|| {phase} in [{allowed}]",
+        "messageExpression": "'spec.cancel is accepted only before VerifyResize; it is ' + "
+        f"{phase} + ({phase} == 'VerifyResize' ? ': use spec.revert (kubectl vmresize "
+        "revert) to go back' : '')",
+        "message": "spec.cancel is accepted only before VerifyResize; in VerifyResize use "
+        "spec.revert",
+        "optionalOldSelf": True,
+        "reason": "FieldValueForbidden",
+        "fieldPath": ".spec.cancel",
+    }
+
+
 class MigrationMode(StrEnum):
     """How MigrateDisk moves the disks (see ``VMResizeSpec.migration_mode``)."""
 
@@ -150,6 +180,11 @@ class VMResizeSpec(Model):
     Reverting or RollingBack; one-way. The operator fences the copy there (recorded in the
     Host's ``status.orphans``: its agent destroys it and never starts it), starts the VM on
     its source again and ends the resize with reason ``DestinationAbandoned``."""
+    cancel: bool = False
+    """Set true to stop the resize before VerifyResize: it rolls back as a failure would
+    (the destination cleaned, the source restored and started if it was powered off) and
+    ends ``Cancelled``, its status, conditions and events kept. One-way; refused from
+    VerifyResize on (use revert there)."""
     migration_mode: MigrationMode = MigrationMode.PRE_COPY
     """PreCopy: copy the disks while the VM runs, power off, send what changed (short
     downtime). Offline: power off, then copy everything (Nova's way). A VM that is
@@ -290,7 +325,8 @@ class VMResizeStatus(Model):
     """``Ready`` (done), ``VerifyResize`` (waiting for the user), ``Failed``,
     ``RolledBack``, ``Healthy`` (the health check's verdict, once there is one), and the
     kstatus conventions GitOps tools read: ``Reconciling`` (the operator is at work) and
-    ``Stalled`` (ended without the resize asked for: Failed, RollbackFailed, RolledBack)."""
+    ``Stalled`` (ended without the resize asked for: Failed, RollbackFailed, RolledBack;
+    not Cancelled, which is what the user asked for)."""
 
 
 class VMResize(Resource):
@@ -330,11 +366,14 @@ class VMResize(Resource):
         immutable("migrationMode"),
         {"rule": "!oldSelf.abandonDestination || self.abandonDestination",
          "message": "abandonDestination cannot be set back to false"},
+        {"rule": "!oldSelf.cancel || self.cancel",
+         "message": "cancel cannot be set back to false"},
     ]
     root_validations: ClassVar[list[dict[str, Any]]] = [
         _decided_only_in_verify_resize("confirm"),
         _decided_only_in_verify_resize("revert"),
         _abandoned_only_when_waiting_on_dest(),
+        _cancelled_only_before_verify_resize(),
     ]
 
     spec: VMResizeSpec
@@ -343,5 +382,6 @@ class VMResize(Resource):
     """What has happened."""
 
 
-__all__ = ["ABANDONABLE_PHASES", "TERMINAL_PHASES", "Candidate", "Effect", "Progress",
+__all__ = ["ABANDONABLE_PHASES", "CANCELLABLE_PHASES", "TERMINAL_PHASES", "Candidate",
+           "Effect", "Progress",
            "ResizePhase", "VMResize", "VMResizeSpec", "VMResizeStatus"]

@@ -57,7 +57,7 @@ def seen_for(look: Look, i: Instance) -> Seen:
                  Look.TASK_SUCCEEDED: TaskPhase.SUCCEEDED}[look]
         return Seen(look, text="boom" if look is Look.TASK_FAILED else "", task=task(i, phase),
                     flavor=SMALL)
-    if look in (Look.CHOSEN, Look.CLAIMED, Look.CLAIM_REFUSED):
+    if look in (Look.CHOSEN, Look.CLAIMED, Look.CLAIM_REFUSED, Look.QUOTA_REFUSED):
         return Seen(look, host="h2", flavor=SMALL)
     return Seen(look, text="ns/other", flavor=SMALL)
 
@@ -84,8 +84,8 @@ def possible(stage: Stage, look: Look, st: InstanceStatus, adopt: bool) -> bool:
     """Whether the plumbing's look can find ``look`` in ``stage`` with ``st`` (its contract)."""
     if st.phase not in STAGE_PHASES.get(stage, set(IP)):
         return False                 # the stage is the phase's (deletion: any phase)
-    if look in (Look.HOST_RECORDED, Look.CLAIMED, Look.CLAIM_REFUSED):
-        return st.host is not None   # a claim is made on the host recorded
+    if look in (Look.HOST_RECORDED, Look.CLAIMED, Look.CLAIM_REFUSED, Look.QUOTA_REFUSED):
+        return st.host is not None   # a claim (and the quota's charge) on the host recorded
     if look is Look.DOMAIN_OWNED:
         return adopt                 # only an Adopt looks for the domain's owner
     if look in TASK_LOOKS:           # a task is looked at once its name is recorded
@@ -161,9 +161,19 @@ def test_table_names_every_look_a_stage_can_see() -> None:
                      Look.TASK_FAILED, Look.TASK_SUCCEEDED):
             assert (stage, look) in TABLE, (stage, look)
     for look in (Look.FLAVOR_MISSING, Look.DOMAIN_OWNED, Look.NO_VALID_HOST, Look.CHOSEN,
-                 Look.HOST_RECORDED, Look.CLAIMED, Look.CLAIM_REFUSED):
+                 Look.HOST_RECORDED, Look.CLAIMED, Look.CLAIM_REFUSED, Look.QUOTA_REFUSED):
         assert (Stage.PLACING, look) in TABLE, look
     assert (Stage.SETTLED, Look.TICK) in TABLE
+
+
+def test_a_quota_refusal_is_an_error_with_its_numbers_and_no_host() -> None:
+    st = InstanceStatus(host="h2", message="Claiming resources on h2")
+    msg = "VMQuota q would be exceeded (instances: 3 used + 1 asked > 3 allowed)"
+    out = step(inst(), st, Stage.PLACING, Seen(Look.QUOTA_REFUSED, host="h2", text=msg))
+    assert out.status is not None
+    assert (out.status.phase, out.status.host, out.status.message) == (IP.ERROR, None, msg)
+    assert (out.act, out.done, out.reason) == (None, True, "QuotaExceeded")
+    assert out.events == (("Warning", "QuotaExceeded", msg),)
 
 
 def test_happy_path_choose_claim_build_active() -> None:

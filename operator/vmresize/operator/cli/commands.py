@@ -1,7 +1,7 @@
 """The plugin's commands: each takes the parsed arguments and returns an exit status.
 
 ``start`` and ``migrate`` create a VMResize (and with ``--wait`` follow it to
-VerifyResize); ``watch`` follows one; ``confirm`` and ``revert`` merge-patch its spec as
+VerifyResize); ``watch`` follows one; ``confirm``, ``revert`` and ``cancel`` merge-patch its spec as
 ``kubectl patch --type merge`` would (the API server judges; its refusal is printed as it
 is); ``list`` is ``kubectl get vmresize`` with progress; ``plan`` asks the operator's
 scheduler without changing anything (:mod:`vmresize.operator.cli.planning`).
@@ -18,6 +18,7 @@ from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.instance import Instance
 from vmresize.api.meta import API_VERSION
+from vmresize.api.quota import VMQuota
 from vmresize.api.resize import VMResize
 from vmresize.operator.cli.autoconfirm import auto_confirm
 from vmresize.operator.cli.exitcodes import Exit
@@ -25,7 +26,9 @@ from vmresize.operator.cli.follow import Until, follow
 from vmresize.operator.cli.kube import Kube, PluginApiError
 from vmresize.operator.cli.output import Out
 from vmresize.operator.cli.planning import Plan, make_plan
+from vmresize.operator.cli.quotaview import quota_lines
 from vmresize.operator.cli.views import age, human_bytes, human_seconds, parse, phase_of
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.decisions.scheduler import NoValidHost, Selection
 from vmresize.operator.settings import Settings
 
@@ -92,6 +95,12 @@ def revert(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
     return _decide(kube, out, args, "revert")
 
 
+def cancel(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
+    """Stop a resize before VerifyResize: set ``spec.cancel``; ``--wait`` to Cancelled. The
+    API server refuses it from VerifyResize on (revert there) and prints why."""
+    return _decide(kube, out, args, "cancel")
+
+
 def list_(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
     """The resizes of the namespace (or all namespaces), like ``kubectl get vmresize``."""
     now = datetime.now(UTC)
@@ -137,7 +146,22 @@ def plan(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
     resizes, scope = _recent_resizes(kube)
     p = make_plan(inst, flavor, args.to, hosts, resizes, settings, datetime.now(UTC),
                   last=args.history)
-    return show_plan(out, p, scope, args.history)
+    code = show_plan(out, p, scope, args.history)
+    try:
+        quotas = [parse(VMQuota, b) for b in kube.list("vmquotas")]
+    except PluginApiError as e:   # not readable here: say so, the plan stands
+        if e.kind is not ApiErrorKind.REJECTED:
+            raise
+        out.line(f"quota: VMQuotas not readable here ({e.message})")
+        return code
+    lines, refusal = quota_lines(quotas, f"{inst.namespace}/(planned)",
+                                 flavor.spec.resources())
+    for line in lines:
+        out.line(line)
+    if refusal is not None:
+        out.line(f"the operator would refuse it: {QUOTA_EXCEEDED}: {refusal}", style="bold red")
+        return Exit.FAILED if code is Exit.OK else code
+    return code
 
 
 def show_plan(out: Out, p: Plan, scope: str, last: int) -> Exit:

@@ -26,8 +26,8 @@ class Exit(IntEnum):
 
 
 MEANING: dict[Exit, str] = {
-    Exit.OK: "done: VerifyResize reached (start, migrate, watch), Confirmed or Reverted "
-             "(confirm, revert), a host fits (plan), or nothing to wait for",
+    Exit.OK: "done: VerifyResize reached (start, migrate, watch), Confirmed, Reverted or "
+             "Cancelled (confirm, revert, cancel), a host fits (plan), or nothing to wait for",
     Exit.ERROR: "the API server could not be reached, or another unexpected error",
     Exit.USAGE: "bad arguments, or no usable kubeconfig",
     Exit.FAILED: "the resize failed, rolled back, or was reverted because its health check "

@@ -82,6 +82,10 @@ def summary(out: Out, r: VMResize) -> None:
     elif phase is ResizePhase.REVERTED:
         out.line(f"{r.name} reverted: {r.spec.instance_name} runs on {st.source_host} "
                  f"with flavor {st.old_flavor}, unchanged.", style="bold")
+    elif phase is ResizePhase.CANCELLED:
+        where = f"runs on {st.source_host}, unchanged" if st.source_host else "was not moved"
+        out.line(f"{r.name} cancelled: {r.spec.instance_name} {where}. {st.message}",
+                 style="bold")
     elif phase in (ResizePhase.ROLLED_BACK, ResizePhase.FAILED):
         where = f" runs on {st.source_host}, unchanged" if st.source_host else " was not moved"
         out.line(f"{r.name} {phase.value}: {r.spec.instance_name}{where}. "

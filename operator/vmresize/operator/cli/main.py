@@ -53,8 +53,8 @@ def parser() -> argparse.ArgumentParser:
     common = _common()
     top = argparse.ArgumentParser(
         prog="kubectl vmresize", parents=[common],
-        description="Resize or cold-migrate vmresize Instances, follow them, confirm or "
-                    "revert, and plan without doing.",
+        description="Resize or cold-migrate vmresize Instances, follow them, confirm, "
+                    "revert or cancel, and plan without doing.",
         epilog=help_table() + "\n\nOutput is plain lines (no bars, no colour) when stdout "
                "is not a terminal.", formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
         p = add(name, fn, f"{name} a resize in VerifyResize (spec.{name}=true)")
         p.add_argument("resize", metavar="NAME")
         _wait_options(p, f"{end} (or another final phase)")
+    p = add("cancel", commands.cancel, "stop a resize before VerifyResize: it rolls back "
+            "and ends Cancelled (spec.cancel=true; in VerifyResize use revert)")
+    p.add_argument("resize", metavar="NAME")
+    _wait_options(p, "Cancelled (or another final phase)")
     p = add("abandon-destination", abandon.abandon_destination, abandon.HELP)
     abandon.add_options(p)
     _wait_options(p, "RolledBack or Reverted (the instance runs on its source)")

@@ -1,8 +1,9 @@
 """Conditions (pure): what ``kubectl wait --for=condition=...`` sees for each phase.
 
-VMResize: ``Ready`` (finished: Confirmed, Reverted or RolledBack), ``VerifyResize`` (waiting
-for the user), ``Failed`` (Failed or RollbackFailed), ``RolledBack``, and ``Healthy``
-once a health check has given its verdict (kept through the phases after it). Instance: ``Ready``.
+VMResize: ``Ready`` (finished: Confirmed, Reverted, RolledBack or Cancelled),
+``VerifyResize`` (waiting for the user), ``Failed`` (Failed or RollbackFailed),
+``RolledBack``, and ``Healthy`` once a health check has given its verdict (kept through the
+phases after it). Instance: ``Ready``.
 
 Both kinds also carry the kstatus conventions that Flux and Argo CD judge custom resources
 by (``sigs.k8s.io/cli-utils/pkg/kstatus``): ``Reconciling`` is True while the operator
@@ -24,7 +25,7 @@ from vmresize.api.meta import Condition, set_condition
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 
 P = ResizePhase
-_READY = {P.CONFIRMED, P.REVERTED, P.ROLLED_BACK}
+_READY = {P.CONFIRMED, P.REVERTED, P.ROLLED_BACK, P.CANCELLED}
 _FAILED = {P.FAILED, P.ROLLBACK_FAILED}
 _STALLED = _FAILED | {P.ROLLED_BACK}
 _WAITING = TERMINAL_PHASES | {P.VERIFY_RESIZE}

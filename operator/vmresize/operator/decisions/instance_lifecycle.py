@@ -22,6 +22,7 @@ from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.hosttask import HostTask, TaskAction
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus, PowerState
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 
 IP = InstancePhase
 ADOPT_REFUSED = "DomainAlreadyOwned"
@@ -47,6 +48,7 @@ class Look(Enum):
     HOST_RECORDED = "HostRecorded"        # status.host written: claim on it
     CLAIMED = "Claimed"
     CLAIM_REFUSED = "ClaimRefused"
+    QUOTA_REFUSED = "QuotaRefused"        # the namespace's VMQuota has no room: nothing claimed
     TASK_UNRECORDED = "TaskUnrecorded"    # the task's name is not in currentTask yet
     TASK_MISSING = "TaskMissing"
     TASK_WAITING = "TaskWaiting"
@@ -200,6 +202,13 @@ def claim_refused(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceSte
                         changed=True)
 
 
+def quota_refused(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Error with the quota's numbers; no host claim was taken (the charge comes first)."""
+    return InstanceStep(_with(st, phase=IP.ERROR, message=seen.text, host=None),
+                        reason=QUOTA_EXCEEDED, done=True, changed=True,
+                        events=(("Warning", QUOTA_EXCEEDED, seen.text),))
+
+
 def record_build_task(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
     """A task made by an operator that did not record it: record it, then look at it."""
     return InstanceStep(_with(st, current_task=build_task_name(inst)), again=True)
@@ -290,6 +299,7 @@ TABLE: dict[tuple[Stage, Look], InstanceRule] = {
     (S.PLACING, L.HOST_RECORDED): claim,
     (S.PLACING, L.CLAIMED): claimed,
     (S.PLACING, L.CLAIM_REFUSED): claim_refused,
+    (S.PLACING, L.QUOTA_REFUSED): quota_refused,
     (S.BUILDING, L.TASK_UNRECORDED): record_build_task,
     (S.BUILDING, L.TASK_MISSING): create_build_task,
     (S.BUILDING, L.TASK_WAITING): waiting,

@@ -29,6 +29,8 @@ HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`).
 
 Finishing, Reverting and RollingBack also take an admin's ``spec.abandonDestination``: the
 copy on a dead destination is fenced and the VM started on its source (:mod:`.abandon`).
+Every phase before VerifyResize takes the user's ``spec.cancel``: a rollback that ends
+``Cancelled`` (:mod:`.cancel`).
 """
 
 from __future__ import annotations
@@ -37,12 +39,19 @@ from datetime import datetime
 
 from vmresize.api.resize import TERMINAL_PHASES, ResizePhase
 from vmresize.operator.decisions.abandon import abandon
+from vmresize.operator.decisions.cancel import (
+    cancel_moving,
+    cancel_pending,
+    cancel_scheduling,
+    cancel_verify,
+)
 from vmresize.operator.decisions.health import (
     health_failed,
     health_missing,
     health_passed,
     health_waiting,
 )
+from vmresize.operator.decisions.quota import scheduling_refused as quota_refused
 from vmresize.operator.decisions.rollback_failed import rollback_failed, rollback_failed_deleted
 from vmresize.operator.decisions.transitions import (
     back_step_done,
@@ -143,6 +152,17 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.FINISHING, K.ABANDON): abandon,
     (P.REVERTING, K.ABANDON): abandon,
     (P.ROLLING_BACK, K.ABANDON): abandon,
+    # The user cancels before VerifyResize (:mod:`.cancel`); met there, it reverts.
+    (P.PENDING, K.CANCEL): cancel_pending,
+    (P.SCHEDULING, K.CANCEL): cancel_scheduling,
+    (P.PREPARING, K.CANCEL): cancel_moving,
+    (P.MIGRATING, K.CANCEL): cancel_moving,
+    (P.FINISHING, K.CANCEL): cancel_moving,
+    (P.VERIFY_RESIZE, K.CANCEL): cancel_verify,
+    # The namespace's VMQuota has no room (:mod:`.quota`): checked in Pending, charged with
+    # the destination claim.
+    (P.PENDING, K.QUOTA_EXCEEDED): pending_refused,
+    (P.SCHEDULING, K.QUOTA_EXCEEDED): quota_refused,
 }
 """Every (phase, observation) the resize reacts to. Anything else leaves it unchanged."""
 

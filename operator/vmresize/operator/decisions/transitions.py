@@ -65,6 +65,10 @@ def _progress(o: Observation) -> StatusPatch:
                                  rate_bytes_per_second=rate, percent=pct, display=text)}
 
 
+CANCELLED = "Cancelled"
+"""The reason (and ``rollbackReason``) of a rollback the user asked for with ``spec.cancel``:
+it ends in the phase Cancelled, not RolledBack."""
+
 MESSAGE_KEPT = 1024
 """How much of the message that began a rollback the status keeps to the end."""
 
@@ -95,6 +99,12 @@ def _rollback(s: State, why: str, message: str, *, off: bool = False,
                 updates={"rollback_from": frm, "rollback_reason": why,
                          "rollback_message": message[:MESSAGE_KEPT],
                          "restore_source_first": source_first, **updates})
+
+
+def begin_rollback(s: State, why: str, message: str) -> Step:
+    """Start a rollback from the current phase as its failure would (for the rules of
+    other modules, e.g. :mod:`.cancel`)."""
+    return _rollback(s, why, message)
 
 
 def _unlock_failed(reason: str, message: str, *extra: Action) -> Step:
@@ -365,6 +375,11 @@ def back_step_done(s: State, o: Observation, now: datetime) -> Step:
                                     f"deleted; starting the instance on {s.source_host}"),)
         return Step(s.phase, acts,
                     message=f"New copy deleted; starting the instance on {s.source_host}")
+    if s.rollback_reason == CANCELLED:   # the user's cancel: its own end (:mod:`.cancel`)
+        return Step(P.CANCELLED, (ReleaseDestClaim(), UpdateInstance(
+            "source", InstancePhase.ACTIVE, PowerState.RUNNING, unlock=True)),
+            reason=CANCELLED, message=f"Cancelled in {s.rollback_from}: the instance runs "
+            f"on {s.source_host} again, unchanged")
     end = P.REVERTED if s.phase is P.REVERTING else P.ROLLED_BACK
     cause = f" ({s.rollback_reason})" if s.rollback_reason else ""
     why = (f"Rolled back after {s.rollback_from} failed{cause}" if end is P.ROLLED_BACK

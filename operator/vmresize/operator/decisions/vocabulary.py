@@ -73,6 +73,8 @@ class Kind(StrEnum):
     REVERT = "Revert"                # spec.revert is set
     TICK = "Tick"                    # nothing new; time passed
     ABANDON = "AbandonDestination"   # spec.abandonDestination is set (``orphan``: the copy)
+    CANCEL = "Cancel"                # spec.cancel is set (before VerifyResize, or reached it)
+    QUOTA_EXCEEDED = "QuotaExceeded"  # the namespace's VMQuota has no room (``message``)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from vmresize.operator.handlers import (  # noqa: F401 - importing registers the
     host_health,
     hosttask,
     instance,
+    quota,
     resize,
     startup,
     sweep,

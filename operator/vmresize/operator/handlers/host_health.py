@@ -1,7 +1,9 @@
 """Host readiness watchdog and claim sweep: every few seconds, Hosts whose heartbeat is
 stale are marked not ready (:mod:`vmresize.operator.reconcile.hosts`); every
 ``SWEEP_SECONDS``, claims whose holder is gone are released
-(:func:`vmresize.operator.reconcile.sweep.sweep_host`). :mod:`.host` keeps the gauges.
+(:func:`vmresize.operator.reconcile.sweep.sweep_host`), and then every VMQuota's
+charges are brought in line with the claims
+(:func:`vmresize.operator.persistence.quota.resync`). :mod:`.host` keeps the gauges.
 
 One loop per operator process, started with the operator, rather than a kopf timer per
 Host: a timer would put a kopf finalizer on every Host (admins delete Hosts) and needs
@@ -21,6 +23,7 @@ import kopf
 
 from vmresize.operator.errors import ApiUnavailableError
 from vmresize.operator.handlers.memo import shared_or_none
+from vmresize.operator.persistence import quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile import hosts, sweep
 
@@ -33,6 +36,8 @@ SWEEP_SECONDS = 30.0
 def _sweep_claims(storage: Storage) -> None:
     for host, gone in sweep.sweep_claims(storage):
         log.warning("host %s: released claims of gone holders: %s", host, ", ".join(gone))
+    for q in storage.quotas(None):   # their charges follow the claims (:mod:`.quota`)
+        quota.resync(storage, q.namespace, q.name)
 
 
 async def _watch(memo: kopf.Memo) -> None:

@@ -31,6 +31,7 @@ from vmresize.api.hosttask import HostTask
 from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
 from vmresize.api.naming import OWNER_UID_LABEL, WRITER_ANNOTATION, package_version
+from vmresize.api.quota import VMQuota
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.scheduler import HostState
 from vmresize.operator.errors import (
@@ -317,6 +318,22 @@ class Storage:
                                               GROUP, VERSION, VMResize.plural,
                                               _request_timeout=REQUEST_TIMEOUT)))
         return [VMResize.from_body(item) for item in body.get("items", [])]
+
+    def quota(self, namespace: str, name: str) -> VMQuota | None:
+        """The VMQuota ``namespace/name``, or None if it does not exist."""
+        return self._get(VMQuota, name, namespace)
+
+    def quotas(self, namespace: str | None) -> list[VMQuota]:
+        """The VMQuotas of ``namespace`` (usually none or one); None: of every namespace."""
+        def list_() -> object:
+            if namespace is None:
+                return self._co.list_cluster_custom_object(
+                    GROUP, VERSION, VMQuota.plural, _request_timeout=REQUEST_TIMEOUT)
+            return self._co.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, VMQuota.plural, _request_timeout=REQUEST_TIMEOUT)
+
+        body = cast(dict[str, Any], _call(f"list vmquotas in {namespace or 'all'}", list_))
+        return [VMQuota.from_body(item) for item in body.get("items", [])]
 
     def instances(self) -> list[Instance]:
         """Every Instance in every namespace (the adopt check needs them all)."""

@@ -18,8 +18,9 @@ from vmresize.api.flavor import FlavorSpec
 from vmresize.api.instance import InstanceStatus
 from vmresize.api.resize import Effect, VMResize, VMResizeStatus
 from vmresize.operator.decisions import conditions
-from vmresize.operator.persistence import claims, orphans
+from vmresize.operator.persistence import claims, orphans, quota
 from vmresize.operator.persistence.storage import Storage
+from vmresize.operator.reconcile import scheduling
 
 
 def resize_key(r: VMResize) -> str:
@@ -36,13 +37,17 @@ def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> N
             claims.lock_instance(storage, ns, inst_name, r.name, r.uid)
         elif e.kind == "ClaimDest":
             spec = st.new_flavor_spec
-            if e.host and spec is not None:
+            # The quota first: it never holds less than the hosts (a refusal: no claim,
+            # and the next step sees it, :mod:`.scheduling`).
+            if e.host and spec is not None and quota.charge(
+                    storage, ns, rkey, scheduling.resize_charge(r, spec)) is None:
                 claims.claim(storage, e.host, rkey, "VMResize", spec.resources(),
                              consumer=f"{ns}/{r.name}")
         elif e.kind == "ReleaseDestClaim":
             # No host recorded: a claim taken just before a crash may still be somewhere.
             holder = e.host or claims.find_claim(storage.watched_hosts(), rkey)
             claims.release(storage, holder, rkey)
+            quota.release(storage, ns, rkey)
         elif e.kind == "CommitClaims":
             assert st.dest_host is not None
             assert st.instance_uid is not None
@@ -52,6 +57,7 @@ def apply(storage: Storage, r: VMResize, st: VMResizeStatus, now: datetime) -> N
                             drop=ikey if same else None)
             if not same:
                 claims.release(storage, st.source_host, ikey)
+            quota.transfer(storage, ns, rkey, ikey, consumer=f"{ns}/{inst_name}")
         elif e.kind == "FenceOrphan":
             assert e.host is not None
             assert st.abandoned_destination is not None   # recorded with the decision

@@ -5,7 +5,8 @@ Same beats as :mod:`vmresize.operator.reconcile.engine`. The chosen host is writ
 or Destroy task of that name is created; every act is idempotent, so a crash or a 409
 anywhere makes the next step redo it. What an Instance does on each look is the pure
 table :data:`~vmresize.operator.decisions.instance_lifecycle.TABLE`; this module only
-looks, writes and acts.
+looks, writes and acts. The namespace's VMQuota is charged with the claim, before it
+(refused: Error, ``QuotaExceeded``), and released after the host's claim.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vmresize.api import naming
 from vmresize.api.flavor import FlavorSpec
 from vmresize.api.hosttask import TaskAction, TaskPhase
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
+from vmresize.api.quota import QuotaCharge
 from vmresize.operator.decisions import conditions, instance_lifecycle
 from vmresize.operator.decisions.instance_lifecycle import (
     BuildTask,
@@ -35,7 +37,7 @@ from vmresize.operator.decisions.scheduler import (
 )
 from vmresize.operator.decisions.tasks import instance_task
 from vmresize.operator.errors import NotReadyError
-from vmresize.operator.persistence import claims
+from vmresize.operator.persistence import claims, quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile.driver import Outcome
 from vmresize.operator.settings import Settings
@@ -167,8 +169,16 @@ def _act(storage: Storage, settings: Settings, inst: Instance,
     """Carry out ``act`` (after the write that names it); a claim's answer, to decide on."""
     if isinstance(act, Claim):
         assert seen.flavor is not None
+        consumer = f"{inst.namespace}/{inst.name}"
+        # The namespace's quota first (idempotent per Instance), so a refusal leaves no
+        # host claim behind; released after the host's claim, never before it.
+        refusal = quota.charge(storage, inst.namespace, _key(inst), QuotaCharge(
+            consumer=consumer, kind="Instance", instances=1,
+            resources=seen.flavor.resources()))
+        if refusal is not None:
+            return Seen(Look.QUOTA_REFUSED, host=act.host, text=refusal, flavor=seen.flavor)
         ok = claims.claim(storage, act.host, _key(inst), "Instance", seen.flavor.resources(),
-                          consumer=f"{inst.namespace}/{inst.name}")
+                          consumer=consumer)
         return Seen(Look.CLAIMED if ok else Look.CLAIM_REFUSED, host=act.host,
                     flavor=seen.flavor)
     if isinstance(act, BuildTask):
@@ -184,6 +194,7 @@ def _act(storage: Storage, settings: Settings, inst: Instance,
         return None
     holder = act.host or claims.find_claim(storage.watched_hosts(), _key(inst))
     claims.release(storage, holder, _key(inst))
+    quota.release(storage, inst.namespace, _key(inst))   # after the host: never less than it
     return None
 
 

@@ -6,6 +6,7 @@ on: in Pending, whether the request is sound (and both flavors, snapshotted); in
 Scheduling, the scheduler's choice; in a task phase, the current HostTask and the step
 watchdog's view of it, on the operator's own clock; in VerifyResize, the user's word,
 the health check, or whether the destination's agent can vouch for an auto-confirm.
+Before all of these, the user's ``spec.cancel``.
 Reads only: nothing is written here (:mod:`.engine` records, then acts).
 """
 
@@ -18,12 +19,21 @@ from datetime import datetime, timedelta
 from vmresize.api.host import OrphanCopy
 from vmresize.api.hosttask import HostTask, TaskPhase
 from vmresize.api.instance import InstancePhase, InstanceStatus
-from vmresize.api.resize import ABANDONABLE_PHASES, ResizePhase, VMResize, VMResizeStatus
+from vmresize.api.resize import (
+    ABANDONABLE_PHASES,
+    CANCELLABLE_PHASES,
+    ResizePhase,
+    VMResize,
+    VMResizeStatus,
+)
 from vmresize.operator.decisions import lifecycle, liveness, watchdog
 from vmresize.operator.decisions.lifecycle import Kind, Observation, StatusPatch
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.decisions.resize_step import running_flavor
+from vmresize.operator.persistence import claims, quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.reconcile import scheduling
+from vmresize.operator.reconcile.scheduling import resize_charge
 from vmresize.operator.settings import Settings
 
 P = ResizePhase
@@ -72,6 +82,10 @@ def _validate(storage: Storage, r: VMResize) -> tuple[Observation, StatusPatch]:
             return Observation(Kind.INVALID, "EphemeralShrink", f"Flavor {r.spec.flavor} "
                                f"has a {new.ephemeral_gib} GiB ephemeral disk but the instance "
                                f"has {old.ephemeral_gib} GiB; a resize never shrinks a disk"), {}
+    refusal = quota.would_exceed(storage, r.namespace, claims.key("VMResize", r.uid),
+                                 resize_charge(r, new))
+    if refusal is not None:
+        return Observation(Kind.QUOTA_EXCEEDED, QUOTA_EXCEEDED, refusal), {}
     return Observation(Kind.VALID), {
         "source_host": ist.host, "instance_uid": inst.uid, "old_flavor": ist.flavor,
         "new_flavor": r.spec.flavor or ist.flavor, "old_flavor_spec": old,
@@ -142,6 +156,11 @@ class Observed:
 def observe(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStatus,
             deleting: bool, now: datetime) -> Observed:
     """What the phase looks at."""
+    if r.spec.cancel and (st.phase in CANCELLABLE_PHASES or (
+            st.phase is P.VERIFY_RESIZE and not r.spec.confirm and not r.spec.revert)):
+        # The user's cancel comes before anything the phase would look at; in VerifyResize
+        # (reached before it was seen) it reverts, unless the user has decided since.
+        return Observed(Observation(Kind.CANCEL))
     if st.phase in lifecycle.TASK_PHASES and not _abandoning(r, st):
         obs, at = _observe_task(storage, settings, st, now)
         return Observed(obs, watchdog_at=at)

@@ -13,7 +13,9 @@ shown: the chosen Host itself is read (one GET, the authority). Likewise the loc
 Instance as this process last wrote (or read) it, when that shows the lock of this resize
 (:meth:`~vmresize.operator.persistence.storage.Storage.locked_instance`), else a read.
 Claims of this resize on any other host are left from an earlier choice (a crash, a
-failed Prepare) and are released here.
+failed Prepare) and are released here. The claim comes with a charge on the namespace's
+VMQuota, taken first (:mod:`vmresize.operator.persistence.quota`); a charge refused is seen
+here and ends the resize (``QuotaExceeded``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from vmresize.api import naming
+from vmresize.api.flavor import FlavorSpec
 from vmresize.api.instance import Instance
+from vmresize.api.quota import QuotaCharge
 from vmresize.api.resize import Candidate, VMResize, VMResizeStatus
 from vmresize.operator.decisions.lifecycle import Kind, Observation, StatusPatch
+from vmresize.operator.decisions.quota import QUOTA_EXCEEDED
 from vmresize.operator.decisions.scheduler import (
     NoValidHost,
     Request,
@@ -31,7 +36,7 @@ from vmresize.operator.decisions.scheduler import (
     select,
     selector_from_extra_specs,
 )
-from vmresize.operator.persistence import claims
+from vmresize.operator.persistence import claims, quota
 from vmresize.operator.persistence.storage import Storage
 from vmresize.operator.settings import Settings
 
@@ -42,6 +47,12 @@ def _dest_names(r: VMResize, st: VMResizeStatus, host: str) -> StatusPatch:
     suffix = f"resize-{r.uid}" if host == st.source_host else ""
     return {"dest_domain_name": naming.domain_name(r.namespace, inst, suffix),
             "dest_disk_path": naming.disk_path(r.namespace, inst, r.uid)}
+
+
+def resize_charge(r: VMResize, new: FlavorSpec) -> QuotaCharge:
+    """What the resize ``r`` charges its namespace's quota: its copy on the destination."""
+    return QuotaCharge(consumer=f"{r.namespace}/{r.name}", kind="VMResize", instances=0,
+                       resources=new.resources())
 
 
 def lock_refused(inst: Instance | None, r: VMResize) -> Observation | None:
@@ -71,6 +82,13 @@ def schedule(storage: Storage, settings: Settings, r: VMResize, st: VMResizeStat
     if refused is not None:
         return refused, {}
     key = claims.key("VMResize", r.uid)
+    if st.dest_host and st.new_flavor_spec is not None and \
+            not quota.charged(storage, ns, key):
+        # The destination's charge was refused (another request took the room since
+        # Pending): say so, unless there is room again (then claim again below).
+        refusal = quota.would_exceed(storage, ns, key, resize_charge(r, st.new_flavor_spec))
+        if refusal is not None:
+            return Observation(Kind.QUOTA_EXCEEDED, QUOTA_EXCEEDED, refusal), {}
     holders = storage.claim_holders(key)
     for holder in holders:
         if holder != st.dest_host:
