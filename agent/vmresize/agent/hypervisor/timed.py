@@ -47,61 +47,81 @@ class TimedHypervisor:
         return self._hv.live_overlays
 
     async def define(self, spec: DomainSpec) -> None:
+        """The adapter's ``define``, within the deadline."""
         await self._call(self._hv.define, spec)
 
     async def undefine(self, name: str) -> None:
+        """The adapter's ``undefine``, within the deadline."""
         await self._call(self._hv.undefine, name)
 
     async def definition(self, name: str) -> str:
+        """The adapter's ``definition``, within the deadline."""
         return await self._call(self._hv.definition, name)
 
     async def define_xml(self, xml: str) -> None:
+        """The adapter's ``define_xml``, within the deadline."""
         await self._call(self._hv.define_xml, xml)
 
     async def start(self, name: str) -> None:
+        """The adapter's ``start``, within the deadline."""
         await self._call(self._hv.start, name)
 
     async def shutdown(self, name: str) -> None:
+        """The adapter's ``shutdown``, within the deadline."""
         await self._call(self._hv.shutdown, name)
 
     async def destroy(self, name: str) -> None:
+        """The adapter's ``destroy``, within the deadline."""
         await self._call(self._hv.destroy, name)
 
     async def state(self, name: str) -> PowerState:
+        """The adapter's ``state``, within the deadline."""
         return await self._call(self._hv.state, name)
 
     async def exists(self, name: str) -> bool:
+        """The adapter's ``exists``, within the deadline."""
         return await self._call(self._hv.exists, name)
 
     async def get_size(self, name: str) -> DomainSize:
+        """The adapter's ``get_size``, within the deadline."""
         return await self._call(self._hv.get_size, name)
 
     async def set_size(self, name: str, size: DomainSize) -> None:
+        """The adapter's ``set_size``, within the deadline."""
         await self._call(self._hv.set_size, name, size)
 
     async def disk_path(self, name: str) -> Path | None:
+        """The adapter's ``disk_path``, within the deadline."""
         return await self._call(self._hv.disk_path, name)
 
     async def export(self, name: str) -> str:
+        """The adapter's ``export``, within the deadline."""
         return await self._call(self._hv.export, name)
 
     async def owner(self, name: str) -> str | None:
+        """The adapter's ``owner``, within the deadline."""
         return await self._call(self._hv.owner, name)
 
     async def set_owner(self, name: str, owner_uid: str) -> None:
+        """The adapter's ``set_owner``, within the deadline."""
         await self._call(self._hv.set_owner, name, owner_uid)
 
     async def guest_ping(self, name: str, timeout_seconds: int) -> None:
+        """The adapter's ``guest_ping``, within the deadline."""
         await self._call(self._hv.guest_ping, name, timeout_seconds)
 
     async def disk_tops(self, name: str) -> dict[str, Path]:
+        """The adapter's ``disk_tops``, within the deadline."""
         return await self._call(self._hv.disk_tops, name)
 
     async def disk_chains(self, name: str) -> dict[str, list[Path]]:
+        """The adapter's ``disk_chains``, within the deadline."""
         return await self._call(self._hv.disk_chains, name)
 
     async def add_overlays(self, name: str, overlays: dict[str, Path]) -> None:
+        """The adapter's ``add_overlays``, within the deadline."""
         await self._call(self._hv.add_overlays, name, overlays)
 
     async def commit_top(self, name: str, target: str) -> None:
+        """The adapter's ``commit_top``, within the deadline."""
         await self._call(self._hv.commit_top, name, target, self.timeout * COMMIT_SHARE)

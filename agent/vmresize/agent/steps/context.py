@@ -90,6 +90,7 @@ class StepContext:
         return confine(self.root, rel + suffix)
 
     def serial_log(self, rel: str) -> Path:
+        """The guest's serial console log, in the directory of the disk ``rel``."""
         return self.abs(rel).parent / SERIAL_LOG
 
     async def describe(self, name: str, rel: str, fmt: str = "qcow2") -> TaskResult:

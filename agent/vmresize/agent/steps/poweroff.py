@@ -105,6 +105,8 @@ async def seen_running(ctx: StepContext, name: str) -> None:
 
 async def power_off_and_hold(ctx: StepContext, name: str, grace: float, requested_at: float,
                               held: Path) -> Stopped:
+    """Power ``name`` off (ACPI within ``grace``, then forced), then hold its definition
+    at ``held`` so nothing starts it again until a step decides."""
     stopped = await power_off(ctx, name, grace, requested_at)
     await hold(ctx, name, held)
     log.info("%s held: its definition set aside", name)

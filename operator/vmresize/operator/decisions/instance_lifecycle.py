@@ -148,6 +148,7 @@ def _retry(st: InstanceStatus, reason: str, msg: str, delay: float) -> InstanceS
 
 
 def flavor_missing(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Error: the Instance names a Flavor that does not exist."""
     msg = f"Flavor {inst.spec.flavor} does not exist"
     return InstanceStep(_with(st, phase=IP.ERROR, message=msg), reason="FlavorNotFound",
                         done=True, changed=True, events=(("Warning", "FlavorNotFound", msg),))
@@ -164,6 +165,7 @@ def domain_owned(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep
 
 
 def no_valid_host(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """No host passes the filters: say why once, then retry."""
     return _retry(st, "NoValidHost", f"No valid host was found ({seen.text} removed); "
                   "retrying", delay=10)
 
@@ -183,6 +185,7 @@ def claim(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
 
 
 def claimed(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """The claim holds: Building, and the Spawn or Adopt task the status names."""
     assert st.host is not None
     action = build_action(inst)
     msg = f"{action} on {st.host}"
@@ -193,6 +196,7 @@ def claimed(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
 
 
 def claim_refused(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """The host refused the claim: choose again (or wait, for a named host)."""
     off = _with(st, host=None)
     if inst.spec.host is not None:
         return _retry(_with(off, message=""), "DoesNotFit",
@@ -215,14 +219,17 @@ def record_build_task(inst: Instance, st: InstanceStatus, seen: Seen) -> Instanc
 
 
 def create_build_task(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """The recorded build task is missing: create it."""
     return InstanceStep(act=BuildTask(build_action(inst), st.host or ""))
 
 
 def waiting(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Nothing to do until the task (or the world) changes."""
     return InstanceStep()
 
 
 def build_failed(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Error with the task's message; the claim goes."""
     action = build_action(inst)
     msg = f"{action} on {st.host} failed: {seen.text}"
     return InstanceStep(_with(st, phase=IP.ERROR, message=msg, host=None, current_task=None),
@@ -250,12 +257,14 @@ def built(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
 
 
 def lock_orphaned(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Deleting, held by a resize that is gone: release the lock."""
     msg = "Released the lock of a VMResize that no longer exists"
     return InstanceStep(_with(st, active_resize=None, active_resize_uid=None, message=msg),
                         changed=True, events=(("Normal", "LockReleased", msg),))
 
 
 def held(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Deleting, held by a live resize: say so once, then wait for it."""
     msg = (f"Deletion waits for VMResize {st.active_resize}, which holds this instance; it "
            "goes on once that resize ends (or is deleted and rolled back)")
     if st.message != msg:
@@ -272,11 +281,13 @@ def record_destroy(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceSt
 
 
 def create_destroy(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """The recorded Destroy task is missing: create it."""
     assert st.host is not None
     return InstanceStep(act=BuildTask(TaskAction.DESTROY, st.host), changed=True)
 
 
 def destroy_failed(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Destroy failed: wait for an admin to delete the failed HostTask."""
     return InstanceStep(wait=30, text=f"Destroy on {st.host} failed: {seen.text}; an admin "
                         "must delete the failed HostTask to retry")
 
@@ -287,6 +298,7 @@ def release(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
 
 
 def settled(inst: Instance, st: InstanceStatus, seen: Seen) -> InstanceStep:
+    """Active or Error: nothing to do."""
     return InstanceStep(done=True)
 
 
