@@ -28,7 +28,8 @@ def test_every_crd_is_established(kubeconfig: Path) -> None:
     ours = {c["metadata"]["name"]: c for c in json.loads(out)["items"]
             if c["spec"]["group"] == GROUP}
     assert set(ours) == {f"{p}.{GROUP}" for p in
-                         ("flavors", "hosts", "instances", "vmresizes", "hosttasks")}
+                         ("flavors", "hosts", "instances", "vmresizes", "hosttasks",
+                          "hostdrains")}
     for name, crd in ours.items():
         established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
         assert [c["status"] for c in established] == ["True"], name

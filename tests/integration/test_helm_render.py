@@ -46,7 +46,7 @@ def test_every_template_renders(helm: Helm) -> None:
 def test_defaults_render_the_documented_objects(helm: Helm) -> None:
     docs = helm.template()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("CustomResourceDefinition") == 5
+    assert kinds.count("CustomResourceDefinition") == 6
     for d in docs:
         if d["metadata"].get("namespace") is not None:
             assert d["metadata"]["namespace"] == "vmresize-system"
@@ -230,7 +230,7 @@ def test_crds_disabled_renders_no_crd(helm: Helm) -> None:
 def test_crds_keep_false_drops_the_annotation(helm: Helm) -> None:
     docs = helm.template("--set", "crds.keep=false")
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 5
+    assert len(crds) == 6
     assert all("annotations" not in c["metadata"] for c in crds)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from vmresize.api import genfiles
+from vmresize.api.drain import HostDrain
 from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
@@ -20,7 +21,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.meta import GROUP, VERSION, Resource
 from vmresize.api.resize import VMResize
 
-KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask)
+KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask, HostDrain)
 CATEGORY = "vmresize-all"
 CHART_CRD_DIR = Path("deploy/helm/vmresize/templates/crds")
 CRD_DIR = Path("crds")

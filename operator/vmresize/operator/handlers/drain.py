@@ -1,0 +1,38 @@
+"""kopf handlers for HostDrain: a daemon per unfinished drain runs its passes.
+
+The pass itself is :mod:`vmresize.operator.reconcile.drain`; the daemon only loops it
+(:func:`vmresize.operator.reconcile.driver.run`, serialized per drain by the shared locks).
+kopf starts the daemon again for every unfinished drain after an operator restart, and
+the first pass rebuilds everything from the API. Deleting a drain stops its daemon: no new
+moves start, and the VMResizes it made (labelled, not owned) run to their end.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import kopf
+
+from vmresize.api.drain import TERMINAL_DRAIN_PHASES
+from vmresize.api.meta import GROUP, VERSION
+from vmresize.operator.handlers.memo import shared
+from vmresize.operator.persistence.drains import DrainStore
+from vmresize.operator.reconcile import drain as passes
+from vmresize.operator.reconcile import driver
+
+_DONE = {p.value for p in TERMINAL_DRAIN_PHASES}
+
+
+def _active(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in _DONE
+
+
+@kopf.daemon(GROUP, VERSION, "hostdrains", id="drain", when=_active, cancellation_timeout=10)
+async def drain(body: kopf.Body, uid: str, name: str, stopped: kopf.DaemonStopped,
+                memo: kopf.Memo, **_: Any) -> None:
+    """Daemon for an unfinished HostDrain: passes until it reaches a terminal phase."""
+    op = shared(memo)
+    store = DrainStore(op.storage)
+    step = partial(passes.reconcile, store, name, op.settings.poll_seconds)
+    await driver.run(body, uid, step, op.wakeups, stopped, op.settings.poll_seconds, op.locks)
