@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from hack.localcluster import REPO, LocalCluster
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from tests.support.agent_harness import AgentProcess, stop_agents, write_migration_key
 from tests.support.op_harness import G, Operator, V, wait_for
 
@@ -74,9 +75,15 @@ def main() -> None:
                                        address=addr, kubeconfig=kc, namespace=NS,
                                        key_file=key).start())
         op = Operator(kc, NS, work / "operator.log").start()
+        def ready(name: str) -> bool:
+            try:
+                return bool((co.get_cluster_custom_object(G, V, "hosts", name)
+                             .get("status") or {}).get("ready"))
+            except ApiException:     # not registered yet
+                return False
+
         for a in agents:
-            wait_for(f"Host {a.name} ready", lambda a=a: (co.get_cluster_custom_object(
-                G, V, "hosts", a.name).get("status") or {}).get("ready"), timeout=120)
+            wait_for(f"Host {a.name} ready", lambda a=a: ready(a.name), timeout=120)
         for a in agents[1:]:
             cap = co.get_cluster_custom_object(G, V, "hosts", a.name)["status"]["capacity"]
             co.patch_cluster_custom_object(G, V, "hosts", a.name, {"spec": {"reserved": {

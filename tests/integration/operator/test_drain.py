@@ -162,3 +162,18 @@ def test_cancel_stops_new_moves_and_lets_the_running_ones_finish(
                                                 label_selector=f"{DRAIN_LABEL}={name}")
     assert [r["status"]["phase"] for r in rs["items"]] == ["Confirmed"]
     assert {x["type"]: x["status"] for x in st["conditions"]}["Ready"] == "True"
+
+
+def test_a_move_that_ends_wakes_its_drain(world: World, agents: Fulfiller,
+                                           operator_factory: Any, drains: list[str]) -> None:
+    """With the drain's own look every 30 s, two moves one after the other still end
+    within 25 s: the first one's end wakes the drain, which starts the second at once."""
+    operator_factory(VMRESIZE_POLL_SECONDS="30")
+    world.make_host("a")
+    world.make_host("b")
+    for i in range(1, 3):
+        world.instance(f"vm{i}", "small", host="a")
+    name = _drain(world, drains, "a", parallel=1)
+    st = wait_for("drained", lambda: (s := _status(world, name)).get("phase") == "Drained"
+                  and s, timeout=25)
+    assert st["counts"]["moved"] == 2
