@@ -5,6 +5,9 @@ Five instances on host a, ``maxParallel: 2``; hosts b and c have room for the fo
 ones only, so the large one cannot move (NoValidHost) and stays, running, on a. A sampler
 reads the drain's VMResizes all along and checks that no more than two ever run at once;
 the operator is killed (-9) in the middle and started again, and the drain resumes.
+Also: cancel (the running move finishes, no new one starts), a move's end waking its
+drain, and a move that fails after the power-off rolling back through the ordinary
+rollback, followed with ``kubectl vmresize drain --wait``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tests.integration.operator.test_plugin import run as plugin
 from tests.support.op_harness import Fulfiller, Operator, World, wait_for
 
 from vmresize.api.drain import DRAIN_LABEL
@@ -177,3 +182,35 @@ def test_a_move_that_ends_wakes_its_drain(world: World, agents: Fulfiller,
     st = wait_for("drained", lambda: (s := _status(world, name)).get("phase") == "Drained"
                   and s, timeout=25)
     assert st["counts"]["moved"] == 2
+
+
+def test_a_move_that_fails_past_the_power_off_rolls_back_and_the_vm_runs_once_on_the_source(
+        world: World, agents: Fulfiller, operator: Operator, drains: list[str],
+        kubeconfig: Path) -> None:
+    """The drained host fails vm2's copy (MigrateDisk, after the power-off): the ordinary
+    rollback starts it again on the drained host; the drain counts it RolledBack, the other
+    one moved, and the plugin's --wait ends with the drain's verdict (exit 3) naming it."""
+    world.make_host("a")
+    world.make_host("b")
+    world.instance("vm1", "small", host="a")
+    world.instance("vm2", "small", host="a")
+    agents.script.fail[("MigrateDisk", "inst:vm2")] = "disk read error on the source"
+    agents.script.non_retryable = True
+    rc, out, _ = plugin(kubeconfig, world.ns, "drain", world.host("a"), "--max-parallel",
+                        "2", "--name", f"{world.ns}-drain", "--wait", "--timeout", "90s")
+    drains.append(f"{world.ns}-drain")
+    assert rc == 3, out
+    assert "Incomplete 2/2: moved 1, moving 0, waiting 0, failed 1" in out
+    assert f"{world.ns}/vm2: RolledBack" in out
+    st = _status(world, f"{world.ns}-drain")
+    failed = {i["name"]: i for i in st["instances"] if i["state"] == "Failed"}
+    assert list(failed) == ["vm2"]
+    assert failed["vm2"]["reason"] == "RolledBack"
+    assert "disk read error" in failed["vm2"]["message"]
+    vm2 = world.status("instances", "vm2")
+    assert (vm2["host"], vm2["phase"], vm2["powerState"]) == (world.host("a"), "Active",
+                                                               "Running")
+    assert world.status("instances", "vm1")["host"] == world.host("b")
+    # One copy each: vm2 is claimed on a only, vm1 on b only.
+    assert list(world.allocations("a")) == [f"Instance/{world.ns}/vm2"]
+    assert list(world.allocations("b")) == [f"Instance/{world.ns}/vm1"]
