@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,30 @@ def test_a_move_that_ends_wakes_its_drain(world: World, agents: Fulfiller,
     st = wait_for("drained", lambda: (s := _status(world, name)).get("phase") == "Drained"
                   and s, timeout=25)
     assert st["counts"]["moved"] == 2
+
+
+def test_a_cancel_wakes_its_drain(world: World, agents: Fulfiller, operator_factory: Any,
+                                  drains: list[str]) -> None:
+    """With the drain's own look every 30 s, a cancel is seen within 10 s (the spec
+    change wakes it)."""
+    operator_factory(VMRESIZE_POLL_SECONDS="30")
+    world.make_host("a")
+    world.make_host("b")
+    for i in range(1, 3):
+        world.instance(f"vm{i}", "small", host="a")
+    agents.script.hold.add(("MigrateDisk", None))
+    name = _drain(world, drains, "a", parallel=1)
+    # The move is held in Migrating; the drain, which saw nothing change since, sleeps.
+    wait_for("the move held in Migrating", lambda: [
+        (r.get("status") or {}).get("phase") for r in world.co.list_namespaced_custom_object(
+            GROUP, VERSION, world.ns, "vmresizes", label_selector=f"{DRAIN_LABEL}={name}",
+        )["items"]] == ["Migrating"], timeout=30)
+    time.sleep(2)
+    world.co.patch_cluster_custom_object(GROUP, VERSION, "hostdrains", name,
+                                         {"spec": {"cancel": True}})
+    wait_for("cancelling", lambda: _status(world, name).get("phase") == "Cancelling",
+             timeout=10)
+    agents.release("MigrateDisk")
 
 
 def test_a_move_that_fails_past_the_power_off_rolls_back_and_the_vm_runs_once_on_the_source(

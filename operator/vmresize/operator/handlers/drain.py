@@ -5,8 +5,9 @@ The pass itself is :mod:`vmresize.operator.reconcile.drain`; the daemon only loo
 kopf starts the daemon again for every unfinished drain after an operator restart, and
 the first pass rebuilds everything from the API. A move that ends wakes its drain at once
 (the VMResize's label names the drain's UID), so the next move starts without waiting
-for the drain's next look. Deleting a drain stops its daemon: no new
-moves start, and the VMResizes it made (labelled, not owned) run to their end.
+for the drain's next look; so does a change of the drain's spec (cancel, maxParallel).
+Deleting a drain stops its daemon: no new moves start, and the VMResizes it made
+(labelled, not owned) run to their end.
 """
 
 from __future__ import annotations
@@ -49,3 +50,15 @@ async def move_ended(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo,
     next look."""
     if status.get("phase") in _MOVE_ENDED:
         shared(memo).wakeups.wake(str(labels[DRAIN_UID_LABEL]))
+
+
+@kopf.on.event(GROUP, VERSION, "hostdrains")
+async def admin_acted(type: str, uid: str, meta: kopf.Meta, memo: kopf.Memo,
+                      **_: Any) -> None:
+    """The spec changed (cancel, maxParallel): wake the drain now. Its own status writes
+    change no generation and wake nothing."""
+    op = shared(memo)
+    if type == "DELETED":
+        op.seen_specs.forget(uid)
+    elif op.seen_specs.changed(uid, str(meta.get("generation", ""))):
+        op.wakeups.wake(uid)
