@@ -68,7 +68,7 @@ def test_operator_drives_resizes_and_owns_hosttasks(release: Release) -> None:
     assert release.can(release.operator, "patch", "instances.vmresize.io", "-A")
     assert release.can(release.operator, "patch", "hosts.vmresize.io", "--subresource=status")
     assert not release.can(release.operator, "delete", "hosts.vmresize.io")
-    assert not release.can(release.operator, "create", "vmresizes.vmresize.io", "-A")
+    assert not release.can(release.operator, "delete", "vmresizes.vmresize.io", "-A")
     for verb in ("create", "delete", "patch", "watch"):
         assert release.can(release.operator, verb, "hosttasks.vmresize.io", *ns)
     assert not release.can(release.operator, "create", "hosttasks.vmresize.io", "-n", "default")
@@ -83,6 +83,19 @@ def test_operator_keeps_the_quota_ledger_but_not_the_limits(release: Release) ->
     assert release.can(op, "update", "vmquotas.vmresize.io", "--subresource=status", "-A")
     for verb in ("create", "patch", "update", "delete"):   # spec.hard is the admin's
         assert not release.can(op, verb, "vmquotas.vmresize.io", "-A")
+
+
+def test_operator_carries_out_host_drains(release: Release) -> None:
+    """A HostDrain (issue 21): the operator disables the Host (a patch of its spec) and
+    moves each instance with a VMResize it creates in the instance's namespace; it never
+    creates or deletes a drain, which is the admin's."""
+    assert release.can(release.operator, "patch", "hosts.vmresize.io")
+    assert release.can(release.operator, "create", "vmresizes.vmresize.io", "-A")
+    assert release.can(release.operator, "patch", "hostdrains.vmresize.io",
+                       "--subresource=status")
+    assert release.can(release.operator, "watch", "hostdrains.vmresize.io")
+    assert not release.can(release.operator, "create", "hostdrains.vmresize.io")
+    assert not release.can(release.operator, "delete", "hostdrains.vmresize.io")
 
 
 def test_agent_token_reads_the_migration_key_and_nothing_else(release: Release,

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from vmresize.api import genfiles
+from vmresize.api.drain import HostDrain
 from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.hosttask import HostTask
@@ -21,7 +22,8 @@ from vmresize.api.meta import GROUP, VERSION, Resource
 from vmresize.api.quota import VMQuota
 from vmresize.api.resize import VMResize
 
-KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask, VMQuota)
+KINDS: tuple[type[Resource], ...] = (Flavor, Host, Instance, VMResize, HostTask, VMQuota,
+                                     HostDrain)
 CATEGORY = "vmresize-all"
 CHART_CRD_DIR = Path("deploy/helm/vmresize/templates/crds")
 CRD_DIR = Path("crds")

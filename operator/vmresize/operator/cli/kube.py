@@ -72,6 +72,9 @@ def _call(fn: Callable[[], object]) -> dict[str, Any]:
     except (HTTPError, OSError) as e:  # below HTTP: no answer at all
         raise PluginApiError(ApiErrorKind.UNAVAILABLE, None, f"API server unreachable: {e}") from e
 
+#: The cluster-scoped kinds: read without a namespace.
+CLUSTER_KINDS = ("hosts", "flavors", "hostdrains")
+
 
 class Kube:
     """The vmresize objects of one cluster, as seen from one namespace."""
@@ -99,7 +102,7 @@ class Kube:
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
         """One object; namespaced kinds are read from this namespace."""
-        if plural in ("hosts", "flavors"):
+        if plural in CLUSTER_KINDS:
             return _call(lambda: self.co.get_cluster_custom_object(
                 GROUP, VERSION, plural, name, _request_timeout=REQUEST_TIMEOUT))
         return _call(lambda: self.co.get_namespaced_custom_object(
@@ -107,7 +110,7 @@ class Kube:
 
     def list(self, plural: str, all_namespaces: bool = False) -> list[dict[str, Any]]:
         """Every object of a kind: cluster-wide kinds, this namespace, or all namespaces."""
-        if plural in ("hosts", "flavors") or all_namespaces:
+        if plural in CLUSTER_KINDS or all_namespaces:
             out = _call(lambda: self.co.list_cluster_custom_object(
                 GROUP, VERSION, plural, _request_timeout=REQUEST_TIMEOUT))
         else:
@@ -120,6 +123,17 @@ class Kube:
         return _call(lambda: self.co.create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, "vmresizes", body,
             _request_timeout=REQUEST_TIMEOUT))
+
+    def create_cluster(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a cluster-scoped object (a HostDrain); the server's answer."""
+        return _call(lambda: self.co.create_cluster_custom_object(
+            GROUP, VERSION, plural, body, _request_timeout=REQUEST_TIMEOUT))
+
+    def patch_cluster_spec(self, plural: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a cluster-scoped object's ``spec``."""
+        return _call(lambda: self.co.patch_cluster_custom_object(
+            GROUP, VERSION, plural, name, {"spec": spec},
+            _content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT))
 
     def patch_resize_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch of ``spec``, as ``kubectl patch --type merge`` sends it (the

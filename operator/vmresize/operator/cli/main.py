@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from vmresize.api.apierrors import ApiErrorKind
 from vmresize.api.envsettings import SettingsError
-from vmresize.operator.cli import abandon, autoconfirm, commands
+from vmresize.operator.cli import abandon, autoconfirm, commands, drain
 from vmresize.operator.cli.exitcodes import Exit, help_table
 from vmresize.operator.cli.kube import Kube, KubeconfigError, PluginApiError
 from vmresize.operator.cli.output import Out
@@ -95,6 +95,13 @@ def parser() -> argparse.ArgumentParser:
     p = add("abandon-destination", abandon.abandon_destination, abandon.HELP)
     abandon.add_options(p)
     _wait_options(p, "RolledBack or Reverted (the instance runs on its source)")
+    p = add("drain", drain.drain, drain.HELP)
+    drain.add_options(p)
+    _wait_options(p, "every instance moved or failed (Drained, Incomplete)")
+    p = add("cancel-drain", drain.cancel, "cancel a HostDrain (spec.cancel=true): no new "
+            "moves; those under way finish")
+    p.add_argument("drain", metavar="NAME")
+    _wait_options(p, "the moves under way finished (Cancelled)")
     p = add("list", commands.list_, "list VMResizes with phase, hosts and progress")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     p = add("plan", commands.plan, "what a resize would do, without doing it")

@@ -5,6 +5,7 @@ Importing this package registers every handler (``kopf run -m vmresize.operator.
 """
 
 from vmresize.operator.handlers import (  # noqa: F401 - importing registers the handlers
+    drain,
     host,
     host_health,
     hosttask,

@@ -131,6 +131,12 @@ class Storage:
         self._written = Recent()     # VMResizes as this process last wrote them
         self._instances = Recent()   # Instances as last read or written
 
+    @property
+    def custom_objects(self) -> client.CustomObjectsApi:
+        """The client, for the persistence layer's other stores (:mod:`.drains`): they
+        call it through :func:`_call`, so its errors are translated here too."""
+        return self._co
+
     # -- reads
 
     def _get(self, model: type[R], name: str, namespace: str | None = None) -> R | None:
