@@ -70,18 +70,3 @@ class NotReadyError(OperatorError, kopf.TemporaryError):
 class ForeignTaskError(OperatorError, kopf.PermanentError):
     """A HostTask of the deterministic name exists but belongs to another owner (or asks
     for another action or host): never treat it as ours."""
-
-
-_FORMER = {"ApiNotFound": ApiNotFoundError, "ApiConflict": ApiConflictError,
-           "ApiAlreadyExists": ApiAlreadyExistsError, "ApiUnavailable": ApiUnavailableError,
-           "ApiRejected": ApiRejectedError, "NotReady": NotReadyError,
-           "ForeignTask": ForeignTaskError}
-
-
-def __getattr__(name: str) -> type[OperatorError]:
-    """The names before the ``Error`` suffix, for code still written against them
-    (``decisions/tasks.py`` and branches of this round until they are merged): not
-    defined, so that no class has two names in the tree. New code uses the names above."""
-    if name in _FORMER:
-        return _FORMER[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

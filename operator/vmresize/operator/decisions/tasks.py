@@ -17,7 +17,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.naming import parse_task_name
 from vmresize.api.resize import MigrationMode, VMResize
 from vmresize.api.vmdisks import VMDisk
-from vmresize.operator.errors import NotReady
+from vmresize.operator.errors import NotReadyError
 
 A = TaskAction
 GIB = 1024**3
@@ -44,11 +44,11 @@ def envelope(namespace: str, owner_uid: str, spec: HostTaskSpec, attempt: int) -
 
 
 def peer(h: Host) -> PeerHost:
-    """The migration endpoint and host key of ``h`` for a MigrateDisk task; NotReady until its agent
-    publishes them."""
+    """The migration endpoint and host key of ``h`` for a MigrateDisk task; NotReadyError
+    until its agent publishes them."""
     st = h.status
     if st is None or st.migration_endpoint is None or not st.host_key:
-        raise NotReady(f"host {h.name} publishes no migration endpoint or host key yet")
+        raise NotReadyError(f"host {h.name} publishes no migration endpoint or host key yet")
     return PeerHost(name=h.name, address=st.migration_endpoint.address,
                     port=st.migration_endpoint.port, host_key=st.host_key)
 
@@ -79,7 +79,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
             "expected_bytes": (ist.disk_gib or new.disk_gib) * GIB})
     elif action is A.MIGRATE_DISK:
         if dest is None:
-            raise NotReady(f"destination host {st.dest_host} is gone")
+            raise NotReadyError(f"destination host {st.dest_host} is gone")
         spec = spec.model_copy(update={
             "domain_name": src_dom, "disk_path": src_disk, "peer": peer(dest),
             "peer_disk_path": st.dest_disk_path, "transfer_id": transfer,
@@ -97,7 +97,7 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
     elif action is A.HEALTH_CHECK:
         ac = resize.spec.auto_confirm
         if ac is None or ac.check is None:
-            raise NotReady(f"{resize.name} names no health check")
+            raise NotReadyError(f"{resize.name} names no health check")
         spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
                                        "health_check": ac.check,
                                        "deadline": st.health_deadline,

@@ -17,7 +17,7 @@ from vmresize.api.drain import DRAIN_LABEL, DRAIN_UID_LABEL, HostDrain
 from vmresize.api.meta import API_VERSION, GROUP, VERSION
 from vmresize.api.resize import VMResize
 from vmresize.operator.decisions.drain import NewResize
-from vmresize.operator.errors import ApiAlreadyExists, ApiNotFound, ForeignTask
+from vmresize.operator.errors import ApiAlreadyExistsError, ApiNotFoundError, ForeignTaskError
 from vmresize.operator.persistence.storage import REQUEST_TIMEOUT, Storage, _call
 
 
@@ -34,7 +34,7 @@ class DrainStore:
             return HostDrain.from_body(_call(
                 f"get hostdrains/{name}", lambda: self._co.get_cluster_custom_object(
                     GROUP, VERSION, HostDrain.plural, name, _request_timeout=REQUEST_TIMEOUT)))
-        except ApiNotFound:
+        except ApiNotFoundError:
             return None
 
     def resizes(self, drain_uid: str) -> list[VMResize]:
@@ -54,7 +54,7 @@ class DrainStore:
             _request_timeout=REQUEST_TIMEOUT))
 
     def create_resize(self, d: HostDrain, new: NewResize) -> None:
-        """Create the move ``new`` labelled with the drain; ForeignTask if a VMResize of
+        """Create the move ``new`` labelled with the drain; ForeignTaskError if a VMResize of
         that name exists without this drain's UID."""
         body = {"apiVersion": API_VERSION, "kind": VMResize.kind_name,
                 "metadata": {"name": new.name, "namespace": new.namespace,
@@ -65,15 +65,15 @@ class DrainStore:
                   lambda: self._co.create_namespaced_custom_object(
                       GROUP, VERSION, new.namespace, VMResize.plural, body,
                       _request_timeout=REQUEST_TIMEOUT))
-        except ApiAlreadyExists:
+        except ApiAlreadyExistsError:
             there = self.storage.resize(new.namespace, new.name)
             if there is not None and there.metadata.get("labels", {}).get(
                     DRAIN_UID_LABEL) != d.uid:
-                raise ForeignTask(f"VMResize {new.namespace}/{new.name} exists but is not "
+                raise ForeignTaskError(f"VMResize {new.namespace}/{new.name} exists but is not "
                                   f"HostDrain {d.name}'s") from None
 
     def write_status(self, d: HostDrain) -> HostDrain:
-        """Write ``d.status`` guarded by its resourceVersion (ApiConflict if it moved)."""
+        """Write ``d.status`` guarded by its resourceVersion (ApiConflictError if it moved)."""
         body = d.model_dump(mode="json", by_alias=True, exclude_none=True)
         out = _call(f"replace hostdrains/{d.name} status",
                     lambda: self._co.replace_cluster_custom_object_status(

@@ -20,7 +20,7 @@ from vmresize.api.meta import Condition, set_condition
 from vmresize.api.quota import QuotaCharge, VMQuota, VMQuotaStatus
 from vmresize.api.resize import TERMINAL_PHASES
 from vmresize.operator.decisions import quota as rules
-from vmresize.operator.errors import ApiConflict
+from vmresize.operator.errors import ApiConflictError
 from vmresize.operator.persistence import claims
 from vmresize.operator.persistence.storage import Storage
 
@@ -55,10 +55,10 @@ def _update(storage: Storage, namespace: str, name: str, change: Change) -> bool
         q.status = settle(q, st)
         try:
             storage.replace_status(q)
-        except ApiConflict:
+        except ApiConflictError:
             continue
         return decision
-    raise ApiConflict(f"vmquota {namespace}/{name}: too many concurrent writers")
+    raise ApiConflictError(f"vmquota {namespace}/{name}: too many concurrent writers")
 
 
 def _charge_one(storage: Storage, namespace: str, name: str, key: str,
