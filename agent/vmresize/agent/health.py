@@ -4,7 +4,9 @@ A mixin of the executor (which provides the attributes, the bounded libvirt call
 fence). It changes nothing on the host; it only looks, so that the operator can confirm a
 resize on evidence (a probe passed) or revert it on its own (none did by the deadline).
 
-Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API):
+Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API; a task
+without one only asks whether the domain runs here, as the operator does before a timer's
+auto-confirm deletes the source):
 
 * ``guestAgent``: libvirt's qemu-agent-command ``guest-ping``. A domain without the agent
   channel can never pass, so the step fails at once with that reason;
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from vmresize.agent.errors import (
+    DomainNotFound,
     Fenced,
     HealthCheckFailed,
     HypervisorError,
@@ -162,12 +165,31 @@ class HealthSteps:
             raise ProbeFailed(f"guest agent: {e}") from e
         return "guest agent answered guest-ping"
 
+    async def _still_runs(self, spec: HostTaskSpec, task_name: str, name: str
+                          ) -> tuple[TaskResult, str]:
+        """A check without a probe (the timer's auto-confirm, before the source is
+        deleted): pass if the domain runs here, fail at once (not retryable) if it does
+        not or is not defined here."""
+        why = await self.fence(spec, task_name)
+        if why is not None:
+            raise Fenced(f"fenced: the owner no longer asks whether {name} runs ({why})")
+        try:
+            state = await self._hv(self.hv.state, name)
+        except DomainNotFound as e:
+            raise HealthCheckFailed(f"domain {name} is not defined on this host") from e
+        if state != PowerState.RUNNING:
+            raise HealthCheckFailed(f"domain {name} is {state.value}, not Running")
+        return (TaskResult(domain_name=name, probes=0, power_state=PowerState.RUNNING.value),
+                f"domain {name} runs")
+
     async def _health_check(self, spec: HostTaskSpec, task_name: str) -> tuple[TaskResult, str]:
         """Probe until one passes (the result and a sentence) or the deadline passes
         (:class:`HealthCheckFailed` with the last probe's error)."""
         name, check = spec.domain_name, spec.health_check
-        if not name or check is None:
-            raise TaskRefused("HealthCheck needs spec.domainName and spec.healthCheck")
+        if not name:
+            raise TaskRefused("HealthCheck needs spec.domainName")
+        if check is None:
+            return await self._still_runs(spec, task_name, name)
         deadline = (spec.deadline.timestamp() if spec.deadline
                     else self._now() + DEFAULT_WINDOW)
         probes, last = 0, "no probe ran before the deadline"

@@ -19,7 +19,9 @@ rule, with the fence exactly where the executor asks it:
   whose source is held already skips the fence and the power-off, as the executor does);
 * Finish: verify and define, fence, start, report;
 * Confirm and CleanupDest: fence, delete, report (Confirm refuses a source that runs);
-* RestoreSource (no fence): start the held source, report; Prepare: report.
+* RestoreSource (no fence): start the held source, report; Prepare: report;
+* HealthCheck (the timer's look before an auto-confirm): fence, look (fails unless the
+  copy on its host runs), report.
 
 A running step beats (``status.heartbeat``) and is cancelled at a beat once its owner names
 another task (Failed, "superseded while running"); any step may fail (retryable or not); an
@@ -85,6 +87,7 @@ STAGES: dict[TaskAction, tuple[str, ...]] = {
     A.CONFIRM: ("fence", "delete", "report"),
     A.CLEANUP_DEST: ("fence", "delete", "report"),
     A.RESTORE_SOURCE: ("start", "report"),
+    A.HEALTH_CHECK: ("fence", "look", "report"),   # the timer's look before auto-confirm
 }
 
 
@@ -363,6 +366,9 @@ class ResizeModel(RuleBasedStateMachine):
             if host not in self.copies:
                 return "no source disk"
             self.copies.setdefault(peer, False)
+        elif stage == "look":
+            if not self.copies.get(host):
+                return f"domain is {'Shutoff' if host in self.copies else 'gone'}, not Running"
         elif stage == "define":
             if host not in self.copies:
                 return "no disk to verify"
