@@ -92,7 +92,10 @@ def test_happy_path_resize_then_confirm() -> None:
     s = state(P.PREPARING)
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.MIGRATING
-    assert out.actions == (CreateTask(A.MIGRATE_DISK, "src"),)
+    assert out.actions[0] == CreateTask(A.MIGRATE_DISK, "src")
+    (off,) = out.actions[1:]   # the VM may be off from now on: no longer "Running"
+    assert isinstance(off, UpdateInstance)
+    assert (off.placement, off.power, off.unlock) == ("keep", PowerState.UNKNOWN, False)
     checksum = "xxh3-128:" + "ab" * 16  # the agents' string; the operator only copies it
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum=checksum,
                                        downtime_seconds=0.8, progress=(10, 10, 0),
