@@ -589,6 +589,46 @@ def test_merge_back_on_a_full_source_filesystem(stack: FaultStack, guest: Guest)
              expect=("RolledBack",), make=make)
 
 
+def test_destination_copy_stopped_before_a_timer_auto_confirm(stack: FaultStack) -> None:
+    """Issue 18, finding 7d: a timer auto-confirm deletes the source. Its destination copy
+    stops in VerifyResize (its QEMU killed; the agent alive and beating), so the window's end
+    must not confirm: the operator asks the destination, whose agent reports the domain not
+    running, and holds (AutoConfirmHeld, in the agent's words) with no Confirm task and the
+    source's disk kept. The user then reverts: the VM runs on its source with its data, one
+    copy, nothing lost."""
+
+    def fault(c: Ctx) -> None:
+        c.s.patch_spec(c.resize, {"autoConfirmSeconds": 5})   # before Finish ends
+        assert c.w.wait("VerifyResize") == "VerifyResize", c.w.seen()
+        dom = c.s.status("vmresizes", c.resize).get("destDomainName")
+        pid = qemu_pid(c.dst, dom) if dom else None
+        if pid is None:
+            c.problems.append(f"no QEMU of {dom} on {c.dst.name} in VerifyResize")
+            return
+        os.kill(pid, signal.SIGKILL)
+        held = until(lambda: c.s.status("vmresizes", c.resize).get("reason")
+                     == "AutoConfirmHeld", 90)
+        st = c.s.status("vmresizes", c.resize)
+        uid = (c.s.get("vmresizes", c.resize) or {}).get("metadata", {}).get("uid", "")
+        confirms = [t for t in c.s._items("hosttasks")
+                    if t["spec"].get("ownerUid") == uid and t["spec"]["action"] == "Confirm"]
+        if held is None:
+            c.problems.append(f"not held after the copy stopped: {st.get('phase')} "
+                              f"({st.get('reason')}: {st.get('message')})")
+        else:
+            c.notes.append(f"held {held:.0f} s after the kill: {st.get('message')}")
+        if confirms or not c.w.src_disk.exists():
+            c.problems.append("the source was confirmed away: "
+                              f"{[t['metadata']['name'] for t in confirms]}")
+        time.sleep(6)   # past the window again: still held, no Confirm
+        if c.w.phase() != "VerifyResize":
+            c.problems.append(f"left VerifyResize while held: {c.w.seen()}")
+        c.verdict = "revert"
+
+    run_cell(stack, "destination copy stopped before a timer auto-confirm", fault,
+             verdict="revert", expect=("Reverted",))
+
+
 def test_abandoning_a_dead_destination(stack: FaultStack) -> None:
     """Issue 18, finding 6: the destination host is lost in Finishing (its agent frozen,
     its QEMU killed: a dead host runs nothing), the source is off and held. An admin

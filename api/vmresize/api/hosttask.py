@@ -148,7 +148,8 @@ class HostTaskSpec(Model):
     interfaces: list[Interface] = Field(default_factory=list, max_length=16)
     """Spawn: the NICs to define, MACs filled in."""
     health_check: HealthCheck | None = None
-    """HealthCheck: the probe."""
+    """HealthCheck: the probe. None: only whether the domain runs on the host (asked before
+    a timer's auto-confirm deletes the source)."""
     deadline: datetime | None = None
     """HealthCheck: give up (fail) if no probe has passed by then."""
     period_seconds: int = Field(default=2, ge=1, le=300)

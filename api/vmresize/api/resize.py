@@ -313,6 +313,9 @@ class VMResizeStatus(Model):
     rollback_message: str | None = None
     """Why the rollback began, in words (a failed step's message: a flavor the source
     refused before the power-off says which and why); the RolledBack status repeats it."""
+    prepare_failure: str | None = None
+    """Preparing: why the Prepare on ``destHost`` failed, kept while a CleanupDest there
+    removes what it accepted, before the next alternate is tried."""
     restore_source_first: bool = False
     """The rollback restarts the source before it deletes the destination's copy (a rollback
     from Migrating: no domain exists on the destination, which may be the silent agent)."""

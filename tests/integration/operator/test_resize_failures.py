@@ -5,7 +5,9 @@ Against a real API server with the real operator; the fake agents fail as script
 
 from __future__ import annotations
 
-from tests.support.op_harness import Fulfiller, Operator, World, wait_for
+from typing import Any
+
+from tests.support.op_harness import Fulfiller, G, Operator, V, World, wait_for
 
 
 def test_prepare_failure_moves_to_an_alternate(world: World, agents: Fulfiller,
@@ -22,6 +24,55 @@ def test_prepare_failure_moves_to_an_alternate(world: World, agents: Fulfiller,
     assert world.allocations("b") == {}, "the failed destination's claim is released"
     assert f"VMResize/{world.ns}/r1" in world.allocations("c")
     assert any("no space left" in e for e in world.events_once("r1", "no space left"))
+
+
+def _tasks(agents: Fulfiller, action: str) -> list[dict[str, Any]]:
+    return [t for t in agents.seen.values() if t["spec"]["action"] == action]
+
+
+def test_prepare_failure_cleans_its_host_before_the_next_alternate(
+        world: World, agents: Fulfiller, operator: Operator) -> None:
+    """Issue 18, finding 7c: a Prepare that failed on ``b`` may have accepted files there
+    (their promises shrink b's space check for good); the operator asks b's agent for a
+    CleanupDest of this move, naming its transfer and files, and only once that ended does
+    it prepare the next alternate."""
+    world.make_host("a")
+    world.make_host("b", memory_mib=32768 + 512)   # best by free RAM: chosen first
+    world.make_host("c")
+    agents.script.fail[("Prepare", world.host("b"))] = "cannot accept disk.qcow2: refused"
+    world.instance("vm1", "small", host="a")
+    world.resize("r1", "vm1", "medium")
+    st = world.wait_phase("r1", "VerifyResize")
+    assert st["destHost"] == world.host("c")
+    cleanups = _tasks(agents, "CleanupDest")
+    assert [t["spec"]["host"] for t in cleanups] == [world.host("b")], agents.actions()
+    uid = world.co.get_namespaced_custom_object(G, V, world.ns, "vmresizes", "r1")[
+        "metadata"]["uid"]
+    assert cleanups[0]["spec"]["transferId"] == uid   # what b's agent forgets
+    assert cleanups[0]["spec"]["diskPath"] == st["destDiskPath"]
+    done = world.co.get_namespaced_custom_object_status(
+        G, V, world.ns, "hosttasks", cleanups[0]["metadata"]["name"])["status"]
+    (on_c,) = [t for t in _tasks(agents, "Prepare") if t["spec"]["host"] == world.host("c")]
+    assert done["finishedAt"] <= on_c["metadata"]["creationTimestamp"], "cleaned, then c"
+    assert world.allocations("b") == {}
+    assert "prepareFailure" not in st
+    assert world.events_once("r1", "cleaned")
+
+
+def test_a_failed_cleanup_of_a_given_up_host_does_not_hold_the_resize(
+        world: World, agents: Fulfiller, operator: Operator) -> None:
+    """The cleanup is best effort: it failing (or stalling) still moves on, and says so."""
+    world.make_host("a")
+    world.make_host("b", memory_mib=32768 + 512)
+    world.make_host("c")
+    agents.script.fail[("Prepare", world.host("b"))] = "no space left on device"
+    agents.script.fail[("CleanupDest", world.host("b"))] = "input/output error"
+    world.instance("vm1", "small", host="a")
+    world.resize("r1", "vm1", "medium")
+    st = world.wait_phase("r1", "VerifyResize")
+    assert st["destHost"] == world.host("c")
+    assert world.allocations("b") == {}
+    assert world.events_once("r1", "not cleaned (input/output error")
 
 
 def test_prepare_failing_everywhere_rolls_back_after_max_attempts(

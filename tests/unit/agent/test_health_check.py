@@ -169,7 +169,37 @@ async def test_a_fenced_check_gives_no_verdict(running: tuple[Executor, str],
                          task_name="hc-0")
 
 
-async def test_a_check_needs_its_probe(running: tuple[Executor, str]) -> None:
+async def test_a_check_needs_its_domain(running: tuple[Executor, str]) -> None:
+    a, _ = running
+    with pytest.raises(StepError, match=r"spec\.domainName"):
+        await a.run(spec("a", TaskAction.HEALTH_CHECK))
+
+
+async def test_without_a_probe_it_only_asks_whether_the_domain_runs(
+        running: tuple[Executor, str]) -> None:
+    """The timer's auto-confirm looks before the source is deleted (issue 18, finding 7d):
+    a running domain passes at once; a stopped or undefined one fails at once, for good
+    (a retry would see the same), with what the agent saw."""
     a, dom = running
-    with pytest.raises(StepError, match=r"spec\.healthCheck"):
+    out = await asyncio.wait_for(a.run(spec("a", TaskAction.HEALTH_CHECK, domain_name=dom)), 10)
+    assert out.result.power_state == "Running"
+    assert out.result.probes == 0
+    assert "runs" in out.message
+    a.hv.destroy(dom)
+    with pytest.raises(HealthCheckFailedError, match="is Shutoff, not Running") as err:
         await a.run(spec("a", TaskAction.HEALTH_CHECK, domain_name=dom))
+    assert not err.value.retryable
+    with pytest.raises(HealthCheckFailedError, match="not defined on this host"):
+        await a.run(spec("a", TaskAction.HEALTH_CHECK, domain_name=dom + "-elsewhere"))
+
+
+async def test_a_fenced_look_gives_no_verdict(running: tuple[Executor, str]) -> None:
+    a, dom = running
+
+    async def superseded(s: HostTaskSpec, name: str) -> str | None:
+        return "VMResize ns/r names task 'revert-0'"
+
+    fenced = Executor(host="a", hypervisor=a.hv, storage_root=a.root, transfer=a.transfer,
+                      fence=superseded)
+    with pytest.raises(FencedError):
+        await fenced.run(spec("a", TaskAction.HEALTH_CHECK, domain_name=dom), task_name="hc-0")

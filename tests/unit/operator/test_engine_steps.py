@@ -64,7 +64,8 @@ def test_revert_racing_auto_confirm_never_runs_both() -> None:
 def test_a_task_exists_only_once_the_status_names_it() -> None:
     """Crash right after the status write: the task named there is created by the next
     step, and no other."""
-    s = _world(ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+    s = _world(ResizePhase.VERIFY_RESIZE)
+    s.patch("vmresizes", NS, "r", lambda b: b["spec"].update(confirm=True))
 
     def crash_after_first(what: str, key: Any) -> None:
         if s.writes:
@@ -87,7 +88,8 @@ def test_a_task_exists_only_once_the_status_names_it() -> None:
 
 def test_a_task_of_the_same_name_but_another_owner_is_refused() -> None:
     """Issue 9, item 2: AlreadyExists is success only for our own task."""
-    s = _world(ResizePhase.VERIFY_RESIZE, verify_deadline=T0)
+    s = _world(ResizePhase.VERIFY_RESIZE)
+    s.patch("vmresizes", NS, "r", lambda b: b["spec"].update(confirm=True))
     r = s.resize(NS, "r")
     assert r is not None
     name = naming.task_name(r.uid, TaskAction.CONFIRM, 0)

@@ -24,6 +24,7 @@ from vmresize.operator.decisions.lifecycle import (
     progress_display,
     step,
 )
+from vmresize.operator.decisions.prepare_cleanup import ATTEMPT_BASE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ACTION_OF = {P.PREPARING: A.PREPARE, P.MIGRATING: A.MIGRATE_DISK, P.FINISHING: A.FINISH,
@@ -91,7 +92,10 @@ def test_happy_path_resize_then_confirm() -> None:
     s = state(P.PREPARING)
     out = step(s, obs(Kind.TASK_SUCCEEDED), NOW)
     assert out.phase is P.MIGRATING
-    assert out.actions == (CreateTask(A.MIGRATE_DISK, "src"),)
+    assert out.actions[0] == CreateTask(A.MIGRATE_DISK, "src")
+    (off,) = out.actions[1:]   # the VM may be off from now on: no longer "Running"
+    assert isinstance(off, UpdateInstance)
+    assert (off.placement, off.power, off.unlock) == ("keep", PowerState.UNKNOWN, False)
     checksum = "xxh3-128:" + "ab" * 16  # the agents' string; the operator only copies it
     out = step(state(P.MIGRATING), obs(Kind.TASK_SUCCEEDED, checksum=checksum,
                                        downtime_seconds=0.8, progress=(10, 10, 0),
@@ -157,15 +161,45 @@ def test_auto_confirm_window() -> None:
     s = state(P.VERIFY_RESIZE, verify_deadline=deadline)
     assert step(s, obs(Kind.TICK), NOW + timedelta(seconds=29)).phase is P.VERIFY_RESIZE
     out = step(s, obs(Kind.TICK), NOW + timedelta(seconds=30))
-    assert out.phase is P.CONFIRMING
+    # First the destination is asked whether the domain runs there (issue 18, 7d) ...
+    assert out.phase is P.VERIFY_RESIZE
+    assert out.reason == "AutoConfirmChecking"
+    assert out.actions == (CreateTask(A.HEALTH_CHECK, "dst", 0),)
+    looking = replace(s, current_action=A.HEALTH_CHECK)
+    out = step(looking, obs(Kind.TASK_SUCCEEDED, message="domain x runs"), NOW)
+    assert out.phase is P.CONFIRMING   # ... and confirmed once it says so
     assert out.reason == "AutoConfirmed"
 
 
-def test_prepare_failure_tries_the_next_alternate() -> None:
+def test_prepare_failure_cleans_the_host_then_tries_the_next_alternate() -> None:
+    """Issue 18, finding 7c: what the failed Prepare accepted on ``dst`` (promises, marker)
+    is removed there by a CleanupDest before the next alternate; the claim stays until."""
     out = step(state(P.PREPARING), obs(Kind.TASK_FAILED, message="no space"), NOW)
+    assert out.phase is P.PREPARING
+    assert out.actions == (CreateTask(A.CLEANUP_DEST, "dst", ATTEMPT_BASE + 1),)
+    assert out.updates == {"prepare_failure": "no space"}
+    assert "no space" in (out.message or "")
+    cleaning = state(P.PREPARING, current_action=A.CLEANUP_DEST,
+                     current_attempt=ATTEMPT_BASE + 1, prepare_failure="no space")
+    for end in (obs(Kind.TASK_SUCCEEDED), obs(Kind.TASK_FAILED, message="EIO"),
+                obs(Kind.TASK_STALLED, message="silent")):
+        out = step(cleaning, end, NOW)
+        assert out.phase is P.SCHEDULING, end
+        assert out.actions == (ReleaseDestClaim(),)
+        assert out.updates == {"dest_host": None, "prepare_failure": None}
+        assert "Preparing dst failed: no space; dst " in (out.message or "")
+        assert ("dst cleaned" in (out.message or "")) is (end.kind is Kind.TASK_SUCCEEDED)
+    # Deleted meanwhile: the rollback from Preparing, as a failed Prepare's (it cleans).
+    out = step(replace(cleaning, deleting=True), obs(Kind.TASK_SUCCEEDED), NOW)
+    assert out.phase is P.ROLLING_BACK
+    assert CreateTask(A.CLEANUP_DEST, "dst", 0) in out.actions
+
+
+def test_stalled_prepare_moves_on_at_once() -> None:
+    """A silent agent cannot clean up now: no step window is spent waiting for it."""
+    out = step(state(P.PREPARING), obs(Kind.TASK_STALLED, message="silent"), NOW)
     assert out.phase is P.SCHEDULING
     assert out.actions == (ReleaseDestClaim(),)
-    assert "no space" in (out.message or "")
 
 
 def test_prepare_failure_after_max_attempts_rolls_back() -> None:

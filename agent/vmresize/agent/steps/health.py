@@ -3,7 +3,9 @@
 It changes nothing on the host; it only looks, so that the operator can confirm a
 resize on evidence (a probe passed) or revert it on its own (none did by the deadline).
 
-Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API):
+Probes (one per ``HealthCheck``; see :mod:`vmresize.api.health` for the API; a task
+without one only asks whether the domain runs here, as the operator does before a timer's
+auto-confirm deletes the source):
 
 * ``guestAgent``: libvirt's qemu-agent-command ``guest-ping``. A domain without the agent
   channel can never pass, so the step fails at once with that reason;
@@ -32,6 +34,7 @@ import socket
 from collections.abc import Sequence
 
 from vmresize.agent.errors import (
+    DomainNotFoundError,
     FencedError,
     HealthCheckFailedError,
     HypervisorError,
@@ -150,12 +153,33 @@ async def probe(ctx: StepContext, name: str, check: HealthCheck, within: float) 
     return "guest agent answered guest-ping"
 
 
+async def still_runs(ctx: StepContext, spec: HostTaskSpec, name: str) -> StepOutcome:
+    """A check without a probe (the timer's auto-confirm, before the source is deleted):
+    pass if the domain runs here, fail at once (not retryable) if it does not or is not
+    defined here."""
+    why = await ctx.fence(spec, ctx.task_name)
+    if why is not None:
+        raise FencedError(f"fenced: the owner no longer asks whether {name} runs ({why})")
+    try:
+        state = await ctx.hv.state(name)
+    except DomainNotFoundError as e:
+        raise HealthCheckFailedError(f"domain {name} is not defined on this host") from e
+    if state != PowerState.RUNNING:
+        raise HealthCheckFailedError(f"domain {name} is {state.value}, not Running")
+    return StepOutcome(TaskResult(domain_name=name, probes=0,
+                                  power_state=PowerState.RUNNING.value),
+                       f"domain {name} runs")
+
+
 async def health_check(ctx: StepContext, spec: HostTaskSpec) -> StepOutcome:
     """HealthCheck: probe until one passes (the result and a sentence) or the deadline
-    passes (:class:`HealthCheckFailedError` with the last probe's error)."""
+    passes (:class:`HealthCheckFailedError` with the last probe's error); without a probe,
+    :func:`still_runs`."""
     name, check = spec.domain_name, spec.health_check
-    if not name or check is None:
-        raise TaskRefusedError("HealthCheck needs spec.domainName and spec.healthCheck")
+    if not name:
+        raise TaskRefusedError("HealthCheck needs spec.domainName")
+    if check is None:
+        return await still_runs(ctx, spec, name)
     deadline = (spec.deadline.timestamp() if spec.deadline
                 else ctx.now() + DEFAULT_WINDOW)
     probes, last = 0, "no probe ran before the deadline"

@@ -15,7 +15,9 @@ cannot help and giving up would strand the copies):
 =============  ==========================================  =============================
 phase          HostTask (host)                             on failure
 =============  ==========================================  =============================
-Preparing      Prepare (dest)                              release claim, next alternate
+Preparing      Prepare (dest)                              CleanupDest there (an agent
+                                                           that answered), release claim,
+                                                           next alternate
 Migrating      MigrateDisk (source)                        RollingBack
 Finishing      Finish (dest)                               RollingBack
 Confirming     Confirm (source)                            retry, then wait for an admin
@@ -25,7 +27,9 @@ RollingBack    CleanupDest (dest), then RestoreSource (src)  RollbackFailed
 =============  ==========================================  =============================
 
 VerifyResize waits for the user; with a health check in ``spec.autoConfirm`` it also runs
-HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`).
+HealthCheck (dest): passed confirms, failed reverts (:mod:`.health`). A timer's
+auto-confirm first asks the destination (a HealthCheck without a probe) whether the
+domain still runs there, and holds if not (:mod:`.confirm_check`).
 
 Finishing, Reverting and RollingBack also take an admin's ``spec.abandonDestination``: the
 copy on a dead destination is fenced and the VM started on its source (:mod:`.abandon`).
@@ -45,12 +49,14 @@ from vmresize.operator.decisions.cancel import (
     cancel_scheduling,
     cancel_verify,
 )
-from vmresize.operator.decisions.health import (
-    health_failed,
-    health_missing,
-    health_passed,
-    health_waiting,
+from vmresize.operator.decisions.confirm_check import (
+    check_failed,
+    check_missing,
+    check_passed,
+    check_waiting,
+    verify_tick,
 )
+from vmresize.operator.decisions.prepare_cleanup import prepare_failed, prepared
 from vmresize.operator.decisions.quota import scheduling_refused as quota_refused
 from vmresize.operator.decisions.rollback_failed import rollback_failed, rollback_failed_deleted
 from vmresize.operator.decisions.transitions import (
@@ -64,8 +70,6 @@ from vmresize.operator.decisions.transitions import (
     pending_refused,
     pending_tick,
     pending_valid,
-    prepare_failed,
-    prepared,
     progress_display,
     recreate,
     retry_or_wait,
@@ -76,7 +80,6 @@ from vmresize.operator.decisions.transitions import (
     stalled_wait,
     stay,
     step_failed,
-    verify_tick,
     waiting,
 )
 from vmresize.operator.decisions.vocabulary import (
@@ -128,10 +131,10 @@ TABLE: dict[tuple[ResizePhase, Kind], Rule] = {
     (P.VERIFY_RESIZE, K.CONFIRM): confirm,
     (P.VERIFY_RESIZE, K.REVERT): revert,
     (P.VERIFY_RESIZE, K.TICK): verify_tick,
-    (P.VERIFY_RESIZE, K.TASK_WAITING): health_waiting,
-    (P.VERIFY_RESIZE, K.TASK_MISSING): health_missing,
-    (P.VERIFY_RESIZE, K.TASK_SUCCEEDED): health_passed,
-    (P.VERIFY_RESIZE, K.TASK_FAILED): health_failed,
+    (P.VERIFY_RESIZE, K.TASK_WAITING): check_waiting,
+    (P.VERIFY_RESIZE, K.TASK_MISSING): check_missing,
+    (P.VERIFY_RESIZE, K.TASK_SUCCEEDED): check_passed,
+    (P.VERIFY_RESIZE, K.TASK_FAILED): check_failed,
     (P.CONFIRMING, K.TASK_WAITING): waiting,
     (P.CONFIRMING, K.TASK_MISSING): recreate,
     (P.CONFIRMING, K.TASK_SUCCEEDED): confirmed,

@@ -84,7 +84,7 @@ def state_of(r: VMResize, st: VMResizeStatus, settings: Settings, deleting: bool
                  deleting=deleting, rollback_from=st.rollback_from, reason=st.reason,
                  health_check=check, health_window_seconds=ac.window() if ac else 0,
                  health_deadline=st.health_deadline, rollback_reason=st.rollback_reason,
-                 rollback_message=st.rollback_message,
+                 rollback_message=st.rollback_message, prepare_failure=st.prepare_failure,
                  restore_source_first=st.restore_source_first, powered_off_at=st.powered_off_at,
                  stopped_at=st.stopped_at, abandoned=st.abandoned_destination is not None)
 

@@ -96,12 +96,13 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
                                        "transfer_id": transfer})   # and forget it
     elif action is A.HEALTH_CHECK:
         ac = resize.spec.auto_confirm
-        if ac is None or ac.check is None:
-            raise NotReadyError(f"{resize.name} names no health check")
-        spec = spec.model_copy(update={"domain_name": st.dest_domain_name,
-                                       "health_check": ac.check,
-                                       "deadline": st.health_deadline,
-                                       "period_seconds": ac.period_seconds})
+        spec = spec.model_copy(update={"domain_name": st.dest_domain_name})
+        if ac is not None and ac.check is not None:
+            spec = spec.model_copy(update={"health_check": ac.check,
+                                           "deadline": st.health_deadline,
+                                           "period_seconds": ac.period_seconds})
+        # else the timer's auto-confirm asks only whether the domain runs there
+        # (decisions.confirm_check): no probe, no deadline
     elif action in (A.CONFIRM, A.RESTORE_SOURCE):
         spec = spec.model_copy(update={"domain_name": src_dom, "disk_path": src_disk,
                                        "flavor": old if action is A.RESTORE_SOURCE else None})

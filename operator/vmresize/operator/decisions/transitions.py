@@ -191,7 +191,13 @@ def prepared(s: State, o: Observation, now: datetime) -> Step:
     meanwhile)."""
     if s.deleting:
         return _rollback(s, "Deleted", "Deleted while preparing")
-    return Step(P.MIGRATING, (CreateTask(A.MIGRATE_DISK, s.source_host or "", 0),),
+    # MigrateDisk powers the VM off when it sees fit: from now on the Instance no longer
+    # says Running (invariant 11), even if this resize is forced away before its outcome
+    # is seen (the lock sweep keeps the power state it finds: issue 18, the model test).
+    may_be_off = UpdateInstance("keep", InstancePhase.RESIZING, PowerState.UNKNOWN,
+                                unlock=False, message=f"Moving to {s.dest_host}: may be "
+                                f"powered off on {s.source_host} for the copy")
+    return Step(P.MIGRATING, (CreateTask(A.MIGRATE_DISK, s.source_host or "", 0), may_be_off),
                 reason="Migrating", message=f"Copying the disk {s.source_host} -> {s.dest_host}")
 
 

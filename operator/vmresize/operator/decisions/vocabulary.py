@@ -51,6 +51,7 @@ class StatusPatch(TypedDict, total=False):
     rollback_from: str | None
     rollback_reason: str | None
     rollback_message: str | None
+    prepare_failure: str | None
     restore_source_first: bool
     abandoned_destination: OrphanCopy | None
 
@@ -132,6 +133,7 @@ class State:
     health_deadline: datetime | None = None
     rollback_reason: str | None = None    # why the rollback began (e.g. StepStalled)
     rollback_message: str | None = None   # and in words, for the final status
+    prepare_failure: str | None = None    # a failed Prepare's words, while its host is cleaned
     restore_source_first: bool = False    # this rollback restarts the source before cleanup
     powered_off_at: datetime | None = None
     stopped_at: datetime | None = None    # the source seen off: the downtime's start
