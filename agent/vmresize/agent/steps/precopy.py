@@ -26,20 +26,20 @@ failed (no space or an I/O error on the disk below) leaves the overlay, which th
 goes on writing to, and the record, so RestoreSource fails (retryable) and its next
 attempt merges again.
 
-Decide, record, act: ``<root disk>.precopy`` (JSON) is written before the overlays are
-made and records the files sent live with their checksums, so an agent killed in any phase
-resumes: overlays already in place are not made again, files already sent are not
-hashed again. A VM that is off when MigrateDisk starts moves the offline way.
+Decide, record, act: ``<root disk>.precopy`` (a
+:class:`~vmresize.agent.vmfiles.markers.PreCopy`) is written before the overlays are made
+and records the files sent live with their checksums, so an agent killed in any phase
+resumes: overlays already in place are not made again, files already sent are not hashed
+again. A VM that is off when MigrateDisk starts moves the offline way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from vmresize.agent.errors import HypervisorError, StepError
 from vmresize.agent.hypervisor.protocol import PowerState
@@ -51,26 +51,8 @@ from vmresize.api.hosttask import HostTaskSpec, PeerHost
 from vmresize.api.vmdisks import DiskRole, VMDisk
 
 log = logging.getLogger(__name__)
-PRECOPY_SUFFIX = markers.PRECOPY_SUFFIX
 AFTER_POWER_OFF = (DiskRole.OVERLAY, DiskRole.NVRAM)
 """What the guest may still write while it runs: sent once it is off."""
-
-
-def _record(root: Path, rel: str) -> Path:
-    return confine(root, rel + PRECOPY_SUFFIX)
-
-
-def read_record(root: Path, rel: str) -> dict[str, Any] | None:
-    """The pre-copy record beside the root disk ``rel``, if any."""
-    text = markers.read(_record(root, rel))
-    if text is None:
-        return None
-    doc = json.loads(text)
-    return doc if isinstance(doc, dict) else None
-
-
-def _write_record(root: Path, rel: str, doc: dict[str, Any]) -> None:
-    markers.write_atomic(_record(root, rel), json.dumps(doc, sort_keys=True) + "\n")
 
 
 def _free(path: Path) -> str:
@@ -104,10 +86,10 @@ async def before_power_off(ctx: StepContext, spec: HostTaskSpec, name: str,
     plain = spec.model_copy(update={"disks": [f for f in spec.disks
                                               if f.role is not DiskRole.OVERLAY]})
     rel = wholevm.root_disk(plain.disks).path
-    record = await asyncio.to_thread(read_record, ctx.root, rel)
-    if record is not None and record.get("transfer") != spec.transfer_id:
+    record = await asyncio.to_thread(markers.read_precopy, ctx.root, rel)
+    if record is not None and record.transfer != spec.transfer_id:
         raise StepError(f"{rel} carries the pre-copy overlays of another move "
-                        f"({record.get('transfer')}); RestoreSource merges them back",
+                        f"({record.transfer}); RestoreSource merges them back",
                         retryable=False)
     running = defined and await ctx.hv.state(name) == PowerState.RUNNING
     if record is None and not (wanted(spec) and running and ctx.hv.live_overlays):
@@ -116,21 +98,21 @@ async def before_power_off(ctx: StepContext, spec: HostTaskSpec, name: str,
     if record is None:  # first attempt: capture, record, then make the overlays
         files, shared = await _capture(ctx, plain, name)
         overlays = {o.target or "": o.path for o in wanted(spec)}
-        record = {"transfer": spec.transfer_id, "overlays": overlays, "sent": []}
+        record = markers.PreCopy(transfer=spec.transfer_id, overlays=overlays)
         await ctx.check_fence(spec)
-        await asyncio.to_thread(_write_record, ctx.root, rel, record)
+        await asyncio.to_thread(markers.write_precopy, ctx.root, rel, record)
     else:  # resumed: the definition captured before the overlays is the one that moves
         files, shared = await _capture(ctx, plain, None)
     if running:
-        await add_overlays(ctx, spec, name, record["overlays"])
-    sent = [VMDisk.model_validate(d) for d in record.get("sent", [])]
+        await add_overlays(ctx, spec, name, record.overlays)
+    sent = list(record.sent)
     live = [f for f in files if f.role not in AFTER_POWER_OFF]
     if not sent and running:
         sent = await wholevm.send(ctx.root, live, transfer=ctx.transfer, peer=peer,
                                   shared=shared, progress=ctx.files,
                                   stall=ctx.checksum_stall)
-        record["sent"] = [f.model_dump(mode="json", by_alias=True) for f in sent]
-        await asyncio.to_thread(_write_record, ctx.root, rel, record)
+        await asyncio.to_thread(markers.write_precopy, ctx.root, rel,
+                                record.with_sent(sent))
     made = [o for o in wanted(spec) if confine(ctx.root, o.path).exists()]
     if not sent:  # the VM went off before the live copy ended: all of it now
         return files + made, shared, []
@@ -138,7 +120,7 @@ async def before_power_off(ctx: StepContext, spec: HostTaskSpec, name: str,
 
 
 async def add_overlays(ctx: StepContext, spec: HostTaskSpec, name: str,
-                        overlays: dict[str, str]) -> None:
+                        overlays: Mapping[str, str]) -> None:
     """Put the recorded overlays on the running VM unless they are there already."""
     tops = await ctx.hv.disk_tops(name)
     mine = {t: confine(ctx.root, p) for t, p in overlays.items()}
@@ -158,11 +140,11 @@ async def merge_back(ctx: StepContext, name: str, rel: str) -> None:
     """RestoreSource, the VM running: merge each pre-copy overlay back into its disk
     (live commit), delete each one the guest's chains no longer name, and forget the
     record once all are gone. StepError (retryable) if any stays: the record too."""
-    record = await asyncio.to_thread(read_record, ctx.root, rel)
+    record = await asyncio.to_thread(markers.read_precopy, ctx.root, rel)
     if record is None:
         return
     failed: list[str] = []
-    for target, ov in record["overlays"].items():
+    for target, ov in record.overlays.items():
         path = confine(ctx.root, ov)
         chain = (await ctx.hv.disk_chains(name)).get(target, [])
         if chain and chain[0] == path:
@@ -182,16 +164,16 @@ async def merge_back(ctx: StepContext, name: str, rel: str) -> None:
                         f"could not be merged back: {'; '.join(failed)}. They and their "
                         "record stay (the guest writes there); the next attempt merges "
                         "again", retryable=True)
-    markers.remove(_record(ctx.root, rel))
+    markers.remove_precopy(ctx.root, rel)
 
 
 async def merge_offline(ctx: StepContext, rel: str) -> None:
     """RestoreSource, the domain gone: commit the overlays before the captured
     definition (which names the disks below them) is defined again."""
-    record = await asyncio.to_thread(read_record, ctx.root, rel)
+    record = await asyncio.to_thread(markers.read_precopy, ctx.root, rel)
     if record is None:
         return
-    for ov in record["overlays"].values():
+    for ov in record.overlays.values():
         await asyncio.to_thread(commit_offline, ctx.root, ov)
-    markers.remove(_record(ctx.root, rel))
+    markers.remove_precopy(ctx.root, rel)
 

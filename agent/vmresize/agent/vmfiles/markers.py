@@ -9,7 +9,8 @@ what an earlier attempt did (all under the storage root, written atomically).
 * ``<disk>.verified``: the checksums Finish verified before growing the disk. It stays while
   the copy lives on this host (deleted with the disk), so a resumed Finish or one that finds
   the domain already defined can tell the verified disk from any other.
-* ``<disk>.precopy``: pre-copy's record (the overlays made, the files sent live).
+* ``<disk>.precopy``: pre-copy's record (the overlays made, the files sent live), a
+  :class:`PreCopy` read and written only by :func:`read_precopy` and :func:`write_precopy`.
 * ``<disk>.held.xml``: the source domain's own definition while a resize holds the source.
   MigrateDisk moves it aside after the power-off (the domain is undefined, so nothing can
   start the source by accident; the disk keeps its path and bytes), RestoreSource defines it
@@ -19,18 +20,23 @@ what an earlier attempt did (all under the storage root, written atomically).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from vmresize.agent.errors import StepError
 from vmresize.agent.paths import confine, open_nofollow
-from vmresize.api.vmdisks import OVERLAY_SUFFIX
+from vmresize.api.vmdisks import OVERLAY_SUFFIX, VMDisk
 
 POWEROFF_SUFFIX = ".poweroff"
 VERIFIED_SUFFIX = ".verified"
 HELD_SUFFIX = ".held.xml"
 PRECOPY_SUFFIX = ".precopy"
-"""Beside the source's root disk: what pre-copy did (:mod:`vmresize.agent.precopy`)."""
+"""Beside the source's root disk: what pre-copy did (:mod:`vmresize.agent.steps.precopy`)."""
 ALL_SUFFIXES = (POWEROFF_SUFFIX, VERIFIED_SUFFIX, HELD_SUFFIX, PRECOPY_SUFFIX,
                 OVERLAY_SUFFIX)
 """Everything deleted with a disk (a pre-copy overlay beside it too)."""
@@ -132,3 +138,65 @@ def stopped_since(path: Path, tag: str, seen_off: float) -> float:
 def verified_is(path: Path, checksum: str) -> bool:
     """Whether the ``.verified`` record says the disk was checked against ``checksum``."""
     return (read(path) or "").strip() == checksum
+
+
+@dataclass(frozen=True)
+class PreCopy:
+    """Contents of a ``.precopy`` record: what pre-copy did for one move.
+
+    On disk it is the JSON object ``{"overlays": {target: path}, "sent": [VMDisk],
+    "transfer": id}`` with sorted keys and a final newline, as the agent has always written
+    it: a record an older agent left behind is resumed or merged back by this one.
+    """
+
+    transfer: str | None
+    """The move that made the overlays (the task's ``transfer_id``); another move's record
+    is never resumed."""
+    overlays: Mapping[str, str]
+    """Guest target (``vda``) to the overlay's path under the storage root."""
+    sent: tuple[VMDisk, ...] = field(default=())
+    """The files sent while the VM ran, with their checksums (empty: not yet)."""
+
+    def with_sent(self, sent: list[VMDisk]) -> PreCopy:
+        """The record once the live copy has ended."""
+        return replace(self, sent=tuple(sent))
+
+    def text(self) -> str:
+        """The record's file contents."""
+        doc = {"transfer": self.transfer, "overlays": dict(self.overlays),
+               "sent": [f.model_dump(mode="json", by_alias=True) for f in self.sent]}
+        return json.dumps(doc, sort_keys=True) + "\n"
+
+    @classmethod
+    def parse(cls, text: str, where: Path) -> PreCopy:
+        """The record in ``text``; StepError (not retryable) naming ``where`` if it is not
+        one: overlays it cannot name are for a person to look at, not to guess."""
+        try:
+            doc = json.loads(text)
+            overlays = doc["overlays"]
+            transfer = doc["transfer"]
+            if not (isinstance(transfer, str | None) and isinstance(overlays, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in overlays.items())):
+                raise TypeError("transfer or overlays of the wrong type")
+            sent = tuple(VMDisk.model_validate(d) for d in doc.get("sent", []))
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as e:
+            raise StepError(f"{where} is not a pre-copy record ({e}); its overlays, if "
+                            "any, need a person", retryable=False) from e
+        return cls(transfer=transfer, overlays=dict(overlays), sent=sent)
+
+
+def read_precopy(root: Path, rel: str) -> PreCopy | None:
+    """The pre-copy record beside the root disk ``rel``, if any."""
+    path = sidecar(root, rel, PRECOPY_SUFFIX)
+    text = read(path)
+    return None if text is None else PreCopy.parse(text, path)
+
+
+def write_precopy(root: Path, rel: str, record: PreCopy) -> None:
+    """Write (or replace) the pre-copy record beside the root disk ``rel``."""
+    write_atomic(sidecar(root, rel, PRECOPY_SUFFIX), record.text())
+
+
+def remove_precopy(root: Path, rel: str) -> None:
+    """Forget the pre-copy record beside ``rel`` (its overlays are gone)."""
+    remove(sidecar(root, rel, PRECOPY_SUFFIX))
