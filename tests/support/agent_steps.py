@@ -11,7 +11,7 @@ from pathlib import Path
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent, StepBandwidth
 from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, PowerOff, TaskAction, TaskFlavor
@@ -52,7 +52,8 @@ class LocalTransfer:
     def pending_bytes(self, directory: Path) -> int:
         return 0
 
-    def step(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def step(self, bandwidth: StepBandwidth | None = None
+             ) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
