@@ -110,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="HOST", help="a forced destination host")
     p.add_argument("--history", type=int, default=10, metavar="N",
                    help="predict from the last N finished copies (default 10)")
+    p.add_argument("--bandwidth", type=int, metavar="MIBPS",
+                   help="the resize's own limit (spec.bandwidthMiBps), MiB/s; the plan "
+                        "predicts with the lowest of it and both hosts'")
     return top
 
 
