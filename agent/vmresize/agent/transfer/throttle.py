@@ -39,6 +39,7 @@ class TokenBucket:
 
     @property
     def rate(self) -> float | None:
+        """The limit in bytes a second (None: unlimited)."""
         return self._rate
 
     def set_rate(self, rate: float | None) -> None:
@@ -68,7 +69,10 @@ class TokenBucket:
 
     async def take(self, n: int) -> None:
         """Wait until ``n`` bytes may go out. Takers queue in order (the lock), so a
-        transfer sharing the host's bucket cannot starve another."""
+        transfer sharing the host's bucket cannot starve another. Unlimited: no wait and
+        no lock (the bucket of an unlimited host costs its sends nothing)."""
+        if self._rate is None:
+            return
         async with self._lock:
             wait = self.delay(n)
             if wait > 0:
