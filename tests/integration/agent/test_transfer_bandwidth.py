@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from vmresize.agent.transfer.client import send_disk
+from vmresize.agent.transfer.seam import StepBandwidth
 from vmresize.agent.transfer.server import MigrationServer
+from vmresize.agent.transfer.service import SshTransfer
 from vmresize.agent.transfer.sparse import disk_checksum
-from vmresize.agent.transfer.throttle import TokenBucket
+from vmresize.agent.transfer.throttle import TokenBucket, host_bucket, set_host_limit
+from vmresize.api.hosttask import PeerHost
 
 from .conftest import MiB, XferKeys
 
@@ -60,3 +63,26 @@ async def test_two_sends_share_the_hosts_limit(xfer_server: MigrationServer,
     await asyncio.gather(one(1), one(2))
     achieved = 2 * size / (time.monotonic() - t0)
     assert 0.9 * LIMIT <= achieved <= 1.1 * LIMIT, f"{achieved / MiB:.2f} MiB/s together"
+
+
+async def test_a_migrate_steps_limits_reach_the_send(xfer_server: MigrationServer,
+                                                     xfer_keys: XferKeys,
+                                                     xfer_file: MakeFile) -> None:
+    # The task's own limit is 16 MiB/s, its source Host's 8: the agent's shared bucket is
+    # set from the task and holds the send to 8. After the step the bucket keeps the Host's
+    # limit (the next task brings it again).
+    size = 24 * MiB
+    src = xfer_file("step.img", size, {0: size})
+    xfer_server.expect("t-step", "instances/ns/vm/s/disk.qcow2", size)
+    transfer = SshTransfer(xfer_server, xfer_keys.client)
+    peer = PeerHost(name="b", address="127.0.0.1", port=xfer_server.port,
+                    host_key=xfer_keys.host_pub)
+    try:
+        t0 = time.monotonic()
+        async with transfer.step(StepBandwidth(limit=16, host=8)):
+            await transfer.send(src=src, peer=peer, transfer_id="t-step", progress=None)
+        achieved = size / (time.monotonic() - t0)
+        assert host_bucket().rate == LIMIT
+    finally:
+        set_host_limit(None)  # the process's bucket: leave it unlimited for other tests
+    assert 0.9 * LIMIT <= achieved <= 1.1 * LIMIT, f"{achieved / MiB:.2f} MiB/s"
