@@ -1,0 +1,28 @@
+"""Bandwidth limits through the real API server and the real operator (fake agents): the
+CRDs keep the new fields, and the MigrateDisk HostTask carries the lowest of the resize's and
+both hosts' limits, with the note when the resize's was lowered."""
+
+from __future__ import annotations
+
+from tests.support.op_harness import Fulfiller, Operator, World
+
+from vmresize.api.meta import GROUP, VERSION
+
+
+def test_migrate_disk_carries_the_effective_limit(world: World, agents: Fulfiller,
+                                                  operator: Operator) -> None:
+    world.make_host("a")
+    world.make_host("b", memory_mib=8192 + 512)
+    for short, mibps in (("a", 100), ("b", 8)):
+        world.co.patch_cluster_custom_object(GROUP, VERSION, "hosts", world.host(short),
+                                             {"spec": {"migrationBandwidthMiBps": mibps}})
+    world.instance("vm1", "small", host="a")
+    world.resize("r1", "vm1", "medium", bandwidthMiBps=20)
+    world.wait_phase("r1", "VerifyResize")
+    assert world.get("vmresizes", "r1")["spec"]["bandwidthMiBps"] == 20  # not pruned
+    migrate = [t["spec"] for t in agents.seen.values() if t["spec"]["action"] == "MigrateDisk"]
+    assert len(migrate) == 1
+    assert migrate[0]["bandwidthMiBps"] == 8
+    assert migrate[0]["hostBandwidthMiBps"] == 100
+    assert migrate[0]["bandwidthNote"] == (f"asked 20 MiB/s, lowered to host "
+                                           f"{world.host('b')}'s migrationBandwidthMiBps 8 MiB/s")
