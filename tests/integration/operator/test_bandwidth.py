@@ -4,21 +4,30 @@ both hosts' limits, with the note when the resize's was lowered."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests.integration.operator.test_plugin import run
 from tests.support.op_harness import Fulfiller, Operator, World
 
 from vmresize.api.meta import GROUP, VERSION
 
 
-def test_migrate_disk_carries_the_effective_limit(world: World, agents: Fulfiller,
-                                                  operator: Operator) -> None:
+def test_migrate_disk_carries_the_effective_limit(kubeconfig: Path, world: World,
+                                                  agents: Fulfiller, operator: Operator) -> None:
     world.make_host("a")
     world.make_host("b", memory_mib=8192 + 512)
     for short, mibps in (("a", 100), ("b", 8)):
         world.co.patch_cluster_custom_object(GROUP, VERSION, "hosts", world.host(short),
                                              {"spec": {"migrationBandwidthMiBps": mibps}})
     world.instance("vm1", "small", host="a")
-    world.resize("r1", "vm1", "medium", bandwidthMiBps=20)
-    world.wait_phase("r1", "VerifyResize")
+    rc, out, err = run(kubeconfig, world.ns, "plan", "vm1", "--flavor", world.flavor("medium"),
+                       "--bandwidth", "20")
+    assert rc == 0, out + err
+    assert (f"bandwidth: the copy runs under 8 MiB/s (asked 20 MiB/s, lowered to host "
+            f"{world.host('b')}'s migrationBandwidthMiBps 8 MiB/s)") in out, out
+    rc, out, err = run(kubeconfig, world.ns, "start", "vm1", "--flavor", world.flavor("medium"),
+                       "--name", "r1", "--bandwidth", "20", "--wait", "--timeout", "60s")
+    assert rc == 0, out + err
     assert world.get("vmresizes", "r1")["spec"]["bandwidthMiBps"] == 20  # not pruned
     migrate = [t["spec"] for t in agents.seen.values() if t["spec"]["action"] == "MigrateDisk"]
     assert len(migrate) == 1

@@ -43,6 +43,8 @@ def _create(kube: Kube, out: Out, args: argparse.Namespace, flavor: str | None) 
         spec["flavor"] = flavor
     if args.to:
         spec["targetHost"] = args.to
+    if args.bandwidth:
+        spec["bandwidthMiBps"] = args.bandwidth
     auto = auto_confirm(args)
     if auto is not None:
         spec["autoConfirm"] = auto
