@@ -24,6 +24,7 @@ class LocalNetwork:
     def __init__(self) -> None:
         self.roots: dict[str, Path] = {}
         self.expected: dict[str, dict[str, str]] = {}
+        self.bandwidths: list[tuple[str, StepBandwidth | None]] = []  # (host, each step's)
 
     def endpoint(self, host: str, root: Path) -> LocalTransfer:
         self.roots[host] = root
@@ -54,6 +55,7 @@ class LocalTransfer:
 
     def step(self, bandwidth: StepBandwidth | None = None
              ) -> contextlib.AbstractAsyncContextManager[None]:
+        self.net.bandwidths.append((self.host, bandwidth))
         return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,
