@@ -28,6 +28,14 @@ scp). Results also go to ``bench/results/transfer.{json,md}``, stamped with the 
 and the load average (the numbers mean little on a busy machine; there the CPU seconds
 say more than wall time).
 
+Bandwidth rows: a dense file of ``--limit-size-mib`` (default 32; at least 4 s worth of the
+limit, so the fixed cost of handshake and verification stays small) sent by ours (fast path)
+under each limit of ``--limits`` (MiB/s, default ``8,32``), the limit against the achieved
+rate (apparent size / wall time, handshake and verification included), which must be
+within 10% of it. ``--bandwidth-only`` runs just these rows (a few seconds, no 1 GiB files,
+no scp/rsync) and writes ``bench/results/transfer-bandwidth.{json,md}``; a full run adds them
+to ``transfer.{json,md}``.
+
 Diagnostic: ``BENCH_NO_FSYNC=1`` makes our receiver skip the fsync before the rename (scp
 and rsync do not fsync either); the default measures the durable path.
 """
@@ -242,7 +250,8 @@ def serve(root: str, client_pub: str, path: str) -> None:
     asyncio.run(main())
 
 
-def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[Sample, int]:
+def ours(server: OurServer, client_key: Path, src: Path, tid: str,
+         limit: float | None = None) -> tuple[Sample, int]:
     from vmresize.agent.transfer import fastpath
     from vmresize.agent.transfer.client import send_disk
 
@@ -258,7 +267,7 @@ def ours(server: OurServer, client_key: Path, src: Path, tid: str) -> tuple[Samp
     t0 = time.perf_counter()
     result = asyncio.run(send_disk(src=src, address="127.0.0.1", port=server.port,
                                    host_key=server.host_pub, client_key=client_key,
-                                   transfer_id=tid))
+                                   transfer_id=tid, limit=limit))
     elapsed = time.perf_counter() - t0
     sample = Sample(elapsed, report.self_cpu() - c0, report.proc_cpu(server.proc.pid) - r0)
     dest = server.root / rel
@@ -274,6 +283,71 @@ def workdir(arg: str | None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+TOLERANCE = 0.10  # the issue's bound: the transfer honours the limit within 10%
+
+
+def bandwidth_rows(args: argparse.Namespace, server: OurServer, client_key: Path,
+                   work: Path) -> list[dict[str, float | bool]]:
+    """Ours under each of ``args.limits``: limit vs achieved rate."""
+    rows: list[dict[str, float | bool]] = []
+    for mibps in (float(x) for x in args.limits.split(",")):
+        size = max(args.limit_size_mib, int(4 * mibps)) * MiB
+        src = work / f"limited-{mibps:g}.img"
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+        got, _ = ours(server, client_key, src, f"limit-{mibps:g}", limit=mibps * MiB)
+        achieved = size / got.wall / MiB
+        within = abs(achieved - mibps) <= TOLERANCE * mibps
+        rows.append({"limit_mib_per_s": mibps, "achieved_mib_per_s": achieved,
+                     "wall_s": got.wall, "size_mib": size / MiB, "within_10pct": within,
+                     "sender_cpu_s": got.sender_cpu, "receiver_cpu_s": got.receiver_cpu})
+        print(f"limit {mibps:g} MiB/s: {size // MiB} MiB in {got.wall:.3f}s = "
+              f"{achieved:.2f} MiB/s ({achieved / mibps:.1%} of the limit, "
+              f"{'within' if within else 'NOT within'} 10%)", flush=True)
+        src.unlink()
+    return rows
+
+
+def bandwidth_lines(rows: list[dict[str, float | bool]]) -> list[str]:
+    lines = ["", "Bandwidth limit (ours, fast path; achieved = apparent size / wall time, "
+             "handshake and verification included):", "",
+             "| limit MiB/s | file MiB | wall s | achieved MiB/s | achieved/limit | within 10% |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['limit_mib_per_s']:g} | {r['size_mib']:g} | {r['wall_s']:.3f} | "
+                     f"{r['achieved_mib_per_s']:.2f} | "
+                     f"{r['achieved_mib_per_s'] / r['limit_mib_per_s']:.1%} | "
+                     f"{'yes' if r['within_10pct'] else 'no'} |")
+    return lines
+
+
+def run_bandwidth(args: argparse.Namespace) -> None:
+    """``--bandwidth-only``: just the limit rows."""
+    load0 = report.loadavg()
+    with workdir(args.workdir) as work:
+        client_key = work / "client_key"
+        client_pub = keygen(client_key)
+        from vmresize.agent.transfer import fastpath_check
+        state = asyncio.run(fastpath_check.enable(True))
+        if not state.active:
+            raise SystemExit(f"the fast path is not usable here: {state.message}")
+        server = OurServer(work, client_pub, "fast")
+        try:
+            server.start()
+            rows = bandwidth_rows(args, server, client_key, work)
+        finally:
+            server.stop()
+    load1 = report.loadavg()
+    lines = ["# Transfer under a bandwidth limit", "",
+             f"loadavg before {load0}, after {load1}; cipher {CIPHER}.",
+             *bandwidth_lines(rows)]
+    doc: dict[str, object] = {"benchmark": "transfer-bandwidth", "cipher": CIPHER,
+                              "loadavg_before": load0, "loadavg_after": load1,
+                              "tolerance": TOLERANCE, "rows": rows}
+    js, md = report.write("transfer-bandwidth", doc, "\n".join(lines))
+    print(f"wrote {js.relative_to(REPO)} and {md.relative_to(REPO)}")
 
 
 TOOLS = ("ours", "stock", "scp", "rsync")
@@ -328,6 +402,7 @@ def run(args: argparse.Namespace) -> None:
                     target.unlink()
                     samples.setdefault(("rsync", name), []).append(got)
                     print(f"run {i} {name}: rsync {got.wall:.3f}s", flush=True)
+            limited = bandwidth_rows(args, servers["ours"], client_key, work)
         finally:
             try:
                 for server in servers.values():
@@ -335,12 +410,12 @@ def run(args: argparse.Namespace) -> None:
             finally:
                 if sshd is not None:
                     sshd.stop()
-    summarize(args, size, samples, sent, load0)
+    summarize(args, size, samples, sent, load0, limited)
 
 
 def summarize(args: argparse.Namespace, size: int,
               samples: dict[tuple[str, str], list[Sample]], sent: dict[str, int],
-              load0: str) -> None:
+              load0: str, limited: list[dict[str, float | bool]]) -> None:
     """Print medians, spreads and ratios; write bench/results/transfer.{json,md}."""
     fsync = os.environ.get("BENCH_NO_FSYNC") != "1"
     load1 = report.loadavg()
@@ -424,8 +499,10 @@ def summarize(args: argparse.Namespace, size: int,
                   f"{'met' if ratio >= 1.0 else 'NOT met'}")
             lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | >= 1.0x (scp) | "
                          f"{'yes' if ratio >= 1.0 else 'no'} |")
+    lines += bandwidth_lines(limited)
     doc: dict[str, object] = {
         "benchmark": "transfer", "file_mib": size // MiB, "repeat": args.repeat,
+        "bandwidth": limited,
         "fsync": fsync, "cipher": CIPHER, "loadavg_before": load0, "loadavg_after": load1,
         "sent_mib": {k: v / MiB for k, v in sent.items()},
         "results": results, "ratios": ratios, "targets": targets}
@@ -438,10 +515,16 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="parent of the temporary workdir")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--limits", default="8,32", help="MiB/s, comma-separated")
+    parser.add_argument("--limit-size-mib", type=int, default=32)
+    parser.add_argument("--bandwidth-only", action="store_true",
+                        help="only the bandwidth limit rows")
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve)
+    elif args.bandwidth_only:
+        run_bandwidth(args)
     else:
         run(args)
 

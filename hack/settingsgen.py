@@ -107,6 +107,7 @@ WIRING: dict[type[EnvSettings], tuple[Wire, ...]] = {
         Wire("transfer_fast_path", "agent.settings.transferFastPath"),
         Wire("libvirt_call_timeout_seconds", "agent.settings.libvirtCallTimeoutSeconds"),
         Wire("checksum_stall_seconds", "agent.settings.checksumStallSeconds"),
+        Wire("migration_bandwidth_mibps", "agent.settings.migrationBandwidthMiBps"),
         Wire("stop_vms_on_exit", note="not set: demos and tests only"),
     ),
 }

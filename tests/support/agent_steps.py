@@ -11,7 +11,7 @@ from pathlib import Path
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import PowerState
 from vmresize.agent.paths import confine
-from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent, StepBandwidth
 from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.api import naming
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, PowerOff, TaskAction, TaskFlavor
@@ -24,6 +24,7 @@ class LocalNetwork:
     def __init__(self) -> None:
         self.roots: dict[str, Path] = {}
         self.expected: dict[str, dict[str, str]] = {}
+        self.bandwidths: list[tuple[str, StepBandwidth | None]] = []  # (host, each step's)
 
     def endpoint(self, host: str, root: Path) -> LocalTransfer:
         self.roots[host] = root
@@ -52,7 +53,9 @@ class LocalTransfer:
     def pending_bytes(self, directory: Path) -> int:
         return 0
 
-    def step(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def step(self, bandwidth: StepBandwidth | None = None
+             ) -> contextlib.AbstractAsyncContextManager[None]:
+        self.net.bandwidths.append((self.host, bandwidth))
         return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,

@@ -43,10 +43,10 @@ from vmresize.agent.steps.context import (
     StepOutcome,
 )
 from vmresize.agent.steps.table import STEPS
-from vmresize.agent.transfer.seam import ProgressFn, StepProgress, Transfer
+from vmresize.agent.transfer.seam import ProgressFn, StepBandwidth, StepProgress, Transfer
 from vmresize.agent.vmfiles.moving import CHECKSUM_STALL_SECONDS
 from vmresize.api.host import OrphanCopy
-from vmresize.api.hosttask import HostTaskSpec
+from vmresize.api.hosttask import HostTaskSpec, TaskAction
 
 __all__ = ["Executor", "Fence", "OrphanFence", "StepOutcome", "TaskRefusedError"]
 
@@ -97,7 +97,10 @@ class Executor:
             raise TaskRefusedError(f"task is for host {spec.host!r}, this agent is {self.host!r}")
         ctx = self.context(task_name=task_name, progress=progress)
         try:
-            async with self.transfer.step():  # one connection to the peer per step
+            # one connection to the peer per step; a MigrateDisk's bandwidth limits
+            bw = (StepBandwidth(spec.bandwidth_mibps, spec.host_bandwidth_mibps)
+                  if spec.action is TaskAction.MIGRATE_DISK else None)
+            async with self.transfer.step(bw):
                 return await STEPS[spec.action](ctx, spec)
         except StepError:
             raise

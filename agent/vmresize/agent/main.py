@@ -96,7 +96,8 @@ async def run_agent(cfg: AgentSettings, *, stop_flag: asyncio.Event | None = Non
             registrar = Registrar(kube, hv, Registration(
                 host=cfg.host_name, storage_root=root, address=address, port=port,
                 host_key=keys.public_openssh(host_key),
-                conditions=(fast_path_condition(fast),)))
+                conditions=(fast_path_condition(fast),),
+                bandwidth_mibps=cfg.migration_bandwidth_mibps or None))
             await _register(registrar)
             log.info("host %s registered; migration service on %s:%d", cfg.host_name,
                      cfg.migration_address, server.port)

@@ -106,6 +106,12 @@ class AgentSettings(EnvSettings):
         description="A disk checksum (verifying a copy) that reads nothing for this long "
                     "fails the step, retryable: the disk is failing or hung. The bound is "
                     "on progress, so a large healthy disk takes as long as it needs.")
+    migration_bandwidth_mibps: int = Field(
+        0, ge=0, le=1_000_000, validation_alias="VMRESIZE_MIGRATION_BANDWIDTH_MIBPS",
+        description="The spec.migrationBandwidthMiBps (MiB/s of migration traffic this "
+                    "host sends, shared by all its transfers) written into the Host when "
+                    "this agent creates it; 0: unlimited. Only a new Host gets it: an "
+                    "existing Host's spec is the admin's.")
     stop_vms_on_exit: bool = Field(
         False, validation_alias="VMRESIZE_STOP_VMS_ON_EXIT",
         description="On a clean stop, power off every domain that records a vmresize "

@@ -38,6 +38,11 @@ class HostSpec(Model):
     """Overcommit factors."""
     reserved: Resources = Field(default_factory=lambda: Resources(memory_mib=512))
     """Kept back for the hypervisor itself (Nova's reserved_host_memory_mb default: 512)."""
+    migration_bandwidth_mibps: int | None = Field(default=None, ge=1, le=1_000_000,
+                                                  alias="migrationBandwidthMiBps")
+    """The most migration traffic this host sends, MiB/s, shared by all its transfers
+    (empty: unlimited). Its agent writes the chart's default when it creates the Host; a
+    resize's ``bandwidthMiBps`` above it (or above its destination's) is lowered to it."""
 
 
 class MigrationEndpoint(Model):

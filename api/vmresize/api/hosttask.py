@@ -139,6 +139,16 @@ class HostTaskSpec(Model):
     """Prepare: apparent size of the disk that will arrive, for the space check."""
     transfer_id: str | None = None
     """Prepare/MigrateDisk: the id under which the destination accepts the incoming disk."""
+    bandwidth_mibps: int | None = Field(default=None, ge=1, le=1_000_000,
+                                        alias="bandwidthMiBps")
+    """MigrateDisk: the limit this copy runs under, MiB/s (the lowest of the resize's and
+    both hosts'); empty: unlimited."""
+    host_bandwidth_mibps: int | None = Field(default=None, ge=1, le=1_000_000,
+                                             alias="hostBandwidthMiBps")
+    """MigrateDisk: the source Host's ``migrationBandwidthMiBps`` as the operator read it:
+    the agent's one bucket, shared by all the host's sends, is set to it."""
+    bandwidth_note: str = ""
+    """MigrateDisk: why ``bandwidthMiBps`` is lower than the resize asked, if it is."""
     power_off_timeout_seconds: int = Field(default=30, ge=0, le=3600)
     """MigrateDisk: how long to wait for a graceful shutdown before forcing it."""
     disks: list[VMDisk] = Field(default_factory=list, max_length=64)
@@ -165,6 +175,8 @@ class TaskProgress(Model):
     """Bytes to send."""
     rate_bytes_per_second: int = 0
     """Recent rate."""
+    limit_bytes_per_second: int = 0
+    """The bandwidth limit the copy runs under (0: unlimited)."""
 
 
 class TaskResult(Model):

@@ -189,6 +189,12 @@ class VMResizeSpec(Model):
     """PreCopy: copy the disks while the VM runs, power off, send what changed (short
     downtime). Offline: power off, then copy everything (Nova's way). A VM that is
     already off moves the Offline way. Immutable."""
+    bandwidth_mibps: int | None = Field(default=None, ge=1, le=1_000_000,
+                                        alias="bandwidthMiBps")
+    """The most this resize's disk copy may use, MiB/s (empty: the hosts' limits alone).
+    The limit it runs under is the lowest of this and both hosts'
+    ``migrationBandwidthMiBps``; higher than theirs, it is lowered, and
+    ``status.progress.limitNote`` says so. Read when the copy starts."""
 
 
 class Progress(Model):
@@ -202,8 +208,13 @@ class Progress(Model):
     """Recent transfer rate."""
     percent: int = Field(default=0, ge=0, le=100)
     """bytesDone / bytesTotal, rounded down."""
+    limit_bytes_per_second: int = Field(default=0, ge=0)
+    """The bandwidth limit the copy runs under (0: unlimited), as its agent applies it."""
+    limit_note: str = ""
+    """Why the limit differs from ``spec.bandwidthMiBps``, if it does (a host's is lower)."""
     display: str = ""
-    """Human summary shown by kubectl, for example ``42% 310MiB/s``."""
+    """Human summary shown by kubectl, for example ``42% 310MiB/s`` or
+    ``42% 8MiB/s limit 8MiB/s``."""
 
 
 class Candidate(Model):

@@ -19,7 +19,7 @@ from vmresize.agent.executor import Executor, TaskRefusedError
 from vmresize.agent.hypervisor.domainxml import NewDisk
 from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor
 from vmresize.agent.hypervisor.protocol import DomainSpec
-from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent, StepBandwidth
 from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import HostTaskSpec, PeerHost, TaskAction
 
@@ -37,7 +37,8 @@ class NoTransfer:
     def forget(self, transfer_id: str) -> None:
         raise AssertionError("Adopt must not forget transfers")
 
-    def step(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def step(self, bandwidth: StepBandwidth | None = None
+             ) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
     async def send(self, *, src: Path, peer: PeerHost, transfer_id: str,

@@ -128,6 +128,17 @@ async def test_progress_is_rate_limited_and_the_outcome_always_written() -> None
     assert kube.patches[-1]["result"] == {"checksum": "abc"}
 
 
+async def test_progress_carries_the_tasks_bandwidth_limit() -> None:
+    kube = RecordingKube()
+    writer = TaskStatusWriter(kube, "ns", "t", min_interval=0.0)  # type: ignore[arg-type]
+    writer.limit_bytes_per_second = 8 << 20   # as the handler sets it from the task
+    await writer.running(1)
+    writer.progress(1, 2, float(8 << 20))
+    await writer.settle()
+    assert kube.patches[-1]["progress"]["limitBytesPerSecond"] == 8 << 20
+    assert kube.patches[-1]["progress"]["rateBytesPerSecond"] == 8 << 20
+
+
 def test_cli_flags_and_defaults(monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("VMRESIZE_HOST_NAME", "node-7")

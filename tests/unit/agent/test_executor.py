@@ -14,6 +14,7 @@ from tests.support.agent_steps import BIG, SEED, SMALL, move, names, spawn, spec
 from vmresize.agent.errors import CopyChecksumMismatchError, StepError, TaskRefusedError
 from vmresize.agent.executor import Executor
 from vmresize.agent.hypervisor.protocol import DomainSize, DomainSpec, PowerState
+from vmresize.agent.transfer.seam import StepBandwidth
 from vmresize.agent.transfer.sparse import disk_checksum
 from vmresize.agent.vmfiles import disks
 from vmresize.api.hosttask import PeerHost, TaskAction
@@ -121,6 +122,21 @@ async def test_migrate_disk_resumed_keeps_the_first_power_off_time(
     assert out.result.power_off is None  # found off and held: how it went off is not known
     assert out.result.checksum == disk_checksum(a.root / rel)
     await a.run(spec("a", TaskAction.DESTROY, domain_name=dom, disk_path=rel))
+
+
+async def test_migrate_disk_runs_under_the_tasks_bandwidth_limits(
+        agent_pair: tuple[Executor, Executor], agent_uid: str) -> None:
+    a, b = agent_pair
+    dom, rel, _, _ = names(agent_uid)
+    await move(a, b, agent_uid, [])
+    net = a.transfer.net  # type: ignore[attr-defined]
+    net.bandwidths.clear()
+    peer = PeerHost(name="b", address="127.0.0.3", port=2222, host_key="unused-here")
+    await a.run(spec("a", TaskAction.MIGRATE_DISK, domain_name=dom, disk_path=rel,
+                     peer=peer, transfer_id=agent_uid, bandwidth_mibps=8,
+                     host_bandwidth_mibps=100))
+    await a.run(spec("a", TaskAction.DESTROY, domain_name=dom, disk_path=rel))
+    assert net.bandwidths == [("a", StepBandwidth(limit=8, host=100)), ("a", None)]
 
 
 async def test_adopt_reports_an_existing_domain(agent_pair: tuple[Executor, Executor],

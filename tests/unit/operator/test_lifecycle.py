@@ -306,6 +306,16 @@ def test_progress_is_copied() -> None:
     assert progress_display(0, 0, 0) == (0, "0% 0MiB/s")
 
 
+def test_progress_shows_the_limit_the_copy_runs_under() -> None:
+    note = "asked 80 MiB/s, lowered to host dst's migrationBandwidthMiBps 8 MiB/s"
+    out = step(state(P.MIGRATING), obs(Kind.TASK_WAITING, progress=(42, 100, 8 << 20),
+                                       limit=(8 << 20, note)), NOW)
+    p = out.updates["progress"]
+    assert p.display == "42% 8MiB/s limit 8MiB/s"
+    assert (p.limit_bytes_per_second, p.limit_note) == (8 << 20, note)
+    assert p.wire()["limitNote"] == note
+
+
 @pytest.mark.parametrize("phase", [P.PREPARING, P.MIGRATING, P.FINISHING])
 def test_delete_mid_flight_rolls_back_after_the_running_step(phase: P) -> None:
     s = state(phase, deleting=True)

@@ -149,3 +149,37 @@ def test_unknown_fields_of_a_newer_operator_are_ignored() -> None:
 ])
 def test_a_rolled_back_resize_is_never_success(phase: str, reason: str, code: Exit) -> None:
     assert for_phase(ResizePhase(phase), reason) is code
+
+
+def limited_host(name: str, memory_mib: int, mibps: int | None) -> Host:
+    h = host(name, memory_mib)
+    h.spec.migration_bandwidth_mibps = mibps
+    return h
+
+
+def test_plan_predicts_with_the_bandwidth_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    # Measured 100 MiB/s unlimited; a copy limited to 25 MiB/s measured its limit, not the
+    # network, and is left out of the median.
+    moves = [finished("r1", 5, 100 << 20, 2.0, total=300 << 20, inst="web"),
+             finished("lim", 1, 25 << 20, 2.0, total=300 << 20)]
+    moves[1].status.progress.limit_bytes_per_second = 25 << 20  # type: ignore[union-attr]
+    hosts = [limited_host("a", 16384, 100), limited_host("b", 8192, 50)]
+    p = make_plan(instance(), flavor("medium", 2048), None, hosts, moves, settings(), NOW,
+                  bandwidth_mibps=80)
+    assert p.history.rate_bytes_per_second == 100 << 20
+    assert p.limit.mibps == 50                 # the destination's, lower than the asked 80
+    assert p.copy_seconds == 300 / 50
+    show_plan(Out(tty=False), p, "namespace ns", 10)
+    out = capsys.readouterr().out
+    assert "bandwidth: the copy runs under 50 MiB/s (asked 80 MiB/s, lowered to host b's " \
+           "migrationBandwidthMiBps 50 MiB/s)" in out
+    assert "prediction: copy about 6.0s" in out
+    # No history at all: the limit alone predicts (a lower bound).
+    p = make_plan(instance(), flavor("medium", 2048), None, hosts, [], settings(), NOW,
+                  bandwidth_mibps=10)
+    assert p.limit.mibps == 10
+    assert p.bound_seconds == 10 * 1024 / 10
+    show_plan(Out(tty=False), p, "namespace ns", 10)
+    out = capsys.readouterr().out
+    assert "predicted at the limit alone" in out
+    assert "at most 17m04s for the whole virtual size" in out

@@ -127,15 +127,17 @@ class AgentKube:
             GROUP, VERSION, Host.plural, name, _request_timeout=REQUEST_TIMEOUT))
         return Host.from_body(body)
 
-    def ensure_host(self, name: str) -> Host:
+    def ensure_host(self, name: str, *, bandwidth_mibps: int | None = None) -> Host:
         """Get the Host, creating it with default spec if it does not exist (spec untouched
-        otherwise)."""
+        otherwise); ``bandwidth_mibps``: the chart's default ``migrationBandwidthMiBps``,
+        written only when the Host is created (an admin's later change is theirs)."""
         try:
             return self.get_host(name)
         except KubeNotFoundError:
             pass
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": Host.kind_name,
-                "metadata": {"name": name}, "spec": HostSpec().wire()}
+                "metadata": {"name": name},
+                "spec": HostSpec(migration_bandwidth_mibps=bandwidth_mibps).wire()}
         try:
             created = self._call(f"create Host {name}",
                                  lambda: self._api.create_cluster_custom_object(
@@ -197,6 +199,7 @@ class TaskStatusWriter:
         self._last = float("-inf")
         self._pending: TaskProgress | None = None
         self._inflight: asyncio.Task[None] | None = None
+        self.limit_bytes_per_second = 0  # the task's bandwidth limit, reported with progress
 
     async def _patch(self, status: dict[str, Any]) -> None:
         await asyncio.to_thread(self.kube.patch_task_status, self.namespace, self.name, status)
@@ -226,7 +229,8 @@ class TaskStatusWriter:
     def progress(self, done: int, total: int, rate: float) -> None:
         """Progress callback (called on the event loop); patches at a bounded rate."""
         self._pending = TaskProgress(bytes_done=done, bytes_total=total,
-                                     rate_bytes_per_second=int(rate))
+                                     rate_bytes_per_second=int(rate),
+                                     limit_bytes_per_second=self.limit_bytes_per_second)
         now = self._clock()
         if now - self._last < self._min_interval or (
                 self._inflight is not None and not self._inflight.done()):

@@ -174,6 +174,7 @@ class TaskRunner:
         namespace, name, status = task.namespace, task.name, task.status
         attempt = (status.attempt if status is not None else 0) + 1
         resumed = status is not None and status.phase == TaskPhase.RUNNING
+        writer.limit_bytes_per_second = (task.spec.bandwidth_mibps or 0) * 1024 * 1024
         await writer.running(attempt, "resuming after an agent restart" if resumed else "")
         log.info("%s/%s: %s attempt %d", namespace, name, task.spec.action.value, attempt)
         superseded: list[str] = []

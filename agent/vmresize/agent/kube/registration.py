@@ -21,6 +21,7 @@ from vmresize.agent import metrics
 from vmresize.agent.errors import AgentError, KubeNotFoundError
 from vmresize.agent.hypervisor.protocol import Hypervisor
 from vmresize.agent.kube.client import AgentKube, utcnow
+from vmresize.agent.transfer import throttle
 from vmresize.api.host import HostStatus, MigrationEndpoint
 from vmresize.api.meta import Condition, Resources, set_condition
 
@@ -50,6 +51,8 @@ class Registration:
     host_key: str
     conditions: tuple[Condition, ...] = ()
     """Conditions of the agent's own, published with every heartbeat (TransferFastPath)."""
+    bandwidth_mibps: int | None = None
+    """The chart's default ``spec.migrationBandwidthMiBps`` of a Host this agent creates."""
 
 
 def capacity(hv: Hypervisor, storage_root: Path) -> Resources:
@@ -102,7 +105,10 @@ class Registrar:
 
     async def register(self) -> None:
         """Create the Host if needed (spec defaults, once) and publish the status."""
-        host = await asyncio.to_thread(self.kube.ensure_host, self.reg.host)
+        host = await asyncio.to_thread(self.kube.ensure_host, self.reg.host,
+                                       bandwidth_mibps=self.reg.bandwidth_mibps)
+        # the shared bucket starts at the Host's limit; each MigrateDisk task brings it anew
+        throttle.set_host_limit(host.spec.migration_bandwidth_mibps)
         self._conditions = list(host.status.conditions) if host.status else []
         await self._report(ready=True)
 

@@ -65,6 +65,7 @@ from vmresize.agent.transfer.protocol import (
 )
 from vmresize.agent.transfer.source import SourceChecksum, is_zero, read_into
 from vmresize.agent.transfer.sparse import READ_CHUNK, Extent, iter_extents, split_extents
+from vmresize.agent.transfer.throttle import TokenBucket, host_bucket
 from vmresize.agent.transfer.translate import translate
 
 __all__ = ["Connections", "ProgressFn", "SendResult", "send_disk"]
@@ -182,7 +183,8 @@ class _Leg:
 
 async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
                     extents: list[Extent], transfer_id: str, source_checksum: SourceChecksum,
-                    progress: _Progress, sent: list[int], stall: float) -> str:
+                    progress: _Progress, sent: list[int], stall: float,
+                    buckets: tuple[TokenBucket, ...]) -> str:
     writer, reader, _ = await _bounded(conn.open_session(
         subsystem=SUBSYSTEM, encoding=None, window=CHANNEL_WINDOW,
         max_pktsize=CHANNEL_MAX_PKTSIZE), stall, "a channel")  # a reused connection may be dead
@@ -227,6 +229,8 @@ async def _send_leg(conn: asyncssh.SSHClientConnection, *, fd: int, size: int,
             pending = (loop.run_in_executor(None, read_into, fd, bufs[turn], piece, digest)
                        if piece is not None else None)
             if not is_zero(buf, current.length):  # an all-zero chunk stays a hole there
+                for bucket in buckets:  # the resize's limit, then the host's shared one
+                    await bucket.take(current.length)
                 writer.write(HEADER.pack(DATA, current.offset, current.length))
                 fastpath.write_view(writer.channel, memoryview(buf)[: current.length])
                 sent[-1] += current.length
@@ -305,10 +309,15 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                     progress: ProgressFn | None = None,
                     reconnect_attempts: int = 5,
                     stall_timeout: float = STALL_SECONDS,
-                    connections: Connections | None = None) -> SendResult:
+                    connections: Connections | None = None,
+                    limit: float | None = None,
+                    host: TokenBucket | None = None) -> SendResult:
     """Send ``src`` to the transfer ``transfer_id`` registered at ``address:port``, resuming
     after dropped connections; the verified result, or a :mod:`vmresize.agent.errors` type.
-    ``connections``: the caller's (shared, it closes them); else this send's own."""
+    ``connections``: the caller's (shared, it closes them); else this send's own.
+    ``limit``: this send's own bandwidth limit in bytes/s (the resize's); ``host``: the
+    bucket shared by all sends of this agent (default :func:`throttle.host_bucket`). Only
+    data bytes count (what a resumed leg skips and all-zero chunks are free)."""
     known_hosts(address, port, host_key)  # a garbage key fails here, not as a retry
     key = load_client_key(client_key) if isinstance(client_key, Path) else client_key
     if connections is None:
@@ -317,7 +326,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
             return await send_disk(src=src, address=address, port=port, host_key=host_key,
                                    client_key=key, transfer_id=transfer_id,
                                    progress=progress, reconnect_attempts=reconnect_attempts,
-                                   stall_timeout=stall_timeout, connections=own)
+                                   stall_timeout=stall_timeout, connections=own,
+                                   limit=limit, host=host)
         finally:
             await own.close()
     try:
@@ -332,6 +342,8 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
         except OSError as e:
             raise TransferError(f"cannot map extents of {src}: {e}") from e
         prog = _Progress(progress, sum(e.length for e in extents))
+        buckets = ((TokenBucket(limit),) if limit is not None else ()) + (
+            host if host is not None else host_bucket(),)
         sent: list[int] = []
         mismatches = 0
         attempt = 0
@@ -344,7 +356,7 @@ async def send_disk(*, src: Path, address: str, port: int, host_key: str,
                                                transfer_id=transfer_id,
                                                source_checksum=source_checksum,
                                                progress=prog, sent=sent,
-                                               stall=stall_timeout)
+                                               stall=stall_timeout, buckets=buckets)
                 except BaseException:  # cancelled too: what the channel holds is unknown
                     connections.drop(conn)
                     raise

@@ -44,6 +44,15 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class StepBandwidth:
+    """A MigrateDisk's limits, MiB/s (None: unlimited): ``limit`` for each of its sends,
+    ``host`` the source Host's, for the agent's one shared bucket."""
+
+    limit: int | None
+    host: int | None
+
+
+@dataclass(frozen=True)
 class Received:
     """What the receiving side knows about an incoming disk."""
 
@@ -87,7 +96,9 @@ class Transfer(Protocol):
         """Source: send ``src`` to ``peer``; returns the verified checksum."""
         ...
 
-    def step(self) -> AbstractAsyncContextManager[None]:
+    def step(self, bandwidth: StepBandwidth | None = None
+             ) -> AbstractAsyncContextManager[None]:
         """The scope of one step: its sends to a peer may share one connection, which
-        ends with the scope (the executor enters it around every step)."""
+        ends with the scope (the executor enters it around every step); ``bandwidth``:
+        the limits its sends run under."""
         ...

@@ -26,8 +26,9 @@ import asyncssh
 
 from vmresize.agent.transfer.client import send_disk
 from vmresize.agent.transfer.connections import Connections
-from vmresize.agent.transfer.seam import ProgressFn, Received, Sent
+from vmresize.agent.transfer.seam import ProgressFn, Received, Sent, StepBandwidth
 from vmresize.agent.transfer.server import MigrationServer
+from vmresize.agent.transfer.throttle import MiB, set_host_limit
 from vmresize.api.hosttask import PeerHost
 
 QCOW2_SLACK_BYTES = 64 * 1024 * 1024
@@ -35,6 +36,8 @@ QCOW2_SLACK_BYTES = 64 * 1024 * 1024
 covers the tables of a multi-TiB image with 64 KiB clusters."""
 _STEP: contextvars.ContextVar[Connections | None] = contextvars.ContextVar(
     "vmresize_transfer_step", default=None)
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "vmresize_transfer_limit", default=None)
 
 
 class SshTransfer:
@@ -74,16 +77,22 @@ class SshTransfer:
         result = await send_disk(src=src, address=peer.address, port=peer.port,
                                  host_key=peer.host_key, client_key=self._client_key,
                                  transfer_id=transfer_id, progress=progress,
-                                 connections=_STEP.get())
+                                 connections=_STEP.get(), limit=_LIMIT.get())
         return Sent(checksum=result.checksum, size_bytes=result.size_bytes)
 
     @contextlib.asynccontextmanager
-    async def step(self) -> AsyncIterator[None]:
-        """Sends inside share their connections (opened lazily), all closed on exit."""
+    async def step(self, bandwidth: StepBandwidth | None = None) -> AsyncIterator[None]:
+        """Sends inside share their connections (opened lazily), all closed on exit, and
+        run under ``bandwidth``: the step's own limit, and the host's, which the task
+        brings as the operator last read the Host (it sets the agent's shared bucket)."""
+        if bandwidth is not None:
+            set_host_limit(bandwidth.host)
         conns = Connections()
         token = _STEP.set(conns)
+        limit = _LIMIT.set(bandwidth.limit * MiB if bandwidth and bandwidth.limit else None)
         try:
             yield
         finally:
+            _LIMIT.reset(limit)
             _STEP.reset(token)
             await conns.close()

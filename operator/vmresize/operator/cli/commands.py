@@ -43,6 +43,8 @@ def _create(kube: Kube, out: Out, args: argparse.Namespace, flavor: str | None) 
         spec["flavor"] = flavor
     if args.to:
         spec["targetHost"] = args.to
+    if args.bandwidth:
+        spec["bandwidthMiBps"] = args.bandwidth
     auto = auto_confirm(args)
     if auto is not None:
         spec["autoConfirm"] = auto
@@ -145,7 +147,7 @@ def plan(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
     hosts = [parse(Host, b) for b in kube.list("hosts")]
     resizes, scope = _recent_resizes(kube)
     p = make_plan(inst, flavor, args.to, hosts, resizes, settings, datetime.now(UTC),
-                  last=args.history)
+                  last=args.history, bandwidth_mibps=args.bandwidth)
     code = show_plan(out, p, scope, args.history)
     try:
         quotas = [parse(VMQuota, b) for b in kube.list("vmquotas")]
@@ -208,16 +210,23 @@ def _show_data(out: Out, p: Plan, scope: str, last: int) -> None:
         out.line(f"data to move: allocated size not known (the Instance status does not "
                  f"publish it and {p.instance} was never moved); virtual size {virtual}, "
                  "the upper bound")
+    if p.limit.mibps is not None:
+        out.line(f"bandwidth: the copy runs under {p.limit.mibps} MiB/s"
+                 + (f" ({p.limit.note})" if p.limit.note else ""))
     h = p.history
-    if h.count == 0:
+    if h.count == 0 and p.limit.mibps is None:
         out.line(f"history: no history (no finished disk copy in {scope}): no prediction")
         return
     rate = (f"{human_bytes(h.rate_bytes_per_second)}/s" if h.rate_bytes_per_second
             else "no rate recorded")
     down = (human_seconds(h.downtime_seconds) if h.downtime_seconds is not None
             else "no downtime recorded")
-    out.line(f"history: median of the last {h.count} finished copies (of at most {last}, "
-             f"{scope}): rate {rate}, downtime {down}")
+    if h.count:
+        out.line(f"history: median of the last {h.count} finished copies (of at most "
+                 f"{last}, {scope}): rate {rate}, downtime {down}")
+    else:
+        out.line(f"history: no finished disk copy in {scope}: predicted at the limit alone "
+                 "(the network may be slower)")
     parts = []
     if p.copy_seconds is not None:
         parts.append(f"copy about {human_seconds(p.copy_seconds)}")

@@ -71,12 +71,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flavor", required=True, help="the new Flavor")
     p.add_argument("--to", metavar="HOST", help="force this destination host (admins)")
     p.add_argument("--name", help="VMResize name (default: INSTANCE-resize-<random>)")
+    p.add_argument("--bandwidth", type=int, metavar="MIBPS",
+                   help="this resize's copy limit (spec.bandwidthMiBps), MiB/s; a host's "
+                        "lower limit wins")
     _wait_options(p, "VerifyResize or a final phase")
     autoconfirm.add_options(p)
     p = add("migrate", commands.migrate, "cold-migrate INSTANCE, same flavor")
     p.add_argument("instance", metavar="INSTANCE")
     p.add_argument("--to", metavar="HOST", help="force this destination host (admins)")
     p.add_argument("--name", help="VMResize name (default: INSTANCE-resize-<random>)")
+    p.add_argument("--bandwidth", type=int, metavar="MIBPS",
+                   help="this resize's copy limit (spec.bandwidthMiBps), MiB/s; a host's "
+                        "lower limit wins")
     _wait_options(p, "VerifyResize or a final phase")
     autoconfirm.add_options(p)
     p = add("watch", commands.watch, "follow a VMResize: progress, phases, downtime")
@@ -110,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="HOST", help="a forced destination host")
     p.add_argument("--history", type=int, default=10, metavar="N",
                    help="predict from the last N finished copies (default 10)")
+    p.add_argument("--bandwidth", type=int, metavar="MIBPS",
+                   help="the resize's own limit (spec.bandwidthMiBps), MiB/s; the plan "
+                        "predicts with the lowest of it and both hosts'")
     return top
 
 

@@ -3,7 +3,9 @@
 Nothing here talks to the API: the caller reads the Instance, the Flavor, the Hosts and the
 recent VMResizes, and :func:`make_plan` answers with the host the scheduler would pick (and
 why: each host's free resources, weight or the filter that removed it; per-filter counts
-when none fits), the data to move, and a prediction from what recent resizes measured.
+when none fits), the data to move, and a prediction from what recent resizes measured,
+capped by the bandwidth limit the copy would run under (the lowest of ``--bandwidth`` and
+both hosts' ``migrationBandwidthMiBps``, as the operator computes it).
 
 The request is built as the operator builds it (``reconcile.scheduling``), from settings
 read the same way (``VMRESIZE_*`` variables, else the operator's defaults); a cluster whose
@@ -22,6 +24,7 @@ from vmresize.api.flavor import Flavor
 from vmresize.api.host import Host
 from vmresize.api.instance import Instance, InstancePhase, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize
+from vmresize.operator.decisions.bandwidth import Limit, effective
 from vmresize.operator.decisions.scheduler import (
     FILTERS,
     HostState,
@@ -85,19 +88,31 @@ class Plan:
     history: History = History(0, None, None)
     weighers: str = ""
     """The weigher multipliers in effect, e.g. ``free RAM x1``."""
+    limit: Limit = field(default_factory=lambda: Limit(None))
+    """The bandwidth limit the copy would run under (MiB/s; None: unlimited)."""
+
+    @property
+    def rate(self) -> float | None:
+        """The rate to predict with: the median measured one, capped by the limit (the
+        limit alone when nothing was measured: then the prediction is a lower bound)."""
+        measured = self.history.rate_bytes_per_second
+        cap = self.limit.mibps * 1024 * 1024 if self.limit.mibps else None
+        if measured and cap:
+            return min(measured, cap)
+        return measured or cap
 
     @property
     def copy_seconds(self) -> float | None:
-        """Predicted copy time: the last move's bytes at the median measured rate."""
-        rate = self.history.rate_bytes_per_second
+        """Predicted copy time: the last move's bytes at :attr:`rate`."""
+        rate = self.rate
         if self.moved_bytes is None or not rate:
             return None
         return self.moved_bytes / rate
 
     @property
     def bound_seconds(self) -> float | None:
-        """Upper bound of the copy time: the whole virtual size at the median rate."""
-        rate = self.history.rate_bytes_per_second
+        """Upper bound of the copy time: the whole virtual size at :attr:`rate`."""
+        rate = self.rate
         if self.virtual_gib is None or not rate:
             return None
         return self.virtual_gib * 1024 ** 3 / rate
@@ -118,10 +133,14 @@ def copies(resizes: Sequence[VMResize]) -> list[VMResize]:
 
 
 def history(resizes: Sequence[VMResize], last: int) -> History:
-    """Medians of the rate and downtime the ``last`` newest finished copies measured."""
+    """Medians of the rate and downtime the ``last`` newest finished copies measured.
+    The rate of copies that ran under a bandwidth limit measured the limit, not the
+    network: they count only when no unlimited copy measured a rate."""
     recent = copies(resizes)[:last]
-    rates = [r.status.progress.rate_bytes_per_second for r in recent
-             if r.status and r.status.progress.rate_bytes_per_second > 0]
+    ran = [r.status.progress for r in recent
+           if r.status and r.status.progress.rate_bytes_per_second > 0]
+    rates = [p.rate_bytes_per_second for p in ran if not p.limit_bytes_per_second] or [
+        p.rate_bytes_per_second for p in ran]
     downs = [r.status for r in recent if r.status and r.status.downtime_seconds is not None]
     # An older operator counted the wait for the guest (the whole grace period of one that
     # ignores ACPI) as downtime: its figure is used only when no copy measured the stop.
@@ -150,8 +169,9 @@ def _refusal(inst: Instance, flavor: Flavor) -> str | None:
 
 def make_plan(inst: Instance, flavor: Flavor, forced: str | None, hosts: Sequence[Host],
               resizes: Sequence[VMResize], settings: Settings, now: datetime,
-              last: int = 10) -> Plan:
-    """Judge a resize of ``inst`` to ``flavor`` (the current one: a cold migration)."""
+              last: int = 10, bandwidth_mibps: int | None = None) -> Plan:
+    """Judge a resize of ``inst`` to ``flavor`` (the current one: a cold migration);
+    ``bandwidth_mibps``: the resize's own limit (``spec.bandwidthMiBps``)."""
     ist = inst.status or InstanceStatus()
     cold = flavor.name == ist.flavor
     res = flavor.spec.resources()
@@ -185,7 +205,17 @@ def make_plan(inst: Instance, flavor: Flavor, forced: str | None, hosts: Sequenc
         history=history(resizes, last),
         weighers=", ".join(f"{what} x{m:g}" for what, m in (
             ("free RAM", weights.ram), ("free vCPU", weights.cpu), ("free disk", weights.disk))
-            if m) or "none")
+            if m) or "none",
+        limit=_limit(bandwidth_mibps, hosts, ist.host,
+                     outcome.host if isinstance(outcome, Selection) else None))
+
+
+def _limit(asked: int | None, hosts: Sequence[Host], source: str | None,
+           dest: str | None) -> Limit:
+    """The limit the copy would run under, as the operator computes it for MigrateDisk."""
+    by_name = {h.name: h.spec.migration_bandwidth_mibps for h in hosts}
+    return effective(asked, (source or "", by_name.get(source or "")),
+                     (dest or "", by_name.get(dest or "")))
 
 
 def _removed_by(s: HostState, req: Request, weights: Weights) -> str | None:

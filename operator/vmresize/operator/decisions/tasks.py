@@ -17,6 +17,7 @@ from vmresize.api.instance import Instance
 from vmresize.api.naming import parse_task_name
 from vmresize.api.resize import MigrationMode, VMResize
 from vmresize.api.vmdisks import VMDisk
+from vmresize.operator.decisions import bandwidth
 from vmresize.operator.errors import NotReadyError
 
 A = TaskAction
@@ -55,8 +56,10 @@ def peer(h: Host) -> PeerHost:
 
 def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
                 resize: VMResize, inst: Instance, new: FlavorSpec, old: TaskFlavor | None,
-                dest: Host | None, power_off_timeout_seconds: int = 60) -> HostTask:
-    """The HostTask for one step of ``resize``."""
+                dest: Host | None, power_off_timeout_seconds: int = 60,
+                source: Host | None = None) -> HostTask:
+    """The HostTask for one step of ``resize``. ``source``: the source Host, for its
+    bandwidth limit (MigrateDisk)."""
     st = resize.status
     ist = inst.status
     assert st is not None
@@ -85,6 +88,13 @@ def resize_task(action: TaskAction, host: str, attempt: int, *, namespace: str,
             "peer_disk_path": st.dest_disk_path, "transfer_id": transfer,
             "power_off_timeout_seconds": power_off_timeout_seconds,
             "flavor": task_flavor(new)})   # checked against the definition before power-off
+        src_limit = source.spec.migration_bandwidth_mibps if source is not None else None
+        limit = bandwidth.effective(resize.spec.bandwidth_mibps,
+                                    (source.name if source else host, src_limit),
+                                    (dest.name, dest.spec.migration_bandwidth_mibps))
+        spec = spec.model_copy(update={"bandwidth_mibps": limit.mibps,
+                                       "host_bandwidth_mibps": src_limit,
+                                       "bandwidth_note": limit.note})
     elif action is A.FINISH:
         spec = spec.model_copy(update={
             "domain_name": st.dest_domain_name, "disk_path": st.dest_disk_path,

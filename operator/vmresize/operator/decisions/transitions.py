@@ -50,19 +50,23 @@ def recreate(s: State, o: Observation, now: datetime) -> Step:
 _SOURCE_ACTIONS = frozenset({A.MIGRATE_DISK, A.CONFIRM, A.RESTORE_SOURCE})
 
 
-def progress_display(done: int, total: int, rate: int) -> tuple[int, str]:
-    """Percent and the kubectl column text, e.g. ``(42, "42% 310MiB/s")``."""
+def progress_display(done: int, total: int, rate: int, limit: int = 0) -> tuple[int, str]:
+    """Percent and the kubectl column text, e.g. ``(42, "42% 310MiB/s")`` or, under a
+    bandwidth limit, ``(42, "42% 8MiB/s limit 8MiB/s")``."""
     pct = min(100, done * 100 // total) if total else 0
-    return pct, f"{pct}% {rate // (1024 * 1024)}MiB/s"
+    text = f"{pct}% {rate // (1024 * 1024)}MiB/s"
+    return pct, text + (f" limit {limit // (1024 * 1024)}MiB/s" if limit else "")
 
 
 def _progress(o: Observation) -> StatusPatch:
     if o.progress is None:
         return {}
     done, total, rate = o.progress
-    pct, text = progress_display(done, total, rate)
+    limit, note = o.limit
+    pct, text = progress_display(done, total, rate, limit)
     return {"progress": Progress(bytes_done=done, bytes_total=total,
-                                 rate_bytes_per_second=rate, percent=pct, display=text)}
+                                 rate_bytes_per_second=rate, percent=pct, display=text,
+                                 limit_bytes_per_second=limit, limit_note=note)}
 
 
 CANCELLED = "Cancelled"

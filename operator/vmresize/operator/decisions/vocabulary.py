@@ -90,6 +90,7 @@ class Observation:
     alternates: tuple[str, ...] = ()
     counts: Mapping[str, int] = field(default_factory=dict)
     progress: tuple[int, int, int] | None = None   # bytes done, total, rate
+    limit: tuple[int, str] = (0, "")   # the copy's bandwidth limit (0: none), B/s, and why
     checksum: str | None = None
     downtime_seconds: float | None = None
     power_off: str | None = None   # MigrateDisk: Graceful, Forced or AlreadyOff

@@ -30,6 +30,7 @@ from datetime import datetime
 
 from vmresize.api import naming
 from vmresize.api.host import Host
+from vmresize.api.hosttask import TaskAction
 from vmresize.api.instance import Instance
 from vmresize.api.resize import Effect, VMResize, VMResizeStatus
 from vmresize.operator import metrics
@@ -197,5 +198,7 @@ def _create_task(storage: Storage, settings: Settings, r: VMResize, a: CreateTas
         old = old or running
     task = resize_task(a.action, a.host, a.attempt, namespace=settings.namespace, resize=r,
                        inst=inst, new=new, old=task_flavor(old), dest=dest,
-                       power_off_timeout_seconds=settings.power_off_timeout_seconds)
+                       power_off_timeout_seconds=settings.power_off_timeout_seconds,
+                       source=storage.host(a.host) if a.action is TaskAction.MIGRATE_DISK
+                       else None)
     storage.create_task(task)

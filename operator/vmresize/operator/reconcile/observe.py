@@ -109,6 +109,13 @@ def _wake(now: datetime, delay: float | None) -> datetime | None:
     return None if delay is None else now + timedelta(seconds=delay)
 
 
+def _limit(task: HostTask) -> tuple[int, str]:
+    """The bandwidth limit the task's copy runs under, as its agent reports it, and the
+    operator's note when it lowered the resize's."""
+    p = task.status.progress if task.status else None
+    return (p.limit_bytes_per_second if p else 0), task.spec.bandwidth_note
+
+
 def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now: datetime,
                   *, watchdog_on: bool = True) -> tuple[Observation, datetime | None]:
     """The current task's observation, and when the watchdog should look again."""
@@ -124,7 +131,8 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
         p = ts.progress if ts else None
         return Observation(Kind.TASK_WAITING, progress=(
             p.bytes_done, p.bytes_total, p.rate_bytes_per_second) if p and p.bytes_total
-            else None), _wake(now, watchdog.next_check(clock, mono, settings.step_stale_seconds))
+            else None, limit=_limit(task)), _wake(
+                now, watchdog.next_check(clock, mono, settings.step_stale_seconds))
     if ts.phase is TaskPhase.SUCCEEDED:
         p = ts.progress
         return Observation(Kind.TASK_SUCCEEDED, message=ts.message,
@@ -137,7 +145,7 @@ def _observe_task(storage: Storage, settings: Settings, st: VMResizeStatus, now:
                            started_at=ts.result.started_at,
                            disks=tuple(ts.result.disks or ()),
                            progress=(p.bytes_total, p.bytes_total, p.rate_bytes_per_second)
-                           if p.bytes_total else None), None
+                           if p.bytes_total else None, limit=_limit(task)), None
     return Observation(Kind.TASK_FAILED, message=ts.message or "failed",
                        retryable=ts.retryable), None
 
