@@ -36,7 +36,7 @@ INSTANCE_DIR = "legacy"
 DATA_BYTES = 16 * 1024 * 1024
 
 
-def create(uri: str, storage_root: Path, name: str, mac: str) -> None:
+def create(uri: str, storage_root: Path, name: str, mac: str, memory_mib: int = 128) -> None:
     from vmresize.agent.hypervisor.libvirt_adapter import LibvirtHypervisor  # the venv's
 
     d = storage_root / INSTANCE_DIR / name
@@ -53,7 +53,7 @@ def create(uri: str, storage_root: Path, name: str, mac: str) -> None:
     with data.path.open("wb") as f:
         f.truncate(DATA_BYTES)
     xml = gd.domain_xml(name, ensure_guest(), disks=[root, data], macs=[mac],
-                        serial_log=d / "serial.log", memory_mib=128, vcpus=1)
+                        serial_log=d / "serial.log", memory_mib=memory_mib, vcpus=1)
     hv = LibvirtHypervisor(uri)  # registers the event loop qemu:///embed needs
     try:
         hv.define_xml(xml)
@@ -62,7 +62,8 @@ def create(uri: str, storage_root: Path, name: str, mac: str) -> None:
         hv.close()
 
 
-def create_kept(uri: str, storage_root: Path, name: str, mac: str) -> None:
+def create_kept(uri: str, storage_root: Path, name: str, mac: str,
+                memory_mib: int = 128) -> None:
     """:func:`create` in a child of a keeper process that stays (detached) as long as the
     VM's QEMU does, reaping it as it exits; returns once the VM runs."""
     r, w = os.pipe()
@@ -74,7 +75,7 @@ def create_kept(uri: str, storage_root: Path, name: str, mac: str) -> None:
         if child == 0:  # opens libvirt, starts QEMU, exits: the root is free for the agent
             code = 0
             try:
-                create(uri, storage_root, name, mac)
+                create(uri, storage_root, name, mac, memory_mib)
             except BaseException:
                 traceback.print_exc()
                 code = 1
