@@ -102,6 +102,8 @@ class Script:
     """Keys of ``fail`` that fail only once, then succeed (a transient fault)."""
     delay: float = 0.0
     """Seconds each task stays Running before it ends (a slow agent)."""
+    silent: set[str] = field(default_factory=set)
+    """Hosts whose agent is frozen: no heartbeat, no task served (not even accepted)."""
 
     def match(self, table: Any, action: str, host: str, instance: str = "") -> Any:
         """Keys: (action, host), (action, "inst:<name>") or (action, None) for any."""
@@ -149,7 +151,7 @@ class Fulfiller:
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_beat > 5:
-                    for h in self.hosts:
+                    for h in [h for h in self.hosts if h not in self.script.silent]:
                         self.co.patch_cluster_custom_object_status(
                             G, V, "hosts", h, {"status": {"heartbeat": now_iso()}})
                     last_beat = time.monotonic()
@@ -167,6 +169,8 @@ class Fulfiller:
         if phase in ("Succeeded", "Failed"):
             return
         action, host = spec["action"], spec["host"]
+        if host in self.script.silent:
+            return
         with self.lock:
             held = self.script.match(self.script.hold, action, host, spec["instance"])
             failing = self.script.match(self.script.fail, action, host, spec["instance"])

@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.integration.operator.test_plugin import run as plugin
-from tests.support.op_harness import Fulfiller, Operator, World, wait_for
+from tests.support.op_harness import Fulfiller, Operator, World, now_iso, wait_for
 
 from vmresize.api.drain import DRAIN_LABEL
 from vmresize.api.meta import API_VERSION, GROUP, VERSION
@@ -239,3 +239,85 @@ def test_a_move_that_fails_past_the_power_off_rolls_back_and_the_vm_runs_once_on
     # One copy each: vm2 is claimed on a only, vm1 on b only.
     assert list(world.allocations("a")) == [f"Instance/{world.ns}/vm2"]
     assert list(world.allocations("b")) == [f"Instance/{world.ns}/vm1"]
+
+
+def _moves(world: World, name: str) -> dict[str, dict[str, Any]]:
+    """The drain's VMResizes by instance: their status."""
+    rs = world.co.list_namespaced_custom_object(GROUP, VERSION, world.ns, "vmresizes",
+                                                label_selector=f"{DRAIN_LABEL}={name}")
+    return {r["spec"]["instanceName"]: dict(r.get("status") or {}) for r in rs["items"]}
+
+
+def test_the_drained_hosts_agent_falls_silent_with_two_moves_in_flight_and_one_waiting(
+        world: World, agents: Fulfiller, operator_factory: Any, drains: list[str]) -> None:
+    """Host a's agent freezes (no heartbeat, no task served) while two moves sit in their
+    disk copy (``maxParallel: 2``) and a third waits. The step watchdog stalls both copies
+    and rolls them back, and the rollback (power-on on a) waits for a's agent; the waiting
+    one is not started while a is not ready, and the drain says why. Then a's agent comes
+    back: both roll back to a (one copy each, running), the waiting one moves, and the
+    drain ends Incomplete with each rollback's reason."""
+    operator_factory(VMRESIZE_STEP_STALE_SECONDS="10", VMRESIZE_HEARTBEAT_STALE_SECONDS="10")
+    world.make_host("a")
+    world.make_host("b")
+    for i in range(1, 4):
+        world.instance(f"vm{i}", "small", host="a")
+    a = world.host("a")
+    agents.script.hold.add(("MigrateDisk", None))
+    name = _drain(world, drains, "a", parallel=2)
+    wait_for("two copies in flight", lambda: sorted(
+        (k, s.get("phase")) for k, s in _moves(world, name).items()) ==
+        [("vm1", "Migrating"), ("vm2", "Migrating")], timeout=60)
+    agents.script.silent.add(a)          # a's agent freezes, its copies stand still
+    agents.release("MigrateDisk")
+
+    wait_for("host a marked not ready", lambda: world.status("hosts", a).get("ready")
+             is False, timeout=60)
+    wait_for("both moves rolling back, stalled on a", lambda: all(
+        s.get("phase") == "RollingBack" for s in _moves(world, name).values()), timeout=60)
+    st = wait_for("the drain says why vm3 waits", lambda: (s := _status(world, name)) and
+                  {i["name"]: i for i in s["instances"]}["vm3"].get("reason") and s,
+                  timeout=30)
+    items = {i["name"]: i for i in st["instances"]}
+    assert st["phase"] == "Draining"
+    assert (items["vm1"]["state"], items["vm2"]["state"]) == ("Moving", "Moving")
+    for vm in ("vm1", "vm2"):     # the rollback's story is in the drain
+        assert items[vm]["resizePhase"] == "RollingBack"
+        assert "stalled" in items[vm]["message"], items[vm]
+    assert items["vm3"]["state"] == "Waiting"
+    assert items["vm3"]["reason"] == "HostNotReady"
+    assert a in items["vm3"]["message"]
+    conds = {x["type"]: x for x in st["conditions"]}
+    assert conds["Stalled"]["status"] == "True"
+    assert conds["Stalled"]["reason"] == "HostNotReady"
+    time.sleep(3)
+    assert set(_moves(world, name)) == {"vm1", "vm2"}, "no move starts from a silent host"
+    # While a is silent no VM runs twice: each is claimed on a alone (the rollback holds
+    # the source's claim; b's claims were given back or never made twice).
+    for vm in ("vm1", "vm2", "vm3"):
+        assert world.status("instances", vm)["host"] == a
+
+    agents.script.silent.discard(a)      # the agent comes back (as after SIGCONT)
+    world.co.patch_cluster_custom_object_status(GROUP, VERSION, "hosts", a, {
+        "status": {"ready": True, "heartbeat": now_iso()}})
+    st = wait_for("the drain ends", lambda: (s := _status(world, name)).get("phase") in
+                  ("Drained", "Incomplete", "Cancelled", "Failed") and s, timeout=120)
+    assert st["phase"] == "Incomplete"
+    c = st["counts"]
+    assert (c["total"], c["moved"], c["moving"], c["waiting"], c["failed"]) == (3, 1, 0, 0, 2)
+    items = {i["name"]: i for i in st["instances"]}
+    for vm in ("vm1", "vm2"):
+        assert (items[vm]["state"], items[vm]["reason"]) == ("Failed", "RolledBack")
+        assert "stalled" in items[vm]["message"], items[vm]
+    assert (items["vm3"]["state"], items["vm3"]["reason"]) == ("Moved", "")
+    conds = {x["type"]: x for x in st["conditions"]}
+    assert (conds["Stalled"]["status"], conds["Stalled"]["reason"]) == ("True", "Incomplete")
+    assert {k: s["phase"] for k, s in _moves(world, name).items()} == {
+        "vm1": "RolledBack", "vm2": "RolledBack", "vm3": "Confirmed"}
+    # Every VM runs somewhere, once: recorded on one host, claimed there alone.
+    for vm, on in (("vm1", "a"), ("vm2", "a"), ("vm3", "b")):
+        s = world.status("instances", vm)
+        assert (s["host"], s["phase"], s["powerState"]) == (world.host(on), "Active",
+                                                             "Running")
+    assert sorted(world.allocations("a")) == [f"Instance/{world.ns}/vm1",
+                                              f"Instance/{world.ns}/vm2"]
+    assert list(world.allocations("b")) == [f"Instance/{world.ns}/vm3"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from vmresize.api.drain import DrainPhase, DrainSpec, HostDrain, ItemState
-from vmresize.api.host import Host, HostSpec
+from vmresize.api.host import Host, HostSpec, HostStatus
 from vmresize.api.instance import Instance, InstancePhase, InstanceSpec, InstanceStatus
 from vmresize.api.resize import ResizePhase, VMResize, VMResizeSpec, VMResizeStatus
 from vmresize.operator.decisions.drain import (
@@ -244,3 +244,36 @@ def test_a_pass_that_sees_nothing_new_writes_nothing() -> None:
     assert later.status == d.status
     assert later.creates == []
     assert later.events == []
+
+
+def test_a_silent_agent_on_the_drained_host_starts_no_move_and_the_drain_says_why() -> None:
+    """The heartbeat watchdog marked the drained host not ready while vm1 and vm2 roll
+    back (their copies stalled): a slot is free once one of them ends, yet no move starts
+    from the silent host; the waiting ones say why, and Stalled says so, once (one Event).
+    The agent back (ready), the next move starts and Stalled clears."""
+    silent = host().model_copy(update={"status": HostStatus(ready=False)})
+    d = step(drain(), run(drain(), FIVE))
+    rolling = [resize("vm1", ResizePhase.ROLLING_BACK, message="MigrateDisk stalled"),
+               resize("vm2", ResizePhase.ROLLED_BACK, message="MigrateDisk stalled")]
+    p = run(d, FIVE, rolling, h=silent)
+    assert p.creates == []
+    st = p.status
+    assert st.phase is DrainPhase.DRAINING
+    c = st.counts
+    assert (c.moving, c.failed, c.waiting) == (1, 1, 3)
+    waiting = [i for i in st.instances if i.state is ItemState.WAITING]
+    assert {i.reason for i in waiting} == {"HostNotReady"}
+    assert all(HV in i.message for i in waiting)
+    stalled = {x.type: x for x in st.conditions}["Stalled"]
+    assert (stalled.status, stalled.reason) == ("True", "HostNotReady")
+    assert [e for e in p.events if e[1] == "HostNotReady"] == [
+        ("Warning", "HostNotReady", waiting[0].message)]
+    again = run(step(d, p), FIVE, rolling, h=silent)
+    assert again.creates == []
+    assert [e for e in again.events if e[1] == "HostNotReady"] == []
+
+    back = host().model_copy(update={"status": HostStatus(ready=True)})
+    p = run(step(d, again), FIVE, rolling, h=back)
+    assert [x.spec["instanceName"] for x in p.creates] == ["vm3"]
+    assert {x.type: x.status for x in p.status.conditions}["Stalled"] == "False"
+    assert all(not i.reason for i in p.status.instances if i.state is ItemState.WAITING)

@@ -168,15 +168,32 @@ def eta(items: list[DrainItem], parallel: int) -> datetime | None:
 
 
 def _conditions(old: list[Condition], phase: DrainPhase, message: str,
-                generation: int | None, now: datetime) -> list[Condition]:
+                generation: int | None, now: datetime,
+                stall: tuple[str, str] | None = None) -> list[Condition]:
+    """Ready, Reconciling and Stalled from the phase; ``stall`` (reason, message) marks a
+    drain that is not terminal yet but cannot go on by itself (its host's agent is silent)."""
     out = old
     for kind, on in (("Ready", phase in (DrainPhase.DRAINED, DrainPhase.CANCELLED)),
                      ("Reconciling", phase not in TERMINAL_DRAIN_PHASES),
                      ("Stalled", phase in (DrainPhase.INCOMPLETE, DrainPhase.FAILED))):
+        reason, text = phase.value, message if on else ""
+        if kind == "Stalled" and not on and stall is not None:
+            on, (reason, text) = True, stall
         out = set_condition(out, Condition(
-            type=kind, status="True" if on else "False", reason=phase.value,
-            message=message if on else "", observed_generation=generation), now)
+            type=kind, status="True" if on else "False", reason=reason,
+            message=text, observed_generation=generation), now)
     return out
+
+
+def not_ready(host: Host) -> str | None:
+    """Why no move may start from ``host`` now: its agent is silent (the heartbeat
+    watchdog marked it not ready), so a move would stall in its disk copy and roll back
+    onto the same silent agent. None when its agent is up, or no status is known yet."""
+    st = host.status
+    if st is None or st.ready:
+        return None
+    return (f"the agent of Host {host.name} is not ready (silent); no move starts until "
+            "it is back")
 
 
 def _phase(d: HostDrain, counts: DrainCounts, old: DrainPhase) -> tuple[DrainPhase, str]:
@@ -248,6 +265,11 @@ def plan(d: HostDrain, host: Host | None, instances: list[Instance],
             events.append((kind, f"Instance{new.state.value}",
                            f"{item.namespace}/{item.name} {new.state.value.lower()}{where}"))
         items.append(new)
+    # A silent agent on the drained host: what waits says why, and nothing new starts.
+    down = None if d.spec.cancel else not_ready(host)
+    if down is not None:
+        items = [i.model_copy(update={"reason": "HostNotReady", "message": down})
+                 if i.state is ItemState.WAITING and not i.reason else i for i in items]
     creates: list[NewResize] = []
     disable = None
     if not d.spec.cancel:
@@ -290,6 +312,11 @@ def plan(d: HostDrain, host: Host | None, instances: list[Instance],
     if phase is not old.phase:
         kind = "Warning" if phase in (DrainPhase.INCOMPLETE, DrainPhase.FAILED) else "Normal"
         events.append((kind, phase.value, message))
+    stall = ("HostNotReady", down) if down is not None and phase not in \
+        TERMINAL_DRAIN_PHASES else None
+    was = next((c for c in old.conditions if c.type == "Stalled"), None)
+    if stall is not None and (was is None or was.reason != stall[0]):
+        events.append(("Warning", *stall))
     done = counts.moved + counts.failed
     status = DrainStatus(
         phase=phase, reason=phase.value, message=message, counts=counts,
@@ -299,5 +326,5 @@ def plan(d: HostDrain, host: Host | None, instances: list[Instance],
         started_at=old.started_at or (now if counts.moving else None),
         finished_at=now if phase in TERMINAL_DRAIN_PHASES else None,
         instances=items, observed_generation=gen,
-        conditions=_conditions(old.conditions, phase, message, gen, now))
+        conditions=_conditions(old.conditions, phase, message, gen, now, stall))
     return Plan(status=status, disable_host=disable, creates=creates, events=events)
