@@ -106,7 +106,8 @@ class DrainItem(Model):
     """Where it went (or is going)."""
     reason: str = ""
     """Why it failed, one word: ``NoValidHost``, ``Unmovable``, ``RolledBack``,
-    ``Reverted``, ``RollbackFailed``, ``Failed``; or why it waits (``Busy``)."""
+    ``Reverted``, ``RollbackFailed``, ``Failed``; or why it waits (``Busy``;
+    ``HostNotReady``: the drained Host's agent is silent, so no move starts)."""
     message: str = ""
     """In words."""
     started_at: datetime | None = None
