@@ -146,7 +146,8 @@ class HostTaskSpec(Model):
     host_bandwidth_mibps: int | None = Field(default=None, ge=1, le=1_000_000,
                                              alias="hostBandwidthMiBps")
     """MigrateDisk: the source Host's ``migrationBandwidthMiBps`` as the operator read it:
-    the agent's one bucket, shared by all the host's sends, is set to it."""
+    the agent's two buckets, one shared by all the host's sends and one by all that arrive
+    at it, are set to it."""
     bandwidth_note: str = ""
     """MigrateDisk: why ``bandwidthMiBps`` is lower than the resize asked, if it is."""
     power_off_timeout_seconds: int = Field(default=30, ge=0, le=3600)

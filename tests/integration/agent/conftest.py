@@ -18,6 +18,7 @@ import pytest_asyncio
 from vmresize.agent.transfer import fastpath
 from vmresize.agent.transfer.keys import generate_key, load_or_create_host_key, public_openssh
 from vmresize.agent.transfer.server import MigrationServer, start_migration_server
+from vmresize.agent.transfer.throttle import TokenBucket
 
 MiB = 1024 * 1024
 
@@ -55,10 +56,11 @@ def xfer_root(tmp_path: Path) -> Path:
     return root
 
 
-async def xfer_start(root: Path, keys: XferKeys) -> MigrationServer:
+async def xfer_start(root: Path, keys: XferKeys, *,
+                     bucket: TokenBucket | None = None) -> MigrationServer:
     return await start_migration_server(root=root, host_key=keys.host,
                                         authorized_keys=[public_openssh(keys.client)],
-                                        host="127.0.0.1")
+                                        host="127.0.0.1", bucket=bucket)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -1,4 +1,5 @@
-"""The bandwidth limit over real SSH: a send's own limit and the host's shared bucket.
+"""The bandwidth limit over real SSH: a send's own limit and the host's shared buckets
+(the sender's for its sends, the receiver's for all the disks arriving at it).
 
 Behaviour tests with a generous tolerance (10%), not timed performance tests: at 8 MiB/s a
 32 MiB disk takes 4 s; the handshake and the receiver's verification add well under 0.4 s.
@@ -18,10 +19,16 @@ from vmresize.agent.transfer.seam import StepBandwidth
 from vmresize.agent.transfer.server import MigrationServer
 from vmresize.agent.transfer.service import SshTransfer
 from vmresize.agent.transfer.sparse import disk_checksum
-from vmresize.agent.transfer.throttle import TokenBucket, host_bucket, set_host_limit
+from vmresize.agent.transfer.throttle import (
+    TokenBucket,
+    host_bucket,
+    host_receive_bucket,
+    receive_bucket,
+    set_host_limit,
+)
 from vmresize.api.hosttask import PeerHost
 
-from .conftest import MiB, XferKeys
+from .conftest import MiB, XferKeys, xfer_start
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,7 +77,9 @@ async def test_a_migrate_steps_limits_reach_the_send(xfer_server: MigrationServe
                                                      xfer_file: MakeFile) -> None:
     # The task's own limit is 16 MiB/s, its source Host's 8: the agent's shared bucket is
     # set from the task and holds the send to 8. After the step the bucket keeps the Host's
-    # limit (the next task brings it again).
+    # limit (the next task brings it again). The receiver here is this process's server,
+    # so its receive bucket is at 8 too: in and out are separate buckets, and a copy
+    # between two limited hosts runs at the limit, not at half of it.
     size = 24 * MiB
     src = xfer_file("step.img", size, {0: size})
     xfer_server.expect("t-step", "instances/ns/vm/s/disk.qcow2", size)
@@ -82,7 +91,31 @@ async def test_a_migrate_steps_limits_reach_the_send(xfer_server: MigrationServe
         async with transfer.step(StepBandwidth(limit=16, host=8)):
             await transfer.send(src=src, peer=peer, transfer_id="t-step", progress=None)
         achieved = size / (time.monotonic() - t0)
-        assert host_bucket().rate == LIMIT
+        assert host_bucket().rate == host_receive_bucket().rate == LIMIT
     finally:
         set_host_limit(None)  # the process's bucket: leave it unlimited for other tests
     assert 0.9 * LIMIT <= achieved <= 1.1 * LIMIT, f"{achieved / MiB:.2f} MiB/s"
+
+
+async def test_copies_from_two_sources_share_the_receivers_limit(
+        xfer_root: Path, xfer_keys: XferKeys, xfer_file: MakeFile) -> None:
+    # Two source hosts, unlimited themselves, each send a disk to one destination whose
+    # host limit is 8 MiB/s. Each copy runs under 8 (the effective limit includes the
+    # destination's), so only the receiver's shared bucket holds them to 8 together;
+    # without it they arrive at 16.
+    size = 16 * MiB
+    server = await xfer_start(xfer_root, xfer_keys, bucket=receive_bucket(LIMIT))
+    try:
+        async def one(i: int) -> None:
+            src = xfer_file(f"in{i}.img", size, {0: size})
+            server.expect(f"t-in{i}", f"instances/ns/vm{i}/a/disk.qcow2", size)
+            await send_disk(src=src, address="127.0.0.1", port=server.port,
+                            host_key=xfer_keys.host_pub, client_key=xfer_keys.client,
+                            transfer_id=f"t-in{i}", limit=LIMIT, host=TokenBucket(None))
+
+        t0 = time.monotonic()
+        await asyncio.gather(one(1), one(2))
+        achieved = 2 * size / (time.monotonic() - t0)
+    finally:
+        await server.close()
+    assert 0.9 * LIMIT <= achieved <= 1.1 * LIMIT, f"{achieved / MiB:.2f} MiB/s together"

@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from vmresize.agent.transfer.throttle import BURST_SECONDS, MiB, TokenBucket
+from vmresize.agent.transfer.throttle import (
+    BURST_SECONDS,
+    RECEIVE_BURST,
+    MiB,
+    TokenBucket,
+    host_bucket,
+    host_receive_bucket,
+    set_host_limit,
+)
 
 
 class Clock:
@@ -63,3 +71,40 @@ def test_two_senders_share_one_bucket() -> None:
 
     asyncio.run(both())
     assert clock.now - 100.0 == pytest.approx(20 / 10)  # 20 MiB together at 10 MiB/s
+
+
+def test_the_hosts_limit_holds_sends_and_receives_separately() -> None:
+    # Full duplex: the host's limit applies to what it sends and, apart, to what it
+    # receives; a debt in one direction does not slow the other.
+    out, inc = host_bucket(), host_receive_bucket()
+    try:
+        set_host_limit(8)
+        assert out is not inc
+        assert out.rate == inc.rate == 8 * MiB
+        assert out.delay(16 * MiB) > 0
+        assert inc.delay(1) < 0.01  # sharing one bucket, it would owe the 2 s sent
+    finally:
+        set_host_limit(None)  # the process's buckets: leave them unlimited for other tests
+    assert host_bucket().rate is None
+    assert host_receive_bucket().rate is None
+
+
+def test_a_debt_does_not_outlive_a_lifted_limit() -> None:
+    clock = Clock()
+    bucket = TokenBucket(8 * MiB, clock=clock, sleep=clock.sleep)
+    assert bucket.delay(16 * MiB) == pytest.approx(2.0)
+    bucket.set_rate(None)  # the admin lifts the limit, then sets one again
+    bucket.set_rate(8 * MiB)
+    assert bucket.delay(8 * MiB) == pytest.approx(1.0)  # not 3 s: the old 2 s are gone
+
+
+def test_a_receive_bucket_holds_a_whole_chunk_of_a_paced_sender() -> None:
+    # At 8 MiB/s the burst is 2 MiB, but a limited sender writes 4 MiB chunks at once
+    # every half second; the receiver takes each without owing, so it does not run behind.
+    clock = Clock()
+    bucket = TokenBucket(8 * MiB, min_burst=RECEIVE_BURST, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        clock.now += RECEIVE_BURST / (8 * MiB)
+        assert bucket.delay(RECEIVE_BURST) == 0.0
+    clock.now += 60.0  # idle: still no more than the one chunk
+    assert bucket.delay(RECEIVE_BURST + MiB) == pytest.approx(1 / 8)

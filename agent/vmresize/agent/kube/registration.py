@@ -107,7 +107,8 @@ class Registrar:
         """Create the Host if needed (spec defaults, once) and publish the status."""
         host = await asyncio.to_thread(self.kube.ensure_host, self.reg.host,
                                        bandwidth_mibps=self.reg.bandwidth_mibps)
-        # the shared bucket starts at the Host's limit; each MigrateDisk task brings it anew
+        # the shared buckets (send, receive) start at the Host's limit; each MigrateDisk
+        # task this agent runs as the source brings it anew
         throttle.set_host_limit(host.spec.migration_bandwidth_mibps)
         self._conditions = list(host.status.conditions) if host.status else []
         await self._report(ready=True)

@@ -46,7 +46,7 @@ class StepProgress:
 @dataclass(frozen=True)
 class StepBandwidth:
     """A MigrateDisk's limits, MiB/s (None: unlimited): ``limit`` for each of its sends,
-    ``host`` the source Host's, for the agent's one shared bucket."""
+    ``host`` the source Host's, for the agent's shared buckets (its sends', its receives')."""
 
     limit: int | None
     host: int | None

@@ -9,19 +9,22 @@ forwarding. The only thing a client can do is open the ``SUBSYSTEM`` and push th
 transfer registered beforehand with :meth:`MigrationServer.expect`.
 
 Receiving: ``<final>.partial`` is created with ``O_NOFOLLOW`` under the root (every path
-through :func:`vmresize.agent.paths.confine`), ``ftruncate``-d to the apparent size, and only
-data is ``pwrite``-n, so holes stay holes. Received ranges are kept in ``<final>.xfer``
-(JSON, written atomically by rename) about once a second, on disconnect and on
-completion; a reconnecting sender reads them in ``STATE`` and sends the rest. Writes go
-through a :class:`~vmresize.agent.transfer.sparse.SparseSink` (writer thread; reading the channel
-pauses when 8 MiB are queued). On ``DONE`` the receiver takes the disk checksum of what it wrote
-(streamed while writing when the transfer ran in order from scratch, else a read-back of
-the partial file), and after ``fsync`` renames the partial into place only if it equals
-the sender's; otherwise the ranges are reset so a retry re-sends everything. Sidecars are
-found again on restart, so a kill -9 of the agent loses at most a second of progress.
-The ranges are not fsynced (page cache survives a process crash; after a power loss the
-final checksum catches the damage and triggers the reset). The wire protocol and the
-sidecar format live in :mod:`vmresize.agent.transfer.protocol`.
+through :func:`vmresize.agent.paths.confine`), ``ftruncate``-d to the apparent size, and
+only data is ``pwrite``-n, so holes stay holes. Received ranges are kept in
+``<final>.xfer`` (JSON, written atomically by rename) about once a second, on disconnect
+and on completion; a reconnecting sender reads them in ``STATE`` and sends the rest. Writes
+go through a :class:`~vmresize.agent.transfer.sparse.SparseSink` (writer thread; reading
+the channel pauses when 8 MiB are queued). Every session takes its data from the server's
+one receive bucket (the host's limit,
+:func:`~vmresize.agent.transfer.throttle.host_receive_bucket`), so all the disks arriving
+at this host together run at most at its limit. On ``DONE`` the receiver takes the disk
+checksum of what it wrote (streamed while writing when the transfer ran in order from
+scratch, else a read-back of the partial file), and after ``fsync`` renames the partial
+into place only if it equals the sender's; otherwise the ranges are reset so a retry
+re-sends everything. Sidecars are found again on restart, so a kill -9 of the agent loses
+at most a second of progress. The ranges are not fsynced (page cache survives a process
+crash; after a power loss the final checksum catches the damage and triggers the reset).
+The wire protocol and the sidecar format live in :mod:`vmresize.agent.transfer.protocol`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from vmresize.agent.transfer.protocol import (
     TransferStatus,
 )
 from vmresize.agent.transfer.session import DiskSession
+from vmresize.agent.transfer.throttle import TokenBucket, host_receive_bucket
 
 __all__ = [
     "SUBSYSTEM", "MigrationServer", "TransferStatus", "start_migration_server",
@@ -114,8 +118,10 @@ class _SSHPolicy(asyncssh.SSHServer):
 class MigrationServer:
     """A listening migration service for one storage root (see the module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, bucket: TokenBucket | None = None) -> None:
         self.root = root.resolve(strict=True)
+        # shared by every incoming session; tests give each server of one process its own
+        self.bucket = bucket if bucket is not None else host_receive_bucket()
         self._transfers: dict[str, ReceiveState] = {}
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -260,9 +266,11 @@ class MigrationServer:
 
 async def start_migration_server(*, root: Path, host_key: asyncssh.SSHKey,
                                  authorized_keys: Sequence[str], host: str,
-                                 port: int = 0) -> MigrationServer:
-    """Listen on ``host:port`` and serve disk uploads into ``root`` (see module docstring)."""
-    server = MigrationServer(root)
+                                 port: int = 0,
+                                 bucket: TokenBucket | None = None) -> MigrationServer:
+    """Listen on ``host:port`` and serve disk uploads into ``root`` (see module docstring);
+    ``bucket``: the receive limit (default: this process's host receive bucket)."""
+    server = MigrationServer(root, bucket=bucket)
     server.recover()
     authorized = asyncssh.import_authorized_keys("".join(k.strip() + "\n"
                                                          for k in authorized_keys))

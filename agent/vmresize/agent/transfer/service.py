@@ -84,7 +84,7 @@ class SshTransfer:
     async def step(self, bandwidth: StepBandwidth | None = None) -> AsyncIterator[None]:
         """Sends inside share their connections (opened lazily), all closed on exit, and
         run under ``bandwidth``: the step's own limit, and the host's, which the task
-        brings as the operator last read the Host (it sets the agent's shared bucket)."""
+        brings as the operator last read the Host (it sets the agent's shared buckets)."""
         if bandwidth is not None:
             set_host_limit(bandwidth.host)
         conns = Connections()

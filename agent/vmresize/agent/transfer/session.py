@@ -2,9 +2,11 @@
 
 A :class:`DiskSession` parses the frames of :mod:`vmresize.agent.transfer.protocol`, writes
 DATA straight into ``<final>.partial`` through a
-:class:`~vmresize.agent.transfer.sparse.SparseSink`,
-checkpoints received ranges into the sidecar, and on DONE verifies the checksum and commits the
-file. Which transfers exist, and which session owns one, is the
+:class:`~vmresize.agent.transfer.sparse.SparseSink`, checkpoints received ranges into the
+sidecar, and on DONE verifies the checksum and commits the file. Reading the channel pauses
+for two reasons: the writer thread is behind, or the server's receive bucket (the host's
+bandwidth limit, shared by all incoming sessions) is owed for data already taken; SSH flow
+control then holds the sender. Which transfers exist, and which session owns one, is the
 :class:`~vmresize.agent.transfer.server.MigrationServer`'s business.
 """
 
@@ -57,6 +59,10 @@ WRITE_ERROR = "write-error"
 # Bytes queued for the writer thread before we stop reading the channel (SSH flow control
 # then holds the sender); reading resumes below the low mark.
 PENDING_HIGH, PENDING_LOW = 8 * 1024 * 1024, 2 * 1024 * 1024
+MIN_THROTTLE_SECONDS = 0.005
+"""A debt to the receive bucket shorter than this does not pause reading (a timer per
+packet would cost more than it holds back at a high limit); it stays owed, so the next
+packet's wait includes it and the average rate is still the limit."""
 
 
 class DiskSession(asyncssh.SSHServerSession[bytes]):
@@ -73,7 +79,8 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         self._xfer: ReceiveState | None = None
         self._sink: SparseSink | None = None
         self._pending = 0                # bytes queued to the sink, not yet written
-        self._paused = False
+        self._paused = False             # the writer thread is behind
+        self._throttled: asyncio.TimerHandle | None = None  # owing the receive bucket
         self._last_save = 0.0
         self._closed = False
         self._releasing = False
@@ -228,6 +235,25 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._pending > PENDING_HIGH and not self._paused:
             self._paused = True
             self._chan.pause_reading()
+        bucket = self._server.bucket
+        if bucket.rate is not None:  # unlimited: not even the bookkeeping
+            # Taken after the bytes arrived (a callback cannot wait); the pause until the
+            # debt is paid keeps the channel's window closed, which slows the sender.
+            wait = bucket.delay(n)
+            if wait >= MIN_THROTTLE_SECONDS and self._throttled is None:
+                self._throttled = self._loop.call_later(wait, self._unthrottle)
+                self._chan.pause_reading()
+
+    def _unthrottle(self) -> None:
+        """On the loop: the receive bucket's debt is paid."""
+        self._throttled = None
+        self._resume()
+
+    def _resume(self) -> None:
+        """Read the channel again unless another reason to pause still holds."""
+        if not (self._paused or self._throttled is not None or self._closed
+                or self.finishing or self._chan is None):
+            self._chan.resume_reading()
 
     def _written(self, xfer: ReceiveState, done: collections.deque[tuple[int, int]]) -> None:
         """On the loop: the ranges in ``done`` are in the partial file."""
@@ -240,8 +266,7 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._paused and self._pending < PENDING_LOW and not self._closed \
                 and not self.finishing:
             self._paused = False
-            assert self._chan is not None
-            self._chan.resume_reading()
+            self._resume()
         now = self._loop.time()
         if now - self._last_save >= CHECKPOINT_SECONDS:
             self._last_save = now
@@ -329,6 +354,9 @@ class DiskSession(asyncssh.SSHServerSession[bytes]):
         if self._releasing:
             return
         self._releasing = True
+        if self._throttled is not None:
+            self._throttled.cancel()
+            self._throttled = None
         xfer, self._xfer = self._xfer, None
         sink, self._sink = self._sink, None
         if xfer is not None and xfer.session is self:
