@@ -321,3 +321,15 @@ def test_the_drained_hosts_agent_falls_silent_with_two_moves_in_flight_and_one_w
     assert sorted(world.allocations("a")) == [f"Instance/{world.ns}/vm1",
                                               f"Instance/{world.ns}/vm2"]
     assert list(world.allocations("b")) == [f"Instance/{world.ns}/vm3"]
+
+
+def test_a_drain_of_a_host_that_does_not_exist_is_an_error_and_creates_nothing(
+        world: World, kubeconfig: Path) -> None:
+    """A typo in HOST: the plugin says so and exits non-zero; no HostDrain is left to fail
+    later (and nothing is disabled)."""
+    host = f"{world.ns}-no-such-host"
+    rc, out, err = plugin(kubeconfig, world.ns, "drain", host, "--max-parallel", "2")
+    assert rc == 5, out + err    # Exit.REFUSED: the API server's "not found", as it is
+    assert host in err and "not found" in err, err
+    drains = world.co.list_cluster_custom_object(GROUP, VERSION, "hostdrains")["items"]
+    assert [d["metadata"]["name"] for d in drains if d["spec"]["host"] == host] == []

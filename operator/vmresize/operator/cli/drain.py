@@ -73,6 +73,7 @@ def follow(kube: Kube, out: Out, name: str, timeout: float) -> Exit:
 
 def drain(kube: Kube, out: Out, args: argparse.Namespace) -> Exit:
     """Create a HostDrain of HOST; with ``--wait`` follow it to its end."""
+    kube.get("hosts", args.host)   # a typo is an error here, not a drain that fails later
     spec: dict[str, Any] = {"host": args.host, "maxParallel": args.max_parallel}
     if args.reason:
         spec["reason"] = args.reason
