@@ -330,6 +330,6 @@ def test_a_drain_of_a_host_that_does_not_exist_is_an_error_and_creates_nothing(
     host = f"{world.ns}-no-such-host"
     rc, out, err = plugin(kubeconfig, world.ns, "drain", host, "--max-parallel", "2")
     assert rc == 5, out + err    # Exit.REFUSED: the API server's "not found", as it is
-    assert host in err and "not found" in err, err
+    assert f'"{host}" not found' in err, err
     drains = world.co.list_cluster_custom_object(GROUP, VERSION, "hostdrains")["items"]
     assert [d["metadata"]["name"] for d in drains if d["spec"]["host"] == host] == []
