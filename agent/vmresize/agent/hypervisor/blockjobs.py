@@ -26,7 +26,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from xml.sax.saxutils import quoteattr
 
 import libvirt
@@ -34,6 +34,14 @@ import libvirt
 from vmresize.agent.errors import HypervisorError
 
 T = TypeVar("T")
+
+
+class LibvirtCall(Protocol):
+    """Runs one libvirt call, its errors translated with ``context`` (the adapter's)."""
+
+    def __call__(self, context: str, fn: Callable[[], T]) -> T:
+        """The call's result."""
+        ...
 COMMIT_POLL_SECONDS = 0.05
 _SNAPSHOT_FLAGS = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
                    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
@@ -57,15 +65,15 @@ def snapshot_xml(targets: list[str], overlays: dict[str, Path]) -> str:
 
 
 class BlockJobs:
-    """Overlay and commit operations (see the module docstring)."""
+    """Overlay and commit operations (see the module docstring), on the adapter's
+    connection: ``call`` runs a libvirt call and translates its errors, ``dom`` looks a
+    domain up, ``domain_type`` is the driver's (``test`` has no block layer)."""
 
-    _domain_type: str
-
-    def _call(self, context: str, fn: Callable[[], T]) -> T:
-        raise NotImplementedError
-
-    def _dom(self, name: str) -> libvirt.virDomain:
-        raise NotImplementedError
+    def __init__(self, call: LibvirtCall,
+                 dom: Callable[[str], libvirt.virDomain], domain_type: str) -> None:
+        self._call = call
+        self._dom = dom
+        self._domain_type = domain_type
 
     @property
     def live_overlays(self) -> bool:

@@ -140,7 +140,7 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class LibvirtHypervisor(BlockJobs):
+class LibvirtHypervisor:
     """A libvirt connection behind the Hypervisor protocol. Thread-safe (libvirt is)."""
 
     def __init__(self, uri: str) -> None:
@@ -156,6 +156,7 @@ class LibvirtHypervisor(BlockJobs):
             self._conn: libvirt.virConnect = libvirt.open(uri)
         except libvirt.libvirtError as e:
             raise HypervisorUnreachableError(f"cannot open {uri}: {e}") from e
+        self._jobs = BlockJobs(self._call, self._dom, self._domain_type)
         if uri.startswith("qemu:///embed"):
             # The embedded driver probes QEMU's capabilities (seconds: it runs QEMU) at the
             # first define, not at open; on a fresh root that first define is a resize's
@@ -166,6 +167,27 @@ class LibvirtHypervisor(BlockJobs):
     def uri(self) -> str:
         """The URI this connection was opened with."""
         return self._uri
+
+    @property
+    def live_overlays(self) -> bool:
+        """Whether pre-copy's overlays work here (:class:`BlockJobs`)."""
+        return self._jobs.live_overlays
+
+    def disk_chains(self, name: str) -> dict[str, list[Path]]:
+        """Each disk's backing chain (:meth:`BlockJobs.disk_chains`)."""
+        return self._jobs.disk_chains(name)
+
+    def disk_tops(self, name: str) -> dict[str, Path]:
+        """Each disk's top file (:meth:`BlockJobs.disk_tops`)."""
+        return self._jobs.disk_tops(name)
+
+    def add_overlays(self, name: str, overlays: dict[str, Path]) -> None:
+        """Put an overlay on top of the named disks (:meth:`BlockJobs.add_overlays`)."""
+        self._jobs.add_overlays(name, overlays)
+
+    def commit_top(self, name: str, target: str, timeout: float) -> None:
+        """Merge a disk's overlay back and pivot (:meth:`BlockJobs.commit_top`)."""
+        self._jobs.commit_top(name, target, timeout)
 
     def _call(self, context: str, fn: Callable[[], T]) -> T:
         try:
